@@ -1,0 +1,347 @@
+//! cgroup v2 discovery: where the unified hierarchy is mounted, which cgroup
+//! a target names, and cgroup ids.
+//!
+//! The mount point is read from `/proc/self/mountinfo` (never assumed to be
+//! `/sys/fs/cgroup`: hybrid hosts mount it at `/sys/fs/cgroup/unified`), or
+//! taken from an explicit override.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode;
+use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
+
+/// Why a cgroup could not be found or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// `/proc/self/mountinfo` could not be read.
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    Mountinfo(#[source] io::Error),
+    /// No cgroup2 filesystem is mounted.
+    #[error("no cgroup2 filesystem is mounted (ctdev needs cgroup v2; see /proc/self/mountinfo)")]
+    NoCgroup2,
+    /// The override or a resolved path is not on cgroup2.
+    #[error("{path} is not a directory on a cgroup2 filesystem")]
+    NotCgroup2 {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// The named cgroup does not exist.
+    #[error("cgroup {path} does not exist (cgroup2 is mounted at {mount})")]
+    NotFound {
+        /// The directory that was looked for.
+        path: PathBuf,
+        /// The cgroup2 mount point in use.
+        mount: PathBuf,
+    },
+    /// The target path tries to leave the cgroup2 hierarchy.
+    #[error("cgroup path {path:?} leaves the cgroup2 hierarchy at {mount}")]
+    OutsideHierarchy {
+        /// The path as given.
+        path: PathBuf,
+        /// The cgroup2 mount point in use.
+        mount: PathBuf,
+    },
+    /// A process's cgroup could not be read.
+    #[error("cannot read the cgroup of pid {pid}: {reason}")]
+    Pid {
+        /// The process.
+        pid: i32,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An I/O error on a cgroup directory.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The cgroup2 hierarchy ctdev works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupFs {
+    mount: PathBuf,
+}
+
+/// One cgroup: its directory and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    /// Directory of the cgroup under the cgroup2 mount.
+    pub dir: PathBuf,
+    /// Path inside the hierarchy, as `/proc/PID/cgroup` shows it (`/` for the root).
+    pub path: PathBuf,
+    /// The cgroup id (the directory's inode number on cgroup2), also the
+    /// policy id of a container attached here.
+    pub id: u64,
+}
+
+impl Cgroup {
+    /// Opens the cgroup directory (for attaching and querying programs).
+    pub fn open(&self) -> Result<OwnedFd, CgroupError> {
+        open(
+            &self.dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| CgroupError::Io {
+            op: "open",
+            path: self.dir.clone(),
+            source: e.into(),
+        })
+    }
+}
+
+impl CgroupFs {
+    /// Finds the cgroup2 mount from `/proc/self/mountinfo`.
+    pub fn discover() -> Result<Self, CgroupError> {
+        let text = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+        let mount = cgroup2_mount_from_mountinfo(&text).ok_or(CgroupError::NoCgroup2)?;
+        Ok(Self { mount })
+    }
+
+    /// Uses `mount` as the cgroup2 mount point (it must be on cgroup2).
+    pub fn at(mount: &Path) -> Result<Self, CgroupError> {
+        if !is_cgroup2(mount) {
+            return Err(CgroupError::NotCgroup2 {
+                path: mount.to_path_buf(),
+            });
+        }
+        Ok(Self {
+            mount: mount.to_path_buf(),
+        })
+    }
+
+    /// Discovers the mount, or uses the override when one is given.
+    pub fn new(override_mount: Option<&Path>) -> Result<Self, CgroupError> {
+        match override_mount {
+            Some(m) => Self::at(m),
+            None => Self::discover(),
+        }
+    }
+
+    /// The cgroup2 mount point.
+    pub fn mount(&self) -> &Path {
+        &self.mount
+    }
+
+    /// Resolves a cgroup path: absolute under the mount point (a directory),
+    /// otherwise a path inside the hierarchy (`/a/b` as in `/proc/PID/cgroup`,
+    /// or relative `a/b`).
+    pub fn cgroup(&self, given: &Path) -> Result<Cgroup, CgroupError> {
+        let inside = match given.strip_prefix(&self.mount) {
+            Ok(rest) if given.is_absolute() => rest.to_path_buf(),
+            _ => given.strip_prefix("/").unwrap_or(given).to_path_buf(),
+        };
+        if inside
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(CgroupError::OutsideHierarchy {
+                path: given.to_path_buf(),
+                mount: self.mount.clone(),
+            });
+        }
+        let dir = self.mount.join(&inside);
+        let meta = fs::metadata(&dir).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => CgroupError::NotFound {
+                path: dir.clone(),
+                mount: self.mount.clone(),
+            },
+            _ => CgroupError::Io {
+                op: "stat",
+                path: dir.clone(),
+                source: e,
+            },
+        })?;
+        if !meta.is_dir() || !is_cgroup2(&dir) {
+            return Err(CgroupError::NotCgroup2 { path: dir });
+        }
+        Ok(Cgroup {
+            path: Path::new("/").join(&inside),
+            dir,
+            id: meta.ino(),
+        })
+    }
+
+    /// The cgroup a process is in, from `/proc/PID/cgroup`.
+    pub fn cgroup_of_pid(&self, pid: i32) -> Result<Cgroup, CgroupError> {
+        let text =
+            fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| CgroupError::Pid {
+                pid,
+                reason: if e.kind() == io::ErrorKind::NotFound {
+                    "no such process".into()
+                } else {
+                    e.to_string()
+                },
+            })?;
+        let path = unified_path_from_proc_cgroup(&text).ok_or_else(|| CgroupError::Pid {
+            pid,
+            reason: "it has no cgroup2 (\"0::\") entry".into(),
+        })?;
+        self.cgroup(Path::new(&path))
+    }
+
+    /// Maps cgroup ids to their cgroups by walking the hierarchy once.
+    /// Only the ids asked for are returned; missing ones are simply absent.
+    pub fn find_ids(&self, ids: &[u64]) -> HashMap<u64, Cgroup> {
+        let mut wanted: std::collections::HashSet<u64> = ids.iter().copied().collect();
+        let mut found = HashMap::new();
+        let mut stack = vec![self.mount.clone()];
+        while let Some(dir) = stack.pop() {
+            if wanted.is_empty() {
+                break;
+            }
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
+            if wanted.remove(&meta.ino()) {
+                let inside = dir.strip_prefix(&self.mount).unwrap_or(Path::new(""));
+                found.insert(
+                    meta.ino(),
+                    Cgroup {
+                        path: Path::new("/").join(inside),
+                        dir: dir.clone(),
+                        id: meta.ino(),
+                    },
+                );
+            }
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push(entry.path());
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Whether `path` is on a cgroup2 filesystem.
+pub fn is_cgroup2(path: &Path) -> bool {
+    statfs(path)
+        .map(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+/// The first cgroup2 mount point in a mountinfo text.
+pub fn cgroup2_mount_from_mountinfo(text: &str) -> Option<PathBuf> {
+    text.lines().find_map(|line| {
+        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+        let (pre, post) = line.split_once(" - ")?;
+        let fstype = post.split_whitespace().next()?;
+        if fstype != "cgroup2" {
+            return None;
+        }
+        let mountpoint = pre.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape_mountinfo(mountpoint)))
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, etc.).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            let oct = &field[i + 1..i + 4];
+            if let Ok(v) = u8::from_str_radix(oct, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup2 path (`0::/path`) in a `/proc/PID/cgroup` text.
+pub fn unified_path_from_proc_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_end_matches(" (deleted)").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn finds_cgroup2_on_hybrid_hosts() {
+        assert_eq!(
+            cgroup2_mount_from_mountinfo(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn finds_nothing_without_cgroup2() {
+        let v1_only = HYBRID.lines().take(2).collect::<Vec<_>>().join("\n");
+        assert_eq!(cgroup2_mount_from_mountinfo(&v1_only), None);
+    }
+
+    #[test]
+    fn unescapes_mount_points() {
+        let text = "50 1 0:40 / /mnt/my\\040cg rw - cgroup2 none rw\n";
+        assert_eq!(
+            cgroup2_mount_from_mountinfo(text),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+    }
+
+    #[test]
+    fn reads_unified_line_of_proc_cgroup() {
+        let text = "12:devices:/lxc/x\n0::/lxc.payload.x/init\n";
+        assert_eq!(
+            unified_path_from_proc_cgroup(text).as_deref(),
+            Some("/lxc.payload.x/init")
+        );
+        assert_eq!(unified_path_from_proc_cgroup("3:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn rejects_paths_that_leave_the_hierarchy() {
+        let fs = CgroupFs::discover().expect("cgroup2 mounted");
+        for p in ["../etc", "/a/../../etc", "a/../.."] {
+            assert!(
+                matches!(
+                    fs.cgroup(Path::new(p)),
+                    Err(CgroupError::OutsideHierarchy { .. })
+                ),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn resolves_root_and_reports_missing() {
+        let fs = CgroupFs::discover().expect("cgroup2 mounted");
+        let root = fs.cgroup(Path::new("/")).unwrap();
+        assert_eq!(root.dir, fs.mount());
+        assert_eq!(root.path, Path::new("/"));
+        let same = fs.cgroup(fs.mount()).unwrap();
+        assert_eq!(same.id, root.id);
+        let err = fs.cgroup(Path::new("no-such-cgroup-ctdev")).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,26 @@
+//! `ctdev allow TARGET RULE...`
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{open, print_change, rules_from_words, Cli};
+use crate::controller::Config;
+use crate::target::Target;
+
+/// Arguments of `ctdev allow`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// cgroup path, pid:N, or id:N.
+    pub target: Target,
+    /// Rules: `TYPE MAJOR:MINOR [ACCESS]` (as one argument or several) or a /dev path.
+    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    pub rules: Vec<String>,
+}
+
+pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+    let rules = rules_from_words(&args.rules)?;
+    let report = open(config)?.allow(&args.target, &rules)?;
+    print_change(cli, "allowed", &args.target, &report)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,225 @@
+//! Command line: raw flags (clap) → validated [`Config`] → one operation →
+//! human or JSON output. One module per subcommand.
+
+mod allow;
+mod attach;
+mod demo;
+mod detach;
+mod list;
+mod revoke;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::controller::{ChangeReport, Config, Ctdev};
+use crate::rule::{parse_rules, Rule};
+use crate::target::Target;
+
+/// ctdev: per-container device policy for cgroup v2, as map writes.
+#[derive(Debug, Parser)]
+#[command(name = "ctdev", version, about, long_about = None)]
+pub struct Cli {
+    /// bpffs directory holding ctdev's pins (the policy map and one link per container).
+    #[arg(long, global = true, env = "CTDEV_PIN_ROOT", default_value = crate::kernel::pins::DEFAULT_PIN_ROOT)]
+    pub pin_root: PathBuf,
+    /// cgroup2 mount point (default: found in /proc/self/mountinfo).
+    #[arg(long, global = true, env = "CTDEV_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+    /// eBPF object to load instead of the one embedded at build time.
+    #[arg(long, global = true, env = "CTDEV_BPF_OBJECT")]
+    pub bpf_object: Option<PathBuf>,
+    /// Seconds to wait for another ctdev that is changing the same pin root.
+    #[arg(
+        long,
+        global = true,
+        env = "CTDEV_LOCK_TIMEOUT",
+        default_value_t = 10.0
+    )]
+    pub lock_timeout: f64,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging on stderr (-v info, -vv debug); RUST_LOG also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Put a cgroup under a default-deny device policy (idempotent).
+    Attach(attach::Args),
+    /// Allow device access: takes effect at once, no program reload.
+    Allow(allow::Args),
+    /// Remove device access: clears the rule's bits; an entry with none left is deleted.
+    Revoke(revoke::Args),
+    /// Audit dump: every container under policy and its rules.
+    List(list::Args),
+    /// Stop enforcing on a cgroup and remove its pins and rules.
+    Detach(detach::Args),
+    /// Show ctdev working on a scratch cgroup, then clean up.
+    Demo(demo::Args),
+}
+
+impl Cli {
+    /// The validated configuration the flags describe.
+    pub fn config(&self) -> Result<Config> {
+        if !(self.lock_timeout.is_finite() && self.lock_timeout >= 0.0) {
+            anyhow::bail!(
+                "--lock-timeout must be a number of seconds >= 0, got {}",
+                self.lock_timeout
+            );
+        }
+        if !self.pin_root.is_absolute() {
+            anyhow::bail!(
+                "--pin-root must be an absolute path, got {}",
+                self.pin_root.display()
+            );
+        }
+        Ok(Config {
+            pin_root: self.pin_root.clone(),
+            cgroup_mount: self.cgroup_root.clone(),
+            bpf_object: self.bpf_object.clone(),
+            lock_timeout: Duration::from_secs_f64(self.lock_timeout),
+            ..Config::default()
+        })
+    }
+}
+
+/// Parses arguments, runs the command, prints errors; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(&cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("ctdev: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: &Cli) -> Result<ExitCode> {
+    let config = cli.config()?;
+    match &cli.command {
+        Command::Attach(a) => attach::run(cli, config, a),
+        Command::Allow(a) => allow::run(cli, config, a),
+        Command::Revoke(a) => revoke::run(cli, config, a),
+        Command::List(a) => list::run(cli, config, a),
+        Command::Detach(a) => detach::run(cli, config, a),
+        Command::Demo(a) => demo::run(cli, config, a),
+    }
+}
+
+/// Opens the library for one command.
+fn open(config: Config) -> Result<Ctdev> {
+    Ctdev::new(config).context("cannot start")
+}
+
+/// Groups words into rules: a rule starts at a type letter (`a`, `b`, `c`)
+/// or a path, so `c 10:200 rw b 8:* r` and `"c 10:200 rw" "b 8:* r"` both
+/// give two rules. An empty word is the empty access `''`.
+pub fn group_rule_words(words: &[String]) -> Result<Vec<String>> {
+    let mut rules: Vec<String> = Vec::new();
+    for word in words {
+        let tokens: Vec<&str> = if word.trim().is_empty() {
+            vec!["''"]
+        } else {
+            word.split_whitespace().collect()
+        };
+        for tok in tokens {
+            let starts_rule = matches!(tok, "a" | "b" | "c") || tok.starts_with('/');
+            match rules.last_mut() {
+                Some(last) if !starts_rule => {
+                    last.push(' ');
+                    last.push_str(tok);
+                }
+                None if !starts_rule => {
+                    anyhow::bail!(
+                        "rule {tok:?} does not start with a type (a, b, c) or a /dev path"
+                    )
+                }
+                _ => rules.push(tok.to_string()),
+            }
+        }
+    }
+    Ok(rules)
+}
+
+/// Parses rule words given on the command line.
+fn rules_from_words(words: &[String]) -> Result<Vec<Rule>> {
+    Ok(parse_rules(&group_rule_words(words)?)?)
+}
+
+/// Prints the result of allow/revoke.
+fn print_change(cli: &Cli, verb: &str, target: &Target, report: &ChangeReport) -> Result<()> {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    for line in &report.changed {
+        println!("{verb} {target}: {line}");
+    }
+    for line in &report.unchanged {
+        println!("unchanged {target}: {line}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn groups_rule_words() {
+        assert_eq!(
+            group_rule_words(&words(&["c", "10:200", "rw", "b", "8:*", "r"])).unwrap(),
+            ["c 10:200 rw", "b 8:* r"]
+        );
+        assert_eq!(
+            group_rule_words(&words(&["c 10:200 rw", "/dev/null", "r"])).unwrap(),
+            ["c 10:200 rw", "/dev/null r"]
+        );
+        assert_eq!(
+            group_rule_words(&words(&["c", "1:3", ""])).unwrap(),
+            ["c 1:3 ''"]
+        );
+        assert!(group_rule_words(&words(&["rw"])).is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

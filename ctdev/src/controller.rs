@@ -1,0 +1,661 @@
+//! The operations behind the CLI: attach, allow, revoke, list, detach.
+//!
+//! Every change runs under the pin-root lock, validates all input before it
+//! writes anything, and orders its kernel steps so a container under policy
+//! is never without its program (fail-closed): rules are written before the
+//! program is attached, and the link is pinned before the process exits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ctdev_common::PolicyKey;
+use serde::Serialize;
+
+use crate::cgroup::{Cgroup, CgroupError, CgroupFs};
+use crate::devname::device_names;
+use crate::kernel::attachment::{self, AttachmentError, PinnedLink};
+use crate::kernel::pins::{PinError, PinLock, PinRoot};
+use crate::kernel::policy_map::{Change, PolicyMap, PolicyMapError};
+use crate::kernel::program::{ProgramError, ProgramObject};
+use crate::presets::Preset;
+use crate::rule::{Access, DevNumber, DeviceType, Rule};
+use crate::target::Target;
+
+/// Settings every operation needs (validated from CLI flags / environment).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory in bpffs that holds ctdev's pins.
+    pub pin_root: PathBuf,
+    /// cgroup2 mount point; discovered from mountinfo when `None`.
+    pub cgroup_mount: Option<PathBuf>,
+    /// eBPF object file; the embedded one when `None`.
+    pub bpf_object: Option<PathBuf>,
+    /// How long to wait for another ctdev's lock.
+    pub lock_timeout: Duration,
+    /// Where device numbers are resolved to names (`/sys/dev`).
+    pub sys_dev: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            pin_root: PathBuf::from(crate::kernel::pins::DEFAULT_PIN_ROOT),
+            cgroup_mount: None,
+            bpf_object: None,
+            lock_timeout: Duration::from_secs(10),
+            sys_dev: PathBuf::from("/sys/dev"),
+        }
+    }
+}
+
+/// Why an operation failed. The state is as it was before the command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The target could not be resolved.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The pin root could not be used.
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    /// The policy map could not be used.
+    #[error(transparent)]
+    PolicyMap(#[from] PolicyMapError),
+    /// The program could not be loaded.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// The program could not be attached or detached.
+    #[error(transparent)]
+    Attachment(#[from] AttachmentError),
+    /// The target is not under ctdev policy.
+    #[error("{target} is not under ctdev policy (run `ctdev attach {target}` first)")]
+    NotUnderPolicy {
+        /// The target as given.
+        target: String,
+    },
+    /// A rule to revoke is not in the container's policy.
+    #[error("rule {rule:?} is not in the policy of {target}: nothing to revoke (see `ctdev list {target}`)")]
+    RuleNotPresent {
+        /// The rule.
+        rule: String,
+        /// The target as given.
+        target: String,
+    },
+    /// `id:N` was given where a live cgroup is needed.
+    #[error("target {target} names a policy id; this command needs a cgroup path or pid:N")]
+    NeedsCgroup {
+        /// The target as given.
+        target: String,
+    },
+}
+
+/// One policy entry as shown to operators.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RuleView {
+    /// The entry in rule syntax, e.g. `c 10:200 rw`.
+    pub rule: String,
+    /// `b` or `c`.
+    #[serde(rename = "type")]
+    pub dev_type: DeviceType,
+    /// Major number or `"*"`.
+    pub major: DevNumber,
+    /// Minor number or `"*"`.
+    pub minor: DevNumber,
+    /// Allowed access letters (`""` for an explicit deny entry).
+    pub access: Access,
+    /// Host device nodes this entry covers (`/dev/...`), where sysfs names them.
+    pub devices: Vec<String>,
+}
+
+/// A container under policy, as `ctdev list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerView {
+    /// Policy id (= cgroup id at attach time).
+    pub policy_id: u64,
+    /// cgroup path inside the hierarchy; `null` if the cgroup is gone.
+    pub cgroup: Option<PathBuf>,
+    /// cgroup directory; `null` if the cgroup is gone.
+    pub cgroup_dir: Option<PathBuf>,
+    /// cgroup id the link is attached to (0 once the cgroup is gone).
+    pub cgroup_id: u64,
+    /// Kernel id of the program instance (0 once detached).
+    pub program_id: u32,
+    /// Kernel id of the bpf link.
+    pub link_id: u32,
+    /// Where the link is pinned.
+    pub link_pin: PathBuf,
+    /// `enforcing`, or `defunct` when the cgroup was removed (detach with `id:N`).
+    pub state: &'static str,
+    /// Policy entries, most specific first per device.
+    pub rules: Vec<RuleView>,
+}
+
+/// The whole audit dump (`ctdev list --json`), format version 1.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dump {
+    /// Format version of this JSON document.
+    pub version: u32,
+    /// The pin root that was read.
+    pub pin_root: PathBuf,
+    /// The shared policy map, if it exists.
+    pub policy_map: Option<MapView>,
+    /// Containers under policy.
+    pub containers: Vec<ContainerView>,
+    /// Entries whose container has no link (left by a crash; `ctdev detach id:N` clears them).
+    pub orphaned: Vec<OrphanView>,
+    /// Files in the pin root that ctdev did not create (never touched).
+    pub foreign_pins: Vec<PathBuf>,
+}
+
+/// Summary of the policy map.
+#[derive(Debug, Clone, Serialize)]
+pub struct MapView {
+    /// Pin path (for `bpftool map dump pinned PATH`).
+    pub pin: PathBuf,
+    /// Kernel map id.
+    pub map_id: u32,
+    /// Entries in use.
+    pub entries: usize,
+    /// Capacity.
+    pub capacity: u32,
+}
+
+/// Entries of a policy id that has no link.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrphanView {
+    /// The policy id.
+    pub policy_id: u64,
+    /// Its entries.
+    pub rules: Vec<RuleView>,
+}
+
+/// What `attach` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachReport {
+    /// The cgroup directory.
+    pub cgroup_dir: PathBuf,
+    /// Policy id.
+    pub policy_id: u64,
+    /// `true` if the container was already under policy (only rules were added).
+    pub already_attached: bool,
+    /// Program id.
+    pub program_id: u32,
+    /// Link pin.
+    pub link_pin: PathBuf,
+    /// Entries written (new or widened).
+    pub changed: Vec<String>,
+}
+
+/// What `allow` or `revoke` changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeReport {
+    /// The cgroup directory, if it still exists.
+    pub cgroup_dir: Option<PathBuf>,
+    /// Policy id.
+    pub policy_id: u64,
+    /// Entries as they are now (`c 1:3 rw`), or removed (`-c 1:3`).
+    pub changed: Vec<String>,
+    /// Entries that already were as asked.
+    pub unchanged: Vec<String>,
+}
+
+/// What `detach` removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetachReport {
+    /// Policy id.
+    pub policy_id: u64,
+    /// Link pin removed (if there was one).
+    pub link_pin: Option<PathBuf>,
+    /// Number of entries removed.
+    pub entries_removed: usize,
+}
+
+/// ctdev's library entry point: one per command invocation.
+#[derive(Debug)]
+pub struct Ctdev {
+    config: Config,
+    pins: PinRoot,
+    cgroups: CgroupFs,
+}
+
+/// A resolved target: the policy id, and the cgroup when it exists.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Policy id.
+    pub policy_id: u64,
+    /// The live cgroup.
+    pub cgroup: Option<Cgroup>,
+}
+
+impl Ctdev {
+    /// Validates the configuration (finds cgroup2).
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let cgroups = CgroupFs::new(config.cgroup_mount.as_deref())?;
+        Ok(Self {
+            pins: PinRoot::new(&config.pin_root),
+            cgroups,
+            config,
+        })
+    }
+
+    /// The cgroup2 hierarchy in use.
+    pub fn cgroups(&self) -> &CgroupFs {
+        &self.cgroups
+    }
+
+    /// The pin root in use.
+    pub fn pins(&self) -> &PinRoot {
+        &self.pins
+    }
+
+    /// Resolves a target to its policy id (and cgroup, when it exists).
+    pub fn resolve(&self, target: &Target) -> Result<Resolved, Error> {
+        let cgroup = match target {
+            Target::Cgroup(p) => self.cgroups.cgroup(p)?,
+            Target::Pid(pid) => self.cgroups.cgroup_of_pid(*pid)?,
+            Target::PolicyId(id) => {
+                return Ok(Resolved {
+                    policy_id: *id,
+                    cgroup: self.cgroups.find_ids(&[*id]).remove(id),
+                })
+            }
+        };
+        Ok(Resolved {
+            policy_id: cgroup.id,
+            cgroup: Some(cgroup),
+        })
+    }
+
+    fn lock(&self) -> Result<PinLock, Error> {
+        self.pins.prepare()?;
+        Ok(self.pins.lock(self.config.lock_timeout)?)
+    }
+
+    /// Puts the target under a default-deny policy made of `preset` plus
+    /// `rules`. If it already is, only adds `rules` and says so.
+    pub fn attach(
+        &self,
+        target: &Target,
+        preset: Preset,
+        rules: &[Rule],
+    ) -> Result<AttachReport, Error> {
+        let resolved = self.resolve(target)?;
+        let cgroup = resolved.cgroup.ok_or_else(|| Error::NeedsCgroup {
+            target: target.to_string(),
+        })?;
+        // Load the object before touching anything: a missing object changes nothing.
+        let object = ProgramObject::new(self.config.bpf_object.as_deref())?;
+        let _lock = self.lock()?;
+        let id = cgroup.id;
+
+        if let Some(link) = attachment::open(&self.pins, id)? {
+            if link.is_live_for(id) {
+                let mut map = PolicyMap::open(&self.pins.policy_map())?;
+                let (changes, changed, _) = plan_allow(&map, id, rules)?;
+                map.apply(&changes)?;
+                tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, "already attached");
+                return Ok(AttachReport {
+                    cgroup_dir: cgroup.dir,
+                    policy_id: id,
+                    already_attached: true,
+                    program_id: link.info.prog_id,
+                    link_pin: link.pin,
+                    changed,
+                });
+            }
+            // The cgroup this pin was for is gone and a new one got its id.
+            tracing::warn!(pin = %link.pin.display(), "removing defunct link pin");
+            attachment::detach(link)?;
+        }
+
+        // Loading creates and pins the policy map on first use.
+        let instance = object.load_instance(id, &self.pins)?;
+        let mut map = PolicyMap::open(&self.pins.policy_map())?;
+        let before = map.entries_of(id)?;
+        // Stale entries of this id (a crash before attaching) go first.
+        let mut changes: Vec<Change> = before.keys().map(|k| (*k, None)).collect();
+        let wanted = merge_rules(id, preset.rules().iter().chain(rules));
+        let changed = describe(&wanted);
+        changes.extend(wanted.into_iter().map(|(k, v)| (k, Some(v))));
+        map.apply(&changes)?;
+
+        match attachment::attach(&instance, &cgroup, &self.pins) {
+            Ok(link) => {
+                tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, prog_id = link.info.prog_id, "attached");
+                Ok(AttachReport {
+                    cgroup_dir: cgroup.dir,
+                    policy_id: id,
+                    already_attached: false,
+                    program_id: link.info.prog_id,
+                    link_pin: link.pin,
+                    changed,
+                })
+            }
+            Err(e) => {
+                // Nothing was attached: put the entries back as they were.
+                let restore: Vec<Change> = map
+                    .entries_of(id)?
+                    .into_keys()
+                    .map(|k| (k, before.get(&k).copied()))
+                    .chain(before.iter().map(|(k, v)| (*k, Some(*v))))
+                    .collect();
+                map.apply(&restore)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Opens the live link of a target or fails with [`Error::NotUnderPolicy`].
+    fn require_attached(&self, target: &Target) -> Result<(Resolved, PinnedLink), Error> {
+        let resolved = self.resolve(target)?;
+        let not_under = || Error::NotUnderPolicy {
+            target: target.to_string(),
+        };
+        if !self.pins.exists() {
+            return Err(not_under());
+        }
+        let link = attachment::open(&self.pins, resolved.policy_id)?.ok_or_else(not_under)?;
+        Ok((resolved, link))
+    }
+
+    /// Adds access to the target's policy (bits are OR-ed into existing entries).
+    pub fn allow(&self, target: &Target, rules: &[Rule]) -> Result<ChangeReport, Error> {
+        let _lock = self.lock()?;
+        let (resolved, _link) = self.require_attached(target)?;
+        let mut map = PolicyMap::open(&self.pins.policy_map())?;
+        let (changes, changed, unchanged) = plan_allow(&map, resolved.policy_id, rules)?;
+        map.apply(&changes)?;
+        Ok(ChangeReport {
+            cgroup_dir: resolved.cgroup.map(|c| c.dir),
+            policy_id: resolved.policy_id,
+            changed,
+            unchanged,
+        })
+    }
+
+    /// Removes access from the target's policy: the rule's bits are cleared
+    /// from its entry, and the entry is deleted when no bit is left (so a
+    /// wildcard applies again). A rule with no entry is an error.
+    pub fn revoke(&self, target: &Target, rules: &[Rule]) -> Result<ChangeReport, Error> {
+        let _lock = self.lock()?;
+        let (resolved, _link) = self.require_attached(target)?;
+        let id = resolved.policy_id;
+        let mut map = PolicyMap::open(&self.pins.policy_map())?;
+        let mut planned: BTreeMap<PolicyKey, Option<u32>> = BTreeMap::new();
+        for rule in rules {
+            let mut present = false;
+            for key in rule.keys(id) {
+                let current = match planned.get(&key) {
+                    Some(v) => *v,
+                    None => map.get(&key)?,
+                };
+                let Some(bits) = current else { continue };
+                present = true;
+                let left = bits & !rule.access.bits();
+                // An empty access ('') removes the entry whatever its bits.
+                let next = if left == 0 || rule.access.is_empty() {
+                    None
+                } else {
+                    Some(left)
+                };
+                planned.insert(key, next);
+            }
+            if !present {
+                return Err(Error::RuleNotPresent {
+                    rule: rule.to_string(),
+                    target: target.to_string(),
+                });
+            }
+        }
+        let mut changed = Vec::new();
+        let mut unchanged = Vec::new();
+        let mut changes = Vec::new();
+        for (key, next) in planned {
+            let before = map.get(&key)?;
+            let text = match next {
+                Some(bits) => entry_text(&key, bits),
+                None => format!("-{}", entry_text(&key, 0).trim_end_matches(" ''")),
+            };
+            if before == next {
+                unchanged.push(text);
+            } else {
+                changed.push(text);
+                changes.push((key, next));
+            }
+        }
+        map.apply(&changes)?;
+        Ok(ChangeReport {
+            cgroup_dir: resolved.cgroup.map(|c| c.dir),
+            policy_id: id,
+            changed,
+            unchanged,
+        })
+    }
+
+    /// Stops enforcing on the target: detaches the program, removes its
+    /// link pin and its entries. Works with `id:N` after the cgroup is gone.
+    pub fn detach(&self, target: &Target) -> Result<DetachReport, Error> {
+        let resolved = self.resolve(target)?;
+        let id = resolved.policy_id;
+        if !self.pins.exists() {
+            return Err(Error::NotUnderPolicy {
+                target: target.to_string(),
+            });
+        }
+        let _lock = self.lock()?;
+        let link = attachment::open(&self.pins, id)?;
+        let map_pin = self.pins.policy_map();
+        let mut map = if map_pin.exists() {
+            Some(PolicyMap::open(&map_pin)?)
+        } else {
+            None
+        };
+        let entries = match &map {
+            Some(m) => m.entries_of(id)?,
+            None => BTreeMap::new(),
+        };
+        if link.is_none() && entries.is_empty() {
+            return Err(Error::NotUnderPolicy {
+                target: target.to_string(),
+            });
+        }
+        // Program off first, then its entries: the container is never
+        // judged by a half-removed policy.
+        let link_pin = link.as_ref().map(|l| l.pin.clone());
+        if let Some(link) = link {
+            attachment::detach(link)?;
+        }
+        if let Some(map) = map.as_mut() {
+            let changes: Vec<Change> = entries.keys().map(|k| (*k, None)).collect();
+            map.apply(&changes)?;
+        }
+        // Last container gone: leave nothing pinned.
+        let (ids, foreign) = self.pins.link_entries()?;
+        let map_empty = match &map {
+            Some(m) => m.entries()?.is_empty(),
+            None => true,
+        };
+        drop(map);
+        if ids.is_empty() && foreign.is_empty() && map_empty {
+            attachment::remove_pin(&map_pin)?;
+            self.pins.remove_if_empty();
+        }
+        Ok(DetachReport {
+            policy_id: id,
+            link_pin,
+            entries_removed: entries.len(),
+        })
+    }
+
+    /// The audit dump: every container under policy (or only `target`) with
+    /// its rules, straight from the pinned links and the policy map.
+    pub fn list(&self, target: Option<&Target>) -> Result<Dump, Error> {
+        let mut dump = Dump {
+            version: 1,
+            pin_root: self.pins.root().to_path_buf(),
+            policy_map: None,
+            containers: Vec::new(),
+            orphaned: Vec::new(),
+            foreign_pins: Vec::new(),
+        };
+        let only = match target {
+            Some(t) => Some(self.resolve(t)?.policy_id),
+            None => None,
+        };
+        if !self.pins.exists() {
+            if target.is_some() {
+                return Err(Error::NotUnderPolicy {
+                    target: target.map(|t| t.to_string()).unwrap_or_default(),
+                });
+            }
+            return Ok(dump);
+        }
+        let (ids, foreign) = self.pins.link_entries()?;
+        dump.foreign_pins = foreign;
+        let map_pin = self.pins.policy_map();
+        let entries = if map_pin.exists() {
+            let map = PolicyMap::open(&map_pin)?;
+            let entries = map.entries()?;
+            dump.policy_map = Some(MapView {
+                pin: map_pin,
+                map_id: map.id(),
+                entries: entries.len(),
+                capacity: map.capacity(),
+            });
+            entries
+        } else {
+            BTreeMap::new()
+        };
+        let ids: Vec<u64> = ids
+            .into_iter()
+            .filter(|i| only.is_none_or(|o| o == *i))
+            .collect();
+        if let Some(o) = only {
+            if ids.is_empty() {
+                return Err(Error::NotUnderPolicy {
+                    target: target
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| format!("id:{o}")),
+                });
+            }
+        }
+        let cgroups = self.cgroups.find_ids(&ids);
+        let mut by_id: BTreeMap<u64, Vec<RuleView>> = BTreeMap::new();
+        for (key, bits) in &entries {
+            if only.is_some_and(|o| o != key.policy_id) {
+                continue;
+            }
+            by_id
+                .entry(key.policy_id)
+                .or_default()
+                .push(self.rule_view(key, *bits));
+        }
+        let linked: BTreeSet<u64> = ids.iter().copied().collect();
+        for id in &ids {
+            let link = match attachment::open(&self.pins, *id) {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(AttachmentError::Foreign { path }) => {
+                    dump.foreign_pins.push(path);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let cg = cgroups.get(id);
+            dump.containers.push(ContainerView {
+                policy_id: *id,
+                cgroup: cg.map(|c| c.path.clone()),
+                cgroup_dir: cg.map(|c| c.dir.clone()),
+                cgroup_id: link.info.cgroup_id,
+                program_id: link.info.prog_id,
+                link_id: link.info.id,
+                state: if link.is_live_for(*id) {
+                    "enforcing"
+                } else {
+                    "defunct"
+                },
+                link_pin: link.pin,
+                rules: by_id.remove(id).unwrap_or_default(),
+            });
+        }
+        dump.orphaned = by_id
+            .into_iter()
+            .filter(|(id, _)| !linked.contains(id))
+            .map(|(policy_id, rules)| OrphanView { policy_id, rules })
+            .collect();
+        Ok(dump)
+    }
+
+    fn rule_view(&self, key: &PolicyKey, bits: u32) -> RuleView {
+        let rule = Rule::from_entry(key, bits).unwrap_or(Rule {
+            dev_type: DeviceType::All,
+            major: DevNumber::from_kernel(key.major),
+            minor: DevNumber::from_kernel(key.minor),
+            access: Access::from_bits(bits),
+        });
+        RuleView {
+            rule: rule.to_string(),
+            dev_type: rule.dev_type,
+            major: rule.major,
+            minor: rule.minor,
+            access: rule.access,
+            devices: device_names(&self.config.sys_dev, rule.dev_type, rule.major, rule.minor),
+        }
+    }
+
+    /// The directory of a live cgroup target (for probes and the demo).
+    pub fn cgroup_dir(&self, target: &Target) -> Result<PathBuf, Error> {
+        self.resolve(target)?
+            .cgroup
+            .map(|c| c.dir)
+            .ok_or_else(|| Error::NeedsCgroup {
+                target: target.to_string(),
+            })
+    }
+}
+
+/// Entries for `rules` under `policy_id`, bits of rules on the same key OR-ed.
+fn merge_rules<'a>(
+    policy_id: u64,
+    rules: impl Iterator<Item = &'a Rule>,
+) -> BTreeMap<PolicyKey, u32> {
+    let mut out = BTreeMap::new();
+    for rule in rules {
+        for key in rule.keys(policy_id) {
+            *out.entry(key).or_insert(0) |= rule.access.bits();
+        }
+    }
+    out
+}
+
+/// Plans an `allow`: each entry becomes existing bits OR the rule's bits.
+fn plan_allow(
+    map: &PolicyMap,
+    policy_id: u64,
+    rules: &[Rule],
+) -> Result<(Vec<Change>, Vec<String>, Vec<String>), Error> {
+    let mut changes = Vec::new();
+    let mut changed = Vec::new();
+    let mut unchanged = Vec::new();
+    for (key, bits) in merge_rules(policy_id, rules.iter()) {
+        let before = map.get(&key)?;
+        let after = before.unwrap_or(0) | bits;
+        if before == Some(after) {
+            unchanged.push(entry_text(&key, after));
+        } else {
+            changed.push(entry_text(&key, after));
+            changes.push((key, Some(after)));
+        }
+    }
+    Ok((changes, changed, unchanged))
+}
+
+fn describe(entries: &BTreeMap<PolicyKey, u32>) -> Vec<String> {
+    entries.iter().map(|(k, v)| entry_text(k, *v)).collect()
+}
+
+fn entry_text(key: &PolicyKey, bits: u32) -> String {
+    Rule::from_entry(key, bits)
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| format!("{key:?}"))
+}

@@ -1,0 +1,144 @@
+//! Per-container attachment: a bpf link from a program instance to the
+//! container's cgroup, pinned at `<root>/links/<policy id>` so it outlives
+//! the ctdev process and a later ctdev can find it again.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+
+use super::pins::PinRoot;
+use super::program::{Instance, ProgramError};
+use super::sys::{self, LinkInfo, SysError, BPF_CGROUP_DEVICE, BPF_LINK_TYPE_CGROUP};
+use crate::cgroup::Cgroup;
+
+/// Why an attachment could not be made, found or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachmentError {
+    /// A bpf syscall failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// The program instance could not be used.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// The kernel attached the link somewhere else than asked (should not happen).
+    #[error("link for {cgroup} reports cgroup id {got}, expected {want}; detached it again")]
+    WrongCgroup {
+        /// The cgroup directory.
+        cgroup: PathBuf,
+        /// The id the kernel reported.
+        got: u64,
+        /// The id we computed.
+        want: u64,
+    },
+    /// Something that is not a cgroup device link is pinned where ctdev's link should be.
+    #[error("{path} is not a ctdev cgroup device link; refusing to touch it")]
+    Foreign {
+        /// The pin path.
+        path: PathBuf,
+    },
+    /// Removing a pin failed.
+    #[error("cannot remove pin {path}: {source}")]
+    Unpin {
+        /// The pin path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A pinned link, opened.
+#[derive(Debug)]
+pub struct PinnedLink {
+    /// The link fd.
+    pub fd: OwnedFd,
+    /// Where it is pinned.
+    pub pin: PathBuf,
+    /// What the kernel says about it.
+    pub info: LinkInfo,
+}
+
+impl PinnedLink {
+    /// Whether the link still attaches a program to the cgroup `policy_id`.
+    /// A link goes defunct when its cgroup is removed.
+    pub fn is_live_for(&self, policy_id: u64) -> bool {
+        self.info.prog_id != 0 && self.info.cgroup_id == policy_id
+    }
+}
+
+/// Attaches `instance` to `cgroup` and pins the link. If pinning fails the
+/// link is dropped, which detaches it: either both happen or neither.
+pub fn attach(
+    instance: &Instance,
+    cgroup: &Cgroup,
+    pins: &PinRoot,
+) -> Result<PinnedLink, AttachmentError> {
+    let cgroup_fd = cgroup.open().map_err(|e| SysError {
+        call: "BPF_LINK_CREATE",
+        what: cgroup.dir.display().to_string(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let link = sys::link_create_cgroup_device(instance.prog_fd()?, cgroup_fd.as_fd(), &cgroup.dir)?;
+    let info = sys::link_info(link.as_fd(), &cgroup.dir)?;
+    if info.cgroup_id != cgroup.id {
+        return Err(AttachmentError::WrongCgroup {
+            cgroup: cgroup.dir.clone(),
+            got: info.cgroup_id,
+            want: cgroup.id,
+        });
+    }
+    let pin = pins.link(cgroup.id);
+    sys::obj_pin(link.as_fd(), &pin)?;
+    Ok(PinnedLink {
+        fd: link,
+        pin,
+        info,
+    })
+}
+
+/// Opens the link pinned for `policy_id`, if there is one.
+pub fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<PinnedLink>, AttachmentError> {
+    let pin = pins.link(policy_id);
+    match std::fs::symlink_metadata(&pin) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        _ => {}
+    }
+    let fd = sys::obj_get(&pin).map_err(|e| match e.errno() {
+        Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::EACCES) => {
+            AttachmentError::Foreign { path: pin.clone() }
+        }
+        _ => AttachmentError::Sys(e),
+    })?;
+    let info = sys::link_info(fd.as_fd(), &pin)
+        .map_err(|_| AttachmentError::Foreign { path: pin.clone() })?;
+    if info.link_type != BPF_LINK_TYPE_CGROUP || info.attach_type != BPF_CGROUP_DEVICE {
+        return Err(AttachmentError::Foreign { path: pin });
+    }
+    Ok(Some(PinnedLink { fd, pin, info }))
+}
+
+/// Detaches the program now (even if another process holds the link open)
+/// and removes the pin.
+pub fn detach(link: PinnedLink) -> Result<(), AttachmentError> {
+    if link.info.prog_id != 0 {
+        if let Err(e) = sys::link_detach(link.fd.as_fd(), &link.pin) {
+            // ENOLINK: already detached (its cgroup was removed).
+            if e.errno() != Some(libc::ENOLINK) {
+                return Err(e.into());
+            }
+        }
+    }
+    remove_pin(&link.pin)
+}
+
+/// Removes a pin; a pin that is already gone is fine.
+pub fn remove_pin(pin: &std::path::Path) -> Result<(), AttachmentError> {
+    match std::fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AttachmentError::Unpin {
+            path: pin.to_path_buf(),
+            source,
+        }),
+    }
+}

@@ -1,0 +1,8 @@
+//! Kernel plumbing: the bpf syscalls aya lacks, pins in bpffs, the policy
+//! map, program loading, and per-container attachments (links).
+
+pub mod attachment;
+pub mod pins;
+pub mod policy_map;
+pub mod program;
+pub mod sys;

@@ -1,0 +1,250 @@
+//! ctdev's state in bpffs: where pins live, mounting bpffs when missing, and
+//! the lock that serialises changes.
+//!
+//! Layout under the pin root (default `/sys/fs/bpf/ctdev`):
+//!
+//! ```text
+//! <root>/CTDEV_POLICY          the shared policy map (all containers)
+//! <root>/links/<cgroup id>     one bpf link per container under policy
+//! ```
+//!
+//! The directories are 0700 and the pins 0600 (the kernel's default for
+//! BPF_OBJ_PIN), so only root on the host can reach them.
+
+use std::fs::{self, DirBuilder, File};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::mount::{mount, MsFlags};
+use nix::sys::statfs::{statfs, BPF_FS_MAGIC};
+
+use ctdev_common::POLICY_MAP;
+
+/// Default pin root.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ctdev";
+/// Where ctdev mounts bpffs when no bpffs holds the pin root.
+pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+
+/// Why the pin root could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// The pin root is not on bpffs and ctdev may not mount one there.
+    #[error("pin root {root} is not on a bpf filesystem (mount one with `mount -t bpf bpf DIR`, or use a root under {BPFFS_MOUNT})")]
+    NotBpffs {
+        /// The pin root.
+        root: PathBuf,
+    },
+    /// Mounting bpffs failed.
+    #[error("cannot mount bpffs at {BPFFS_MOUNT}: {source}")]
+    Mount {
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another ctdev held the lock for longer than the timeout.
+    #[error("busy: another ctdev is changing {root} (lock held for more than {waited:?}); retry")]
+    Busy {
+        /// The pin root.
+        root: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// A filesystem operation on the pin root failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PinError + 'a {
+    move |source| PinError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The pin root directory and the paths inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinRoot {
+    root: PathBuf,
+}
+
+/// An exclusive lock on the pin root, released on drop.
+#[derive(Debug)]
+pub struct PinLock {
+    _lock: Flock<File>,
+}
+
+impl PinRoot {
+    /// A pin root at `root`, not touched yet.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Pin of the shared policy map.
+    pub fn policy_map(&self) -> PathBuf {
+        self.root.join(POLICY_MAP)
+    }
+
+    /// Directory of per-container link pins.
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    /// Link pin of the container whose policy id is `policy_id`.
+    pub fn link(&self, policy_id: u64) -> PathBuf {
+        self.links_dir().join(policy_id.to_string())
+    }
+
+    /// Whether the pin root exists (read-only commands do not create it).
+    pub fn exists(&self) -> bool {
+        self.root.is_dir()
+    }
+
+    /// Makes the pin root usable for changes: mounts bpffs at
+    /// [`BPFFS_MOUNT`] when the root lies under it and nothing is mounted
+    /// there, then creates the 0700 directories.
+    pub fn prepare(&self) -> Result<(), PinError> {
+        if !self.on_bpffs() {
+            let default_mount = Path::new(BPFFS_MOUNT);
+            if !self.root.starts_with(default_mount) || is_bpffs(default_mount) {
+                return Err(PinError::NotBpffs {
+                    root: self.root.clone(),
+                });
+            }
+            tracing::info!("mounting bpffs at {BPFFS_MOUNT}");
+            mount(
+                Some("bpf"),
+                default_mount,
+                Some("bpf"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=0700"),
+            )
+            .map_err(|e| PinError::Mount { source: e.into() })?;
+            if !self.on_bpffs() {
+                return Err(PinError::NotBpffs {
+                    root: self.root.clone(),
+                });
+            }
+        }
+        let mut builder = DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        for dir in [self.root.clone(), self.links_dir()] {
+            builder
+                .create(&dir)
+                .map_err(io_err("create directory", &dir))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the root (or its nearest existing ancestor) is on bpffs.
+    fn on_bpffs(&self) -> bool {
+        self.root
+            .ancestors()
+            .find(|p| p.exists())
+            .map(is_bpffs)
+            .unwrap_or(false)
+    }
+
+    /// Takes the exclusive lock that serialises every change to this pin
+    /// root, waiting up to `timeout` for another ctdev to finish.
+    pub fn lock(&self, timeout: Duration) -> Result<PinLock, PinError> {
+        let start = Instant::now();
+        let mut file = File::open(&self.root).map_err(io_err("open", &self.root))?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(PinLock { _lock: lock }),
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if start.elapsed() >= timeout {
+                        return Err(PinError::Busy {
+                            root: self.root.clone(),
+                            waited: timeout,
+                        });
+                    }
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((_, e)) => {
+                    return Err(PinError::Io {
+                        op: "flock",
+                        path: self.root.clone(),
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Policy ids that have a link pin (sorted). Names that are not ids are
+    /// reported by the caller as foreign files, never touched.
+    pub fn link_entries(&self) -> Result<(Vec<u64>, Vec<PathBuf>), PinError> {
+        let dir = self.links_dir();
+        let mut ids = Vec::new();
+        let mut foreign = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((ids, foreign)),
+            Err(e) => return Err(io_err("read directory", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("read directory", &dir))?;
+            match entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(id) => ids.push(id),
+                None => foreign.push(entry.path()),
+            }
+        }
+        ids.sort_unstable();
+        Ok((ids, foreign))
+    }
+
+    /// Removes the pin root if nothing is left in it (after the last detach).
+    pub fn remove_if_empty(&self) {
+        let _ = fs::remove_dir(self.links_dir());
+        let _ = fs::remove_dir(&self.root);
+    }
+}
+
+/// Whether `path` is on bpffs.
+pub fn is_bpffs(path: &Path) -> bool {
+    statfs(path)
+        .map(|s| s.filesystem_type() == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let p = PinRoot::new("/sys/fs/bpf/x");
+        assert_eq!(p.policy_map(), Path::new("/sys/fs/bpf/x/CTDEV_POLICY"));
+        assert_eq!(p.link(42), Path::new("/sys/fs/bpf/x/links/42"));
+    }
+
+    #[test]
+    fn refuses_roots_outside_bpffs() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = PinRoot::new(dir.path().join("pins")).prepare().unwrap_err();
+        assert!(matches!(err, PinError::NotBpffs { .. }), "{err}");
+    }
+}

@@ -1,0 +1,279 @@
+//! The few `bpf(2)` commands aya 0.14 does not expose for cgroup device
+//! programs: creating, pinning, opening and force-detaching a bpf link, link
+//! info, and querying the programs attached to a cgroup.
+//!
+//! Every wrapper returns a [`SysError`] naming the command and the object it
+//! worked on, so an operator can tell which step failed.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// `BPF_CGROUP_DEVICE` attach type.
+pub const BPF_CGROUP_DEVICE: u32 = 6;
+/// `BPF_F_QUERY_EFFECTIVE`: include programs inherited from ancestors.
+pub const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// A failed `bpf(2)` command, with the object it was applied to.
+#[derive(Debug, thiserror::Error)]
+#[error("bpf({call}) on {what} failed: {source}")]
+pub struct SysError {
+    /// The bpf command, e.g. `BPF_LINK_CREATE`.
+    pub call: &'static str,
+    /// What it was applied to (a pin path, a cgroup, a link id).
+    pub what: String,
+    /// The kernel's error.
+    #[source]
+    pub source: io::Error,
+}
+
+impl SysError {
+    fn new(call: &'static str, what: impl Into<String>, source: io::Error) -> Self {
+        Self {
+            call,
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The errno the kernel returned, if any.
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+}
+
+/// Issues one bpf command with `attr` (a `#[repr(C)]` prefix of `union bpf_attr`).
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, initialised, writable #[repr(C)] struct whose
+    // size we pass; the kernel reads and writes at most that many bytes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn fd_from_ret(ret: libc::c_long) -> OwnedFd {
+    // SAFETY: the bpf command returned a new file descriptor that nobody else owns.
+    unsafe { OwnedFd::from_raw_fd(ret as i32) }
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    _rest: [u64; 4],
+}
+
+/// Attaches `prog` to the cgroup `cgroup` through a new bpf link.
+///
+/// A cgroup link is always attached in multi mode: other programs on the
+/// cgroup (the runtime's) stay attached and are all consulted.
+pub fn link_create_cgroup_device(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    cgroup_desc: &Path,
+) -> Result<OwnedFd, SysError> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    bpf(BPF_LINK_CREATE, &mut attr)
+        .map(fd_from_ret)
+        .map_err(|e| SysError::new("BPF_LINK_CREATE", cgroup_desc.display().to_string(), e))
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// Pins a bpf object (here: a link) at `path` on bpffs. The pin is created
+/// with mode 0600 by the kernel; it fails if `path` exists.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<(), SysError> {
+    let what = || path.display().to_string();
+    let cpath = c_path(path).map_err(|e| SysError::new("BPF_OBJ_PIN", what(), e))?;
+    let mut attr = ObjAttr {
+        pathname: cpath.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_OBJ_PIN, &mut attr)
+        .map(|_| ())
+        .map_err(|e| SysError::new("BPF_OBJ_PIN", what(), e))
+}
+
+/// Opens the bpf object pinned at `path`.
+pub fn obj_get(path: &Path) -> Result<OwnedFd, SysError> {
+    let what = || path.display().to_string();
+    let cpath = c_path(path).map_err(|e| SysError::new("BPF_OBJ_GET", what(), e))?;
+    let mut attr = ObjAttr {
+        pathname: cpath.as_ptr() as u64,
+        ..Default::default()
+    };
+    bpf(BPF_OBJ_GET, &mut attr)
+        .map(fd_from_ret)
+        .map_err(|e| SysError::new("BPF_OBJ_GET", what(), e))
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkDetachAttr {
+    link_fd: u32,
+    _pad: u32,
+}
+
+/// Detaches a link from its cgroup now, even if other holders keep its fd open.
+pub fn link_detach(link: BorrowedFd<'_>, what: &Path) -> Result<(), SysError> {
+    let mut attr = LinkDetachAttr {
+        link_fd: link.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_LINK_DETACH, &mut attr)
+        .map(|_| ())
+        .map_err(|e| SysError::new("BPF_LINK_DETACH", what.display().to_string(), e))
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `struct bpf_link_info` up to and including the cgroup member of its union.
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+struct RawLinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    cgroup_id: u64,
+    attach_type: u32,
+    _pad2: u32,
+    _rest: [u64; 4],
+}
+
+/// `BPF_LINK_TYPE_CGROUP`.
+pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
+
+/// What the kernel says about a cgroup link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// `BPF_LINK_TYPE_*`.
+    pub link_type: u32,
+    /// Kernel link id.
+    pub id: u32,
+    /// Id of the program the link holds; 0 once the link was detached.
+    pub prog_id: u32,
+    /// The cgroup it is attached to; 0 once detached or the cgroup is gone.
+    pub cgroup_id: u64,
+    /// `BPF_CGROUP_*` attach type.
+    pub attach_type: u32,
+}
+
+/// Reads link info from a link fd.
+pub fn link_info(link: BorrowedFd<'_>, what: &Path) -> Result<LinkInfo, SysError> {
+    let mut raw = RawLinkInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<RawLinkInfo>() as u32,
+        info: &mut raw as *mut RawLinkInfo as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+        .map_err(|e| SysError::new("BPF_OBJ_GET_INFO_BY_FD", what.display().to_string(), e))?;
+    Ok(LinkInfo {
+        link_type: raw.link_type,
+        id: raw.id,
+        prog_id: raw.prog_id,
+        cgroup_id: raw.cgroup_id,
+        attach_type: raw.attach_type,
+    })
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+/// Ids of the cgroup device programs attached to `cgroup` (with
+/// `effective`, also those inherited from its ancestors: the set that decides).
+pub fn query_device_programs(
+    cgroup: BorrowedFd<'_>,
+    effective: bool,
+    what: &Path,
+) -> Result<Vec<u32>, SysError> {
+    // The kernel allows at most 64 programs per cgroup; effective lists are
+    // bounded by depth × 64, so grow on ENOSPC.
+    let mut cap = 64usize;
+    loop {
+        let mut ids = vec![0u32; cap];
+        let mut attr = QueryAttr {
+            target_fd: cgroup.as_fd().as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            query_flags: if effective { BPF_F_QUERY_EFFECTIVE } else { 0 },
+            prog_ids: ids.as_mut_ptr() as u64,
+            prog_cnt: cap as u32,
+            ..Default::default()
+        };
+        match bpf(BPF_PROG_QUERY, &mut attr) {
+            Ok(_) => {
+                ids.truncate(attr.prog_cnt as usize);
+                return Ok(ids);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && cap < 1 << 16 => cap *= 4,
+            Err(e) => {
+                return Err(SysError::new(
+                    "BPF_PROG_QUERY",
+                    what.display().to_string(),
+                    e,
+                ))
+            }
+        }
+    }
+}

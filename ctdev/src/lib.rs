@@ -1,0 +1,28 @@
+//! ctdev: a cgroup v2 eBPF device-controller manager.
+//!
+//! One cgroup/dev program per container looks up a shared, pinned allow map,
+//! so changing a container's device policy is a map write, not a program
+//! rebuild. This library holds everything; `main.rs` is a thin CLI over
+//! [`cli::run`].
+//!
+//! Modules by job:
+//! - [`rule`], [`presets`]: the policy model and rule syntax;
+//! - [`cgroup`], [`target`]: finding cgroup2 and the container's cgroup;
+//! - [`kernel`]: bpf syscalls, pins, the policy map, program loading, links;
+//! - [`controller`]: the operations (attach, allow, revoke, list, detach);
+//! - [`devname`]: device names for audit output;
+//! - [`probe`]: real kernel verdicts from inside a cgroup;
+//! - [`cli`]: flags → validated config → operation → output.
+#![deny(missing_docs)]
+
+pub mod cgroup;
+pub mod cli;
+pub mod controller;
+pub mod devname;
+pub mod kernel;
+pub mod presets;
+pub mod probe;
+pub mod rule;
+pub mod target;
+
+pub use controller::{Config, Ctdev, Error};

@@ -1,0 +1,5 @@
+//! The `ctdev` command: a thin wrapper over [`ctdev::cli::run`].
+
+fn main() -> std::process::ExitCode {
+    ctdev::cli::main()
+}

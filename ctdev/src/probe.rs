@@ -1,0 +1,200 @@
+//! Real kernel verdicts: a forked child joins a cgroup and tries one access
+//! (open, mknod or access(2)); the errno it got is the answer.
+//!
+//! Used by `ctdev demo`, by the integration tests, and (later) by `ctdev
+//! check`. The child runs only async-signal-safe libc calls, so it is safe to
+//! fork from a multi-threaded process such as the test harness.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+
+use crate::rule::DeviceType;
+
+/// Exit code of a child that could not join the cgroup.
+const EXIT_JOIN_FAILED: i32 = 200;
+
+/// One access to try from inside a cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOp {
+    /// `open(path)` for reading, writing, or both.
+    Open {
+        /// The device node.
+        path: PathBuf,
+        /// Ask for read access.
+        read: bool,
+        /// Ask for write access.
+        write: bool,
+    },
+    /// `mknod(path)` of a node of that type and numbers (removed again on success).
+    Mknod {
+        /// Where to create it (must not exist).
+        path: PathBuf,
+        /// Block or char.
+        dev_type: DeviceType,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// `access(path, F_OK)`: an access request with no access bits.
+    Exists {
+        /// The device node.
+        path: PathBuf,
+    },
+}
+
+impl ProbeOp {
+    /// `open(path, O_RDONLY)`.
+    pub fn read(path: impl Into<PathBuf>) -> Self {
+        ProbeOp::Open {
+            path: path.into(),
+            read: true,
+            write: false,
+        }
+    }
+    /// `open(path, O_WRONLY)`.
+    pub fn write(path: impl Into<PathBuf>) -> Self {
+        ProbeOp::Open {
+            path: path.into(),
+            read: false,
+            write: true,
+        }
+    }
+    /// `open(path, O_RDWR)`.
+    pub fn read_write(path: impl Into<PathBuf>) -> Self {
+        ProbeOp::Open {
+            path: path.into(),
+            read: true,
+            write: true,
+        }
+    }
+}
+
+/// Why a probe could not give a verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// fork or wait failed.
+    #[error("probe: {call} failed: {errno}")]
+    Process {
+        /// The call.
+        call: &'static str,
+        /// The error.
+        errno: Errno,
+    },
+    /// The child could not move itself into the cgroup.
+    #[error("probe: cannot join cgroup {0} (is it a threaded or domain-invalid cgroup?)")]
+    Join(PathBuf),
+    /// A path contained a NUL byte.
+    #[error("probe: path {0:?} contains a NUL byte")]
+    BadPath(PathBuf),
+    /// The child died by a signal.
+    #[error("probe child ended abnormally: {0:?}")]
+    Abnormal(String),
+}
+
+fn cstr(p: &Path) -> Result<CString, ProbeError> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| ProbeError::BadPath(p.to_path_buf()))
+}
+
+/// Runs `op` from a new process inside the cgroup directory `cgroup_dir`.
+/// `Ok(Ok(()))`: the kernel allowed it; `Ok(Err(errno))`: it failed with
+/// errno (EPERM is the device controller's "denied").
+pub fn probe(cgroup_dir: &Path, op: &ProbeOp) -> Result<Result<(), Errno>, ProbeError> {
+    let procs = cstr(&cgroup_dir.join("cgroup.procs"))?;
+    // Everything the child needs is prepared before fork.
+    enum Prepared {
+        Open(CString, libc::c_int),
+        Mknod(CString, libc::mode_t, libc::dev_t),
+        Exists(CString),
+    }
+    let prepared = match op {
+        ProbeOp::Open { path, read, write } => {
+            let mode = match (read, write) {
+                (true, true) => libc::O_RDWR,
+                (false, true) => libc::O_WRONLY,
+                _ => libc::O_RDONLY,
+            };
+            Prepared::Open(
+                cstr(path)?,
+                mode | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY,
+            )
+        }
+        ProbeOp::Mknod {
+            path,
+            dev_type,
+            major,
+            minor,
+        } => {
+            let kind = if *dev_type == DeviceType::Block {
+                libc::S_IFBLK
+            } else {
+                libc::S_IFCHR
+            };
+            Prepared::Mknod(cstr(path)?, kind | 0o600, libc::makedev(*major, *minor))
+        }
+        ProbeOp::Exists { path } => Prepared::Exists(cstr(path)?),
+    };
+
+    // SAFETY: the child only calls async-signal-safe functions (open, write,
+    // close, mknod, unlink, access, _exit) on data prepared before fork.
+    match unsafe { fork() }.map_err(|errno| ProbeError::Process {
+        call: "fork",
+        errno,
+    })? {
+        ForkResult::Child => {
+            // SAFETY: async-signal-safe libc calls on valid NUL-terminated strings.
+            unsafe {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    libc::_exit(EXIT_JOIN_FAILED);
+                }
+                libc::close(fd);
+                let ok = match &prepared {
+                    Prepared::Open(path, flags) => {
+                        let fd = libc::open(path.as_ptr(), *flags);
+                        if fd >= 0 {
+                            libc::close(fd);
+                        }
+                        fd >= 0
+                    }
+                    Prepared::Mknod(path, mode, dev) => {
+                        let r = libc::mknod(path.as_ptr(), *mode, *dev);
+                        if r == 0 {
+                            libc::unlink(path.as_ptr());
+                        }
+                        r == 0
+                    }
+                    Prepared::Exists(path) => libc::access(path.as_ptr(), libc::F_OK) == 0,
+                };
+                let code = if ok {
+                    0
+                } else {
+                    (*libc::__errno_location()).clamp(1, 199)
+                };
+                libc::_exit(code);
+            }
+        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, 0)) => return Ok(Ok(())),
+                Ok(WaitStatus::Exited(_, EXIT_JOIN_FAILED)) => {
+                    return Err(ProbeError::Join(cgroup_dir.to_path_buf()))
+                }
+                Ok(WaitStatus::Exited(_, code)) => return Ok(Err(Errno::from_raw(code))),
+                Ok(other) => return Err(ProbeError::Abnormal(format!("{other:?}"))),
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    return Err(ProbeError::Process {
+                        call: "waitpid",
+                        errno,
+                    })
+                }
+            }
+        },
+    }
+}
