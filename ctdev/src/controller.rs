@@ -291,8 +291,8 @@ impl Ctdev {
         if let Some(link) = attachment::open(&self.pins, id)? {
             if link.is_live_for(id) {
                 let mut map = PolicyMap::open(&self.pins.policy_map())?;
-                let (changes, changed, _) = plan_allow(&map, id, rules)?;
-                map.apply(&changes)?;
+                let plan = plan_allow(&map, id, rules)?;
+                map.apply(&plan.changes)?;
                 tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, "already attached");
                 return Ok(AttachReport {
                     cgroup_dir: cgroup.dir,
@@ -300,7 +300,7 @@ impl Ctdev {
                     already_attached: true,
                     program_id: link.info.prog_id,
                     link_pin: link.pin,
-                    changed,
+                    changed: plan.changed,
                 });
             }
             // The cgroup this pin was for is gone and a new one got its id.
@@ -363,13 +363,13 @@ impl Ctdev {
         let _lock = self.lock()?;
         let (resolved, _link) = self.require_attached(target)?;
         let mut map = PolicyMap::open(&self.pins.policy_map())?;
-        let (changes, changed, unchanged) = plan_allow(&map, resolved.policy_id, rules)?;
-        map.apply(&changes)?;
+        let plan = plan_allow(&map, resolved.policy_id, rules)?;
+        map.apply(&plan.changes)?;
         Ok(ChangeReport {
             cgroup_dir: resolved.cgroup.map(|c| c.dir),
             policy_id: resolved.policy_id,
-            changed,
-            unchanged,
+            changed: plan.changed,
+            unchanged: plan.unchanged,
         })
     }
 
@@ -407,28 +407,16 @@ impl Ctdev {
                 });
             }
         }
-        let mut changed = Vec::new();
-        let mut unchanged = Vec::new();
-        let mut changes = Vec::new();
+        let mut plan = Plan::default();
         for (key, next) in planned {
-            let before = map.get(&key)?;
-            let text = match next {
-                Some(bits) => entry_text(&key, bits),
-                None => format!("-{}", entry_text(&key, 0).trim_end_matches(" ''")),
-            };
-            if before == next {
-                unchanged.push(text);
-            } else {
-                changed.push(text);
-                changes.push((key, next));
-            }
+            plan.record(key, map.get(&key)?, next);
         }
-        map.apply(&changes)?;
+        map.apply(&plan.changes)?;
         Ok(ChangeReport {
             cgroup_dir: resolved.cgroup.map(|c| c.dir),
             policy_id: id,
-            changed,
-            unchanged,
+            changed: plan.changed,
+            unchanged: plan.unchanged,
         })
     }
 
@@ -569,7 +557,8 @@ impl Ctdev {
                 cgroup_id: link.info.cgroup_id,
                 program_id: link.info.prog_id,
                 link_id: link.info.id,
-                state: if link.is_live_for(*id) {
+                // A removed cgroup lingers in the kernel while the link holds it.
+                state: if link.is_live_for(*id) && cg.is_some() {
                     "enforcing"
                 } else {
                     "defunct"
@@ -629,25 +618,37 @@ fn merge_rules<'a>(
 }
 
 /// Plans an `allow`: each entry becomes existing bits OR the rule's bits.
-fn plan_allow(
-    map: &PolicyMap,
-    policy_id: u64,
-    rules: &[Rule],
-) -> Result<(Vec<Change>, Vec<String>, Vec<String>), Error> {
-    let mut changes = Vec::new();
-    let mut changed = Vec::new();
-    let mut unchanged = Vec::new();
+fn plan_allow(map: &PolicyMap, policy_id: u64, rules: &[Rule]) -> Result<Plan, Error> {
+    let mut plan = Plan::default();
     for (key, bits) in merge_rules(policy_id, rules.iter()) {
         let before = map.get(&key)?;
-        let after = before.unwrap_or(0) | bits;
-        if before == Some(after) {
-            unchanged.push(entry_text(&key, after));
+        plan.record(key, before, Some(before.unwrap_or(0) | bits));
+    }
+    Ok(plan)
+}
+
+/// Planned changes to a container's entries, with their descriptions.
+#[derive(Debug, Default)]
+struct Plan {
+    changes: Vec<Change>,
+    changed: Vec<String>,
+    unchanged: Vec<String>,
+}
+
+impl Plan {
+    /// Records that `key` goes from `before` to `after` (`None`: absent).
+    fn record(&mut self, key: PolicyKey, before: Option<u32>, after: Option<u32>) {
+        let text = match after {
+            Some(bits) => entry_text(&key, bits),
+            None => format!("-{}", entry_text(&key, 0).trim_end_matches(" ''")),
+        };
+        if before == after {
+            self.unchanged.push(text);
         } else {
-            changed.push(entry_text(&key, after));
-            changes.push((key, Some(after)));
+            self.changed.push(text);
+            self.changes.push((key, after));
         }
     }
-    Ok((changes, changed, unchanged))
 }
 
 fn describe(entries: &BTreeMap<PolicyKey, u32>) -> Vec<String> {

@@ -1,1 +1,176 @@
-fn main() {}
+//! `cargo xtask build|run|test|bench`: installs what ctdev needs on a fresh
+//! machine, builds the eBPF object (nightly, bpfel-unknown-none, bpf-linker)
+//! and the userspace binary with the object embedded, then runs, tests or
+//! benchmarks it.
+
+mod bench;
+mod setup;
+mod test;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install prerequisites, build the eBPF object and ctdev.
+    Build {
+        /// Optimised userspace build.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run ctdev as root with ARGS (no ARGS: `ctdev demo`).
+    Run {
+        /// Optimised userspace build.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for ctdev.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run the whole test suite (unit + real-kernel integration).
+    Test {
+        /// Extra arguments for the test harness (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build (release), then measure and write docs/BENCHMARKS.md.
+    Bench {
+        /// A few seconds' smoke run (CI), same code paths, fewer iterations.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Build { release } => {
+            build(release)?;
+        }
+        Cmd::Run { release, args } => {
+            let ctdev = build(release)?;
+            require_root("cargo xtask run")?;
+            let args = if args.is_empty() {
+                vec!["demo".to_string()]
+            } else {
+                args
+            };
+            step(&format!("running {} {}", ctdev.display(), args.join(" ")));
+            let status = Command::new(&ctdev).args(&args).status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => {
+            require_root("cargo xtask test")?;
+            setup::test_prerequisites()?;
+            build(false)?;
+            test::run(&args)?;
+        }
+        Cmd::Bench { quick } => {
+            require_root("cargo xtask bench")?;
+            setup::test_prerequisites()?;
+            let ctdev = build(true)?;
+            bench::run(&ctdev, quick)?;
+        }
+    }
+    Ok(())
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Prints what the xtask is doing.
+pub fn step(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+/// Runs a command, failing with its command line if it fails.
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    let desc = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {desc}"))?;
+    if !status.success() {
+        bail!("{desc} failed with {status}");
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (BPF programs, cgroups, namespaces); run it as root");
+    }
+    Ok(())
+}
+
+/// Path of the eBPF object `build_ebpf` produces.
+pub fn ebpf_object() -> PathBuf {
+    root().join("ctdev-ebpf/target/bpfel-unknown-none/release/ctdev-ebpf")
+}
+
+fn build_ebpf() -> Result<PathBuf> {
+    setup::bpf_toolchain()?;
+    step("building the eBPF object (nightly, bpfel-unknown-none, bpf-linker)");
+    run_checked(
+        Command::new("cargo")
+            .current_dir(root().join("ctdev-ebpf"))
+            .args(["+nightly", "build", "--release", "-Z", "build-std=core"])
+            .args(["--target", "bpfel-unknown-none"])
+            // The host's flags must not leak into the BPF build; BTF needs debug info.
+            .env_remove("RUSTFLAGS")
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WRAPPER")
+            .env_remove("CARGO_TARGET_DIR")
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "-Cdebuginfo=2\u{1f}-Clink-arg=--btf",
+            ),
+    )?;
+    let obj = ebpf_object();
+    if !obj.is_file() {
+        bail!("eBPF build succeeded but {} is missing", obj.display());
+    }
+    Ok(obj)
+}
+
+/// Environment every userspace cargo call gets, so the object stays embedded
+/// and cargo does not rebuild between build and test.
+pub fn userspace_env(cmd: &mut Command) -> &mut Command {
+    cmd.current_dir(root())
+        .env("CTDEV_EBPF_OBJECT", ebpf_object())
+}
+
+/// Builds everything; returns the ctdev binary.
+fn build(release: bool) -> Result<PathBuf> {
+    build_ebpf()?;
+    step(&format!(
+        "building ctdev ({})",
+        if release { "release" } else { "debug" }
+    ));
+    let mut cmd = Command::new("cargo");
+    userspace_env(&mut cmd).args(["build", "--workspace", "--bins", "--tests"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run_checked(&mut cmd)?;
+    let bin = root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("ctdev");
+    Ok(bin)
+}
