@@ -20,7 +20,8 @@ use crate::kernel::policy_map::{Change, PolicyMap, PolicyMapError};
 use crate::kernel::program::{ProgramError, ProgramObject};
 use crate::presets::Preset;
 use crate::rule::{Access, DevNumber, DeviceType, Rule};
-use crate::target::Target;
+use crate::runtimes::{self, RuntimeError};
+use crate::target::{RuntimeKind, Target};
 
 /// Settings every operation needs (validated from CLI flags / environment).
 #[derive(Debug, Clone)]
@@ -67,6 +68,9 @@ pub enum Error {
     /// The program could not be attached or detached.
     #[error(transparent)]
     Attachment(#[from] AttachmentError),
+    /// A runtime container could not be found.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     /// The target is not under ctdev policy.
     #[error("{target} is not under ctdev policy (run `ctdev attach {target}` first)")]
     NotUnderPolicy {
@@ -259,11 +263,72 @@ impl Ctdev {
                     cgroup: self.cgroups.find_ids(&[*id]).remove(id),
                 })
             }
+            Target::Runtime(kind, name) => self.one_container(Some(*kind), name)?,
+            Target::Name(name) => self.cgroup_or_container(name)?,
         };
         Ok(Resolved {
             policy_id: cgroup.id,
             cgroup: Some(cgroup),
         })
+    }
+
+    /// The one container of `runtime` (or of any runtime) named `name`.
+    fn one_container(&self, runtime: Option<RuntimeKind>, name: &str) -> Result<Cgroup, Error> {
+        let mut found = runtimes::find(&self.cgroups, runtime, name)?;
+        match found.len() {
+            1 => Ok(found.remove(0).cgroup),
+            0 => Err(RuntimeError::NotFound {
+                what: runtime
+                    .map(|r| r.prefix().to_string())
+                    .unwrap_or_else(|| "lxc, docker, podman, containerd or crio".into()),
+                name: name.into(),
+                tried: "cgroup scopes under the cgroup2 mount".into(),
+            }
+            .into()),
+            _ => Err(RuntimeError::Ambiguous {
+                name: name.into(),
+                candidates: found
+                    .iter()
+                    .map(|c| format!("{}:{}", c.runtime.prefix(), c.name))
+                    .collect(),
+            }
+            .into()),
+        }
+    }
+
+    /// A bare word: a cgroup relative to the mount, or a container of any
+    /// runtime; more than one match is an error listing them.
+    fn cgroup_or_container(&self, name: &str) -> Result<Cgroup, Error> {
+        let as_cgroup = self.cgroups.cgroup(std::path::Path::new(name)).ok();
+        let mut found = runtimes::find(&self.cgroups, None, name)?;
+        found.retain(|c| as_cgroup.as_ref().is_none_or(|g| g.id != c.cgroup.id));
+        match (as_cgroup, found.len()) {
+            (Some(g), 0) => Ok(g),
+            (None, 1) => Ok(found.remove(0).cgroup),
+            (None, 0) => Err(RuntimeError::NotFound {
+                what: "cgroup, lxc, docker, podman, containerd or crio".into(),
+                name: name.into(),
+                tried: format!(
+                    "{}/{name} and the runtimes' cgroup scopes",
+                    self.cgroups.mount().display()
+                ),
+            }
+            .into()),
+            (g, _) => {
+                let mut candidates: Vec<String> =
+                    g.iter().map(|g| g.path.display().to_string()).collect();
+                candidates.extend(
+                    found
+                        .iter()
+                        .map(|c| format!("{}:{}", c.runtime.prefix(), c.name)),
+                );
+                Err(RuntimeError::Ambiguous {
+                    name: name.into(),
+                    candidates,
+                }
+                .into())
+            }
+        }
     }
 
     fn lock(&self) -> Result<PinLock, Error> {

@@ -7,7 +7,8 @@
 //!
 //! Modules by job:
 //! - [`rule`], [`presets`]: the policy model and rule syntax;
-//! - [`cgroup`], [`target`]: finding cgroup2 and the container's cgroup;
+//! - [`cgroup`], [`target`], [`runtimes`]: finding cgroup2 and the container's cgroup;
+//! - [`container`]: inside a container: init process, device nodes, netdevs;
 //! - [`kernel`]: bpf syscalls, pins, the policy map, program loading, links;
 //! - [`controller`]: the operations (attach, allow, revoke, list, detach);
 //! - [`devname`]: device names for audit output;
@@ -17,12 +18,14 @@
 
 pub mod cgroup;
 pub mod cli;
+pub mod container;
 pub mod controller;
 pub mod devname;
 pub mod kernel;
 pub mod presets;
 pub mod probe;
 pub mod rule;
+pub mod runtimes;
 pub mod target;
 
 pub use controller::{Config, Ctdev, Error};

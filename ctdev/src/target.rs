@@ -1,26 +1,74 @@
-//! What a TARGET argument names: a cgroup path, `pid:N`, or `id:N` (a policy
-//! id, for containers whose cgroup is gone).
+//! What a TARGET argument names: a cgroup path, `pid:N`, `id:N` (a policy
+//! id, for containers whose cgroup is gone), `RUNTIME:ID` (`lxc:web`,
+//! `docker:3f2a`, `podman:`, `containerd:`, `crio:`), or a bare name tried
+//! as a cgroup and against every runtime.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+/// Container runtimes whose cgroup layouts ctdev knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// LXC: `lxc.payload.NAME`.
+    Lxc,
+    /// Docker: `docker-ID.scope` (systemd driver) or `docker/ID` (cgroupfs driver).
+    Docker,
+    /// Podman: `libpod-ID.scope` or `libpod_parent/libpod-ID`.
+    Podman,
+    /// containerd (CRI): `cri-containerd-ID.scope` or `…/ID` under a pod cgroup.
+    Containerd,
+    /// CRI-O: `crio-ID.scope` or `…/crio-ID`.
+    Crio,
+}
+
+impl RuntimeKind {
+    /// Every runtime, in the order a bare name is tried.
+    pub const ALL: [RuntimeKind; 5] = [
+        RuntimeKind::Lxc,
+        RuntimeKind::Docker,
+        RuntimeKind::Podman,
+        RuntimeKind::Containerd,
+        RuntimeKind::Crio,
+    ];
+
+    /// The prefix used in TARGET (`lxc`, `docker`, ...).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            RuntimeKind::Lxc => "lxc",
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Podman => "podman",
+            RuntimeKind::Containerd => "containerd",
+            RuntimeKind::Crio => "crio",
+        }
+    }
+
+    fn from_prefix(p: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.prefix() == p)
+    }
+}
+
 /// A container as named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// A cgroup directory or a path inside the cgroup2 hierarchy.
+    /// A cgroup directory or a path inside the cgroup2 hierarchy (has a `/`).
     Cgroup(PathBuf),
     /// The cgroup of a process (`pid:N`).
     Pid(i32),
     /// A policy id as shown by `ctdev list` (`id:N`): works after the cgroup was removed.
     PolicyId(u64),
+    /// A container of one runtime, by name or ID prefix (`lxc:web`, `docker:3f2a`).
+    Runtime(RuntimeKind, String),
+    /// A bare word: a cgroup relative to the mount, or a name/ID of any runtime.
+    Name(String),
 }
 
 /// Why a TARGET was not understood.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
     /// Empty argument.
-    #[error("empty target: give a cgroup path, pid:N or id:N")]
+    #[error("empty target: give a cgroup path, pid:N, id:N, RUNTIME:NAME or a container name")]
     Empty,
     /// `pid:` with something that is not a positive number.
     #[error("invalid pid {0:?} in target: expected pid:N with N > 0")]
@@ -28,6 +76,9 @@ pub enum TargetError {
     /// `id:` with something that is not a number.
     #[error("invalid policy id {0:?} in target: expected id:N")]
     BadId(String),
+    /// `RUNTIME:` with nothing after it.
+    #[error("empty container name in target {0:?}")]
+    EmptyName(String),
 }
 
 impl FromStr for Target {
@@ -51,7 +102,19 @@ impl FromStr for Target {
                 .map(Target::PolicyId)
                 .map_err(|_| TargetError::BadId(id.into()));
         }
-        Ok(Target::Cgroup(PathBuf::from(s)))
+        if let Some((prefix, name)) = s.split_once(':') {
+            if let Some(kind) = RuntimeKind::from_prefix(prefix) {
+                if name.is_empty() {
+                    return Err(TargetError::EmptyName(s.into()));
+                }
+                return Ok(Target::Runtime(kind, name.into()));
+            }
+        }
+        if s.contains('/') {
+            Ok(Target::Cgroup(PathBuf::from(s)))
+        } else {
+            Ok(Target::Name(s.into()))
+        }
     }
 }
 
@@ -61,6 +124,8 @@ impl fmt::Display for Target {
             Target::Cgroup(p) => write!(f, "{}", p.display()),
             Target::Pid(p) => write!(f, "pid:{p}"),
             Target::PolicyId(i) => write!(f, "id:{i}"),
+            Target::Runtime(k, n) => write!(f, "{}:{n}", k.prefix()),
+            Target::Name(n) => f.write_str(n),
         }
     }
 }
@@ -78,6 +143,19 @@ mod tests {
             Ok(Target::Cgroup("/lxc.payload.a".into()))
         );
         assert_eq!("a/b".parse(), Ok(Target::Cgroup("a/b".into())));
+        assert_eq!("web".parse(), Ok(Target::Name("web".into())));
+        assert_eq!(
+            "lxc:web".parse(),
+            Ok(Target::Runtime(RuntimeKind::Lxc, "web".into()))
+        );
+        assert_eq!(
+            "docker:3f2a".parse(),
+            Ok(Target::Runtime(RuntimeKind::Docker, "3f2a".into()))
+        );
+        assert_eq!(
+            "crio:ab".parse(),
+            Ok(Target::Runtime(RuntimeKind::Crio, "ab".into()))
+        );
     }
 
     #[test]
@@ -96,5 +174,9 @@ mod tests {
         );
         assert_eq!("id:".parse::<Target>(), Err(TargetError::BadId("".into())));
         assert_eq!("".parse::<Target>(), Err(TargetError::Empty));
+        assert_eq!(
+            "lxc:".parse::<Target>(),
+            Err(TargetError::EmptyName("lxc:".into()))
+        );
     }
 }
