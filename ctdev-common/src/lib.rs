@@ -36,6 +36,22 @@ pub const PROGRAM_NAME: &str = "ctdev_device";
 /// Capacity of the policy map (entries across all containers).
 pub const POLICY_MAP_CAPACITY: u32 = 65_536;
 
+/// Name of the per-CPU hit counters: allowed accesses per policy entry.
+pub const HITS_MAP: &str = "CTDEV_HITS";
+/// Name of the per-CPU per-container statistics (denials, events, drops).
+pub const STATS_MAP: &str = "CTDEV_STATS";
+/// Name of the ring buffer of denial events.
+pub const EVENTS_MAP: &str = "CTDEV_EVENTS";
+/// Size of the denial-event ring buffer in bytes (a power of two, pages).
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// Capacity of the per-container statistics map.
+pub const STATS_MAP_CAPACITY: u32 = 16_384;
+/// Rate limit of denial events: at most this many per container, per CPU,
+/// per second. Denials beyond it are counted in [`ContainerStats::dropped`].
+pub const EVENTS_PER_SECOND_PER_CPU: u64 = 64;
+/// `matched_kind` of a [`DenyEvent`] when no policy entry matched.
+pub const NO_MATCH: u32 = 4;
+
 /// Key of one policy entry: which container, which device (possibly wildcarded).
 ///
 /// The policy id is the cgroup id (inode number on cgroup2) of the cgroup the
@@ -75,6 +91,54 @@ impl PolicyKey {
 pub struct PolicyValue {
     /// Bitwise OR of `ACCESS_*`; zero is a valid "deny" entry that narrows a wildcard.
     pub access: u32,
+}
+
+/// One denied device access, as the kernel program reports it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DenyEvent {
+    /// Policy id of the container whose program denied it.
+    pub policy_id: u64,
+    /// cgroup id of the task (the container's cgroup or a sub-cgroup).
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns()` at the denial (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Real uid of the task (in the initial user namespace).
+    pub uid: u32,
+    /// Real gid of the task.
+    pub gid: u32,
+    /// [`DEV_BLOCK`] or [`DEV_CHAR`].
+    pub dev_type: u32,
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+    /// Requested `ACCESS_*` bits.
+    pub access: u32,
+    /// [`MatchKind`] of the entry that denied it, or [`NO_MATCH`].
+    pub matched_kind: u32,
+    /// Access bits of that entry (0 when none matched).
+    pub matched_access: u32,
+}
+
+/// Per-container, per-CPU statistics kept by the kernel program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ContainerStats {
+    /// Accesses denied.
+    pub denied: u64,
+    /// Denial events written to the ring buffer.
+    pub events: u64,
+    /// Denial events not written (rate limit or full ring buffer).
+    pub dropped: u64,
+    /// Start of the current rate-limit window (ns, monotonic).
+    pub window_start_ns: u64,
+    /// Events emitted in the current window.
+    pub window_events: u64,
 }
 
 /// Which of the four lookups decided a verdict, most specific first.
@@ -161,6 +225,10 @@ mod user {
     unsafe impl aya::Pod for super::PolicyKey {}
     // SAFETY: `#[repr(C)]` around a single u32.
     unsafe impl aya::Pod for super::PolicyValue {}
+    // SAFETY: `#[repr(C)]`, u64 fields then u32 fields, 64 bytes, no padding.
+    unsafe impl aya::Pod for super::DenyEvent {}
+    // SAFETY: `#[repr(C)]`, only u64 fields.
+    unsafe impl aya::Pod for super::ContainerStats {}
 }
 
 #[cfg(test)]
@@ -185,6 +253,12 @@ mod tests {
         assert_eq!(core::mem::size_of::<PolicyKey>(), 24);
         assert_eq!(core::mem::align_of::<PolicyKey>(), 8);
         assert_eq!(core::mem::size_of::<PolicyValue>(), 4);
+    }
+
+    #[test]
+    fn event_and_stats_layouts_have_no_padding() {
+        assert_eq!(core::mem::size_of::<DenyEvent>(), 64);
+        assert_eq!(core::mem::size_of::<ContainerStats>(), 40);
     }
 
     #[test]

@@ -1,14 +1,29 @@
 //! ctdev's cgroup/dev program.
 //!
 //! One program instance is loaded per container, with the container's policy
-//! id baked in as a load-time constant; all instances share the pinned policy
-//! map. A cgroup program also runs for tasks in descendant cgroups, so a task
-//! in a nested sub-cgroup of the container is judged by the same policy.
+//! id baked in as a load-time constant; all instances share the pinned maps.
+//! A cgroup program also runs for tasks in descendant cgroups, so a task in a
+//! nested sub-cgroup of the container is judged by the same policy.
+//!
+//! Besides deciding, it counts: allowed accesses per matched policy entry
+//! (`CTDEV_HITS`), denials per container (`CTDEV_STATS`), and it reports each
+//! denial in the `CTDEV_EVENTS` ring buffer, rate-limited per container and
+//! CPU so a looping container cannot flood the host; what the limit drops is
+//! counted, never silently lost.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{btf_maps::HashMap, macros::btf_map, macros::cgroup_device, programs::DeviceContext, Global};
-use ctdev_common::{evaluate, PolicyKey, PolicyValue, POLICY_MAP_CAPACITY};
+use aya_ebpf::{
+    btf_maps::{HashMap, PerCpuHashMap, RingBuf},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated as gen},
+    macros::{btf_map, cgroup_device},
+    programs::DeviceContext,
+    Global,
+};
+use ctdev_common::{
+    evaluate, ContainerStats, DenyEvent, PolicyKey, PolicyValue, EVENTS_PER_SECOND_PER_CPU,
+    EVENTS_RING_BYTES, NO_MATCH, POLICY_MAP_CAPACITY, STATS_MAP_CAPACITY,
+};
 
 /// The policy id of this instance; overridden at load time by ctdev.
 #[no_mangle]
@@ -16,11 +31,26 @@ static CTDEV_POLICY_ID: Global<u64> = Global::new(0);
 
 /// BPF_F_NO_PREALLOC: memory grows with the rules actually stored.
 const NO_PREALLOC: usize = 1;
+const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Allow entries of every container, keyed by (policy id, type, major, minor).
 #[btf_map]
 static CTDEV_POLICY: HashMap<PolicyKey, PolicyValue, { POLICY_MAP_CAPACITY as usize }, NO_PREALLOC> =
     HashMap::new();
+
+/// Allowed accesses per policy entry, per CPU.
+#[btf_map]
+static CTDEV_HITS: PerCpuHashMap<PolicyKey, u64, { POLICY_MAP_CAPACITY as usize }, NO_PREALLOC> =
+    PerCpuHashMap::new();
+
+/// Denials and event accounting per container, per CPU.
+#[btf_map]
+static CTDEV_STATS: PerCpuHashMap<u64, ContainerStats, { STATS_MAP_CAPACITY as usize }, NO_PREALLOC> =
+    PerCpuHashMap::new();
+
+/// Denial events for `ctdev monitor`.
+#[btf_map]
+static CTDEV_EVENTS: RingBuf<DenyEvent, { EVENTS_RING_BYTES as usize }> = RingBuf::new();
 
 #[cgroup_device]
 pub fn ctdev_device(ctx: DeviceContext) -> i32 {
@@ -44,7 +74,82 @@ pub fn ctdev_device(ctx: DeviceContext) -> i32 {
         requested,
         verdict.allowed as u32
     );
-    verdict.allowed as i32
+    match verdict.matched {
+        Some((kind, _)) if verdict.allowed => {
+            count_hit(&kind.key(policy_id, dev_type, dev.major, dev.minor));
+            1
+        }
+        matched => {
+            let (kind, bits) = match matched {
+                Some((k, b)) => (k as u32, b),
+                None => (NO_MATCH, 0),
+            };
+            report_denial(policy_id, dev_type, dev.major, dev.minor, requested, kind, bits);
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn count_hit(key: &PolicyKey) {
+    match CTDEV_HITS.get_ptr_mut(key) {
+        // SAFETY: per-CPU slot of this CPU; the program runs with migration disabled.
+        Some(hits) => unsafe { *hits += 1 },
+        None => {
+            let _ = CTDEV_HITS.insert(key, 1u64, 0);
+        }
+    }
+}
+
+#[inline(always)]
+fn report_denial(policy_id: u64, dev_type: u32, major: u32, minor: u32, access: u32, kind: u32, bits: u32) {
+    let stats = match CTDEV_STATS.get_ptr_mut(policy_id) {
+        Some(s) => s,
+        None => {
+            let _ = CTDEV_STATS.insert(policy_id, ContainerStats::default(), 0);
+            match CTDEV_STATS.get_ptr_mut(policy_id) {
+                Some(s) => s,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: per-CPU slot of this CPU; the program runs with migration disabled.
+    let stats = unsafe { &mut *stats };
+    stats.denied += 1;
+    // SAFETY: helper calls with no pointer arguments.
+    let now = unsafe { gen::bpf_ktime_get_ns() };
+    if now.wrapping_sub(stats.window_start_ns) >= NS_PER_SEC {
+        stats.window_start_ns = now;
+        stats.window_events = 0;
+    }
+    if stats.window_events >= EVENTS_PER_SECOND_PER_CPU {
+        stats.dropped += 1;
+        return;
+    }
+    stats.window_events += 1;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let event = DenyEvent {
+        policy_id,
+        // SAFETY: helper call with no arguments.
+        cgroup_id: unsafe { gen::bpf_get_current_cgroup_id() },
+        ktime_ns: now,
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        dev_type,
+        major,
+        minor,
+        access,
+        matched_kind: kind,
+        matched_access: bits,
+    };
+    if CTDEV_EVENTS.output(&event, 0).is_ok() {
+        stats.events += 1;
+    } else {
+        stats.dropped += 1;
+    }
 }
 
 #[cfg(not(test))]

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::cgroup::{Cgroup, CgroupError, CgroupFs};
 use crate::devname::device_names;
 use crate::kernel::attachment::{self, AttachmentError, PinnedLink};
+use crate::kernel::counters::{Counters, Stats};
 use crate::kernel::pins::{PinError, PinLock, PinRoot};
 use crate::kernel::policy_map::{Change, PolicyMap, PolicyMapError};
 use crate::kernel::program::{ProgramError, ProgramObject};
@@ -109,6 +110,8 @@ pub struct RuleView {
     pub access: Access,
     /// Host device nodes this entry covers (`/dev/...`), where sysfs names them.
     pub devices: Vec<String>,
+    /// Accesses this entry allowed since it was created or counters were reset.
+    pub hits: u64,
 }
 
 /// A container under policy, as `ctdev list` shows it.
@@ -132,6 +135,9 @@ pub struct ContainerView {
     pub state: &'static str,
     /// Policy entries, most specific first per device.
     pub rules: Vec<RuleView>,
+    /// Denials and denial events of this container.
+    #[serde(flatten)]
+    pub stats: Stats,
 }
 
 /// The whole audit dump (`ctdev list --json`), format version 1.
@@ -373,9 +379,13 @@ impl Ctdev {
             attachment::detach(link)?;
         }
 
-        // Loading creates and pins the policy map on first use.
+        // Loading creates and pins the maps on first use.
         let instance = object.load_instance(id, &self.pins)?;
         let mut map = PolicyMap::open(&self.pins.policy_map())?;
+        // Counters of an earlier container with this id start from zero.
+        if let Some(mut counters) = Counters::open(&self.pins)? {
+            counters.reset(id)?;
+        }
         let before = map.entries_of(id)?;
         // Stale entries of this id (a crash before attaching) go first.
         let mut changes: Vec<Change> = before.keys().map(|k| (*k, None)).collect();
@@ -477,6 +487,15 @@ impl Ctdev {
             plan.record(key, map.get(&key)?, next);
         }
         map.apply(&plan.changes)?;
+        let removed: Vec<PolicyKey> = plan
+            .changes
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if let Some(mut counters) = Counters::open(&self.pins)? {
+            counters.forget_hits(&removed)?;
+        }
         Ok(ChangeReport {
             cgroup_dir: resolved.cgroup.map(|c| c.dir),
             policy_id: id,
@@ -522,6 +541,9 @@ impl Ctdev {
             let changes: Vec<Change> = entries.keys().map(|k| (*k, None)).collect();
             map.apply(&changes)?;
         }
+        if let Some(mut counters) = Counters::open(&self.pins)? {
+            counters.reset(id)?;
+        }
         // Last container gone: leave nothing pinned.
         let (ids, foreign) = self.pins.link_entries()?;
         let map_empty = match &map {
@@ -530,7 +552,9 @@ impl Ctdev {
         };
         drop(map);
         if ids.is_empty() && foreign.is_empty() && map_empty {
-            attachment::remove_pin(&map_pin)?;
+            for (_, pin) in self.pins.map_pins() {
+                attachment::remove_pin(&pin)?;
+            }
             self.pins.remove_if_empty();
         }
         Ok(DetachReport {
@@ -593,15 +617,18 @@ impl Ctdev {
             }
         }
         let cgroups = self.cgroups.find_ids(&ids);
+        let (hits, stats) = match Counters::open(&self.pins)? {
+            Some(c) => (c.hits()?, c.stats()?),
+            None => Default::default(),
+        };
         let mut by_id: BTreeMap<u64, Vec<RuleView>> = BTreeMap::new();
         for (key, bits) in &entries {
             if only.is_some_and(|o| o != key.policy_id) {
                 continue;
             }
-            by_id
-                .entry(key.policy_id)
-                .or_default()
-                .push(self.rule_view(key, *bits));
+            let mut view = self.rule_view(key, *bits);
+            view.hits = hits.get(key).copied().unwrap_or(0);
+            by_id.entry(key.policy_id).or_default().push(view);
         }
         let linked: BTreeSet<u64> = ids.iter().copied().collect();
         for id in &ids {
@@ -630,6 +657,7 @@ impl Ctdev {
                 },
                 link_pin: link.pin,
                 rules: by_id.remove(id).unwrap_or_default(),
+                stats: stats.get(id).copied().unwrap_or_default(),
             });
         }
         dump.orphaned = by_id
@@ -638,6 +666,34 @@ impl Ctdev {
             .map(|(policy_id, rules)| OrphanView { policy_id, rules })
             .collect();
         Ok(dump)
+    }
+
+    /// Sets the hit and denial counters of `target` (or of every container)
+    /// back to zero. Returns the policy ids reset.
+    pub fn reset_counters(&self, target: Option<&Target>) -> Result<Vec<u64>, Error> {
+        let not_under = |t: &Target| Error::NotUnderPolicy {
+            target: t.to_string(),
+        };
+        if !self.pins.exists() {
+            return match target {
+                Some(t) => Err(not_under(t)),
+                None => Ok(Vec::new()),
+            };
+        }
+        let _lock = self.lock()?;
+        let ids = match target {
+            Some(t) => {
+                let (resolved, _link) = self.require_attached(t)?;
+                vec![resolved.policy_id]
+            }
+            None => self.pins.link_entries()?.0,
+        };
+        if let Some(mut counters) = Counters::open(&self.pins)? {
+            for id in &ids {
+                counters.reset(*id)?;
+            }
+        }
+        Ok(ids)
     }
 
     fn rule_view(&self, key: &PolicyKey, bits: u32) -> RuleView {
@@ -654,6 +710,7 @@ impl Ctdev {
             minor: rule.minor,
             access: rule.access,
             devices: device_names(&self.config.sys_dev, rule.dev_type, rule.major, rule.minor),
+            hits: 0,
         }
     }
 

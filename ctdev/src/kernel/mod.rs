@@ -2,7 +2,9 @@
 //! map, program loading, and per-container attachments (links).
 
 pub mod attachment;
+pub mod counters;
 pub mod pins;
 pub mod policy_map;
 pub mod program;
+pub mod programs;
 pub mod sys;

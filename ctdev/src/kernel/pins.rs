@@ -5,6 +5,9 @@
 //!
 //! ```text
 //! <root>/CTDEV_POLICY          the shared policy map (all containers)
+//! <root>/CTDEV_HITS            per-CPU allowed-access counters per entry
+//! <root>/CTDEV_STATS           per-CPU denial/event counters per container
+//! <root>/CTDEV_EVENTS          ring buffer of denial events
 //! <root>/links/<cgroup id>     one bpf link per container under policy
 //! ```
 //!
@@ -21,7 +24,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::{statfs, BPF_FS_MAGIC};
 
-use ctdev_common::POLICY_MAP;
+use ctdev_common::{EVENTS_MAP, HITS_MAP, POLICY_MAP, STATS_MAP};
 
 /// Default pin root.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ctdev";
@@ -99,6 +102,31 @@ impl PinRoot {
     /// Pin of the shared policy map.
     pub fn policy_map(&self) -> PathBuf {
         self.root.join(POLICY_MAP)
+    }
+
+    /// Pin of the per-CPU hit counters.
+    pub fn hits_map(&self) -> PathBuf {
+        self.root.join(HITS_MAP)
+    }
+
+    /// Pin of the per-container statistics.
+    pub fn stats_map(&self) -> PathBuf {
+        self.root.join(STATS_MAP)
+    }
+
+    /// Pin of the denial-event ring buffer.
+    pub fn events_map(&self) -> PathBuf {
+        self.root.join(EVENTS_MAP)
+    }
+
+    /// Every map pin, with its name in the object file.
+    pub fn map_pins(&self) -> [(&'static str, PathBuf); 4] {
+        [
+            (POLICY_MAP, self.policy_map()),
+            (HITS_MAP, self.hits_map()),
+            (STATS_MAP, self.stats_map()),
+            (EVENTS_MAP, self.events_map()),
+        ]
     }
 
     /// Directory of per-container link pins.

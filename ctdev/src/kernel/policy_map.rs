@@ -50,6 +50,22 @@ pub enum PolicyMapError {
 /// Checks that the object pinned at `path` is a hash map with ctdev's key
 /// and value sizes.
 pub fn verify_pin(path: &Path) -> Result<aya::maps::MapInfo, PolicyMapError> {
+    verify_map_pin(
+        path,
+        MapType::Hash,
+        std::mem::size_of::<PolicyKey>(),
+        std::mem::size_of::<PolicyValue>(),
+    )
+}
+
+/// Checks that the object pinned at `path` is a map of type `want` with the
+/// given key and value sizes: aya would reuse whatever object is pinned there.
+pub fn verify_map_pin(
+    path: &Path,
+    want: MapType,
+    key_size: usize,
+    value_size: usize,
+) -> Result<aya::maps::MapInfo, PolicyMapError> {
     let foreign = |found: String| PolicyMapError::Foreign {
         path: path.to_path_buf(),
         found,
@@ -57,15 +73,22 @@ pub fn verify_pin(path: &Path) -> Result<aya::maps::MapInfo, PolicyMapError> {
     let info = aya::maps::MapInfo::from_pin(path).map_err(|e| foreign(e.to_string()))?;
     let ty = info.map_type().map_err(|e| foreign(e.to_string()))?;
     let (k, v) = (info.key_size() as usize, info.value_size() as usize);
-    if ty != MapType::Hash
-        || k != std::mem::size_of::<PolicyKey>()
-        || v != std::mem::size_of::<PolicyValue>()
-    {
+    if ty != want || k != key_size || v != value_size {
         return Err(foreign(format!(
-            "{ty:?} with {k}-byte keys and {v}-byte values"
+            "{ty:?} with {k}-byte keys and {v}-byte values, expected {want:?} with {key_size} and {value_size}"
         )));
     }
     Ok(info)
+}
+
+/// Whether a map error means "no such key" (aya reports a delete of a
+/// missing key as a raw ENOENT, a lookup as `KeyNotFound`).
+pub fn is_missing_key(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 /// The pinned policy map, opened for reading and writing.
@@ -143,7 +166,7 @@ impl PolicyMap {
     pub fn get(&self, key: &PolicyKey) -> Result<Option<u32>, PolicyMapError> {
         match self.map.get(key, 0) {
             Ok(v) => Ok(Some(v.access)),
-            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) if is_missing_key(&e) => Ok(None),
             Err(e) => Err(PolicyMapError::Op {
                 path: self.path.clone(),
                 op: "lookup",
@@ -189,7 +212,7 @@ impl PolicyMap {
         let result = match value {
             Some(access) => self.map.insert(key, PolicyValue { access }, 0),
             None => match self.map.remove(&key) {
-                Err(MapError::KeyNotFound) => Ok(()),
+                Err(e) if is_missing_key(&e) => Ok(()),
                 other => other,
             },
         };

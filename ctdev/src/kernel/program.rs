@@ -15,8 +15,9 @@ use aya::programs::CgroupDevice;
 use aya::{Ebpf, EbpfLoader};
 use ctdev_common::{POLICY_ID_GLOBAL, POLICY_MAP, POLICY_MAP_CAPACITY, PROGRAM_NAME};
 
+use super::counters;
 use super::pins::PinRoot;
-use super::policy_map::{self, PolicyMapError};
+use super::policy_map::PolicyMapError;
 
 #[cfg(ctdev_embedded_ebpf)]
 static EMBEDDED: &[u8] = aya::include_bytes_aligned!(env!("CTDEV_EMBEDDED_EBPF"));
@@ -88,20 +89,25 @@ impl ProgramObject {
     /// Loads one program instance for `policy_id`, opening (or creating and
     /// pinning) the shared policy map. The program is loaded, not attached.
     pub fn load_instance(&self, policy_id: u64, pins: &PinRoot) -> Result<Instance, ProgramError> {
-        let map_pin = pins.policy_map();
-        // A pin that exists must be ctdev's policy map; aya would reuse any
-        // object found there.
-        if map_pin.exists() {
-            policy_map::verify_pin(&map_pin)?;
+        // Pins that exist must be ctdev's maps; aya would reuse any object found there.
+        for (_, pin) in pins.map_pins() {
+            if pin.exists() {
+                counters::verify_any(pins, &pin)?;
+            }
         }
         let load_err = |e: Box<dyn std::error::Error + Send + Sync>| ProgramError::Load {
             policy_id,
             source: e,
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(POLICY_ID_GLOBAL, &policy_id, true)
-            .map_max_entries(POLICY_MAP, POLICY_MAP_CAPACITY)
-            .map_pin_path(POLICY_MAP, map_pin.as_path())
+            .map_max_entries(POLICY_MAP, POLICY_MAP_CAPACITY);
+        let map_pins = pins.map_pins();
+        for (name, pin) in &map_pins {
+            loader.map_pin_path(name, pin.as_path());
+        }
+        let mut ebpf = loader
             .load(&self.bytes)
             .map_err(|e| load_err(Box::new(e)))?;
         let prog: &mut CgroupDevice = ebpf

@@ -1,0 +1,118 @@
+//! Which device programs decide for a cgroup: its own and its ancestors'
+//! (the kernel runs all of them; every one must allow). Used to tell
+//! operators when something besides ctdev may deny an access.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::sys::{self, SysError};
+use crate::cgroup::{Cgroup, CgroupError, CgroupFs};
+
+/// Who probably attached a program, from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Owner {
+    /// ctdev (this pin root or another one).
+    Ctdev,
+    /// systemd (`sd_devices`).
+    Systemd,
+    /// crun.
+    Crun,
+    /// LXC.
+    Lxc,
+    /// Unknown: runc's programs carry no name, for instance.
+    Unknown,
+}
+
+impl Owner {
+    /// Guesses the owner from a program name.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "ctdev_device" => Owner::Ctdev,
+            n if n.starts_with("sd_devices") => Owner::Systemd,
+            n if n.contains("crun") => Owner::Crun,
+            n if n.contains("lxc") => Owner::Lxc,
+            _ => Owner::Unknown,
+        }
+    }
+}
+
+/// One device program that applies to a cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceProgram {
+    /// Kernel program id.
+    pub id: u32,
+    /// Program name (may be empty).
+    pub name: String,
+    /// The cgroup (hierarchy path) it is attached to: the target or an ancestor.
+    pub attached_at: PathBuf,
+    /// Best guess at who attached it.
+    pub owner: Owner,
+}
+
+/// Why the programs could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramsError {
+    /// A cgroup could not be opened.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// BPF_PROG_QUERY failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+}
+
+/// Every device program that decides for `cgroup`: attached to it or to one
+/// of its ancestors up to the cgroup2 root, nearest first.
+pub fn device_programs(
+    fs: &CgroupFs,
+    cgroup: &Cgroup,
+) -> Result<Vec<DeviceProgram>, ProgramsError> {
+    let names = program_names();
+    let mut out = Vec::new();
+    let mut dir: Option<&Path> = Some(&cgroup.dir);
+    while let Some(d) = dir {
+        if !d.starts_with(fs.mount()) {
+            break;
+        }
+        let here = fs.cgroup(d)?;
+        let fd = here.open()?;
+        for id in sys::query_device_programs(fd.as_fd(), false, &here.dir)? {
+            let name = names.get(&id).cloned().unwrap_or_default();
+            out.push(DeviceProgram {
+                id,
+                owner: Owner::from_name(&name),
+                name,
+                attached_at: here.path.clone(),
+            });
+        }
+        if d == fs.mount() {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(out)
+}
+
+/// Names of all loaded programs, by id.
+fn program_names() -> HashMap<u32, String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_from_names() {
+        assert_eq!(Owner::from_name("ctdev_device"), Owner::Ctdev);
+        assert_eq!(Owner::from_name("sd_devices"), Owner::Systemd);
+        assert_eq!(Owner::from_name("crun"), Owner::Crun);
+        assert_eq!(Owner::from_name(""), Owner::Unknown);
+    }
+}
