@@ -1,7 +1,14 @@
 //! Finding containers of real runtimes: their cgroup and init process.
 //!
-//! One resolver module per runtime (filled in by issue #3's work); this
-//! module holds what they share.
+//! One resolver module per runtime; this module holds what they share: the
+//! cgroup-tree walk, ID-prefix matching, and turning matches into
+//! [`Candidate`]s.
+//!
+//! Each resolver is a pure function over a directory tree
+//! (`scan(root, name)` → `(name, dir)` pairs, built on a per-directory
+//! `classify`), so it can be tested on fixture trees of plain directories;
+//! [`find`] walks the real cgroup2 mount once for all the runtimes asked for
+//! and checks each match with [`CgroupFs::cgroup`].
 
 use std::fs;
 use std::io;
@@ -9,6 +16,12 @@ use std::path::{Path, PathBuf};
 
 use crate::cgroup::{Cgroup, CgroupFs};
 use crate::target::RuntimeKind;
+
+pub mod containerd;
+pub mod crio;
+pub mod docker;
+pub mod lxc;
+pub mod podman;
 
 /// Why a container could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -58,14 +71,154 @@ pub struct Candidate {
     pub cgroup: Cgroup,
 }
 
+/// What a resolver makes of one directory of the cgroup tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visit<T = String> {
+    /// It is a container with this name (or full ID): report it, do not descend.
+    Match(T),
+    /// Not a match: look at its sub-directories.
+    Descend,
+    /// Not a match and nothing below can be one (e.g. a conmon scope).
+    Prune,
+}
+
 /// Finds containers named `name` (a name, or an ID prefix) of `runtime`, or
-/// of every runtime when `None`.
+/// of every runtime when `None`. The cgroup2 tree is walked once; a
+/// container's own sub-cgroups are not searched. Several matches are all
+/// returned (sorted by runtime, then name); the caller reports ambiguity.
 pub fn find(
-    _fs: &CgroupFs,
-    _runtime: Option<RuntimeKind>,
-    _name: &str,
+    fs: &CgroupFs,
+    runtime: Option<RuntimeKind>,
+    name: &str,
 ) -> Result<Vec<Candidate>, RuntimeError> {
-    Ok(Vec::new())
+    let kinds: Vec<RuntimeKind> = match runtime {
+        Some(k) => vec![k],
+        None => RuntimeKind::ALL.to_vec(),
+    };
+    let found = walk(fs.mount(), |rel| {
+        let mut prune = false;
+        for &kind in &kinds {
+            match classify(kind, rel, name) {
+                Visit::Match(n) => return Visit::Match((kind, n)),
+                Visit::Prune => prune = true,
+                Visit::Descend => {}
+            }
+        }
+        if prune {
+            Visit::Prune
+        } else {
+            Visit::Descend
+        }
+    })?;
+    let mut candidates = Vec::with_capacity(found.len());
+    for ((kind, cname), dir) in found {
+        match fs.cgroup(&dir) {
+            Ok(cgroup) => candidates.push(Candidate {
+                runtime: kind,
+                name: cname,
+                cgroup,
+            }),
+            // Removed while we walked, or not a cgroup after all.
+            Err(e) => tracing::debug!(
+                "skipping {} candidate {}: {e}",
+                kind.prefix(),
+                dir.display()
+            ),
+        }
+    }
+    candidates.sort_by(|a, b| {
+        (a.runtime, &a.name, &a.cgroup.dir).cmp(&(b.runtime, &b.name, &b.cgroup.dir))
+    });
+    Ok(candidates)
+}
+
+/// The resolver of `kind` applied to one directory (`rel`: its path relative
+/// to the cgroup2 root, ending with its own name).
+pub fn classify(kind: RuntimeKind, rel: &Path, name: &str) -> Visit<String> {
+    match kind {
+        RuntimeKind::Lxc => lxc::classify(rel, name),
+        RuntimeKind::Docker => docker::classify(rel, name),
+        RuntimeKind::Podman => podman::classify(rel, name),
+        RuntimeKind::Containerd => containerd::classify(rel, name),
+        RuntimeKind::Crio => crio::classify(rel, name),
+    }
+}
+
+/// Walks the directory tree under `root` (not following symlinks), asking
+/// `classify` about every directory below it with its path relative to
+/// `root`. Returns the matches with their directories (under `root`), in
+/// walk order. Only an unreadable `root` is an error; sub-directories that
+/// vanish or cannot be read are skipped.
+pub fn walk<T, F>(root: &Path, mut classify: F) -> Result<Vec<(T, PathBuf)>, RuntimeError>
+where
+    F: FnMut(&Path) -> Visit<T>,
+{
+    let mut found = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(source) if rel.as_os_str().is_empty() => {
+                return Err(RuntimeError::Io {
+                    op: "read directory",
+                    path: dir,
+                    source,
+                })
+            }
+            Err(e) => {
+                tracing::debug!("skipping {}: {e}", dir.display());
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let child = rel.join(entry.file_name());
+            match classify(&child) {
+                Visit::Match(m) => found.push((m, root.join(&child))),
+                Visit::Descend => stack.push(child),
+                Visit::Prune => {}
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The directory's own name, if it is valid UTF-8 (cgroup names of the
+/// runtimes always are).
+pub(crate) fn dir_name(rel: &Path) -> Option<&str> {
+    rel.file_name()?.to_str()
+}
+
+/// The parent directory's name (`None` at the top level).
+pub(crate) fn parent_name(rel: &Path) -> Option<&str> {
+    rel.parent()?.file_name()?.to_str()
+}
+
+/// Whether `s` is a full container ID: 64 lowercase hex digits.
+pub fn is_full_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether the full ID `id` starts with `prefix` (at least one hex digit,
+/// compared case-insensitively).
+pub fn id_matches(id: &str, prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.len() <= id.len()
+        && is_full_id(id)
+        && id.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// Matches `<kind>-<id>.scope` (systemd driver) against an ID prefix:
+/// `Some(id)` when the name has that form and the ID starts with `prefix`.
+pub(crate) fn scope_id<'a>(name: &'a str, kind: &str, prefix: &str) -> Option<&'a str> {
+    let id = name
+        .strip_prefix(kind)?
+        .strip_prefix('-')?
+        .strip_suffix(".scope")?;
+    id_matches(id, prefix).then_some(id)
 }
 
 /// The oldest process (earliest start time) in `cgroup_dir` and its
@@ -116,6 +269,43 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Fixture trees of plain directories for the resolvers' unit tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use super::RuntimeError;
+    use std::path::PathBuf;
+
+    /// A temp dir holding the given directories (relative, `/`-separated).
+    pub fn tree(dirs: &[&str]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for d in dirs {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        // A file beside the directories must be ignored by the walk.
+        std::fs::write(t.path().join("cgroup.procs"), "").unwrap();
+        t
+    }
+
+    /// Matches as sorted `name:relative/dir` strings.
+    pub fn names(
+        t: &tempfile::TempDir,
+        found: Result<Vec<(String, PathBuf)>, RuntimeError>,
+    ) -> Vec<String> {
+        let mut v: Vec<String> = found
+            .unwrap()
+            .into_iter()
+            .map(|(n, d)| format!("{n}:{}", d.strip_prefix(t.path()).unwrap().display()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A fake 64-hex-digit ID starting with `start`.
+    pub fn id(start: &str) -> String {
+        format!("{start}{}", "0".repeat(64 - start.len()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +314,47 @@ mod tests {
     fn start_time_of_self_is_known() {
         assert!(start_time(std::process::id() as i32).is_some());
         assert!(start_time(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn id_prefixes() {
+        let id = fixture::id("3f2a");
+        assert!(id_matches(&id, "3"));
+        assert!(id_matches(&id, "3F2A"));
+        assert!(id_matches(&id, &id));
+        assert!(!id_matches(&id, ""));
+        assert!(!id_matches(&id, "3f2b"));
+        assert!(!id_matches(&id, &format!("{id}0")));
+        assert!(!id_matches("3f2a", "3f"), "not a full id");
+        assert!(!is_full_id(&id.to_uppercase().replace('0', "A")));
+    }
+
+    #[test]
+    fn scope_names() {
+        let id = fixture::id("ab");
+        let scope = format!("docker-{id}.scope");
+        assert_eq!(scope_id(&scope, "docker", "a"), Some(id.as_str()));
+        assert_eq!(scope_id(&scope, "docker", "b"), None);
+        assert_eq!(scope_id(&scope, "libpod", "a"), None);
+        assert_eq!(scope_id(&format!("docker-{id}"), "docker", "a"), None);
+    }
+
+    #[test]
+    fn unreadable_root_is_an_error() {
+        let err = walk::<String, _>(Path::new("/nonexistent-ctdev-root"), |_| Visit::Descend)
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent-ctdev-root"), "{err}");
+    }
+
+    #[test]
+    fn find_on_the_real_hierarchy() {
+        // Nothing named like this exists: an empty result, not an error.
+        let fs = CgroupFs::discover().expect("cgroup2 mounted");
+        assert!(find(&fs, None, "ctdev-no-such-container")
+            .unwrap()
+            .is_empty());
+        assert!(find(&fs, Some(RuntimeKind::Docker), "ffffffffffff")
+            .unwrap()
+            .is_empty());
     }
 }
