@@ -8,6 +8,7 @@
 //! Modules by job:
 //! - [`rule`], [`presets`]: the policy model and rule syntax;
 //! - [`cgroup`], [`target`], [`runtimes`]: finding cgroup2 and the container's cgroup;
+//! - [`import`]: a runtime's device rules (OCI config, runc state, LXC config) as ctdev rules;
 //! - [`container`]: inside a container: init process, device nodes, netdevs;
 //! - [`kernel`]: bpf syscalls, pins, the policy map, program loading, links;
 //! - [`controller`]: the operations (attach, allow, revoke, list, detach);
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod container;
 pub mod controller;
 pub mod devname;
+pub mod import;
 pub mod kernel;
 pub mod presets;
 pub mod probe;
