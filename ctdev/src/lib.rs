@@ -12,6 +12,7 @@
 //! - [`container`]: inside a container: init process, device nodes, netdevs;
 //! - [`kernel`]: bpf syscalls, pins, the policy map, program loading, links;
 //! - [`controller`]: the operations (attach, allow, revoke, list, detach);
+//! - [`passthrough`]: `add`/`del`, device passthrough like lxc-device;
 //! - [`devname`]: device names for audit output;
 //! - [`probe`]: real kernel verdicts from inside a cgroup;
 //! - [`cli`]: flags → validated config → operation → output.
@@ -24,6 +25,7 @@ pub mod controller;
 pub mod devname;
 pub mod import;
 pub mod kernel;
+pub mod passthrough;
 pub mod presets;
 pub mod probe;
 pub mod rule;

@@ -1,8 +1,10 @@
 //! Command line: raw flags (clap) → validated [`Config`] → one operation →
 //! human or JSON output. One module per subcommand.
 
+mod add;
 mod allow;
 mod attach;
+mod del;
 mod demo;
 mod detach;
 mod list;
@@ -66,6 +68,10 @@ pub enum Command {
     Detach(detach::Args),
     /// Show ctdev working on a scratch cgroup, then clean up.
     Demo(demo::Args),
+    /// Pass a host device (node, directory of nodes, or network interface) into a container.
+    Add(add::Args),
+    /// Take a device passed with `add` away from a container again.
+    Del(del::Args),
 }
 
 impl Cli {
@@ -134,6 +140,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::List(a) => list::run(cli, config, a),
         Command::Detach(a) => detach::run(cli, config, a),
         Command::Demo(a) => demo::run(cli, config, a),
+        Command::Add(a) => add::run(cli, config, a),
+        Command::Del(a) => del::run(cli, config, a),
     }
 }
 

@@ -1,0 +1,112 @@
+//! `ctdev add TARGET DEVICE [DEST] [--access rwm] [--mode MODE] [--uid U --gid G]`
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use super::{open, Cli};
+use crate::controller::Config;
+use crate::passthrough::{self, AddOptions, PassthroughReport};
+use crate::rule::Access;
+use crate::target::Target;
+
+/// Arguments of `ctdev add`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The container (must be under policy: `ctdev attach` first).
+    pub target: Target,
+    /// A host device node (/dev/net/tun), a directory of nodes (/dev/dri),
+    /// or a network interface name (eth1).
+    pub device: String,
+    /// Path inside the container (default: DEVICE), or the interface's new name.
+    pub dest: Option<String>,
+    /// Access to allow on the device: letters from rwm.
+    #[arg(long, default_value = "rwm")]
+    pub access: String,
+    /// Permission bits of the node in the container, octal (default: the host node's).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Owner uid of the node (default: the container's root, mapped through its user namespace).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Owner gid of the node (default: the container's root group, mapped).
+    #[arg(long)]
+    pub gid: Option<u32>,
+}
+
+pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+    let access = Access::parse(&args.access).with_context(|| {
+        format!(
+            "invalid --access {:?}: expected letters from \"rwm\", each once",
+            args.access
+        )
+    })?;
+    if access.is_empty() {
+        anyhow::bail!("--access must grant something (to take access away, use `ctdev del`)");
+    }
+    let mode = args
+        .mode
+        .as_deref()
+        .map(passthrough::parse_mode)
+        .transpose()?;
+    let opts = AddOptions {
+        access,
+        mode,
+        uid: args.uid,
+        gid: args.gid,
+    };
+    let ct = open(config)?;
+    let report = passthrough::add(&ct, &args.target, &args.device, args.dest.as_deref(), &opts)?;
+    print_report(cli, "added", &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints an add/del report: warnings on stderr, the rest on stdout.
+pub(super) fn print_report(cli: &Cli, verb: &str, report: &PassthroughReport) -> Result<()> {
+    for w in &report.warnings {
+        eprintln!("ctdev: warning: {w}");
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    let target = &report.target;
+    if let Some(i) = &report.interface {
+        if i.action == "moved-in" {
+            println!(
+                "{verb} {target}: interface {} moved into the container (pid {}) as {}",
+                i.host_name, report.init_pid, i.container_name
+            );
+        } else {
+            println!(
+                "{verb} {target}: interface {} moved out of the container (pid {}) as {}",
+                i.container_name, report.init_pid, i.host_name
+            );
+        }
+    }
+    for n in &report.nodes {
+        let via = n
+            .resolved
+            .as_ref()
+            .map(|r| format!(" (symlink to {})", r.display()))
+            .unwrap_or_default();
+        let action = serde_json::to_value(n.action)?;
+        println!(
+            "{verb} {target}: node {} {}: {}{via} -> {}, mode {:04o}, owner {}:{}",
+            n.dest.display(),
+            action.as_str().unwrap_or_default(),
+            n.device.display(),
+            n.node.device(),
+            n.node.mode,
+            n.node.uid,
+            n.node.gid
+        );
+    }
+    for r in &report.rules_changed {
+        println!("{verb} {target}: rule {r}");
+    }
+    for r in &report.rules_unchanged {
+        println!("unchanged {target}: rule {r}");
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! `ctdev del TARGET DEVICE [DEST]`
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::add::print_report;
+use super::{open, Cli};
+use crate::controller::Config;
+use crate::passthrough;
+use crate::target::Target;
+
+/// Arguments of `ctdev del`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The container.
+    pub target: Target,
+    /// The host device node, directory, or interface name given to `ctdev add`.
+    pub device: String,
+    /// Path inside the container (default: DEVICE), or the interface's name there.
+    pub dest: Option<String>,
+}
+
+pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+    let ct = open(config)?;
+    let report = passthrough::del(&ct, &args.target, &args.device, args.dest.as_deref())?;
+    print_report(cli, "deleted", &report)?;
+    Ok(ExitCode::SUCCESS)
+}
