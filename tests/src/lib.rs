@@ -5,6 +5,8 @@
 //! on drop (also when a test panics) detaches every program, kills every
 //! process, and removes every cgroup, pin and node it created.
 
+pub mod container;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
