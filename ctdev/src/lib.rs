@@ -11,11 +11,13 @@
 //! - [`container`]: inside a container: init process, device nodes, netdevs;
 //! - [`kernel`]: bpf syscalls, pins, the policy map, program loading, links;
 //! - [`controller`]: the operations (attach, allow, revoke, list, detach);
+//! - [`audit`]: denial events, `check`, drift;
 //! - [`devname`]: device names for audit output;
 //! - [`probe`]: real kernel verdicts from inside a cgroup;
 //! - [`cli`]: flags → validated config → operation → output.
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod cgroup;
 pub mod cli;
 pub mod container;

@@ -306,3 +306,4 @@ impl Drop for Parked {
         let _ = self.child.wait();
     }
 }
+pub mod foreign;
