@@ -123,6 +123,9 @@ pub struct DenyEvent {
     pub matched_kind: u32,
     /// Access bits of that entry (0 when none matched).
     pub matched_access: u32,
+    /// The task's command name (`comm`), NUL-padded: the process may be
+    /// gone by the time userspace reads the event.
+    pub comm: [u8; 16],
 }
 
 /// Per-container, per-CPU statistics kept by the kernel program.
@@ -225,7 +228,7 @@ mod user {
     unsafe impl aya::Pod for super::PolicyKey {}
     // SAFETY: `#[repr(C)]` around a single u32.
     unsafe impl aya::Pod for super::PolicyValue {}
-    // SAFETY: `#[repr(C)]`, u64 fields then u32 fields, 64 bytes, no padding.
+    // SAFETY: `#[repr(C)]`, u64 then u32 then u8 fields, 80 bytes, no padding.
     unsafe impl aya::Pod for super::DenyEvent {}
     // SAFETY: `#[repr(C)]`, only u64 fields.
     unsafe impl aya::Pod for super::ContainerStats {}
@@ -257,7 +260,7 @@ mod tests {
 
     #[test]
     fn event_and_stats_layouts_have_no_padding() {
-        assert_eq!(core::mem::size_of::<DenyEvent>(), 64);
+        assert_eq!(core::mem::size_of::<DenyEvent>(), 80);
         assert_eq!(core::mem::size_of::<ContainerStats>(), 40);
     }
 

@@ -15,7 +15,7 @@
 
 use aya_ebpf::{
     btf_maps::{HashMap, PerCpuHashMap, RingBuf},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated as gen},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated as gen},
     macros::{btf_map, cgroup_device},
     programs::DeviceContext,
     Global,
@@ -144,6 +144,7 @@ fn report_denial(policy_id: u64, dev_type: u32, major: u32, minor: u32, access: 
         access,
         matched_kind: kind,
         matched_access: bits,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     if CTDEV_EVENTS.output(&event, 0).is_ok() {
         stats.events += 1;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use ctdev_common::PolicyKey;
 use serde::Serialize;
 
+use crate::audit::drift::{self, Drift};
 use crate::cgroup::{Cgroup, CgroupError, CgroupFs};
 use crate::devname::device_names;
 use crate::kernel::attachment::{self, AttachmentError, PinnedLink};
@@ -138,6 +139,9 @@ pub struct ContainerView {
     /// Denials and denial events of this container.
     #[serde(flatten)]
     pub stats: Stats,
+    /// Differences between the container's /dev and its policy (`list --drift`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
 }
 
 /// The whole audit dump (`ctdev list --json`), format version 1.
@@ -658,6 +662,7 @@ impl Ctdev {
                 link_pin: link.pin,
                 rules: by_id.remove(id).unwrap_or_default(),
                 stats: stats.get(id).copied().unwrap_or_default(),
+                drift: None,
             });
         }
         dump.orphaned = by_id
@@ -694,6 +699,39 @@ impl Ctdev {
             }
         }
         Ok(ids)
+    }
+
+    /// Compares the /dev of the container under `cgroup_dir` (read through
+    /// its init process's root) with its policy entries.
+    pub fn drift(&self, policy_id: u64, cgroup_dir: &std::path::Path) -> Drift {
+        let mut out = Drift::default();
+        let pid = match runtimes::oldest_process(cgroup_dir) {
+            Ok(Some(pid)) => pid,
+            Ok(None) => {
+                out.error = Some("no process in the cgroup: is the container running?".into());
+                return out;
+            }
+            Err(e) => {
+                out.error = Some(e.to_string());
+                return out;
+            }
+        };
+        out.init_pid = Some(pid);
+        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+        let nodes = match drift::device_nodes(&root, &root.join("dev")) {
+            Ok(n) => n,
+            Err(e) => {
+                out.error = Some(format!("cannot read {}/dev: {e}", root.display()));
+                return out;
+            }
+        };
+        let entries = PolicyMap::open(&self.pins.policy_map())
+            .and_then(|m| m.entries_of(policy_id))
+            .unwrap_or_default();
+        let (no_rule, no_node) = drift::compare(policy_id, &entries, &nodes);
+        out.nodes_without_rule = no_rule;
+        out.rules_without_node = no_node;
+        out
     }
 
     fn rule_view(&self, key: &PolicyKey, bits: u32) -> RuleView {

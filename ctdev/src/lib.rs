@@ -13,11 +13,13 @@
 //! - [`kernel`]: bpf syscalls, pins, the policy map, program loading, links;
 //! - [`controller`]: the operations (attach, allow, revoke, list, detach);
 //! - [`passthrough`]: `add`/`del`, device passthrough like lxc-device;
+//! - [`audit`]: denial events, `check`, drift;
 //! - [`devname`]: device names for audit output;
 //! - [`probe`]: real kernel verdicts from inside a cgroup;
 //! - [`cli`]: flags → validated config → operation → output.
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod cgroup;
 pub mod cli;
 pub mod container;

@@ -17,6 +17,8 @@ use crate::rule::DeviceType;
 
 /// Exit code of a child that could not join the cgroup.
 const EXIT_JOIN_FAILED: i32 = 200;
+/// Exit code of a child that could not prepare its private scratch node.
+const EXIT_SETUP_FAILED: i32 = 201;
 
 /// One access to try from inside a cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +47,27 @@ pub enum ProbeOp {
     Exists {
         /// The device node.
         path: PathBuf,
+    },
+    /// The device controller's verdict for a device by its numbers, without
+    /// opening it (no driver side effects) and without a node on the host:
+    /// the child mounts a private tmpfs on `scratch` (in a mount namespace of
+    /// its own), creates the node there, joins the cgroup, then calls
+    /// `access(R_OK|W_OK)`, or `mknod()` for the mknod check.
+    Device {
+        /// An empty directory to mount the private tmpfs on.
+        scratch: PathBuf,
+        /// Block or char.
+        dev_type: DeviceType,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+        /// Ask for read access.
+        read: bool,
+        /// Ask for write access.
+        write: bool,
+        /// Check mknod instead of read/write.
+        mknod: bool,
     },
 }
 
@@ -86,6 +109,11 @@ pub enum ProbeError {
         /// The error.
         errno: Errno,
     },
+    /// The child could not prepare its private tmpfs and scratch node.
+    #[error(
+        "probe: cannot prepare a private scratch node under {0} (mount namespace, tmpfs, mknod)"
+    )]
+    Setup(PathBuf),
     /// The child could not move itself into the cgroup.
     #[error("probe: cannot join cgroup {0} (is it a threaded or domain-invalid cgroup?)")]
     Join(PathBuf),
@@ -111,6 +139,14 @@ pub fn probe(cgroup_dir: &Path, op: &ProbeOp) -> Result<Result<(), Errno>, Probe
         Open(CString, libc::c_int),
         Mknod(CString, libc::mode_t, libc::dev_t),
         Exists(CString),
+        Device {
+            scratch: CString,
+            node: CString,
+            mode: libc::mode_t,
+            dev: libc::dev_t,
+            check: libc::c_int,
+            mknod: bool,
+        },
     }
     let prepared = match op {
         ProbeOp::Open { path, read, write } => {
@@ -138,10 +174,41 @@ pub fn probe(cgroup_dir: &Path, op: &ProbeOp) -> Result<Result<(), Errno>, Probe
             Prepared::Mknod(cstr(path)?, kind | 0o600, libc::makedev(*major, *minor))
         }
         ProbeOp::Exists { path } => Prepared::Exists(cstr(path)?),
+        ProbeOp::Device {
+            scratch,
+            dev_type,
+            major,
+            minor,
+            read,
+            write,
+            mknod,
+        } => {
+            let kind = if *dev_type == DeviceType::Block {
+                libc::S_IFBLK
+            } else {
+                libc::S_IFCHR
+            };
+            let mut check = 0;
+            if *read {
+                check |= libc::R_OK;
+            }
+            if *write {
+                check |= libc::W_OK;
+            }
+            Prepared::Device {
+                scratch: cstr(scratch)?,
+                node: cstr(&scratch.join("node"))?,
+                mode: kind | 0o600,
+                dev: libc::makedev(*major, *minor),
+                check,
+                mknod: *mknod,
+            }
+        }
     };
 
-    // SAFETY: the child only calls async-signal-safe functions (open, write,
-    // close, mknod, unlink, access, _exit) on data prepared before fork.
+    // SAFETY: the child only calls async-signal-safe functions (unshare,
+    // mount, open, write, close, mknod, unlink, access, _exit) on data
+    // prepared before fork.
     match unsafe { fork() }.map_err(|errno| ProbeError::Process {
         call: "fork",
         errno,
@@ -149,6 +216,37 @@ pub fn probe(cgroup_dir: &Path, op: &ProbeOp) -> Result<Result<(), Errno>, Probe
         ForkResult::Child => {
             // SAFETY: async-signal-safe libc calls on valid NUL-terminated strings.
             unsafe {
+                if let Prepared::Device {
+                    scratch,
+                    node,
+                    mode,
+                    dev,
+                    mknod,
+                    ..
+                } = &prepared
+                {
+                    // Private mount namespace and tmpfs: nothing is visible
+                    // outside this process, nothing to clean up.
+                    let ok = libc::unshare(libc::CLONE_NEWNS) == 0
+                        && libc::mount(
+                            c"none".as_ptr(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) == 0
+                        && libc::mount(
+                            c"tmpfs".as_ptr(),
+                            scratch.as_ptr(),
+                            c"tmpfs".as_ptr(),
+                            libc::MS_NOSUID,
+                            c"mode=0700".as_ptr().cast(),
+                        ) == 0
+                        && (*mknod || libc::mknod(node.as_ptr(), *mode, *dev) == 0);
+                    if !ok {
+                        libc::_exit(EXIT_SETUP_FAILED);
+                    }
+                }
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                     libc::_exit(EXIT_JOIN_FAILED);
@@ -170,6 +268,20 @@ pub fn probe(cgroup_dir: &Path, op: &ProbeOp) -> Result<Result<(), Errno>, Probe
                         r == 0
                     }
                     Prepared::Exists(path) => libc::access(path.as_ptr(), libc::F_OK) == 0,
+                    Prepared::Device {
+                        node,
+                        mode,
+                        dev,
+                        check,
+                        mknod,
+                        ..
+                    } => {
+                        if *mknod {
+                            libc::mknod(node.as_ptr(), *mode, *dev) == 0
+                        } else {
+                            libc::access(node.as_ptr(), *check) == 0
+                        }
+                    }
                 };
                 let code = if ok {
                     0
@@ -184,6 +296,13 @@ pub fn probe(cgroup_dir: &Path, op: &ProbeOp) -> Result<Result<(), Errno>, Probe
                 Ok(WaitStatus::Exited(_, 0)) => return Ok(Ok(())),
                 Ok(WaitStatus::Exited(_, EXIT_JOIN_FAILED)) => {
                     return Err(ProbeError::Join(cgroup_dir.to_path_buf()))
+                }
+                Ok(WaitStatus::Exited(_, EXIT_SETUP_FAILED)) => {
+                    let scratch = match op {
+                        ProbeOp::Device { scratch, .. } => scratch.clone(),
+                        _ => PathBuf::new(),
+                    };
+                    return Err(ProbeError::Setup(scratch));
                 }
                 Ok(WaitStatus::Exited(_, code)) => return Ok(Err(Errno::from_raw(code))),
                 Ok(other) => return Err(ProbeError::Abnormal(format!("{other:?}"))),

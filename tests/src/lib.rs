@@ -308,3 +308,4 @@ impl Drop for Parked {
         let _ = self.child.wait();
     }
 }
+pub mod foreign;

@@ -13,10 +13,22 @@ use crate::target::Target;
 pub struct Args {
     /// Only this container (cgroup path, pid:N or id:N).
     pub target: Option<Target>,
+    /// Also compare each container's /dev with its policy: nodes no rule
+    /// allows, and rules for devices with no node.
+    #[arg(long)]
+    pub drift: bool,
 }
 
 pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
-    let dump = open(config)?.list(args.target.as_ref())?;
+    let ctdev = open(config)?;
+    let mut dump = ctdev.list(args.target.as_ref())?;
+    if args.drift {
+        for c in &mut dump.containers {
+            if let Some(dir) = &c.cgroup_dir {
+                c.drift = Some(ctdev.drift(c.policy_id, dir));
+            }
+        }
+    }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&dump)?);
     } else {
@@ -54,10 +66,41 @@ pub fn render(dump: &Dump) -> String {
             .unwrap_or_else(|| "(cgroup removed)".into());
         let _ = writeln!(
             out,
-            "{name}  policy {}  program {}  link {}  {}",
-            c.policy_id, c.program_id, c.link_id, c.state
+            "{name}  policy {}  program {}  link {}  {}  denied {} (events {}, dropped {})",
+            c.policy_id,
+            c.program_id,
+            c.link_id,
+            c.state,
+            c.stats.denied,
+            c.stats.events,
+            c.stats.events_dropped
         );
         render_rules(&mut out, &c.rules);
+        if let Some(d) = &c.drift {
+            if let Some(e) = &d.error {
+                let _ = writeln!(out, "    drift: {e}");
+            }
+            for n in &d.nodes_without_rule {
+                let _ = writeln!(
+                    out,
+                    "    drift: node {} ({}) has no rule allowing it",
+                    n.path.display(),
+                    n.device
+                );
+            }
+            for r in &d.rules_without_node {
+                let _ = writeln!(
+                    out,
+                    "    drift: rule `{r}` allows a device with no node in /dev"
+                );
+            }
+            if d.error.is_none()
+                && d.nodes_without_rule.is_empty()
+                && d.rules_without_node.is_empty()
+            {
+                let _ = writeln!(out, "    drift: none");
+            }
+        }
     }
     for o in &dump.orphaned {
         let _ = writeln!(
@@ -83,6 +126,12 @@ fn render_rules(out: &mut String, rules: &[RuleView]) {
         let _ = writeln!(out, "    (no rules: every device denied)");
     }
     for r in rules {
-        let _ = writeln!(out, "    {:<16} {}", r.rule, r.devices.join(" "));
+        let _ = writeln!(
+            out,
+            "    {:<16} hits {:<8} {}",
+            r.rule,
+            r.hits,
+            r.devices.join(" ")
+        );
     }
 }

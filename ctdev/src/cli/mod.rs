@@ -4,10 +4,13 @@
 mod add;
 mod allow;
 mod attach;
+mod check;
 mod del;
 mod demo;
 mod detach;
 mod list;
+mod monitor;
+mod reset_counters;
 mod revoke;
 
 use std::path::PathBuf;
@@ -66,6 +69,13 @@ pub enum Command {
     List(list::Args),
     /// Stop enforcing on a cgroup and remove its pins and rules.
     Detach(detach::Args),
+    /// Stream denied device accesses as they happen (JSON lines with --json).
+    Monitor(monitor::Args),
+    /// The kernel's real verdict for one access from inside a container, explained.
+    /// Exit status: 0 allowed, 1 denied, 2 error.
+    Check(check::Args),
+    /// Set hit and denial counters back to zero.
+    ResetCounters(reset_counters::Args),
     /// Show ctdev working on a scratch cgroup, then clean up.
     Demo(demo::Args),
     /// Pass a host device (node, directory of nodes, or network interface) into a container.
@@ -99,6 +109,9 @@ impl Cli {
     }
 }
 
+/// Exit status of a command that failed (1 is `check`'s "denied").
+pub const EXIT_ERROR: u8 = 2;
+
 /// Parses arguments, runs the command, prints errors; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -110,7 +123,7 @@ pub fn main() -> ExitCode {
             for cause in err.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }
@@ -139,6 +152,9 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Revoke(a) => revoke::run(cli, config, a),
         Command::List(a) => list::run(cli, config, a),
         Command::Detach(a) => detach::run(cli, config, a),
+        Command::Monitor(a) => monitor::run(cli, config, a),
+        Command::Check(a) => check::run(cli, config, a),
+        Command::ResetCounters(a) => reset_counters::run(cli, config, a),
         Command::Demo(a) => demo::run(cli, config, a),
         Command::Add(a) => add::run(cli, config, a),
         Command::Del(a) => del::run(cli, config, a),
@@ -178,7 +194,7 @@ pub fn group_rule_words(words: &[String]) -> Vec<String> {
 }
 
 /// Parses rule words given on the command line.
-fn rules_from_words(words: &[String]) -> Result<Vec<Rule>> {
+pub(crate) fn rules_from_words(words: &[String]) -> Result<Vec<Rule>> {
     Ok(parse_rules(&group_rule_words(words))?)
 }
 

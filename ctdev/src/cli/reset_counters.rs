@@ -1,0 +1,26 @@
+//! `ctdev reset-counters [TARGET]`
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{open, Cli};
+use crate::controller::Config;
+use crate::target::Target;
+
+/// Arguments of `ctdev reset-counters`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this container (default: every container under policy).
+    pub target: Option<Target>,
+}
+
+pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+    let ids = open(config)?.reset_counters(args.target.as_ref())?;
+    if cli.json {
+        println!("{}", serde_json::json!({ "reset": ids }));
+    } else {
+        println!("counters reset for {} container(s)", ids.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,410 @@
+//! Audit features against the real kernel: denial events, rate limiting,
+//! counters, `ctdev check` versus real opens, `ctdev monitor`.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ctdev_tests::foreign::ForeignProgram;
+use ctdev_tests::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A running `ctdev monitor --json`, its lines read on a thread; killed on drop.
+struct Monitor {
+    child: Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Monitor {
+    fn start(env: &TestEnv, extra: &[&str]) -> Monitor {
+        let mut child = Command::new(ctdev_bin())
+            .arg("--pin-root")
+            .arg(&env.pin_root)
+            .args(["--json", "monitor"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ctdev monitor");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut monitor_guard = Monitor {
+            child,
+            lines: mpsc::channel().1,
+        };
+        // Wait for the ready line on stderr.
+        let mut ready = String::new();
+        BufReader::new(stderr).read_line(&mut ready).unwrap();
+        assert!(
+            ready.contains("watching denials"),
+            "monitor did not start: {ready:?}"
+        );
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).expect("monitor prints JSON lines");
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        monitor_guard.lines = rx;
+        monitor_guard
+    }
+
+    fn next(&self, within: Duration) -> Option<serde_json::Value> {
+        self.lines.recv_timeout(within).ok()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a shell loop inside `cgroup`, pinned to CPU 0: `body` repeated `n` times.
+fn shell_loop(cgroup: &Path, n: u32, body: &str) {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && i=0; while [ $i -lt {n} ]; do {body}; i=$((i+1)); done",
+        cgroup.display()
+    );
+    let status = Command::new("taskset")
+        .args(["-c", "0", "sh", "-c", &script])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run shell loop");
+    assert!(
+        status.success() || status.code().is_some(),
+        "shell loop died"
+    );
+}
+
+fn container(dump: &serde_json::Value) -> &serde_json::Value {
+    &dump["containers"][0]
+}
+
+#[test]
+fn a_denied_open_gives_exactly_one_event_with_the_right_fields() {
+    let env = TestEnv::new("event");
+    let cg = env.cgroup("c");
+    env.ok(&["attach", s(&cg), "--preset", "none", "--rule", "c 1:3 r"]);
+    let mon = Monitor::start(&env, &[]);
+    assert_denied(&env, &cg, ProbeOp::write("/dev/null"));
+    assert_allowed(&env, &cg, ProbeOp::read("/dev/null"));
+    // A second, different denial marks the end of what the first produced.
+    assert_denied(&env, &cg, ProbeOp::read("/dev/zero"));
+    let first = mon
+        .next(Duration::from_secs(5))
+        .expect("an event for the denied write");
+    let second = mon
+        .next(Duration::from_secs(5))
+        .expect("an event for the marker");
+    let cg_id = std::fs::metadata(&cg).unwrap().ino();
+    assert_eq!(first["type"], "denied");
+    assert_eq!(first["policy_id"], cg_id);
+    assert_eq!(first["cgroup_id"], cg_id);
+    assert_eq!(first["container"], format!("/{}/c", env.name));
+    assert_eq!(
+        first["device"],
+        serde_json::json!({"type": "c", "major": 1, "minor": 3, "name": "/dev/null"})
+    );
+    assert_eq!(first["access"], "w");
+    assert_eq!(first["rule"], "c 1:3 r");
+    assert_eq!(first["uid"], 0);
+    assert_eq!(first["gid"], 0);
+    assert!(first["tgid"].as_u64().unwrap() > 0 && first["pid"] == first["tgid"]);
+    assert!(!first["comm"].as_str().unwrap().is_empty());
+    assert!(first["time"].as_str().unwrap().starts_with("20"));
+    assert_eq!(second["device"]["minor"], 5);
+    assert_eq!(second["rule"], serde_json::Value::Null);
+    assert!(
+        mon.next(Duration::from_millis(300)).is_none(),
+        "more events than denials"
+    );
+}
+
+#[test]
+fn events_beyond_the_rate_limit_are_dropped_and_counted() {
+    let env = TestEnv::new("ratelimit");
+    let cg = env.cgroup("c");
+    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let mon = Monitor::start(&env, &[]);
+    // 300 denied opens from one process on one CPU, in far less than a second.
+    shell_loop(&cg, 300, "true < /dev/zero");
+    let c = container(&env.list_json()).clone();
+    assert_eq!(c["denied"], 300);
+    let (events, dropped) = (
+        c["events"].as_u64().unwrap(),
+        c["events_dropped"].as_u64().unwrap(),
+    );
+    assert_eq!(events + dropped, 300);
+    assert_eq!(
+        events,
+        ctdev_common::EVENTS_PER_SECOND_PER_CPU,
+        "one CPU, one window: the limit exactly"
+    );
+    // The monitor delivers the events that were kept and reports the drops.
+    let mut denied = 0;
+    let mut reported_drops = 0;
+    while let Some(v) = mon.next(Duration::from_secs(3)) {
+        match v["type"].as_str() {
+            Some("denied") => denied += 1,
+            Some("dropped") => reported_drops += v["dropped"].as_u64().unwrap(),
+            other => panic!("unexpected line {other:?}"),
+        }
+        if denied == events && reported_drops == dropped {
+            break;
+        }
+    }
+    assert_eq!((denied, reported_drops), (events, dropped));
+}
+
+#[test]
+fn counters_count_allowed_and_denied_exactly_and_reset() {
+    let env = TestEnv::new("counters");
+    let cg = env.cgroup("c");
+    env.ok(&[
+        "attach",
+        s(&cg),
+        "--preset",
+        "none",
+        "--rule",
+        "c 1:3 r",
+        "--rule",
+        "c 1:* ''",
+    ]);
+    shell_loop(&cg, 7, "true < /dev/null");
+    shell_loop(&cg, 3, "true > /dev/null");
+    shell_loop(&cg, 2, "true < /dev/zero");
+    let dump = env.list_json();
+    let c = container(&dump);
+    let hits = |rule: &str| {
+        c["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"] == rule)
+            .unwrap()["hits"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(hits("c 1:3 r"), 7);
+    assert_eq!(hits("c 1:* ''"), 0);
+    assert_eq!(c["denied"], 5);
+    let text = env.ok(&["list", s(&cg)]);
+    assert!(
+        text.contains("hits 7") && text.contains("denied 5"),
+        "{text}"
+    );
+    env.ok(&["reset-counters", s(&cg)]);
+    let c = container(&env.list_json()).clone();
+    assert_eq!(c["denied"], 0);
+    assert!(c["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["hits"] == 0));
+    // Counting resumes from zero.
+    shell_loop(&cg, 2, "true < /dev/null");
+    let c = container(&env.list_json()).clone();
+    assert_eq!(
+        c["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"] == "c 1:3 r")
+            .unwrap()["hits"],
+        2
+    );
+}
+
+/// The real verdict of opening (or mknod-ing) `dev` with `access` in `cg`.
+fn real_verdict(env: &TestEnv, cg: &Path, dev: &str, access: &str, n: usize) -> bool {
+    let op = if access == "m" {
+        let meta = std::fs::metadata(dev).unwrap();
+        ProbeOp::Mknod {
+            path: env.fresh_path(&format!("mk{n}")),
+            dev_type: DeviceType::Char,
+            major: libc::major(meta.rdev()),
+            minor: libc::minor(meta.rdev()),
+        }
+    } else {
+        ProbeOp::Open {
+            path: dev.into(),
+            read: access.contains('r'),
+            write: access.contains('w'),
+        }
+    };
+    match env.try_op(cg, &op) {
+        Ok(()) => true,
+        Err(Errno::EPERM) => false,
+        Err(e) => panic!("{op:?} failed with {e}, not a device-controller verdict"),
+    }
+}
+
+#[test]
+fn check_agrees_with_real_opens_in_every_case() {
+    let env = TestEnv::new("check");
+    let plain = env.cgroup("plain");
+    let with_foreign = env.cgroup("foreign");
+    let ancestor = env.cgroup("anc");
+    let under_ancestor = env.cgroup("anc/c");
+    for cg in [&plain, &with_foreign, &under_ancestor] {
+        env.ok(&[
+            "attach",
+            s(cg),
+            "--preset",
+            "none",
+            "--rule",
+            "c 1:3 rw",
+            "--rule",
+            "c 1:5 r",
+            "--rule",
+            "c 1:7 m",
+            "--rule",
+            "c 10:200 rwm",
+        ]);
+    }
+    // A second, non-ctdev program on the cgroup denies what ctdev allows,
+    // and one on an ancestor denies too.
+    let _same = ForeignProgram::deny_char(&with_foreign, 10, 200);
+    let _up = ForeignProgram::deny_char(&ancestor, 1, 3);
+    let devices = ["/dev/null", "/dev/zero", "/dev/full", "/dev/net/tun"];
+    let accesses = ["r", "w", "rw", "m"];
+    let mut n = 0;
+    let mut cases = 0;
+    for cg in [&plain, &with_foreign, &under_ancestor] {
+        for dev in devices {
+            for access in accesses {
+                n += 1;
+                let real = real_verdict(&env, cg, dev, access, n);
+                let r = env.ctdev(&["--json", "check", s(cg), dev, access]);
+                assert!(r.code == 0 || r.code == 1, "check failed: {}", r.stderr);
+                let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+                assert_eq!(
+                    r.code == 0,
+                    real,
+                    "check {dev} {access} in {}: {}",
+                    cg.display(),
+                    report["explanation"]
+                );
+                assert_eq!(report["allowed"], real);
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 48);
+    // The explanations name who denied.
+    let r = env.ctdev(&["--json", "check", s(&with_foreign), "/dev/net/tun", "rw"]);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let why = report["explanation"].as_str().unwrap();
+    assert!(
+        why.starts_with("denied by program")
+            && why.contains("foreign_dev")
+            && why.contains("ctdev allows it"),
+        "{why}"
+    );
+    let r = env.ctdev(&["--json", "check", s(&under_ancestor), "/dev/null", "r"]);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let why = report["explanation"].as_str().unwrap();
+    assert!(why.contains(&format!("/{}/anc", env.name)), "{why}");
+    let r = env.ctdev(&["--json", "check", s(&plain), "/dev/zero", "w"]);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        report["explanation"],
+        "denied: ctdev denies it (entry `c 1:5 r` lacks the access)"
+    );
+    // Nothing is left behind by check: no probe cgroup, no node.
+    for cg in [&plain, &with_foreign, &under_ancestor] {
+        let subs: Vec<_> = std::fs::read_dir(cg)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .collect();
+        assert!(subs.is_empty(), "left behind in {}: {subs:?}", cg.display());
+    }
+}
+
+#[test]
+fn check_rejects_what_is_not_one_device() {
+    let env = TestEnv::new("check-bad");
+    let cg = env.cgroup("c");
+    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let before = env.list_json();
+    for (args, want) in [
+        (vec!["check", s(&cg), "c 1:* r"], "wildcard"),
+        (vec!["check", s(&cg), "a 1:3 r"], "one device type"),
+        (vec!["check", s(&cg), "/nonexistent"], "/nonexistent"),
+        (vec!["check", s(&cg), "c 1:3 r", "c 1:5 r"], "one device"),
+    ] {
+        let r = env.ctdev(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+    }
+    assert_eq!(
+        env.list_json()["containers"][0]["rules"],
+        before["containers"][0]["rules"]
+    );
+}
+
+#[test]
+fn monitor_started_after_the_fact_sees_new_events() {
+    let env = TestEnv::new("monitor-late");
+    let cg = env.cgroup("c");
+    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    // Programs are loaded and denying before any monitor exists.
+    assert_denied(&env, &cg, ProbeOp::read("/dev/null"));
+    let mon = Monitor::start(&env, &[]);
+    assert_denied(&env, &cg, ProbeOp::read("/dev/full"));
+    let mut saw_new = false;
+    while let Some(v) = mon.next(Duration::from_secs(5)) {
+        if v["device"]["minor"] == 7 {
+            saw_new = true;
+            break;
+        }
+    }
+    assert!(saw_new, "the late monitor did not see the new denial");
+}
+
+#[test]
+fn drift_names_nodes_without_rules_and_rules_without_nodes() {
+    let env = TestEnv::new("drift");
+    let cg = env.cgroup("c");
+    let parked = Parked::in_cgroup(&cg);
+    env.ok(&[
+        "attach",
+        &format!("pid:{}", parked.pid()),
+        "--preset",
+        "none",
+        "--rule",
+        "c 1:3 rw",
+        "--rule",
+        "c 4000:1 rw",
+    ]);
+    let dump: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "list", "--drift"])).unwrap();
+    let drift = &dump["containers"][0]["drift"];
+    assert_eq!(drift["init_pid"], parked.pid());
+    // The parked process shares the host's /dev: /dev/zero has no rule.
+    let nodes: Vec<&str> = drift["nodes_without_rule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["path"].as_str().unwrap())
+        .collect();
+    assert!(nodes.contains(&"/dev/zero"), "{nodes:?}");
+    assert!(!nodes.contains(&"/dev/null"), "{nodes:?}");
+    assert_eq!(
+        drift["rules_without_node"],
+        serde_json::json!(["c 4000:1 rw"])
+    );
+}
