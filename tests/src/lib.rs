@@ -6,6 +6,8 @@
 //! process, and removes every cgroup, pin and node it created.
 
 pub mod container;
+/// Real LXC and runc containers for the runtime tests.
+pub mod runtimes;
 
 use std::fs;
 use std::path::{Path, PathBuf};
