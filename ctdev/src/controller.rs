@@ -20,6 +20,7 @@ use crate::kernel::counters::{Counters, Stats};
 use crate::kernel::pins::{PinError, PinLock, PinRoot};
 use crate::kernel::policy_map::{Change, PolicyMap, PolicyMapError};
 use crate::kernel::program::{ProgramError, ProgramObject};
+use crate::kernel::programs::{device_programs_named, DeviceProgram, ProgramNames};
 use crate::presets::Preset;
 use crate::rule::{Access, DevNumber, DeviceType, Rule};
 use crate::runtimes::{self, RuntimeError};
@@ -139,6 +140,10 @@ pub struct ContainerView {
     /// Denials and denial events of this container.
     #[serde(flatten)]
     pub stats: Stats,
+    /// Device programs besides this container's ctdev program that also
+    /// decide for it (attached to its cgroup or an ancestor): the kernel
+    /// allows an access only if all of them allow it.
+    pub other_programs: Vec<DeviceProgram>,
     /// Differences between the container's /dev and its policy (`list --drift`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<Drift>,
@@ -635,6 +640,7 @@ impl Ctdev {
             by_id.entry(key.policy_id).or_default().push(view);
         }
         let linked: BTreeSet<u64> = ids.iter().copied().collect();
+        let names = ProgramNames::load();
         for id in &ids {
             let link = match attachment::open(&self.pins, *id) {
                 Ok(Some(l)) => l,
@@ -662,6 +668,16 @@ impl Ctdev {
                 link_pin: link.pin,
                 rules: by_id.remove(id).unwrap_or_default(),
                 stats: stats.get(id).copied().unwrap_or_default(),
+                other_programs: match cg {
+                    Some(g) => device_programs_named(&self.cgroups, g, &names)
+                        .map(|all| {
+                            all.into_iter()
+                                .filter(|p| p.id != link.info.prog_id)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                },
                 drift: None,
             });
         }

@@ -12,6 +12,7 @@
 //! - [`container`]: inside a container: init process, device nodes, netdevs;
 //! - [`kernel`]: bpf syscalls, pins, the policy map, program loading, links;
 //! - [`controller`]: the operations (attach, allow, revoke, list, detach);
+//! - [`takeover`]: `attach --takeover`, replacing a runtime's device program;
 //! - [`passthrough`]: `add`/`del`, device passthrough like lxc-device;
 //! - [`audit`]: denial events, `check`, drift;
 //! - [`devname`]: device names for audit output;
@@ -32,6 +33,7 @@ pub mod presets;
 pub mod probe;
 pub mod rule;
 pub mod runtimes;
+pub mod takeover;
 pub mod target;
 
 pub use controller::{Config, Ctdev, Error};

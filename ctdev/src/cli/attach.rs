@@ -1,34 +1,103 @@
-//! `ctdev attach TARGET [--preset oci|none] [--rule RULE]...`
+//! `ctdev attach TARGET [--preset oci|none] [--rule RULE]... [--takeover [--import FILE]]`
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 
 use super::{open, Cli};
-use crate::controller::Config;
+use crate::controller::{AttachReport, Config, Ctdev};
+use crate::kernel::programs::device_programs;
 use crate::presets::Preset;
 use crate::rule::parse_rules;
+use crate::takeover::{takeover, TakeoverOptions};
 use crate::target::Target;
 
 /// Arguments of `ctdev attach`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// cgroup path (absolute, or inside the cgroup2 hierarchy), or pid:N.
+    /// cgroup path (absolute, or inside the cgroup2 hierarchy), pid:N, RUNTIME:NAME or name.
     pub target: Target,
     /// Starting rules: `oci` (runc's default devices) or `none` (deny all).
+    /// Ignored with --takeover, which starts from the runtime's own rules.
     #[arg(long, value_enum, default_value = "oci")]
     pub preset: Preset,
     /// An extra rule, e.g. "c 10:200 rw" or /dev/net/tun (repeatable).
     #[arg(long = "rule", value_name = "RULE")]
     pub rules: Vec<String>,
+    /// Replace the runtime's device program on the cgroup by ctdev's,
+    /// importing the rules it enforced first.
+    #[arg(long)]
+    pub takeover: bool,
+    /// With --takeover: read the rules from this file (OCI config.json, runc
+    /// state.json, or LXC config) instead of finding the runtime's.
+    #[arg(long, value_name = "FILE", requires = "takeover")]
+    pub import: Option<PathBuf>,
+    /// With --takeover: LXC's container path (default /var/lib/lxc).
+    #[arg(long, value_name = "DIR", env = "CTDEV_LXCPATH")]
+    pub lxcpath: Option<PathBuf>,
+    /// With --takeover: a runc/crun state root to search (default /run/runc and /run/crun; repeatable).
+    #[arg(long = "runtime-root", value_name = "DIR")]
+    pub runtime_roots: Vec<PathBuf>,
 }
 
 pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
     let rules = parse_rules(&args.rules)?;
-    let report = open(config)?.attach(&args.target, args.preset, &rules)?;
+    let ctdev = open(config)?;
+    if args.takeover {
+        let options = TakeoverOptions {
+            import: args.import.clone(),
+            lxcpath: args.lxcpath.clone(),
+            runtime_roots: args.runtime_roots.clone(),
+        };
+        let report = takeover(&ctdev, &args.target, &options, &rules)?;
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_attach(&report.attach);
+            println!(
+                "imported {} rule(s) from {} ({})",
+                report.imported.len(),
+                report.source.display(),
+                report.format
+            );
+            for p in &report.detached {
+                println!(
+                    "detached the runtime's program {} from {}",
+                    p.id,
+                    p.attached_at.display()
+                );
+            }
+            if report.detached.is_empty() {
+                println!("no runtime program was attached to the cgroup itself");
+            }
+            for p in &report.remaining {
+                eprintln!(
+                    "ctdev: warning: program {} ({}) on {} still decides device access too",
+                    p.id,
+                    if p.name.is_empty() {
+                        "unnamed"
+                    } else {
+                        &p.name
+                    },
+                    p.attached_at.display()
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = ctdev.attach(&args.target, args.preset, &rules)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if report.already_attached {
+    } else {
+        print_attach(&report);
+    }
+    warn_other_programs(&ctdev, &args.target, report.program_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_attach(report: &AttachReport) {
+    if report.already_attached {
         println!(
             "already attached: {} (policy {}, program {}); {} rule(s) added",
             report.cgroup_dir.display(),
@@ -46,5 +115,28 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
             report.changed.len()
         );
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// Says so when other device programs also decide for the target: the
+/// kernel allows an access only if all of them allow it.
+fn warn_other_programs(ctdev: &Ctdev, target: &Target, own: u32) {
+    let Ok(Some(cgroup)) = ctdev.resolve(target).map(|r| r.cgroup) else {
+        return;
+    };
+    let Ok(programs) = device_programs(ctdev.cgroups(), &cgroup) else {
+        return;
+    };
+    for p in programs.iter().filter(|p| p.id != own) {
+        eprintln!(
+            "ctdev: warning: device program {} ({}) on {} also decides for this container; \
+             an access needs every program's allow (replace a runtime's program with --takeover)",
+            p.id,
+            if p.name.is_empty() {
+                "unnamed"
+            } else {
+                &p.name
+            },
+            p.attached_at.display()
+        );
+    }
 }

@@ -64,13 +64,43 @@ pub enum ProgramsError {
     Sys(#[from] SysError),
 }
 
+/// Names of loaded programs by id, read once per command (listing every
+/// loaded program is the expensive part of a query).
+#[derive(Debug, Default)]
+pub struct ProgramNames(HashMap<u32, String>);
+
+impl ProgramNames {
+    /// Reads the names of all loaded programs.
+    pub fn load() -> Self {
+        Self(
+            aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
+                .collect(),
+        )
+    }
+
+    /// The name of program `id` (empty if unnamed or unknown).
+    pub fn get(&self, id: u32) -> String {
+        self.0.get(&id).cloned().unwrap_or_default()
+    }
+}
+
 /// Every device program that decides for `cgroup`: attached to it or to one
 /// of its ancestors up to the cgroup2 root, nearest first.
 pub fn device_programs(
     fs: &CgroupFs,
     cgroup: &Cgroup,
 ) -> Result<Vec<DeviceProgram>, ProgramsError> {
-    let names = program_names();
+    device_programs_named(fs, cgroup, &ProgramNames::load())
+}
+
+/// [`device_programs`] with names already loaded.
+pub fn device_programs_named(
+    fs: &CgroupFs,
+    cgroup: &Cgroup,
+    names: &ProgramNames,
+) -> Result<Vec<DeviceProgram>, ProgramsError> {
     let mut out = Vec::new();
     let mut dir: Option<&Path> = Some(&cgroup.dir);
     while let Some(d) = dir {
@@ -80,7 +110,7 @@ pub fn device_programs(
         let here = fs.cgroup(d)?;
         let fd = here.open()?;
         for id in sys::query_device_programs(fd.as_fd(), false, &here.dir)? {
-            let name = names.get(&id).cloned().unwrap_or_default();
+            let name = names.get(id);
             out.push(DeviceProgram {
                 id,
                 owner: Owner::from_name(&name),
@@ -94,14 +124,6 @@ pub fn device_programs(
         dir = d.parent();
     }
     Ok(out)
-}
-
-/// Names of all loaded programs, by id.
-fn program_names() -> HashMap<u32, String> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -277,3 +277,56 @@ pub fn query_device_programs(
         }
     }
 }
+
+const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+    _pad: u32,
+}
+
+/// Opens the program with kernel id `id`.
+pub fn prog_fd_by_id(id: u32) -> Result<OwnedFd, SysError> {
+    let mut attr = GetFdByIdAttr {
+        id,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)
+        .map(fd_from_ret)
+        .map_err(|e| SysError::new("BPF_PROG_GET_FD_BY_ID", format!("program {id}"), e))
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgDetachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+    _pad: u32,
+}
+
+/// Detaches a program that was attached to `cgroup` with `BPF_PROG_ATTACH`
+/// (as runc, crun and LXC attach theirs). Programs held by a bpf link can
+/// only be removed through their link and fail here.
+pub fn prog_detach_device(
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    what: &Path,
+) -> Result<(), SysError> {
+    let mut attr = ProgDetachAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_DETACH, &mut attr)
+        .map(|_| ())
+        .map_err(|e| SysError::new("BPF_PROG_DETACH", what.display().to_string(), e))
+}
