@@ -400,7 +400,8 @@ impl RuncContainer {
         self.bundle().join("config.json")
     }
 
-    fn state_root(&self) -> PathBuf {
+    /// runc's state root (`runc --root`) for this container.
+    pub fn state_root(&self) -> PathBuf {
         self.base.join("state")
     }
 
