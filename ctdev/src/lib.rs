@@ -14,6 +14,7 @@
 //! - [`controller`]: the operations (attach, allow, revoke, list, detach);
 //! - [`takeover`]: `attach --takeover`, replacing a runtime's device program;
 //! - [`passthrough`]: `add`/`del`, device passthrough like lxc-device;
+//! - [`daemon`]: `ctdev daemon`, the policy file applied to containers and hotplugged devices;
 //! - [`audit`]: denial events, `check`, drift;
 //! - [`devname`]: device names for audit output;
 //! - [`probe`]: real kernel verdicts from inside a cgroup;
@@ -25,6 +26,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod container;
 pub mod controller;
+pub mod daemon;
 pub mod devname;
 pub mod import;
 pub mod kernel;

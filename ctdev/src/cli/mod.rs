@@ -5,6 +5,7 @@ mod add;
 mod allow;
 mod attach;
 mod check;
+mod daemon;
 mod del;
 mod demo;
 mod detach;
@@ -82,6 +83,9 @@ pub enum Command {
     Add(add::Args),
     /// Take a device passed with `add` away from a container again.
     Del(del::Args),
+    /// Apply a declarative policy file: containers as they start, devices as
+    /// they are plugged (kernel uevents), reconciled after a restart.
+    Daemon(daemon::Args),
 }
 
 impl Cli {
@@ -115,7 +119,8 @@ pub const EXIT_ERROR: u8 = 2;
 /// Parses arguments, runs the command, prints errors; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // The daemon logs every change it makes: info by default.
+    init_logging(cli.verbose + u8::from(matches!(cli.command, Command::Daemon(_))));
     match run(&cli) {
         Ok(code) => code,
         Err(err) => {
@@ -140,6 +145,7 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -158,6 +164,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Demo(a) => demo::run(cli, config, a),
         Command::Add(a) => add::run(cli, config, a),
         Command::Del(a) => del::run(cli, config, a),
+        Command::Daemon(a) => daemon::run(cli, config, a),
     }
 }
 

@@ -1,0 +1,887 @@
+//! `ctdev daemon`: declarative device policy for containers that come and
+//! go, and devices that come and go.
+//!
+//! - **Policy** ([`config`]): `[[container]]` entries select cgroups and give
+//!   them a preset, static rules, devices and hotplug rules.
+//! - **Lifecycle** ([`lifecycle`]): inotify on the cgroup2 tree under the
+//!   scope. A new cgroup that an entry selects is attached at once (before
+//!   any process runs in it); its devices are passed in as soon as its init
+//!   has its own root. A removed cgroup the daemon managed is detached.
+//! - **Hotplug** ([`uevent`], [`selector`]): kernel uevents; on `add` of a
+//!   matching device (numbers from MAJOR/MINOR of the event) the node is
+//!   created and its exact rule opened in every selected running container;
+//!   on `remove`, the rule is closed and the node unlinked.
+//! - **Restart** ([`reconcile`]): the pins are the enforcement and stay when
+//!   the daemon exits or dies. On start (and SIGHUP, and every
+//!   `resync_interval`) the daemon reconciles what the policy and the
+//!   present devices want with what it gave before (its state file), and
+//!   logs one line per change.
+//!
+//! All work runs on one thread (a current-thread tokio runtime multiplexing
+//! the uevent socket, inotify, signals and timers), so changes are applied
+//! in event order.
+
+pub mod config;
+pub mod lifecycle;
+pub mod reconcile;
+pub mod selector;
+pub mod uevent;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::controller::{Ctdev, Error as ControllerError};
+use crate::passthrough::{self, AddOptions, PassthroughError};
+use crate::rule::DeviceType;
+use crate::runtimes;
+use crate::target::Target;
+
+use config::{ConfigError, Policy};
+use lifecycle::{CgroupEvent, LifecycleError, Watcher};
+use reconcile::{OwnedDevice, State, StateError, WantedDevice};
+use selector::DeviceInfo;
+use uevent::{Uevent, UeventError, UeventSocket};
+
+/// Default directory of the state file and private device nodes.
+pub const DEFAULT_STATE_DIR: &str = "/run/ctdev";
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The policy file was rejected.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The library could not start.
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    /// The uevent socket failed.
+    #[error(transparent)]
+    Uevent(#[from] UeventError),
+    /// The cgroup watcher failed.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    /// The state file could not be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The scope is not a cgroup.
+    #[error("scope {scope} of policy file {file}: {source}")]
+    Scope {
+        /// The scope as configured.
+        scope: PathBuf,
+        /// The policy file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::cgroup::CgroupError,
+    },
+    /// The tokio runtime or a signal handler could not be set up.
+    #[error("{what}: {source}")]
+    Runtime {
+        /// What.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the daemon is run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The policy file.
+    pub config: PathBuf,
+    /// State directory (overrides the file's `state_dir`).
+    pub state_dir: Option<PathBuf>,
+    /// Written (with `ready`) once the first reconciliation is done.
+    pub ready_file: Option<PathBuf>,
+    /// sysfs (for device scans and USB attributes).
+    pub sys: PathBuf,
+    /// udev's database.
+    pub udev_data: PathBuf,
+}
+
+impl Options {
+    /// Options for `config` with the default paths.
+    pub fn new(config: PathBuf) -> Self {
+        Self {
+            config,
+            state_dir: None,
+            ready_file: None,
+            sys: PathBuf::from("/sys"),
+            udev_data: PathBuf::from("/run/udev/data"),
+        }
+    }
+}
+
+/// A container the daemon manages now.
+#[derive(Debug, Clone)]
+struct Managed {
+    policy_id: u64,
+    entry: usize,
+    ready: bool,
+}
+
+/// The daemon's state while it runs.
+pub struct Daemon {
+    ct: Ctdev,
+    opts: Options,
+    policy: Policy,
+    scope_dir: PathBuf,
+    state: State,
+    state_path: PathBuf,
+    node_dir: PathBuf,
+    /// Present devices with a node or an interface, by DEVPATH.
+    devices: BTreeMap<String, DeviceInfo>,
+    /// Managed containers by cgroup directory.
+    managed: BTreeMap<PathBuf, Managed>,
+    /// Managed containers whose devices wait for their init's root.
+    pending: BTreeSet<PathBuf>,
+    own_root: (u64, u64),
+}
+
+fn target_of(dir: &Path) -> Target {
+    Target::Cgroup(dir.to_path_buf())
+}
+
+impl Daemon {
+    /// Loads the policy and state; sets nothing up in the kernel yet.
+    pub fn new(ct: Ctdev, opts: Options) -> Result<Self, DaemonError> {
+        let policy = Self::load_policy(&ct, &opts.config)?;
+        let scope_dir = ct
+            .cgroups()
+            .cgroup(&policy.scope)
+            .map_err(|source| DaemonError::Scope {
+                scope: policy.scope.clone(),
+                file: policy.path.clone(),
+                source,
+            })?
+            .dir;
+        let state_dir = opts
+            .state_dir
+            .clone()
+            .or_else(|| policy.state_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let state_path = state_dir.join("state.json");
+        let state = State::load(&state_path)?;
+        let own_root = fs::metadata("/")
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap_or((0, 0));
+        Ok(Self {
+            ct,
+            policy,
+            scope_dir,
+            state,
+            state_path,
+            node_dir: state_dir.join("nodes"),
+            devices: BTreeMap::new(),
+            managed: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            own_root,
+            opts,
+        })
+    }
+
+    fn load_policy(ct: &Ctdev, path: &Path) -> Result<Policy, ConfigError> {
+        let mut policy = config::load(path)?;
+        policy.normalize(ct.cgroups().mount());
+        Ok(policy)
+    }
+
+    /// The path of `dir` inside the hierarchy (`/a/b`).
+    fn inside(&self, dir: &Path) -> PathBuf {
+        Path::new("/").join(dir.strip_prefix(self.ct.cgroups().mount()).unwrap_or(dir))
+    }
+
+    /// The entry that selects the cgroup `dir`, if any (first match wins).
+    fn entry_for(&self, dir: &Path) -> Option<usize> {
+        if !dir.starts_with(&self.scope_dir) {
+            return None;
+        }
+        // Inside a managed container: its sub-cgroups are its own.
+        if self
+            .managed
+            .keys()
+            .any(|m| dir != m.as_path() && dir.starts_with(m))
+        {
+            return None;
+        }
+        let inside = self.inside(dir);
+        self.policy
+            .containers
+            .iter()
+            .position(|c| c.select.matches(&inside))
+    }
+
+    // ---- devices -----------------------------------------------------------
+
+    /// Every device with a node (`/sys/dev/{block,char}`) or an interface
+    /// (`/sys/class/net`) present now.
+    fn scan_devices(&mut self) {
+        let mut found = BTreeMap::new();
+        let sys = self.opts.sys.clone();
+        for kind in ["block", "char"] {
+            let Ok(entries) = fs::read_dir(sys.join("dev").join(kind)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if let Some(info) = self.read_sysfs_device(&e.path()) {
+                    found.insert(info.devpath.clone(), info);
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir(sys.join("class/net")) {
+            for e in entries.flatten() {
+                if e.file_name() == "lo" {
+                    continue;
+                }
+                if let Some(info) = self.read_sysfs_device(&e.path()) {
+                    found.insert(info.devpath.clone(), info);
+                }
+            }
+        }
+        self.devices = found;
+    }
+
+    fn read_sysfs_device(&self, link: &Path) -> Option<DeviceInfo> {
+        let real = fs::canonicalize(link).ok()?;
+        let devpath = Path::new("/").join(real.strip_prefix(&self.opts.sys).ok()?);
+        let subsystem = fs::read_link(real.join("subsystem")).ok()?;
+        let subsystem = subsystem.file_name()?.to_str()?.to_string();
+        let text = fs::read_to_string(real.join("uevent")).ok()?;
+        let props = uevent::parse_sysfs(&text, devpath.to_str()?, &subsystem);
+        Some(DeviceInfo::new(props, &self.opts.sys, &self.opts.udev_data))
+    }
+
+    /// The host node to hand to `ctdev add` for a device: `/dev/DEVNAME`
+    /// when it is that device, else a node the daemon makes in its state
+    /// directory from the event's numbers.
+    fn host_node(&self, dev: &DeviceInfo) -> Option<PathBuf> {
+        let (t, major, minor) = dev.numbers()?;
+        let name = dev.devname()?;
+        let host = Path::new("/dev").join(name);
+        if let Ok(m) = fs::metadata(&host) {
+            let ft = m.file_type();
+            let is_type = match t {
+                DeviceType::Block => ft.is_block_device(),
+                _ => ft.is_char_device(),
+            };
+            let rdev = m.rdev();
+            if is_type && libc::major(rdev) == major && libc::minor(rdev) == minor {
+                return Some(host);
+            }
+        }
+        let private = self.node_dir.join(format!("{}{major}:{minor}", t.letter()));
+        if fs::symlink_metadata(&private).is_ok() {
+            return Some(private);
+        }
+        let kind = if t == DeviceType::Block {
+            nix::sys::stat::SFlag::S_IFBLK
+        } else {
+            nix::sys::stat::SFlag::S_IFCHR
+        };
+        let made = fs::create_dir_all(&self.node_dir).is_ok()
+            && nix::sys::stat::mknod(
+                &private,
+                kind,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                nix::sys::stat::makedev(major.into(), minor.into()),
+            )
+            .is_ok();
+        if !made {
+            tracing::warn!(
+                device = name,
+                "no host node /dev/{name} and cannot make one in {}",
+                self.node_dir.display()
+            );
+            return None;
+        }
+        Some(private)
+    }
+
+    /// The devices the policy wants in the container selected by `entry`.
+    fn wanted_devices(&self, entry: usize, only: Option<&str>) -> Vec<WantedDevice> {
+        let c = &self.policy.containers[entry];
+        let mut out = Vec::new();
+        if only.is_none() {
+            for d in &c.devices {
+                out.push(WantedDevice {
+                    owned: OwnedDevice {
+                        host: d.path.display().to_string(),
+                        dest: d.dest.as_ref().unwrap_or(&d.path).display().to_string(),
+                        devpath: None,
+                        interface: false,
+                    },
+                    access: d.access,
+                    mode: d.mode,
+                });
+            }
+        }
+        for (devpath, dev) in &self.devices {
+            if only.is_some_and(|o| o != devpath) {
+                continue;
+            }
+            let Some(h) = c.hotplug.iter().find(|h| h.selector.matches(dev)) else {
+                continue;
+            };
+            if let Some(ifname) = dev.interface() {
+                let dest = if h.dest == "/dev/{devname}" {
+                    ifname.to_string()
+                } else {
+                    h.dest
+                        .replace("{devname}", ifname)
+                        .trim_start_matches("/dev/")
+                        .to_string()
+                };
+                out.push(WantedDevice {
+                    owned: OwnedDevice {
+                        host: ifname.to_string(),
+                        dest,
+                        devpath: Some(devpath.clone()),
+                        interface: true,
+                    },
+                    access: h.access,
+                    mode: None,
+                });
+                continue;
+            }
+            let (Some(name), Some(host)) = (dev.devname(), self.host_node(dev)) else {
+                continue;
+            };
+            out.push(WantedDevice {
+                owned: OwnedDevice {
+                    host: host.display().to_string(),
+                    dest: h.dest.replace("{devname}", name),
+                    devpath: Some(devpath.clone()),
+                    interface: false,
+                },
+                access: h.access,
+                mode: h.mode,
+            });
+        }
+        out
+    }
+
+    // ---- containers --------------------------------------------------------
+
+    /// Whether the container's init has its own root yet (runtimes put the
+    /// init in the cgroup before they pivot into the container's root).
+    fn is_ready(&self, dir: &Path) -> bool {
+        match runtimes::oldest_process(dir) {
+            Ok(Some(pid)) => fs::metadata(format!("/proc/{pid}/root"))
+                .map(|m| (m.dev(), m.ino()) != self.own_root)
+                .unwrap_or(false),
+            _ => false,
+        }
+    }
+
+    /// Attaches the container and applies its static rules; its devices
+    /// follow when it is ready.
+    fn apply_container(&mut self, dir: &Path, entry: usize) {
+        let c = self.policy.containers[entry].clone();
+        let target = target_of(dir);
+        let mut rules = Vec::new();
+        let mut rule_texts = BTreeSet::new();
+        for spec in &c.rules {
+            match spec.resolve() {
+                Ok(r) => {
+                    rule_texts.insert(r.to_string());
+                    rules.push(r);
+                }
+                Err(e) => {
+                    tracing::error!(container = %c.name, cgroup = %dir.display(), "rule not applied: {e}")
+                }
+            }
+        }
+        let report = match self.ct.attach(&target, c.preset, &rules) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(container = %c.name, cgroup = %dir.display(), "cannot attach: {e}");
+                return;
+            }
+        };
+        if !report.already_attached {
+            tracing::info!(container = %c.name, cgroup = %dir.display(), policy_id = report.policy_id, rules = report.changed.len(), "attached");
+        } else {
+            for ch in &report.changed {
+                tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %ch, "allowed");
+            }
+        }
+        let id = report.policy_id;
+        let owned = self.state.containers.entry(id).or_default();
+        owned.cgroup = dir.to_path_buf();
+        owned.entry = c.name.clone();
+        let stale = reconcile::plan_rules(&owned.rules, &rule_texts);
+        owned.rules = rule_texts;
+        for text in stale {
+            match crate::rule::parse_rules(&[text.as_str()]).map(|r| self.ct.revoke(&target, &r)) {
+                Ok(Ok(_)) => {
+                    tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %text, "revoked (gone from the policy)")
+                }
+                Ok(Err(ControllerError::RuleNotPresent { .. })) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(container = %c.name, rule = %text, "cannot revoke: {e}")
+                }
+                Err(e) => tracing::error!(container = %c.name, rule = %text, "{e}"),
+            }
+        }
+        let was_ready = self
+            .managed
+            .get(dir)
+            .is_some_and(|m| m.ready && m.entry == entry);
+        self.managed.insert(
+            dir.to_path_buf(),
+            Managed {
+                policy_id: id,
+                entry,
+                ready: was_ready,
+            },
+        );
+        if self.is_ready(dir) {
+            self.sync_devices(dir, None);
+        } else {
+            self.pending.insert(dir.to_path_buf());
+        }
+    }
+
+    /// Brings the container's devices to what the policy wants (all of
+    /// them, or only the device at DEVPATH `only`).
+    fn sync_devices(&mut self, dir: &Path, only: Option<&str>) {
+        let Some(m) = self.managed.get(dir).cloned() else {
+            return;
+        };
+        self.pending.remove(dir);
+        if let Some(mm) = self.managed.get_mut(dir) {
+            mm.ready = true;
+        }
+        let name = self.policy.containers[m.entry].name.clone();
+        let wanted = self.wanted_devices(m.entry, only);
+        let owned = self
+            .state
+            .containers
+            .get(&m.policy_id)
+            .map(|o| o.devices.clone())
+            .unwrap_or_default();
+        let mut plan = reconcile::plan_devices(&owned, &wanted);
+        if only.is_some() {
+            // One device: leave the others alone.
+            plan.remove.retain(|o| o.devpath.as_deref() == only);
+        }
+        for o in plan.remove {
+            self.remove_device(dir, m.policy_id, &name, &o);
+        }
+        for w in plan.add {
+            self.add_device(dir, m.policy_id, &name, &w);
+        }
+    }
+
+    fn add_device(&mut self, dir: &Path, id: u64, name: &str, w: &WantedDevice) {
+        let target = target_of(dir);
+        let o = &w.owned;
+        if o.interface {
+            // An interface is in one container at most: a moved one is no
+            // longer in the host's namespace.
+            if self
+                .state
+                .containers
+                .get(&id)
+                .is_some_and(|s| s.devices.contains_key(&o.dest))
+            {
+                return;
+            }
+        }
+        let opts = AddOptions {
+            access: w.access,
+            mode: if o.interface { None } else { w.mode },
+            uid: None,
+            gid: None,
+        };
+        let start = Instant::now();
+        match passthrough::add(&self.ct, &target, &o.host, Some(&o.dest), &opts) {
+            Ok(report) => {
+                let changed = !report.rules_changed.is_empty()
+                    || report.interface.is_some()
+                    || report.nodes.iter().any(|n| {
+                        !matches!(n.action, crate::container::nodes::NodeAction::Unchanged)
+                    });
+                if changed {
+                    tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, took_us = start.elapsed().as_micros() as u64, "device added");
+                }
+                if let Some(s) = self.state.containers.get_mut(&id) {
+                    s.devices.insert(o.dest.clone(), o.clone());
+                }
+            }
+            Err(e) => {
+                tracing::error!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "cannot add device: {e}");
+            }
+        }
+    }
+
+    fn remove_device(&mut self, dir: &Path, id: u64, name: &str, o: &OwnedDevice) {
+        if !o.interface {
+            let target = target_of(dir);
+            match passthrough::del(&self.ct, &target, &o.host, Some(&o.dest)) {
+                Ok(report) => {
+                    tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, "device removed")
+                }
+                Err(PassthroughError::NotAdded { .. }) => {}
+                Err(e) => {
+                    tracing::error!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "cannot remove device: {e}");
+                    return;
+                }
+            }
+        } else {
+            tracing::info!(container = %name, cgroup = %dir.display(), interface = %o.dest, "interface forgotten (gone from the host)");
+        }
+        if let Some(s) = self.state.containers.get_mut(&id) {
+            s.devices.remove(&o.dest);
+        }
+        // A private node of a device that is gone goes too.
+        if o.devpath
+            .as_ref()
+            .is_some_and(|p| !self.devices.contains_key(p))
+            && Path::new(&o.host).starts_with(&self.node_dir)
+        {
+            let _ = fs::remove_file(&o.host);
+        }
+    }
+
+    /// A cgroup the daemon managed was removed: detach its policy.
+    fn container_gone(&mut self, dir: &Path) {
+        let ids: Vec<u64> = self
+            .state
+            .containers
+            .iter()
+            .filter(|(_, o)| o.cgroup == dir || o.cgroup.starts_with(dir))
+            .map(|(id, _)| *id)
+            .collect();
+        self.managed.retain(|d, _| !d.starts_with(dir));
+        self.pending.retain(|d| !d.starts_with(dir));
+        for id in ids {
+            self.forget(id, "cgroup removed");
+        }
+    }
+
+    /// Detaches policy `id` (its cgroup is gone) and forgets it.
+    fn forget(&mut self, id: u64, why: &str) {
+        let name = self
+            .state
+            .containers
+            .get(&id)
+            .map(|o| o.entry.clone())
+            .unwrap_or_default();
+        match self.ct.detach(&Target::PolicyId(id)) {
+            Ok(r) => {
+                tracing::info!(container = %name, policy_id = id, entries = r.entries_removed, "detached ({why})")
+            }
+            Err(ControllerError::NotUnderPolicy { .. }) => {}
+            Err(e) => {
+                tracing::error!(container = %name, policy_id = id, "cannot detach: {e}");
+                return;
+            }
+        }
+        self.state.containers.remove(&id);
+    }
+
+    fn save_state(&self) {
+        if let Err(e) = self.state.save(&self.state_path) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Compares everything with the policy and converges.
+    pub fn reconcile_all(&mut self, watcher: &mut Watcher) {
+        self.scan_devices();
+        let dirs = match watcher.watch_tree(&self.scope_dir) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("{e}");
+                Vec::new()
+            }
+        };
+        self.managed.clear();
+        self.pending.clear();
+        // Parents come before children in the walk order of watch_tree? Not
+        // guaranteed: sort so a container is seen before its sub-cgroups.
+        let mut dirs = dirs;
+        dirs.sort();
+        for dir in dirs {
+            if let Some(entry) = self.entry_for(&dir) {
+                watcher.watch_events(&dir);
+                self.apply_container(&dir, entry);
+            }
+        }
+        // What the daemon gave earlier and nothing selects any more.
+        let live: BTreeSet<u64> = self.managed.values().map(|m| m.policy_id).collect();
+        let stale: Vec<(u64, PathBuf)> = self
+            .state
+            .containers
+            .iter()
+            .filter(|(id, _)| !live.contains(id))
+            .map(|(id, o)| (*id, o.cgroup.clone()))
+            .collect();
+        for (id, cgroup) in stale {
+            let alive = self.ct.cgroups().cgroup(&cgroup).is_ok_and(|g| g.id == id);
+            if !alive {
+                self.forget(id, "cgroup gone");
+                continue;
+            }
+            // Still running but no longer selected: take back what the daemon
+            // gave; the container stays under policy (fail-closed).
+            let owned = self.state.containers.get(&id).cloned().unwrap_or_default();
+            for o in owned.devices.values() {
+                self.remove_device(&cgroup, id, &owned.entry, o);
+            }
+            for text in &owned.rules {
+                if let Ok(r) = crate::rule::parse_rules(&[text.as_str()]) {
+                    if self.ct.revoke(&target_of(&cgroup), &r).is_ok() {
+                        tracing::info!(container = %owned.entry, cgroup = %cgroup.display(), rule = %text, "revoked (no longer selected)");
+                    }
+                }
+            }
+            self.state.containers.remove(&id);
+            tracing::info!(container = %owned.entry, cgroup = %cgroup.display(), "no longer selected by the policy; left attached with its other rules");
+        }
+        self.save_state();
+    }
+
+    fn on_cgroup_event(&mut self, ev: CgroupEvent, watcher: &mut Watcher) {
+        match ev {
+            CgroupEvent::Created(dir) => {
+                if let Some(entry) = self.entry_for(&dir) {
+                    watcher.watch_events(&dir);
+                    self.apply_container(&dir, entry);
+                    self.save_state();
+                }
+            }
+            CgroupEvent::Removed(dir) => {
+                self.container_gone(&dir);
+                self.save_state();
+            }
+            CgroupEvent::EventsChanged(dir) => {
+                if self.pending.contains(&dir) && self.is_ready(&dir) {
+                    self.sync_devices(&dir, None);
+                    self.save_state();
+                }
+            }
+            CgroupEvent::Overflow => {
+                tracing::warn!("inotify queue overflowed: rescanning");
+                self.reconcile_all(watcher);
+            }
+        }
+    }
+
+    fn on_uevent(&mut self, ev: Uevent) {
+        let Some(devpath) = ev.props.get("DEVPATH").cloned() else {
+            return;
+        };
+        let has_node = ev.props.contains_key("MAJOR") && ev.props.contains_key("DEVNAME");
+        let is_net = ev.props.get("SUBSYSTEM").map(String::as_str) == Some("net");
+        if !has_node && !is_net {
+            return;
+        }
+        match ev.action.as_str() {
+            "add" => {
+                let info = DeviceInfo::new(ev.props, &self.opts.sys, &self.opts.udev_data);
+                self.devices.insert(devpath.clone(), info);
+                let dirs: Vec<PathBuf> = self
+                    .managed
+                    .iter()
+                    .filter(|(_, m)| m.ready)
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                for dir in dirs {
+                    self.sync_devices(&dir, Some(&devpath));
+                }
+                self.save_state();
+            }
+            "remove" => {
+                self.devices.remove(&devpath);
+                let owners: Vec<(PathBuf, u64, String, OwnedDevice)> = self
+                    .managed
+                    .iter()
+                    .filter_map(|(d, m)| {
+                        let o = self.state.containers.get(&m.policy_id)?;
+                        Some(
+                            o.devices
+                                .values()
+                                .filter(|od| od.devpath.as_deref() == Some(devpath.as_str()))
+                                .map(|od| (d.clone(), m.policy_id, o.entry.clone(), od.clone()))
+                                .collect::<Vec<_>>(),
+                        )
+                    })
+                    .flatten()
+                    .collect();
+                for (dir, id, name, o) in owners {
+                    self.remove_device(&dir, id, &name, &o);
+                }
+                self.save_state();
+            }
+            _ => {}
+        }
+    }
+
+    /// Re-reads the policy file: a file with an error is rejected whole and
+    /// the running policy stays.
+    fn reload(&mut self, watcher: &mut Watcher) {
+        match Self::load_policy(&self.ct, &self.opts.config) {
+            Ok(p) => {
+                match self.ct.cgroups().cgroup(&p.scope) {
+                    Ok(g) => self.scope_dir = g.dir,
+                    Err(e) => {
+                        tracing::error!(file = %self.opts.config.display(), "policy rejected, keeping the running one: scope {}: {e}", p.scope.display());
+                        return;
+                    }
+                }
+                self.policy = p;
+                tracing::info!(file = %self.opts.config.display(), "policy reloaded");
+                self.reconcile_all(watcher);
+            }
+            Err(e) => tracing::error!("policy rejected, keeping the running one: {e}"),
+        }
+    }
+}
+
+impl Policy {
+    /// Makes cgroup-directory targets relative to the mount.
+    pub fn normalize(&mut self, mount: &Path) {
+        for c in &mut self.containers {
+            if let config::ContainerSelector::Target(Target::Cgroup(p)) = &mut c.select {
+                if let Ok(rest) = p.strip_prefix(mount) {
+                    *p = Path::new("/").join(rest);
+                }
+            }
+        }
+        if let Ok(rest) = self.scope.strip_prefix(mount) {
+            self.scope = Path::new("/").join(rest);
+        }
+    }
+}
+
+/// Loads and prints the resolved policy (`--check-config`).
+pub fn check_config(ct: &Ctdev, path: &Path) -> Result<String, DaemonError> {
+    let mut policy = config::load(path)?;
+    policy.normalize(ct.cgroups().mount());
+    ct.cgroups()
+        .cgroup(&policy.scope)
+        .map_err(|source| DaemonError::Scope {
+            scope: policy.scope.clone(),
+            file: policy.path.clone(),
+            source,
+        })?;
+    Ok(policy.describe())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Never detaches on exit: the
+/// pinned programs keep enforcing.
+pub fn run(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| DaemonError::Runtime {
+            what: "tokio runtime",
+            source,
+        })?;
+    rt.block_on(run_async(ct, opts))
+}
+
+async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
+    let sig = |kind, what| signal(kind).map_err(|source| DaemonError::Runtime { what, source });
+    let mut hup = sig(SignalKind::hangup(), "SIGHUP handler")?;
+    let mut term = sig(SignalKind::terminate(), "SIGTERM handler")?;
+    let mut int = sig(SignalKind::interrupt(), "SIGINT handler")?;
+    let ready_file = opts.ready_file.clone();
+    let mut daemon = Daemon::new(ct, opts)?;
+    // Events first, then the scan: nothing that happens during the scan is lost.
+    let io = |what| move |source| DaemonError::Runtime { what, source };
+    // SAFETY: both wrappers own their fd (socket / inotify instance) for
+    // their whole life and `as_raw_fd` always returns that same fd.
+    let mut uevents =
+        unsafe { AsyncFd::register_with_interest(UeventSocket::open()?, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .map_err(io("uevent socket"))?;
+    // SAFETY: as above.
+    let mut watcher =
+        unsafe { AsyncFd::register_with_interest(Watcher::new()?, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .map_err(io("inotify"))?;
+    tracing::info!(file = %daemon.opts.config.display(), scope = %daemon.scope_dir.display(), state = %daemon.state_path.display(), "starting: reconciling");
+    daemon.reconcile_all(watcher.get_mut());
+    tracing::info!(
+        containers = daemon.managed.len(),
+        devices = daemon.devices.len(),
+        "ready"
+    );
+    eprintln!("ctdev daemon: ready");
+    if let Some(f) = &ready_file {
+        if let Err(e) = fs::write(f, "ready\n") {
+            tracing::error!("cannot write ready file {}: {e}", f.display());
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let resync = daemon.policy.resync_interval;
+    let mut next_resync = Instant::now() + Duration::from_secs_f64(resync.max(1.0));
+    loop {
+        tokio::select! {
+            r = uevents.readable_mut() => {
+                let mut guard = r.map_err(io("uevent socket"))?;
+                match guard.get_inner_mut().read_all() {
+                    Ok(events) => {
+                        for ev in events {
+                            daemon.on_uevent(ev);
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        tracing::warn!("uevents were lost (ENOBUFS): rescanning");
+                        daemon.reconcile_all(watcher.get_mut());
+                    }
+                    Err(e) => tracing::error!("reading uevents: {e}"),
+                }
+                guard.clear_ready();
+            }
+            r = watcher.readable_mut() => {
+                let mut guard = r.map_err(io("inotify"))?;
+                let events = guard.get_inner_mut().read();
+                guard.clear_ready();
+                for ev in events {
+                    daemon.on_cgroup_event(ev, watcher.get_mut());
+                }
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the policy file");
+                daemon.reload(watcher.get_mut());
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => {
+                let pending: Vec<PathBuf> = daemon.pending.iter().cloned().collect();
+                let mut changed = false;
+                for dir in pending {
+                    if !dir.exists() {
+                        daemon.pending.remove(&dir);
+                    } else if daemon.is_ready(&dir) {
+                        daemon.sync_devices(&dir, None);
+                        changed = true;
+                    }
+                }
+                if changed {
+                    daemon.save_state();
+                }
+                let resync = daemon.policy.resync_interval;
+                if resync > 0.0 && Instant::now() >= next_resync {
+                    tracing::debug!("periodic resync");
+                    daemon.reconcile_all(watcher.get_mut());
+                    next_resync = Instant::now() + Duration::from_secs_f64(resync);
+                }
+            }
+        }
+    }
+    tracing::info!("exiting; the pinned policy keeps being enforced");
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! Matching: which devices a hotplug rule wants, which cgroups a
+//! `[[container]]` entry selects.
+//!
+//! Device properties come from the kernel uevent (SUBSYSTEM, DEVTYPE,
+//! DEVNAME, DEVPATH, MAJOR/MINOR). The udev-only ones are filled in as udev
+//! would: from `/run/udev/data/{b,c}MAJ:MIN` when udevd keeps it (ID_*,
+//! tags), otherwise from sysfs attributes of the nearest USB device ancestor
+//! (`idVendor` → ID_VENDOR_ID, `idProduct` → ID_MODEL_ID, `serial` →
+//! ID_SERIAL_SHORT, `manufacturer_product_serial` → ID_SERIAL).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use globset::GlobMatcher;
+
+use crate::rule::DeviceType;
+use crate::runtimes::{self, Visit};
+use crate::target::{RuntimeKind, Target};
+
+use super::config::ContainerSelector;
+
+/// A 16-bit USB id (vendor or product), compared as a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HexId(pub u16);
+
+impl HexId {
+    /// Parses `0403` (1-4 hex digits, optional `0x`).
+    pub fn parse(s: &str) -> Option<HexId> {
+        let d = s.trim().trim_start_matches("0x");
+        if d.is_empty() || d.len() > 4 {
+            return None;
+        }
+        u16::from_str_radix(d, 16).ok().map(HexId)
+    }
+}
+
+/// What a hotplug rule matches on; every key given must match.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceSelector {
+    /// SUBSYSTEM, exactly (`block`, `tty`, `net`, `usb`).
+    pub subsystem: Option<String>,
+    /// DEVTYPE, exactly (`disk`, `partition`, `usb_device`).
+    pub devtype: Option<String>,
+    /// ID_VENDOR_ID.
+    pub id_vendor_id: Option<HexId>,
+    /// ID_MODEL_ID.
+    pub id_model_id: Option<HexId>,
+    /// ID_SERIAL, exactly.
+    pub id_serial: Option<String>,
+    /// ID_SERIAL_SHORT, exactly.
+    pub id_serial_short: Option<String>,
+    /// DEVPATH equal to or below this path (a USB hub port: `/devices/.../usb1/1-1`).
+    pub devpath_prefix: Option<String>,
+    /// DEVNAME glob (without `/dev/`; `*` does not cross `/`).
+    pub devname: Option<GlobMatcher>,
+    /// The devname glob as written (for messages).
+    pub devname_text: Option<String>,
+    /// A udev tag (TAGS / CURRENT_TAGS).
+    pub tag: Option<String>,
+}
+
+impl DeviceSelector {
+    /// Whether no key is set (would match everything: refused by the config).
+    pub fn is_empty(&self) -> bool {
+        self.subsystem.is_none()
+            && self.devtype.is_none()
+            && self.id_vendor_id.is_none()
+            && self.id_model_id.is_none()
+            && self.id_serial.is_none()
+            && self.id_serial_short.is_none()
+            && self.devpath_prefix.is_none()
+            && self.devname.is_none()
+            && self.tag.is_none()
+    }
+
+    /// Whether `dev` matches every key given.
+    pub fn matches(&self, dev: &DeviceInfo) -> bool {
+        let eq = |want: &Option<String>, have: Option<&String>| {
+            want.as_ref().is_none_or(|w| have.is_some_and(|h| h == w))
+        };
+        let hex = |want: &Option<HexId>, have: Option<&String>| {
+            want.is_none_or(|w| have.and_then(|h| HexId::parse(h)) == Some(w))
+        };
+        eq(&self.subsystem, dev.prop("SUBSYSTEM"))
+            && eq(&self.devtype, dev.prop("DEVTYPE"))
+            && hex(&self.id_vendor_id, dev.prop("ID_VENDOR_ID"))
+            && hex(&self.id_model_id, dev.prop("ID_MODEL_ID"))
+            && eq(&self.id_serial, dev.prop("ID_SERIAL"))
+            && eq(&self.id_serial_short, dev.prop("ID_SERIAL_SHORT"))
+            && self.devpath_prefix.as_ref().is_none_or(|p| {
+                dev.devpath == *p
+                    || dev
+                        .devpath
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+            && self
+                .devname
+                .as_ref()
+                .is_none_or(|g| dev.devname().is_some_and(|n| g.is_match(n)))
+            && self
+                .tag
+                .as_ref()
+                .is_none_or(|t| dev.tags.contains(t.as_str()))
+    }
+}
+
+impl fmt::Display for DeviceSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        let mut s = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                parts.push(format!("{k}={v}"));
+            }
+        };
+        s("SUBSYSTEM", &self.subsystem);
+        s("DEVTYPE", &self.devtype);
+        s(
+            "ID_VENDOR_ID",
+            &self.id_vendor_id.map(|h| format!("{:04x}", h.0)),
+        );
+        s(
+            "ID_MODEL_ID",
+            &self.id_model_id.map(|h| format!("{:04x}", h.0)),
+        );
+        s("ID_SERIAL", &self.id_serial);
+        s("ID_SERIAL_SHORT", &self.id_serial_short);
+        s(
+            "DEVPATH",
+            &self.devpath_prefix.as_ref().map(|p| format!("{p}/*")),
+        );
+        s("DEVNAME", &self.devname_text);
+        s("TAG", &self.tag);
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// A device as the matcher sees it: uevent properties plus the udev-like
+/// ones filled in from udev's database or sysfs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// DEVPATH (`/devices/...`, without `/sys`).
+    pub devpath: String,
+    /// Every property (uevent's KEY=VALUE, then ID_* filled in).
+    pub props: BTreeMap<String, String>,
+    /// udev tags.
+    pub tags: BTreeSet<String>,
+}
+
+impl DeviceInfo {
+    /// A property.
+    pub fn prop(&self, key: &str) -> Option<&String> {
+        self.props.get(key)
+    }
+
+    /// DEVNAME without `/dev/`.
+    pub fn devname(&self) -> Option<&str> {
+        self.prop("DEVNAME")
+            .map(|n| n.strip_prefix("/dev/").unwrap_or(n))
+    }
+
+    /// The device node's type and numbers, when it has one.
+    pub fn numbers(&self) -> Option<(DeviceType, u32, u32)> {
+        let major = self.prop("MAJOR")?.parse().ok()?;
+        let minor = self.prop("MINOR")?.parse().ok()?;
+        let t = if self.prop("SUBSYSTEM").map(String::as_str) == Some("block") {
+            DeviceType::Block
+        } else {
+            DeviceType::Char
+        };
+        Some((t, major, minor))
+    }
+
+    /// A network interface name (SUBSYSTEM=net), if this is one.
+    pub fn interface(&self) -> Option<&str> {
+        (self.prop("SUBSYSTEM").map(String::as_str) == Some("net"))
+            .then(|| self.prop("INTERFACE").map(String::as_str))
+            .flatten()
+    }
+
+    /// From uevent properties; fills in udev-only properties from `udev_data`
+    /// (`/run/udev/data`) or, failing that, from sysfs under `sys`.
+    pub fn new(props: BTreeMap<String, String>, sys: &Path, udev_data: &Path) -> DeviceInfo {
+        let devpath = props.get("DEVPATH").cloned().unwrap_or_default();
+        let mut info = DeviceInfo {
+            devpath,
+            props,
+            tags: BTreeSet::new(),
+        };
+        for key in ["TAGS", "CURRENT_TAGS"] {
+            if let Some(t) = info.props.get(key) {
+                info.tags
+                    .extend(t.split(':').filter(|s| !s.is_empty()).map(String::from));
+            }
+        }
+        if let Some((t, ma, mi)) = info.numbers() {
+            let file = udev_data.join(format!("{}{ma}:{mi}", t.letter()));
+            if let Ok(text) = fs::read_to_string(&file) {
+                for line in text.lines() {
+                    if let Some(kv) = line.strip_prefix("E:") {
+                        if let Some((k, v)) = kv.split_once('=') {
+                            info.props.entry(k.into()).or_insert_with(|| v.into());
+                        }
+                    } else if let Some(tag) = line.strip_prefix("G:").or(line.strip_prefix("Q:")) {
+                        info.tags.insert(tag.into());
+                    }
+                }
+            }
+        }
+        if !info.props.contains_key("ID_VENDOR_ID") {
+            if let Some(usb) = usb_ancestor(sys, &info.devpath) {
+                let attr = |n: &str| {
+                    fs::read_to_string(usb.join(n))
+                        .ok()
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                };
+                let mut set = |k: &str, v: Option<String>| {
+                    if let Some(v) = v {
+                        info.props.entry(k.into()).or_insert(v);
+                    }
+                };
+                set("ID_VENDOR_ID", attr("idVendor"));
+                set("ID_MODEL_ID", attr("idProduct"));
+                set("ID_SERIAL_SHORT", attr("serial"));
+                let clean = |s: String| s.split_whitespace().collect::<Vec<_>>().join("_");
+                let vendor = attr("manufacturer").map(clean).or(attr("idVendor"));
+                let model = attr("product").map(clean).or(attr("idProduct"));
+                if let (Some(v), Some(m)) = (vendor, model) {
+                    let serial = attr("serial").map(|s| format!("_{s}")).unwrap_or_default();
+                    set("ID_SERIAL", Some(format!("{v}_{m}{serial}")));
+                }
+            }
+        }
+        info
+    }
+}
+
+/// The nearest directory at or above `/sys{devpath}` with `idVendor` and
+/// `idProduct` (a USB device).
+fn usb_ancestor(sys: &Path, devpath: &str) -> Option<PathBuf> {
+    let mut dir = sys.join(devpath.trim_start_matches('/'));
+    while dir.starts_with(sys) && dir != sys {
+        if dir.join("idVendor").is_file() && dir.join("idProduct").is_file() {
+            return Some(dir);
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    None
+}
+
+/// The (runtime, name) of a cgroup, if a runtime resolver recognises it.
+fn runtime_names(rel: &Path) -> Vec<(RuntimeKind, String)> {
+    let Some(dir) = rel.file_name().and_then(|d| d.to_str()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for kind in RuntimeKind::ALL {
+        // A candidate name from the directory's own name, confirmed by the
+        // runtime's resolver (which knows the layouts).
+        let candidate = match kind {
+            RuntimeKind::Lxc => dir.strip_prefix("lxc.payload.").unwrap_or(dir),
+            RuntimeKind::Docker => strip_scope(dir, "docker-"),
+            RuntimeKind::Podman => strip_scope(dir, "libpod-"),
+            RuntimeKind::Containerd => strip_scope(dir, "cri-containerd-"),
+            RuntimeKind::Crio => strip_scope(dir, "crio-"),
+        };
+        if candidate.is_empty() {
+            continue;
+        }
+        if let Visit::Match(n) = runtimes::classify(kind, rel, candidate) {
+            out.push((kind, n));
+        }
+    }
+    out
+}
+
+fn strip_scope<'a>(dir: &'a str, prefix: &str) -> &'a str {
+    dir.strip_prefix(prefix)
+        .map(|d| d.strip_suffix(".scope").unwrap_or(d))
+        .unwrap_or(dir)
+}
+
+impl ContainerSelector {
+    /// Whether the cgroup at `path` (inside the hierarchy, `/a/b`) is selected.
+    pub fn matches(&self, path: &Path) -> bool {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        match self {
+            ContainerSelector::Cgroup(g) => g.is_match(path),
+            ContainerSelector::Runtime(kind, g) => runtime_names(rel)
+                .iter()
+                .any(|(k, n)| k == kind && g.is_match(n)),
+            ContainerSelector::Target(Target::Cgroup(p)) => {
+                // Directories under the mount were made relative by
+                // `Policy::normalize`.
+                rel == p.strip_prefix("/").unwrap_or(p)
+            }
+            ContainerSelector::Target(Target::Runtime(kind, name)) => {
+                matches!(runtimes::classify(*kind, rel, name), Visit::Match(_))
+            }
+            ContainerSelector::Target(Target::Name(name)) => {
+                rel == Path::new(name)
+                    || RuntimeKind::ALL
+                        .into_iter()
+                        .any(|k| matches!(runtimes::classify(k, rel, name), Visit::Match(_)))
+            }
+            ContainerSelector::Target(Target::Pid(_) | Target::PolicyId(_)) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use globset::GlobBuilder;
+
+    fn glob(g: &str, sep: bool) -> GlobMatcher {
+        GlobBuilder::new(g)
+            .literal_separator(sep)
+            .build()
+            .unwrap()
+            .compile_matcher()
+    }
+
+    fn dev(pairs: &[(&str, &str)]) -> DeviceInfo {
+        let props: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        DeviceInfo::new(
+            props,
+            Path::new("/nonexistent-sys"),
+            Path::new("/nonexistent-udev"),
+        )
+    }
+
+    #[test]
+    fn device_keys_all_must_match() {
+        let d = dev(&[
+            ("SUBSYSTEM", "tty"),
+            ("DEVNAME", "ttyUSB0"),
+            (
+                "DEVPATH",
+                "/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0/ttyUSB0/tty/ttyUSB0",
+            ),
+            ("MAJOR", "188"),
+            ("MINOR", "0"),
+            ("ID_VENDOR_ID", "0403"),
+            ("ID_MODEL_ID", "6001"),
+            ("TAGS", ":systemd:uaccess:"),
+        ]);
+        let mut s = DeviceSelector {
+            subsystem: Some("tty".into()),
+            ..Default::default()
+        };
+        assert!(s.matches(&d));
+        s.id_vendor_id = HexId::parse("403");
+        s.id_model_id = HexId::parse("0x6001");
+        assert!(s.matches(&d));
+        s.devpath_prefix = Some("/devices/pci0000:00/0000:00:14.0/usb1/1-2".into());
+        assert!(s.matches(&d));
+        s.devpath_prefix = Some("/devices/pci0000:00/0000:00:14.0/usb1/1-".into());
+        assert!(!s.matches(&d), "a prefix stops at a path component");
+        s.devpath_prefix = None;
+        s.devname = Some(glob("ttyUSB*", true));
+        s.tag = Some("uaccess".into());
+        assert!(s.matches(&d));
+        s.tag = Some("seat".into());
+        assert!(!s.matches(&d));
+        s.tag = None;
+        s.id_serial_short = Some("A1".into());
+        assert!(!s.matches(&d), "a key the device lacks does not match");
+        assert_eq!(d.numbers(), Some((DeviceType::Char, 188, 0)));
+    }
+
+    #[test]
+    fn devname_glob_and_block_numbers() {
+        let d = dev(&[
+            ("SUBSYSTEM", "block"),
+            ("DEVTYPE", "disk"),
+            ("DEVNAME", "loop12"),
+            ("DEVPATH", "/devices/virtual/block/loop12"),
+            ("MAJOR", "7"),
+            ("MINOR", "12"),
+        ]);
+        let s = DeviceSelector {
+            devname: Some(glob("loop1?", true)),
+            devtype: Some("disk".into()),
+            ..Default::default()
+        };
+        assert!(s.matches(&d));
+        assert_eq!(d.numbers(), Some((DeviceType::Block, 7, 12)));
+        let s = DeviceSelector {
+            devname: Some(glob("loop2", true)),
+            ..Default::default()
+        };
+        assert!(!s.matches(&d));
+        let bus = dev(&[("DEVNAME", "bus/usb/001/002")]);
+        let s = DeviceSelector {
+            devname: Some(glob("bus/*", true)),
+            ..Default::default()
+        };
+        assert!(!s.matches(&bus), "* does not cross /");
+    }
+
+    #[test]
+    fn usb_ids_come_from_sysfs_without_udev() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path().join("sys");
+        let usb = sys.join("devices/pci0000:00/usb1/1-2");
+        let tty = usb.join("1-2:1.0/ttyUSB0/tty/ttyUSB0");
+        fs::create_dir_all(&tty).unwrap();
+        fs::write(usb.join("idVendor"), "0403\n").unwrap();
+        fs::write(usb.join("idProduct"), "6001\n").unwrap();
+        fs::write(usb.join("serial"), "A10K\n").unwrap();
+        fs::write(usb.join("manufacturer"), "FTDI\n").unwrap();
+        fs::write(usb.join("product"), "FT232R USB UART\n").unwrap();
+        let props = [
+            (
+                "DEVPATH",
+                "/devices/pci0000:00/usb1/1-2/1-2:1.0/ttyUSB0/tty/ttyUSB0",
+            ),
+            ("SUBSYSTEM", "tty"),
+            ("MAJOR", "188"),
+            ("MINOR", "0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let udev = t.path().join("udev");
+        fs::create_dir_all(&udev).unwrap();
+        fs::write(
+            udev.join("c188:0"),
+            "E:ID_VENDOR_ID=0403\nG:uaccess\nQ:seat\n",
+        )
+        .unwrap();
+        let d = DeviceInfo::new(props, &sys, &udev);
+        assert_eq!(d.prop("ID_VENDOR_ID").unwrap(), "0403");
+        // Filled from sysfs: udev data had no model/serial, but sysfs fills
+        // only when udev gave no vendor id at all.
+        assert!(d.tags.contains("uaccess") && d.tags.contains("seat"));
+        let mut props2 = d.props.clone();
+        props2.remove("ID_VENDOR_ID");
+        let d2 = DeviceInfo::new(props2, &sys, t.path().join("none").as_path());
+        assert_eq!(d2.prop("ID_MODEL_ID").unwrap(), "6001");
+        assert_eq!(d2.prop("ID_SERIAL_SHORT").unwrap(), "A10K");
+        assert_eq!(d2.prop("ID_SERIAL").unwrap(), "FTDI_FT232R_USB_UART_A10K");
+    }
+
+    #[test]
+    fn containers_are_selected() {
+        let g = ContainerSelector::Cgroup(glob("/lxc.payload.ha-*", true));
+        assert!(g.matches(Path::new("/lxc.payload.ha-1")));
+        assert!(!g.matches(Path::new("/lxc.payload.ha-1/init")));
+        let r = ContainerSelector::Runtime(RuntimeKind::Lxc, glob("ha-*", false));
+        assert!(r.matches(Path::new("/lxc.payload.ha-2")));
+        assert!(!r.matches(Path::new("/lxc.payload.web")));
+        let id = "3f2a".to_string() + &"0".repeat(60);
+        let d = ContainerSelector::Runtime(RuntimeKind::Docker, glob("3f2a*", false));
+        assert!(d.matches(&Path::new("/system.slice").join(format!("docker-{id}.scope"))));
+        let t = ContainerSelector::Target("lxc:web".parse().unwrap());
+        assert!(t.matches(Path::new("/lxc.payload.web")));
+        let t = ContainerSelector::Target("/a/b".parse().unwrap());
+        assert!(t.matches(Path::new("/a/b")));
+        assert!(!t.matches(Path::new("/a/b/c")));
+    }
+}

@@ -1,0 +1,465 @@
+//! `ctdev daemon` against the real kernel: real uevents from real devices
+//! (loop devices made and removed through /dev/loop-control), real cgroups
+//! appearing and disappearing, SIGKILL and restart, SIGHUP with a bad file.
+//!
+//! Each test runs its own daemon (child process) with the TestEnv's pin
+//! root, a scope of the TestEnv's parent cgroup and a state directory in its
+//! scratch dir, and selects only devices it created itself, so tests can run
+//! in parallel with each other and with other suites.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ctdev_tests::container::TestContainer;
+use ctdev_tests::*;
+
+/// Polls `f` every 10 ms until it returns `Some`, failing the test after `timeout`.
+#[track_caller]
+fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `ctdev daemon` as a child process, SIGKILLed on drop.
+struct DaemonProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl DaemonProc {
+    fn start(env: &TestEnv, config: &Path) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let ready = env.scratch.join(format!("ready-{n}"));
+        let log = env.scratch.join(format!("daemon-{n}.log"));
+        let child = Command::new(ctdev_bin())
+            .arg("--pin-root")
+            .arg(&env.pin_root)
+            .arg("daemon")
+            .arg("--config")
+            .arg(config)
+            .arg("--state-dir")
+            .arg(env.scratch.join("state"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("daemon log file"))
+            .spawn()
+            .expect("spawn ctdev daemon");
+        let mut d = DaemonProc { child, log };
+        wait_for(Duration::from_secs(30), "the daemon to be ready", || {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("daemon exited early ({status}):\n{}", d.log_text());
+            }
+            ready.exists().then_some(())
+        });
+        d
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal the daemon");
+    }
+
+    fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log_text()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
+const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
+
+/// A loop device created with LOOP_CTL_ADD at an index no one else uses:
+/// the kernel emits a real `add` uevent (block, DEVNAME=loopN, MAJOR=7),
+/// and `remove` with LOOP_CTL_REMOVE (also on drop).
+struct HotLoop {
+    index: u32,
+    removed: bool,
+}
+
+fn loop_ctl(op: libc::c_ulong, index: u32) -> Result<(), Errno> {
+    let ctl = fs::File::open("/dev/loop-control").expect("open /dev/loop-control");
+    // SAFETY: LOOP_CTL_ADD/REMOVE take an integer argument; the fd is open.
+    let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), op as _, index as libc::c_ulong) };
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+impl HotLoop {
+    /// An index that is free now (not created yet).
+    fn pick() -> u32 {
+        static N: AtomicU32 = AtomicU32::new(0);
+        loop {
+            let i = 4000 + (std::process::id() % 1000) * 50 + N.fetch_add(1, Ordering::SeqCst) % 50;
+            if !Path::new(&format!("/sys/block/loop{i}")).exists() {
+                return i;
+            }
+        }
+    }
+
+    fn add(index: u32) -> Self {
+        loop_ctl(LOOP_CTL_ADD, index).unwrap_or_else(|e| panic!("LOOP_CTL_ADD {index}: {e}"));
+        HotLoop {
+            index,
+            removed: false,
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("loop{}", self.index)
+    }
+
+    fn remove(&mut self) {
+        // EBUSY while something still holds it open: retry briefly.
+        for _ in 0..200 {
+            match loop_ctl(LOOP_CTL_REMOVE, self.index) {
+                Ok(()) | Err(Errno::ENODEV) => {
+                    self.removed = true;
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        panic!("LOOP_CTL_REMOVE {} kept failing", self.index);
+    }
+}
+
+impl Drop for HotLoop {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = loop_ctl(LOOP_CTL_REMOVE, self.index);
+        }
+    }
+}
+
+/// The cgroup path inside the hierarchy of a directory under the mount.
+fn inside(dir: &Path) -> String {
+    format!("/{}", dir.strip_prefix(cgroup_mount()).unwrap().display())
+}
+
+fn write_config(env: &TestEnv, name: &str, text: &str) -> PathBuf {
+    let path = env.scratch.join(name);
+    let full = format!(
+        "scope = \"{}\"\nresync_interval = 0\n{text}",
+        env.cgroup_parent.display()
+    );
+    fs::write(&path, full).expect("write policy file");
+    path
+}
+
+/// Rules of the container whose cgroup is `dir` (None: not under policy).
+fn rules_of(env: &TestEnv, dir: &Path) -> Option<Vec<String>> {
+    let v = env.list_json();
+    v["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["cgroup_dir"].as_str() == dir.to_str())
+        .map(|c| {
+            c["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["rule"].as_str().unwrap().to_string())
+                .collect()
+        })
+}
+
+fn denied(r: &Result<(), String>) -> bool {
+    matches!(r, Err(e) if e.contains("Operation not permitted"))
+}
+
+#[test]
+fn hotplug_reaches_the_matching_container_only_and_goes_away_on_remove() {
+    let env = TestEnv::new("dm-hotplug");
+    let a = TestContainer::start(&env, "a", false);
+    let b = TestContainer::start(&env, "b", false);
+    env.ok(&["attach", b.cgroup_str()]);
+    let index = HotLoop::pick();
+    let cfg = write_config(
+        &env,
+        "policy.toml",
+        &format!(
+            "[[container]]\nname = \"a\"\nselect = {{ cgroup = \"{}\" }}\n\
+             [[container.hotplug]]\nsubsystem = \"block\"\ndevname = \"loop{index}\"\ndest = \"/dev/hot/{{devname}}\"\naccess = \"rw\"\n",
+            inside(&a.cgroup)
+        ),
+    );
+    let daemon = DaemonProc::start(&env, &cfg);
+    assert!(rules_of(&env, &a.cgroup).is_some(), "a attached at start");
+
+    let mut lo = HotLoop::add(index);
+    let dest = format!("/dev/hot/{}", lo.name());
+    let start = Instant::now();
+    wait_for(Duration::from_secs(5), "the node in a to open", || {
+        a.host_path(&dest).exists().then_some(())?;
+        // No backing file: the open gets past the device controller and
+        // fails in the driver (ENXIO), never with EPERM.
+        let r = a.open_rw(&dest);
+        (!denied(&r)).then_some(())
+    });
+    eprintln!(
+        "hotplug add -> usable in the container: {:?}",
+        start.elapsed()
+    );
+    let rule = format!("b 7:{index} rw");
+    assert!(rules_of(&env, &a.cgroup).unwrap().contains(&rule));
+    // b (under policy, not selected) got nothing.
+    assert!(!b.host_path(&dest).exists());
+    assert!(!rules_of(&env, &b.cgroup).unwrap().contains(&rule));
+
+    lo.remove();
+    wait_for(
+        Duration::from_secs(5),
+        "the node and rule to go on remove",
+        || {
+            (!a.host_path(&dest).exists() && !rules_of(&env, &a.cgroup).unwrap().contains(&rule))
+                .then_some(())
+        },
+    );
+    let log = daemon.kill();
+    assert!(log.contains("device added"), "{log}");
+    assert!(log.contains("device removed"), "{log}");
+}
+
+#[test]
+fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
+    let env = TestEnv::new("dm-lifecycle");
+    let cfg = write_config(
+        &env,
+        "policy.toml",
+        &format!(
+            "[[container]]\nname = \"web\"\nselect = {{ cgroup = \"{}/web-*\" }}\n\
+             rules = [\"c 42:7 rw\"]\n\
+             devices = [{{ path = \"/dev/net/tun\" }}]\n",
+            inside(&env.cgroup_parent)
+        ),
+    );
+    let daemon = DaemonProc::start(&env, &cfg);
+    let start = Instant::now();
+    let web = TestContainer::start(&env, "web-1", false);
+    wait_for(
+        Duration::from_secs(10),
+        "the device node in the new container",
+        || web.open_rw("/dev/net/tun").ok(),
+    );
+    eprintln!("new container -> device usable: {:?}", start.elapsed());
+    let rules = rules_of(&env, &web.cgroup).expect("web-1 attached");
+    assert!(rules.contains(&"c 42:7 rw".to_string()), "{rules:?}");
+    assert!(rules.contains(&"c 10:200 rwm".to_string()), "{rules:?}");
+
+    // Not selected: never attached.
+    let other = TestContainer::start(&env, "other", false);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rules_of(&env, &other.cgroup).is_none());
+    assert!(!other.host_path("/dev/net/tun").exists());
+
+    let id = env.list_json()["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup_dir"].as_str() == web.cgroup.to_str())
+        .and_then(|c| c["policy_id"].as_u64())
+        .unwrap();
+    drop(web);
+    wait_for(
+        Duration::from_secs(5),
+        "the stopped container to be detached",
+        || {
+            let v = env.list_json();
+            (!v["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["policy_id"].as_u64() == Some(id)))
+            .then_some(())
+        },
+    );
+    let log = daemon.kill();
+    assert!(log.contains("attached"), "{log}");
+    assert!(log.contains("detached (cgroup removed)"), "{log}");
+}
+
+#[test]
+fn sigkill_keeps_enforcement_and_a_restart_converges() {
+    let env = TestEnv::new("dm-restart");
+    let a = TestContainer::start(&env, "a", false);
+    let index = HotLoop::pick();
+    let cfg = write_config(
+        &env,
+        "policy.toml",
+        &format!(
+            "[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\n\
+             [[container.hotplug]]\ndevname = \"loop{index}\"\n",
+            a.cgroup.display()
+        ),
+    );
+    let daemon = DaemonProc::start(&env, &cfg);
+    let mut lo = HotLoop::add(index);
+    let dest = format!("/dev/{}", lo.name());
+    let rule = format!("b 7:{index} rwm");
+    wait_for(Duration::from_secs(5), "the hotplugged rule", || {
+        rules_of(&env, &a.cgroup)
+            .unwrap()
+            .contains(&rule)
+            .then_some(())
+    });
+    let before = rules_of(&env, &a.cgroup).unwrap();
+    let _ = daemon.kill();
+
+    // Daemon dead: enforcement is unchanged (pins stay).
+    assert_eq!(rules_of(&env, &a.cgroup).unwrap(), before);
+    assert!(
+        !denied(&a.open_rw(&dest)),
+        "still usable with the daemon down"
+    );
+    // The device goes away while the daemon is down: nothing changes yet.
+    lo.remove();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        rules_of(&env, &a.cgroup).unwrap(),
+        before,
+        "no change without the daemon"
+    );
+
+    let daemon = DaemonProc::start(&env, &cfg);
+    // Converged during the start-up reconciliation.
+    let after = rules_of(&env, &a.cgroup).unwrap();
+    assert!(!after.contains(&rule), "{after:?}");
+    assert!(!a.host_path(&dest).exists());
+    let log = daemon.kill();
+    assert!(log.contains("device removed"), "{log}");
+
+    // A second restart finds nothing to change and logs no change.
+    let daemon = DaemonProc::start(&env, &cfg);
+    assert_eq!(rules_of(&env, &a.cgroup).unwrap(), after);
+    let log = daemon.kill();
+    for change in [
+        "device added",
+        "device removed",
+        "attached",
+        "allowed",
+        "revoked",
+    ] {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains(change) && !l.contains("already")),
+            "a converged restart changed something ({change}):\n{log}"
+        );
+    }
+}
+
+#[test]
+fn sighup_with_a_bad_file_keeps_the_running_policy() {
+    let env = TestEnv::new("dm-sighup");
+    let text = |rule: &str| {
+        format!(
+            "[[container]]\nname = \"c\"\nselect = {{ cgroup = \"{}/c-*\" }}\nrules = [\"{rule}\"]\n",
+            inside(&env.cgroup_parent)
+        )
+    };
+    let cfg = write_config(&env, "policy.toml", &text("c 42:7 rw"));
+    let mut daemon = DaemonProc::start(&env, &cfg);
+
+    write_config(
+        &env,
+        "policy.toml",
+        &(text("c 42:7 rw") + "bogus_key = 1\n"),
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for(Duration::from_secs(5), "the rejection in the log", || {
+        daemon.log_text().contains("policy rejected").then_some(())
+    });
+    assert!(daemon.alive());
+    assert!(
+        daemon.log_text().contains("bogus_key"),
+        "{}",
+        daemon.log_text()
+    );
+    // The old policy still applies to a new container.
+    let c1 = env.cgroup("c-1");
+    wait_for(Duration::from_secs(5), "c-1 under the old policy", || {
+        rules_of(&env, &c1)
+            .filter(|r| r.contains(&"c 42:7 rw".to_string()))
+            .map(|_| ())
+    });
+
+    // A good file is taken, and applied to the running containers.
+    write_config(&env, "policy.toml", &text("c 42:9 r"));
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for(Duration::from_secs(5), "the new rule after reload", || {
+        rules_of(&env, &c1)
+            .filter(|r| {
+                r.contains(&"c 42:9 r".to_string()) && !r.contains(&"c 42:7 rw".to_string())
+            })
+            .map(|_| ())
+    });
+    let log = daemon.kill();
+    assert!(log.contains("policy reloaded"), "{log}");
+    assert!(log.contains("revoked (gone from the policy)"), "{log}");
+}
+
+#[test]
+fn check_config_prints_the_resolved_policy_or_names_the_error() {
+    let env = TestEnv::new("dm-check");
+    let good = write_config(
+        &env,
+        "good.toml",
+        "[[container]]\nname = \"x\"\nselect = { runtime = \"lxc\", name = \"ha-*\" }\n\
+         [[container.hotplug]]\nsubsystem = \"tty\"\nid_vendor_id = \"0403\"\n",
+    );
+    let out = env.ok(&[
+        "daemon",
+        "--config",
+        good.to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert!(out.contains("lxc containers named ha-*"), "{out}");
+    assert!(out.contains("SUBSYSTEM=tty,ID_VENDOR_ID=0403"), "{out}");
+    let bad = write_config(
+        &env,
+        "bad.toml",
+        "[[container]]\nname = \"x\"\nselect = { runtime = \"lxc\" }\nrules = [\"c 1:x\"]\n",
+    );
+    let err = env.fails(&[
+        "daemon",
+        "--config",
+        bad.to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert!(err.contains("bad.toml:6: container[0].rules[0]"), "{err}");
+}
