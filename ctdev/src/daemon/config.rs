@@ -293,10 +293,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, ConfigError> {
     let cx = Ctx { path, text };
     let scope = match &raw.scope {
         None => PathBuf::from("/"),
-        Some(s) => {
-            let p = cx.abs_path(s, "scope")?;
-            p
-        }
+        Some(s) => cx.abs_path(s, "scope")?,
     };
     let resync_interval = match &raw.resync_interval {
         None => 30.0,

@@ -60,7 +60,7 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     /// The library could not start.
     #[error(transparent)]
-    Controller(#[from] ControllerError),
+    Controller(Box<ControllerError>),
     /// The uevent socket failed.
     #[error(transparent)]
     Uevent(#[from] UeventError),
@@ -90,6 +90,12 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<ControllerError> for DaemonError {
+    fn from(e: ControllerError) -> Self {
+        DaemonError::Controller(Box::new(e))
+    }
 }
 
 /// How the daemon is run.
