@@ -1,0 +1,113 @@
+//! Standalone measurement for `cargo xtask bench`: uevent → node usable in
+//! the container, over N hotplug events (default 1000).
+//!
+//! Starts a test container and `ctdev daemon` (child process, `--ready-file`)
+//! with a hotplug rule for one loop index, then N times: LOOP_CTL_ADD (the
+//! kernel emits the `add` uevent), time until the node exists in the
+//! container and opening it gets past the device controller (not EPERM),
+//! then LOOP_CTL_REMOVE and wait until the node is gone. Prints p50/p99/max.
+//!
+//! Run (root): `cargo build -p ctdev-tests --bins && target/debug/hotplug-latency [N]`
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ctdev_tests::container::TestContainer;
+use ctdev_tests::{cgroup_mount, ctdev_bin, probe, Errno, ProbeOp, TestEnv};
+
+fn loop_ctl(op: libc::c_ulong, index: u32) -> i32 {
+    let ctl = fs::File::open("/dev/loop-control").expect("open /dev/loop-control");
+    // SAFETY: LOOP_CTL_ADD/REMOVE take an integer argument; the fd is open.
+    unsafe { libc::ioctl(ctl.as_raw_fd(), op as _, index as libc::c_ulong) }
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out: {what}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().expect("N"))
+        .unwrap_or(1000);
+    let env = TestEnv::new("bench-hotplug");
+    let c = TestContainer::start(&env, "c", false);
+    let index = 4900 + std::process::id() % 90;
+    let inside = c
+        .cgroup
+        .strip_prefix(cgroup_mount())
+        .unwrap()
+        .display()
+        .to_string();
+    let cfg = env.scratch.join("policy.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "scope = \"{}\"\nresync_interval = 0\n[[container]]\nname = \"c\"\nselect = {{ cgroup = \"/{inside}\" }}\n\
+             [[container.hotplug]]\nsubsystem = \"block\"\ndevname = \"loop{index}\"\n",
+            env.cgroup_parent.display()
+        ),
+    )
+    .unwrap();
+    let ready = env.scratch.join("ready");
+    let mut daemon = Command::new(ctdev_bin())
+        .arg("--pin-root")
+        .arg(&env.pin_root)
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(env.scratch.join("state"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ctdev daemon");
+    wait("daemon ready", || ready.exists());
+    let node = c.host_path(&format!("/dev/loop{index}"));
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        assert_eq!(loop_ctl(0x4C80, index), index as i32, "LOOP_CTL_ADD");
+        let op = ProbeOp::Open {
+            path: node.clone(),
+            read: true,
+            write: false,
+        };
+        wait("node usable", || {
+            // A real open from a process in the container's cgroup: the
+            // device controller judges it (the node has no backing file, so
+            // past the controller the driver says ENXIO).
+            node.exists()
+                && !matches!(
+                    probe(&c.cgroup, &op),
+                    Ok(Err(Errno::EPERM)) | Ok(Err(Errno::ENOENT))
+                )
+        });
+        samples.push(start.elapsed());
+        while loop_ctl(0x4C81, index) < 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        wait("node removed", || !node.exists());
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "hotplug uevent -> node usable in container: n={} p50={:?} p99={:?} max={:?}",
+        samples.len(),
+        pct(0.50),
+        pct(0.99),
+        samples[samples.len() - 1]
+    );
+}
