@@ -67,9 +67,13 @@ pub struct CostResults {
     pub probe_command: String,
 }
 
-/// The N rules: N-1 non-matching `c 200:i`, then the device's.
+/// The N rules: N-1 non-matching `c 200:i`, then the device's. Minors equal
+/// to the device's major are skipped, so that the only compare with that
+/// number in a runtime's program is the device block's major check.
 pub fn rules(dev: &super::Device, n: usize) -> Vec<(u32, u32)> {
-    let mut v: Vec<(u32, u32)> = (0..n.saturating_sub(1) as u32)
+    let mut v: Vec<(u32, u32)> = (0..u32::MAX)
+        .filter(|&i| i != dev.major)
+        .take(n.saturating_sub(1))
         .map(|i| (FILLER_MAJOR, i))
         .collect();
     v.push((dev.major, dev.minor));
