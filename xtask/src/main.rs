@@ -49,6 +49,17 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// The bench itself, in the optimised xtask (re-executed by `bench`).
+    #[command(hide = true)]
+    BenchRun {
+        #[arg(long)]
+        ctdev: PathBuf,
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The bench's measuring process (re-executed by `bench`, not for humans).
+    #[command(hide = true)]
+    BenchProbe(bench::probe::Args),
 }
 
 fn main() -> Result<()> {
@@ -81,6 +92,8 @@ fn main() -> Result<()> {
             let ctdev = build(true)?;
             bench::run(&ctdev, quick)?;
         }
+        Cmd::BenchRun { ctdev, quick } => bench::run_here(&ctdev, quick)?,
+        Cmd::BenchProbe(args) => bench::probe::main(&args)?,
     }
     Ok(())
 }

@@ -1,0 +1,789 @@
+//! docs/BENCHMARKS.md and its SVG plots, generated entirely from the
+//! measurements of the run (no number is typed by hand), plus the raw
+//! samples as JSON next to the plots.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+
+use super::cost::{CostResults, Point};
+use super::stats::Summary;
+use super::{Plan, Results};
+
+/// Facts about the machine, read at run time.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu: String,
+    pub cores: usize,
+    pub memory: String,
+    pub date: String,
+    pub commit: String,
+}
+
+fn cmd_out(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Machine {
+    pub fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let cores = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0))
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            kernel: cmd_out("uname", &["-r"]),
+            cpu,
+            cores,
+            memory,
+            date: cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            commit: cmd_out(
+                "git",
+                &[
+                    "-C",
+                    &crate::root().to_string_lossy(),
+                    "rev-parse",
+                    "--short",
+                    "HEAD",
+                ],
+            ),
+        }
+    }
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("plot: {e:?}")
+}
+
+struct Series {
+    name: String,
+    color: RGBColor,
+    points: Vec<(f64, f64)>,
+    marks: bool,
+}
+
+macro_rules! draw {
+    ($root:expr, $title:expr, $xd:expr, $yd:expr, $xr:expr, $yr:expr, $series:expr) => {{
+        let mut chart = ChartBuilder::on(&$root)
+            .caption($title, ("sans-serif", 18))
+            .margin(14)
+            .x_label_area_size(42)
+            .y_label_area_size(70)
+            .build_cartesian_2d($xr, $yr)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc($xd)
+            .y_desc($yd)
+            .draw()
+            .map_err(err)?;
+        for s in $series {
+            let color = s.color;
+            chart
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(s.name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            if s.marks {
+                chart
+                    .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(err)?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }};
+}
+
+fn bounds(series: &[Series]) -> Option<(f64, f64, f64, f64)> {
+    let pts = series.iter().flat_map(|s| s.points.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    let mut any = false;
+    for &(x, y) in pts {
+        any = true;
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    any.then_some((x0, x1, y0, y1))
+}
+
+/// One line chart; log scales where asked.
+fn chart(
+    path: &Path,
+    title: &str,
+    (xd, yd): (&str, &str),
+    (log_x, log_y): (bool, bool),
+    series: &[Series],
+) -> Result<()> {
+    let Some((x0, x1, y0, y1)) = bounds(series) else {
+        return Ok(());
+    };
+    let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
+    let root = SVGBackend::new(path, (820, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    match (log_x, log_y) {
+        (true, true) => draw!(
+            root,
+            title,
+            xd,
+            yd,
+            (x0 * 0.8..x1 * 1.25).log_scale(),
+            (y0.max(1e-3) * 0.7..y1 * 1.6).log_scale(),
+            series
+        ),
+        (true, false) => draw!(
+            root,
+            title,
+            xd,
+            yd,
+            (x0 * 0.8..x1 * 1.25).log_scale(),
+            0f64..y1 * 1.25,
+            series
+        ),
+        (false, true) => draw!(
+            root,
+            title,
+            xd,
+            yd,
+            x0.min(0.0)..x1 * 1.05,
+            (y0.max(1e-3) * 0.7..y1 * 1.6).log_scale(),
+            series
+        ),
+        (false, false) => draw!(
+            root,
+            title,
+            xd,
+            yd,
+            x0.min(0.0)..x1 * 1.05,
+            0f64..y1 * 1.25,
+            series
+        ),
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+const COLORS: [RGBColor; 5] = [
+    RGBColor(0xd6, 0x27, 0x28), // runc
+    RGBColor(0xff, 0x7f, 0x0e), // crun
+    RGBColor(0x1f, 0x77, 0xb4), // ctdev
+    RGBColor(0x2c, 0xa0, 0x2c), // allow-all
+    RGBColor(0x55, 0x55, 0x55), // none
+];
+
+fn color_of(scenario: &str) -> RGBColor {
+    match scenario {
+        "runc" => COLORS[0],
+        "crun" => COLORS[1],
+        "ctdev" => COLORS[2],
+        "allow-all" => COLORS[3],
+        _ => COLORS[4],
+    }
+}
+
+/// The rule-count series of a cost result (flat lines for none/allow-all).
+fn cost_series(c: &CostResults, value: impl Fn(&Point) -> Option<f64>) -> Vec<Series> {
+    let xs: Vec<f64> = c
+        .points
+        .iter()
+        .filter_map(|p| p.rules.map(|r| r as f64))
+        .collect();
+    let (lo, hi) = xs
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let mut out = Vec::new();
+    for name in ["runc", "crun", "ctdev", "allow-all", "none"] {
+        let pts: Vec<(f64, f64)> = c
+            .points
+            .iter()
+            .filter(|p| p.scenario == name)
+            .filter_map(|p| {
+                let v = value(p)?;
+                Some(match p.rules {
+                    Some(r) => vec![(r as f64, v)],
+                    None if lo <= hi => vec![(lo, v), (hi, v)],
+                    None => vec![],
+                })
+            })
+            .flatten()
+            .collect();
+        if !pts.is_empty() {
+            out.push(Series {
+                name: match name {
+                    "allow-all" => "allow-all program (floor)".into(),
+                    "none" => "no program".into(),
+                    n => n.into(),
+                },
+                color: color_of(name),
+                marks: pts.len() > 2 || name == "ctdev" || name == "runc" || name == "crun",
+                points: pts,
+            });
+        }
+    }
+    out
+}
+
+fn cdf(samples: &[f64]) -> Vec<(f64, f64)> {
+    let mut v: Vec<f64> = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len() as f64;
+    v.iter()
+        .enumerate()
+        .map(|(i, &x)| (x, (i + 1) as f64 / n))
+        .collect()
+}
+
+fn f1(x: f64) -> String {
+    format!("{x:.1}")
+}
+
+fn row(s: &Summary, fmt: fn(f64) -> String) -> String {
+    format!("{} | {} | {}", fmt(s.median), fmt(s.min), fmt(s.max))
+}
+
+/// Writes the doc (and plots, raw JSON) into `out_dir`; returns the doc path.
+pub fn write(
+    out_dir: &Path,
+    m: &Machine,
+    plan: &Plan,
+    r: &Results,
+    wall_s: f64,
+) -> Result<PathBuf> {
+    let fig_dir = out_dir.join("bench");
+    std::fs::create_dir_all(&fig_dir).with_context(|| format!("mkdir {}", fig_dir.display()))?;
+    let cmd = if plan.quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let mut d = String::new();
+    let _ = writeln!(d, "# ctdev benchmarks\n");
+    let _ = writeln!(
+        d,
+        "Generated by `{cmd}` (as root) on {} from commit `{}`; the whole run took {wall_s:.0} s. \
+         Every number and plot below comes from that run's measurements; \
+         nothing is typed by hand: re-run the command to regenerate this file, its plots \
+         (`bench/*.svg`) and the raw samples (`bench/results.json`).\n",
+        m.date, m.commit
+    );
+    if plan.quick {
+        let _ = writeln!(d, "**This is a `--quick` smoke run (tiny iteration counts): its numbers are not meaningful.**\n");
+    }
+    let _ = writeln!(d, "## Machine\n\n| | |\n|---|---|");
+    let _ = writeln!(d, "| kernel | `{}` |", m.kernel);
+    let _ = writeln!(d, "| CPU | {} ({} cores) |", m.cpu, m.cores);
+    let _ = writeln!(d, "| memory | {} |", m.memory);
+    if let Some(c) = &r.cost {
+        let _ = writeln!(d, "| runc | {} |", c.runc_version);
+        let _ = writeln!(d, "| crun | {} |", c.crun_version);
+    }
+    if let Some(a) = &r.add {
+        let _ = writeln!(d, "| LXC | {} |", a.lxc_version);
+    }
+    let _ = writeln!(
+        d,
+        "\nThe machine was not isolated (other work may have been running): \
+         medians over repeated rounds are reported with their min and max.\n"
+    );
+
+    // Targets.
+    let _ = writeln!(
+        d,
+        "## Targets\n\n| target | measured | met |\n|---|---|---|"
+    );
+    let yes = |b: bool| if b { "yes" } else { "**no**" };
+    if let Some(c) = &r.cost {
+        let floor = c
+            .points
+            .iter()
+            .find(|p| p.scenario == "allow-all")
+            .map(|p| p.ns_per_op.median);
+        let ct: Vec<&Point> = c.points.iter().filter(|p| p.scenario == "ctdev").collect();
+        if let (Some(floor), false) = (floor, ct.is_empty()) {
+            let worst = ct
+                .iter()
+                .map(|p| p.ns_per_op.median - floor)
+                .fold(f64::MIN, f64::max);
+            let hi = ct
+                .iter()
+                .map(|p| p.ns_per_op.median)
+                .fold(f64::MIN, f64::max);
+            let lo = ct
+                .iter()
+                .map(|p| p.ns_per_op.median)
+                .fold(f64::MAX, f64::min);
+            let sizes: Vec<String> = ct
+                .iter()
+                .filter_map(|p| p.rules)
+                .map(|n| n.to_string())
+                .collect();
+            let _ = writeln!(
+                d,
+                "| ctdev within 10 ns of allow-all at every size ({}) | worst: {:+.1} ns/op (allow-all {:.1} ns/op) | {} |",
+                sizes.join(", "),
+                worst,
+                floor,
+                yes(worst <= 10.0)
+            );
+            let _ = writeln!(
+                d,
+                "| ctdev flat from {} to {} rules (spread of medians ≤ 10 ns) | spread {:.1} ns/op ({:.1} … {:.1}) | {} |",
+                sizes.first().cloned().unwrap_or_default(),
+                sizes.last().cloned().unwrap_or_default(),
+                hi - lo,
+                lo,
+                hi,
+                yes(hi - lo <= 10.0)
+            );
+        }
+    }
+    if let Some(u) = &r.update {
+        if let Some(w) = u.writers.first() {
+            let _ = writeln!(
+                d,
+                "| policy write ≤ 50 µs (call start → prober sees new verdict, median) | {:.1} µs (max {:.1}) | {} |",
+                w.after_start_us.median,
+                w.after_start_us.max,
+                yes(w.after_start_us.median <= 50.0)
+            );
+        }
+    }
+    if let Some(a) = &r.add {
+        let ratio = a.lxc_device_add_ms.median / a.ctdev_add_ms.median;
+        let _ = writeln!(
+            d,
+            "| `ctdev add` ≥ 10× faster than `lxc-device add` (medians) | {:.2} ms vs {:.2} ms: {:.1}× | {} |",
+            a.ctdev_add_ms.median,
+            a.lxc_device_add_ms.median,
+            ratio,
+            yes(ratio >= 10.0)
+        );
+    }
+    if let Some(s) = &r.scale {
+        let _ = writeln!(
+            d,
+            "| {} containers attached in < 5 s | {:.2} s | {} |",
+            s.containers,
+            s.total_attach_s,
+            yes(s.total_attach_s < 5.0)
+        );
+        let _ = writeln!(
+            d,
+            "| ≤ 64 KiB kernel memory per container | {:.1} KiB | {} |",
+            s.bytes_per_container / 1024.0,
+            yes(s.bytes_per_container <= 65536.0)
+        );
+    }
+    if !r.errors.is_empty() {
+        let _ = writeln!(d, "\n**Sections that failed in this run:**\n");
+        for e in &r.errors {
+            let _ = writeln!(d, "- {e}");
+        }
+    }
+    let _ = writeln!(d);
+
+    if let Some(c) = &r.cost {
+        write_cost(&mut d, &fig_dir, cmd, plan, c)?;
+    }
+    if let Some(u) = &r.update {
+        let _ = writeln!(d, "## 2. Update latency\n\n### (a) Policy write\n");
+        let _ = writeln!(
+            d,
+            "A container under ctdev policy with {} non-matching rules; a prober process \
+             inside its cgroup loops on `access({}, R_OK)` and prints `CLOCK_MONOTONIC` \
+             whenever the verdict changes. The bench alternately allows and removes the \
+             device's entry ({} flips per writer, 1 ms apart) and compares its own clock \
+             around the write call with the prober's. Two writers: the raw map update \
+             (`PolicyMap::apply` of one entry, what `ctdev allow` ends in) and the library's \
+             `Ctdev::allow` / `Ctdev::revoke` (takes the pin-root lock, opens the pins, plans, writes). \
+             Negative \"after return\" means the prober saw the verdict before the call returned.\n",
+            u.fillers,
+            r.cost.as_ref().map(|c| c.device.path.display().to_string()).unwrap_or_default(),
+            u.flips
+        );
+        let _ = writeln!(
+            d,
+            "Reproduce: `{cmd}` (figure: `bench/update_latency.svg`).\n"
+        );
+        let _ = writeln!(d, "![policy write latency](bench/update_latency.svg)\n");
+        let _ = writeln!(
+            d,
+            "| writer | call µs (median / min / max) | visible after return µs (median / min / max) | visible after call start µs (median / min / max) |\n|---|---|---|---|"
+        );
+        for w in &u.writers {
+            let _ = writeln!(
+                d,
+                "| {} | {} | {} | {} |",
+                w.name,
+                row(&w.call_us, f1).replace(" | ", " / "),
+                row(&w.after_return_us, f1).replace(" | ", " / "),
+                row(&w.after_start_us, f1).replace(" | ", " / ")
+            );
+        }
+        let series: Vec<Series> = u
+            .writers
+            .iter()
+            .zip([COLORS[2], COLORS[0]])
+            .map(|(w, color)| Series {
+                name: w.name.clone(),
+                color,
+                points: cdf(&w.samples_after_start_us),
+                marks: false,
+            })
+            .collect();
+        chart(
+            &fig_dir.join("update_latency.svg"),
+            "Policy write: call start -> prober sees the new verdict (CDF)",
+            ("µs", "fraction of writes"),
+            (false, false),
+            &series,
+        )?;
+        let _ = writeln!(d);
+    }
+    if let Some(a) = &r.add {
+        let _ = writeln!(d, "### (b) `ctdev add` vs `lxc-device add`\n");
+        let _ = writeln!(
+            d,
+            "One running LXC container (busybox template, no network). ctdev was attached with \
+             `{}` (this branch has no `--takeover`, so LXC's own device program stays attached \
+             next to ctdev's). {} runs each, interleaved, each add really adding: the node is \
+             removed (`ctdev del` / `lxc-device del`, untimed) between runs. Wall time of the \
+             whole command, process start included. Device: `{}`.\n",
+            a.attach, a.runs, a.device
+        );
+        let _ = writeln!(d, "Reproduce: `{cmd}` (figure: `bench/add_latency.svg`).\n");
+        let _ = writeln!(d, "![add latency](bench/add_latency.svg)\n");
+        let _ = writeln!(
+            d,
+            "| command | median ms | min ms | max ms |\n|---|---|---|---|"
+        );
+        let f2 = |x: f64| format!("{x:.2}");
+        let _ = writeln!(d, "| `ctdev add` | {} |", row(&a.ctdev_add_ms, f2));
+        let _ = writeln!(
+            d,
+            "| `lxc-device add` | {} |",
+            row(&a.lxc_device_add_ms, f2)
+        );
+        let _ = writeln!(
+            d,
+            "| `ctdev --version` (process start alone) | {} |",
+            row(&a.ctdev_version_ms, f2)
+        );
+        let _ = writeln!(
+            d,
+            "\nRatio of medians: `lxc-device add` / `ctdev add` = {:.1}×.\n",
+            a.lxc_device_add_ms.median / a.ctdev_add_ms.median
+        );
+        chart(
+            &fig_dir.join("add_latency.svg"),
+            "Passing a device into a running LXC container (CDF)",
+            ("ms (wall time of the command)", "fraction of runs"),
+            (false, false),
+            &[
+                Series {
+                    name: "ctdev add".into(),
+                    color: COLORS[2],
+                    points: cdf(&a.samples_ctdev_ms),
+                    marks: false,
+                },
+                Series {
+                    name: "lxc-device add".into(),
+                    color: COLORS[0],
+                    points: cdf(&a.samples_lxc_ms),
+                    marks: false,
+                },
+            ],
+        )?;
+    }
+    if let Some(s) = &r.scale {
+        let _ = writeln!(d, "## 3. Scale\n");
+        let _ = writeln!(
+            d,
+            "{} cgroups, each attached through the library (`ctdev::Ctdev::attach`, one call \
+             per container: load an instance of the program, write {} rules, create and pin \
+             the link), `--preset none`. Memory is bpftool's `bytes_memlock`: the {} program \
+             instances plus the maps they share (policy map and counters), divided by the \
+             container count. Check cost: ns per open()+close() in the first container with \
+             only it attached, then with all {} attached.\n",
+            s.containers, s.rules_per_container, s.containers, s.containers
+        );
+        let _ = writeln!(
+            d,
+            "Reproduce: `{cmd}` (figure: `bench/scale_attach.svg`).\n"
+        );
+        let _ = writeln!(d, "![attach time](bench/scale_attach.svg)\n");
+        let _ = writeln!(d, "| | |\n|---|---|");
+        let _ = writeln!(
+            d,
+            "| total attach time (library) | {:.2} s |",
+            s.total_attach_s
+        );
+        let _ = writeln!(
+            d,
+            "| per attach (library), median / min / max | {:.2} / {:.2} / {:.2} ms |",
+            s.attach_ms.median, s.attach_ms.min, s.attach_ms.max
+        );
+        let _ = writeln!(
+            d,
+            "| per attach (CLI `ctdev attach`, process start included, {} runs), median / min / max | {:.2} / {:.2} / {:.2} ms |",
+            s.cli_attach_ms.n, s.cli_attach_ms.median, s.cli_attach_ms.min, s.cli_attach_ms.max
+        );
+        let _ = writeln!(
+            d,
+            "| total detach time (library) | {:.2} s |",
+            s.total_detach_s
+        );
+        let _ = writeln!(d, "| policy map entries | {} |", s.policy_entries);
+        let _ = writeln!(
+            d,
+            "| programs, bytes_memlock total | {} B ({:.1} KiB per container) |",
+            s.prog_memlock_total,
+            s.prog_memlock_total as f64 / s.containers as f64 / 1024.0
+        );
+        let maps: Vec<String> = s
+            .maps
+            .iter()
+            .map(|(id, b)| format!("map {id}: {b} B"))
+            .collect();
+        let _ = writeln!(
+            d,
+            "| shared maps, bytes_memlock total | {} B ({}) |",
+            s.map_memlock_total,
+            maps.join(", ")
+        );
+        let _ = writeln!(
+            d,
+            "| kernel memory per container | {:.1} KiB |",
+            s.bytes_per_container / 1024.0
+        );
+        let _ = writeln!(
+            d,
+            "| check cost, 1 container attached, median / min / max | {} ns/op |",
+            row(&s.cost_at_1, f1).replace(" | ", " / ")
+        );
+        let _ = writeln!(
+            d,
+            "| check cost, {} containers attached, median / min / max | {} ns/op |",
+            s.containers,
+            row(&s.cost_at_n, f1).replace(" | ", " / ")
+        );
+        let mut acc = 0.0;
+        let pts: Vec<(f64, f64)> = s
+            .samples_attach_ms
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| {
+                acc += ms / 1e3;
+                ((i + 1) as f64, acc)
+            })
+            .collect();
+        chart(
+            &fig_dir.join("scale_attach.svg"),
+            "Attaching containers one after another (library)",
+            ("containers attached", "cumulative attach time, s"),
+            (false, false),
+            &[Series {
+                name: format!("ctdev attach, {} rules each", s.rules_per_container),
+                color: COLORS[2],
+                points: pts,
+                marks: false,
+            }],
+        )?;
+        let _ = writeln!(d);
+    }
+    let _ = writeln!(
+        d,
+        "## Iteration counts\n\n```json\n{}\n```",
+        serde_json::to_string_pretty(plan)?
+    );
+    std::fs::write(
+        fig_dir.join("results.json"),
+        serde_json::to_string_pretty(
+            &serde_json::json!({"machine": m, "plan": plan, "results": r}),
+        )?,
+    )?;
+    let doc = out_dir.join("BENCHMARKS.md");
+    std::fs::write(&doc, d).with_context(|| format!("write {}", doc.display()))?;
+    Ok(doc)
+}
+
+fn write_cost(
+    d: &mut String,
+    fig_dir: &Path,
+    cmd: &str,
+    plan: &Plan,
+    c: &CostResults,
+) -> Result<()> {
+    let _ = writeln!(d, "## 1. Check cost per access\n");
+    let _ = writeln!(
+        d,
+        "A process inside the container's cgroup (it joins by writing its pid to \
+         `cgroup.procs`) opens and closes `{}` (c {}:{}) {} times per round, {} rounds, \
+         timing each round with `CLOCK_THREAD_CPUTIME_ID` (no allocation in the timed loop); \
+         the median round is reported with the min and max. Scenarios: no device program; \
+         a 2-instruction allow-all program (`r0 = 1; exit`, loaded with raw bpf(2), attached \
+         with `BPF_PROG_ATTACH` + `BPF_F_ALLOW_MULTI`): the floor; ctdev with N rules \
+         (`--preset none`); and real runc and crun containers whose config.json \
+         `linux.resources.devices` holds the same N rules after a deny-all (the runtimes add \
+         their default devices on top). The N rules are N−1 non-matching `c {}:i rwm` and \
+         finally the device's own rule (for crun, which tests rules last to first, the device's \
+         rule comes first); the device's major sorts after every other rule, so \
+         the runtimes' linear programs reach its block last (the \"match at\" column is the \
+         index of the block's first compare in `bpftool prog dump xlated`). The kernel's own \
+         run time per program run (`run_time_ns / run_cnt`) comes from a separate run of {} \
+         accesses with `/proc/sys/kernel/bpf_stats_enabled` = 1 (restored afterwards), because \
+         the statistics themselves add time to every run.\n",
+        c.device.path.display(),
+        c.device.major,
+        c.device.minor,
+        plan.iters,
+        plan.rounds,
+        super::cost::FILLER_MAJOR,
+        plan.stats_iters
+    );
+    let _ = writeln!(
+        d,
+        "Reproduce: `{cmd}` (figures: `bench/check_cost.svg`, `bench/kernel_run_time.svg`). \
+         One point by hand, inside a cgroup you prepared: `{}`.\n",
+        c.probe_command.replace('"', "")
+    );
+    let _ = writeln!(d, "![check cost](bench/check_cost.svg)\n");
+    let _ = writeln!(d, "![kernel run time](bench/kernel_run_time.svg)\n");
+    let floor = c
+        .points
+        .iter()
+        .find(|p| p.scenario == "allow-all")
+        .map(|p| p.ns_per_op.median);
+    let _ = writeln!(
+        d,
+        "| scenario | rules | ns/op median | min | max | vs allow-all | kernel ns/run | program insns | match at insn |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for p in &c.points {
+        let insns: Vec<String> = p.programs.iter().map(|g| g.insns.to_string()).collect();
+        let at: Vec<String> = p
+            .programs
+            .iter()
+            .filter_map(|g| g.match_at_insn.map(|i| format!("{i} of {}", g.insns)))
+            .collect();
+        let _ = writeln!(
+            d,
+            "| {} | {} | {} | {} | {} | {} |",
+            p.scenario,
+            p.rules.map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
+            row(&p.ns_per_op, f1),
+            floor
+                .map(|f| format!("{:+.1}", p.ns_per_op.median - f))
+                .unwrap_or_default(),
+            p.kernel_ns_per_run.map(f1).unwrap_or_else(|| "–".into()),
+            if insns.is_empty() {
+                "–".into()
+            } else {
+                insns.join(" + ")
+            }
+        );
+        let last = d.pop();
+        debug_assert_eq!(last, Some('\n'));
+        let _ = writeln!(
+            d,
+            " {} |",
+            if at.is_empty() {
+                "–".into()
+            } else {
+                at.join(", ")
+            }
+        );
+    }
+    for (a, b) in [("runc", "ctdev"), ("crun", "ctdev")] {
+        let ratios: Vec<String> = c
+            .points
+            .iter()
+            .filter(|p| p.scenario == a)
+            .filter_map(|p| {
+                let q = c
+                    .points
+                    .iter()
+                    .find(|q| q.scenario == b && q.rules == p.rules)?;
+                Some(format!(
+                    "{} rules: {:.2}×",
+                    p.rules?,
+                    p.ns_per_op.median / q.ns_per_op.median
+                ))
+            })
+            .collect();
+        if !ratios.is_empty() {
+            let _ = writeln!(
+                d,
+                "\nRatio {a} / {b} (ns/op medians): {}.",
+                ratios.join("; ")
+            );
+        }
+    }
+    if !c.denials.is_empty() {
+        let checks: Vec<String> = c
+            .denials
+            .iter()
+            .map(|x| format!("{} → errno {}", x.scenario, x.errno))
+            .collect();
+        let _ = writeln!(
+            d,
+            "\nEnforcement check (a device outside the rules, `{}`, must fail with EPERM = {}): {}.",
+            c.denials[0].path,
+            libc::EPERM,
+            checks.join(", ")
+        );
+    }
+    for s in &c.skipped {
+        let _ = writeln!(d, "\nNot measured: {s}.");
+    }
+    let _ = writeln!(d);
+    chart(
+        &fig_dir.join("check_cost.svg"),
+        "open()+close() of a device node, per-thread CPU time (median of rounds)",
+        ("rules in the policy", "ns per open()+close()"),
+        (true, true),
+        &cost_series(c, |p| Some(p.ns_per_op.median)),
+    )?;
+    chart(
+        &fig_dir.join("kernel_run_time.svg"),
+        "Kernel run time of the device program(s) per access (bpf_stats)",
+        ("rules in the policy", "ns per program run"),
+        (true, true),
+        &cost_series(c, |p| p.kernel_ns_per_run),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Scale: N containers (cgroups) with 20 rules each, attached through the
+//! library (`ctdev::Ctdev::attach`, one call per container, each loading its
+//! own program instance), plus a few through the CLI; kernel memory per
+//! container from bpftool's bytes_memlock; check cost with 1 vs N attached.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use ctdev::presets::Preset;
+use ctdev::rule::{Access, DeviceType, Rule};
+use ctdev::target::Target;
+use serde::Serialize;
+
+use super::cgroups::ScratchCgroup;
+use super::programs;
+use super::stats::Summary;
+use super::{cost, probe, Env};
+use crate::step;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleResults {
+    pub containers: usize,
+    pub rules_per_container: usize,
+    /// Total of the library attach calls, s.
+    pub total_attach_s: f64,
+    /// Per library attach call, ms.
+    pub attach_ms: Summary,
+    pub samples_attach_ms: Vec<f64>,
+    /// Per CLI `ctdev attach` (process start included), ms.
+    pub cli_attach_ms: Summary,
+    /// Total of the library detach calls, s.
+    pub total_detach_s: f64,
+    pub prog_memlock_total: u64,
+    pub map_memlock_total: u64,
+    pub maps: Vec<(u64, u64)>,
+    pub bytes_per_container: f64,
+    pub policy_entries: usize,
+    /// ns per open()+close() in the first container with 1 container attached.
+    pub cost_at_1: Summary,
+    /// The same with all N attached.
+    pub cost_at_n: Summary,
+}
+
+pub fn run(env: &Env) -> Result<ScaleResults> {
+    let n = env.plan.containers;
+    let k = env.plan.scale_rules;
+    let rules: Vec<Rule> = cost::rules(&env.device, k)
+        .into_iter()
+        .map(|(ma, mi)| Rule::device(DeviceType::Char, ma, mi, Access::ALL))
+        .collect();
+    let top = env.parent.child("scale")?;
+    let mut cgs: Vec<ScratchCgroup> = Vec::with_capacity(n);
+    for i in 0..n {
+        cgs.push(top.child(&format!("c{i}"))?);
+    }
+    let targets: Vec<Target> = cgs.iter().map(|c| Target::Cgroup(c.dir.clone())).collect();
+    let mut attached = 0;
+    let result = (|| {
+        let mut ms = Vec::with_capacity(n);
+        let mut prog_ids = BTreeSet::new();
+        let mut cost_at_1 = Summary::default();
+        for (i, t) in targets.iter().enumerate() {
+            let t0 = Instant::now();
+            let r = env
+                .ct
+                .attach(t, Preset::None, &rules)
+                .with_context(|| format!("attach container {i}"))?;
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            attached = i + 1;
+            prog_ids.insert(r.program_id as u64);
+            if i == 0 {
+                let c = probe::cost(
+                    &cgs[0].dir,
+                    &env.device.path,
+                    env.plan.iters,
+                    env.plan.rounds,
+                )?;
+                cost_at_1 = Summary::of(&c.ns_per_op);
+            }
+        }
+        let total_attach_s = ms.iter().sum::<f64>() / 1e3;
+        step(&format!(
+            "bench:   {n} containers attached in {total_attach_s:.2} s (library)"
+        ));
+        let c = probe::cost(
+            &cgs[0].dir,
+            &env.device.path,
+            env.plan.iters,
+            env.plan.rounds,
+        )?;
+        let cost_at_n = Summary::of(&c.ns_per_op);
+
+        // Memory: every instance's program, and the maps they share.
+        let progs: Vec<_> = programs::all_progs()?
+            .into_iter()
+            .filter(|p| prog_ids.contains(&p.id))
+            .collect();
+        if progs.len() != n {
+            bail!("bpftool shows {} of the {n} ctdev programs", progs.len());
+        }
+        let prog_memlock_total: u64 = progs.iter().map(|p| p.bytes_memlock).sum();
+        let map_ids: BTreeSet<u64> = progs.iter().flat_map(|p| p.map_ids.clone()).collect();
+        let mut maps = Vec::new();
+        for id in &map_ids {
+            maps.push((*id, programs::map_memlock(*id)?));
+        }
+        let map_memlock_total: u64 = maps.iter().map(|m| m.1).sum();
+        let policy_entries =
+            ctdev::kernel::policy_map::PolicyMap::open(&env.ct.pins().policy_map())?
+                .entries()?
+                .len();
+
+        // A few CLI attaches, for the process-per-container figure.
+        let mut cli = Vec::new();
+        for i in 0..env.plan.cli_attaches {
+            let cg = top.child(&format!("cli{i}"))?;
+            let mut cmd = env.ctdev_cli();
+            cmd.arg("attach").arg(&cg.dir).args(["--preset", "none"]);
+            for r in &rules {
+                cmd.arg("--rule").arg(r.to_string());
+            }
+            let t0 = Instant::now();
+            let st = cmd
+                .stdout(Stdio::null())
+                .status()
+                .context("cannot run ctdev attach")?;
+            cli.push(t0.elapsed().as_secs_f64() * 1e3);
+            if !st.success() {
+                bail!("ctdev attach (CLI) failed with {st}");
+            }
+            env.ct.detach(&Target::Cgroup(cg.dir.clone()))?;
+        }
+
+        let t0 = Instant::now();
+        for t in &targets {
+            env.ct.detach(t)?;
+        }
+        attached = 0;
+        let total_detach_s = t0.elapsed().as_secs_f64();
+        let r = ScaleResults {
+            containers: n,
+            rules_per_container: k,
+            total_attach_s,
+            attach_ms: Summary::of(&ms),
+            samples_attach_ms: ms,
+            cli_attach_ms: Summary::of(&cli),
+            total_detach_s,
+            prog_memlock_total,
+            map_memlock_total,
+            maps,
+            bytes_per_container: (prog_memlock_total + map_memlock_total) as f64 / n as f64,
+            policy_entries,
+            cost_at_1,
+            cost_at_n,
+        };
+        step(&format!(
+            "bench:   {:.0} bytes/container; cost {:.1} ns/op at 1, {:.1} at {n}; detach all {:.2} s",
+            r.bytes_per_container, r.cost_at_1.median, r.cost_at_n.median, r.total_detach_s
+        ));
+        Ok(r)
+    })();
+    // On error, whatever is still attached goes (the pin root's removal
+    // would also do it).
+    for t in targets.iter().take(attached) {
+        let _ = env.ct.detach(t);
+    }
+    result
+}
