@@ -4,14 +4,16 @@
 //! readers sum the CPUs.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use aya::maps::{Map, MapData, MapError, MapType, PerCpuHashMap};
 use ctdev_common::{ContainerStats, PolicyKey, PolicyValue};
 use serde::Serialize;
 
 use super::pins::PinRoot;
-use super::policy_map::{is_missing_key, verify_map_pin, PolicyMapError};
+use super::policy_map::{is_missing_key, read_pod, verify_map_pin, PolicyMapError};
+use super::sys::{self, SysError};
 
 /// Totals of one container's statistics over all CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -28,6 +30,47 @@ pub struct Stats {
 pub struct Counters {
     hits: PerCpuHashMap<MapData, PolicyKey, u64>,
     stats: PerCpuHashMap<MapData, u64, ContainerStats>,
+    /// Second fds on the two maps, for batch reads.
+    hits_raw: OwnedFd,
+    stats_raw: OwnedFd,
+    hits_pin: PathBuf,
+    stats_pin: PathBuf,
+}
+
+/// Every entry of a per-CPU hash map, values summed over CPUs by `sum`;
+/// `None` when the kernel has no batch ops.
+fn batch_per_cpu<K: aya::Pod + Ord, V: aya::Pod, T>(
+    fd: BorrowedFd<'_>,
+    pin: &Path,
+    sum: impl Fn(&mut T, &V),
+    init: impl Fn() -> T,
+) -> Result<Option<BTreeMap<K, T>>, PolicyMapError> {
+    let cpus = aya::util::nr_cpus().map_err(|(path, source)| PolicyMapError::Batch {
+        path: PathBuf::from(path),
+        source: SysError {
+            call: "read possible CPUs",
+            what: path.into(),
+            source,
+        },
+    })?;
+    let slot = std::mem::size_of::<V>().div_ceil(8) * 8;
+    let (ks, vs) = (std::mem::size_of::<K>(), slot * cpus);
+    let batch = sys::map_lookup_batch(fd, ks, vs, pin).map_err(|source| PolicyMapError::Batch {
+        path: pin.to_path_buf(),
+        source,
+    })?;
+    Ok(batch.map(|(keys, values)| {
+        keys.chunks_exact(ks)
+            .zip(values.chunks_exact(vs))
+            .map(|(k, v)| {
+                let mut total = init();
+                for cpu in v.chunks_exact(slot) {
+                    sum(&mut total, &read_pod::<V>(&cpu[..std::mem::size_of::<V>()]));
+                }
+                (read_pod::<K>(k), total)
+            })
+            .collect()
+    }))
 }
 
 fn op_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(MapError) -> PolicyMapError + 'a {
@@ -73,11 +116,32 @@ impl Counters {
         let stats = MapData::from_pin(&stats_pin).map_err(op_err(&stats_pin, "open"))?;
         let stats = PerCpuHashMap::try_from(Map::PerCpuHashMap(stats))
             .map_err(op_err(&stats_pin, "open"))?;
-        Ok(Some(Self { hits, stats }))
+        let raw = |pin: &Path| {
+            sys::obj_get(pin).map_err(|e| PolicyMapError::Foreign {
+                path: pin.to_path_buf(),
+                found: e.to_string(),
+            })
+        };
+        Ok(Some(Self {
+            hits,
+            stats,
+            hits_raw: raw(&hits_pin)?,
+            stats_raw: raw(&stats_pin)?,
+            hits_pin,
+            stats_pin,
+        }))
     }
 
     /// Allowed accesses per policy entry, summed over CPUs.
     pub fn hits(&self) -> Result<BTreeMap<PolicyKey, u64>, PolicyMapError> {
+        if let Some(all) = batch_per_cpu::<PolicyKey, u64, u64>(
+            self.hits_raw.as_fd(),
+            &self.hits_pin,
+            |t, v| *t += v,
+            || 0,
+        )? {
+            return Ok(all);
+        }
         let mut out = BTreeMap::new();
         for item in self.hits.iter() {
             let (key, per_cpu) = item.map_err(|e| PolicyMapError::Op {
@@ -92,6 +156,16 @@ impl Counters {
 
     /// Statistics of every container that has any, summed over CPUs.
     pub fn stats(&self) -> Result<BTreeMap<u64, Stats>, PolicyMapError> {
+        let add = |t: &mut Stats, s: &ContainerStats| {
+            t.denied += s.denied;
+            t.events += s.events;
+            t.events_dropped += s.dropped;
+        };
+        if let Some(all) =
+            batch_per_cpu(self.stats_raw.as_fd(), &self.stats_pin, add, Stats::default)?
+        {
+            return Ok(all);
+        }
         let mut out = BTreeMap::new();
         for item in self.stats.iter() {
             let (id, per_cpu) = item.map_err(|e| PolicyMapError::Op {
@@ -114,9 +188,8 @@ impl Counters {
     /// its entries (after detach, or on `reset-counters`).
     pub fn reset(&mut self, policy_id: u64) -> Result<(), PolicyMapError> {
         let keys: Vec<PolicyKey> = self
-            .hits
-            .keys()
-            .filter_map(Result::ok)
+            .hits()?
+            .into_keys()
             .filter(|k| k.policy_id == policy_id)
             .collect();
         self.forget_hits(&keys)?;

@@ -4,8 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use aya::maps::{HashMap, Map, MapData, MapError, MapType};
 use ctdev_common::{PolicyKey, PolicyValue};
+
+use super::sys;
 
 /// Why the policy map could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,15 @@ pub enum PolicyMapError {
         /// aya's error.
         #[source]
         source: MapError,
+    },
+    /// A batch read of the map failed.
+    #[error("policy map {path}: {source}")]
+    Batch {
+        /// The pin path.
+        path: PathBuf,
+        /// The syscall error.
+        #[source]
+        source: sys::SysError,
     },
     /// The map has no room for more entries.
     #[error("policy map {path} is full ({capacity} entries): revoke unused rules or detach stale containers")]
@@ -81,6 +94,14 @@ pub fn verify_map_pin(
     Ok(info)
 }
 
+/// Copies a plain-old-data value out of a byte slice of its exact size.
+pub(crate) fn read_pod<T: aya::Pod>(bytes: &[u8]) -> T {
+    debug_assert_eq!(bytes.len(), std::mem::size_of::<T>());
+    // SAFETY: T is Pod (every bit pattern valid), `bytes` holds
+    // size_of::<T>() bytes (chunks_exact), read_unaligned copes with alignment.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
 /// Whether a map error means "no such key" (aya reports a delete of a
 /// missing key as a raw ENOENT, a lookup as `KeyNotFound`).
 pub fn is_missing_key(e: &MapError) -> bool {
@@ -97,6 +118,8 @@ pub struct PolicyMap {
     capacity: u32,
     id: u32,
     map: HashMap<MapData, PolicyKey, PolicyValue>,
+    /// A second fd on the map, for batch reads (aya does not expose its own).
+    raw: OwnedFd,
 }
 
 /// One planned change to an entry: the value to set, or removal.
@@ -118,11 +141,16 @@ impl PolicyMap {
         };
         let data = MapData::from_pin(path).map_err(|e| op("open", e))?;
         let map = HashMap::try_from(Map::HashMap(data)).map_err(|e| op("open", e))?;
+        let raw = sys::obj_get(path).map_err(|e| PolicyMapError::Foreign {
+            path: path.to_path_buf(),
+            found: e.to_string(),
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             capacity: info.max_entries(),
             id: info.id(),
             map,
+            raw,
         })
     }
 
@@ -143,6 +171,23 @@ impl PolicyMap {
 
     /// Every entry, sorted by key.
     pub fn entries(&self) -> Result<BTreeMap<PolicyKey, u32>, PolicyMapError> {
+        let (ks, vs) = (
+            std::mem::size_of::<PolicyKey>(),
+            std::mem::size_of::<PolicyValue>(),
+        );
+        let batch = sys::map_lookup_batch(self.raw.as_fd(), ks, vs, &self.path).map_err(|e| {
+            PolicyMapError::Batch {
+                path: self.path.clone(),
+                source: e,
+            }
+        })?;
+        if let Some((keys, values)) = batch {
+            return Ok(keys
+                .chunks_exact(ks)
+                .zip(values.chunks_exact(vs))
+                .map(|(k, v)| (read_pod::<PolicyKey>(k), read_pod::<PolicyValue>(v).access))
+                .collect());
+        }
         let mut out = BTreeMap::new();
         for item in self.map.iter() {
             let (k, v) = item.map_err(|e| PolicyMapError::Op {

@@ -101,6 +101,11 @@ impl ProgramObject {
         };
         let mut loader = EbpfLoader::new();
         loader
+            // The program uses no CO-RE relocations, so the kernel's BTF
+            // (5+ MiB parsed on every load: most of an attach's time) is not
+            // needed; the object's own BTF, which describes the maps, is
+            // still loaded.
+            .btf(None)
             .override_global(POLICY_ID_GLOBAL, &policy_id, true)
             .map_max_entries(POLICY_MAP, POLICY_MAP_CAPACITY);
         let map_pins = pins.map_pins();

@@ -330,3 +330,84 @@ pub fn prog_detach_device(
         .map(|_| ())
         .map_err(|e| SysError::new("BPF_PROG_DETACH", what.display().to_string(), e))
 }
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Reads every entry of a hash map with `BPF_MAP_LOOKUP_BATCH`, thousands of
+/// entries per syscall (one get-next-key plus one lookup per entry made a
+/// full scan cost two syscalls an entry). Returns raw key and value bytes,
+/// `value_size` each (per-CPU maps: the 8-byte-rounded size times the number
+/// of possible CPUs). `Ok(None)`: the kernel has no batch ops for this map;
+/// iterate instead.
+pub fn map_lookup_batch(
+    map: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    what: &Path,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, SysError> {
+    const CHUNK: usize = 4096;
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    // The hash map's batch token is a bucket index (u32); 8 bytes leave room.
+    let mut token_in = [0u8; 8];
+    let mut token_out = [0u8; 8];
+    let mut first = true;
+    loop {
+        let mut kbuf = vec![0u8; key_size * CHUNK];
+        let mut vbuf = vec![0u8; value_size * CHUNK];
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                token_in.as_mut_ptr() as u64
+            },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: kbuf.as_mut_ptr() as u64,
+            values: vbuf.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let filled = attr.count as usize;
+        keys.extend_from_slice(&kbuf[..filled * key_size]);
+        values.extend_from_slice(&vbuf[..filled * value_size]);
+        match result {
+            Ok(_) => {
+                token_in = token_out;
+                first = false;
+            }
+            // ENOENT: that was the last batch.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Some((keys, values))),
+            Err(e)
+                if first
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+                    ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(SysError::new(
+                    "BPF_MAP_LOOKUP_BATCH",
+                    what.display().to_string(),
+                    e,
+                ))
+            }
+        }
+    }
+}
