@@ -26,6 +26,7 @@ pub mod cli;
 pub mod container;
 pub mod controller;
 pub mod devname;
+pub mod failpoint;
 pub mod import;
 pub mod kernel;
 pub mod passthrough;

@@ -309,13 +309,16 @@ fn replace_node(
     name: &OsStr,
     spec: &NodeSpec,
 ) -> Result<(), (&'static str, Errno)> {
-    let mut tmp = OsString::from(format!(".ctdev-{}-", std::process::id()));
+    // A fixed name (changes run under the pin-root lock): a temporary node
+    // left by a crash is removed by the next add of the same node.
+    let mut tmp = OsString::from(".ctdev-tmp-");
     tmp.push(name);
     if tmp.len() > 255 {
-        tmp = OsString::from(format!(".ctdev-{}-tmp", std::process::id()));
+        tmp = OsString::from(".ctdev-tmp");
     }
     let _ = unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
     make_node(dir, &tmp, spec)?;
+    crate::failpoint!("node.after_tmp_node");
     renameat(dir, tmp.as_os_str(), dir, name).map_err(|e| {
         let _ = unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
         ("renameat", e)
