@@ -425,10 +425,12 @@ impl Ctdev {
         rules: &[Rule],
     ) -> Result<AttachReport, Error> {
         crate::failpoint!("attach.after_lock");
-        self.check_map_pin()?;
         let id = cgroup.id;
+        // A foreign object at the link pin is refused before anything else.
+        let existing = attachment::open(&self.pins, id)?;
+        self.check_map_pin()?;
 
-        if let Some(link) = attachment::open(&self.pins, id)? {
+        if let Some(link) = existing {
             if link.is_live_for(id) {
                 let mut map = PolicyMap::open(&self.pins.policy_map())?;
                 let plan = plan_allow(&map, id, rules)?;
@@ -488,6 +490,12 @@ impl Ctdev {
                     .chain(before.iter().map(|(k, v)| (*k, Some(*v))))
                     .collect();
                 map.apply(&restore)?;
+                drop(map);
+                drop(instance);
+                // Maps this attach created for nobody are unpinned again.
+                if let Err(cleanup) = self.remove_pins_if_unused() {
+                    tracing::warn!("cannot remove unused pins after a failed attach: {cleanup}");
+                }
                 Err(e.into())
             }
         }

@@ -69,6 +69,14 @@ pub enum NodeError {
         /// What is there (`directory`, `symlink`, `regular file`, ...).
         kind: &'static str,
     },
+    /// DEST is on a `nodev` mount: a node there could never be opened.
+    #[error("{dest} in the container (root {root}) is on a nodev mount: a device node there cannot be opened; pick a DEST on another mount (e.g. under /dev)")]
+    NoDev {
+        /// The path inside the container.
+        dest: PathBuf,
+        /// The container root.
+        root: PathBuf,
+    },
     /// A device node at DEST is not the expected device.
     #[error("{dest} in the container is {found}, not {expected}: refusing to remove it")]
     Mismatch {
@@ -481,6 +489,15 @@ pub fn ensure_node(
     check_dest(dest)?;
     let (parents, name) = split(dest);
     let parent = mkdir_p(root, &parents, spec.uid, spec.gid, journal)?;
+    let flags = nix::sys::statvfs::fstatvfs(&parent)
+        .map_err(|e| sys(root, "fstatvfs", dest, e))?
+        .flags();
+    if flags.contains(nix::sys::statvfs::FsFlags::ST_NODEV) {
+        return Err(NodeError::NoDev {
+            dest: dest.to_path_buf(),
+            root: root.path.to_path_buf(),
+        });
+    }
     let existing = lstat_at(parent.as_fd(), name).map_err(|e| sys(root, "fstatat", dest, e))?;
     let Some(st) = existing else {
         make_node(parent.as_fd(), name, spec).map_err(|(c, e)| sys(root, c, dest, e))?;
