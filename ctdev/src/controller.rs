@@ -81,12 +81,23 @@ pub enum Error {
         target: String,
     },
     /// A rule to revoke is not in the container's policy.
-    #[error("rule {rule:?} is not in the policy of {target}: nothing to revoke (see `ctdev list {target}`)")]
+    #[error("rule {rule:?} is not in the policy of {target}: nothing to revoke (see `ctdev list {target}`; `revoke --missing-ok` treats it as already revoked)")]
     RuleNotPresent {
         /// The rule.
         rule: String,
         /// The target as given.
         target: String,
+    },
+    /// The policy map pin was removed while containers are attached: their
+    /// programs still use the unpinned map, which ctdev can no longer reach.
+    #[error("policy map pin {path} is missing but {links} container(s) are attached (links in {links_dir}): their programs still enforce the unpinned map, which ctdev cannot change; refusing (detach them with `ctdev detach id:N`, then attach again)")]
+    MapPinMissing {
+        /// The map pin path.
+        path: PathBuf,
+        /// How many link pins exist.
+        links: usize,
+        /// The links directory.
+        links_dir: PathBuf,
     },
     /// `id:N` was given where a live cgroup is needed.
     #[error("target {target} names a policy id; this command needs a cgroup path or pid:N")]
@@ -133,7 +144,9 @@ pub struct ContainerView {
     pub link_id: u32,
     /// Where the link is pinned.
     pub link_pin: PathBuf,
-    /// `enforcing`, or `defunct` when the cgroup was removed (detach with `id:N`).
+    /// `enforcing`; `detached` when the program is off but the pin is left
+    /// (an interrupted detach: run `ctdev detach` again); or `defunct` when
+    /// the cgroup was removed (detach with `id:N`).
     pub state: &'static str,
     /// Policy entries, most specific first per device.
     pub rules: Vec<RuleView>,
@@ -164,6 +177,9 @@ pub struct Dump {
     pub orphaned: Vec<OrphanView>,
     /// Files in the pin root that ctdev did not create (never touched).
     pub foreign_pins: Vec<PathBuf>,
+    /// What is wrong with the pins (a pin removed by hand, entries without
+    /// a link), each with what to do about it.
+    pub problems: Vec<String>,
 }
 
 /// Summary of the policy map.
@@ -262,6 +278,11 @@ impl Ctdev {
         &self.cgroups
     }
 
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The pin root in use.
     pub fn pins(&self) -> &PinRoot {
         &self.pins
@@ -346,9 +367,34 @@ impl Ctdev {
         }
     }
 
-    fn lock(&self) -> Result<PinLock, Error> {
+    /// Takes the pin-root lock for a command that may create the pin root
+    /// (attach): mounts bpffs and creates the directories when missing.
+    /// Every change to the policy holds this lock for its whole sequence;
+    /// the `*_locked` operations take it as a witness.
+    pub fn lock(&self) -> Result<PinLock, Error> {
         self.pins.prepare()?;
         Ok(self.pins.lock(self.config.lock_timeout)?)
+    }
+
+    /// Takes the pin-root lock for a command that needs existing state
+    /// (allow, revoke, detach, add, del): when the pin root does not exist,
+    /// nothing is under policy and nothing is created.
+    pub fn lock_existing(&self, target: &Target) -> Result<PinLock, Error> {
+        if !self.pins.exists() {
+            return Err(Error::NotUnderPolicy {
+                target: target.to_string(),
+            });
+        }
+        match self.pins.lock(self.config.lock_timeout) {
+            Ok(l) => Ok(l),
+            // The last container was detached while we waited.
+            Err(PinError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::NotUnderPolicy {
+                    target: target.to_string(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Puts the target under a default-deny policy made of `preset` plus
@@ -365,14 +411,31 @@ impl Ctdev {
         })?;
         // Load the object before touching anything: a missing object changes nothing.
         let object = ProgramObject::new(self.config.bpf_object.as_deref())?;
-        let _lock = self.lock()?;
-        let id = cgroup.id;
+        let lock = self.lock()?;
+        self.attach_locked(&lock, cgroup, &object, preset, rules)
+    }
 
-        if let Some(link) = attachment::open(&self.pins, id)? {
+    /// [`Ctdev::attach`] of a resolved cgroup, under a lock the caller holds.
+    pub fn attach_locked(
+        &self,
+        _lock: &PinLock,
+        cgroup: Cgroup,
+        object: &ProgramObject,
+        preset: Preset,
+        rules: &[Rule],
+    ) -> Result<AttachReport, Error> {
+        crate::failpoint!("attach.after_lock");
+        let id = cgroup.id;
+        // A foreign object at the link pin is refused before anything else.
+        let existing = attachment::open(&self.pins, id)?;
+        self.check_map_pin()?;
+
+        if let Some(link) = existing {
             if link.is_live_for(id) {
                 let mut map = PolicyMap::open(&self.pins.policy_map())?;
                 let plan = plan_allow(&map, id, rules)?;
                 map.apply(&plan.changes)?;
+                crate::failpoint!("attach.existing.after_rules");
                 tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, "already attached");
                 return Ok(AttachReport {
                     cgroup_dir: cgroup.dir,
@@ -390,6 +453,7 @@ impl Ctdev {
 
         // Loading creates and pins the maps on first use.
         let instance = object.load_instance(id, &self.pins)?;
+        crate::failpoint!("attach.after_load");
         let mut map = PolicyMap::open(&self.pins.policy_map())?;
         // Counters of an earlier container with this id start from zero.
         if let Some(mut counters) = Counters::open(&self.pins)? {
@@ -402,9 +466,11 @@ impl Ctdev {
         let changed = describe(&wanted);
         changes.extend(wanted.into_iter().map(|(k, v)| (k, Some(v))));
         map.apply(&changes)?;
+        crate::failpoint!("attach.after_rules");
 
         match attachment::attach(&instance, &cgroup, &self.pins) {
             Ok(link) => {
+                crate::failpoint!("attach.after_pin");
                 tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, prog_id = link.info.prog_id, "attached");
                 Ok(AttachReport {
                     cgroup_dir: cgroup.dir,
@@ -424,6 +490,12 @@ impl Ctdev {
                     .chain(before.iter().map(|(k, v)| (*k, Some(*v))))
                     .collect();
                 map.apply(&restore)?;
+                drop(map);
+                drop(instance);
+                // Maps this attach created for nobody are unpinned again.
+                if let Err(cleanup) = self.remove_pins_if_unused() {
+                    tracing::warn!("cannot remove unused pins after a failed attach: {cleanup}");
+                }
                 Err(e.into())
             }
         }
@@ -444,11 +516,23 @@ impl Ctdev {
 
     /// Adds access to the target's policy (bits are OR-ed into existing entries).
     pub fn allow(&self, target: &Target, rules: &[Rule]) -> Result<ChangeReport, Error> {
-        let _lock = self.lock()?;
+        let lock = self.lock_existing(target)?;
+        self.allow_locked(&lock, target, rules)
+    }
+
+    /// [`Ctdev::allow`] under a lock the caller holds.
+    pub fn allow_locked(
+        &self,
+        _lock: &PinLock,
+        target: &Target,
+        rules: &[Rule],
+    ) -> Result<ChangeReport, Error> {
         let (resolved, _link) = self.require_attached(target)?;
+        self.check_map_pin()?;
         let mut map = PolicyMap::open(&self.pins.policy_map())?;
         let plan = plan_allow(&map, resolved.policy_id, rules)?;
         map.apply(&plan.changes)?;
+        crate::failpoint!("allow.after_write");
         Ok(ChangeReport {
             cgroup_dir: resolved.cgroup.map(|c| c.dir),
             policy_id: resolved.policy_id,
@@ -459,10 +543,28 @@ impl Ctdev {
 
     /// Removes access from the target's policy: the rule's bits are cleared
     /// from its entry, and the entry is deleted when no bit is left (so a
-    /// wildcard applies again). A rule with no entry is an error.
-    pub fn revoke(&self, target: &Target, rules: &[Rule]) -> Result<ChangeReport, Error> {
-        let _lock = self.lock()?;
+    /// wildcard applies again). A rule with no entry is an error unless
+    /// `missing_ok` (then it is reported unchanged: already revoked).
+    pub fn revoke(
+        &self,
+        target: &Target,
+        rules: &[Rule],
+        missing_ok: bool,
+    ) -> Result<ChangeReport, Error> {
+        let lock = self.lock_existing(target)?;
+        self.revoke_locked(&lock, target, rules, missing_ok)
+    }
+
+    /// [`Ctdev::revoke`] under a lock the caller holds.
+    pub fn revoke_locked(
+        &self,
+        _lock: &PinLock,
+        target: &Target,
+        rules: &[Rule],
+        missing_ok: bool,
+    ) -> Result<ChangeReport, Error> {
         let (resolved, _link) = self.require_attached(target)?;
+        self.check_map_pin()?;
         let id = resolved.policy_id;
         let mut map = PolicyMap::open(&self.pins.policy_map())?;
         let mut planned: BTreeMap<PolicyKey, Option<u32>> = BTreeMap::new();
@@ -484,7 +586,7 @@ impl Ctdev {
                 };
                 planned.insert(key, next);
             }
-            if !present {
+            if !present && !missing_ok {
                 return Err(Error::RuleNotPresent {
                     rule: rule.to_string(),
                     target: target.to_string(),
@@ -496,6 +598,7 @@ impl Ctdev {
             plan.record(key, map.get(&key)?, next);
         }
         map.apply(&plan.changes)?;
+        crate::failpoint!("revoke.after_write");
         let removed: Vec<PolicyKey> = plan
             .changes
             .iter()
@@ -505,6 +608,7 @@ impl Ctdev {
         if let Some(mut counters) = Counters::open(&self.pins)? {
             counters.forget_hits(&removed)?;
         }
+        crate::failpoint!("revoke.after_counters");
         Ok(ChangeReport {
             cgroup_dir: resolved.cgroup.map(|c| c.dir),
             policy_id: id,
@@ -518,12 +622,7 @@ impl Ctdev {
     pub fn detach(&self, target: &Target) -> Result<DetachReport, Error> {
         let resolved = self.resolve(target)?;
         let id = resolved.policy_id;
-        if !self.pins.exists() {
-            return Err(Error::NotUnderPolicy {
-                target: target.to_string(),
-            });
-        }
-        let _lock = self.lock()?;
+        let _lock = self.lock_existing(target)?;
         let link = attachment::open(&self.pins, id)?;
         let map_pin = self.pins.policy_map();
         let mut map = if map_pin.exists() {
@@ -536,6 +635,10 @@ impl Ctdev {
             None => BTreeMap::new(),
         };
         if link.is_none() && entries.is_empty() {
+            // A detach killed after deleting the entries left the map pins
+            // of an otherwise empty root: finish that cleanup, then say so.
+            drop(map);
+            self.remove_pins_if_unused()?;
             return Err(Error::NotUnderPolicy {
                 target: target.to_string(),
             });
@@ -546,31 +649,65 @@ impl Ctdev {
         if let Some(link) = link {
             attachment::detach(link)?;
         }
+        crate::failpoint!("detach.after_link_detach");
         if let Some(map) = map.as_mut() {
             let changes: Vec<Change> = entries.keys().map(|k| (*k, None)).collect();
             map.apply(&changes)?;
         }
+        crate::failpoint!("detach.after_entries");
         if let Some(mut counters) = Counters::open(&self.pins)? {
             counters.reset(id)?;
         }
-        // Last container gone: leave nothing pinned.
-        let (ids, foreign) = self.pins.link_entries()?;
-        let map_empty = match &map {
-            Some(m) => m.entries()?.is_empty(),
-            None => true,
-        };
+        crate::failpoint!("detach.after_counters");
         drop(map);
-        if ids.is_empty() && foreign.is_empty() && map_empty {
-            for (_, pin) in self.pins.map_pins() {
-                attachment::remove_pin(&pin)?;
-            }
-            self.pins.remove_if_empty();
-        }
+        self.remove_pins_if_unused()?;
         Ok(DetachReport {
             policy_id: id,
             link_pin,
             entries_removed: entries.len(),
         })
+    }
+
+    /// Fails when links are pinned but the policy map pin is gone (removed
+    /// by hand): writing a new map would not reach their programs.
+    fn check_map_pin(&self) -> Result<(), Error> {
+        let path = self.pins.policy_map();
+        if path.exists() {
+            return Ok(());
+        }
+        let (ids, _) = self.pins.link_entries()?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        Err(Error::MapPinMissing {
+            path,
+            links: ids.len(),
+            links_dir: self.pins.links_dir(),
+        })
+    }
+
+    /// Last container gone (no link pin, no foreign file, no entry): leaves
+    /// nothing pinned. Called under the lock.
+    fn remove_pins_if_unused(&self) -> Result<(), Error> {
+        let (ids, foreign) = self.pins.link_entries()?;
+        if !ids.is_empty() || !foreign.is_empty() {
+            return Ok(());
+        }
+        let map_pin = self.pins.policy_map();
+        if map_pin.exists() && !PolicyMap::open(&map_pin)?.entries()?.is_empty() {
+            return Ok(());
+        }
+        for (_, pin) in self.pins.map_pins() {
+            // Never remove a pin that is not ctdev's map.
+            if pin.exists() {
+                crate::kernel::counters::verify_any(&self.pins, &pin)?;
+            }
+        }
+        for (_, pin) in self.pins.map_pins() {
+            attachment::remove_pin(&pin)?;
+        }
+        self.pins.remove_if_empty();
+        Ok(())
     }
 
     /// The audit dump: every container under policy (or only `target`) with
@@ -583,6 +720,7 @@ impl Ctdev {
             containers: Vec::new(),
             orphaned: Vec::new(),
             foreign_pins: Vec::new(),
+            problems: Vec::new(),
         };
         let only = match target {
             Some(t) => Some(self.resolve(t)?.policy_id),
@@ -612,6 +750,9 @@ impl Ctdev {
         } else {
             BTreeMap::new()
         };
+        if let Err(e) = self.check_map_pin() {
+            dump.problems.push(e.to_string());
+        }
         let ids: Vec<u64> = ids
             .into_iter()
             .filter(|i| only.is_none_or(|o| o == *i))
@@ -662,6 +803,9 @@ impl Ctdev {
                 // A removed cgroup lingers in the kernel while the link holds it.
                 state: if link.is_live_for(*id) && cg.is_some() {
                     "enforcing"
+                } else if cg.is_some() {
+                    // Program detached, pin left (an interrupted detach).
+                    "detached"
                 } else {
                     "defunct"
                 },
@@ -686,6 +830,14 @@ impl Ctdev {
             .filter(|(id, _)| !linked.contains(id))
             .map(|(policy_id, rules)| OrphanView { policy_id, rules })
             .collect();
+        for o in &dump.orphaned {
+            dump.problems.push(format!(
+                "policy id {} has {} entries but no link pin (not enforced: an attach was interrupted or the link pin was removed by hand); `ctdev attach` its cgroup again, or `ctdev detach id:{}` to clear them",
+                o.policy_id,
+                o.rules.len(),
+                o.policy_id
+            ));
+        }
         Ok(dump)
     }
 
@@ -701,7 +853,10 @@ impl Ctdev {
                 None => Ok(Vec::new()),
             };
         }
-        let _lock = self.lock()?;
+        let _lock = match target {
+            Some(t) => self.lock_existing(t)?,
+            None => self.lock()?,
+        };
         let ids = match target {
             Some(t) => {
                 let (resolved, _link) = self.require_attached(t)?;

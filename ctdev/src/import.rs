@@ -293,8 +293,8 @@ fn read(path: &Path) -> Result<String, ImportError> {
     })
 }
 
-fn read_json(path: &Path) -> Result<Value, ImportError> {
-    serde_json::from_str(&read(path)?).map_err(|source| ImportError::Json {
+fn parse_json(text: &str, path: &Path) -> Result<Value, ImportError> {
+    serde_json::from_str(text).map_err(|source| ImportError::Json {
         path: path.to_path_buf(),
         source,
     })
@@ -358,7 +358,12 @@ fn json_array<'a>(path: &Path, v: &'a Value, where_: &str) -> Result<&'a [Value]
 /// no type is `a`, no number is `*`, no access is none). A config without
 /// device rules gives an empty list.
 pub fn from_oci_config(path: &Path) -> Result<Vec<DeviceRuleSpec>, ImportError> {
-    let json = read_json(path)?;
+    parse_oci_config(&read(path)?, path)
+}
+
+/// [`from_oci_config`] on the file's text; `path` only names it in errors.
+pub fn parse_oci_config(text: &str, path: &Path) -> Result<Vec<DeviceRuleSpec>, ImportError> {
+    let json = parse_json(text, path)?;
     let Some(devices) = json.pointer("/linux/resources/devices") else {
         return Ok(Vec::new());
     };
@@ -413,7 +418,12 @@ const RUNC_RULE_PATHS: [&str; 2] = [
 /// permissions, allow}`, the container's own rules followed by runc's
 /// defaults).
 pub fn from_runc_state(path: &Path) -> Result<Vec<DeviceRuleSpec>, ImportError> {
-    let json = read_json(path)?;
+    parse_runc_state(&read(path)?, path)
+}
+
+/// [`from_runc_state`] on the file's text; `path` only names it in errors.
+pub fn parse_runc_state(text: &str, path: &Path) -> Result<Vec<DeviceRuleSpec>, ImportError> {
+    let json = parse_json(text, path)?;
     let (where_, devices) = RUNC_RULE_PATHS
         .iter()
         .find_map(|p| json.pointer(p).map(|v| (*p, v)))
@@ -478,6 +488,14 @@ pub fn from_lxc_config(path: &Path) -> Result<Vec<DeviceRuleSpec>, ImportError> 
     Ok(entries.into_iter().map(|(_, spec)| spec).collect())
 }
 
+/// [`from_lxc_config`] on one file's text, without following `lxc.include`
+/// (includes are skipped); `path` only names the file in errors.
+pub fn parse_lxc_config(text: &str, path: &Path) -> Result<Vec<DeviceRuleSpec>, ImportError> {
+    let mut entries = Vec::new();
+    lxc_text(text, path, None, &mut entries)?;
+    Ok(entries.into_iter().map(|(_, spec)| spec).collect())
+}
+
 fn lxc_file(
     path: &Path,
     depth: usize,
@@ -489,6 +507,16 @@ fn lxc_file(
         });
     }
     let text = read(path)?;
+    lxc_text(&text, path, Some(depth), out)
+}
+
+/// One LXC config file's lines; `depth` is `None` when includes are skipped.
+fn lxc_text(
+    text: &str,
+    path: &Path,
+    depth: Option<usize>,
+    out: &mut Vec<(bool, DeviceRuleSpec)>,
+) -> Result<(), ImportError> {
     for (n, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -504,7 +532,10 @@ fn lxc_file(
         };
         let (key, value) = (key.trim(), value.trim());
         match key {
-            "lxc.include" => lxc_include(path, Path::new(value), depth, out)?,
+            "lxc.include" => match depth {
+                Some(depth) => lxc_include(path, Path::new(value), depth, out)?,
+                None => tracing::debug!("{}: lxc.include {value} skipped", path.display()),
+            },
             "lxc.cgroup2" if value.is_empty() => out.clear(),
             LXC_ALLOW | LXC_DENY => {
                 let allow = key == LXC_ALLOW;

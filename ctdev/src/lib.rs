@@ -28,6 +28,7 @@ pub mod container;
 pub mod controller;
 pub mod daemon;
 pub mod devname;
+pub mod failpoint;
 pub mod import;
 pub mod kernel;
 pub mod passthrough;

@@ -29,6 +29,7 @@ use crate::container::netdev::{self, NetdevError};
 use crate::container::nodes::{self, Existing, Journal, NodeAction, NodeError, NodeSpec, Root};
 use crate::container::process::{InitProcess, ProcessError};
 use crate::controller::{Ctdev, Error as ControllerError};
+use crate::kernel::pins::PinLock;
 use crate::kernel::{attachment, sys};
 use crate::rule::{Access, DevNumber, DeviceNode, DeviceType, Rule, RuleError};
 use crate::target::Target;
@@ -71,7 +72,7 @@ pub enum PassthroughError {
         source: std::io::Error,
     },
     /// The container is under policy but its cgroup is gone.
-    #[error("{target} is not running: its cgroup is gone (policy state {state})")]
+    #[error("{target} is not enforcing (policy state {state}: `defunct` when its cgroup is gone, `detached` when a detach was interrupted; `ctdev detach` finishes it)")]
     NotRunning {
         /// The target as given.
         target: String,
@@ -356,13 +357,13 @@ struct RuleUndo {
 }
 
 /// Puts the exact entries back as they were (best effort; failures listed).
-fn restore_rules(ct: &Ctdev, target: &Target, undo: &[RuleUndo]) -> Vec<String> {
+fn restore_rules(ct: &Ctdev, lock: &PinLock, target: &Target, undo: &[RuleUndo]) -> Vec<String> {
     let mut failed = Vec::new();
     for u in undo {
         let result = match u.before {
             // There was no entry: delete it whatever its bits.
             None => ct
-                .revoke(target, &[exact_rule(&u.node, Access::NONE)])
+                .revoke_locked(lock, target, &[exact_rule(&u.node, Access::NONE)], true)
                 .map(|_| ()),
             Some(bits) => {
                 // Take away what is there now beyond `bits`, then put `bits` back.
@@ -381,10 +382,14 @@ fn restore_rules(ct: &Ctdev, target: &Target, undo: &[RuleUndo]) -> Vec<String> 
                 let extra = now.map(|n| n.difference(bits)).unwrap_or(Access::NONE);
                 let mut res = Ok(());
                 if !extra.is_empty() {
-                    res = ct.revoke(target, &[exact_rule(&u.node, extra)]).map(|_| ());
+                    res = ct
+                        .revoke_locked(lock, target, &[exact_rule(&u.node, extra)], true)
+                        .map(|_| ());
                 }
                 if res.is_ok() && now.is_none_or(|n| n.difference(extra) != bits) {
-                    res = ct.allow(target, &[exact_rule(&u.node, bits)]).map(|_| ());
+                    res = ct
+                        .allow_locked(lock, target, &[exact_rule(&u.node, bits)])
+                        .map(|_| ());
                 }
                 res
             }
@@ -422,6 +427,9 @@ pub fn add(
     opts: &AddOptions,
 ) -> Result<PassthroughReport, PassthroughError> {
     let kind = classify_for_add(device)?;
+    // One critical section: no other ctdev changes the policy between
+    // reading the entries (for undo) and writing the rule.
+    let lock = ct.lock_existing(target)?;
     let at = attached(ct, target)?;
     let init = InitProcess::of_cgroup(ct.cgroups(), &at.cgroup)?;
     let mut report = PassthroughReport {
@@ -444,6 +452,7 @@ pub fn add(
             netdev::check_name(&new_name)?;
             let netns = init.open_netns()?;
             netdev::move_into(&name, netns.as_fd(), &new_name)?;
+            crate::failpoint!("add.netdev.after_move");
             report.interface = Some(InterfaceReport {
                 host_name: name,
                 container_name: new_name,
@@ -503,6 +512,7 @@ pub fn add(
             Err(e) => return Err(fail(e.into(), journal)),
         }
     }
+    crate::failpoint!("add.after_nodes");
 
     // 2. The container must still be the one we looked at, then the rules.
     if let Err(e) = init.check_alive() {
@@ -524,16 +534,17 @@ pub fn add(
         });
         rules.push(exact_rule(spec, opts.access));
     }
-    match ct.allow(target, &rules) {
+    match ct.allow_locked(&lock, target, &rules) {
         Ok(change) => {
             report.rules_changed = change.changed;
             report.rules_unchanged = change.unchanged;
         }
         Err(e) => return Err(fail(e.into(), journal)),
     }
+    crate::failpoint!("add.after_rules");
     // The init died while the rule was written: undo everything.
     if let Err(e) = init.check_alive() {
-        let mut failures = restore_rules(ct, target, &undo);
+        let mut failures = restore_rules(ct, &lock, target, &undo);
         failures.extend(journal.rollback());
         return Err(with_undo(e.into(), failures));
     }
@@ -550,6 +561,7 @@ pub fn del(
     device: &str,
     dest: Option<&str>,
 ) -> Result<PassthroughReport, PassthroughError> {
+    let lock = ct.lock_existing(target)?;
     let at = attached(ct, target)?;
     let init = InitProcess::of_cgroup(ct.cgroups(), &at.cgroup)?;
     let mut report = PassthroughReport {
@@ -570,6 +582,7 @@ pub fn del(
         let netns = init.open_netns()?;
         let host = netdev::open_own_netns()?;
         netdev::move_out(netns.as_fd(), &inside, host.as_fd(), device)?;
+        crate::failpoint!("del.netdev.after_move");
         report.interface = Some(InterfaceReport {
             host_name: device.into(),
             container_name: inside,
@@ -699,10 +712,11 @@ pub fn del(
     }
     init.check_alive()?;
     if !rules.is_empty() {
-        let change = ct.revoke(target, &rules)?;
+        let change = ct.revoke_locked(&lock, target, &rules, false)?;
         report.rules_changed = change.changed;
         report.rules_unchanged = change.unchanged;
     }
+    crate::failpoint!("del.after_revoke");
 
     // 2. Nodes.
     let mut journal = Journal::new();
@@ -717,11 +731,12 @@ pub fn del(
             }),
             Err(e) => {
                 let mut failures = journal.rollback();
-                failures.extend(restore_rules(ct, target, &undo));
+                failures.extend(restore_rules(ct, &lock, target, &undo));
                 return Err(with_undo(e.into(), failures));
             }
         }
     }
+    crate::failpoint!("del.after_nodes");
     // Wildcards that still let the device through.
     for it in &items {
         if let Some(w) = wildcard_left(&at.all, &it.spec) {

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::cgroup::Cgroup;
 use crate::controller::{AttachReport, Ctdev, Error};
 use crate::import::{self, ImportError};
+use crate::kernel::program::ProgramObject;
 use crate::kernel::programs::{device_programs, DeviceProgram, Owner, ProgramsError};
 use crate::kernel::sys::{self, SysError};
 use crate::presets::Preset;
@@ -127,8 +128,12 @@ pub fn takeover(
     rules.extend_from_slice(extra);
     let imported = rules.iter().map(|r| r.to_string()).collect();
 
+    // One critical section: attach, verify and the runtime's detach.
+    let object = ProgramObject::new(ctdev.config().bpf_object.as_deref()).map_err(Error::from)?;
+    let lock = ctdev.lock()?;
     let before = device_programs(ctdev.cgroups(), &cgroup)?;
-    let attach = ctdev.attach(target, Preset::None, &rules)?;
+    let attach = ctdev.attach_locked(&lock, cgroup.clone(), &object, Preset::None, &rules)?;
+    crate::failpoint!("takeover.after_attach");
 
     // Verify: the kernel lists ctdev's program on the cgroup itself.
     let fd = cgroup.open().map_err(Error::from)?;
@@ -162,6 +167,8 @@ pub fn takeover(
         tracing::info!(program = prog.id, cgroup = %cgroup.dir.display(), "detached runtime device program");
         detached.push(prog);
     }
+    crate::failpoint!("takeover.after_detach_runtime");
+    drop(lock);
     let remaining = device_programs(ctdev.cgroups(), &cgroup)?
         .into_iter()
         .filter(|p| p.id != attach.program_id)

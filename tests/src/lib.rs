@@ -68,11 +68,15 @@ pub struct Run {
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
 }
 
 impl From<Output> for Run {
     fn from(o: Output) -> Self {
+        use std::os::unix::process::ExitStatusExt;
         Run {
+            signal: o.status.signal(),
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
@@ -125,6 +129,38 @@ impl TestEnv {
             .output()
             .expect("run ctdev")
             .into()
+    }
+
+    /// Runs ctdev with extra environment variables (e.g. `CTDEV_FAILPOINT`).
+    pub fn ctdev_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        Command::new(ctdev_bin())
+            .arg("--pin-root")
+            .arg(&self.pin_root)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(envs.iter().copied())
+            .output()
+            .expect("run ctdev")
+            .into()
+    }
+
+    /// Runs ctdev with `CTDEV_FAILPOINT=step` and requires that it was
+    /// killed there (SIGKILL): fails loudly when the binary was built
+    /// without the `failpoints` feature or the step was not reached.
+    #[track_caller]
+    pub fn crash_at(&self, step: &str, args: &[&str]) -> Run {
+        let r = self.ctdev_env(args, &[("CTDEV_FAILPOINT", step)]);
+        assert_eq!(
+            r.signal,
+            Some(libc::SIGKILL),
+            "ctdev {args:?} with CTDEV_FAILPOINT={step} was not killed at the step \
+             (is the binary built with --features ctdev/failpoints, as `cargo xtask test` does?):\n\
+             code {} stdout: {}\nstderr: {}",
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        r
     }
 
     /// Runs ctdev and requires success; returns stdout.

@@ -4,6 +4,7 @@
 //! benchmarks it.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -43,6 +44,15 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Install cargo-fuzz when missing, then run every fuzz target for N seconds.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (default: all of them).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Build (release), then measure and write docs/BENCHMARKS.md.
     Bench {
         /// A few seconds' smoke run (CI), same code paths, fewer iterations.
@@ -66,10 +76,13 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Build { release } => {
-            build(release)?;
+            build(release, Features::Default)?;
+        }
+        Cmd::Fuzz { seconds, target } => {
+            fuzz::run(seconds, target.as_deref())?;
         }
         Cmd::Run { release, args } => {
-            let ctdev = build(release)?;
+            let ctdev = build(release, Features::Default)?;
             require_root("cargo xtask run")?;
             let args = if args.is_empty() {
                 vec!["demo".to_string()]
@@ -83,13 +96,13 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             require_root("cargo xtask test")?;
             setup::test_prerequisites()?;
-            build(false)?;
+            build(false, Features::Failpoints)?;
             test::run(&args)?;
         }
         Cmd::Bench { quick } => {
             require_root("cargo xtask bench")?;
             setup::test_prerequisites()?;
-            let ctdev = build(true)?;
+            let ctdev = build(true, Features::Default)?;
             bench::run(&ctdev, quick)?;
         }
         Cmd::BenchRun { ctdev, quick } => bench::run_here(&ctdev, quick)?,
@@ -168,15 +181,36 @@ pub fn userspace_env(cmd: &mut Command) -> &mut Command {
         .env("CTDEV_EBPF_OBJECT", ebpf_object())
 }
 
+/// Which cargo features the userspace build gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Features {
+    /// What users run.
+    Default,
+    /// Crash-test failpoints in ctdev (`cargo xtask test` only).
+    Failpoints,
+}
+
+impl Features {
+    /// The cargo arguments for these features.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Features::Default => &[],
+            Features::Failpoints => &["--features", "ctdev/failpoints"],
+        }
+    }
+}
+
 /// Builds everything; returns the ctdev binary.
-fn build(release: bool) -> Result<PathBuf> {
+fn build(release: bool, features: Features) -> Result<PathBuf> {
     build_ebpf()?;
     step(&format!(
         "building ctdev ({})",
         if release { "release" } else { "debug" }
     ));
     let mut cmd = Command::new("cargo");
-    userspace_env(&mut cmd).args(["build", "--workspace", "--bins", "--tests"]);
+    userspace_env(&mut cmd)
+        .args(["build", "--workspace", "--bins", "--tests"])
+        .args(features.args());
     if release {
         cmd.arg("--release");
     }

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{step, userspace_env};
+use crate::{step, userspace_env, Features};
 
 /// Totals of every `test result:` line cargo printed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -45,6 +45,8 @@ fn cargo_test(args: &[&str], extra: &[String]) -> Result<(bool, Totals)> {
     userspace_env(&mut cmd)
         .arg("test")
         .args(args)
+        // Same features as the build, so the failpoint binary stays.
+        .args(Features::Failpoints.args())
         .args(["--no-fail-fast", "--"])
         .args(extra)
         .stdout(Stdio::piped());

@@ -83,7 +83,7 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
     let allowed = show("after allow (one map write):", &cgroup, &args.device)?;
     println!("$ ctdev list {}", cgroup.display());
     print!("{}", list::render(&ctdev.list(Some(&target))?));
-    ctdev.revoke(&target, &[rule])?;
+    ctdev.revoke(&target, &[rule], false)?;
     println!("$ ctdev revoke {} {}", cgroup.display(), rule);
     let revoked = !show("after revoke:", &cgroup, &args.device)?;
     drop(scratch);

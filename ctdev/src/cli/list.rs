@@ -117,6 +117,9 @@ pub fn render(dump: &Dump) -> String {
             f.display()
         );
     }
+    for p in &dump.problems {
+        let _ = writeln!(out, "problem: {p}");
+    }
     out
 }
 

@@ -152,6 +152,7 @@ fn init_logging(verbose: u8) {
 /// Runs one parsed command line.
 pub fn run(cli: &Cli) -> Result<ExitCode> {
     let config = cli.config()?;
+    require_capabilities()?;
     match &cli.command {
         Command::Attach(a) => attach::run(cli, config, a),
         Command::Allow(a) => allow::run(cli, config, a),
@@ -166,6 +167,42 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Del(a) => del::run(cli, config, a),
         Command::Daemon(a) => daemon::run(cli, config, a),
     }
+}
+
+/// Capabilities every command needs: bpf objects (`CAP_BPF`, and
+/// `CAP_SYS_ADMIN` for cgroup programs, pins and other programs' ids) and
+/// `CAP_NET_ADMIN` (cgroup program types).
+const REQUIRED_CAPS: [(u32, &str); 3] = [
+    (21, "CAP_SYS_ADMIN"),
+    (39, "CAP_BPF"),
+    (12, "CAP_NET_ADMIN"),
+];
+
+/// Fails with a clear message when the process lacks a capability it needs
+/// (not root, or root with capabilities dropped), before anything is touched.
+fn require_capabilities() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("cannot read /proc/self/status to check capabilities")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .context("no CapEff in /proc/self/status")?;
+    let missing: Vec<&str> = REQUIRED_CAPS
+        .iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if !missing.is_empty() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        anyhow::bail!(
+            "ctdev must run as root with {}: missing {} (uid {euid}, effective capabilities {eff:#x})",
+            REQUIRED_CAPS.map(|c| c.1).join(", "),
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Opens the library for one command.

@@ -16,11 +16,15 @@ pub struct Args {
     /// Rules to take away; their access bits are cleared (no ACCESS: all of them).
     #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
     pub rules: Vec<String>,
+    /// A rule with no entry is reported as already revoked instead of an
+    /// error (to finish a revoke that was interrupted part-way).
+    #[arg(long)]
+    pub missing_ok: bool,
 }
 
 pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
     let rules = rules_from_words(&args.rules)?;
-    let report = open(config)?.revoke(&args.target, &rules)?;
+    let report = open(config)?.revoke(&args.target, &rules, args.missing_ok)?;
     print_change(cli, "revoked", &args.target, &report)?;
     Ok(ExitCode::SUCCESS)
 }

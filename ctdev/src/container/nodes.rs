@@ -69,6 +69,14 @@ pub enum NodeError {
         /// What is there (`directory`, `symlink`, `regular file`, ...).
         kind: &'static str,
     },
+    /// DEST is on a `nodev` mount: a node there could never be opened.
+    #[error("{dest} in the container (root {root}) is on a nodev mount: a device node there cannot be opened; pick a DEST on another mount (e.g. under /dev)")]
+    NoDev {
+        /// The path inside the container.
+        dest: PathBuf,
+        /// The container root.
+        root: PathBuf,
+    },
     /// A device node at DEST is not the expected device.
     #[error("{dest} in the container is {found}, not {expected}: refusing to remove it")]
     Mismatch {
@@ -309,13 +317,16 @@ fn replace_node(
     name: &OsStr,
     spec: &NodeSpec,
 ) -> Result<(), (&'static str, Errno)> {
-    let mut tmp = OsString::from(format!(".ctdev-{}-", std::process::id()));
+    // A fixed name (changes run under the pin-root lock): a temporary node
+    // left by a crash is removed by the next add of the same node.
+    let mut tmp = OsString::from(".ctdev-tmp-");
     tmp.push(name);
     if tmp.len() > 255 {
-        tmp = OsString::from(format!(".ctdev-{}-tmp", std::process::id()));
+        tmp = OsString::from(".ctdev-tmp");
     }
     let _ = unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
     make_node(dir, &tmp, spec)?;
+    crate::failpoint!("node.after_tmp_node");
     renameat(dir, tmp.as_os_str(), dir, name).map_err(|e| {
         let _ = unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
         ("renameat", e)
@@ -478,6 +489,15 @@ pub fn ensure_node(
     check_dest(dest)?;
     let (parents, name) = split(dest);
     let parent = mkdir_p(root, &parents, spec.uid, spec.gid, journal)?;
+    let flags = nix::sys::statvfs::fstatvfs(&parent)
+        .map_err(|e| sys(root, "fstatvfs", dest, e))?
+        .flags();
+    if flags.contains(nix::sys::statvfs::FsFlags::ST_NODEV) {
+        return Err(NodeError::NoDev {
+            dest: dest.to_path_buf(),
+            root: root.path.to_path_buf(),
+        });
+    }
     let existing = lstat_at(parent.as_fd(), name).map_err(|e| sys(root, "fstatat", dest, e))?;
     let Some(st) = existing else {
         make_node(parent.as_fd(), name, spec).map_err(|(c, e)| sys(root, c, dest, e))?;

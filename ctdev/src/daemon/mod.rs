@@ -426,7 +426,9 @@ impl Daemon {
         let stale = reconcile::plan_rules(&owned.rules, &rule_texts);
         owned.rules = rule_texts;
         for text in stale {
-            match crate::rule::parse_rules(&[text.as_str()]).map(|r| self.ct.revoke(&target, &r)) {
+            match crate::rule::parse_rules(&[text.as_str()])
+                .map(|r| self.ct.revoke(&target, &r, false))
+            {
                 Ok(Ok(_)) => {
                     tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %text, "revoked (gone from the policy)")
                 }
@@ -646,7 +648,7 @@ impl Daemon {
             }
             for text in &owned.rules {
                 if let Ok(r) = crate::rule::parse_rules(&[text.as_str()]) {
-                    if self.ct.revoke(&target_of(&cgroup), &r).is_ok() {
+                    if self.ct.revoke(&target_of(&cgroup), &r, false).is_ok() {
                         tracing::info!(container = %owned.entry, cgroup = %cgroup.display(), rule = %text, "revoked (no longer selected)");
                     }
                 }

@@ -36,6 +36,14 @@ pub enum AttachmentError {
         /// The pin path.
         path: PathBuf,
     },
+    /// The cgroup already has the kernel's maximum of device programs.
+    #[error("{cgroup} already has {max} device programs attached, the kernel's limit per cgroup (BPF_CGROUP_MAX_PROGS): detach one (see `bpftool cgroup show {cgroup}`); nothing was attached or pinned")]
+    TooManyPrograms {
+        /// The cgroup directory.
+        cgroup: PathBuf,
+        /// The limit.
+        max: u32,
+    },
     /// Removing a pin failed.
     #[error("cannot remove pin {path}: {source}")]
     Unpin {
@@ -78,7 +86,14 @@ pub fn attach(
         what: cgroup.dir.display().to_string(),
         source: io::Error::other(e.to_string()),
     })?;
-    let link = sys::link_create_cgroup_device(instance.prog_fd()?, cgroup_fd.as_fd(), &cgroup.dir)?;
+    let link = sys::link_create_cgroup_device(instance.prog_fd()?, cgroup_fd.as_fd(), &cgroup.dir)
+        .map_err(|e| match e.errno() {
+            Some(libc::E2BIG) => AttachmentError::TooManyPrograms {
+                cgroup: cgroup.dir.clone(),
+                max: 64,
+            },
+            _ => e.into(),
+        })?;
     let info = sys::link_info(link.as_fd(), &cgroup.dir)?;
     if info.cgroup_id != cgroup.id {
         return Err(AttachmentError::WrongCgroup {
@@ -87,6 +102,8 @@ pub fn attach(
             want: cgroup.id,
         });
     }
+    // A crash here closes the only link fd: the kernel detaches it.
+    crate::failpoint!("attach.after_link_create");
     let pin = pins.link(cgroup.id);
     sys::obj_pin(link.as_fd(), &pin)?;
     Ok(PinnedLink {

@@ -196,7 +196,18 @@ impl PinRoot {
         let mut file = File::open(&self.root).map_err(io_err("open", &self.root))?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(PinLock { _lock: lock }),
+                Ok(lock) => {
+                    // The last detach removes the root directory; a waiter
+                    // that opened it before then holds a lock on a removed
+                    // directory that excludes nobody. Lock the root that is
+                    // there now instead.
+                    if same_inode(&lock, &self.root)? {
+                        return Ok(PinLock { _lock: lock });
+                    }
+                    drop(lock);
+                    file = File::open(&self.root).map_err(io_err("open", &self.root))?;
+                    continue;
+                }
                 Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
                     if start.elapsed() >= timeout {
                         return Err(PinError::Busy {
@@ -248,6 +259,16 @@ impl PinRoot {
     pub fn remove_if_empty(&self) {
         let _ = fs::remove_dir(self.links_dir());
         let _ = fs::remove_dir(&self.root);
+    }
+}
+
+/// Whether the locked directory is still the one at `path`.
+fn same_inode(lock: &Flock<File>, path: &Path) -> Result<bool, PinError> {
+    use std::os::unix::fs::MetadataExt;
+    let held = lock.metadata().map_err(io_err("stat", path))?;
+    match fs::metadata(path) {
+        Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),
+        Err(e) => Err(io_err("open", path)(e)),
     }
 }
 

@@ -241,6 +241,9 @@ impl PolicyMap {
                 return Err(e);
             }
             undo.push((key, before));
+            if undo.len() == 1 && changes.len() > 1 {
+                crate::failpoint!("map.apply.after_first_write");
+            }
         }
         Ok(())
     }

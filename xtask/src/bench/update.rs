@@ -121,7 +121,7 @@ pub fn policy_write(env: &Env) -> Result<UpdateResults> {
                 if allow {
                     env.ct.allow(&target, &rule)?;
                 } else {
-                    env.ct.revoke(&target, &rule)?;
+                    env.ct.revoke(&target, &rule, false)?;
                 }
                 Ok(())
             },
