@@ -29,8 +29,9 @@ pub const WILDCARD: u32 = u32::MAX;
 
 /// Name of the shared policy map, in the object file and as its pin name.
 pub const POLICY_MAP: &str = "CTDEV_POLICY";
-/// Name of the load-time constant holding a program instance's policy id.
-pub const POLICY_ID_GLOBAL: &str = "CTDEV_POLICY_ID";
+/// Name of the load-time constant holding the cgroup depth a program
+/// instance serves (the policy id is the task's ancestor at that depth).
+pub const LEVEL_GLOBAL: &str = "CTDEV_LEVEL";
 /// Name of the cgroup/dev program in the object file.
 pub const PROGRAM_NAME: &str = "ctdev_device";
 /// Capacity of the policy map (entries across all containers).

@@ -1,9 +1,13 @@
 //! ctdev's cgroup/dev program.
 //!
-//! One program instance is loaded per container, with the container's policy
-//! id baked in as a load-time constant; all instances share the pinned maps.
-//! A cgroup program also runs for tasks in descendant cgroups, so a task in a
-//! nested sub-cgroup of the container is judged by the same policy.
+//! One program instance per cgroup *depth* is loaded (and pinned), with that
+//! depth baked in as a load-time constant; all instances share the pinned
+//! maps. A container's policy id is its cgroup id, and a program attached to
+//! a container's cgroup runs only for tasks in that cgroup or below it, so
+//! the task's ancestor at the container's depth is the container's cgroup:
+//! `bpf_get_current_ancestor_cgroup_id(depth)` gives the policy id, for
+//! tasks in nested sub-cgroups too. Attaching another container at the same
+//! depth reuses the same program: attaching is a link, not a program load.
 //!
 //! Besides deciding, it counts: allowed accesses per matched policy entry
 //! (`CTDEV_HITS`), denials per container (`CTDEV_STATS`), and it reports each
@@ -25,9 +29,10 @@ use ctdev_common::{
     EVENTS_RING_BYTES, NO_MATCH, POLICY_MAP_CAPACITY, STATS_MAP_CAPACITY,
 };
 
-/// The policy id of this instance; overridden at load time by ctdev.
+/// The cgroup depth (root = 0) of the containers this instance serves;
+/// overridden at load time by ctdev.
 #[no_mangle]
-static CTDEV_POLICY_ID: Global<u64> = Global::new(0);
+static CTDEV_LEVEL: Global<u32> = Global::new(0);
 
 /// BPF_F_NO_PREALLOC: memory grows with the rules actually stored.
 const NO_PREALLOC: usize = 1;
@@ -58,7 +63,11 @@ pub fn ctdev_device(ctx: DeviceContext) -> i32 {
     let dev = unsafe { &*ctx.device };
     let dev_type = dev.access_type & 0xffff;
     let requested = dev.access_type >> 16;
-    let policy_id = CTDEV_POLICY_ID.load();
+    // The container's cgroup: the task's ancestor at the container's depth
+    // (0 if the task sits higher, which cannot happen for a task governed by
+    // a program attached at that depth; no entry has id 0: deny).
+    // SAFETY: helper call with a plain integer argument.
+    let policy_id = unsafe { gen::bpf_get_current_ancestor_cgroup_id(CTDEV_LEVEL.load() as i32) };
     let verdict = evaluate(policy_id, dev_type, dev.major, dev.minor, requested, |key| {
         // SAFETY: the value is copied out immediately; no reference is kept.
         unsafe { CTDEV_POLICY.get(key) }.map(|v| v.access)

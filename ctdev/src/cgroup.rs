@@ -72,6 +72,9 @@ pub enum CgroupError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupFs {
     mount: PathBuf,
+    /// Depth of the mount's root inside the whole hierarchy (0 unless a
+    /// sub-tree is mounted, e.g. inside a cgroup namespace).
+    root_depth: u32,
 }
 
 /// One cgroup: its directory and its id.
@@ -106,8 +109,11 @@ impl CgroupFs {
     /// Finds the cgroup2 mount from `/proc/self/mountinfo`.
     pub fn discover() -> Result<Self, CgroupError> {
         let text = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
-        let mount = cgroup2_mount_from_mountinfo(&text).ok_or(CgroupError::NoCgroup2)?;
-        Ok(Self { mount })
+        let (mount, root) = cgroup2_mount_entry(&text).ok_or(CgroupError::NoCgroup2)?;
+        Ok(Self {
+            mount,
+            root_depth: depth(&root),
+        })
     }
 
     /// Uses `mount` as the cgroup2 mount point (it must be on cgroup2).
@@ -119,7 +125,14 @@ impl CgroupFs {
         }
         Ok(Self {
             mount: mount.to_path_buf(),
+            root_depth: 0,
         })
+    }
+
+    /// The depth of `cgroup` in the kernel's hierarchy (the root is 0): what
+    /// `bpf_get_current_ancestor_cgroup_id` takes to name it.
+    pub fn level(&self, cgroup: &Cgroup) -> u32 {
+        self.root_depth + depth(&cgroup.path)
     }
 
     /// Discovers the mount, or uses the override when one is given.
@@ -237,6 +250,19 @@ pub fn is_cgroup2(path: &Path) -> bool {
 
 /// The first cgroup2 mount point in a mountinfo text.
 pub fn cgroup2_mount_from_mountinfo(text: &str) -> Option<PathBuf> {
+    cgroup2_mount_entry(text).map(|(mount, _)| mount)
+}
+
+/// Number of normal components of a path (`/` is 0, `/a/b` is 2).
+fn depth(path: &Path) -> u32 {
+    path.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .count() as u32
+}
+
+/// The first cgroup2 mount in a mountinfo text: (mount point, root of the
+/// mount inside the hierarchy).
+fn cgroup2_mount_entry(text: &str) -> Option<(PathBuf, PathBuf)> {
     text.lines().find_map(|line| {
         // id parent major:minor root mountpoint options [optional...] - fstype source superopts
         let (pre, post) = line.split_once(" - ")?;
@@ -244,8 +270,13 @@ pub fn cgroup2_mount_from_mountinfo(text: &str) -> Option<PathBuf> {
         if fstype != "cgroup2" {
             return None;
         }
-        let mountpoint = pre.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape_mountinfo(mountpoint)))
+        let mut fields = pre.split_whitespace().skip(3);
+        let root = fields.next()?;
+        let mountpoint = fields.next()?;
+        Some((
+            PathBuf::from(unescape_mountinfo(mountpoint)),
+            PathBuf::from(unescape_mountinfo(root)),
+        ))
     })
 }
 
@@ -292,6 +323,19 @@ mod tests {
             cgroup2_mount_from_mountinfo(HYBRID),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+    }
+
+    #[test]
+    fn levels_count_from_the_hierarchy_root() {
+        assert_eq!(
+            cgroup2_mount_entry(HYBRID).map(|e| e.1),
+            Some(PathBuf::from("/"))
+        );
+        let nested = "60 1 0:40 /lxc.payload.a /sys/fs/cgroup rw - cgroup2 none rw\n";
+        let (mount, root) = cgroup2_mount_entry(nested).unwrap();
+        assert_eq!((mount, depth(&root)), (PathBuf::from("/sys/fs/cgroup"), 1));
+        let fs = CgroupFs::discover().expect("cgroup2 mounted");
+        assert_eq!(fs.level(&fs.cgroup(Path::new("/")).unwrap()), 0);
     }
 
     #[test]

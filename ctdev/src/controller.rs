@@ -451,8 +451,9 @@ impl Ctdev {
             attachment::detach(link)?;
         }
 
-        // Loading creates and pins the maps on first use.
-        let instance = object.load_instance(id, &self.pins)?;
+        // The program instance for this cgroup depth (loaded and pinned on
+        // first use, which also creates and pins the maps).
+        let program = object.program_for_level(self.cgroups.level(&cgroup), &self.pins)?;
         crate::failpoint!("attach.after_load");
         let mut map = PolicyMap::open(&self.pins.policy_map())?;
         // Counters of an earlier container with this id start from zero.
@@ -468,7 +469,7 @@ impl Ctdev {
         map.apply(&changes)?;
         crate::failpoint!("attach.after_rules");
 
-        match attachment::attach(&instance, &cgroup, &self.pins) {
+        match attachment::attach(program.fd(), &cgroup, &self.pins) {
             Ok(link) => {
                 crate::failpoint!("attach.after_pin");
                 tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, prog_id = link.info.prog_id, "attached");
@@ -491,7 +492,7 @@ impl Ctdev {
                     .collect();
                 map.apply(&restore)?;
                 drop(map);
-                drop(instance);
+                drop(program);
                 // Maps this attach created for nobody are unpinned again.
                 if let Err(cleanup) = self.remove_pins_if_unused() {
                     tracing::warn!("cannot remove unused pins after a failed attach: {cleanup}");
@@ -706,6 +707,7 @@ impl Ctdev {
         for (_, pin) in self.pins.map_pins() {
             attachment::remove_pin(&pin)?;
         }
+        crate::kernel::program::remove_program_pins(&self.pins)?;
         self.pins.remove_if_empty();
         Ok(())
     }

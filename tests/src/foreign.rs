@@ -196,6 +196,17 @@ impl ForeignProgram {
     }
 }
 
+impl ForeignProgram {
+    /// Pins the program at `path` (to plant it where ctdev expects its own).
+    pub fn pin(&self, path: &Path) {
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let mut attr = [0u64; 3];
+        attr[0] = c.as_ptr() as u64;
+        attr[1] = self.prog.as_raw_fd() as u64;
+        bpf(6, &mut attr).expect("BPF_OBJ_PIN of the foreign program");
+    }
+}
+
 impl Drop for ForeignProgram {
     fn drop(&mut self) {
         let mut attr = AttachAttr {

@@ -413,3 +413,106 @@ fn removed_cgroup_shows_defunct_and_detaches_by_id() {
     env.ok(&["detach", &format!("id:{id}")]);
     assert!(!env.pin_root.exists());
 }
+
+#[test]
+fn nested_containers_are_each_judged_by_their_own_policy() {
+    let env = TestEnv::new("nested-policies");
+    let outer = env.cgroup("outer");
+    let inner = env.cgroup("outer/inner");
+    let beside = env.cgroup("outer/beside");
+    env.ok(&["attach", s(&outer), "--preset", "none", "--rule", "c 1:3 r"]);
+    env.ok(&[
+        "attach",
+        s(&inner),
+        "--preset",
+        "none",
+        "--rule",
+        "c 1:3 r",
+        "--rule",
+        "c 1:5 r",
+    ]);
+    // Both programs run for the inner container: each asks its own policy.
+    assert_allowed(&env, &inner, ProbeOp::read("/dev/null"));
+    assert_denied(&env, &inner, ProbeOp::read("/dev/zero"));
+    assert_denied(&env, &beside, ProbeOp::read("/dev/zero"));
+    env.ok(&["allow", s(&outer), "c 1:5 r"]);
+    assert_allowed(&env, &inner, ProbeOp::read("/dev/zero"));
+    assert_allowed(&env, &beside, ProbeOp::read("/dev/zero"));
+    env.ok(&["revoke", s(&inner), "c 1:5"]);
+    assert_denied(&env, &inner, ProbeOp::read("/dev/zero"));
+    assert_allowed(&env, &beside, ProbeOp::read("/dev/zero"));
+    // Different depths, different program instances.
+    let dump = env.list_json();
+    let ids: std::collections::BTreeSet<u64> = dump["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["program_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{dump}");
+}
+
+#[test]
+fn containers_at_one_depth_share_one_program_and_detach_leaves_no_pin() {
+    let env = TestEnv::new("shared-program");
+    let cgs: Vec<_> = (0..5).map(|i| env.cgroup(&format!("c{i}"))).collect();
+    for (i, cg) in cgs.iter().enumerate() {
+        env.ok(&[
+            "attach",
+            s(cg),
+            "--preset",
+            "none",
+            "--rule",
+            &format!("c 1:{} r", [3, 5, 7, 8, 9][i]),
+        ]);
+    }
+    let dump = env.list_json();
+    let ids: std::collections::BTreeSet<u64> = dump["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["program_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "one program instance per depth: {dump}");
+    let programs: Vec<_> = std::fs::read_dir(env.pin_root.join("programs"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(programs.len(), 1);
+    assert_allowed(&env, &cgs[0], ProbeOp::read("/dev/null"));
+    assert_denied(&env, &cgs[0], ProbeOp::read("/dev/zero"));
+    assert_allowed(&env, &cgs[1], ProbeOp::read("/dev/zero"));
+    assert_denied(&env, &cgs[1], ProbeOp::read("/dev/null"));
+    // Detaching one leaves the others enforced by the shared program.
+    env.ok(&["detach", s(&cgs[0])]);
+    assert_allowed(&env, &cgs[0], ProbeOp::read("/dev/zero"));
+    assert_denied(&env, &cgs[1], ProbeOp::read("/dev/null"));
+    for cg in &cgs[1..] {
+        env.ok(&["detach", s(cg)]);
+    }
+    assert!(
+        !env.pin_root.exists(),
+        "program, map and link pins are all gone"
+    );
+}
+
+#[test]
+fn a_foreign_program_pinned_where_ctdevs_belongs_is_refused() {
+    let env = TestEnv::new("foreign-program-pin");
+    let a = env.cgroup("a");
+    let b = env.cgroup("b");
+    env.ok(&["attach", s(&a), "--preset", "none"]);
+    env.ok(&["detach", s(&a)]);
+    // Plant a non-ctdev program where the instance for this depth lives.
+    let stranger = env.cgroup("stranger");
+    let foreign = ctdev_tests::foreign::ForeignProgram::deny_char(&stranger, 1, 5);
+    std::fs::create_dir_all(env.pin_root.join("programs")).unwrap();
+    let level = std::path::Path::new(&env.name).components().count() + 1;
+    let planted = env.pin_root.join("programs").join(format!("level-{level}"));
+    foreign.pin(&planted);
+    let err = env.fails(&["attach", s(&b), "--preset", "none"]);
+    assert!(err.contains("is not a ctdev program"), "{err}");
+    assert!(planted.exists(), "the foreign pin is left alone");
+    assert_allowed(&env, &b, ProbeOp::read("/dev/null"));
+    std::fs::remove_file(&planted).unwrap();
+}

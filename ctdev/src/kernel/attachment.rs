@@ -3,11 +3,11 @@
 //! the ctdev process and a later ctdev can find it again.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use super::pins::PinRoot;
-use super::program::{Instance, ProgramError};
+use super::program::ProgramError;
 use super::sys::{self, LinkInfo, SysError, BPF_CGROUP_DEVICE, BPF_LINK_TYPE_CGROUP};
 use crate::cgroup::Cgroup;
 
@@ -74,10 +74,10 @@ impl PinnedLink {
     }
 }
 
-/// Attaches `instance` to `cgroup` and pins the link. If pinning fails the
+/// Attaches `program` to `cgroup` and pins the link. If pinning fails the
 /// link is dropped, which detaches it: either both happen or neither.
 pub fn attach(
-    instance: &Instance,
+    program: BorrowedFd<'_>,
     cgroup: &Cgroup,
     pins: &PinRoot,
 ) -> Result<PinnedLink, AttachmentError> {
@@ -86,14 +86,15 @@ pub fn attach(
         what: cgroup.dir.display().to_string(),
         source: io::Error::other(e.to_string()),
     })?;
-    let link = sys::link_create_cgroup_device(instance.prog_fd()?, cgroup_fd.as_fd(), &cgroup.dir)
-        .map_err(|e| match e.errno() {
+    let link = sys::link_create_cgroup_device(program, cgroup_fd.as_fd(), &cgroup.dir).map_err(
+        |e| match e.errno() {
             Some(libc::E2BIG) => AttachmentError::TooManyPrograms {
                 cgroup: cgroup.dir.clone(),
                 max: 64,
             },
             _ => e.into(),
-        })?;
+        },
+    )?;
     let info = sys::link_info(link.as_fd(), &cgroup.dir)?;
     if info.cgroup_id != cgroup.id {
         return Err(AttachmentError::WrongCgroup {

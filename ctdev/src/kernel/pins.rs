@@ -129,6 +129,16 @@ impl PinRoot {
         ]
     }
 
+    /// Directory of the pinned program instances, one per cgroup depth.
+    pub fn programs_dir(&self) -> PathBuf {
+        self.root.join("programs")
+    }
+
+    /// Pin of the program instance serving containers at cgroup depth `level`.
+    pub fn program(&self, level: u32) -> PathBuf {
+        self.programs_dir().join(format!("level-{level}"))
+    }
+
     /// Directory of per-container link pins.
     pub fn links_dir(&self) -> PathBuf {
         self.root.join("links")
@@ -172,7 +182,7 @@ impl PinRoot {
         }
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(0o700);
-        for dir in [self.root.clone(), self.links_dir()] {
+        for dir in [self.root.clone(), self.links_dir(), self.programs_dir()] {
             builder
                 .create(&dir)
                 .map_err(io_err("create directory", &dir))?;
@@ -258,6 +268,7 @@ impl PinRoot {
     /// Removes the pin root if nothing is left in it (after the last detach).
     pub fn remove_if_empty(&self) {
         let _ = fs::remove_dir(self.links_dir());
+        let _ = fs::remove_dir(self.programs_dir());
         let _ = fs::remove_dir(&self.root);
     }
 }
