@@ -59,7 +59,7 @@ fn batch_per_cpu<K: aya::Pod + Ord, V: aya::Pod, T>(
         path: pin.to_path_buf(),
         source,
     })?;
-    Ok(batch.map(|(keys, values)| {
+    Ok(batch.map(|sys::BatchEntries { keys, values }| {
         keys.chunks_exact(ks)
             .zip(values.chunks_exact(vs))
             .map(|(k, v)| {

@@ -181,7 +181,7 @@ impl PolicyMap {
                 source: e,
             }
         })?;
-        if let Some((keys, values)) = batch {
+        if let Some(sys::BatchEntries { keys, values }) = batch {
             return Ok(keys
                 .chunks_exact(ks)
                 .zip(values.chunks_exact(vs))

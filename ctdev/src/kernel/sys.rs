@@ -346,6 +346,16 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// Raw entries of a map read in batches: `keys` and `values` hold
+/// `count × key_size` and `count × value_size` bytes, in the same order.
+#[derive(Debug, Default)]
+pub struct BatchEntries {
+    /// Concatenated keys.
+    pub keys: Vec<u8>,
+    /// Concatenated values.
+    pub values: Vec<u8>,
+}
+
 /// Reads every entry of a hash map with `BPF_MAP_LOOKUP_BATCH`, thousands of
 /// entries per syscall (one get-next-key plus one lookup per entry made a
 /// full scan cost two syscalls an entry). Returns raw key and value bytes,
@@ -357,7 +367,7 @@ pub fn map_lookup_batch(
     key_size: usize,
     value_size: usize,
     what: &Path,
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, SysError> {
+) -> Result<Option<BatchEntries>, SysError> {
     const CHUNK: usize = 4096;
     let mut keys = Vec::new();
     let mut values = Vec::new();
@@ -391,7 +401,9 @@ pub fn map_lookup_batch(
                 first = false;
             }
             // ENOENT: that was the last batch.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Some((keys, values))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(Some(BatchEntries { keys, values }))
+            }
             Err(e)
                 if first
                     && matches!(
