@@ -480,8 +480,8 @@ pub fn write(
         let _ = writeln!(
             d,
             "One running LXC container (busybox template, no network). ctdev was attached with \
-             `{}` (this branch has no `--takeover`, so LXC's own device program stays attached \
-             next to ctdev's). {} runs each, interleaved, each add really adding: the node is \
+             `{}` (LXC's own device program replaced by ctdev's, its rules imported). \
+             {} runs each, interleaved, each add really adding: the node is \
              removed (`ctdev del` / `lxc-device del`, untimed) between runs. Wall time of the \
              whole command, process start included. Device: `{}`.\n",
             a.attach, a.runs, a.device

@@ -191,9 +191,11 @@ pub fn add_vs_lxc(env: &Env) -> Result<AddResults> {
     let pid = lxc.init_pid()?;
     let inside = PathBuf::from(format!("/proc/{pid}/root")).join(device.strip_prefix("/")?);
     let target = format!("lxc:{name}");
-    let attach = format!("ctdev attach {target} --preset oci");
+    let lxcpath = lxc.lxcpath.display().to_string();
+    let attach = format!("ctdev attach {target} --takeover --lxcpath {lxcpath}");
     timed(
-        env.ctdev_cli().args(["attach", &target, "--preset", "oci"]),
+        env.ctdev_cli()
+            .args(["attach", &target, "--takeover", "--lxcpath", &lxcpath]),
         &attach,
     )?;
     let result = (|| {
