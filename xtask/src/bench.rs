@@ -12,6 +12,7 @@
 
 pub mod cgroups;
 pub mod cost;
+pub mod hotplug;
 pub mod lxc;
 pub mod oci;
 pub mod probe;
@@ -56,6 +57,8 @@ pub struct Plan {
     pub scale_rules: usize,
     /// CLI attaches timed in the scale test (on top of the library ones).
     pub cli_attaches: usize,
+    /// Hotplug events through `ctdev daemon`.
+    pub hotplug_events: usize,
 }
 
 impl Plan {
@@ -72,6 +75,7 @@ impl Plan {
                 containers: 10,
                 scale_rules: 20,
                 cli_attaches: 3,
+                hotplug_events: 20,
             }
         } else {
             Plan {
@@ -85,6 +89,7 @@ impl Plan {
                 containers: 1_000,
                 scale_rules: 20,
                 cli_attaches: 20,
+                hotplug_events: 1_000,
             }
         }
     }
@@ -187,6 +192,7 @@ pub struct Results {
     pub update: Option<update::UpdateResults>,
     pub add: Option<update::AddResults>,
     pub scale: Option<scale::ScaleResults>,
+    pub hotplug: Option<hotplug::HotplugResults>,
     /// Sections that failed, with why.
     pub errors: Vec<String>,
 }
@@ -218,6 +224,16 @@ pub fn run(ctdev: &Path, quick: bool) -> Result<()> {
     let mut build = std::process::Command::new("cargo");
     crate::userspace_env(&mut build).args(["build", "--release", "-p", "xtask"]);
     crate::run_checked(&mut build)?;
+    let mut hotplug = std::process::Command::new("cargo");
+    crate::userspace_env(&mut hotplug).args([
+        "build",
+        "--release",
+        "-p",
+        "ctdev-tests",
+        "--bin",
+        "hotplug-latency",
+    ]);
+    crate::run_checked(&mut hotplug)?;
     let xtask = crate::root().join("target/release/xtask");
     let mut cmd = std::process::Command::new(&xtask);
     cmd.arg("bench-run").arg("--ctdev").arg(ctdev);
@@ -263,6 +279,7 @@ pub fn run_here(ctdev: &Path, quick: bool) -> Result<()> {
             update::add_vs_lxc(&env)
         });
         results.scale = section("scale", &mut errors, || scale::run(&env));
+        results.hotplug = section("daemon hotplug latency", &mut errors, || hotplug::run(&env));
         results.errors = errors;
         step("bench: cleaning up");
     }

@@ -110,4 +110,7 @@ fn main() {
         pct(0.99),
         samples[samples.len() - 1]
     );
+    // The raw samples, one JSON line, for `cargo xtask bench`.
+    let ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    println!("{}", serde_json::json!({ "samples_ms": ms }));
 }
