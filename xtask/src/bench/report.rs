@@ -535,12 +535,12 @@ pub fn write(
         let _ = writeln!(
             d,
             "{} cgroups, each attached through the library (`ctdev::Ctdev::attach`, one call \
-             per container: load an instance of the program, write {} rules, create and pin \
-             the link), `--preset none`. Memory is bpftool's `bytes_memlock`: the {} program \
-             instances plus the maps they share (policy map and counters), divided by the \
-             container count. Check cost: ns per open()+close() in the first container with \
-             only it attached, then with all {} attached.\n",
-            s.containers, s.rules_per_container, s.containers, s.containers
+             per container: write {} rules, create and pin a link to the shared program \
+             instance of its cgroup depth, loaded once), `--preset none`. Memory is bpftool's \
+             `bytes_memlock`: the program instance(s) plus the maps they share (policy map and \
+             counters), divided by the container count. Check cost: ns per open()+close() in \
+             the first container with only it attached, then with all {} attached.\n",
+            s.containers, s.rules_per_container, s.containers
         );
         let _ = writeln!(
             d,

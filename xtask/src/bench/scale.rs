@@ -92,13 +92,18 @@ pub fn run(env: &Env) -> Result<ScaleResults> {
         )?;
         let cost_at_n = Summary::of(&c.ns_per_op);
 
-        // Memory: every instance's program, and the maps they share.
+        // Memory: the program instances (one per cgroup depth, shared by
+        // every container at that depth), and the maps they share.
         let progs: Vec<_> = programs::all_progs()?
             .into_iter()
             .filter(|p| prog_ids.contains(&p.id))
             .collect();
-        if progs.len() != n {
-            bail!("bpftool shows {} of the {n} ctdev programs", progs.len());
+        if progs.len() != prog_ids.len() {
+            bail!(
+                "bpftool shows {} of the {} ctdev program instances",
+                progs.len(),
+                prog_ids.len()
+            );
         }
         let prog_memlock_total: u64 = progs.iter().map(|p| p.bytes_memlock).sum();
         let map_ids: BTreeSet<u64> = progs.iter().flat_map(|p| p.map_ids.clone()).collect();
