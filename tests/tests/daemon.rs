@@ -463,3 +463,94 @@ fn check_config_prints_the_resolved_policy_or_names_the_error() {
     ]);
     assert!(err.contains("bad.toml:6: container[0].rules[0]"), "{err}");
 }
+
+/// A veth pair created on the host for a test (no `dummy` module here),
+/// deleted on drop wherever its selected end ended up (the host or the
+/// container's netns; deleting one end deletes both).
+struct HotLink {
+    name: String,
+    peer: String,
+    container_pid: i32,
+}
+
+impl Drop for HotLink {
+    fn drop(&mut self) {
+        for end in [&self.name, &self.peer] {
+            let _ = Command::new("ip")
+                .args(["link", "del", end])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let pid = self.container_pid.to_string();
+        let _ = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "ip", "link", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn link_in_netns(pid: Option<i32>, name: &str) -> bool {
+    let mut cmd = match pid {
+        Some(p) => {
+            let mut c = Command::new("nsenter");
+            c.args(["-t", &p.to_string(), "-n", "ip", "link", "show", name]);
+            c
+        }
+        None => {
+            let mut c = Command::new("ip");
+            c.args(["link", "show", name]);
+            c
+        }
+    };
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_hotplugged_network_interface_moves_into_the_matching_container() {
+    let env = TestEnv::new("dm-net");
+    let a = TestContainer::start(&env, "a", false);
+    let b = TestContainer::start(&env, "b", false);
+    let name = format!("ctdh{}", std::process::id() % 100_000);
+    // The peer's name must not start with `name` (the selector is a prefix).
+    let peer = format!("ctdp{}", std::process::id() % 100_000);
+    let cfg = write_config(
+        &env,
+        "policy.toml",
+        &format!(
+            "[[container]]\nname = \"a\"\nselect = {{ cgroup = \"{}\" }}\n\
+             [[container.hotplug]]\nsubsystem = \"net\"\ndevpath_prefix = \"/devices/virtual/net/{name}\"\n",
+            inside(&a.cgroup)
+        ),
+    );
+    let daemon = DaemonProc::start(&env, &cfg);
+    let _link = HotLink {
+        name: name.clone(),
+        peer: peer.clone(),
+        container_pid: a.pid,
+    };
+    let status = Command::new("ip")
+        .args(["link", "add", &name, "type", "veth", "peer", "name", &peer])
+        .status()
+        .expect("ip link add");
+    assert!(status.success(), "cannot create veth pair {name}/{peer}");
+    let start = Instant::now();
+    wait_for(
+        Duration::from_secs(5),
+        "the interface to move into a",
+        || (link_in_netns(Some(a.pid), &name) && !link_in_netns(None, &name)).then_some(()),
+    );
+    eprintln!("net hotplug add -> in the container: {:?}", start.elapsed());
+    assert!(
+        !link_in_netns(Some(b.pid), &name),
+        "b (not selected) did not get it"
+    );
+    assert!(
+        link_in_netns(None, &peer),
+        "the peer, not selected, stays on the host"
+    );
+    let log = daemon.kill();
+    assert!(log.contains(&name), "the daemon logs the move: {log}");
+}
