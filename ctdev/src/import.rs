@@ -605,6 +605,35 @@ fn lxc_include(
     Ok(())
 }
 
+/// The import semantics replayed literally, for one device (kernel type
+/// code and numbers) and one access bit: the last rule that concerns them
+/// decides, and an `a` rule switches everything. Too slow for the policy
+/// itself; it is the oracle that unit tests and fuzzers hold
+/// [`effective_rules`] to.
+pub fn sequential_verdict(
+    specs: &[DeviceRuleSpec],
+    t: u32,
+    major: u32,
+    minor: u32,
+    bit: u32,
+) -> bool {
+    let mut allowed = false;
+    for s in specs {
+        if s.dev_type == DeviceType::All {
+            allowed = s.allow;
+            continue;
+        }
+        let matches = s.dev_type.kernel_types().contains(&t)
+            && s.major.exact().is_none_or(|m| m == major)
+            && s.minor.exact().is_none_or(|m| m == minor)
+            && s.access.bits() & bit != 0;
+        if matches {
+            allowed = s.allow;
+        }
+    }
+    allowed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,25 +659,7 @@ mod tests {
         spec(false, rule)
     }
 
-    /// The semantics, straight: replay the rules for one device and one
-    /// access bit; the last rule that concerns them decides.
-    fn reference(specs: &[DeviceRuleSpec], t: u32, major: u32, minor: u32, bit: u32) -> bool {
-        let mut allowed = false;
-        for s in specs {
-            if s.dev_type == DeviceType::All {
-                allowed = s.allow;
-                continue;
-            }
-            let matches = s.dev_type.kernel_types().contains(&t)
-                && s.major.exact().is_none_or(|m| m == major)
-                && s.minor.exact().is_none_or(|m| m == minor)
-                && s.access.bits() & bit != 0;
-            if matches {
-                allowed = s.allow;
-            }
-        }
-        allowed
-    }
+    use super::sequential_verdict as reference;
 
     fn ctdev_allows(rules: &[Rule], t: u32, major: u32, minor: u32, req: u32) -> bool {
         let map: BTreeMap<PolicyKey, u32> = rules

@@ -1,33 +1,15 @@
 //! Oracles shared by the fuzz targets.
 
-use ctdev::import::{effective_rules, DeviceRuleSpec};
+use ctdev::import::{effective_rules, sequential_verdict as reference, DeviceRuleSpec};
 use ctdev::rule::{DeviceType, Rule};
-use ctdev_common::{evaluate, PolicyKey, ACCESS_MKNOD, ACCESS_READ, ACCESS_WRITE, DEV_BLOCK, DEV_CHAR};
+use ctdev_common::{
+    evaluate, PolicyKey, ACCESS_MKNOD, ACCESS_READ, ACCESS_WRITE, DEV_BLOCK, DEV_CHAR,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// More rules than this are only parsed, not emulated (the emulator is
 /// quadratic; a runtime's list is a few dozen rules).
 pub const MAX_EMULATED: usize = 48;
-
-/// The import semantics replayed literally for one device and one bit: the
-/// last rule concerning them decides; an `a` rule switches everything.
-fn reference(specs: &[DeviceRuleSpec], t: u32, major: u32, minor: u32, bit: u32) -> bool {
-    let mut allowed = false;
-    for s in specs {
-        if s.dev_type == DeviceType::All {
-            allowed = s.allow;
-            continue;
-        }
-        if s.dev_type.kernel_types().contains(&t)
-            && s.major.exact().is_none_or(|m| m == major)
-            && s.minor.exact().is_none_or(|m| m == minor)
-            && s.access.bits() & bit != 0
-        {
-            allowed = s.allow;
-        }
-    }
-    allowed
-}
 
 /// Checks that `effective_rules(specs)`, judged by the kernel program's own
 /// lookup (`ctdev_common::evaluate`), gives the reference verdict for every
@@ -42,7 +24,10 @@ pub fn check_emulation(specs: &[DeviceRuleSpec]) {
     for r in &rules {
         assert_ne!(r.dev_type, DeviceType::All, "entries are single-type: {r}");
         for k in r.keys(1) {
-            assert!(map.insert(k, r.access.bits()).is_none(), "duplicate entry {r}");
+            assert!(
+                map.insert(k, r.access.bits()).is_none(),
+                "duplicate entry {r}"
+            );
         }
     }
     let mut majors: BTreeSet<u32> = specs.iter().filter_map(|s| s.major.exact()).collect();
