@@ -284,6 +284,23 @@ struct Attached {
     all: Vec<Rule>,
 }
 
+impl PassthroughReport {
+    /// A report of nothing done yet, for `target`'s container.
+    fn empty(target: &Target, at: &Attached, init: &InitProcess) -> Self {
+        PassthroughReport {
+            target: target.to_string(),
+            cgroup_dir: at.cgroup.dir.clone(),
+            policy_id: at.policy_id,
+            init_pid: init.pid(),
+            nodes: Vec::new(),
+            interface: None,
+            rules_changed: Vec::new(),
+            rules_unchanged: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
 fn attached(ct: &Ctdev, target: &Target) -> Result<Attached, PassthroughError> {
     // `list` fails with "not under ctdev policy (run `ctdev attach ...` first)".
     let dump = ct.list(Some(target))?;
@@ -432,17 +449,7 @@ pub fn add(
     let lock = ct.lock_existing(target)?;
     let at = attached(ct, target)?;
     let init = InitProcess::of_cgroup(ct.cgroups(), &at.cgroup)?;
-    let mut report = PassthroughReport {
-        target: target.to_string(),
-        cgroup_dir: at.cgroup.dir.clone(),
-        policy_id: at.policy_id,
-        init_pid: init.pid(),
-        nodes: Vec::new(),
-        interface: None,
-        rules_changed: Vec::new(),
-        rules_unchanged: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut report = PassthroughReport::empty(target, &at, &init);
     let nodes = match kind {
         Device::Interface(name) => {
             if opts.mode.is_some() || opts.uid.is_some() || opts.gid.is_some() {
@@ -564,17 +571,7 @@ pub fn del(
     let lock = ct.lock_existing(target)?;
     let at = attached(ct, target)?;
     let init = InitProcess::of_cgroup(ct.cgroups(), &at.cgroup)?;
-    let mut report = PassthroughReport {
-        target: target.to_string(),
-        cgroup_dir: at.cgroup.dir.clone(),
-        policy_id: at.policy_id,
-        init_pid: init.pid(),
-        nodes: Vec::new(),
-        interface: None,
-        rules_changed: Vec::new(),
-        rules_unchanged: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut report = PassthroughReport::empty(target, &at, &init);
     if !device.starts_with('/') {
         netdev::check_name(device)?;
         let inside = dest.unwrap_or(device).to_string();

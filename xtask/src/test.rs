@@ -67,7 +67,14 @@ pub fn run(extra: &[String]) -> Result<()> {
     step("running integration tests (root, real kernel)");
     let (int_ok, integration) = cargo_test(&["-p", "ctdev-tests"], extra)?;
     let passed = unit.passed + integration.passed;
-    let failed = unit.failed + integration.failed;
+    // A test binary that crashed (abort, signal) prints no result line:
+    // count it as a failure so the summary never says "0 failed" then.
+    let crashed =
+        u64::from(!unit_ok && unit.failed == 0) + u64::from(!int_ok && integration.failed == 0);
+    if crashed > 0 {
+        println!("xtask: {crashed} test run(s) ended without a result (a test binary crashed or failed to build)");
+    }
+    let failed = unit.failed + integration.failed + crashed;
     let ignored = unit.ignored + integration.ignored;
     println!(
         "xtask: unit {} passed, {} failed; integration {} passed, {} failed; {} ignored",

@@ -7,4 +7,5 @@ pub mod pins;
 pub mod policy_map;
 pub mod program;
 pub mod programs;
+pub mod raw_program;
 pub mod sys;

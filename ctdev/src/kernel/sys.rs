@@ -52,7 +52,7 @@ impl SysError {
 }
 
 /// Issues one bpf command with `attr` (a `#[repr(C)]` prefix of `union bpf_attr`).
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, initialised, writable #[repr(C)] struct whose
     // size we pass; the kernel reads and writes at most that many bytes.
     let ret = unsafe {
@@ -68,6 +68,26 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     } else {
         Ok(ret)
     }
+}
+
+/// Issues a bpf command that returns a new file descriptor (only those:
+/// the result is adopted as an owned fd).
+pub(crate) fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    bpf(cmd, attr).map(fd_from_ret)
+}
+
+/// The kernel id of the program behind `prog`.
+pub fn prog_id(prog: BorrowedFd<'_>, what: &Path) -> Result<u32, SysError> {
+    // `struct bpf_prog_info` starts with `type`, then `id`.
+    let mut info = [0u32; 64];
+    let mut attr = InfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+        .map_err(|e| SysError::new("BPF_OBJ_GET_INFO_BY_FD", what.display().to_string(), e))?;
+    Ok(info[1])
 }
 
 fn fd_from_ret(ret: libc::c_long) -> OwnedFd {

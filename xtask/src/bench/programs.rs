@@ -3,138 +3,24 @@
 //! `BPF_F_ALLOW_MULTI`), and what bpftool says about any program: run-time
 //! statistics, instruction count, memory.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use ctdev::kernel::raw_program::{Insn, RawProgram};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_ATTACH: libc::c_long = 8;
-const BPF_PROG_DETACH: libc::c_long = 9;
-const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
-const BPF_CGROUP_DEVICE: u32 = 6;
-const BPF_F_ALLOW_MULTI: u32 = 2;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-    _rest: [u64; 8],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct AttachAttr {
-    target_fd: u32,
-    attach_bpf_fd: u32,
-    attach_type: u32,
-    attach_flags: u32,
-    replace_bpf_fd: u32,
-    _pad: u32,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
-    // SAFETY: attr is a #[repr(C)] prefix of bpf_attr for `cmd`, of the size
-    // passed; the kernel reads (and for PROG_LOAD writes the log) within it.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as u32,
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 /// `r0 = 1; exit`: allows everything, attached in multi mode; detached on drop.
 pub struct AllowAll {
-    prog: OwnedFd,
-    cgroup: OwnedFd,
+    _raw: RawProgram,
 }
 
 impl AllowAll {
     /// Loads the program and attaches it to `cgroup_dir`.
     pub fn attach(cgroup_dir: &Path) -> Result<Self> {
-        let insns = [
-            Insn {
-                code: 0xb7, // BPF_ALU64 | BPF_MOV | BPF_K: r0 = 1
-                regs: 0,
-                off: 0,
-                imm: 1,
-            },
-            Insn {
-                code: 0x95, // BPF_JMP | BPF_EXIT
-                regs: 0,
-                off: 0,
-                imm: 0,
-            },
-        ];
-        let license = c"GPL";
-        let mut name = [0u8; 16];
-        name[..9].copy_from_slice(b"allow_all");
-        let mut attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            prog_name: name,
-            expected_attach_type: BPF_CGROUP_DEVICE,
-            ..Default::default()
-        };
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("BPF_PROG_LOAD of allow-all")?;
-        // SAFETY: BPF_PROG_LOAD returned a new fd that nobody else owns.
-        let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let cgroup: OwnedFd = std::fs::File::open(cgroup_dir)
-            .with_context(|| format!("open {}", cgroup_dir.display()))?
-            .into();
-        let mut attach = AttachAttr {
-            target_fd: cgroup.as_raw_fd() as u32,
-            attach_bpf_fd: prog.as_raw_fd() as u32,
-            attach_type: BPF_CGROUP_DEVICE,
-            attach_flags: BPF_F_ALLOW_MULTI,
-            ..Default::default()
-        };
-        bpf(BPF_PROG_ATTACH, &mut attach).context("BPF_PROG_ATTACH of allow-all")?;
-        Ok(AllowAll { prog, cgroup })
-    }
-}
-
-impl Drop for AllowAll {
-    fn drop(&mut self) {
-        let mut attr = AttachAttr {
-            target_fd: self.cgroup.as_raw_fd() as u32,
-            attach_bpf_fd: self.prog.as_raw_fd() as u32,
-            attach_type: BPF_CGROUP_DEVICE,
-            ..Default::default()
-        };
-        let _ = bpf(BPF_PROG_DETACH, &mut attr);
+        let raw = RawProgram::attach(cgroup_dir, "allow_all", &Insn::ret(1))
+            .context("load and attach the allow-all program")?;
+        Ok(AllowAll { _raw: raw })
     }
 }
 

@@ -1,0 +1,206 @@
+//! Device programs that are not ctdev's, built from raw instructions and
+//! attached the way runc, crun and LXC attach theirs (`BPF_PROG_ATTACH`
+//! with `BPF_F_ALLOW_MULTI`). ctdev itself never attaches one: the tests use
+//! them to stand in for a runtime's program, the benchmarks for the
+//! allow-all floor.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use super::sys::{self, SysError, BPF_CGROUP_DEVICE};
+
+/// One eBPF instruction (`struct bpf_insn`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    /// Opcode.
+    pub code: u8,
+    /// Destination register (low nibble) and source register (high nibble).
+    pub regs: u8,
+    /// Offset.
+    pub off: i16,
+    /// Immediate.
+    pub imm: i32,
+}
+
+impl Insn {
+    /// `r0 = imm; exit` as two instructions: a program returning `imm`.
+    pub fn ret(imm: i32) -> [Insn; 2] {
+        [
+            Insn {
+                code: 0xb7,
+                regs: 0,
+                off: 0,
+                imm,
+            }, // BPF_ALU64|BPF_MOV|BPF_K
+            Insn {
+                code: 0x95,
+                regs: 0,
+                off: 0,
+                imm: 0,
+            }, // BPF_JMP|BPF_EXIT
+        ]
+    }
+
+    /// `rD = *(u32 *)(r1 + off)`: a field of `bpf_cgroup_dev_ctx`.
+    pub fn load_ctx(dst: u8, off: i16) -> Insn {
+        Insn {
+            code: 0x61,
+            regs: 0x10 | dst,
+            off,
+            imm: 0,
+        }
+    }
+
+    /// `if rD != imm goto +off`.
+    pub fn jne(dst: u8, imm: i32, off: i16) -> Insn {
+        Insn {
+            code: 0x55,
+            regs: dst,
+            off,
+            imm,
+        }
+    }
+
+    /// `rD &= imm`.
+    pub fn and(dst: u8, imm: i32) -> Insn {
+        Insn {
+            code: 0x57,
+            regs: dst,
+            off: 0,
+            imm,
+        }
+    }
+}
+
+/// A program denying every access to char device `major:minor` and
+/// allowing everything else.
+pub fn deny_char(major: u32, minor: u32) -> Vec<Insn> {
+    let mut p = vec![
+        Insn::load_ctx(2, 0),          // r2 = access_type
+        Insn::and(2, 0xffff),          // r2 = device type
+        Insn::jne(2, 2, 6),            // not char: allow
+        Insn::load_ctx(2, 4),          // r2 = major
+        Insn::jne(2, major as i32, 4), // other major: allow
+        Insn::load_ctx(2, 8),          // r2 = minor
+        Insn::jne(2, minor as i32, 2), // other minor: allow
+    ];
+    p.extend(Insn::ret(0));
+    p.extend(Insn::ret(1));
+    p
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    _rest: [u64; 8],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct AttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+    _pad: u32,
+}
+
+/// A raw device program attached to one cgroup; detached on drop.
+#[derive(Debug)]
+pub struct RawProgram {
+    prog: OwnedFd,
+    cgroup: OwnedFd,
+    cgroup_dir: PathBuf,
+    /// Kernel program id.
+    pub id: u32,
+}
+
+impl RawProgram {
+    /// Loads `insns` as a cgroup device program named `name` (at most 15
+    /// bytes) and attaches it to `cgroup_dir` in multi mode.
+    pub fn attach(cgroup_dir: &Path, name: &str, insns: &[Insn]) -> Result<Self, SysError> {
+        let what = || cgroup_dir.display().to_string();
+        let err = |call, source| SysError {
+            call,
+            what: what(),
+            source,
+        };
+        let license = CString::from(c"GPL");
+        let mut prog_name = [0u8; 16];
+        let n = name.len().min(15);
+        prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        let mut log = vec![0u8; 4096];
+        let mut attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: 1,
+            log_size: log.len() as u32,
+            log_buf: log.as_mut_ptr() as u64,
+            prog_name,
+            expected_attach_type: BPF_CGROUP_DEVICE,
+            ..Default::default()
+        };
+        let prog = sys::bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+            let verifier = String::from_utf8_lossy(&log);
+            err(
+                "BPF_PROG_LOAD",
+                std::io::Error::new(
+                    e.kind(),
+                    format!("{e}: {}", verifier.trim_end_matches('\0')),
+                ),
+            )
+        })?;
+        let cgroup: OwnedFd = std::fs::File::open(cgroup_dir)
+            .map_err(|e| err("open", e))?
+            .into();
+        let mut attach = AttachAttr {
+            target_fd: cgroup.as_raw_fd() as u32,
+            attach_bpf_fd: prog.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            attach_flags: BPF_F_ALLOW_MULTI,
+            ..Default::default()
+        };
+        // Returns 0, not an fd.
+        sys::bpf(BPF_PROG_ATTACH, &mut attach).map_err(|e| err("BPF_PROG_ATTACH", e))?;
+        let id = sys::prog_id(prog.as_fd(), cgroup_dir)?;
+        Ok(Self {
+            prog,
+            cgroup,
+            cgroup_dir: cgroup_dir.to_path_buf(),
+            id,
+        })
+    }
+
+    /// The program's fd (e.g. to pin it somewhere).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+}
+
+impl Drop for RawProgram {
+    fn drop(&mut self) {
+        let _ = sys::prog_detach_device(self.cgroup.as_fd(), self.prog.as_fd(), &self.cgroup_dir);
+    }
+}
