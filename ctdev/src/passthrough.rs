@@ -30,7 +30,7 @@ use crate::container::nodes::{self, Existing, Journal, NodeAction, NodeError, No
 use crate::container::process::{InitProcess, ProcessError};
 use crate::controller::{Ctdev, Error as ControllerError};
 use crate::kernel::pins::PinLock;
-use crate::kernel::{attachment, sys};
+use crate::kernel::programs::DeviceProgram;
 use crate::rule::{Access, DevNumber, DeviceNode, DeviceType, Rule, RuleError};
 use crate::target::Target;
 
@@ -282,6 +282,8 @@ struct Attached {
     exact: BTreeMap<(DeviceType, u32, u32), Access>,
     /// Every entry, for wildcard warnings.
     all: Vec<Rule>,
+    /// Device programs besides ctdev's on the cgroup and its ancestors.
+    others: Vec<DeviceProgram>,
 }
 
 impl PassthroughReport {
@@ -340,31 +342,33 @@ fn attached(ct: &Ctdev, target: &Target) -> Result<Attached, PassthroughError> {
         policy_id: view.policy_id,
         exact,
         all,
+        others: view.other_programs,
     })
 }
 
-/// Device programs other than ctdev's that judge accesses in the cgroup
-/// (attached to it or inherited from an ancestor).
-fn other_programs(ct: &Ctdev, at: &Attached) -> Result<Vec<u32>, PassthroughError> {
-    let own = attachment::open(ct.pins(), at.policy_id)
-        .map_err(ControllerError::from)?
-        .map(|l| l.info.prog_id);
-    let fd = at.cgroup.open().map_err(ControllerError::from)?;
-    let ids = sys::query_device_programs(fd.as_fd(), true, &at.cgroup.dir)
-        .map_err(|e| ControllerError::from(crate::kernel::attachment::AttachmentError::from(e)))?;
-    Ok(ids.into_iter().filter(|id| Some(*id) != own).collect())
-}
-
-fn foreign_warning(ct: &Ctdev, at: &Attached, target: &Target) -> Option<String> {
-    match other_programs(ct, at) {
-        Ok(ids) if ids.is_empty() => None,
-        Ok(ids) => Some(format!(
-            "other device program(s) {} also judge device access in {} (attached to it or an ancestor) and may still deny the device; `ctdev attach --takeover {target}` replaces them",
-            ids.iter().map(|i| format!("id {i}")).collect::<Vec<_>>().join(", "),
-            at.cgroup.dir.display()
-        )),
-        Err(e) => Some(format!("cannot list other device programs on {}: {e}", at.cgroup.dir.display())),
+/// A warning when device programs besides ctdev's (from `list`, attached
+/// to the cgroup or an ancestor) may still deny the device.
+fn foreign_warning(at: &Attached, target: &Target) -> Option<String> {
+    if at.others.is_empty() {
+        return None;
     }
+    let names: Vec<String> = at
+        .others
+        .iter()
+        .map(|p| {
+            let name = if p.name.is_empty() {
+                "unnamed"
+            } else {
+                &p.name
+            };
+            format!("id {} ({name}) on {}", p.id, p.attached_at.display())
+        })
+        .collect();
+    Some(format!(
+        "other device program(s) {} also judge device access in {} and may still deny the device; `ctdev attach --takeover {target}` replaces them",
+        names.join(", "),
+        at.cgroup.dir.display()
+    ))
 }
 
 /// A rule change to undo: the entry's access before, `None` if there was none.
@@ -495,7 +499,7 @@ pub fn add(
             .flatten();
         plan.push((host.path, resolved, dest, spec));
     }
-    if let Some(w) = foreign_warning(ct, &at, target) {
+    if let Some(w) = foreign_warning(&at, target) {
         report.warnings.push(w);
     }
 
