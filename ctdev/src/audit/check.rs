@@ -262,13 +262,7 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
 fn describe(p: &DeviceProgram) -> String {
     let owner = match p.owner {
         Owner::Unknown => String::new(),
-        o => format!(
-            ", {}",
-            serde_json::to_value(o)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default()
-        ),
+        o => format!(", {}", o.as_str()),
     };
     let name = if p.name.is_empty() {
         "unnamed".to_string()

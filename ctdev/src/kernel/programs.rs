@@ -28,6 +28,17 @@ pub enum Owner {
 }
 
 impl Owner {
+    /// The owner's name, as in the JSON (`ctdev`, `systemd`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Owner::Ctdev => "ctdev",
+            Owner::Systemd => "systemd",
+            Owner::Crun => "crun",
+            Owner::Lxc => "lxc",
+            Owner::Unknown => "unknown",
+        }
+    }
+
     /// Guesses the owner from a program name.
     pub fn from_name(name: &str) -> Self {
         match name {
@@ -136,5 +147,15 @@ mod tests {
         assert_eq!(Owner::from_name("sd_devices"), Owner::Systemd);
         assert_eq!(Owner::from_name("crun"), Owner::Crun);
         assert_eq!(Owner::from_name(""), Owner::Unknown);
+        // The text form is the JSON form.
+        for o in [
+            Owner::Ctdev,
+            Owner::Systemd,
+            Owner::Crun,
+            Owner::Lxc,
+            Owner::Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
     }
 }
