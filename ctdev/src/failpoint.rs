@@ -33,6 +33,8 @@ pub const STEPS: &[&str] = &[
     "del.after_nodes",
     "add.netdev.after_move",
     "del.netdev.after_move",
+    "daemon.attach.after_attach",
+    "daemon.add.after_device",
 ];
 
 /// Kills the process with `SIGKILL` when `CTDEV_FAILPOINT` names `step`

@@ -41,11 +41,21 @@ struct DaemonProc {
 
 impl DaemonProc {
     fn start(env: &TestEnv, config: &Path) -> Self {
+        Self::start_with_failpoint(env, config, None)
+    }
+
+    /// Starts the daemon armed to SIGKILL itself at failpoint `step`
+    /// (`CTDEV_FAILPOINT`; `cargo xtask test` builds them in).
+    fn start_with_failpoint(env: &TestEnv, config: &Path, step: Option<&str>) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let ready = env.scratch.join(format!("ready-{n}"));
         let log = env.scratch.join(format!("daemon-{n}.log"));
-        let child = Command::new(ctdev_bin())
+        let mut cmd = Command::new(ctdev_bin());
+        if let Some(step) = step {
+            cmd.env("CTDEV_FAILPOINT", step);
+        }
+        let child = cmd
             .arg("--pin-root")
             .arg(&env.pin_root)
             .arg("daemon")
@@ -84,6 +94,23 @@ impl DaemonProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.log_text()
+    }
+
+    /// Waits for the daemon to die at its armed failpoint (SIGKILL).
+    fn wait_killed_at_failpoint(mut self) -> String {
+        let status = wait_for(
+            Duration::from_secs(10),
+            "the daemon to hit its failpoint",
+            || self.child.try_wait().expect("wait for the daemon"),
+        );
+        let log = self.log_text();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "the daemon did not die at its failpoint ({status}); failpoints compiled in?\n{log}"
+        );
+        assert!(log.contains("failpoint"), "{log}");
+        log
     }
 
     fn alive(&mut self) -> bool {
@@ -381,6 +408,68 @@ fn sigkill_keeps_enforcement_and_a_restart_converges() {
             "a converged restart changed something ({change}):\n{log}"
         );
     }
+}
+
+#[test]
+fn killed_between_passing_a_device_in_and_saving_state_still_takes_it_back() {
+    // The daemon dies right after `ctdev add` of a hotplugged device and
+    // before its state file is written after it: the device was recorded
+    // ahead of the add, so once it is unplugged a restarted daemon revokes
+    // its rule and removes its node.
+    let env = TestEnv::new("dm-wal-dev");
+    let a = TestContainer::start(&env, "a", false);
+    let index = HotLoop::pick();
+    let cfg = write_config(
+        &env,
+        "policy.toml",
+        &format!(
+            "[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\n\
+             [[container.hotplug]]\ndevname = \"loop{index}\"\n",
+            a.cgroup.display()
+        ),
+    );
+    let daemon = DaemonProc::start_with_failpoint(&env, &cfg, Some("daemon.add.after_device"));
+    let mut lo = HotLoop::add(index);
+    let dest = format!("/dev/{}", lo.name());
+    let rule = format!("b 7:{index} rwm");
+    daemon.wait_killed_at_failpoint();
+    assert_eq!(rules_of(&env, &a.cgroup).unwrap(), [rule]);
+    assert!(a.host_path(&dest).exists());
+    assert!(!denied(&a.open_rw(&dest)), "passed in before the crash");
+
+    lo.remove();
+    let daemon = DaemonProc::start(&env, &cfg);
+    assert_eq!(rules_of(&env, &a.cgroup).unwrap(), Vec::<String>::new());
+    assert!(!a.host_path(&dest).exists());
+    let log = daemon.kill();
+    assert!(log.contains("device removed"), "{log}");
+}
+
+#[test]
+fn killed_between_attaching_and_saving_state_still_revokes_dropped_rules() {
+    // The daemon dies right after attaching a new container with the
+    // policy's rules and before its state file records them; the policy
+    // then drops one rule. The restarted daemon knows the rule was its own
+    // (recorded ahead of the attach) and revokes it.
+    let env = TestEnv::new("dm-wal-rule");
+    let text = |rule: &str| {
+        format!(
+            "[[container]]\nname = \"c\"\nselect = {{ cgroup = \"{}/c-*\" }}\npreset = \"none\"\n\
+             rules = [\"{rule}\"]\n",
+            inside(&env.cgroup_parent)
+        )
+    };
+    let cfg = write_config(&env, "policy.toml", &text("c 42:7 rw"));
+    let daemon = DaemonProc::start_with_failpoint(&env, &cfg, Some("daemon.attach.after_attach"));
+    let c1 = env.cgroup("c-1");
+    daemon.wait_killed_at_failpoint();
+    assert_eq!(rules_of(&env, &c1).unwrap(), ["c 42:7 rw"]);
+
+    write_config(&env, "policy.toml", &text("c 42:9 r"));
+    let daemon = DaemonProc::start(&env, &cfg);
+    assert_eq!(rules_of(&env, &c1).unwrap(), ["c 42:9 r"]);
+    let log = daemon.kill();
+    assert!(log.contains("revoked (gone from the policy)"), "{log}");
 }
 
 #[test]

@@ -15,7 +15,9 @@
 //!   the daemon exits or dies. On start (and SIGHUP, and every
 //!   `resync_interval`) the daemon reconciles what the policy and the
 //!   present devices want with what it gave before (its state file), and
-//!   logs one line per change.
+//!   logs one line per change. The state file is written ahead: a rule or
+//!   device is recorded before it is given, so a daemon killed in between
+//!   still takes it back later.
 //!
 //! All work runs on one thread (a current-thread tokio runtime multiplexing
 //! the uevent socket, inotify, signals and timers), so changes are applied
@@ -405,6 +407,19 @@ impl Daemon {
                 }
             }
         }
+        // Write-ahead: what the daemon is about to allow is recorded as its
+        // own before it is allowed, so a daemon killed between the two still
+        // knows to take it back (a record of a rule never written only costs
+        // a no-op revoke later).
+        if let Ok(g) = self.ct.cgroups().cgroup(dir) {
+            let owned = self.state.containers.entry(g.id).or_default();
+            if !rule_texts.is_subset(&owned.rules) || owned.cgroup != dir {
+                owned.cgroup = dir.to_path_buf();
+                owned.entry = c.name.clone();
+                owned.rules.extend(rule_texts.iter().cloned());
+                self.save_state();
+            }
+        }
         let report = match self.ct.attach(&target, c.preset, &rules) {
             Ok(r) => r,
             Err(e) => {
@@ -419,6 +434,7 @@ impl Daemon {
                 tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %ch, "allowed");
             }
         }
+        crate::failpoint!("daemon.attach.after_attach");
         let id = report.policy_id;
         let owned = self.state.containers.entry(id).or_default();
         owned.cgroup = dir.to_path_buf();
@@ -510,8 +526,25 @@ impl Daemon {
             uid: None,
             gid: None,
         };
+        // Write-ahead, as for rules: recorded before it is passed in, so a
+        // daemon killed mid-way takes it back on restart if it is no longer
+        // wanted (removing a device that never got in is a no-op).
+        let recorded_before = self
+            .state
+            .containers
+            .get(&id)
+            .and_then(|s| s.devices.get(&o.dest))
+            .cloned();
+        if recorded_before.as_ref() != Some(o) {
+            if let Some(s) = self.state.containers.get_mut(&id) {
+                s.devices.insert(o.dest.clone(), o.clone());
+                self.save_state();
+            }
+        }
         let start = Instant::now();
-        match passthrough::add(&self.ct, &target, &o.host, Some(&o.dest), &opts) {
+        let result = passthrough::add(&self.ct, &target, &o.host, Some(&o.dest), &opts);
+        crate::failpoint!("daemon.add.after_device");
+        match result {
             Ok(report) => {
                 let changed = !report.rules_changed.is_empty()
                     || report.interface.is_some()
@@ -527,6 +560,13 @@ impl Daemon {
             }
             Err(e) => {
                 tracing::error!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "cannot add device: {e}");
+                // `add` undid its own steps: the record goes back to what it was.
+                if let Some(s) = self.state.containers.get_mut(&id) {
+                    match recorded_before {
+                        Some(before) => s.devices.insert(o.dest.clone(), before),
+                        None => s.devices.remove(&o.dest),
+                    };
+                }
             }
         }
     }
