@@ -209,6 +209,24 @@ fn write_config(env: &TestEnv, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// A running container "a" under `--preset none` and a policy file that
+/// passes it one loop device (index returned, not created yet) when it is
+/// plugged in.
+fn container_with_loop_hotplug(env: &TestEnv) -> (TestContainer, u32, PathBuf) {
+    let a = TestContainer::start(env, "a", false);
+    let index = HotLoop::pick();
+    let cfg = write_config(
+        env,
+        "policy.toml",
+        &format!(
+            "[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\n\
+             [[container.hotplug]]\ndevname = \"loop{index}\"\n",
+            a.cgroup.display()
+        ),
+    );
+    (a, index, cfg)
+}
+
 /// Rules of the container whose cgroup is `dir` (None: not under policy).
 fn rules_of(env: &TestEnv, dir: &Path) -> Option<Vec<String>> {
     let v = env.list_json();
@@ -344,17 +362,7 @@ fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
 #[test]
 fn sigkill_keeps_enforcement_and_a_restart_converges() {
     let env = TestEnv::new("dm-restart");
-    let a = TestContainer::start(&env, "a", false);
-    let index = HotLoop::pick();
-    let cfg = write_config(
-        &env,
-        "policy.toml",
-        &format!(
-            "[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\n\
-             [[container.hotplug]]\ndevname = \"loop{index}\"\n",
-            a.cgroup.display()
-        ),
-    );
+    let (a, index, cfg) = container_with_loop_hotplug(&env);
     let daemon = DaemonProc::start(&env, &cfg);
     let mut lo = HotLoop::add(index);
     let dest = format!("/dev/{}", lo.name());
@@ -417,17 +425,7 @@ fn killed_between_passing_a_device_in_and_saving_state_still_takes_it_back() {
     // ahead of the add, so once it is unplugged a restarted daemon revokes
     // its rule and removes its node.
     let env = TestEnv::new("dm-wal-dev");
-    let a = TestContainer::start(&env, "a", false);
-    let index = HotLoop::pick();
-    let cfg = write_config(
-        &env,
-        "policy.toml",
-        &format!(
-            "[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\n\
-             [[container.hotplug]]\ndevname = \"loop{index}\"\n",
-            a.cgroup.display()
-        ),
-    );
+    let (a, index, cfg) = container_with_loop_hotplug(&env);
     let daemon = DaemonProc::start_with_failpoint(&env, &cfg, Some("daemon.add.after_device"));
     let mut lo = HotLoop::add(index);
     let dest = format!("/dev/{}", lo.name());
