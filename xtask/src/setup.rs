@@ -11,6 +11,9 @@ use crate::{run_checked, step};
 /// LLVM that bpf-linker 0.13 links against.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
+/// apt option: wait up to 15 minutes for the dpkg lock.
+const APT_LOCK_WAIT: &str = "-oDPkg::Lock::Timeout=900";
+
 /// Debian packages the integration tests and benchmarks use.
 const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
@@ -65,10 +68,18 @@ pub fn apt_install(pkgs: &[&str]) -> Result<()> {
         );
     }
     step(&format!("apt-get install {}", missing.join(" ")));
-    run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+    // Another apt (unattended upgrades, a parallel job) may hold the dpkg
+    // lock for a while: wait for it instead of failing the whole run.
+    run_checked(Command::new("apt-get").args([APT_LOCK_WAIT, "update", "-q"]))?;
     run_checked(
         Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args([
+                APT_LOCK_WAIT,
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+            ])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
