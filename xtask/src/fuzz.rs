@@ -1,8 +1,10 @@
 //! `cargo xtask fuzz [--seconds N] [--target T]`: runs every cargo-fuzz
 //! target in `fuzz/` for N seconds each (nightly, libFuzzer), starting from
-//! and adding to the committed corpus in `fuzz/corpus/<target>`. Installs
-//! cargo-fuzz when it is missing. Fails if any target finds a crash (the
-//! input is left in `fuzz/artifacts/<target>/`).
+//! the committed seeds in `fuzz/seeds/<target>` and the local working corpus
+//! `fuzz/corpus/<target>` (not committed; new inputs are written there, so
+//! repeated runs keep growing it). Installs cargo-fuzz when it is missing.
+//! Fails if any target finds a crash (the input is left in
+//! `fuzz/artifacts/<target>/`). fuzz/README.md says how to grow the seeds.
 
 use std::process::Command;
 
@@ -67,6 +69,7 @@ pub fn run(seconds: u64, only: Option<&str>) -> Result<()> {
     let dir = root().join("fuzz");
     for t in targets {
         let corpus = dir.join("corpus").join(t);
+        let seeds = dir.join("seeds").join(t);
         std::fs::create_dir_all(&corpus)
             .with_context(|| format!("cannot create {}", corpus.display()))?;
         step(&format!("fuzzing {t} for {seconds} s"));
@@ -77,6 +80,7 @@ pub fn run(seconds: u64, only: Option<&str>) -> Result<()> {
                 .env_remove("RUSTFLAGS")
                 .env_remove("CARGO_TARGET_DIR")
                 .arg(&corpus)
+                .arg(&seeds)
                 .arg("--")
                 .arg(format!("-max_total_time={seconds}"))
                 .arg("-rss_limit_mb=2048")
