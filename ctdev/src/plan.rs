@@ -295,6 +295,20 @@ pub enum AttachPlan {
     },
 }
 
+/// The entries a fresh attach writes: preset ∪ rules, where a rule with no
+/// access (`''`) is a deny entry that replaces the preset's bits on its key.
+pub fn attach_entries(policy_id: u64, preset: &[Rule], rules: &[Rule]) -> Entries {
+    let mut wanted = merge_rules(policy_id, preset);
+    for (k, v) in merge_rules(policy_id, rules) {
+        let explicit_deny = rules
+            .iter()
+            .any(|r| r.access.is_empty() && r.keys(policy_id).any(|rk| rk == k));
+        let from_preset = wanted.get(&k).copied().unwrap_or(0);
+        wanted.insert(k, if explicit_deny { v } else { v | from_preset });
+    }
+    wanted
+}
+
 /// Plans `attach`: a fresh attach writes preset ∪ rules (a rule with no
 /// access, `''`, is a deny entry and stays one: it is not merged into the
 /// preset's bits for the same key); on an attached cgroup, the request must
@@ -305,15 +319,7 @@ pub fn plan_attach(
     preset: &[Rule],
     rules: &[Rule],
 ) -> AttachPlan {
-    let mut wanted = merge_rules(policy_id, preset);
-    // Explicit rules override the preset on the same key (a deny stays a deny).
-    for (k, v) in merge_rules(policy_id, rules) {
-        let explicit_deny = rules
-            .iter()
-            .any(|r| r.access.is_empty() && r.keys(policy_id).any(|rk| rk == k));
-        let from_preset = wanted.get(&k).copied().unwrap_or(0);
-        wanted.insert(k, if explicit_deny { v } else { v | from_preset });
-    }
+    let wanted = attach_entries(policy_id, preset, rules);
     match current {
         None => AttachPlan::Fresh { wanted },
         Some(cur) => {
