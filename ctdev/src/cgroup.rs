@@ -379,7 +379,10 @@ mod tests {
             None
         );
         let nested = "60 1 0:40 /lxc.payload.a /sys/fs/cgroup rw - cgroup2 none rw\n";
-        assert_eq!(mount_root_depth(nested, Path::new("/sys/fs/cgroup")), Some(1));
+        assert_eq!(
+            mount_root_depth(nested, Path::new("/sys/fs/cgroup")),
+            Some(1)
+        );
         // The real mount point works, a sub-cgroup of it is refused.
         let fs = CgroupFs::discover().expect("cgroup2 mounted");
         assert!(CgroupFs::at(fs.mount()).is_ok());

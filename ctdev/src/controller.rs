@@ -15,18 +15,18 @@ use serde::Serialize;
 use crate::audit::drift::{self, Drift};
 use crate::cgroup::{Cgroup, CgroupError, CgroupFs};
 use crate::devname::device_names;
+use crate::grants::plan_grant;
+use crate::grants::{self, Grant, GrantError, Ledger, Owner as GrantOwner, Store, Subject};
 use crate::kernel::attachment::{self, AttachmentError, PinnedLink};
 use crate::kernel::counters::{Counters, Stats};
 use crate::kernel::pins::{PinError, PinLock, PinRoot};
 use crate::kernel::policy_map::{Change, PolicyMap, PolicyMapError};
 use crate::kernel::program::{ProgramError, ProgramObject};
 use crate::kernel::programs::{device_programs_named, DeviceProgram, ProgramNames};
-use crate::grants::{self, Grant, GrantError, Ledger, Owner as GrantOwner, Store, Subject};
 use crate::plan::{
     attach_entries, entry_text, key_text, plan_attach, plan_revoke, AttachPlan, Entries, Plan,
     RevokeError,
 };
-use crate::grants::plan_grant;
 use crate::presets::Preset;
 use crate::rule::{Access, DevNumber, DeviceType, Rule};
 use crate::runtimes::{self, RuntimeError};
@@ -563,6 +563,33 @@ impl Ctdev {
         self.attach_locked(&lock, cgroup, &object, preset, rules)
     }
 
+    /// Attaches the target with `preset` unless it is already attached (then
+    /// its policy is left as it is): for the daemon, whose rules are grants
+    /// made after the attach ([`Ctdev::grant`]).
+    pub fn ensure_attached(&self, target: &Target, preset: Preset) -> Result<AttachReport, Error> {
+        let resolved = self.resolve(target)?;
+        let cgroup = resolved.cgroup.ok_or_else(|| Error::NeedsCgroup {
+            target: target.to_string(),
+        })?;
+        self.check_not_host(target, &cgroup)?;
+        let object = ProgramObject::new(self.config.bpf_object.as_deref())?;
+        let lock = self.lock()?;
+        if let Some(link) = attachment::open(&self.pins, cgroup.id)? {
+            if link.is_live_for(cgroup.id) {
+                return Ok(AttachReport {
+                    cgroup_dir: cgroup.dir,
+                    policy_id: cgroup.id,
+                    already_attached: true,
+                    program_id: link.info.prog_id,
+                    link_pin: link.pin,
+                    changed: Vec::new(),
+                    dry_run: self.config.dry_run,
+                });
+            }
+        }
+        self.attach_locked(&lock, cgroup, &object, preset, &[])
+    }
+
     /// [`Ctdev::attach`] of a resolved cgroup, under a lock the caller holds.
     pub fn attach_locked(
         &self,
@@ -718,7 +745,11 @@ impl Ctdev {
             }
             for k in plan.unchanged {
                 if !total.changes.iter().any(|c| c.key == k) {
-                    total.record(k, state.entries.get(&k).copied(), state.entries.get(&k).copied());
+                    total.record(
+                        k,
+                        state.entries.get(&k).copied(),
+                        state.entries.get(&k).copied(),
+                    );
                 }
             }
             grants::record(
@@ -816,7 +847,10 @@ impl Ctdev {
                 target: target.to_string(),
             },
         )?;
-        self.apply_plan(lock, &state, &plan, None)?;
+        // Revoked bits are no grant's any more (written ahead).
+        let mut ledger = self.grants.load(state.policy_id)?;
+        grants::forget_revoked(&mut ledger, &plan);
+        self.apply_plan(lock, &state, &plan, Some(&ledger))?;
         crate::failpoint!("revoke.after_write");
         crate::failpoint!("revoke.after_counters");
         Ok(self.change_report(&state, &plan))
@@ -1249,5 +1283,3 @@ impl Ctdev {
 fn describe(entries: &BTreeMap<PolicyKey, u32>) -> Vec<String> {
     entries.iter().map(|(k, v)| entry_text(k, *v)).collect()
 }
-
-

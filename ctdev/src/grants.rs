@@ -18,7 +18,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ctdev_common::PolicyKey;
+use ctdev_common::{PolicyKey, WILDCARD};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{decide, fallbacks, inherited, merge_rules, Entries, Plan};
@@ -258,7 +258,9 @@ impl Store {
     pub fn new(pin_root: &Path, state_dir: Option<&Path>) -> Self {
         let dir = match state_dir {
             Some(d) => d.to_path_buf(),
-            None => Path::new(DEFAULT_STATE_BASE).join(pin_root.strip_prefix("/").unwrap_or(pin_root)),
+            None => {
+                Path::new(DEFAULT_STATE_BASE).join(pin_root.strip_prefix("/").unwrap_or(pin_root))
+            }
         };
         Store { dir }
     }
@@ -335,6 +337,46 @@ pub fn plan_grant(entries: &Entries, policy_id: u64, rules: &[Rule]) -> (Plan, V
             None => inherited(&now, &key),
         };
         let after = had | bits;
+        if before.is_none() && key.major != WILDCARD && key.minor == WILDCARD {
+            // A new (M, *) would take the devices (M, m) from the (*, m)
+            // entries deciding them: each whose verdict would change gets an
+            // exact entry (what it had plus the bits), so every device ends
+            // with exactly what it had plus what was asked.
+            let helpers: Vec<(PolicyKey, u32)> = now
+                .range(PolicyKey::new(policy_id, key.dev_type, WILDCARD, 0)..)
+                .take_while(|(k, _)| {
+                    k.policy_id == policy_id && k.dev_type == key.dev_type && k.major == WILDCARD
+                })
+                .filter(|(k, b)| {
+                    k.minor != WILDCARD
+                        && (**b | bits) != after
+                        && !now.contains_key(&PolicyKey::new(
+                            policy_id,
+                            key.dev_type,
+                            key.major,
+                            k.minor,
+                        ))
+                })
+                .map(|(k, b)| {
+                    (
+                        PolicyKey::new(policy_id, key.dev_type, key.major, k.minor),
+                        *b,
+                    )
+                })
+                .collect();
+            for (hk, b) in helpers {
+                plan.record(hk, None, Some(b | bits));
+                now.insert(hk, b | bits);
+                out.push(EntryGrant {
+                    dev_type: hk.dev_type,
+                    major: hk.major,
+                    minor: hk.minor,
+                    created: true,
+                    requested: bits,
+                    added: bits & !b,
+                });
+            }
+        }
         plan.record(key, before, Some(after));
         now.insert(key, after);
         out.push(EntryGrant {
@@ -380,6 +422,24 @@ pub fn record(ledger: &mut Ledger, grant: Grant) {
     }
 }
 
+/// An operator's revoke overrides grants: the bits it took away are no
+/// longer any grant's (a later grant that adds them again owns them).
+pub fn forget_revoked(ledger: &mut Ledger, plan: &Plan) {
+    let id = ledger.policy_id;
+    for c in &plan.changes {
+        let left = c.after.unwrap_or(0);
+        for g in ledger.grants.iter_mut() {
+            for e in g.entries.iter_mut().filter(|e| e.key(id) == c.key) {
+                e.requested &= left;
+                e.added &= left;
+                if c.after.is_none() {
+                    e.created = false;
+                }
+            }
+        }
+    }
+}
+
 /// Plans taking grant `index` back: for each of its entries, the bits it
 /// added that no other grant asked for are removed; an entry it created is
 /// deleted when no other grant needs it and deleting gives no device more
@@ -392,9 +452,16 @@ pub fn plan_take_back(entries: &Entries, ledger: &Ledger, index: usize) -> (Plan
     let grant = after.grants.remove(index);
     let mut plan = Plan::default();
     let mut now = entries.clone();
-    for eg in &grant.entries {
+    // Most general entries first: a wildcard goes before the exact entries
+    // that kept its devices' bits, so those can go too.
+    let mut order: Vec<&EntryGrant> = grant.entries.iter().collect();
+    order.sort_by_key(|e| {
+        std::cmp::Reverse((e.major == WILDCARD) as u8 * 2 + (e.minor == WILDCARD) as u8)
+    });
+    for eg in order {
         let key = eg.key(id);
-        let same = |x: &EntryGrant| (x.dev_type, x.major, x.minor) == (eg.dev_type, eg.major, eg.minor);
+        let same =
+            |x: &EntryGrant| (x.dev_type, x.major, x.minor) == (eg.dev_type, eg.major, eg.minor);
         let claimed: u32 = after
             .grants
             .iter()
@@ -471,13 +538,7 @@ mod tests {
         g
     }
 
-    fn grant(
-        entries: &mut Entries,
-        ledger: &mut Ledger,
-        owner: Owner,
-        subject: &str,
-        rule: &str,
-    ) {
+    fn grant(entries: &mut Entries, ledger: &mut Ledger, owner: Owner, subject: &str, rule: &str) {
         let (plan, eg) = plan_grant(entries, ID, &parse_rules(&[rule]).unwrap());
         *entries = plan.result(entries);
         record(
@@ -555,7 +616,13 @@ mod tests {
         // Operator first, daemon second: the operator's rule stays.
         let mut e = attach(&[]);
         let mut l = Ledger::new(ID);
-        grant(&mut e, &mut l, Owner::Operator, "c 10:200 rw", "c 10:200 rw");
+        grant(
+            &mut e,
+            &mut l,
+            Owner::Operator,
+            "c 10:200 rw",
+            "c 10:200 rw",
+        );
         grant(&mut e, &mut l, Owner::Daemon, "c 10:200 rw", "c 10:200 rw");
         take_back(&mut e, &mut l, Owner::Daemon, "c 10:200 rw");
         assert_eq!(e.get(&PolicyKey::new(ID, DEV_CHAR, 10, 200)), Some(&6));
@@ -563,7 +630,13 @@ mod tests {
         let mut e = attach(&[]);
         let mut l = Ledger::new(ID);
         grant(&mut e, &mut l, Owner::Daemon, "c 10:200 rw", "c 10:200 rw");
-        grant(&mut e, &mut l, Owner::Operator, "c 10:200 rw", "c 10:200 rw");
+        grant(
+            &mut e,
+            &mut l,
+            Owner::Operator,
+            "c 10:200 rw",
+            "c 10:200 rw",
+        );
         take_back(&mut e, &mut l, Owner::Daemon, "c 10:200 rw");
         assert_eq!(e.get(&PolicyKey::new(ID, DEV_CHAR, 10, 200)), Some(&6));
         // A policy rule overlapping the preset leaves the preset's bits.

@@ -36,6 +36,8 @@ pub mod import;
 pub mod kernel;
 pub mod passthrough;
 pub mod plan;
+#[cfg(test)]
+mod plan_props;
 pub mod presets;
 pub mod probe;
 pub mod rule;

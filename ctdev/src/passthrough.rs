@@ -780,7 +780,8 @@ pub fn del_as(
         for n in &grant.nodes {
             let spec = n.node.spec();
             let result = match n.change {
-                NodeChange::Created => match nodes::remove_node(root, &n.dest, &spec, &mut journal) {
+                NodeChange::Created => match nodes::remove_node(root, &n.dest, &spec, &mut journal)
+                {
                     Err(NodeError::Mismatch { found, .. }) => {
                         report.warnings.push(format!(
                             "{} is now {found}, not the {} this add made: left as it is",

@@ -152,11 +152,16 @@ pub fn fallbacks(entries: &Entries, key: &PolicyKey) -> Vec<u32> {
     let get = |ma: u32, mi: u32| entries.get(&PolicyKey::new(id, t, ma, mi)).copied();
     let any = get(WILDCARD, WILDCARD).unwrap_or(0);
     match kind_of(key) {
-        MatchKind::Exact => {
-            let mut e = entries.clone();
-            e.remove(key);
-            vec![decide(&e, id, t, key.major, key.minor)]
-        }
+        MatchKind::Exact => vec![evaluate(id, t, key.major, key.minor, 0, |k| {
+            if k == key {
+                None
+            } else {
+                entries.get(k).copied()
+            }
+        })
+        .matched
+        .map(|(_, b)| b)
+        .unwrap_or(0)],
         MatchKind::AnyMinor => {
             // Device (M, m) without an exact entry falls to (*, m), else (*, *).
             let mut out = vec![any];
@@ -188,26 +193,32 @@ pub fn merge_rules<'a>(policy_id: u64, rules: impl IntoIterator<Item = &'a Rule>
     out
 }
 
-/// The bits a new entry at `key` starts from so that no device it will
-/// decide loses access it had: what every device under it had in common.
+/// The bits a new entry at `key` starts from so that the devices it will
+/// decide keep what they had: the exact device's verdict for an exact key,
+/// the `(*, *)` entry's bits for a wildcard (for `(M, *)`, the devices that
+/// `(*, m)` entries decided get exact entries of their own: see
+/// [`crate::grants::plan_grant`]).
 pub fn inherited(entries: &Entries, key: &PolicyKey) -> u32 {
-    fallbacks(entries, key)
-        .into_iter()
-        .fold(ctdev_common::ACCESS_ALL, |a, b| a & b)
+    match kind_of(key) {
+        MatchKind::Exact => decide(entries, key.policy_id, key.dev_type, key.major, key.minor),
+        MatchKind::AnyMinor | MatchKind::AnyMajor => entries
+            .get(&PolicyKey::new(
+                key.policy_id,
+                key.dev_type,
+                WILDCARD,
+                WILDCARD,
+            ))
+            .copied()
+            .unwrap_or(0),
+        MatchKind::Any => 0,
+    }
 }
 
 /// Plans `allow`: existing entries get the rule's bits OR-ed in; a new
-/// entry starts from what its devices had ([`inherited`]) plus the bits.
+/// entry starts from what its devices had, so no device loses access
+/// (see [`crate::grants::plan_grant`], which also says what was added).
 pub fn plan_allow(entries: &Entries, policy_id: u64, rules: &[Rule]) -> Plan {
-    let mut plan = Plan::default();
-    let mut now = entries.clone();
-    for (key, bits) in merge_rules(policy_id, rules) {
-        let before = now.get(&key).copied();
-        let after = before.unwrap_or_else(|| inherited(&now, &key)) | bits;
-        plan.record(key, before, Some(after));
-        now.insert(key, after);
-    }
-    plan
+    crate::grants::plan_grant(entries, policy_id, rules).0
 }
 
 /// Why a revoke cannot be planned.
@@ -450,7 +461,10 @@ mod tests {
         let e = attach(&["b 7:* rw", "b *:3 rwm"]);
         let plan = plan_revoke(&e, ID, &rules(&["b 7:* rw"]), false).unwrap();
         let after = plan.result(&e);
-        assert_eq!(after.get(&PolicyKey::new(ID, DEV_BLOCK, 7, WILDCARD)), Some(&0));
+        assert_eq!(
+            after.get(&PolicyKey::new(ID, DEV_BLOCK, 7, WILDCARD)),
+            Some(&0)
+        );
         let plan = plan_revoke(&e, ID, &rules(&["b 7:* w"]), false).unwrap();
         assert_eq!(plan.changed_text(), vec!["revoked w from b 7:*; left: r"]);
     }

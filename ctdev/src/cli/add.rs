@@ -61,7 +61,11 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
     };
     let ct = open(config)?;
     let report = passthrough::add(&ct, &args.target, &args.device, args.dest.as_deref(), &opts)?;
-    print_report(cli, if report.dry_run { "would add" } else { "added" }, &report)?;
+    print_report(
+        cli,
+        if report.dry_run { "would add" } else { "added" },
+        &report,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

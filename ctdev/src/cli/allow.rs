@@ -25,7 +25,11 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
     config.dry_run = args.dry_run;
     let rules = rules_from_words(&args.rules)?;
     let report = open(config)?.allow(&args.target, &rules)?;
-    let verb = if report.dry_run { "would allow" } else { "allowed" };
+    let verb = if report.dry_run {
+        "would allow"
+    } else {
+        "allowed"
+    };
     print_change(cli, verb, &args.target, &report)?;
     Ok(ExitCode::SUCCESS)
 }

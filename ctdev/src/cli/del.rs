@@ -28,6 +28,14 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
     config.dry_run = args.dry_run;
     let ct = open(config)?;
     let report = passthrough::del(&ct, &args.target, &args.device, args.dest.as_deref())?;
-    print_report(cli, if report.dry_run { "would delete" } else { "deleted" }, &report)?;
+    print_report(
+        cli,
+        if report.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        },
+        &report,
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -28,7 +28,9 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
         println!(
             "{}: {} (policy {}, {} rule(s) removed)",
             if dry_run { "would detach" } else { "detached" },
-            args.target, report.policy_id, report.entries_removed
+            args.target,
+            report.policy_id,
+            report.entries_removed
         );
     }
     Ok(ExitCode::SUCCESS)
