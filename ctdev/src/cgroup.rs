@@ -31,6 +31,14 @@ pub enum CgroupError {
         /// The offending path.
         path: PathBuf,
     },
+    /// `--cgroup-root` is a directory inside the hierarchy, not a mount's root.
+    #[error("{path} is not the root of a cgroup2 mount (it is a cgroup inside the hierarchy): pass the cgroup2 mount point, e.g. {hint}; a sub-cgroup as root would make ctdev compute wrong cgroup depths")]
+    NotMountRoot {
+        /// The path given.
+        path: PathBuf,
+        /// A cgroup2 mount point found in mountinfo.
+        hint: String,
+    },
     /// The named cgroup does not exist.
     #[error("cgroup {path} does not exist (cgroup2 is mounted at {mount})")]
     NotFound {
@@ -116,16 +124,27 @@ impl CgroupFs {
         })
     }
 
-    /// Uses `mount` as the cgroup2 mount point (it must be on cgroup2).
+    /// Uses `mount` as the cgroup2 mount point: it must be on cgroup2 and
+    /// be a mount point of it (mountinfo gives the depth of its root), never
+    /// a directory inside the hierarchy.
     pub fn at(mount: &Path) -> Result<Self, CgroupError> {
         if !is_cgroup2(mount) {
             return Err(CgroupError::NotCgroup2 {
                 path: mount.to_path_buf(),
             });
         }
+        let text = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+        let real = fs::canonicalize(mount).unwrap_or_else(|_| mount.to_path_buf());
+        let root_depth =
+            mount_root_depth(&text, &real).ok_or_else(|| CgroupError::NotMountRoot {
+                path: mount.to_path_buf(),
+                hint: cgroup2_mount_from_mountinfo(&text)
+                    .map(|m| m.display().to_string())
+                    .unwrap_or_else(|| "/sys/fs/cgroup".into()),
+            })?;
         Ok(Self {
             mount: mount.to_path_buf(),
-            root_depth: 0,
+            root_depth,
         })
     }
 
@@ -260,6 +279,17 @@ fn depth(path: &Path) -> u32 {
         .count() as u32
 }
 
+/// The depth of the hierarchy root of the cgroup2 mount at `mount` (the
+/// last such mount in mountinfo: a later mount hides an earlier one), or
+/// `None` when `mount` is not a cgroup2 mount point.
+fn mount_root_depth(text: &str, mount: &Path) -> Option<u32> {
+    text.lines()
+        .filter_map(|line| cgroup2_mount_entry(line))
+        .filter(|(m, _)| m == mount)
+        .last()
+        .map(|(_, root)| depth(&root))
+}
+
 /// The first cgroup2 mount in a mountinfo text: (mount point, root of the
 /// mount inside the hierarchy).
 fn cgroup2_mount_entry(text: &str) -> Option<(PathBuf, PathBuf)> {
@@ -336,6 +366,26 @@ mod tests {
         assert_eq!((mount, depth(&root)), (PathBuf::from("/sys/fs/cgroup"), 1));
         let fs = CgroupFs::discover().expect("cgroup2 mounted");
         assert_eq!(fs.level(&fs.cgroup(Path::new("/")).unwrap()), 0);
+    }
+
+    #[test]
+    fn cgroup_root_must_be_a_mount_point() {
+        assert_eq!(
+            mount_root_depth(HYBRID, Path::new("/sys/fs/cgroup/unified")),
+            Some(0)
+        );
+        assert_eq!(
+            mount_root_depth(HYBRID, Path::new("/sys/fs/cgroup/unified/a")),
+            None
+        );
+        let nested = "60 1 0:40 /lxc.payload.a /sys/fs/cgroup rw - cgroup2 none rw\n";
+        assert_eq!(
+            mount_root_depth(nested, Path::new("/sys/fs/cgroup")),
+            Some(1)
+        );
+        // The real mount point works, a sub-cgroup of it is refused.
+        let fs = CgroupFs::discover().expect("cgroup2 mounted");
+        assert!(CgroupFs::at(fs.mount()).is_ok());
     }
 
     #[test]

@@ -15,12 +15,18 @@ use serde::Serialize;
 use crate::audit::drift::{self, Drift};
 use crate::cgroup::{Cgroup, CgroupError, CgroupFs};
 use crate::devname::device_names;
+use crate::grants::plan_grant;
+use crate::grants::{self, Grant, GrantError, Ledger, Owner as GrantOwner, Store, Subject};
 use crate::kernel::attachment::{self, AttachmentError, PinnedLink};
 use crate::kernel::counters::{Counters, Stats};
 use crate::kernel::pins::{PinError, PinLock, PinRoot};
 use crate::kernel::policy_map::{Change, PolicyMap, PolicyMapError};
 use crate::kernel::program::{ProgramError, ProgramObject};
 use crate::kernel::programs::{device_programs_named, DeviceProgram, ProgramNames};
+use crate::plan::{
+    attach_entries, entry_text, key_text, plan_attach, plan_revoke, AttachPlan, Entries, Plan,
+    RevokeError,
+};
 use crate::presets::Preset;
 use crate::rule::{Access, DevNumber, DeviceType, Rule};
 use crate::runtimes::{self, RuntimeError};
@@ -39,6 +45,13 @@ pub struct Config {
     pub lock_timeout: Duration,
     /// Where device numbers are resolved to names (`/sys/dev`).
     pub sys_dev: PathBuf,
+    /// Where grant records live (default: derived from the pin root under
+    /// `/run/ctdev/pinroots`).
+    pub state_dir: Option<PathBuf>,
+    /// Plan only: print what would change, change nothing.
+    pub dry_run: bool,
+    /// Allow attaching the root cgroup or a cgroup holding PID 1.
+    pub force_host: bool,
 }
 
 impl Default for Config {
@@ -49,6 +62,9 @@ impl Default for Config {
             bpf_object: None,
             lock_timeout: Duration::from_secs(10),
             sys_dev: PathBuf::from("/sys/dev"),
+            state_dir: None,
+            dry_run: false,
+            force_host: false,
         }
     }
 }
@@ -98,6 +114,35 @@ pub enum Error {
         links: usize,
         /// The links directory.
         links_dir: PathBuf,
+    },
+    /// The grant records could not be used.
+    #[error(transparent)]
+    Grants(#[from] GrantError),
+    /// `attach` on an attached cgroup asked for a different policy.
+    #[error("{target} is already attached with a different policy ({}); `attach` never changes an attached policy: use `ctdev allow {target} RULE` / `ctdev revoke {target} RULE` (or `ctdev detach` first)", diffs.join(", "))]
+    AttachDiffers {
+        /// The target as given.
+        target: String,
+        /// `c 1:5: wants '', has rwm` per differing entry.
+        diffs: Vec<String>,
+    },
+    /// The target is the host itself.
+    #[error("refusing to attach {target}: {why}; this would judge the host's own device access (pass --force-host if you really mean it)")]
+    HostCgroup {
+        /// The target as given.
+        target: String,
+        /// Why it is the host.
+        why: String,
+    },
+    /// Nothing was granted for this subject.
+    #[error("{subject} was not added to {target} by {owner}: no record of it, nothing to take back (see `ctdev list {target}`)")]
+    NotGranted {
+        /// The target as given.
+        target: String,
+        /// Whose grant was looked for.
+        owner: &'static str,
+        /// What was looked for.
+        subject: String,
     },
     /// `id:N` was given where a live cgroup is needed.
     #[error("target {target} names a policy id; this command needs a cgroup path or pid:N")]
@@ -219,6 +264,8 @@ pub struct AttachReport {
     pub link_pin: PathBuf,
     /// Entries written (new or widened).
     pub changed: Vec<String>,
+    /// Nothing was changed (`--dry-run`): `changed` is the plan.
+    pub dry_run: bool,
 }
 
 /// What `allow` or `revoke` changed.
@@ -232,6 +279,48 @@ pub struct ChangeReport {
     pub changed: Vec<String>,
     /// Entries that already were as asked.
     pub unchanged: Vec<String>,
+    /// Explanations (an entry kept as a deny, ...).
+    pub notes: Vec<String>,
+    /// Nothing was changed (`--dry-run`): `changed` is the plan.
+    pub dry_run: bool,
+}
+
+/// State of a container's link, as a typed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// The program is attached to the live cgroup.
+    Enforcing,
+    /// The program is off but the pin is left (an interrupted detach).
+    Detached,
+    /// The cgroup is gone.
+    Defunct,
+}
+
+impl LinkState {
+    /// The name `list` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Enforcing => "enforcing",
+            LinkState::Detached => "detached",
+            LinkState::Defunct => "defunct",
+        }
+    }
+}
+
+/// One container's policy state, read for that container only.
+#[derive(Debug, Clone)]
+pub struct ContainerState {
+    /// The live cgroup, if any.
+    pub cgroup: Option<Cgroup>,
+    /// Policy id.
+    pub policy_id: u64,
+    /// Link state.
+    pub link: LinkState,
+    /// Program id (0 once detached).
+    pub program_id: u32,
+    /// The container's entries.
+    pub entries: Entries,
 }
 
 /// What `detach` removed.
@@ -251,6 +340,7 @@ pub struct Ctdev {
     config: Config,
     pins: PinRoot,
     cgroups: CgroupFs,
+    grants: Store,
 }
 
 /// A resolved target: the policy id, and the cgroup when it exists.
@@ -268,6 +358,7 @@ impl Ctdev {
         let cgroups = CgroupFs::new(config.cgroup_mount.as_deref())?;
         Ok(Self {
             pins: PinRoot::new(&config.pin_root),
+            grants: Store::new(&config.pin_root, config.state_dir.as_deref()),
             cgroups,
             config,
         })
@@ -286,6 +377,62 @@ impl Ctdev {
     /// The pin root in use.
     pub fn pins(&self) -> &PinRoot {
         &self.pins
+    }
+
+    /// The grant records in use.
+    pub fn grants(&self) -> &Store {
+        &self.grants
+    }
+
+    /// One container's state (link and entries), without reading any other
+    /// container's. Fails with [`Error::NotUnderPolicy`] when it has no link.
+    pub fn container(&self, target: &Target) -> Result<ContainerState, Error> {
+        let (resolved, link) = self.require_attached(target)?;
+        let link_state = match (&resolved.cgroup, link.is_live_for(resolved.policy_id)) {
+            (Some(_), true) => LinkState::Enforcing,
+            (Some(_), false) => LinkState::Detached,
+            (None, _) => LinkState::Defunct,
+        };
+        self.check_map_pin()?;
+        let map_pin = self.pins.policy_map();
+        let entries = if map_pin.exists() {
+            PolicyMap::open(&map_pin)?.entries_of(resolved.policy_id)?
+        } else {
+            Entries::new()
+        };
+        Ok(ContainerState {
+            cgroup: resolved.cgroup,
+            policy_id: resolved.policy_id,
+            link: link_state,
+            program_id: link.info.prog_id,
+            entries,
+        })
+    }
+
+    /// Refuses the root cgroup and any cgroup holding PID 1 (or an ancestor
+    /// of PID 1's cgroup) unless `force_host`.
+    fn check_not_host(&self, target: &Target, cgroup: &Cgroup) -> Result<(), Error> {
+        if self.config.force_host {
+            return Ok(());
+        }
+        let why = if self.cgroups.level(cgroup) == 0 || cgroup.path == std::path::Path::new("/") {
+            Some("it is the root cgroup".to_string())
+        } else {
+            match self.cgroups.cgroup_of_pid(1) {
+                Ok(init) if init.path.starts_with(&cgroup.path) => Some(format!(
+                    "PID 1 (the host's init) is in {} under it",
+                    init.path.display()
+                )),
+                _ => None,
+            }
+        };
+        match why {
+            Some(why) => Err(Error::HostCgroup {
+                target: target.to_string(),
+                why,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Resolves a target to its policy id (and cgroup, when it exists).
@@ -409,10 +556,38 @@ impl Ctdev {
         let cgroup = resolved.cgroup.ok_or_else(|| Error::NeedsCgroup {
             target: target.to_string(),
         })?;
+        self.check_not_host(target, &cgroup)?;
         // Load the object before touching anything: a missing object changes nothing.
         let object = ProgramObject::new(self.config.bpf_object.as_deref())?;
         let lock = self.lock()?;
         self.attach_locked(&lock, cgroup, &object, preset, rules)
+    }
+
+    /// Attaches the target with `preset` unless it is already attached (then
+    /// its policy is left as it is): for the daemon, whose rules are grants
+    /// made after the attach ([`Ctdev::grant`]).
+    pub fn ensure_attached(&self, target: &Target, preset: Preset) -> Result<AttachReport, Error> {
+        let resolved = self.resolve(target)?;
+        let cgroup = resolved.cgroup.ok_or_else(|| Error::NeedsCgroup {
+            target: target.to_string(),
+        })?;
+        self.check_not_host(target, &cgroup)?;
+        let object = ProgramObject::new(self.config.bpf_object.as_deref())?;
+        let lock = self.lock()?;
+        if let Some(link) = attachment::open(&self.pins, cgroup.id)? {
+            if link.is_live_for(cgroup.id) {
+                return Ok(AttachReport {
+                    cgroup_dir: cgroup.dir,
+                    policy_id: cgroup.id,
+                    already_attached: true,
+                    program_id: link.info.prog_id,
+                    link_pin: link.pin,
+                    changed: Vec::new(),
+                    dry_run: self.config.dry_run,
+                });
+            }
+        }
+        self.attach_locked(&lock, cgroup, &object, preset, &[])
     }
 
     /// [`Ctdev::attach`] of a resolved cgroup, under a lock the caller holds.
@@ -432,10 +607,28 @@ impl Ctdev {
 
         if let Some(link) = existing {
             if link.is_live_for(id) {
-                let mut map = PolicyMap::open(&self.pins.policy_map())?;
-                let plan = plan_allow(&map, id, rules)?;
-                map.apply(&plan.changes)?;
-                crate::failpoint!("attach.existing.after_rules");
+                let map = PolicyMap::open(&self.pins.policy_map())?;
+                let current = map.entries_of(id)?;
+                match plan_attach(Some(&current), id, &preset.rules(), rules) {
+                    AttachPlan::Differs { diffs } => {
+                        return Err(Error::AttachDiffers {
+                            target: cgroup.dir.display().to_string(),
+                            diffs: diffs
+                                .iter()
+                                .map(|(k, want, has)| {
+                                    format!(
+                                        "{}: wants {}, has {}",
+                                        key_text(k),
+                                        Access::from_bits(*want),
+                                        has.map(|h| Access::from_bits(h).to_string())
+                                            .unwrap_or_else(|| "no entry".into())
+                                    )
+                                })
+                                .collect(),
+                        })
+                    }
+                    AttachPlan::Satisfied | AttachPlan::Fresh { .. } => {}
+                }
                 tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, "already attached");
                 return Ok(AttachReport {
                     cgroup_dir: cgroup.dir,
@@ -443,14 +636,21 @@ impl Ctdev {
                     already_attached: true,
                     program_id: link.info.prog_id,
                     link_pin: link.pin,
-                    changed: plan.changed,
+                    changed: Vec::new(),
+                    dry_run: self.config.dry_run,
                 });
+            }
+            if self.config.dry_run {
+                return Ok(self.fresh_attach_report(cgroup, preset, rules));
             }
             // The cgroup this pin was for is gone and a new one got its id.
             tracing::warn!(pin = %link.pin.display(), "removing defunct link pin");
             attachment::detach(link)?;
         }
 
+        if self.config.dry_run {
+            return Ok(self.fresh_attach_report(cgroup, preset, rules));
+        }
         // The program instance for this cgroup depth (loaded and pinned on
         // first use, which also creates and pins the maps).
         let program = object.program_for_level(self.cgroups.level(&cgroup), &self.pins)?;
@@ -463,8 +663,10 @@ impl Ctdev {
         let before = map.entries_of(id)?;
         // Stale entries of this id (a crash before attaching) go first.
         let mut changes: Vec<Change> = before.keys().map(|k| (*k, None)).collect();
-        let wanted = merge_rules(id, preset.rules().iter().chain(rules));
+        let wanted = attach_entries(id, &preset.rules(), rules);
         let changed = describe(&wanted);
+        // Grants of an earlier container with this id are void.
+        self.grants.remove(id)?;
         changes.extend(wanted.into_iter().map(|(k, v)| (k, Some(v))));
         map.apply(&changes)?;
         crate::failpoint!("attach.after_rules");
@@ -480,6 +682,7 @@ impl Ctdev {
                     program_id: link.info.prog_id,
                     link_pin: link.pin,
                     changed,
+                    dry_run: false,
                 })
             }
             Err(e) => {
@@ -521,31 +724,104 @@ impl Ctdev {
         self.allow_locked(&lock, target, rules)
     }
 
-    /// [`Ctdev::allow`] under a lock the caller holds.
+    /// [`Ctdev::allow`] under a lock the caller holds. Each rule is
+    /// recorded as an operator grant (so the daemon's take-back of the same
+    /// rule leaves it).
     pub fn allow_locked(
         &self,
-        _lock: &PinLock,
+        lock: &PinLock,
         target: &Target,
         rules: &[Rule],
     ) -> Result<ChangeReport, Error> {
-        let (resolved, _link) = self.require_attached(target)?;
-        self.check_map_pin()?;
-        let mut map = PolicyMap::open(&self.pins.policy_map())?;
-        let plan = plan_allow(&map, resolved.policy_id, rules)?;
-        map.apply(&plan.changes)?;
+        let state = self.container(target)?;
+        let mut ledger = self.grants.load(state.policy_id)?;
+        let mut entries = state.entries.clone();
+        let mut total = Plan::default();
+        for rule in rules {
+            let (plan, granted) = plan_grant(&entries, state.policy_id, std::slice::from_ref(rule));
+            entries = plan.result(&entries);
+            for c in plan.changes {
+                total.record(c.key, state.entries.get(&c.key).copied(), c.after);
+            }
+            for k in plan.unchanged {
+                if !total.changes.iter().any(|c| c.key == k) {
+                    total.record(
+                        k,
+                        state.entries.get(&k).copied(),
+                        state.entries.get(&k).copied(),
+                    );
+                }
+            }
+            grants::record(
+                &mut ledger,
+                Grant {
+                    owner: GrantOwner::Operator,
+                    subject: Subject::Rule {
+                        rule: rule.to_string(),
+                    },
+                    entries: granted,
+                    nodes: Vec::new(),
+                    pending: false,
+                },
+            );
+        }
+        self.apply_plan(lock, &state, &total, Some(&ledger))?;
         crate::failpoint!("allow.after_write");
-        Ok(ChangeReport {
-            cgroup_dir: resolved.cgroup.map(|c| c.dir),
-            policy_id: resolved.policy_id,
-            changed: plan.changed,
-            unchanged: plan.unchanged,
-        })
+        Ok(self.change_report(&state, &total))
+    }
+
+    /// Writes `plan` to the container's entries (nothing under `--dry-run`),
+    /// the ledger first when one is given (write-ahead).
+    pub fn apply_plan(
+        &self,
+        _lock: &PinLock,
+        state: &ContainerState,
+        plan: &Plan,
+        ledger: Option<&Ledger>,
+    ) -> Result<(), Error> {
+        if self.config.dry_run {
+            return Ok(());
+        }
+        if let Some(l) = ledger {
+            self.grants.save(l)?;
+        }
+        if plan.changes.is_empty() {
+            return Ok(());
+        }
+        let mut map = PolicyMap::open(&self.pins.policy_map())?;
+        map.apply(&plan.writes())?;
+        let removed: Vec<PolicyKey> = plan
+            .changes
+            .iter()
+            .filter(|c| c.after.is_none())
+            .map(|c| c.key)
+            .collect();
+        if !removed.is_empty() {
+            if let Some(mut counters) = Counters::open(&self.pins)? {
+                counters.forget_hits(&removed)?;
+            }
+        }
+        let _ = state;
+        Ok(())
+    }
+
+    /// A report of `plan` for `state`'s container.
+    pub fn change_report(&self, state: &ContainerState, plan: &Plan) -> ChangeReport {
+        ChangeReport {
+            cgroup_dir: state.cgroup.as_ref().map(|c| c.dir.clone()),
+            policy_id: state.policy_id,
+            changed: plan.changed_text(),
+            unchanged: plan.unchanged_text(&state.entries),
+            notes: plan.notes.clone(),
+            dry_run: self.config.dry_run,
+        }
     }
 
     /// Removes access from the target's policy: the rule's bits are cleared
-    /// from its entry, and the entry is deleted when no bit is left (so a
-    /// wildcard applies again). A rule with no entry is an error unless
-    /// `missing_ok` (then it is reported unchanged: already revoked).
+    /// from its entry. An entry with no bit left is deleted only when no
+    /// broader entry would then allow more (otherwise it stays as a deny);
+    /// bits an entry never had change nothing. A rule with no entry is an
+    /// error unless `missing_ok` (then it is reported unchanged).
     pub fn revoke(
         &self,
         target: &Target,
@@ -559,63 +835,120 @@ impl Ctdev {
     /// [`Ctdev::revoke`] under a lock the caller holds.
     pub fn revoke_locked(
         &self,
-        _lock: &PinLock,
+        lock: &PinLock,
         target: &Target,
         rules: &[Rule],
         missing_ok: bool,
     ) -> Result<ChangeReport, Error> {
-        let (resolved, _link) = self.require_attached(target)?;
-        self.check_map_pin()?;
-        let id = resolved.policy_id;
-        let mut map = PolicyMap::open(&self.pins.policy_map())?;
-        let mut planned: BTreeMap<PolicyKey, Option<u32>> = BTreeMap::new();
-        for rule in rules {
-            let mut present = false;
-            for key in rule.keys(id) {
-                let current = match planned.get(&key) {
-                    Some(v) => *v,
-                    None => map.get(&key)?,
-                };
-                let Some(bits) = current else { continue };
-                present = true;
-                let left = bits & !rule.access.bits();
-                // An empty access ('') removes the entry whatever its bits.
-                let next = if left == 0 || rule.access.is_empty() {
-                    None
-                } else {
-                    Some(left)
-                };
-                planned.insert(key, next);
-            }
-            if !present && !missing_ok {
-                return Err(Error::RuleNotPresent {
-                    rule: rule.to_string(),
-                    target: target.to_string(),
-                });
-            }
-        }
-        let mut plan = Plan::default();
-        for (key, next) in planned {
-            plan.record(key, map.get(&key)?, next);
-        }
-        map.apply(&plan.changes)?;
+        let state = self.container(target)?;
+        let plan = plan_revoke(&state.entries, state.policy_id, rules, missing_ok).map_err(
+            |RevokeError::NotPresent(rule)| Error::RuleNotPresent {
+                rule,
+                target: target.to_string(),
+            },
+        )?;
+        // Revoked bits are no grant's any more (written ahead).
+        let mut ledger = self.grants.load(state.policy_id)?;
+        grants::forget_revoked(&mut ledger, &plan);
+        self.apply_plan(lock, &state, &plan, Some(&ledger))?;
         crate::failpoint!("revoke.after_write");
-        let removed: Vec<PolicyKey> = plan
-            .changes
-            .iter()
-            .filter(|(_, v)| v.is_none())
-            .map(|(k, _)| *k)
-            .collect();
-        if let Some(mut counters) = Counters::open(&self.pins)? {
-            counters.forget_hits(&removed)?;
-        }
         crate::failpoint!("revoke.after_counters");
-        Ok(ChangeReport {
-            cgroup_dir: resolved.cgroup.map(|c| c.dir),
-            policy_id: id,
-            changed: plan.changed,
-            unchanged: plan.unchanged,
-        })
+        Ok(self.change_report(&state, &plan))
+    }
+
+    /// Takes back the grant of `owner` for `subject` on the target's
+    /// entries (rules only; nodes are the caller's). Returns the report and
+    /// the grant taken back; [`Error::NotGranted`] if there is none.
+    pub fn take_back_locked(
+        &self,
+        lock: &PinLock,
+        target: &Target,
+        owner: GrantOwner,
+        subject: &Subject,
+    ) -> Result<(ChangeReport, Grant), Error> {
+        let state = self.container(target)?;
+        let ledger = self.grants.load(state.policy_id)?;
+        let index = ledger
+            .find(owner, subject)
+            .ok_or_else(|| Error::NotGranted {
+                target: target.to_string(),
+                owner: owner.as_str(),
+                subject: subject.to_string(),
+            })?;
+        let grant = ledger.grants[index].clone();
+        let (plan, after) = grants::plan_take_back(&state.entries, &ledger, index);
+        // Rules closed first, then the record goes (a crash in between
+        // leaves a record whose take-back is a no-op).
+        self.apply_plan(lock, &state, &plan, None)?;
+        if !self.config.dry_run {
+            self.grants.save(&after)?;
+        }
+        Ok((self.change_report(&state, &plan), grant))
+    }
+
+    /// Records and applies a grant of `rules` by `owner` for `subject`
+    /// (write-ahead: the record is saved before the entries change).
+    pub fn grant_locked(
+        &self,
+        lock: &PinLock,
+        target: &Target,
+        owner: GrantOwner,
+        subject: Subject,
+        rules: &[Rule],
+    ) -> Result<ChangeReport, Error> {
+        let state = self.container(target)?;
+        let mut ledger = self.grants.load(state.policy_id)?;
+        let (plan, granted) = plan_grant(&state.entries, state.policy_id, rules);
+        grants::record(
+            &mut ledger,
+            Grant {
+                owner,
+                subject,
+                entries: granted,
+                nodes: Vec::new(),
+                pending: false,
+            },
+        );
+        self.apply_plan(lock, &state, &plan, Some(&ledger))?;
+        Ok(self.change_report(&state, &plan))
+    }
+
+    /// [`Ctdev::grant_locked`] taking the lock.
+    pub fn grant(
+        &self,
+        target: &Target,
+        owner: GrantOwner,
+        subject: Subject,
+        rules: &[Rule],
+    ) -> Result<ChangeReport, Error> {
+        let lock = self.lock_existing(target)?;
+        self.grant_locked(&lock, target, owner, subject, rules)
+    }
+
+    /// [`Ctdev::take_back_locked`] taking the lock.
+    pub fn take_back(
+        &self,
+        target: &Target,
+        owner: GrantOwner,
+        subject: &Subject,
+    ) -> Result<ChangeReport, Error> {
+        let lock = self.lock_existing(target)?;
+        self.take_back_locked(&lock, target, owner, subject)
+            .map(|(r, _)| r)
+    }
+
+    /// What a fresh attach of `cgroup` would write (`--dry-run`).
+    fn fresh_attach_report(&self, cgroup: Cgroup, preset: Preset, rules: &[Rule]) -> AttachReport {
+        let wanted = attach_entries(cgroup.id, &preset.rules(), rules);
+        AttachReport {
+            policy_id: cgroup.id,
+            link_pin: self.pins.link(cgroup.id),
+            cgroup_dir: cgroup.dir,
+            already_attached: false,
+            program_id: 0,
+            changed: describe(&wanted),
+            dry_run: true,
+        }
     }
 
     /// Stops enforcing on the target: detaches the program, removes its
@@ -644,6 +977,13 @@ impl Ctdev {
                 target: target.to_string(),
             });
         }
+        if self.config.dry_run {
+            return Ok(DetachReport {
+                policy_id: id,
+                link_pin: link.as_ref().map(|l| l.pin.clone()),
+                entries_removed: entries.len(),
+            });
+        }
         // Program off first, then its entries: the container is never
         // judged by a half-removed policy.
         let link_pin = link.as_ref().map(|l| l.pin.clone());
@@ -651,11 +991,15 @@ impl Ctdev {
             attachment::detach(link)?;
         }
         crate::failpoint!("detach.after_link_detach");
+        // (Restoring a runtime program a takeover replaced goes here: one
+        // call into takeover.rs, before the entries are removed.)
         if let Some(map) = map.as_mut() {
             let changes: Vec<Change> = entries.keys().map(|k| (*k, None)).collect();
             map.apply(&changes)?;
         }
         crate::failpoint!("detach.after_entries");
+        // Every grant of this container is void with its entries.
+        self.grants.remove(id)?;
         if let Some(mut counters) = Counters::open(&self.pins)? {
             counters.reset(id)?;
         }
@@ -936,60 +1280,6 @@ impl Ctdev {
     }
 }
 
-/// Entries for `rules` under `policy_id`, bits of rules on the same key OR-ed.
-fn merge_rules<'a>(
-    policy_id: u64,
-    rules: impl Iterator<Item = &'a Rule>,
-) -> BTreeMap<PolicyKey, u32> {
-    let mut out = BTreeMap::new();
-    for rule in rules {
-        for key in rule.keys(policy_id) {
-            *out.entry(key).or_insert(0) |= rule.access.bits();
-        }
-    }
-    out
-}
-
-/// Plans an `allow`: each entry becomes existing bits OR the rule's bits.
-fn plan_allow(map: &PolicyMap, policy_id: u64, rules: &[Rule]) -> Result<Plan, Error> {
-    let mut plan = Plan::default();
-    for (key, bits) in merge_rules(policy_id, rules.iter()) {
-        let before = map.get(&key)?;
-        plan.record(key, before, Some(before.unwrap_or(0) | bits));
-    }
-    Ok(plan)
-}
-
-/// Planned changes to a container's entries, with their descriptions.
-#[derive(Debug, Default)]
-struct Plan {
-    changes: Vec<Change>,
-    changed: Vec<String>,
-    unchanged: Vec<String>,
-}
-
-impl Plan {
-    /// Records that `key` goes from `before` to `after` (`None`: absent).
-    fn record(&mut self, key: PolicyKey, before: Option<u32>, after: Option<u32>) {
-        let text = match after {
-            Some(bits) => entry_text(&key, bits),
-            None => format!("-{}", entry_text(&key, 0).trim_end_matches(" ''")),
-        };
-        if before == after {
-            self.unchanged.push(text);
-        } else {
-            self.changed.push(text);
-            self.changes.push((key, after));
-        }
-    }
-}
-
 fn describe(entries: &BTreeMap<PolicyKey, u32>) -> Vec<String> {
     entries.iter().map(|(k, v)| entry_text(k, *v)).collect()
-}
-
-fn entry_text(key: &PolicyKey, bits: u32) -> String {
-    Rule::from_entry(key, bits)
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| format!("{key:?}"))
 }

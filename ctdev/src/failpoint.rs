@@ -16,7 +16,6 @@ pub const STEPS: &[&str] = &[
     "attach.after_rules",
     "attach.after_link_create",
     "attach.after_pin",
-    "attach.existing.after_rules",
     "map.apply.after_first_write",
     "allow.after_write",
     "revoke.after_write",

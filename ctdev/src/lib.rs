@@ -11,6 +11,8 @@
 //! - [`import`]: a runtime's device rules (OCI config, runc state, LXC config) as ctdev rules;
 //! - [`container`]: inside a container: init process, device nodes, netdevs;
 //! - [`kernel`]: bpf syscalls, pins, the policy map, program loading, links;
+//! - [`plan`]: pure planning of policy changes (never-widen by construction);
+//! - [`grants`]: grant records, so `del` and the daemon take back exactly what was given;
 //! - [`controller`]: the operations (attach, allow, revoke, list, detach);
 //! - [`takeover`]: `attach --takeover`, replacing a runtime's device program;
 //! - [`passthrough`]: `add`/`del`, device passthrough like lxc-device;
@@ -29,9 +31,13 @@ pub mod controller;
 pub mod daemon;
 pub mod devname;
 pub mod failpoint;
+pub mod grants;
 pub mod import;
 pub mod kernel;
 pub mod passthrough;
+pub mod plan;
+#[cfg(test)]
+mod plan_props;
 pub mod presets;
 pub mod probe;
 pub mod rule;

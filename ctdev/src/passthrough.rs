@@ -16,7 +16,6 @@
 //! before the rule is committed; if it died (or its PID was reused) the
 //! operation fails with "container exited" and is undone.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
@@ -28,9 +27,11 @@ use crate::cgroup::Cgroup;
 use crate::container::netdev::{self, NetdevError};
 use crate::container::nodes::{self, Existing, Journal, NodeAction, NodeError, NodeSpec, Root};
 use crate::container::process::{InitProcess, ProcessError};
-use crate::controller::{Ctdev, Error as ControllerError};
+use crate::controller::{ContainerState, Ctdev, Error as ControllerError, LinkState};
+use crate::grants::{self, Grant, Ledger, NodeChange, NodeGrant, Owner, Subject};
 use crate::kernel::pins::PinLock;
-use crate::kernel::programs::DeviceProgram;
+use crate::kernel::programs::{device_programs, DeviceProgram};
+use crate::plan::Plan;
 use crate::rule::{Access, DevNumber, DeviceNode, DeviceType, Rule, RuleError};
 use crate::target::Target;
 
@@ -79,17 +80,25 @@ pub enum PassthroughError {
         /// The state `list` reports.
         state: String,
     },
-    /// `del` of something that was never added.
-    #[error("{device} was not added to {target}: no rule for {rule} and no device node at {dest} in the container")]
+    /// `del` of something that was never added (by this owner).
+    #[error("{device} was not added to {target} by {owner} (no record of such an add; nothing changed){}", if other_owners.is_empty() { String::new() } else { format!("; it was added by: {other_owners}") })]
     NotAdded {
         /// DEVICE.
         device: String,
         /// The target.
         target: String,
-        /// The exact rule looked for.
-        rule: String,
-        /// DEST.
-        dest: PathBuf,
+        /// Whose add was looked for.
+        owner: &'static str,
+        /// Owners that did add it.
+        other_owners: String,
+    },
+    /// An interface operation on a target without its own network namespace.
+    #[error("{target}: process {pid} shares the host's network namespace (no container netns): refusing to move an interface")]
+    NoContainerNetns {
+        /// The target.
+        target: String,
+        /// The process used.
+        pid: i32,
     },
     /// A bad `--mode`.
     #[error("invalid --mode {0:?}: expected octal permission bits such as 0660")]
@@ -191,8 +200,14 @@ pub struct PassthroughReport {
     pub rules_changed: Vec<String>,
     /// Rules that already were as asked.
     pub rules_unchanged: Vec<String>,
+    /// Whose grant this is (`cli`, `daemon`).
+    pub owner: Owner,
+    /// No node was touched: the target shares the host's mount namespace.
+    pub rules_only: bool,
     /// Things the operator should know (other device programs, wildcards).
     pub warnings: Vec<String>,
+    /// Nothing was changed (`--dry-run`): this is the plan.
+    pub dry_run: bool,
 }
 
 /// What DEVICE names.
@@ -276,78 +291,70 @@ fn exact_rule(node: &NodeSpec, access: Access) -> Rule {
 
 /// The container's cgroup and policy, required live and enforcing.
 struct Attached {
+    state: ContainerState,
     cgroup: Cgroup,
-    policy_id: u64,
-    /// Exact entries: (type, major, minor) → access.
-    exact: BTreeMap<(DeviceType, u32, u32), Access>,
-    /// Every entry, for wildcard warnings.
-    all: Vec<Rule>,
     /// Device programs besides ctdev's on the cgroup and its ancestors.
     others: Vec<DeviceProgram>,
 }
 
 impl PassthroughReport {
     /// A report of nothing done yet, for `target`'s container.
-    fn empty(target: &Target, at: &Attached, init: &InitProcess) -> Self {
+    fn empty(ct: &Ctdev, target: &Target, at: &Attached, init: &InitProcess, owner: Owner) -> Self {
         PassthroughReport {
             target: target.to_string(),
             cgroup_dir: at.cgroup.dir.clone(),
-            policy_id: at.policy_id,
+            policy_id: at.state.policy_id,
             init_pid: init.pid(),
+            owner,
             nodes: Vec::new(),
             interface: None,
             rules_changed: Vec::new(),
             rules_unchanged: Vec::new(),
+            rules_only: false,
             warnings: Vec::new(),
+            dry_run: ct.config().dry_run,
         }
     }
 }
 
+/// The container's state (one typed query, its entries only), required
+/// live and enforcing.
 fn attached(ct: &Ctdev, target: &Target) -> Result<Attached, PassthroughError> {
-    // `list` fails with "not under ctdev policy (run `ctdev attach ...` first)".
-    let dump = ct.list(Some(target))?;
-    let resolved = ct.resolve(target)?;
-    let view = dump
-        .containers
-        .into_iter()
-        .find(|c| c.policy_id == resolved.policy_id)
-        .ok_or_else(|| ControllerError::NotUnderPolicy {
-            target: target.to_string(),
-        })?;
-    let cgroup = match (resolved.cgroup, view.state) {
-        (Some(c), "enforcing") => c,
-        (_, state) => {
+    let state = ct.container(target)?;
+    let cgroup = match (&state.cgroup, state.link) {
+        (Some(c), LinkState::Enforcing) => c.clone(),
+        (_, link) => {
             return Err(PassthroughError::NotRunning {
                 target: target.to_string(),
-                state: state.into(),
+                state: link.as_str().into(),
             })
         }
     };
-    let mut exact = BTreeMap::new();
-    let mut all = Vec::new();
-    for r in &view.rules {
-        let rule = Rule {
-            dev_type: r.dev_type,
-            major: r.major,
-            minor: r.minor,
-            access: r.access,
-        };
-        all.push(rule);
-        if let (DevNumber::Exact(ma), DevNumber::Exact(mi)) = (r.major, r.minor) {
-            exact.insert((r.dev_type, ma, mi), r.access);
-        }
-    }
+    let others = device_programs(ct.cgroups(), &cgroup)
+        .map(|all| {
+            all.into_iter()
+                .filter(|p| p.id != state.program_id)
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Attached {
+        state,
         cgroup,
-        policy_id: view.policy_id,
-        exact,
-        all,
-        others: view.other_programs,
+        others,
     })
 }
 
-/// A warning when device programs besides ctdev's (from `list`, attached
-/// to the cgroup or an ancestor) may still deny the device.
+/// The process whose namespaces are used: N for `pid:N`, else the oldest
+/// process of the cgroup.
+fn init_of(ct: &Ctdev, target: &Target, cgroup: &Cgroup) -> Result<InitProcess, ProcessError> {
+    match target {
+        Target::Pid(pid) => InitProcess::of_process(ct.cgroups(), *pid, cgroup),
+        _ => InitProcess::of_cgroup(ct.cgroups(), cgroup),
+    }
+}
+
+/// A warning when device programs besides ctdev's (attached to the cgroup
+/// or an ancestor) may still deny the device.
 fn foreign_warning(at: &Attached, target: &Target) -> Option<String> {
     if at.others.is_empty() {
         return None;
@@ -371,61 +378,6 @@ fn foreign_warning(at: &Attached, target: &Target) -> Option<String> {
     ))
 }
 
-/// A rule change to undo: the entry's access before, `None` if there was none.
-struct RuleUndo {
-    node: NodeSpec,
-    before: Option<Access>,
-}
-
-/// Puts the exact entries back as they were (best effort; failures listed).
-fn restore_rules(ct: &Ctdev, lock: &PinLock, target: &Target, undo: &[RuleUndo]) -> Vec<String> {
-    let mut failed = Vec::new();
-    for u in undo {
-        let result = match u.before {
-            // There was no entry: delete it whatever its bits.
-            None => ct
-                .revoke_locked(lock, target, &[exact_rule(&u.node, Access::NONE)], true)
-                .map(|_| ()),
-            Some(bits) => {
-                // Take away what is there now beyond `bits`, then put `bits` back.
-                let now = ct
-                    .list(Some(target))
-                    .ok()
-                    .and_then(|d| d.containers.into_iter().next())
-                    .and_then(|c| {
-                        c.rules.into_iter().find(|r| {
-                            r.dev_type == u.node.dev_type
-                                && r.major == DevNumber::Exact(u.node.major)
-                                && r.minor == DevNumber::Exact(u.node.minor)
-                        })
-                    })
-                    .map(|r| r.access);
-                let extra = now.map(|n| n.difference(bits)).unwrap_or(Access::NONE);
-                let mut res = Ok(());
-                if !extra.is_empty() {
-                    res = ct
-                        .revoke_locked(lock, target, &[exact_rule(&u.node, extra)], true)
-                        .map(|_| ());
-                }
-                if res.is_ok() && now.is_none_or(|n| n.difference(extra) != bits) {
-                    res = ct
-                        .allow_locked(lock, target, &[exact_rule(&u.node, bits)])
-                        .map(|_| ());
-                }
-                res
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!("undo: cannot restore the rule for {}: {e}", u.node.device());
-            failed.push(format!(
-                "cannot restore the rule for {}: {e}",
-                u.node.device()
-            ));
-        }
-    }
-    failed
-}
-
 fn with_undo(error: PassthroughError, failures: Vec<String>) -> PassthroughError {
     if failures.is_empty() {
         error
@@ -437,9 +389,30 @@ fn with_undo(error: PassthroughError, failures: Vec<String>) -> PassthroughError
     }
 }
 
-/// Passes DEVICE into the container `target`: a device node (or every node
-/// under a directory) at DEST with its exact rule opened, or a network
-/// interface moved into the container's netns (renamed to DEST).
+/// Puts the entries `plan` changed back as they were (under the lock).
+fn undo_plan(ct: &Ctdev, lock: &PinLock, at: &Attached, plan: &Plan) -> Vec<String> {
+    let mut back = Plan::default();
+    for c in plan.changes.iter().rev() {
+        back.record(c.key, c.after, c.before);
+    }
+    match ct.apply_plan(lock, &at.state, &back, None) {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![format!("cannot restore the rules: {e}")],
+    }
+}
+
+fn save_ledger(ct: &Ctdev, ledger: &Ledger) -> Result<(), PassthroughError> {
+    if ct.config().dry_run {
+        return Ok(());
+    }
+    ct.grants()
+        .save(ledger)
+        .map_err(|e| PassthroughError::from(ControllerError::from(e)))
+}
+
+const NO_ROOT: &str = "no container root: the target's process shares the host's mount namespace, so no node was created, replaced or removed (rules only)";
+
+/// Passes DEVICE into the container `target` as a CLI grant (see [`add_as`]).
 pub fn add(
     ct: &Ctdev,
     target: &Target,
@@ -447,13 +420,34 @@ pub fn add(
     dest: Option<&str>,
     opts: &AddOptions,
 ) -> Result<PassthroughReport, PassthroughError> {
+    add_as(ct, Owner::Cli, target, device, dest, opts)
+}
+
+/// Passes DEVICE into the container `target`: a device node (or every node
+/// under a directory) at DEST with its exact rule opened, or a network
+/// interface moved into the container's netns (renamed to DEST). What it
+/// changes is recorded as a grant of `owner` (written ahead), so [`del_as`]
+/// takes back exactly that. Nodes and interfaces are only touched in the
+/// container's own namespaces: a target sharing the host's mount namespace
+/// gets rules only (and is told so); an interface needs the container's own
+/// network namespace.
+pub fn add_as(
+    ct: &Ctdev,
+    owner: Owner,
+    target: &Target,
+    device: &str,
+    dest: Option<&str>,
+    opts: &AddOptions,
+) -> Result<PassthroughReport, PassthroughError> {
     let kind = classify_for_add(device)?;
     // One critical section: no other ctdev changes the policy between
-    // reading the entries (for undo) and writing the rule.
+    // reading the entries and writing the rule.
     let lock = ct.lock_existing(target)?;
     let at = attached(ct, target)?;
-    let init = InitProcess::of_cgroup(ct.cgroups(), &at.cgroup)?;
-    let mut report = PassthroughReport::empty(target, &at, &init);
+    let init = init_of(ct, target, &at.cgroup)?;
+    let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
+    let id = at.state.policy_id;
+    let before_ledger = ct.grants().load(id).map_err(ControllerError::from)?;
     let nodes = match kind {
         Device::Interface(name) => {
             if opts.mode.is_some() || opts.uid.is_some() || opts.gid.is_some() {
@@ -461,14 +455,41 @@ pub fn add(
             }
             let new_name = dest.unwrap_or(&name).to_string();
             netdev::check_name(&new_name)?;
-            let netns = init.open_netns()?;
-            netdev::move_into(&name, netns.as_fd(), &new_name)?;
-            crate::failpoint!("add.netdev.after_move");
+            if init.shares_host_ns("net")? {
+                return Err(PassthroughError::NoContainerNetns {
+                    target: target.to_string(),
+                    pid: init.pid(),
+                });
+            }
             report.interface = Some(InterfaceReport {
-                host_name: name,
-                container_name: new_name,
+                host_name: name.clone(),
+                container_name: new_name.clone(),
                 action: "moved-in",
             });
+            if ct.config().dry_run {
+                return Ok(report);
+            }
+            let mut ledger = before_ledger.clone();
+            grants::record(
+                &mut ledger,
+                Grant {
+                    owner,
+                    subject: Subject::Interface {
+                        host: name.clone(),
+                        inside: new_name.clone(),
+                    },
+                    entries: Vec::new(),
+                    nodes: Vec::new(),
+                    pending: false,
+                },
+            );
+            save_ledger(ct, &ledger)?;
+            let netns = init.open_netns()?;
+            if let Err(e) = netdev::move_into(&name, netns.as_fd(), &new_name) {
+                let _ = save_ledger(ct, &before_ledger);
+                return Err(e.into());
+            }
+            crate::failpoint!("add.netdev.after_move");
             return Ok(report);
         }
         Device::Nodes(nodes) => nodes,
@@ -477,11 +498,18 @@ pub fn add(
     // Plan: every node's spec and DEST, all checked before anything changes.
     let base = PathBuf::from(dest.unwrap_or(device));
     nodes::check_dest(&base)?;
+    let rules_only = init.shares_host_ns("mnt")?;
     let (root_uid, root_gid) = match (opts.uid, opts.gid) {
         (Some(u), Some(g)) => (u, g),
         _ => init.root_ids()?,
     };
-    let mut plan = Vec::new();
+    let root_path = init.root_path();
+    let root = Root {
+        fd: init.root(),
+        path: &root_path,
+    };
+    let mut plan_nodes = Vec::new();
+    let mut node_grants = Vec::new();
     for (host, rel) in nodes {
         let spec = NodeSpec {
             dev_type: host.dev_type,
@@ -497,30 +525,104 @@ pub fn add(
             .via_symlink
             .then(|| fs::canonicalize(&host.path).ok())
             .flatten();
-        plan.push((host.path, resolved, dest, spec));
+        if !rules_only {
+            let change = match nodes::inspect(root, &dest)? {
+                Existing::Absent => Some(NodeChange::Created),
+                Existing::Device(found) if found == spec => None,
+                Existing::Device(found) => Some(NodeChange::Replaced { old: found.into() }),
+                Existing::Other(kind) => {
+                    return Err(NodeError::Occupied {
+                        dest,
+                        root: root_path.clone(),
+                        kind,
+                    }
+                    .into())
+                }
+            };
+            if let Some(change) = change {
+                node_grants.push(NodeGrant {
+                    dest: dest.clone(),
+                    node: spec.into(),
+                    change,
+                });
+            }
+        }
+        plan_nodes.push((host.path, resolved, dest, spec));
     }
     if let Some(w) = foreign_warning(&at, target) {
         report.warnings.push(w);
     }
+    if rules_only {
+        report.rules_only = true;
+        report.warnings.push(NO_ROOT.into());
+    }
+
+    // The rules: exact entries, starting from what each device had.
+    let mut rules: Vec<Rule> = Vec::new();
+    for (_, _, _, spec) in &plan_nodes {
+        let r = exact_rule(spec, opts.access);
+        if !rules.contains(&r) {
+            rules.push(r);
+        }
+    }
+    let (plan, granted) = grants::plan_grant(&at.state.entries, id, &rules);
+    report.rules_changed = plan.changed_text();
+    report.rules_unchanged = plan.unchanged_text(&at.state.entries);
+    let mut ledger = before_ledger.clone();
+    grants::record(
+        &mut ledger,
+        Grant {
+            owner,
+            subject: Subject::Device {
+                device: device.into(),
+                dest: base.display().to_string(),
+            },
+            entries: granted,
+            nodes: node_grants,
+            pending: true,
+        },
+    );
+    if ct.config().dry_run {
+        for (device, resolved, dest, spec) in plan_nodes {
+            report.nodes.push(NodeReport {
+                device,
+                resolved,
+                dest,
+                node: spec,
+                action: if rules_only {
+                    NodeAction::Unchanged
+                } else {
+                    NodeAction::Created
+                },
+            });
+        }
+        return Ok(report);
+    }
+    // Written ahead: a crash from here on leaves a record whose take-back
+    // removes at most what this add made.
+    save_ledger(ct, &ledger)?;
 
     // 1. Nodes (journaled).
-    let root_path = init.root_path();
-    let root = Root {
-        fd: init.root(),
-        path: &root_path,
-    };
     let mut journal = Journal::new();
-    let fail = |e: PassthroughError, journal: Journal| with_undo(e, journal.rollback());
-    for (device, resolved, dest, spec) in &plan {
-        match nodes::ensure_node(root, dest, spec, &mut journal) {
-            Ok(action) => report.nodes.push(NodeReport {
-                device: device.clone(),
-                resolved: resolved.clone(),
-                dest: dest.clone(),
-                node: *spec,
-                action,
-            }),
-            Err(e) => return Err(fail(e.into(), journal)),
+    let fail = |e: PassthroughError, journal: Journal| {
+        let mut failures = journal.rollback();
+        if let Err(e) = save_ledger(ct, &before_ledger) {
+            failures.push(e.to_string());
+        }
+        with_undo(e, failures)
+    };
+    if !rules_only {
+        for (device, resolved, dest, spec) in &plan_nodes {
+            match nodes::ensure_node(root, dest, spec, &mut journal) {
+                Ok(action) => report.nodes.push(NodeReport {
+                    device: device.clone(),
+                    resolved: resolved.clone(),
+                    dest: dest.clone(),
+                    node: *spec,
+                    action,
+                }),
+                Err(e) => return Err(fail(e.into(), journal)),
+            }
         }
     }
     crate::failpoint!("add.after_nodes");
@@ -529,225 +631,215 @@ pub fn add(
     if let Err(e) = init.check_alive() {
         return Err(fail(e.into(), journal));
     }
-    let mut undo: Vec<RuleUndo> = Vec::new();
-    let mut rules: Vec<Rule> = Vec::new();
-    for (_, _, _, spec) in &plan {
-        let key = (spec.dev_type, spec.major, spec.minor);
-        if undo
-            .iter()
-            .any(|u| (u.node.dev_type, u.node.major, u.node.minor) == key)
-        {
-            continue;
-        }
-        undo.push(RuleUndo {
-            node: *spec,
-            before: at.exact.get(&key).copied(),
-        });
-        rules.push(exact_rule(spec, opts.access));
-    }
-    match ct.allow_locked(&lock, target, &rules) {
-        Ok(change) => {
-            report.rules_changed = change.changed;
-            report.rules_unchanged = change.unchanged;
-        }
-        Err(e) => return Err(fail(e.into(), journal)),
+    if let Err(e) = ct.apply_plan(&lock, &at.state, &plan, None) {
+        return Err(fail(e.into(), journal));
     }
     crate::failpoint!("add.after_rules");
     // The init died while the rule was written: undo everything.
     if let Err(e) = init.check_alive() {
-        let mut failures = restore_rules(ct, &lock, target, &undo);
+        let mut failures = undo_plan(ct, &lock, &at, &plan);
         failures.extend(journal.rollback());
+        if let Err(e) = save_ledger(ct, &before_ledger) {
+            failures.push(e.to_string());
+        }
         return Err(with_undo(e.into(), failures));
     }
-    tracing::info!(target = %target, nodes = plan.len(), "device passthrough added");
+    if let Some(g) = ledger.grants.last_mut().filter(|g| g.pending) {
+        g.pending = false;
+    }
+    for g in ledger.grants.iter_mut() {
+        g.pending = false;
+    }
+    save_ledger(ct, &ledger)?;
+    tracing::info!(target = %target, nodes = plan_nodes.len(), "device passthrough added");
     Ok(report)
 }
 
-/// Undoes `add`: closes the exact rule of DEVICE (every node under a
-/// directory) and removes the node at DEST in the container, or moves an
-/// interface back to ctdev's netns under its original name.
+/// Takes a CLI grant back (see [`del_as`]).
 pub fn del(
     ct: &Ctdev,
     target: &Target,
     device: &str,
     dest: Option<&str>,
 ) -> Result<PassthroughReport, PassthroughError> {
+    del_as(ct, Owner::Cli, target, device, dest)
+}
+
+/// Undoes `add` of DEVICE at DEST by `owner`, by its record: the bits that
+/// grant added are taken away (kept when another grant asked for them; an
+/// entry it created is removed only if no broader entry would then allow
+/// more), the nodes it created are removed and the nodes it replaced are
+/// put back; an interface moves back to ctdev's netns under its name.
+/// The host directory is not read again: what was recorded is taken back
+/// even if the host changed since. Nothing recorded: an error, nothing changed.
+pub fn del_as(
+    ct: &Ctdev,
+    owner: Owner,
+    target: &Target,
+    device: &str,
+    dest: Option<&str>,
+) -> Result<PassthroughReport, PassthroughError> {
     let lock = ct.lock_existing(target)?;
     let at = attached(ct, target)?;
-    let init = InitProcess::of_cgroup(ct.cgroups(), &at.cgroup)?;
-    let mut report = PassthroughReport::empty(target, &at, &init);
-    if !device.starts_with('/') {
+    let init = init_of(ct, target, &at.cgroup)?;
+    let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
+    let id = at.state.policy_id;
+    let ledger = ct.grants().load(id).map_err(ControllerError::from)?;
+    let is_interface = !device.starts_with('/');
+    let subject = if is_interface {
         netdev::check_name(device)?;
         let inside = dest.unwrap_or(device).to_string();
         netdev::check_name(&inside)?;
-        let netns = init.open_netns()?;
-        let host = netdev::open_own_netns()?;
-        netdev::move_out(netns.as_fd(), &inside, host.as_fd(), device)?;
-        crate::failpoint!("del.netdev.after_move");
+        Subject::Interface {
+            host: device.into(),
+            inside,
+        }
+    } else {
+        let base = PathBuf::from(dest.unwrap_or(device));
+        nodes::check_dest(&base)?;
+        Subject::Device {
+            device: device.into(),
+            dest: base.display().to_string(),
+        }
+    };
+    let Some(index) = ledger.find(owner, &subject) else {
+        let others: Vec<&str> = ledger
+            .grants
+            .iter()
+            .filter(|g| g.subject == subject)
+            .map(|g| g.owner.as_str())
+            .collect();
+        return Err(PassthroughError::NotAdded {
+            device: device.into(),
+            target: target.to_string(),
+            owner: owner.as_str(),
+            other_owners: others.join(", "),
+        });
+    };
+    let grant = ledger.grants[index].clone();
+
+    if let Subject::Interface { host, inside } = &subject {
+        if init.shares_host_ns("net")? {
+            return Err(PassthroughError::NoContainerNetns {
+                target: target.to_string(),
+                pid: init.pid(),
+            });
+        }
         report.interface = Some(InterfaceReport {
-            host_name: device.into(),
-            container_name: inside,
+            host_name: host.clone(),
+            container_name: inside.clone(),
             action: "moved-out",
         });
+        if ct.config().dry_run {
+            return Ok(report);
+        }
+        let netns = init.open_netns()?;
+        let own = netdev::open_own_netns()?;
+        netdev::move_out(netns.as_fd(), inside, own.as_fd(), host)?;
+        crate::failpoint!("del.netdev.after_move");
+        let (_, after) = grants::plan_take_back(&at.state.entries, &ledger, index);
+        save_ledger(ct, &after)?;
         return Ok(report);
     }
 
-    let base = PathBuf::from(dest.unwrap_or(device));
-    nodes::check_dest(&base)?;
-    let root_path = init.root_path();
-    let root = Root {
-        fd: init.root(),
-        path: &root_path,
-    };
-    let host_path = Path::new(device);
-    let host_nodes: Vec<(PathBuf, PathBuf, Option<NodeSpec>)> = match fs::metadata(host_path) {
-        Ok(m) if m.is_dir() => walk(host_path)?
-            .into_iter()
-            .map(|(n, rel)| (n.path, rel, None::<NodeSpec>))
-            .collect(),
-        Ok(_) => vec![(host_path.to_path_buf(), PathBuf::new(), None)],
-        // The host node is gone (e.g. a detached loop device): the node in
-        // the container says which device it was.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match nodes::inspect(root, &base)? {
-            Existing::Device(spec) => vec![(host_path.to_path_buf(), PathBuf::new(), Some(spec))],
-            _ => {
-                return Err(RuleError::DevicePath {
-                    path: host_path.to_path_buf(),
-                    reason: format!(
-                        "{e}, and there is no device node at {} in the container",
-                        base.display()
-                    ),
-                }
-                .into())
-            }
-        },
-        Err(e) => {
-            return Err(RuleError::DevicePath {
-                path: host_path.to_path_buf(),
-                reason: e.to_string(),
-            }
-            .into())
-        }
-    };
-
-    // Plan and check everything before changing anything.
-    struct Item {
-        device: PathBuf,
-        dest: PathBuf,
-        spec: NodeSpec,
-        rule_present: bool,
-    }
-    let mut items = Vec::new();
-    for (path, rel, known) in host_nodes {
-        let spec = match known {
-            Some(s) => s,
-            None => {
-                let n = DeviceNode::stat(&path)?;
-                NodeSpec {
-                    dev_type: n.dev_type,
-                    major: n.major,
-                    minor: n.minor,
-                    mode: n.mode,
-                    uid: 0,
-                    gid: 0,
-                }
-            }
-        };
-        let dest = dest_of(&base, &rel);
-        let rule_present = at
-            .exact
-            .get(&(spec.dev_type, spec.major, spec.minor))
-            .is_some_and(|a| !a.is_empty());
-        let node_present = match nodes::inspect(root, &dest)? {
-            Existing::Absent => false,
-            Existing::Device(found) if found.same_device(&spec) => true,
-            Existing::Device(found) => {
-                return Err(NodeError::Mismatch {
-                    dest,
-                    found: found.device(),
-                    expected: spec.device(),
-                }
-                .into())
-            }
-            Existing::Other(kind) => {
-                return Err(NodeError::Occupied {
-                    dest,
-                    root: root_path.clone(),
-                    kind,
-                }
-                .into())
-            }
-        };
-        if !rule_present && !node_present {
-            return Err(PassthroughError::NotAdded {
-                device: path.display().to_string(),
-                target: target.to_string(),
-                rule: exact_rule(&spec, Access::ALL).to_string(),
-                dest,
+    // 1. Rules first (closing access is the safe direction).
+    let (plan, after) = grants::plan_take_back(&at.state.entries, &ledger, index);
+    report.rules_changed = plan.changed_text();
+    report.rules_unchanged = plan.unchanged_text(&at.state.entries);
+    let rules_only = !grant.nodes.is_empty() && init.shares_host_ns("mnt")?;
+    if ct.config().dry_run {
+        for n in &grant.nodes {
+            report.nodes.push(NodeReport {
+                device: PathBuf::from(device),
+                resolved: None,
+                dest: n.dest.clone(),
+                node: n.node.spec(),
+                action: match n.change {
+                    NodeChange::Created => NodeAction::Removed,
+                    NodeChange::Replaced { .. } => NodeAction::Replaced,
+                },
             });
         }
-        items.push(Item {
-            device: path,
-            dest,
-            spec,
-            rule_present,
-        });
-    }
-
-    // 1. Rules first (closing access is the safe direction).
-    let mut undo: Vec<RuleUndo> = Vec::new();
-    let mut rules: Vec<Rule> = Vec::new();
-    for it in items.iter().filter(|i| i.rule_present) {
-        let key = (it.spec.dev_type, it.spec.major, it.spec.minor);
-        if undo
-            .iter()
-            .any(|u| (u.node.dev_type, u.node.major, u.node.minor) == key)
-        {
-            continue;
-        }
-        undo.push(RuleUndo {
-            node: it.spec,
-            before: at.exact.get(&key).copied(),
-        });
-        rules.push(exact_rule(&it.spec, Access::ALL));
+        return Ok(report);
     }
     init.check_alive()?;
-    if !rules.is_empty() {
-        let change = ct.revoke_locked(&lock, target, &rules, false)?;
-        report.rules_changed = change.changed;
-        report.rules_unchanged = change.unchanged;
-    }
+    ct.apply_plan(&lock, &at.state, &plan, None)?;
     crate::failpoint!("del.after_revoke");
 
-    // 2. Nodes.
+    // 2. Nodes: only the ones this grant made, only if they are still its.
     let mut journal = Journal::new();
-    for it in &items {
-        match nodes::remove_node(root, &it.dest, &it.spec, &mut journal) {
-            Ok(action) => report.nodes.push(NodeReport {
-                device: it.device.clone(),
-                resolved: None,
-                dest: it.dest.clone(),
-                node: it.spec,
-                action,
-            }),
-            Err(e) => {
-                let mut failures = journal.rollback();
-                failures.extend(restore_rules(ct, &lock, target, &undo));
-                return Err(with_undo(e.into(), failures));
+    if rules_only {
+        report.rules_only = true;
+        report.warnings.push(NO_ROOT.into());
+    } else {
+        let root_path = init.root_path();
+        let root = Root {
+            fd: init.root(),
+            path: &root_path,
+        };
+        for n in &grant.nodes {
+            let spec = n.node.spec();
+            let result = match n.change {
+                NodeChange::Created => match nodes::remove_node(root, &n.dest, &spec, &mut journal)
+                {
+                    Err(NodeError::Mismatch { found, .. }) => {
+                        report.warnings.push(format!(
+                            "{} is now {found}, not the {} this add made: left as it is",
+                            n.dest.display(),
+                            spec.device()
+                        ));
+                        Ok(NodeAction::Unchanged)
+                    }
+                    other => other,
+                },
+                NodeChange::Replaced { old } => {
+                    nodes::restore_node(root, &n.dest, &spec, &old.spec(), &mut journal)
+                }
+            };
+            match result {
+                Ok(action) => report.nodes.push(NodeReport {
+                    device: PathBuf::from(device),
+                    resolved: None,
+                    dest: n.dest.clone(),
+                    node: spec,
+                    action,
+                }),
+                Err(e) => {
+                    let mut failures = journal.rollback();
+                    failures.extend(undo_plan(ct, &lock, &at, &plan));
+                    return Err(with_undo(e.into(), failures));
+                }
             }
         }
     }
     crate::failpoint!("del.after_nodes");
+    save_ledger(ct, &after)?;
     // Wildcards that still let the device through.
-    for it in &items {
-        if let Some(w) = wildcard_left(&at.all, &it.spec) {
+    let now = plan.result(&at.state.entries);
+    let all: Vec<Rule> = now
+        .iter()
+        .filter_map(|(k, v)| Rule::from_entry(k, *v))
+        .collect();
+    for eg in &grant.entries {
+        let node = NodeSpec {
+            dev_type: DeviceType::from_kernel(eg.dev_type).unwrap_or(DeviceType::Char),
+            major: eg.major,
+            minor: eg.minor,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+        };
+        if now.contains_key(&eg.key(id)) {
+            continue;
+        }
+        if let Some(w) = wildcard_left(&all, &node) {
             report.warnings.push(format!(
-                "{} is still allowed by the wildcard entry {w}",
-                it.device.display()
+                "{} is still allowed by the wildcard entry {w} (as before the add)",
+                node.device()
             ));
         }
     }
-    tracing::info!(target = %target, nodes = items.len(), "device passthrough removed");
+    tracing::info!(target = %target, nodes = grant.nodes.len(), "device passthrough removed");
     Ok(report)
 }
 

@@ -112,6 +112,13 @@ impl TestEnv {
         }
     }
 
+    /// Where ctdev keeps this env's grant records (derived from the pin root).
+    pub fn state_dir(&self) -> PathBuf {
+        ctdev::grants::Store::new(&self.pin_root, None)
+            .dir()
+            .to_path_buf()
+    }
+
     /// Creates a child cgroup (a "container") under the parent; `rel` may be nested (`a/b`).
     pub fn cgroup(&self, rel: &str) -> PathBuf {
         let dir = self.cgroup_parent.join(rel);
@@ -297,6 +304,7 @@ impl Drop for TestEnv {
         if self.pin_root.exists() {
             let _ = fs::remove_dir_all(&self.pin_root);
         }
+        let _ = fs::remove_dir_all(self.state_dir());
         kill_and_remove_cgroups(&self.cgroup_parent);
         let _ = fs::remove_dir_all(&self.scratch);
     }

@@ -32,9 +32,13 @@ pub struct Args {
     /// Owner gid of the node (default: the container's root group, mapped).
     #[arg(long)]
     pub gid: Option<u32>,
+    /// Print what would change (text, or --json) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
-pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode> {
+    config.dry_run = args.dry_run;
     let access = Access::parse(&args.access).with_context(|| {
         format!(
             "invalid --access {:?}: expected letters from \"rwm\", each once",
@@ -57,7 +61,11 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
     };
     let ct = open(config)?;
     let report = passthrough::add(&ct, &args.target, &args.device, args.dest.as_deref(), &opts)?;
-    print_report(cli, "added", &report)?;
+    print_report(
+        cli,
+        if report.dry_run { "would add" } else { "added" },
+        &report,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -102,8 +110,17 @@ pub(super) fn print_report(cli: &Cli, verb: &str, report: &PassthroughReport) ->
             n.node.gid
         );
     }
+    if report.rules_only {
+        println!("{verb} {target}: rules only (no container root: no node touched)");
+    }
     for r in &report.rules_changed {
-        println!("{verb} {target}: rule {r}");
+        if let Some(key) = r.strip_prefix('-') {
+            println!("{verb} {target}: rule {key} removed");
+        } else if r.starts_with("revoked ") {
+            println!("{verb} {target}: {r}");
+        } else {
+            println!("{verb} {target}: rule {r}");
+        }
     }
     for r in &report.rules_unchanged {
         println!("unchanged {target}: rule {r}");

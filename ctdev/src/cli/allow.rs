@@ -16,11 +16,20 @@ pub struct Args {
     /// Rules: `TYPE MAJOR:MINOR [ACCESS]` (as one argument or several) or a /dev path.
     #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
     pub rules: Vec<String>,
+    /// Print what would change (text, or --json) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
-pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode> {
+    config.dry_run = args.dry_run;
     let rules = rules_from_words(&args.rules)?;
     let report = open(config)?.allow(&args.target, &rules)?;
-    print_change(cli, "allowed", &args.target, &report)?;
+    let verb = if report.dry_run {
+        "would allow"
+    } else {
+        "allowed"
+    };
+    print_change(cli, verb, &args.target, &report)?;
     Ok(ExitCode::SUCCESS)
 }

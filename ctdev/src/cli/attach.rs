@@ -39,9 +39,20 @@ pub struct Args {
     /// With --takeover: a runc/crun state root to search (default /run/runc and /run/crun; repeatable).
     #[arg(long = "runtime-root", value_name = "DIR")]
     pub runtime_roots: Vec<PathBuf>,
+    /// Allow the root cgroup or a cgroup holding PID 1 (the host itself).
+    #[arg(long)]
+    pub force_host: bool,
+    /// Print what would change (text, or --json) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
-pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode> {
+    config.dry_run = args.dry_run;
+    config.force_host = args.force_host;
+    if args.dry_run && args.takeover {
+        anyhow::bail!("--dry-run is not supported with --takeover");
+    }
     let rules = parse_rules(&args.rules)?;
     let ctdev = open(config)?;
     if args.takeover {
@@ -97,13 +108,22 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
 }
 
 fn print_attach(report: &AttachReport) {
-    if report.already_attached {
+    if report.dry_run && !report.already_attached {
         println!(
-            "already attached: {} (policy {}, program {}); {} rule(s) added",
+            "would attach: {} (policy {}) with {} rule(s):",
             report.cgroup_dir.display(),
             report.policy_id,
-            report.program_id,
             report.changed.len()
+        );
+        for r in &report.changed {
+            println!("  {r}");
+        }
+    } else if report.already_attached {
+        println!(
+            "already attached with this policy: {} (policy {}, program {}); nothing changed",
+            report.cgroup_dir.display(),
+            report.policy_id,
+            report.program_id
         );
     } else {
         println!(

@@ -19,11 +19,23 @@ pub struct Args {
     pub device: String,
     /// Path inside the container (default: DEVICE), or the interface's name there.
     pub dest: Option<String>,
+    /// Print what would change (text, or --json) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
-pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode> {
+    config.dry_run = args.dry_run;
     let ct = open(config)?;
     let report = passthrough::del(&ct, &args.target, &args.device, args.dest.as_deref())?;
-    print_report(cli, "deleted", &report)?;
+    print_report(
+        cli,
+        if report.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        },
+        &report,
+    )?;
     Ok(ExitCode::SUCCESS)
 }

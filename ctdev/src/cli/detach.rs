@@ -13,16 +13,24 @@ use crate::target::Target;
 pub struct Args {
     /// cgroup path, pid:N, or id:N (for a container whose cgroup is gone).
     pub target: Target,
+    /// Print what would change (text, or --json) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
-pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode> {
+    config.dry_run = args.dry_run;
+    let dry_run = config.dry_run;
     let report = open(config)?.detach(&args.target)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "detached: {} (policy {}, {} rule(s) removed)",
-            args.target, report.policy_id, report.entries_removed
+            "{}: {} (policy {}, {} rule(s) removed)",
+            if dry_run { "would detach" } else { "detached" },
+            args.target,
+            report.policy_id,
+            report.entries_removed
         );
     }
     Ok(ExitCode::SUCCESS)

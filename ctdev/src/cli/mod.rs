@@ -108,6 +108,7 @@ impl Cli {
             cgroup_mount: self.cgroup_root.clone(),
             bpf_object: self.bpf_object.clone(),
             lock_timeout: Duration::from_secs_f64(self.lock_timeout),
+            state_dir: std::env::var_os("CTDEV_STATE_DIR").map(PathBuf::from),
             ..Config::default()
         })
     }

@@ -598,6 +598,51 @@ pub fn remove_node(
     Ok(NodeAction::Removed)
 }
 
+/// Puts `old` back at DEST if DEST is still the device node `expected`
+/// (a node `add` replaced); if nothing is there, makes `old` again. Any
+/// other node is left alone ([`NodeAction::Unchanged`]). Changes go to
+/// `journal`.
+pub fn restore_node(
+    root: Root<'_>,
+    dest: &Path,
+    expected: &NodeSpec,
+    old: &NodeSpec,
+    journal: &mut Journal,
+) -> Result<NodeAction, NodeError> {
+    check_dest(dest)?;
+    let parent_path = dest.parent().unwrap_or(Path::new("/"));
+    let (_, name) = split(dest);
+    let parent = match resolve_dir(root, parent_path) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(NodeAction::Unchanged),
+        Err(e) => return Err(sys(root, "openat2", parent_path, e)),
+    };
+    match lstat_at(parent.as_fd(), name).map_err(|e| sys(root, "fstatat", dest, e))? {
+        None => {
+            make_node(parent.as_fd(), name, old).map_err(|(c, e)| sys(root, c, dest, e))?;
+            journal.steps.push(Step::Node {
+                parent,
+                name: name.to_os_string(),
+                path: dest.to_path_buf(),
+            });
+            Ok(NodeAction::Created)
+        }
+        Some(st) => match NodeSpec::from_stat(&st) {
+            Some(now) if now.same_device(expected) => {
+                replace_node(parent.as_fd(), name, old).map_err(|(c, e)| sys(root, c, dest, e))?;
+                journal.steps.push(Step::Replaced {
+                    parent,
+                    name: name.to_os_string(),
+                    path: dest.to_path_buf(),
+                    old: now,
+                });
+                Ok(NodeAction::Replaced)
+            }
+            _ => Ok(NodeAction::Unchanged),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,12 @@ impl InitProcess {
     pub fn of_cgroup(fs: &CgroupFs, cgroup: &Cgroup) -> Result<Self, ProcessError> {
         let pid = runtimes::oldest_process(&cgroup.dir)?
             .ok_or_else(|| ProcessError::NoProcess(cgroup.dir.clone()))?;
+        Self::of_process(fs, pid, cgroup)
+    }
+
+    /// Pins process `pid` (which must be in `cgroup` or below it) as the
+    /// process whose namespaces and root are used (`pid:N` targets).
+    pub fn of_process(fs: &CgroupFs, pid: i32, cgroup: &Cgroup) -> Result<Self, ProcessError> {
         let pidfd = pidfd_open(pid)?;
         let root_path = PathBuf::from(format!("/proc/{pid}/root"));
         let root = open(
@@ -192,6 +198,27 @@ impl InitProcess {
         let ids = (read("uid_map")?, read("gid_map")?);
         self.check_alive()?;
         Ok(ids)
+    }
+
+    /// Whether the process shares its `kind` namespace (`mnt`, `net`) with
+    /// ctdev itself or with PID 1: then it is the host's, not a container's.
+    pub fn shares_host_ns(&self, kind: &str) -> Result<bool, ProcessError> {
+        use std::os::unix::fs::MetadataExt;
+        let id = |path: String| -> Result<(u64, u64), ProcessError> {
+            fs::metadata(&path)
+                .map(|m| (m.dev(), m.ino()))
+                .map_err(|source| ProcessError::Read {
+                    path: PathBuf::from(path),
+                    source,
+                })
+        };
+        let own = id(format!("/proc/{}/ns/{kind}", self.pid))?;
+        self.check_alive()?;
+        let host = [
+            id(format!("/proc/self/ns/{kind}"))?,
+            id(format!("/proc/1/ns/{kind}"))?,
+        ];
+        Ok(host.contains(&own))
     }
 
     /// The cgroup directory the init was found in.

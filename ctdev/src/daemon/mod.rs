@@ -40,6 +40,7 @@ use tokio::io::Interest;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::controller::{Ctdev, Error as ControllerError};
+use crate::grants::{Owner as GrantOwner, Subject as GrantSubject};
 use crate::passthrough::{self, AddOptions, PassthroughError};
 use crate::rule::DeviceType;
 use crate::runtimes;
@@ -420,7 +421,9 @@ impl Daemon {
                 self.save_state();
             }
         }
-        let report = match self.ct.attach(&target, c.preset, &rules) {
+        // The preset at attach; the policy's rules are daemon grants, so
+        // taking one back leaves what the preset or an operator gave.
+        let report = match self.ct.ensure_attached(&target, c.preset) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(container = %c.name, cgroup = %dir.display(), "cannot attach: {e}");
@@ -429,9 +432,25 @@ impl Daemon {
         };
         if !report.already_attached {
             tracing::info!(container = %c.name, cgroup = %dir.display(), policy_id = report.policy_id, rules = report.changed.len(), "attached");
-        } else {
-            for ch in &report.changed {
-                tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %ch, "allowed");
+        }
+        for r in &rules {
+            let subject = GrantSubject::Rule {
+                rule: r.to_string(),
+            };
+            match self.ct.grant(
+                &target,
+                GrantOwner::Daemon,
+                subject,
+                std::slice::from_ref(r),
+            ) {
+                Ok(ch) => {
+                    for line in &ch.changed {
+                        tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %line, "allowed");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(container = %c.name, cgroup = %dir.display(), rule = %r, "cannot allow: {e}")
+                }
             }
         }
         crate::failpoint!("daemon.attach.after_attach");
@@ -442,17 +461,16 @@ impl Daemon {
         let stale = reconcile::plan_rules(&owned.rules, &rule_texts);
         owned.rules = rule_texts;
         for text in stale {
-            match crate::rule::parse_rules(&[text.as_str()])
-                .map(|r| self.ct.revoke(&target, &r, false))
-            {
-                Ok(Ok(_)) => {
-                    tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %text, "revoked (gone from the policy)")
+            // Only what the daemon's grant added goes (by its record).
+            let subject = GrantSubject::Rule { rule: text.clone() };
+            match self.ct.take_back(&target, GrantOwner::Daemon, &subject) {
+                Ok(ch) => {
+                    tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %text, changed = ?ch.changed, "revoked (gone from the policy)")
                 }
-                Ok(Err(ControllerError::RuleNotPresent { .. })) => {}
-                Ok(Err(e)) => {
+                Err(ControllerError::NotGranted { .. }) => {}
+                Err(e) => {
                     tracing::error!(container = %c.name, rule = %text, "cannot revoke: {e}")
                 }
-                Err(e) => tracing::error!(container = %c.name, rule = %text, "{e}"),
             }
         }
         let was_ready = self
@@ -542,7 +560,14 @@ impl Daemon {
             }
         }
         let start = Instant::now();
-        let result = passthrough::add(&self.ct, &target, &o.host, Some(&o.dest), &opts);
+        let result = passthrough::add_as(
+            &self.ct,
+            GrantOwner::Daemon,
+            &target,
+            &o.host,
+            Some(&o.dest),
+            &opts,
+        );
         crate::failpoint!("daemon.add.after_device");
         match result {
             Ok(report) => {
@@ -574,7 +599,13 @@ impl Daemon {
     fn remove_device(&mut self, dir: &Path, id: u64, name: &str, o: &OwnedDevice) {
         if !o.interface {
             let target = target_of(dir);
-            match passthrough::del(&self.ct, &target, &o.host, Some(&o.dest)) {
+            match passthrough::del_as(
+                &self.ct,
+                GrantOwner::Daemon,
+                &target,
+                &o.host,
+                Some(&o.dest),
+            ) {
                 Ok(report) => {
                     tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, "device removed")
                 }
@@ -687,10 +718,13 @@ impl Daemon {
                 self.remove_device(&cgroup, id, &owned.entry, o);
             }
             for text in &owned.rules {
-                if let Ok(r) = crate::rule::parse_rules(&[text.as_str()]) {
-                    if self.ct.revoke(&target_of(&cgroup), &r, false).is_ok() {
-                        tracing::info!(container = %owned.entry, cgroup = %cgroup.display(), rule = %text, "revoked (no longer selected)");
-                    }
+                let subject = GrantSubject::Rule { rule: text.clone() };
+                if self
+                    .ct
+                    .take_back(&target_of(&cgroup), GrantOwner::Daemon, &subject)
+                    .is_ok()
+                {
+                    tracing::info!(container = %owned.entry, cgroup = %cgroup.display(), rule = %text, "revoked (no longer selected)");
                 }
             }
             self.state.containers.remove(&id);

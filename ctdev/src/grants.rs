@@ -1,0 +1,672 @@
+//! Grant records (the ledger): what each `add`, each daemon grant and each
+//! operator `allow` changed, so that taking a grant back (`del`, the
+//! daemon's take-back) undoes exactly that and nothing else.
+//!
+//! One JSON file per container (policy id) in a state directory outside
+//! bpffs (bpffs holds only pins): by default `/run/ctdev/pinroots/<pin
+//! root>/`, so a test with its own pin root has its own records. Files are
+//! written ahead (before the change they describe) and atomically (temporary
+//! file, fsync, rename), under the pin-root lock every change holds. A grant
+//! written ahead of a change that never happened is harmless to take back:
+//! the take-back only ever removes bits that are there and nodes that are
+//! the grant's, and never deletes an entry when a broader one would widen.
+//!
+//! The planning here is pure ([`plan_grant`], [`plan_take_back`]) over an
+//! in-memory copy of the entries.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ctdev_common::{PolicyKey, WILDCARD};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{decide, fallbacks, inherited, merge_rules, Entries, Plan};
+use crate::rule::{DeviceType, Rule};
+
+/// Root of the default state directories.
+pub const DEFAULT_STATE_BASE: &str = "/run/ctdev/pinroots";
+
+/// Why the records could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// Reading or writing failed.
+    #[error("grant records {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid JSON of the expected shape.
+    #[error("grant records {path} are corrupt: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+/// Who made a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Owner {
+    /// `ctdev add`.
+    Cli,
+    /// `ctdev daemon`.
+    Daemon,
+    /// `ctdev allow`.
+    Operator,
+}
+
+impl Owner {
+    /// The name used in messages and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Owner::Cli => "cli",
+            Owner::Daemon => "daemon",
+            Owner::Operator => "operator",
+        }
+    }
+}
+
+/// What a grant was for: its identity among a container's grants.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Subject {
+    /// A device node or directory passed in (`add DEVICE DEST`).
+    Device {
+        /// DEVICE as given.
+        device: String,
+        /// DEST in the container.
+        dest: String,
+    },
+    /// A network interface moved in.
+    Interface {
+        /// Host name.
+        host: String,
+        /// Name in the container.
+        inside: String,
+    },
+    /// A rule (operator `allow`, daemon static rule).
+    Rule {
+        /// The rule text.
+        rule: String,
+    },
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Device { device, dest } if device == dest => write!(f, "{device}"),
+            Subject::Device { device, dest } => write!(f, "{device} at {dest}"),
+            Subject::Interface { host, inside } => write!(f, "interface {host} as {inside}"),
+            Subject::Rule { rule } => write!(f, "rule {rule}"),
+        }
+    }
+}
+
+/// What a grant did to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryGrant {
+    /// Kernel device type code.
+    pub dev_type: u32,
+    /// Major (or the wildcard).
+    pub major: u32,
+    /// Minor (or the wildcard).
+    pub minor: u32,
+    /// The entry did not exist: this grant created it.
+    pub created: bool,
+    /// Bits the grant asked for.
+    pub requested: u32,
+    /// Bits it added (not there, nor given by a broader entry, before).
+    pub added: u32,
+}
+
+impl EntryGrant {
+    /// The key of the entry under `policy_id`.
+    pub fn key(&self, policy_id: u64) -> PolicyKey {
+        PolicyKey::new(policy_id, self.dev_type, self.major, self.minor)
+    }
+}
+
+/// A device node as saved in the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedNode {
+    /// Kernel device type code.
+    pub dev_type: u32,
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+}
+
+impl From<crate::container::nodes::NodeSpec> for SavedNode {
+    fn from(n: crate::container::nodes::NodeSpec) -> Self {
+        SavedNode {
+            dev_type: n.dev_type.kernel_types()[0],
+            major: n.major,
+            minor: n.minor,
+            mode: n.mode,
+            uid: n.uid,
+            gid: n.gid,
+        }
+    }
+}
+
+impl SavedNode {
+    /// Back to a node spec.
+    pub fn spec(&self) -> crate::container::nodes::NodeSpec {
+        crate::container::nodes::NodeSpec {
+            dev_type: DeviceType::from_kernel(self.dev_type).unwrap_or(DeviceType::Char),
+            major: self.major,
+            minor: self.minor,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+}
+
+/// What a grant did to one node in the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "action")]
+pub enum NodeChange {
+    /// The node was created (nothing was there).
+    Created,
+    /// Another device node was there, saved to be put back.
+    Replaced {
+        /// The node that was there.
+        old: SavedNode,
+    },
+}
+
+/// One node a grant made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeGrant {
+    /// Path in the container.
+    pub dest: PathBuf,
+    /// The node made.
+    pub node: SavedNode,
+    /// What was there before.
+    pub change: NodeChange,
+}
+
+/// One grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Who made it.
+    pub owner: Owner,
+    /// What for.
+    pub subject: Subject,
+    /// Entries it changed.
+    pub entries: Vec<EntryGrant>,
+    /// Nodes it made or replaced.
+    #[serde(default)]
+    pub nodes: Vec<NodeGrant>,
+    /// Written ahead of a change that has not been confirmed yet.
+    #[serde(default)]
+    pub pending: bool,
+}
+
+/// A container's grants.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// Format version.
+    pub version: u32,
+    /// The container's policy id.
+    pub policy_id: u64,
+    /// Grants, oldest first.
+    pub grants: Vec<Grant>,
+}
+
+impl Ledger {
+    /// An empty ledger for `policy_id`.
+    pub fn new(policy_id: u64) -> Self {
+        Ledger {
+            version: 1,
+            policy_id,
+            grants: Vec::new(),
+        }
+    }
+
+    /// The index of the grant of `owner` for `subject`.
+    pub fn find(&self, owner: Owner, subject: &Subject) -> Option<usize> {
+        self.grants
+            .iter()
+            .position(|g| g.owner == owner && &g.subject == subject)
+    }
+}
+
+/// Where the records of one pin root live.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// The records of `pin_root`, under `state_dir` if given, else derived
+    /// from the pin root's path under [`DEFAULT_STATE_BASE`].
+    pub fn new(pin_root: &Path, state_dir: Option<&Path>) -> Self {
+        let dir = match state_dir {
+            Some(d) => d.to_path_buf(),
+            None => {
+                Path::new(DEFAULT_STATE_BASE).join(pin_root.strip_prefix("/").unwrap_or(pin_root))
+            }
+        };
+        Store { dir }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, policy_id: u64) -> PathBuf {
+        self.dir.join(format!("grants-{policy_id}.json"))
+    }
+
+    /// The ledger of `policy_id` (empty when there is none).
+    pub fn load(&self, policy_id: u64) -> Result<Ledger, GrantError> {
+        let path = self.path(policy_id);
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| GrantError::Corrupt {
+                path,
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ledger::new(policy_id)),
+            Err(source) => Err(GrantError::Io { path, source }),
+        }
+    }
+
+    /// Writes the ledger atomically (an empty one removes the file).
+    pub fn save(&self, ledger: &Ledger) -> Result<(), GrantError> {
+        let path = self.path(ledger.policy_id);
+        if ledger.grants.is_empty() {
+            return self.remove(ledger.policy_id);
+        }
+        let io = |source| GrantError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.dir).map_err(io)?;
+        let text = serde_json::to_string_pretty(ledger).map_err(|e| GrantError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let tmp = path.with_extension("json.tmp");
+        let mut f = fs::File::create(&tmp).map_err(io)?;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// Forgets every grant of `policy_id` (detach, or a fresh attach).
+    pub fn remove(&self, policy_id: u64) -> Result<(), GrantError> {
+        let path = self.path(policy_id);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                let _ = fs::remove_dir(&self.dir);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(GrantError::Io { path, source }),
+        }
+    }
+}
+
+/// Plans a grant of `rules` (merged per key): an existing entry gets the
+/// bits OR-ed in; a new entry starts from what its devices had (so adding
+/// never narrows). Returns the plan and what the grant added per entry.
+pub fn plan_grant(entries: &Entries, policy_id: u64, rules: &[Rule]) -> (Plan, Vec<EntryGrant>) {
+    let mut plan = Plan::default();
+    let mut now = entries.clone();
+    let mut out = Vec::new();
+    for (key, bits) in merge_rules(policy_id, rules) {
+        let before = now.get(&key).copied();
+        let had = match before {
+            Some(b) => b,
+            None => inherited(&now, &key),
+        };
+        let after = had | bits;
+        if before.is_none() && key.major != WILDCARD && key.minor == WILDCARD {
+            // A new (M, *) would take the devices (M, m) from the (*, m)
+            // entries deciding them: each whose verdict would change gets an
+            // exact entry (what it had plus the bits), so every device ends
+            // with exactly what it had plus what was asked.
+            let helpers: Vec<(PolicyKey, u32)> = now
+                .range(PolicyKey::new(policy_id, key.dev_type, WILDCARD, 0)..)
+                .take_while(|(k, _)| {
+                    k.policy_id == policy_id && k.dev_type == key.dev_type && k.major == WILDCARD
+                })
+                .filter(|(k, b)| {
+                    k.minor != WILDCARD
+                        && (**b | bits) != after
+                        && !now.contains_key(&PolicyKey::new(
+                            policy_id,
+                            key.dev_type,
+                            key.major,
+                            k.minor,
+                        ))
+                })
+                .map(|(k, b)| {
+                    (
+                        PolicyKey::new(policy_id, key.dev_type, key.major, k.minor),
+                        *b,
+                    )
+                })
+                .collect();
+            for (hk, b) in helpers {
+                plan.record(hk, None, Some(b | bits));
+                now.insert(hk, b | bits);
+                out.push(EntryGrant {
+                    dev_type: hk.dev_type,
+                    major: hk.major,
+                    minor: hk.minor,
+                    created: true,
+                    requested: bits,
+                    added: bits & !b,
+                });
+            }
+        }
+        plan.record(key, before, Some(after));
+        now.insert(key, after);
+        out.push(EntryGrant {
+            dev_type: key.dev_type,
+            major: key.major,
+            minor: key.minor,
+            created: before.is_none(),
+            requested: bits,
+            added: bits & !had,
+        });
+    }
+    (plan, out)
+}
+
+/// Adds (or merges) a grant into the ledger: a second grant of the same
+/// owner and subject extends the first (idempotent).
+pub fn record(ledger: &mut Ledger, grant: Grant) {
+    match ledger.find(grant.owner, &grant.subject) {
+        Some(i) => {
+            let g = &mut ledger.grants[i];
+            for e in grant.entries {
+                match g
+                    .entries
+                    .iter_mut()
+                    .find(|x| (x.dev_type, x.major, x.minor) == (e.dev_type, e.major, e.minor))
+                {
+                    Some(x) => {
+                        x.requested |= e.requested;
+                        x.added |= e.added;
+                        x.created |= e.created;
+                    }
+                    None => g.entries.push(e),
+                }
+            }
+            for n in grant.nodes {
+                if !g.nodes.iter().any(|x| x.dest == n.dest) {
+                    g.nodes.push(n);
+                }
+            }
+            g.pending = grant.pending;
+        }
+        None => ledger.grants.push(grant),
+    }
+}
+
+/// An operator's revoke overrides grants: the bits it took away are no
+/// longer any grant's (a later grant that adds them again owns them).
+pub fn forget_revoked(ledger: &mut Ledger, plan: &Plan) {
+    let id = ledger.policy_id;
+    for c in &plan.changes {
+        let left = c.after.unwrap_or(0);
+        for g in ledger.grants.iter_mut() {
+            for e in g.entries.iter_mut().filter(|e| e.key(id) == c.key) {
+                e.requested &= left;
+                e.added &= left;
+                if c.after.is_none() {
+                    e.created = false;
+                }
+            }
+        }
+    }
+}
+
+/// Plans taking grant `index` back: for each of its entries, the bits it
+/// added that no other grant asked for are removed; an entry it created is
+/// deleted when no other grant needs it and deleting gives no device more
+/// than the bits left, otherwise it stays with those bits. Bits and
+/// creation still wanted by other grants pass to them. Returns the plan
+/// and the ledger after.
+pub fn plan_take_back(entries: &Entries, ledger: &Ledger, index: usize) -> (Plan, Ledger) {
+    let id = ledger.policy_id;
+    let mut after = ledger.clone();
+    let grant = after.grants.remove(index);
+    let mut plan = Plan::default();
+    let mut now = entries.clone();
+    // Most general entries first: a wildcard goes before the exact entries
+    // that kept its devices' bits, so those can go too.
+    let mut order: Vec<&EntryGrant> = grant.entries.iter().collect();
+    order.sort_by_key(|e| {
+        std::cmp::Reverse((e.major == WILDCARD) as u8 * 2 + (e.minor == WILDCARD) as u8)
+    });
+    for eg in order {
+        let key = eg.key(id);
+        let same =
+            |x: &EntryGrant| (x.dev_type, x.major, x.minor) == (eg.dev_type, eg.major, eg.minor);
+        let claimed: u32 = after
+            .grants
+            .iter()
+            .flat_map(|g| g.entries.iter())
+            .filter(|x| same(x))
+            .fold(0, |a, x| a | x.requested);
+        let others = after
+            .grants
+            .iter()
+            .any(|g| g.entries.iter().any(|x| same(x)));
+        // Hand what others still want over to them.
+        let mut keep = eg.added & claimed;
+        let mut creator_passed = !eg.created;
+        for g in after.grants.iter_mut() {
+            for x in g.entries.iter_mut().filter(|x| same(x)) {
+                let give = keep & x.requested;
+                x.added |= give;
+                keep &= !give;
+                if !creator_passed {
+                    x.created = true;
+                    creator_passed = true;
+                }
+            }
+        }
+        let remove = eg.added & !claimed;
+        let Some(cur) = now.get(&key).copied() else {
+            // Someone removed it since: nothing to take back.
+            continue;
+        };
+        let left = cur & !remove;
+        let may_delete = eg.created && !others;
+        let delete = may_delete && fallbacks(&now, &key).into_iter().all(|f| f & !left == 0);
+        if delete {
+            plan.record(key, Some(cur), None);
+            now.remove(&key);
+        } else {
+            plan.record(key, Some(cur), Some(left));
+            now.insert(key, left);
+        }
+    }
+    (plan, after)
+}
+
+/// Bits the kernel gives `key`'s device now (exact keys only; for notes).
+pub fn effective(entries: &Entries, key: &PolicyKey) -> u32 {
+    decide(entries, key.policy_id, key.dev_type, key.major, key.minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{plan_attach, widened, AttachPlan};
+    use crate::rule::parse_rules;
+    use ctdev_common::{DEV_BLOCK, DEV_CHAR};
+
+    const ID: u64 = 9;
+
+    fn attach(texts: &[&str]) -> Entries {
+        match plan_attach(None, ID, &[], &parse_rules(texts).unwrap()) {
+            AttachPlan::Fresh { wanted } => wanted,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn grid() -> Vec<(u32, u32, u32)> {
+        let mut g = Vec::new();
+        for t in [DEV_BLOCK, DEV_CHAR] {
+            for ma in [1, 4, 7] {
+                for mi in [3, 5, 9] {
+                    g.push((t, ma, mi));
+                }
+            }
+        }
+        g
+    }
+
+    fn grant(entries: &mut Entries, ledger: &mut Ledger, owner: Owner, subject: &str, rule: &str) {
+        let (plan, eg) = plan_grant(entries, ID, &parse_rules(&[rule]).unwrap());
+        *entries = plan.result(entries);
+        record(
+            ledger,
+            Grant {
+                owner,
+                subject: Subject::Rule {
+                    rule: subject.into(),
+                },
+                entries: eg,
+                nodes: Vec::new(),
+                pending: false,
+            },
+        );
+    }
+
+    fn take_back(entries: &mut Entries, ledger: &mut Ledger, owner: Owner, subject: &str) {
+        let i = ledger
+            .find(
+                owner,
+                &Subject::Rule {
+                    rule: subject.into(),
+                },
+            )
+            .unwrap();
+        let (plan, after) = plan_take_back(entries, ledger, i);
+        let next = plan.result(entries);
+        assert_eq!(widened(entries, &next, ID, &grid()), None);
+        *entries = next;
+        *ledger = after;
+    }
+
+    #[test]
+    fn add_of_an_already_allowed_device_then_del_keeps_it() {
+        let mut e = attach(&["c 1:5 rwm"]);
+        let start = e.clone();
+        let mut l = Ledger::new(ID);
+        grant(&mut e, &mut l, Owner::Cli, "zero", "c 1:5 rwm");
+        take_back(&mut e, &mut l, Owner::Cli, "zero");
+        assert_eq!(e, start);
+    }
+
+    #[test]
+    fn add_under_a_wildcard_with_a_deny_then_del_is_the_identity() {
+        let mut e = attach(&["c *:* rwm", "c 1:5 ''"]);
+        let start = e.clone();
+        let mut l = Ledger::new(ID);
+        grant(&mut e, &mut l, Owner::Cli, "zero", "c 1:5 rwm");
+        take_back(&mut e, &mut l, Owner::Cli, "zero");
+        assert_eq!(e, start);
+        // Under a wildcard only: the new entry inherits, del removes it.
+        let mut e = attach(&["c *:* rw"]);
+        let start = e.clone();
+        grant(&mut e, &mut l, Owner::Cli, "zero", "c 1:5 m");
+        assert_eq!(e.get(&PolicyKey::new(ID, DEV_CHAR, 1, 5)), Some(&7));
+        take_back(&mut e, &mut l, Owner::Cli, "zero");
+        assert_eq!(e, start);
+    }
+
+    #[test]
+    fn two_grants_of_one_device_are_separate() {
+        let mut e = attach(&[]);
+        let start = e.clone();
+        let mut l = Ledger::new(ID);
+        grant(&mut e, &mut l, Owner::Cli, "a", "c 1:5 rw");
+        grant(&mut e, &mut l, Owner::Cli, "b", "c 1:5 rw");
+        take_back(&mut e, &mut l, Owner::Cli, "a");
+        assert_eq!(e.get(&PolicyKey::new(ID, DEV_CHAR, 1, 5)), Some(&6));
+        take_back(&mut e, &mut l, Owner::Cli, "b");
+        assert_eq!(e, start);
+    }
+
+    #[test]
+    fn the_daemon_takes_back_only_what_it_gave() {
+        // Operator first, daemon second: the operator's rule stays.
+        let mut e = attach(&[]);
+        let mut l = Ledger::new(ID);
+        grant(
+            &mut e,
+            &mut l,
+            Owner::Operator,
+            "c 10:200 rw",
+            "c 10:200 rw",
+        );
+        grant(&mut e, &mut l, Owner::Daemon, "c 10:200 rw", "c 10:200 rw");
+        take_back(&mut e, &mut l, Owner::Daemon, "c 10:200 rw");
+        assert_eq!(e.get(&PolicyKey::new(ID, DEV_CHAR, 10, 200)), Some(&6));
+        // Daemon first, operator second: still stays.
+        let mut e = attach(&[]);
+        let mut l = Ledger::new(ID);
+        grant(&mut e, &mut l, Owner::Daemon, "c 10:200 rw", "c 10:200 rw");
+        grant(
+            &mut e,
+            &mut l,
+            Owner::Operator,
+            "c 10:200 rw",
+            "c 10:200 rw",
+        );
+        take_back(&mut e, &mut l, Owner::Daemon, "c 10:200 rw");
+        assert_eq!(e.get(&PolicyKey::new(ID, DEV_CHAR, 10, 200)), Some(&6));
+        // A policy rule overlapping the preset leaves the preset's bits.
+        let preset = crate::presets::Preset::Oci.rules();
+        let AttachPlan::Fresh { wanted } = plan_attach(None, ID, &preset, &[]) else {
+            panic!()
+        };
+        let mut e = wanted;
+        let start = e.clone();
+        let mut l = Ledger::new(ID);
+        grant(&mut e, &mut l, Owner::Daemon, "c 1:3 rw", "c 1:3 rw");
+        take_back(&mut e, &mut l, Owner::Daemon, "c 1:3 rw");
+        assert_eq!(e, start);
+    }
+
+    #[test]
+    fn ledger_round_trips_and_empty_removes_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::new(Path::new("/x"), Some(&t.path().join("s")));
+        let mut l = Ledger::new(ID);
+        let mut e = attach(&[]);
+        grant(&mut e, &mut l, Owner::Cli, "a", "c 1:5 rw");
+        store.save(&l).unwrap();
+        assert_eq!(store.load(ID).unwrap(), l);
+        store.save(&Ledger::new(ID)).unwrap();
+        assert!(store.load(ID).unwrap().grants.is_empty());
+        assert!(!t.path().join("s").exists());
+        assert_eq!(
+            Store::new(Path::new("/sys/fs/bpf/t1"), None).dir(),
+            Path::new("/run/ctdev/pinroots/sys/fs/bpf/t1")
+        );
+    }
+}
