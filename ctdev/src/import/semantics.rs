@@ -16,10 +16,11 @@
 //!   the same type shares bits with it ("cannot punch hole"). A request is
 //!   an exception only if ONE exception covers every requested bit. runc
 //!   appends its default devices after the config's rules.
-//! - **crun 1.8**: a first-match chain, crun's default devices first (they
-//!   cannot be denied), then the config's rules last to first; a rule
+//! - **crun 1.8.1**: a first-match chain, crun's default devices first
+//!   (they cannot be denied), then the config's rules last to first; a rule
 //!   matches when its type (any for `a`), numbers and access (covering
-//!   every requested bit) match; no match denies.
+//!   every requested bit) match; no match denies. A config without device
+//!   rules gets no program at all.
 //! - **LXC 5**: `a` alone switches between an allow list and a deny list
 //!   and clears the rules; in allow-list mode deny rules are ignored (and
 //!   the other way round), except that a rule with the same type, numbers
@@ -97,8 +98,9 @@ pub const RUNC_DEFAULTS: [(char, i64, i64, &str, Option<&str>); 11] = [
     ('c', 10, 200, "rwm", None),
 ];
 
-/// crun 1.8's default devices, checked before the config's rules.
-pub const CRUN_DEFAULTS: [(char, i64, i64, &str); 12] = [
+/// crun 1.8.1's default devices, checked before the config's rules (later
+/// crun releases add `c 10:200 rwm`).
+pub const CRUN_DEFAULTS: [(char, i64, i64, &str); 11] = [
     ('c', -1, -1, "m"),
     ('b', -1, -1, "m"),
     ('c', 1, 3, "rwm"),
@@ -110,7 +112,6 @@ pub const CRUN_DEFAULTS: [(char, i64, i64, &str); 12] = [
     ('c', 5, 1, "rwm"),
     ('c', 136, -1, "rwm"),
     ('c', 5, 2, "rwm"),
-    ('c', 10, 200, "rwm"),
 ];
 
 fn default_spec(t: char, major: i64, minor: i64, access: &str) -> DeviceRuleSpec {
@@ -299,7 +300,14 @@ fn runc(specs: &[DeviceRuleSpec]) -> Result<RuntimeModel, ModelError> {
 }
 
 /// crun: defaults first (last to first), then the rules last to first.
+/// Without rules crun attaches no program at all: everything is allowed.
 fn crun(specs: &[DeviceRuleSpec]) -> RuntimeModel {
+    if specs.is_empty() {
+        return RuntimeModel {
+            checks: Vec::new(),
+            default_allow: true,
+        };
+    }
     let defaults = CRUN_DEFAULTS
         .iter()
         .rev()
