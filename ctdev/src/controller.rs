@@ -987,6 +987,8 @@ impl Ctdev {
         // Program off first, then its entries: the container is never
         // judged by a half-removed policy.
         let link_pin = link.as_ref().map(|l| l.pin.clone());
+        // A takeover's runtime program goes back on before ctdev's comes off.
+        crate::takeover::restore_on_detach(&self.pins, id, resolved.cgroup.as_ref())?;
         if let Some(link) = link {
             attachment::detach(link)?;
         }

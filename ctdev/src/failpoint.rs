@@ -24,6 +24,7 @@ pub const STEPS: &[&str] = &[
     "detach.after_entries",
     "detach.after_counters",
     "takeover.after_attach",
+    "takeover.after_keep",
     "takeover.after_detach_runtime",
     "add.after_nodes",
     "add.after_rules",

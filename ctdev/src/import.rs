@@ -3,33 +3,23 @@
 //! Runtimes describe device access as an ordered list of cgroup v1-style
 //! allow/deny rules ([`DeviceRuleSpec`]). The parsers read that list from
 //! an OCI `config.json` ([`from_oci_config`]), runc's `state.json`
-//! ([`from_runc_state`]) or an LXC config ([`from_lxc_config`]), and
-//! [`effective_rules`] turns it into ctdev allow entries with the same
-//! verdicts.
-//!
-//! **Semantics emulated** (cgroup v1 `devices.allow`/`devices.deny` as runc's
-//! and youki's device emulators apply them on cgroup v2):
-//! - the list starts from deny-all;
-//! - any rule of type `a` switches the whole policy: `deny a` to deny-all,
-//!   `allow a` to allow-all (`b *:* rwm` + `c *:* rwm`), forgetting every
-//!   earlier rule (its numbers and access are ignored, as the kernel and
-//!   runc ignore them);
-//! - any other rule sets its access bits to allowed or denied for every
-//!   device it matches, later rules overriding earlier ones bit by bit.
-//!
-//! The last point is stricter than cgroup v1 in one corner: v1 silently
-//! ignores a deny that punches a hole in a broader allow (`allow c 1:* rw`
-//! then `deny c 1:3 w`), and runc refuses it; here it takes effect
-//! (`c 1:3 r` narrows the wildcard). Access bits of different rules combine
-//! per device (`c 1:* r` and `c 1:3 w` allow `rw` on 1:3), where v1 wants a
-//! single rule to cover a multi-bit request.
+//! ([`from_runc_state`]) or an LXC config ([`from_lxc_config`]);
+//! [`semantics`] replays what each runtime's program makes of the list and
+//! [`translate`] turns it into ctdev entries that never allow more (and
+//! lists what they allow less).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod semantics;
+
+pub use semantics::{
+    check_size, ctdev_allows, is_lxc_reset, lxc_list, runc_defaults, translate, translate_model,
+    verify, ModelError, Narrowed, RuntimeModel, Semantics, Translation, CRUN_DEFAULTS, MAX_NUMBERS,
+    REQUESTS, RUNC_DEFAULTS,
+};
+
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use ctdev_common::{evaluate, PolicyKey, ACCESS_ALL, DEV_BLOCK, DEV_CHAR, WILDCARD};
 use serde_json::Value;
 
 use crate::rule::{Access, DevNumber, DeviceType, Rule, RuleSpec, MAX_MAJOR, MAX_MINOR};
@@ -137,153 +127,10 @@ impl fmt::Display for DeviceRuleSpec {
     }
 }
 
-/// The ctdev allow entries that give the same verdicts as the ordered rule
-/// list `specs` (see the module doc for the semantics). Entries are
-/// single-type (`b` or `c`), in policy-map key order; redundant entries
-/// (ones the lookup order would give the same answer without) are left out.
-pub fn effective_rules(specs: &[DeviceRuleSpec]) -> Vec<Rule> {
-    let mut map: BTreeMap<PolicyKey, u32> = BTreeMap::new();
-    for spec in specs {
-        let types: &[u32] = match spec.dev_type {
-            DeviceType::All => {
-                map.clear();
-                if spec.allow {
-                    for t in [DEV_BLOCK, DEV_CHAR] {
-                        map.insert(key(t, WILDCARD, WILDCARD), ACCESS_ALL);
-                    }
-                }
-                continue;
-            }
-            t => t.kernel_types(),
-        };
-        if spec.access.is_empty() {
-            continue;
-        }
-        for &t in types {
-            apply(
-                &mut map,
-                key(t, spec.major.to_kernel(), spec.minor.to_kernel()),
-                spec.access.bits(),
-                spec.allow,
-            );
-        }
-    }
-    prune(&mut map);
-    map.iter()
-        .filter_map(|(k, &bits)| Rule::from_entry(k, bits))
-        .collect()
-}
-
-fn key(dev_type: u32, major: u32, minor: u32) -> PolicyKey {
-    PolicyKey::new(0, dev_type, major, minor)
-}
-
-/// The bits ctdev's lookup would allow for `(t, major, minor)` (numbers may
-/// be wildcards: then the most specific entry covering that whole pattern).
-fn lookup(map: &BTreeMap<PolicyKey, u32>, t: u32, major: u32, minor: u32) -> u32 {
-    evaluate(0, t, major, minor, ACCESS_ALL, |k| map.get(k).copied())
-        .matched
-        .map_or(0, |(_, bits)| bits)
-}
-
-/// Whether the devices of `inner` are all devices of `outer` (same type).
-fn covers(outer: &PolicyKey, inner: &PolicyKey) -> bool {
-    outer.dev_type == inner.dev_type
-        && (outer.major == WILDCARD || outer.major == inner.major)
-        && (outer.minor == WILDCARD || outer.minor == inner.minor)
-}
-
-/// Applies one rule to the entry map, keeping the invariant that the map's
-/// verdicts (under ctdev's lookup order) are those of the rules so far.
-fn apply(map: &mut BTreeMap<PolicyKey, u32>, p: PolicyKey, bits: u32, allow: bool) {
-    // 1. Devices in both `p` and a partially overlapping wildcard entry
-    //    (`(M,*)` vs `(*,m)`) get an exact entry first: once `p` exists,
-    //    the lookup order would otherwise pick the wrong one of the two.
-    let mut exact = Vec::new();
-    for k in map.keys() {
-        if k.dev_type != p.dev_type || covers(k, &p) || covers(&p, k) {
-            continue;
-        }
-        let major = if p.major == WILDCARD {
-            k.major
-        } else {
-            p.major
-        };
-        let minor = if p.minor == WILDCARD {
-            k.minor
-        } else {
-            p.minor
-        };
-        if (k.major == WILDCARD || k.major == major) && (k.minor == WILDCARD || k.minor == minor) {
-            exact.push(key(p.dev_type, major, minor));
-        }
-    }
-    // 2. `p` itself, holding what the lookup gives its devices now.
-    exact.push(p);
-    for k in exact {
-        if !map.contains_key(&k) {
-            let now = lookup(map, k.dev_type, k.major, k.minor);
-            map.insert(k, now);
-        }
-    }
-    // 3. Every entry within `p` decides for devices of `p` only: update them.
-    for (k, v) in map.iter_mut() {
-        if covers(&p, k) {
-            *v = if allow { *v | bits } else { *v & !bits };
-        }
-    }
-}
-
-/// Beyond this many (grid devices × entries), pruning is skipped: the
-/// result stays correct, only not minimal.
-const PRUNE_BUDGET: usize = 4_000_000;
-
-/// Drops entries whose removal changes no verdict. Verdicts depend only on
-/// which of the numbers in the map a device's numbers equal, so checking a
-/// grid of every mentioned major and minor plus one unmentioned each covers
-/// every device.
-fn prune(map: &mut BTreeMap<PolicyKey, u32>) {
-    let mut majors: BTreeSet<u32> = map.keys().map(|k| k.major).collect();
-    let mut minors: BTreeSet<u32> = map.keys().map(|k| k.minor).collect();
-    let types: BTreeSet<u32> = map.keys().map(|k| k.dev_type).collect();
-    for set in [&mut majors, &mut minors] {
-        set.remove(&WILDCARD);
-        let unused = (0..).find(|n| !set.contains(n)).unwrap_or(0);
-        set.insert(unused);
-    }
-    let mut grid = Vec::with_capacity(types.len() * majors.len() * minors.len());
-    for &t in &types {
-        for &ma in &majors {
-            for &mi in &minors {
-                grid.push((t, ma, mi));
-            }
-        }
-    }
-    if grid.len().saturating_mul(map.len()) > PRUNE_BUDGET {
-        tracing::debug!(
-            "not pruning {} imported entries (grid of {} devices)",
-            map.len(),
-            grid.len()
-        );
-        return;
-    }
-    let want: Vec<u32> = grid
-        .iter()
-        .map(|&(t, ma, mi)| lookup(map, t, ma, mi))
-        .collect();
-    // Exact entries first, then (M,*), (*,m), (*,*).
-    let mut order: Vec<PolicyKey> = map.keys().copied().collect();
-    order.sort_by_key(|k| (k.major == WILDCARD, k.minor == WILDCARD, *k));
-    for k in order {
-        let Some(bits) = map.remove(&k) else { continue };
-        let same = grid
-            .iter()
-            .zip(&want)
-            .all(|(&(t, ma, mi), &w)| lookup(map, t, ma, mi) == w);
-        if !same {
-            map.insert(k, bits);
-        }
-    }
+/// The ctdev entries for a runc rule list (the full list, runc's defaults
+/// included, as in state.json): [`translate`] with [`Semantics::Runc`].
+pub fn effective_rules(specs: &[DeviceRuleSpec]) -> Result<Vec<Rule>, ModelError> {
+    Ok(translate(Semantics::Runc, specs)?.rules)
 }
 
 fn read(path: &Path) -> Result<String, ImportError> {
@@ -378,6 +225,31 @@ pub fn parse_oci_config(text: &str, path: &Path) -> Result<Vec<DeviceRuleSpec>, 
             })
         })
         .collect()
+}
+
+/// The node paths of an OCI config's `linux.devices` (runc drops a default
+/// device whose path is listed there).
+pub fn oci_device_paths(text: &str, path: &Path) -> Result<Vec<String>, ImportError> {
+    let json = parse_json(text, path)?;
+    Ok(json
+        .pointer("/linux/devices")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.get("path").and_then(Value::as_str).map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// What runc 1.1 applies for an OCI config.json: its
+/// `linux.resources.devices` followed by runc's default devices (minus
+/// those whose node path the config's `linux.devices` lists).
+pub fn oci_config_for_runc(path: &Path) -> Result<Vec<DeviceRuleSpec>, ImportError> {
+    let text = read(path)?;
+    let mut specs = parse_oci_config(&text, path)?;
+    specs.extend(runc_defaults(&oci_device_paths(&text, path)?));
+    Ok(specs)
 }
 
 fn oci_entry(e: &Value) -> Result<DeviceRuleSpec, String> {
@@ -475,32 +347,52 @@ fn runc_entry(e: &Value) -> Result<DeviceRuleSpec, String> {
 const LXC_ALLOW: &str = "lxc.cgroup2.devices.allow";
 const LXC_DENY: &str = "lxc.cgroup2.devices.deny";
 
-/// The cgroup2 device rules of an LXC container config, in order:
-/// `lxc.cgroup2.devices.allow = c 1:3 rwm`, `lxc.cgroup2.devices.deny = a`.
-/// `lxc.include` is followed when the file (or directory of `*.conf`
-/// files) exists. As LXC does, an empty value clears the earlier entries of
-/// that key, and `lxc.cgroup2 =` clears all. Comments, other keys and the
-/// cgroup v1 `lxc.cgroup.devices.*` keys (which LXC ignores on cgroup2)
-/// are skipped.
+/// The cgroup2 device rules of an LXC container config
+/// (`lxc.cgroup2.devices.allow = c 1:3 rwm`, `lxc.cgroup2.devices.deny = a`),
+/// as LXC's device list keeps them: an `a` alone becomes the first rule
+/// (`deny a`: allow list, `allow a`: deny list) and clears the earlier
+/// ones; then the rules of that list's kind LXC compiles, a later rule of
+/// the other kind with the same type, numbers and access text having
+/// flipped (removed) an earlier one. A config without device rules gives
+/// an empty list. `lxc.include` is followed when the file (or directory of
+/// `*.conf` files) exists. As LXC does, an empty value clears the earlier
+/// entries of that key, and `lxc.cgroup2 =` clears all. Comments, other
+/// keys and the cgroup v1 `lxc.cgroup.devices.*` keys (which LXC ignores on
+/// cgroup2) are skipped.
 pub fn from_lxc_config(path: &Path) -> Result<Vec<DeviceRuleSpec>, ImportError> {
     let mut entries = Vec::new();
     lxc_file(path, 0, &mut entries)?;
-    Ok(entries.into_iter().map(|(_, spec)| spec).collect())
+    Ok(lxc_device_list(&entries))
 }
+
+/// LXC's list from config entries (with their access text).
+fn lxc_device_list(entries: &[LxcEntry]) -> Vec<DeviceRuleSpec> {
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    let (deny_list, kept) = lxc_list(entries.iter().map(|(_, s, t)| (*s, t.as_str())));
+    let mode = DeviceRuleSpec {
+        allow: deny_list,
+        dev_type: DeviceType::All,
+        major: DevNumber::Any,
+        minor: DevNumber::Any,
+        access: Access::NONE,
+    };
+    std::iter::once(mode).chain(kept).collect()
+}
+
+/// One LXC device line: allow or deny, the rule, its access text as written.
+type LxcEntry = (bool, DeviceRuleSpec, String);
 
 /// [`from_lxc_config`] on one file's text, without following `lxc.include`
 /// (includes are skipped); `path` only names the file in errors.
 pub fn parse_lxc_config(text: &str, path: &Path) -> Result<Vec<DeviceRuleSpec>, ImportError> {
     let mut entries = Vec::new();
     lxc_text(text, path, None, &mut entries)?;
-    Ok(entries.into_iter().map(|(_, spec)| spec).collect())
+    Ok(lxc_device_list(&entries))
 }
 
-fn lxc_file(
-    path: &Path,
-    depth: usize,
-    out: &mut Vec<(bool, DeviceRuleSpec)>,
-) -> Result<(), ImportError> {
+fn lxc_file(path: &Path, depth: usize, out: &mut Vec<LxcEntry>) -> Result<(), ImportError> {
     if depth > MAX_INCLUDE_DEPTH {
         return Err(ImportError::IncludeDepth {
             path: path.to_path_buf(),
@@ -515,7 +407,7 @@ fn lxc_text(
     text: &str,
     path: &Path,
     depth: Option<usize>,
-    out: &mut Vec<(bool, DeviceRuleSpec)>,
+    out: &mut Vec<LxcEntry>,
 ) -> Result<(), ImportError> {
     for (n, line) in text.lines().enumerate() {
         let trimmed = line.trim();
@@ -540,7 +432,23 @@ fn lxc_text(
             LXC_ALLOW | LXC_DENY => {
                 let allow = key == LXC_ALLOW;
                 if value.is_empty() {
-                    out.retain(|(a, _)| *a != allow);
+                    out.retain(|(a, _, _)| *a != allow);
+                    continue;
+                }
+                // LXC: `a` alone switches list modes; it compares access
+                // as written, so keep the text.
+                if value == "a" {
+                    out.push((
+                        allow,
+                        DeviceRuleSpec {
+                            allow,
+                            dev_type: DeviceType::All,
+                            major: DevNumber::Any,
+                            minor: DevNumber::Any,
+                            access: Access::NONE,
+                        },
+                        String::new(),
+                    ));
                     continue;
                 }
                 let rule = match RuleSpec::parse(value) {
@@ -552,6 +460,7 @@ fn lxc_text(
                     }
                     Err(e) => return Err(bad(e.to_string())),
                 };
+                let text = value.split_whitespace().nth(2).unwrap_or("").to_string();
                 out.push((
                     allow,
                     DeviceRuleSpec {
@@ -561,6 +470,7 @@ fn lxc_text(
                         minor: rule.minor,
                         access: rule.access,
                     },
+                    text,
                 ));
             }
             _ => {}
@@ -573,7 +483,7 @@ fn lxc_include(
     from: &Path,
     target: &Path,
     depth: usize,
-    out: &mut Vec<(bool, DeviceRuleSpec)>,
+    out: &mut Vec<LxcEntry>,
 ) -> Result<(), ImportError> {
     let target = match from.parent() {
         Some(dir) if target.is_relative() => dir.join(target),
@@ -605,39 +515,28 @@ fn lxc_include(
     Ok(())
 }
 
-/// The import semantics replayed literally, for one device (kernel type
-/// code and numbers) and one access bit: the last rule that concerns them
-/// decides, and an `a` rule switches everything. Too slow for the policy
-/// itself; it is the oracle that unit tests and fuzzers hold
-/// [`effective_rules`] to.
+/// The reference verdict: whether runc 1.1 allows request `req`
+/// (`ACCESS_*` bits, all of them needed) on device `t major:minor` with the
+/// rule list `specs` (runc's defaults included), replaying runc's emulator
+/// literally; `None` when runc refuses the list. The oracle the unit tests,
+/// the fuzzers and the differential test against the real runc hold
+/// [`translate`] to.
 pub fn sequential_verdict(
     specs: &[DeviceRuleSpec],
     t: u32,
     major: u32,
     minor: u32,
-    bit: u32,
-) -> bool {
-    let mut allowed = false;
-    for s in specs {
-        if s.dev_type == DeviceType::All {
-            allowed = s.allow;
-            continue;
-        }
-        let matches = s.dev_type.kernel_types().contains(&t)
-            && s.major.exact().is_none_or(|m| m == major)
-            && s.minor.exact().is_none_or(|m| m == minor)
-            && s.access.bits() & bit != 0;
-        if matches {
-            allowed = s.allow;
-        }
-    }
-    allowed
+    req: u32,
+) -> Option<bool> {
+    RuntimeModel::new(Semantics::Runc, specs)
+        .ok()
+        .map(|m| m.allows(t, major, minor, req))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ctdev_common::{ACCESS_MKNOD, ACCESS_READ, ACCESS_WRITE};
+    use ctdev_common::{ACCESS_MKNOD, ACCESS_READ, ACCESS_WRITE, DEV_BLOCK, DEV_CHAR};
 
     fn spec(allow: bool, rule: &str) -> DeviceRuleSpec {
         let r = match RuleSpec::parse(rule).unwrap() {
@@ -655,54 +554,45 @@ mod tests {
     fn allow(rule: &str) -> DeviceRuleSpec {
         spec(true, rule)
     }
+    /// LXC's list-mode rule: `deny a` (allow list) or `allow a` (deny list).
+    fn lxc_mode(deny_list: bool) -> DeviceRuleSpec {
+        DeviceRuleSpec {
+            access: Access::NONE,
+            ..spec(deny_list, "a")
+        }
+    }
     fn deny(rule: &str) -> DeviceRuleSpec {
         spec(false, rule)
     }
 
-    use super::sequential_verdict as reference;
-
-    fn ctdev_allows(rules: &[Rule], t: u32, major: u32, minor: u32, req: u32) -> bool {
-        let map: BTreeMap<PolicyKey, u32> = rules
-            .iter()
-            .flat_map(|r| r.keys(7).map(move |k| (k, r.access.bits())))
-            .collect();
-        evaluate(7, t, major, minor, req, |k| map.get(k).copied()).allowed
+    /// Translates with runc's semantics and holds the result to the
+    /// oracle; `None` when runc refuses the list.
+    fn check_as(
+        semantics: Semantics,
+        specs: &[DeviceRuleSpec],
+        extra: &[u32],
+    ) -> Option<Translation> {
+        let model = RuntimeModel::new(semantics, specs).ok()?;
+        let tr = translate(semantics, specs).unwrap();
+        if let Err(e) = verify(&model, &tr, extra) {
+            panic!(
+                "{e}\nspecs: {}\nrules: {}",
+                specs
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                texts(&tr.rules).join("; ")
+            );
+        }
+        Some(tr)
     }
 
-    const BITS: [u32; 3] = [ACCESS_MKNOD, ACCESS_READ, ACCESS_WRITE];
-
-    /// Compares every non-empty request on a grid of devices.
     fn check(specs: &[DeviceRuleSpec], majors: &[u32], minors: &[u32]) -> Vec<Rule> {
-        let rules = effective_rules(specs);
-        for t in [DEV_BLOCK, DEV_CHAR] {
-            for &ma in majors {
-                for &mi in minors {
-                    for req in 1..=ACCESS_ALL {
-                        let want = BITS
-                            .iter()
-                            .filter(|&&b| req & b != 0)
-                            .all(|&b| reference(specs, t, ma, mi, b));
-                        let got = ctdev_allows(&rules, t, ma, mi, req);
-                        assert_eq!(
-                            got,
-                            want,
-                            "type {t} {ma}:{mi} request {req:#b}\nspecs: {}\nrules: {}",
-                            specs
-                                .iter()
-                                .map(|s| s.to_string())
-                                .collect::<Vec<_>>()
-                                .join("; "),
-                            rules
-                                .iter()
-                                .map(|r| r.to_string())
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        );
-                    }
-                }
-            }
-        }
-        rules
+        let extra: Vec<u32> = majors.iter().chain(minors).copied().collect();
+        check_as(Semantics::Runc, specs, &extra)
+            .expect("runc accepts the list")
+            .rules
     }
 
     fn texts(rules: &[Rule]) -> Vec<String> {
@@ -763,41 +653,122 @@ mod tests {
     }
 
     #[test]
-    fn deny_after_a_broader_allow_leaves_the_remaining_bits() {
-        let rules = check(&[deny("a"), allow("c 1:* rw"), deny("c 1:3 w")], &MAJ, &MIN);
-        assert_eq!(texts(&rules), ["c 1:3 r", "c 1:* rw"]);
-        // A broader deny after a narrower allow wins over it.
+    fn runc_refuses_a_hole_in_a_wildcard() {
+        // runc's emulator refuses a deny that punches a hole in a broader
+        // allow (cgroup v1 would silently ignore it).
+        let specs = [deny("a"), allow("c 1:* rw"), deny("c 1:3 w")];
+        assert!(matches!(
+            translate(Semantics::Runc, &specs),
+            Err(ModelError::PunchesHole { index: 2, .. })
+        ));
+        // A broader deny after a narrower allow only edits its own key.
         let rules = check(&[allow("c 1:3 rw"), deny("c 1:* r")], &MAJ, &MIN);
-        assert_eq!(texts(&rules), ["c 1:3 w"]);
+        assert_eq!(texts(&rules), ["c 1:3 rw"]);
     }
 
     #[test]
-    fn crossing_wildcards_get_an_exact_entry() {
+    fn crossing_wildcards_are_exact() {
         // (1,*) and (*,3) both cover 1:3, but ctdev looks at (1,*) first.
-        check(&[allow("c *:3 r"), allow("c 1:* w")], &MAJ, &MIN);
-        check(&[allow("c 1:* w"), allow("c *:3 r")], &MAJ, &MIN);
-        check(
-            &[allow("c *:* rw"), deny("c *:3 w"), allow("c 1:* m")],
-            &MAJ,
-            &MIN,
-        );
-        check(
-            &[
+        for specs in [
+            vec![allow("c *:3 r"), allow("c 1:* w")],
+            vec![allow("c 1:* w"), allow("c *:3 r")],
+            vec![allow("c *:* rw"), allow("c 1:* m")],
+            vec![
                 allow("a"),
                 deny("c 1:* r"),
                 deny("c *:3 w"),
-                allow("c 1:3 r"),
+                deny("c 1:3 r"),
             ],
-            &MAJ,
-            &MIN,
+        ] {
+            check_as(Semantics::Runc, &specs, &MAJ);
+        }
+    }
+
+    /// The five reproductions of issue #10 (item 9), by runc's semantics.
+    #[test]
+    fn issue_reproductions() {
+        let defaults = runc_defaults(&[]);
+        let with = |mut v: Vec<DeviceRuleSpec>| {
+            v.extend(defaults.iter().copied());
+            v
+        };
+        let allows = |specs: &[DeviceRuleSpec], t, ma, mi, req| {
+            let tr = check_as(Semantics::Runc, specs, &[]).unwrap();
+            (ctdev_allows(&tr.rules, t, ma, mi, req), tr)
+        };
+        let (r, w, m) = (ACCESS_READ, ACCESS_WRITE, ACCESS_MKNOD);
+        // 1. runc's later `c *:* m` does not reopen the denied 10:229.
+        let specs = with(vec![allow("a"), deny("c 10:229 rwm")]);
+        assert!(!allows(&specs, DEV_CHAR, 10, 229, m).0);
+        // 2. A later broader allow does not undo a narrower deny.
+        let specs = with(vec![allow("a"), deny("c 200:1 r"), allow("c 200:* r")]);
+        let (ok, tr) = allows(&specs, DEV_CHAR, 200, 1, r);
+        assert!(!ok);
+        // runc allows rw there (no deny covers both bits): narrowed.
+        assert!(
+            tr.narrowed.iter().any(|n| n.to_string() == "c 200:1 rw"),
+            "{:?}",
+            tr.narrowed
         );
+        // 3. Two rules do not make one `rw` allow.
+        let specs = with(vec![allow("c 200:* r"), allow("c 200:1 w")]);
+        assert!(!allows(&specs, DEV_CHAR, 200, 1, r | w).0);
+        // 4. A later broader deny does not take the narrower allow.
+        let specs = with(vec![allow("c 200:1 r"), deny("c 200:* r")]);
+        assert!(allows(&specs, DEV_CHAR, 200, 1, r).0);
+        // 5. `deny b r` in allow-all mode denies only requests within `r`.
+        let specs = with(vec![allow("a"), deny("b *:* r")]);
+        let (ok, tr) = allows(&specs, DEV_BLOCK, 8, 0, w);
+        assert!(ok);
+        assert!(!allows(&specs, DEV_BLOCK, 8, 0, r).0);
+        assert!(
+            tr.narrowed.iter().any(|n| n.to_string() == "b *:* rw"),
+            "{:?}",
+            tr.narrowed
+        );
+    }
+
+    #[test]
+    fn crun_defaults_come_first() {
+        // crun checks its defaults before the config's rules: they cannot
+        // be denied; the config's last matching rule wins otherwise.
+        let specs = [
+            deny("a"),
+            deny("c 1:3 rwm"),
+            allow("c 7:* r"),
+            deny("c 7:1 r"),
+        ];
+        let tr = check_as(Semantics::Crun, &specs, &[2]).unwrap();
+        assert!(ctdev_allows(
+            &tr.rules,
+            DEV_CHAR,
+            1,
+            3,
+            ACCESS_READ | ACCESS_WRITE
+        ));
+        assert!(!ctdev_allows(&tr.rules, DEV_CHAR, 7, 1, ACCESS_READ));
+        assert!(ctdev_allows(&tr.rules, DEV_CHAR, 7, 2, ACCESS_READ));
+        assert!(ctdev_allows(&tr.rules, DEV_CHAR, 5, 1, ACCESS_READ));
+    }
+
+    #[test]
+    fn lxc_ignores_denies_in_an_allow_list() {
+        let specs = [
+            lxc_mode(false),
+            allow("c 1:3 rw"),
+            deny("c 1:3 w"),
+            allow("c 1:5 rw"),
+            deny("c 1:5 rw"),
+        ];
+        let tr = check_as(Semantics::Lxc, &specs, &[]).unwrap();
+        assert_eq!(texts(&tr.rules), ["c 1:3 rw"]);
     }
 
     #[test]
     fn runc_default_devices() {
         let mut specs = vec![deny("a"), allow("c *:* m"), allow("b *:* m")];
         for d in [
-            "1:3", "1:5", "1:7", "1:8", "1:9", "5:0", "5:2", "136:*", "10:200",
+            "1:3", "1:8", "1:7", "5:0", "1:5", "1:9", "136:*", "5:2", "10:200",
         ] {
             specs.push(allow(&format!("c {d} rwm")));
         }
@@ -807,6 +778,7 @@ mod tests {
             &[0, 2, 3, 5, 7, 8, 9, 200, 1],
         );
         assert_eq!(rules.len(), 11, "{:?}", texts(&rules));
+        assert_eq!(runc_defaults(&[]), specs[1..]);
     }
 
     #[test]
@@ -836,7 +808,7 @@ mod tests {
         };
         let nums = ["1", "2", "*"];
         let mins = ["3", "4", "*"];
-        for _ in 0..3000 {
+        for _ in 0..1000 {
             let len = 1 + next(7) as usize;
             let specs: Vec<DeviceRuleSpec> = (0..len)
                 .map(|_| {
@@ -863,7 +835,9 @@ mod tests {
                     spec(next(2) == 1, &text)
                 })
                 .collect();
-            check(&specs, &[1, 2, 9], &[3, 4, 9]);
+            for semantics in [Semantics::Runc, Semantics::Crun, Semantics::Lxc] {
+                check_as(semantics, &specs, &[1, 2, 9, 3, 4]);
+            }
         }
     }
 
@@ -895,7 +869,10 @@ mod tests {
                 allow("c 10:* ''"),
             ]
         );
-        assert_eq!(texts(&effective_rules(&specs)), ["b 7:* r", "c 1:3 rw"]);
+        assert_eq!(
+            texts(&effective_rules(&specs).unwrap()),
+            ["b 7:* r", "c 1:3 rw"]
+        );
     }
 
     #[test]
@@ -1052,20 +1029,22 @@ mod tests {
         )
         .unwrap();
         let specs = from_lxc_config(&config).unwrap();
+        // The deny of `w` on 1:5 has other access text than the allow and
+        // LXC ignores denies in an allow list: it changes nothing.
         assert_eq!(
             specs,
             [
-                deny("a"),
+                lxc_mode(false),
                 allow("c *:* m"),
                 allow("c 1:3 rwm"),
                 allow("c 1:5 rw"),
                 allow("b 7:* rwm"),
-                deny("c 1:5 w"),
             ]
         );
+        let tr = translate(Semantics::Lxc, &specs).unwrap();
         assert_eq!(
-            texts(&effective_rules(&specs)),
-            ["b 7:* rwm", "c 1:3 rwm", "c 1:5 rm", "c *:* m"]
+            texts(&tr.rules),
+            ["b 7:* rwm", "c 1:3 rwm", "c 1:5 rwm", "c *:* m"]
         );
     }
 
@@ -1078,13 +1057,24 @@ mod tests {
         );
         assert_eq!(
             from_lxc_config(&path).unwrap(),
-            [deny("c 1:5 rwm"), allow("c 1:7 r")]
+            [lxc_mode(false), allow("c 1:7 r")]
         );
         let (_d, path) = fixture(
             "config",
             "lxc.cgroup2.devices.allow = c 1:3 rwm\nlxc.cgroup2 =\nlxc.cgroup2.devices.deny = a\n",
         );
-        assert_eq!(from_lxc_config(&path).unwrap(), [deny("a")]);
+        assert_eq!(from_lxc_config(&path).unwrap(), [lxc_mode(false)]);
+        // Flipping needs the same access text: `rw` then `wr` is no flip.
+        let (_d, path) = fixture(
+            "config",
+            "lxc.cgroup2.devices.allow = a\nlxc.cgroup2.devices.deny = c 1:3 rw\n\
+             lxc.cgroup2.devices.allow = c 1:3 wr\nlxc.cgroup2.devices.deny = c 1:5 r\n\
+             lxc.cgroup2.devices.allow = c 1:5 r\n",
+        );
+        assert_eq!(
+            from_lxc_config(&path).unwrap(),
+            [lxc_mode(true), deny("c 1:3 rw")]
+        );
     }
 
     #[test]

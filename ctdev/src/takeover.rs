@@ -1,11 +1,25 @@
 //! `ctdev attach --takeover`: replace the runtime's own device program by
-//! ctdev's while keeping what the runtime allowed.
+//! ctdev's while keeping what the runtime allowed, and give it back on
+//! `ctdev detach`.
 //!
 //! Order (never a moment without a program): import the runtime's rules →
 //! attach ctdev with them (or add them if already attached) → verify the
-//! kernel lists ctdev's program on the cgroup → only then detach the
-//! runtime's program(s) from the target cgroup. Programs on ancestor
-//! cgroups belong to other cgroups and are left alone (and reported).
+//! kernel lists ctdev's program on the cgroup → pin each runtime program
+//! (`<pin root>/takeover/<policy id>/prog-<id>-flags-<attach flags>`) →
+//! only then detach it from the target cgroup. `ctdev detach` calls
+//! [`restore_on_detach`] first: the kept programs are attached again with
+//! their flags before ctdev's own program goes, so the container's access
+//! is exactly the runtime's again. Programs on ancestor cgroups belong to
+//! other cgroups and are left alone (and reported).
+//!
+//! What the rules mean: [`crate::import::translate`] replays the runtime's
+//! own semantics (runc for its state.json and for a plain OCI config.json,
+//! with runc's default devices; crun for a crun container's config.json,
+//! with crun's defaults; LXC for an LXC config) and never allows more than
+//! the runtime did; every access it had to narrow is listed in the report.
+//! When there is nothing to import (no runtime program on the cgroup, or a
+//! config without device rules), the takeover starts from the preset
+//! (`--preset`, default `oci`) and says so.
 //!
 //! Where the rules come from: `--import FILE` (an OCI config.json, a runc
 //! state.json, or an LXC config), else the LXC container's config
@@ -20,7 +34,9 @@ use serde::Serialize;
 
 use crate::cgroup::Cgroup;
 use crate::controller::{AttachReport, Ctdev, Error};
-use crate::import::{self, ImportError};
+use crate::import::{self, ImportError, ModelError, Semantics};
+use crate::kernel::attachment::AttachmentError;
+use crate::kernel::pins::PinRoot;
 use crate::kernel::program::ProgramObject;
 use crate::kernel::programs::{device_programs, DeviceProgram, Owner, ProgramsError};
 use crate::kernel::sys::{self, SysError};
@@ -33,7 +49,8 @@ pub const DEFAULT_RUNTIME_ROOTS: [&str; 2] = ["/run/runc", "/run/crun"];
 /// Default LXC container path.
 pub const DEFAULT_LXCPATH: &str = "/var/lib/lxc";
 
-/// Where to look for the runtime's rules.
+/// Where to look for the runtime's rules, and what to start from when
+/// there are none.
 #[derive(Debug, Clone, Default)]
 pub struct TakeoverOptions {
     /// An explicit rule file (`--import`).
@@ -42,6 +59,9 @@ pub struct TakeoverOptions {
     pub lxcpath: Option<PathBuf>,
     /// runc/crun state roots (`--runtime-root`, repeatable).
     pub runtime_roots: Vec<PathBuf>,
+    /// The starting rules when there is nothing to import (`--preset`;
+    /// `None` is [`Preset::Oci`]).
+    pub preset: Option<Preset>,
 }
 
 /// Why a takeover did not happen (or not completely).
@@ -58,6 +78,14 @@ pub enum TakeoverError {
     /// The rule source could not be read.
     #[error(transparent)]
     Import(#[from] ImportError),
+    /// The runtime would not have accepted the rules (or they are too many).
+    #[error("{}: {error}; nothing was changed", file.display())]
+    Model {
+        /// The rule file.
+        file: PathBuf,
+        /// Why.
+        error: ModelError,
+    },
     /// Attaching ctdev failed: nothing was detached.
     #[error(transparent)]
     Ctdev(#[from] Box<Error>),
@@ -72,6 +100,16 @@ pub enum TakeoverError {
         program_id: u32,
         /// The cgroup.
         cgroup: PathBuf,
+    },
+    /// Keeping (pinning) a runtime program failed; it stays attached and
+    /// ctdev's program is attached too.
+    #[error("ctdev is attached, but the runtime's program {program_id} could not be kept for a later detach, so it was left attached (both now apply): {source}")]
+    Keep {
+        /// The program left attached.
+        program_id: u32,
+        /// The error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Detaching a runtime program failed; ctdev's program is attached too.
     #[error("ctdev is attached, but the runtime's program {program_id} could not be detached (both now apply): {source}")]
@@ -90,21 +128,130 @@ impl From<Error> for TakeoverError {
     }
 }
 
+/// A runtime program kept (pinned) by a takeover, to be attached again on
+/// `ctdev detach`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptProgram {
+    /// Kernel program id.
+    pub id: u32,
+    /// Its pin.
+    pub pin: PathBuf,
+    /// The cgroup-level attach flags it had (`BPF_F_ALLOW_MULTI` = 2).
+    pub attach_flags: u32,
+}
+
 /// What `attach --takeover` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TakeoverReport {
     /// The attach itself.
     pub attach: AttachReport,
-    /// The file the rules were imported from.
-    pub source: PathBuf,
-    /// Its format: `oci`, `runc-state` or `lxc`.
+    /// The file the rules were imported from (none when nothing was found
+    /// and the runtime attached no program).
+    pub source: Option<PathBuf>,
+    /// Its format: `oci`, `runc-state` or `lxc` (`none` without a source).
     pub format: &'static str,
+    /// Whose semantics the rules were read with (`runc`, `crun`, `lxc`).
+    pub semantics: Semantics,
     /// The rules imported (as ctdev entries).
     pub imported: Vec<String>,
+    /// Requests the runtime allowed that ctdev's model cannot express and
+    /// now denies (`c 200:1 rw`; a `*` number: every number no rule names).
+    pub narrowed: Vec<String>,
+    /// Set when there was nothing to import: why, and the preset used.
+    pub started_from_preset: Option<String>,
     /// Runtime programs detached from the target cgroup.
     pub detached: Vec<DeviceProgram>,
+    /// The detached programs as kept for `ctdev detach`.
+    pub kept: Vec<KeptProgram>,
     /// Other programs still deciding (on ancestors, or other ctdev roots).
     pub remaining: Vec<DeviceProgram>,
+}
+
+/// The rules found for a takeover.
+struct Imported {
+    source: Option<PathBuf>,
+    format: &'static str,
+    semantics: Semantics,
+    rules: Vec<Rule>,
+    narrowed: Vec<String>,
+    started_from_preset: Option<String>,
+}
+
+/// Reads and translates the runtime's rules; falls back to the preset when
+/// there is nothing to import.
+fn import_rules(
+    ctdev: &Ctdev,
+    target: &Target,
+    cgroup: &Cgroup,
+    options: &TakeoverOptions,
+    runtime_has_program: bool,
+) -> Result<Imported, TakeoverError> {
+    let preset = options.preset.unwrap_or(Preset::Oci);
+    let fallback = |source, format, semantics, why: String| Imported {
+        source,
+        format,
+        semantics,
+        rules: preset.rules(),
+        narrowed: Vec::new(),
+        started_from_preset: Some(format!(
+            "{why}: nothing to import, started from preset {}",
+            preset_name(preset)
+        )),
+    };
+    let found = match find_source(ctdev, target, cgroup, options) {
+        Ok(found) => found,
+        Err(TakeoverError::NoSource { .. }) if !runtime_has_program => {
+            return Ok(fallback(
+                None,
+                "none",
+                Semantics::Runc,
+                "no runtime device program on the cgroup and no rule file found".into(),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    let (source, format, semantics) = found;
+    let specs = match (format, semantics) {
+        ("runc-state", _) => import::from_runc_state(&source)?,
+        ("oci", Semantics::Crun) => import::from_oci_config(&source)?,
+        ("oci", _) => import::oci_config_for_runc(&source)?,
+        _ => import::from_lxc_config(&source)?,
+    };
+    if specs.is_empty() {
+        return Ok(fallback(
+            Some(source.clone()),
+            format,
+            semantics,
+            format!("{} has no device rules", source.display()),
+        ));
+    }
+    if !runtime_has_program {
+        return Ok(fallback(
+            Some(source),
+            format,
+            semantics,
+            "the runtime attached no device program to the cgroup".into(),
+        ));
+    }
+    let tr = import::translate(semantics, &specs).map_err(|error| TakeoverError::Model {
+        file: source.clone(),
+        error,
+    })?;
+    Ok(Imported {
+        source: Some(source),
+        format,
+        semantics,
+        rules: tr.rules,
+        narrowed: tr.narrowed.iter().map(|n| n.to_string()).collect(),
+        started_from_preset: None,
+    })
+}
+
+fn preset_name(p: Preset) -> &'static str {
+    match p {
+        Preset::Oci => "oci",
+        Preset::None => "none",
+    }
 }
 
 /// Replaces the runtime's device program on `target` by ctdev's.
@@ -118,17 +265,18 @@ pub fn takeover(
     let cgroup = resolved.cgroup.ok_or_else(|| Error::NeedsCgroup {
         target: target.to_string(),
     })?;
-    let (source, format) = find_source(ctdev, target, &cgroup, options)?;
-    let specs = match format {
-        "oci" => import::from_oci_config(&source)?,
-        "runc-state" => import::from_runc_state(&source)?,
-        _ => import::from_lxc_config(&source)?,
-    };
-    let mut rules = import::effective_rules(&specs);
+    let is_runtime = |p: &DeviceProgram| p.attached_at == cgroup.path && p.owner != Owner::Ctdev;
+    let runtime_has_program = device_programs(ctdev.cgroups(), &cgroup)?
+        .iter()
+        .any(is_runtime);
+    let imported = import_rules(ctdev, target, &cgroup, options, runtime_has_program)?;
+    if let Some(why) = &imported.started_from_preset {
+        tracing::warn!(cgroup = %cgroup.dir.display(), "{why}");
+    }
+    let mut rules = imported.rules.clone();
     rules.extend_from_slice(extra);
-    let imported = rules.iter().map(|r| r.to_string()).collect();
 
-    // One critical section: attach, verify and the runtime's detach.
+    // One critical section: attach, verify, keep and detach the runtime's.
     let object = ProgramObject::new(ctdev.config().bpf_object.as_deref()).map_err(Error::from)?;
     let lock = ctdev.lock()?;
     let before = device_programs(ctdev.cgroups(), &cgroup)?;
@@ -150,21 +298,45 @@ pub fn takeover(
         });
     }
 
+    let flags =
+        sys::device_attach_flags(fd.as_fd(), &cgroup.dir).map_err(|e| TakeoverError::Detach {
+            program_id: attach.program_id,
+            source: e,
+        })?;
     let mut detached = Vec::new();
-    for prog in before.into_iter().filter(|p| {
-        p.attached_at == cgroup.path && p.id != attach.program_id && p.owner != Owner::Ctdev
-    }) {
+    let mut kept = Vec::new();
+    for prog in before
+        .into_iter()
+        .filter(|p| is_runtime(p) && p.id != attach.program_id)
+    {
         let prog_fd = sys::prog_fd_by_id(prog.id).map_err(|source| TakeoverError::Detach {
             program_id: prog.id,
             source,
         })?;
+        let pin = keep_program(
+            ctdev.pins(),
+            attach.policy_id,
+            prog.id,
+            flags,
+            prog_fd.as_fd(),
+        )
+        .map_err(|source| TakeoverError::Keep {
+            program_id: prog.id,
+            source,
+        })?;
+        crate::failpoint!("takeover.after_keep");
         sys::prog_detach_device(fd.as_fd(), prog_fd.as_fd(), &cgroup.dir).map_err(|source| {
             TakeoverError::Detach {
                 program_id: prog.id,
                 source,
             }
         })?;
-        tracing::info!(program = prog.id, cgroup = %cgroup.dir.display(), "detached runtime device program");
+        tracing::info!(program = prog.id, cgroup = %cgroup.dir.display(), pin = %pin.display(), "detached and kept the runtime device program");
+        kept.push(KeptProgram {
+            id: prog.id,
+            pin,
+            attach_flags: flags,
+        });
         detached.push(prog);
     }
     crate::failpoint!("takeover.after_detach_runtime");
@@ -175,12 +347,97 @@ pub fn takeover(
         .collect();
     Ok(TakeoverReport {
         attach,
-        source,
-        format,
-        imported,
+        source: imported.source,
+        format: imported.format,
+        semantics: imported.semantics,
+        imported: imported.rules.iter().map(|r| r.to_string()).collect(),
+        narrowed: imported.narrowed,
+        started_from_preset: imported.started_from_preset,
         detached,
+        kept,
         remaining,
     })
+}
+
+/// Directory of the runtime programs a takeover of `policy_id` kept.
+fn kept_dir(pins: &PinRoot, policy_id: u64) -> PathBuf {
+    pins.root().join("takeover").join(policy_id.to_string())
+}
+
+/// Pins a runtime program before it is detached; its name records the
+/// attach flags to restore it with.
+fn keep_program(
+    pins: &PinRoot,
+    policy_id: u64,
+    id: u32,
+    flags: u32,
+    prog: std::os::fd::BorrowedFd<'_>,
+) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+    let dir = kept_dir(pins, policy_id);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let pin = dir.join(format!("prog-{id}-flags-{flags}"));
+    if !pin.exists() {
+        sys::obj_pin(prog, &pin)?;
+    }
+    Ok(pin)
+}
+
+/// The runtime programs a takeover kept for `policy_id`: (pin, id, flags).
+pub fn kept_programs(pins: &PinRoot, policy_id: u64) -> Vec<KeptProgram> {
+    let Ok(entries) = std::fs::read_dir(kept_dir(pins, policy_id)) else {
+        return Vec::new();
+    };
+    let mut kept: Vec<KeptProgram> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let (id, flags) = name.strip_prefix("prog-")?.split_once("-flags-")?;
+            Some(KeptProgram {
+                id: id.parse().ok()?,
+                pin: e.path(),
+                attach_flags: flags.parse().ok()?,
+            })
+        })
+        .collect();
+    kept.sort_by_key(|k| k.id);
+    kept
+}
+
+/// Called by `ctdev detach` before it removes ctdev's program: attaches the
+/// runtime programs a takeover kept again, with their flags (so the
+/// container is never without a program, and its access is the runtime's
+/// again), then drops their pins. With the cgroup gone (`None`), only the
+/// pins are dropped. Returns the ids restored.
+pub fn restore_on_detach(
+    pins: &PinRoot,
+    policy_id: u64,
+    cgroup: Option<&Cgroup>,
+) -> Result<Vec<u32>, Error> {
+    let kept = kept_programs(pins, policy_id);
+    let mut restored = Vec::new();
+    if let Some(cgroup) = cgroup {
+        let fd = cgroup.open()?;
+        let attached = sys::query_device_programs(fd.as_fd(), false, &cgroup.dir)
+            .map_err(AttachmentError::from)?;
+        for k in &kept {
+            let prog = sys::obj_get(&k.pin).map_err(AttachmentError::from)?;
+            if !attached.contains(&k.id) {
+                sys::prog_attach_device(fd.as_fd(), prog.as_fd(), k.attach_flags, &cgroup.dir)
+                    .map_err(AttachmentError::from)?;
+            }
+            tracing::info!(program = k.id, cgroup = %cgroup.dir.display(), "re-attached the runtime device program kept by the takeover");
+            restored.push(k.id);
+        }
+    }
+    for k in &kept {
+        crate::kernel::attachment::remove_pin(&k.pin)?;
+    }
+    let dir = kept_dir(pins, policy_id);
+    let _ = std::fs::remove_dir(&dir);
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(restored)
 }
 
 /// Finds the file holding the runtime's device rules, and its format.
@@ -189,9 +446,15 @@ fn find_source(
     target: &Target,
     cgroup: &Cgroup,
     options: &TakeoverOptions,
-) -> Result<(PathBuf, &'static str), TakeoverError> {
+) -> Result<(PathBuf, &'static str, Semantics), TakeoverError> {
     if let Some(file) = &options.import {
-        return Ok((file.clone(), detect_format(file)?));
+        let format = detect_format(file)?;
+        let semantics = if format == "lxc" {
+            Semantics::Lxc
+        } else {
+            Semantics::Runc
+        };
+        return Ok((file.clone(), format, semantics));
     }
     let mut looked = Vec::new();
     let lxc_name = match target {
@@ -210,7 +473,7 @@ fn find_source(
             .unwrap_or_else(|| PathBuf::from(DEFAULT_LXCPATH));
         let config = lxcpath.join(&name).join("config");
         if config.is_file() {
-            return Ok((config, "lxc"));
+            return Ok((config, "lxc", Semantics::Lxc));
         }
         looked.push(config.display().to_string());
     }
@@ -239,7 +502,11 @@ fn find_source(
 
 /// The rule file of the runc (`state.json`) or crun (`status` → bundle's
 /// `config.json`) container in `dir`, if its init process is in `cgroup`.
-fn runtime_state(ctdev: &Ctdev, dir: &Path, cgroup: &Cgroup) -> Option<(PathBuf, &'static str)> {
+fn runtime_state(
+    ctdev: &Ctdev,
+    dir: &Path,
+    cgroup: &Cgroup,
+) -> Option<(PathBuf, &'static str, Semantics)> {
     let in_cgroup = |pid: i64| {
         i32::try_from(pid)
             .ok()
@@ -250,7 +517,7 @@ fn runtime_state(ctdev: &Ctdev, dir: &Path, cgroup: &Cgroup) -> Option<(PathBuf,
     if let Ok(text) = std::fs::read_to_string(&state) {
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         if v["init_process_pid"].as_i64().is_some_and(in_cgroup) {
-            return Some((state, "runc-state"));
+            return Some((state, "runc-state", Semantics::Runc));
         }
         return None;
     }
@@ -259,7 +526,7 @@ fn runtime_state(ctdev: &Ctdev, dir: &Path, cgroup: &Cgroup) -> Option<(PathBuf,
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     if v["pid"].as_i64().is_some_and(in_cgroup) {
         let config = Path::new(v["bundle"].as_str()?).join("config.json");
-        return config.is_file().then_some((config, "oci"));
+        return config.is_file().then_some((config, "oci", Semantics::Crun));
     }
     None
 }

@@ -6,6 +6,8 @@
 //! process, and removes every cgroup, pin and node it created.
 
 pub mod container;
+/// The differential test of `--takeover` against the real runc and crun.
+pub mod difftest;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
 

@@ -299,6 +299,8 @@ pub fn hex_id(seed: &str) -> String {
 pub struct RuncContainer {
     /// runc container id (unique).
     pub id: String,
+    /// The OCI runtime running it.
+    pub runtime: OciRuntime,
     /// The 64-hex-digit id used as the cgroup leaf (`…/docker/<hex_id>`).
     pub hex_id: String,
     base: PathBuf,
@@ -306,16 +308,90 @@ pub struct RuncContainer {
     init: i32,
 }
 
+/// An OCI runtime the harness can run containers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OciRuntime {
+    /// runc 1.1.
+    Runc,
+    /// crun 1.8 (with the memlock shim, see [`memlock_shim`]).
+    Crun,
+}
+
+impl OciRuntime {
+    /// The binary.
+    pub fn binary(self) -> &'static str {
+        match self {
+            OciRuntime::Runc => "runc",
+            OciRuntime::Crun => "crun",
+        }
+    }
+
+    /// A command running the runtime in the cgroup2 namespace.
+    fn command(self) -> Command {
+        let mut cmd = in_cgroup2_ns(&[self.binary()]);
+        if self == OciRuntime::Crun {
+            cmd.env("LD_PRELOAD", memlock_shim());
+        }
+        cmd
+    }
+}
+
+/// A tiny LD_PRELOAD library making `setrlimit(RLIMIT_MEMLOCK, …)` succeed:
+/// crun 1.8.1 aborts when raising it fails, and root lacks
+/// CAP_SYS_RESOURCE here (kernels ≥ 5.11 do not need the limit). Built once
+/// per test process with the system C compiler.
+pub fn memlock_shim() -> PathBuf {
+    static SHIM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| {
+        require_tool("cc", "gcc");
+        let dir = std::env::temp_dir().join(unique("memlock-shim"));
+        fs::create_dir_all(&dir).expect("create shim dir");
+        let src = dir.join("shim.c");
+        fs::write(
+            &src,
+            "#define _GNU_SOURCE\n#include <dlfcn.h>\n#include <sys/resource.h>\n\
+             int setrlimit(__rlimit_resource_t r, const struct rlimit *l) {\n\
+             if (r == RLIMIT_MEMLOCK) return 0;\n\
+             int (*real)(__rlimit_resource_t, const struct rlimit *) = \
+             (int (*)(__rlimit_resource_t, const struct rlimit *))dlsym(RTLD_NEXT, \"setrlimit\");\n\
+             return real(r, l);\n}\n",
+        )
+        .expect("write shim source");
+        let so = dir.join("memlock-shim.so");
+        run_ok(
+            Command::new("cc")
+                .args(["-shared", "-fPIC", "-O2", "-o"])
+                .arg(&so)
+                .arg(&src)
+                .arg("-ldl"),
+            "build the memlock shim",
+        );
+        so
+    })
+    .clone()
+}
+
 impl RuncContainer {
     /// Builds a bundle and runs it detached (`runc run -d`) with the given
     /// OCI `linux.resources.devices` rules (runc's defaults when `None`).
     pub fn start(name: &str, devices_json: Option<serde_json::Value>) -> RuncContainer {
-        require_tool("runc", "runc");
+        Self::try_start(OciRuntime::Runc, name, devices_json).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`RuncContainer::start`] with runc or crun; `Err` with the
+    /// runtime's message when it refuses to run the container.
+    pub fn try_start(
+        runtime: OciRuntime,
+        name: &str,
+        devices_json: Option<serde_json::Value>,
+    ) -> Result<RuncContainer, String> {
+        require_tool(runtime.binary(), runtime.binary());
         require_tool("busybox", "busybox-static");
         let id = unique(name);
         let base = std::env::temp_dir().join(format!("{id}-runc"));
         fs::create_dir(&base).expect("create runc dir");
         let mut c = RuncContainer {
+            runtime,
             hex_id: hex_id(&id),
             parent_cgroup: cgroup_mount().join(&id),
             id,
@@ -364,7 +440,8 @@ impl RuncContainer {
         // Detached: its stdio must not be our pipes (we would wait for the
         // container to exit), so they go to files.
         let log = |n: &str| fs::File::create(c.base.join(n)).expect("create log file");
-        let status = in_cgroup2_ns(&["runc"])
+        let status = runtime
+            .command()
             .arg("--root")
             .arg(c.state_root())
             .args(["run", "-d", "--bundle"])
@@ -374,21 +451,32 @@ impl RuncContainer {
             .stdout(log("run.out"))
             .stderr(log("run.err"))
             .status()
-            .expect("run runc");
-        assert!(
-            status.success(),
-            "runc run failed ({status}): {}",
-            fs::read_to_string(c.base.join("run.err")).unwrap_or_default()
-        );
-        let state: serde_json::Value = serde_json::from_str(
-            &fs::read_to_string(c.state_json_path()).expect("read runc state.json"),
-        )
-        .expect("state.json is JSON");
-        c.init = state["init_process_pid"]
+            .expect("run the OCI runtime");
+        if !status.success() {
+            return Err(format!(
+                "{} run failed ({status}): {}",
+                runtime.binary(),
+                fs::read_to_string(c.base.join("run.err")).unwrap_or_default()
+            ));
+        }
+        let (file, key) = match runtime {
+            OciRuntime::Runc => (c.state_json_path(), "init_process_pid"),
+            OciRuntime::Crun => (c.state_root().join(&c.id).join("status"), "pid"),
+        };
+        let state: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&file).expect("read the runtime's state"))
+                .expect("the runtime's state is JSON");
+        c.init = state[key]
             .as_i64()
             .and_then(|p| i32::try_from(p).ok())
-            .expect("init_process_pid in state.json");
-        c
+            .expect("init pid in the runtime's state");
+        Ok(c)
+    }
+
+    /// The container's root directory on the host (files made there show
+    /// inside).
+    pub fn rootfs(&self) -> PathBuf {
+        self.bundle().join("rootfs")
     }
 
     fn bundle(&self) -> PathBuf {
@@ -423,7 +511,8 @@ impl RuncContainer {
     /// Runs `cmd` inside the container (`runc exec`, in the cgroup2 namespace
     /// wrapper: runc joins the container's cgroup by its `/sys/fs/cgroup` path).
     pub fn exec(&self, cmd: &[&str]) -> Output {
-        in_cgroup2_ns(&["runc"])
+        self.runtime
+            .command()
             .arg("--root")
             .arg(self.state_root())
             .arg("exec")
@@ -438,7 +527,9 @@ impl RuncContainer {
 impl Drop for RuncContainer {
     fn drop(&mut self) {
         let root = self.state_root();
-        let _ = Command::new("runc")
+        let _ = self
+            .runtime
+            .command()
             .arg("--root")
             .arg(&root)
             .args(["kill", &self.id, "KILL"])
@@ -446,7 +537,9 @@ impl Drop for RuncContainer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let _ = in_cgroup2_ns(&["runc"])
+        let _ = self
+            .runtime
+            .command()
             .arg("--root")
             .arg(&root)
             .args(["delete", "-f", &self.id])

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ctdev::cgroup::CgroupFs;
-use ctdev::import::{effective_rules, from_lxc_config, from_oci_config, from_runc_state};
+use ctdev::import::{
+    effective_rules, from_lxc_config, from_oci_config, from_runc_state, translate, Semantics,
+};
 use ctdev::rule::Rule;
 use ctdev::runtimes::{self, lxc};
 use ctdev::target::RuntimeKind;
@@ -166,7 +168,7 @@ fn lxc_attached_processes_are_in_the_container_cgroup() {
 fn lxc_config_import_matches_what_lxc_enforces() {
     let c = LxcContainer::start("lxc-import");
     let specs = from_lxc_config(&c.config_path()).expect("import LXC config");
-    let rules = effective_rules(&specs);
+    let rules = translate(Semantics::Lxc, &specs).expect("LXC rules").rules;
     let got = texts(&rules);
     for want in [
         "b *:* m",
@@ -242,7 +244,7 @@ fn runc_state_rules_are_the_config_rules_plus_defaults() {
         !defaults.is_empty() && defaults.iter().all(|s| s.allow),
         "{defaults:?}"
     );
-    let rules = effective_rules(&from_state);
+    let rules = effective_rules(&from_state).expect("runc accepted these rules");
     let got = texts(&rules);
     // runc's default c 1:5 rwm comes after our deny of w.
     for want in [

@@ -147,7 +147,7 @@ fn takeover_with_an_oci_config_replaces_a_foreign_program() {
         serde_json::json!({"linux": {"resources": {"devices": [
             {"allow": false, "access": "rwm"},
             {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"},
-            {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "r"}
+            {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "r"}
         ]}}})
         .to_string(),
     )
@@ -161,15 +161,32 @@ fn takeover_with_an_oci_config_replaces_a_foreign_program() {
         s(&config),
     ]));
     assert_eq!(report["format"], "oci");
-    assert_eq!(
-        report["imported"],
-        serde_json::json!(["c 1:3 rw", "c 1:5 r"])
-    );
+    assert_eq!(report["semantics"], "runc");
+    // A plain config.json gets runc's default devices after its rules, as
+    // runc gives them: /dev/null rwm, /dev/zero rwm, mknod of anything.
+    let imported: Vec<&str> = report["imported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for want in [
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 10:229 rm",
+        "c *:* m",
+        "b *:* m",
+    ] {
+        assert!(imported.contains(&want), "{want} missing: {imported:?}");
+    }
     assert_eq!(report["detached"][0]["name"], "foreign_dev");
-    assert_allowed(&env, &cg, ProbeOp::read("/dev/zero"));
-    assert_denied(&env, &cg, ProbeOp::write("/dev/zero"));
+    assert_allowed(&env, &cg, ProbeOp::read_write("/dev/zero"));
     assert_allowed(&env, &cg, ProbeOp::read_write("/dev/null"));
-    assert_denied(&env, &cg, ProbeOp::read("/dev/full"));
+    let fuse = env.node("fuse", DeviceType::Char, 10, 229);
+    assert_not_denied(&env, &cg, ProbeOp::read(fuse.to_str().unwrap()));
+    assert_denied(&env, &cg, ProbeOp::write(fuse.to_str().unwrap()));
+    let other = env.node("other", DeviceType::Char, 10, 1);
+    assert_denied(&env, &cg, ProbeOp::read(other.to_str().unwrap()));
 }
 
 #[test]
@@ -218,4 +235,117 @@ fn plain_attach_warns_about_other_programs() {
     );
     let dump = env.list_json();
     assert_eq!(dump["containers"][0]["other_programs"][0]["id"], foreign.id);
+}
+
+/// Issue #10 item 4: `detach` after a takeover gives the runtime's program
+/// back (re-attached before ctdev's goes), so the container's access is
+/// exactly the runtime's again; a second takeover + detach works too.
+#[test]
+fn detach_after_takeover_restores_the_runtime_program() {
+    let env = TestEnv::new("takeover-restore");
+    let c = RuncContainer::start("restore", None);
+    let exec = |cmd: &[&str]| c.exec(cmd);
+    let cg = c.cgroup_dir();
+    let runc_programs = |env: &TestEnv| -> Vec<u64> {
+        env.list_json()["containers"]
+            .as_array()
+            .map(|a| a.to_vec())
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|c| c["other_programs"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["id"].as_u64())
+            .collect()
+    };
+    assert!(!opens(exec, "/dev/loop-control"), "runc denies it");
+    for round in 0..2 {
+        let report = json(&env.ok(&[
+            "--json",
+            "attach",
+            s(&cg),
+            "--takeover",
+            "--runtime-root",
+            s(&c.state_root()),
+        ]));
+        let kept = report["kept"].as_array().unwrap();
+        assert_eq!(kept.len(), 1, "round {round}: {report}");
+        let id = kept[0]["id"].as_u64().unwrap();
+        assert!(
+            runc_programs(&env).is_empty(),
+            "runc's program is off the cgroup"
+        );
+        env.ok(&["add", s(&cg), "/dev/loop-control"]);
+        assert!(opens(exec, "/dev/loop-control"), "ctdev allows it now");
+        let out = env.ok(&["detach", s(&cg)]);
+        assert!(out.contains("detached"), "{out}");
+        // runc's program is back on the cgroup and decides alone.
+        assert!(
+            !opens(exec, "/dev/loop-control"),
+            "round {round}: runc's rules again"
+        );
+        assert!(opens(exec, "/dev/null"), "round {round}");
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "cgroup", "show", s(&cg)])
+            .output()
+            .expect("bpftool");
+        let shown: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON");
+        let ids: Vec<u64> = shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["id"].as_u64())
+            .collect();
+        assert_eq!(
+            ids,
+            [id],
+            "round {round}: only runc's program {id} is attached again"
+        );
+        assert!(!env.pin_root.join("takeover").exists(), "kept pins dropped");
+    }
+}
+
+/// Issue #10 item 4: a takeover with nothing to import (the runtime
+/// attached no program; LXC's config has no device lines) starts from the
+/// preset, honours `--preset`, and warns.
+#[test]
+fn takeover_with_nothing_to_import_starts_from_the_preset() {
+    let env = TestEnv::new("takeover-preset");
+    let cg = env.cgroup("c");
+    let r = env.ctdev(&[
+        "--json",
+        "attach",
+        s(&cg),
+        "--takeover",
+        "--runtime-root",
+        s(&env.scratch),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report = json(&r.stdout);
+    assert!(
+        report["started_from_preset"]
+            .as_str()
+            .is_some_and(|w| w.contains("preset oci")),
+        "{report}"
+    );
+    assert_allowed(&env, &cg, ProbeOp::read_write("/dev/null"));
+    let loopc = env.node("loopc", DeviceType::Char, 10, 237);
+    assert_denied(&env, &cg, ProbeOp::read(loopc.to_str().unwrap()));
+    env.ok(&["detach", s(&cg)]);
+
+    let r = env.ctdev(&[
+        "attach",
+        s(&cg),
+        "--takeover",
+        "--preset",
+        "none",
+        "--runtime-root",
+        s(&env.scratch),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("preset none"),
+        "{}",
+        r.stderr
+    );
+    assert_denied(&env, &cg, ProbeOp::read("/dev/null"));
 }

@@ -53,6 +53,17 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Build, then run the takeover differential test against the real
+    /// runc and crun with N random device lists from SEED (fuzz-style; CI
+    /// runs it for a few minutes with a fresh seed).
+    Difftest {
+        /// Random lists to try (alternating runc and crun).
+        #[arg(long, default_value_t = 200)]
+        cases: u64,
+        /// Seed of the random lists (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Build (release), then measure and write docs/BENCHMARKS.md.
     Bench {
         /// A few seconds' smoke run (CI), same code paths, fewer iterations.
@@ -98,6 +109,19 @@ fn main() -> Result<()> {
             setup::test_prerequisites()?;
             build(false, Features::Failpoints)?;
             test::run(&args)?;
+        }
+        Cmd::Difftest { cases, seed } => {
+            require_root("cargo xtask difftest")?;
+            setup::test_prerequisites()?;
+            build(false, Features::Failpoints)?;
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(1)
+            });
+            step(&format!("difftest: {cases} lists from seed {seed}"));
+            test::difftest(cases, seed)?;
         }
         Cmd::Bench { quick } => {
             require_root("cargo xtask bench")?;

@@ -61,6 +61,24 @@ fn cargo_test(args: &[&str], extra: &[String]) -> Result<(bool, Totals)> {
     Ok((child.wait()?.success(), totals))
 }
 
+/// The takeover differential test with `cases` random lists from `seed`
+/// (`cargo xtask difftest`).
+pub fn difftest(cases: u64, seed: u64) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    userspace_env(&mut cmd)
+        .arg("test")
+        .args(["-p", "ctdev-tests", "--test", "takeover_diff"])
+        .args(Features::Failpoints.args())
+        .args(["--", "--nocapture"])
+        .env("CTDEV_DIFFTEST_CASES", cases.to_string())
+        .env("CTDEV_DIFFTEST_SEED", seed.to_string());
+    let status = cmd.status().context("cannot start cargo test")?;
+    if !status.success() {
+        bail!("difftest failed (seed {seed}); rerun with `cargo xtask difftest --cases {cases} --seed {seed}`");
+    }
+    Ok(())
+}
+
 pub fn run(extra: &[String]) -> Result<()> {
     step("running unit tests");
     let (unit_ok, unit) = cargo_test(&["--workspace", "--exclude", "ctdev-tests"], extra)?;

@@ -3,7 +3,7 @@
 //! has no node for.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use ctdev_common::{evaluate, PolicyKey, ACCESS_MKNOD};
@@ -33,45 +33,107 @@ pub struct Drift {
     pub error: Option<String>,
 }
 
-/// Device nodes under `dev` (not following symlinks), paths made relative
-/// to `root` and shown as absolute container paths. Bounded in count.
+/// At most this many nodes are reported.
+const MAX_NODES: usize = 100_000;
+/// At most this many directories are read.
+const MAX_DIRS: usize = 10_000;
+/// Directories deeper than this below /dev are not read.
+const MAX_DEPTH: usize = 16;
+
+/// Device nodes under `dev`, a directory below the container root `root`
+/// (`/proc/PID/root`), shown as absolute container paths.
+///
+/// The walk never leaves the container: `dev` is opened with
+/// `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` relative to an fd of
+/// `root` (a planted `/dev -> /` symlink resolves to the container's own
+/// root, never the host's), every step below goes through directory fds
+/// with `O_NOFOLLOW` and `fstatat(AT_SYMLINK_NOFOLLOW)`, only directories
+/// on the same filesystem as `dev` are entered, and the walk is bounded
+/// in nodes, directories and depth.
 pub fn device_nodes(
     root: &Path,
     dev: &Path,
 ) -> std::io::Result<Vec<(PathBuf, DeviceType, u32, u32)>> {
-    const MAX_NODES: usize = 100_000;
+    use nix::fcntl::{open, openat, openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
+    use std::os::fd::AsFd;
+
+    let rel = dev.strip_prefix(root).unwrap_or(dev);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let root_fd = open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let top = openat2(
+        root_fd.as_fd(),
+        rel,
+        OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS),
+    )?;
+    let fs_dev = fstat(top.as_fd())?.st_dev;
+    let shown = Path::new("/").join(rel);
     let mut out = Vec::new();
-    let mut stack = vec![dev.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if dir == dev => return Err(e),
-            Err(_) => continue,
+    let mut dirs = 0usize;
+    let mut stack = vec![(top, shown, 0usize)];
+    while let Some((fd, path, depth)) = stack.pop() {
+        dirs += 1;
+        if dirs > MAX_DIRS {
+            tracing::warn!(
+                "drift: stopped after {MAX_DIRS} directories under {}",
+                dev.display()
+            );
+            break;
+        }
+        let Ok(mut dir) = nix::dir::Dir::from_fd(fd) else {
+            continue;
         };
-        for entry in entries.flatten() {
-            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+        let dir_fd = dir.as_fd().try_clone_to_owned()?;
+        let names: Vec<std::ffi::OsString> = dir
+            .iter()
+            .flatten()
+            .map(|e| std::ffi::OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        for name in names {
+            let Ok(st) = fstatat(
+                dir_fd.as_fd(),
+                name.as_os_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) else {
                 continue;
             };
-            let ft = meta.file_type();
-            let dev_type = if ft.is_char_device() {
+            let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            let dev_type = if kind == SFlag::S_IFCHR {
                 DeviceType::Char
-            } else if ft.is_block_device() {
+            } else if kind == SFlag::S_IFBLK {
                 DeviceType::Block
             } else {
-                if ft.is_dir() {
-                    stack.push(entry.path());
+                if kind == SFlag::S_IFDIR && st.st_dev == fs_dev && depth < MAX_DEPTH {
+                    if let Ok(sub) = openat(
+                        dir_fd.as_fd(),
+                        name.as_os_str(),
+                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    ) {
+                        stack.push((sub, path.join(&name), depth + 1));
+                    }
                 }
                 continue;
             };
-            let inside =
-                Path::new("/").join(entry.path().strip_prefix(root).unwrap_or(&entry.path()));
             out.push((
-                inside,
+                path.join(&name),
                 dev_type,
-                libc::major(meta.rdev()),
-                libc::minor(meta.rdev()),
+                libc::major(st.st_rdev),
+                libc::minor(st.st_rdev),
             ));
             if out.len() >= MAX_NODES {
+                out.sort();
                 return Ok(out);
             }
         }
@@ -170,10 +232,34 @@ mod tests {
         )
         .unwrap();
         std::os::unix::fs::symlink("/dev", dev.join("host")).unwrap();
+        std::os::unix::fs::symlink("/", dev.join("up")).unwrap();
         let nodes = device_nodes(t.path(), &dev).unwrap();
         assert_eq!(
             nodes,
             vec![(PathBuf::from("/dev/sub/n"), DeviceType::Char, 1, 3)]
+        );
+    }
+
+    /// Issue #10 item 8: a container whose `/dev` is a symlink to `/` must
+    /// not make the walk read the host: it resolves inside the container
+    /// root.
+    #[test]
+    fn a_planted_dev_symlink_stays_in_the_container_root() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("etc")).unwrap();
+        nix::sys::stat::mknod(
+            &t.path().join("etc/n"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(1, 5),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/", t.path().join("dev")).unwrap();
+        let nodes = device_nodes(t.path(), &t.path().join("dev")).unwrap();
+        // Only the container root's own node, never the host's /dev/null.
+        assert_eq!(
+            nodes,
+            vec![(PathBuf::from("/dev/etc/n"), DeviceType::Char, 1, 5)]
         );
     }
 }

@@ -19,7 +19,7 @@ pub struct Args {
     /// cgroup path (absolute, or inside the cgroup2 hierarchy), pid:N, RUNTIME:NAME or name.
     pub target: Target,
     /// Starting rules: `oci` (runc's default devices) or `none` (deny all).
-    /// Ignored with --takeover, which starts from the runtime's own rules.
+    /// With --takeover, used only when there is nothing to import.
     #[arg(long, value_enum, default_value = "oci")]
     pub preset: Preset,
     /// An extra rule, e.g. "c 10:200 rw" or /dev/net/tun (repeatable).
@@ -60,21 +60,33 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
             import: args.import.clone(),
             lxcpath: args.lxcpath.clone(),
             runtime_roots: args.runtime_roots.clone(),
+            preset: Some(args.preset),
         };
         let report = takeover(&ctdev, &args.target, &options, &rules)?;
         if cli.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print_attach(&report.attach);
-            println!(
-                "imported {} rule(s) from {} ({})",
-                report.imported.len(),
-                report.source.display(),
-                report.format
-            );
+            match (&report.started_from_preset, &report.source) {
+                (Some(why), _) => eprintln!("ctdev: warning: {why}"),
+                (None, Some(source)) => println!(
+                    "imported {} rule(s) from {} ({}, read as {})",
+                    report.imported.len(),
+                    source.display(),
+                    report.format,
+                    report.semantics
+                ),
+                (None, None) => {}
+            }
+            for n in &report.narrowed {
+                eprintln!(
+                    "ctdev: warning: narrowed: {n} was allowed by the runtime but cannot be \
+                     expressed exactly and is now denied"
+                );
+            }
             for p in &report.detached {
                 println!(
-                    "detached the runtime's program {} from {}",
+                    "detached the runtime's program {} from {} (kept: `ctdev detach` puts it back)",
                     p.id,
                     p.attached_at.display()
                 );

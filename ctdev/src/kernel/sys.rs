@@ -443,3 +443,40 @@ pub fn map_lookup_batch(
         }
     }
 }
+
+const BPF_PROG_ATTACH: libc::c_long = 8;
+
+/// The cgroup-level attach flags of the device programs attached to
+/// `cgroup` itself (`BPF_F_ALLOW_MULTI` when runc, crun or LXC attached
+/// theirs), as `BPF_PROG_QUERY` reports them.
+pub fn device_attach_flags(cgroup: BorrowedFd<'_>, what: &Path) -> Result<u32, SysError> {
+    let mut attr = QueryAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_QUERY, &mut attr)
+        .map(|_| attr.attach_flags)
+        .map_err(|e| SysError::new("BPF_PROG_QUERY", what.display().to_string(), e))
+}
+
+/// Attaches `prog` to `cgroup` with legacy `BPF_PROG_ATTACH` and `flags`
+/// (how runc, crun and LXC attach theirs: re-attaching a kept runtime
+/// program restores it exactly).
+pub fn prog_attach_device(
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    flags: u32,
+    what: &Path,
+) -> Result<(), SysError> {
+    let mut attr = ProgDetachAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: flags,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_ATTACH, &mut attr)
+        .map(|_| ())
+        .map_err(|e| SysError::new("BPF_PROG_ATTACH", what.display().to_string(), e))
+}
