@@ -451,9 +451,9 @@ impl Ctdev {
             attachment::detach(link)?;
         }
 
-        // The program instance for this cgroup depth (loaded and pinned on
-        // first use, which also creates and pins the maps).
-        let program = object.program_for_level(self.cgroups.level(&cgroup), &self.pins)?;
+        // The container's own program instance and maps (the shared maps
+        // are created and pinned on first use).
+        let program = object.program_for_container(id, &self.pins)?;
         crate::failpoint!("attach.after_load");
         let mut map = PolicyMap::open(&self.pins.policy_map())?;
         // Counters of an earlier container with this id start from zero.
@@ -658,6 +658,9 @@ impl Ctdev {
         crate::failpoint!("detach.after_entries");
         if let Some(mut counters) = Counters::open(&self.pins)? {
             counters.reset(id)?;
+        }
+        if let Some(map) = map.as_mut() {
+            map.forget(id)?;
         }
         crate::failpoint!("detach.after_counters");
         drop(map);
