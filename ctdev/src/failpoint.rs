@@ -18,6 +18,8 @@ pub const STEPS: &[&str] = &[
     "attach.after_pin",
     "attach.existing.after_rules",
     "map.apply.after_first_write",
+    "set.after_write",
+    "set.after_publish",
     "allow.after_write",
     "revoke.after_write",
     "revoke.after_counters",

@@ -13,6 +13,7 @@
 //! - [`kernel`]: bpf syscalls, pins, the policy map, program loading, links;
 //! - [`controller`]: the operations (attach, allow, revoke, list, detach);
 //! - [`takeover`]: `attach --takeover`, replacing a runtime's device program;
+//! - [`set`]: atomic whole-policy replacement;
 //! - [`passthrough`]: `add`/`del`, device passthrough like lxc-device;
 //! - [`daemon`]: `ctdev daemon`, the policy file applied to containers and hotplugged devices;
 //! - [`audit`]: denial events, `check`, drift;
@@ -36,6 +37,7 @@ pub mod presets;
 pub mod probe;
 pub mod rule;
 pub mod runtimes;
+pub mod set;
 pub mod takeover;
 pub mod target;
 
