@@ -29,9 +29,13 @@ pub const WILDCARD: u32 = u32::MAX;
 
 /// Name of the shared policy map, in the object file and as its pin name.
 pub const POLICY_MAP: &str = "CTDEV_POLICY";
-/// Name of the load-time constant holding the cgroup depth a program
-/// instance serves (the policy id is the task's ancestor at that depth).
-pub const LEVEL_GLOBAL: &str = "CTDEV_LEVEL";
+/// Name of the per-container table map (one `BPF_MAP_TYPE_ARRAY` with a
+/// single [`ContainerTable`] element, created per container and pinned at
+/// `<root>/tables/<policy id>`).
+pub const TABLE_MAP: &str = "CTDEV_TABLE";
+/// Name of the per-container counters (one `BPF_MAP_TYPE_PERCPU_ARRAY`
+/// element of [`ContainerCounters`], pinned at `<root>/counters/<policy id>`).
+pub const COUNTERS_MAP: &str = "CTDEV_COUNTERS";
 /// Name of the cgroup/dev program in the object file.
 pub const PROGRAM_NAME: &str = "ctdev_device";
 /// Capacity of the policy map (entries across all containers).
@@ -39,13 +43,14 @@ pub const POLICY_MAP_CAPACITY: u32 = 65_536;
 
 /// Name of the per-CPU hit counters: allowed accesses per policy entry.
 pub const HITS_MAP: &str = "CTDEV_HITS";
-/// Name of the per-CPU per-container statistics (denials, events, drops).
+/// Name of the per-CPU per-container statistics of earlier ctdev versions
+/// (kept so their pins are recognised and removed).
 pub const STATS_MAP: &str = "CTDEV_STATS";
 /// Name of the ring buffer of denial events.
 pub const EVENTS_MAP: &str = "CTDEV_EVENTS";
 /// Size of the denial-event ring buffer in bytes (a power of two, pages).
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
-/// Capacity of the per-container statistics map.
+/// Capacity of the per-container statistics map of earlier ctdev versions.
 pub const STATS_MAP_CAPACITY: u32 = 16_384;
 /// Rate limit of denial events: at most this many per container, per CPU,
 /// per second. Denials beyond it are counted in [`ContainerStats::dropped`].
@@ -143,6 +148,9 @@ pub struct ContainerStats {
     pub window_start_ns: u64,
     /// Events emitted in the current window.
     pub window_events: u64,
+    /// Accesses denied because the table kept changing under the program
+    /// ([`READ_ATTEMPTS`] reads in a row saw a new generation).
+    pub unstable: u64,
 }
 
 /// Which of the four lookups decided a verdict, most specific first.
@@ -222,8 +230,206 @@ where
     }
 }
 
+/// Entries a container's in-map table holds; a larger policy lives in the
+/// shared hash map ([`POLICY_MAP`]) instead ("large mode"). A power of two.
+pub const TABLE_CAP: usize = 128;
+/// Binary-search steps that cover [`TABLE_CAP`] entries (log2 + 1).
+pub const SEARCH_STEPS: usize = 8;
+/// Classes of table entries: 2 device types × 4 [`MatchKind`]s.
+pub const CLASSES: usize = 8;
+/// Bit of [`ContainerTable::state`]: the policy lives in the shared hash
+/// map, under the generation in bit 0 (the key's `_pad` field).
+pub const STATE_LARGE: u32 = 1 << 31;
+/// How often the program re-reads a table that changed under it before it
+/// gives up and denies (counted in [`ContainerStats::unstable`]).
+pub const READ_ATTEMPTS: usize = 3;
+
+/// One entry of a container's table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TableEntry {
+    /// `major << 32 | minor` as the key stores them ([`WILDCARD`] for any).
+    pub key: u64,
+    /// Allowed access bits (0: a deny entry).
+    pub access: u32,
+    /// Index of this entry's hit counter in [`ContainerCounters::hits`]
+    /// (stable for the entry's life, so counts survive table rewrites).
+    pub hit: u32,
+    /// The counter's total when the entry was created: hits = total − base.
+    pub base: u64,
+}
+
+/// One generation of a container's rule table: entries sorted by
+/// (class, key), `starts[c]..starts[c + 1]` the entries of class `c`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Table {
+    /// Start of each class; `starts[CLASSES]` is the entry count.
+    pub starts: [u16; 16],
+    /// The entries.
+    pub entries: [TableEntry; TABLE_CAP],
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Self {
+            starts: [0; 16],
+            entries: [TableEntry::default(); TABLE_CAP],
+        }
+    }
+}
+
+/// A container's policy as its program reads it: two generations of the
+/// table and the word that says which one is live.
+///
+/// Writers (userspace, under the pin-root lock) fill the table that is
+/// not live, then publish it by storing `state + 1` (one aligned 4-byte
+/// store). The program reads `state`, decides from that generation, and
+/// reads `state` again: if it changed, a writer may have rewritten the
+/// table under it, so it decides again (at most [`READ_ATTEMPTS`] times).
+/// Every decision is thus made entirely from one published generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContainerTable {
+    /// Publication counter: bit 0 is the live generation, [`STATE_LARGE`]
+    /// says the policy lives in the shared hash map.
+    pub state: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// The container's policy id (its cgroup id).
+    pub policy_id: u64,
+    /// Userspace only: counter totals at the last counter reset
+    /// (denied, events, dropped).
+    pub stats_base: [u64; 3],
+    /// Userspace only: reserved, zero.
+    pub _reserved: [u64; 3],
+    /// The two generations.
+    pub tables: [Table; 2],
+}
+
+/// Per-container, per-CPU counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContainerCounters {
+    /// Allowed accesses per table entry (indexed by [`TableEntry::hit`]).
+    pub hits: [u64; TABLE_CAP],
+    /// Denials and events.
+    pub stats: ContainerStats,
+}
+
+/// The table class of a key: `(dev_type − 1) × 4 + kind`, `None` for a
+/// device type that is neither block nor char.
+#[inline(always)]
+pub const fn class_of(key: &PolicyKey) -> Option<usize> {
+    let kind = match (key.major == WILDCARD, key.minor == WILDCARD) {
+        (false, false) => 0,
+        (false, true) => 1,
+        (true, false) => 2,
+        (true, true) => 3,
+    };
+    match key.dev_type {
+        DEV_BLOCK => Some(kind),
+        DEV_CHAR => Some(4 + kind),
+        _ => None,
+    }
+}
+
+/// The packed device numbers a table entry stores.
+#[inline(always)]
+pub const fn pack(major: u32, minor: u32) -> u64 {
+    ((major as u64) << 32) | minor as u64
+}
+
+/// Finds the entry stored under `key` in `table` (binary search within the
+/// key's class): its access bits and hit-counter index. This is the lookup
+/// [`evaluate`] runs over a container's table, in the kernel and in tests.
+#[inline(always)]
+pub fn table_find(table: &Table, key: &PolicyKey) -> Option<(u32, u32)> {
+    let class = match class_of(key) {
+        Some(c) => c & (CLASSES - 1),
+        None => return None,
+    };
+    let mut lo = table.starts[class] as usize;
+    let mut hi = table.starts[class + 1] as usize;
+    if hi > TABLE_CAP {
+        hi = TABLE_CAP;
+    }
+    let want = pack(key.major, key.minor);
+    let mut step = 0;
+    while step < SEARCH_STEPS {
+        if lo >= hi {
+            return None;
+        }
+        let mid = (lo + hi) / 2;
+        let e = &table.entries[mid & (TABLE_CAP - 1)];
+        if e.key == want {
+            return Some((e.access, e.hit));
+        }
+        if e.key < want {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+        step += 1;
+    }
+    None
+}
+
+/// One entry to put in a table: key (its policy id is ignored), access
+/// bits, hit-counter index, counter base.
+pub type TableItem = (PolicyKey, u32, u32, u64);
+
+/// Builds a table from `items` in any order (sorts them in place). `None`
+/// when there are more than [`TABLE_CAP`] items or a key has no class
+/// (neither block nor char); duplicate keys must not be passed.
+pub fn build_table(items: &mut [TableItem]) -> Option<Table> {
+    if items.len() > TABLE_CAP {
+        return None;
+    }
+    for item in items.iter() {
+        class_of(&item.0)?;
+    }
+    items.sort_unstable_by_key(|it| (class_of(&it.0), pack(it.0.major, it.0.minor)));
+    let mut table = Table::default();
+    let mut counts = [0u16; CLASSES];
+    for (i, (key, access, hit, base)) in items.iter().enumerate() {
+        let class = class_of(key)?;
+        counts[class] += 1;
+        table.entries[i] = TableEntry {
+            key: pack(key.major, key.minor),
+            access: *access,
+            hit: *hit,
+            base: *base,
+        };
+    }
+    let mut at = 0u16;
+    for (start, count) in table.starts.iter_mut().zip(counts) {
+        *start = at;
+        at += count;
+    }
+    table.starts[CLASSES] = at;
+    Some(table)
+}
+
+/// The entries of a table, with their class's key fields restored.
+pub fn table_items(table: &Table, policy_id: u64) -> impl Iterator<Item = TableItem> + '_ {
+    (0..CLASSES).flat_map(move |c| {
+        let (lo, hi) = (
+            (table.starts[c] as usize).min(TABLE_CAP),
+            (table.starts[c + 1] as usize).min(TABLE_CAP),
+        );
+        let dev_type = if c < 4 { DEV_BLOCK } else { DEV_CHAR };
+        table.entries[lo..hi.max(lo)].iter().map(move |e| {
+            let key = PolicyKey::new(policy_id, dev_type, (e.key >> 32) as u32, e.key as u32);
+            (key, e.access, e.hit, e.base)
+        })
+    })
+}
+
 #[cfg(feature = "user")]
 mod user {
+    // SAFETY: `#[repr(C)]`, integer fields only, no implicit padding.
+    unsafe impl aya::Pod for super::ContainerCounters {}
     // SAFETY: `#[repr(C)]`, only integer fields, explicit padding: every bit
     // pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for super::PolicyKey {}
@@ -262,7 +468,74 @@ mod tests {
     #[test]
     fn event_and_stats_layouts_have_no_padding() {
         assert_eq!(core::mem::size_of::<DenyEvent>(), 80);
-        assert_eq!(core::mem::size_of::<ContainerStats>(), 40);
+        assert_eq!(core::mem::size_of::<ContainerStats>(), 48);
+    }
+
+    fn tabled(p: &BTreeMap<PolicyKey, u32>) -> Table {
+        let mut items: std::vec::Vec<TableItem> = p
+            .iter()
+            .enumerate()
+            .map(|(i, (k, a))| (*k, *a, i as u32, 0))
+            .collect();
+        build_table(&mut items).unwrap()
+    }
+
+    /// The table lookup gives the verdicts of the map lookup, for every
+    /// device and request, over many pseudo-random policies.
+    #[test]
+    fn table_search_decides_as_the_map() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as u32
+        };
+        let pick = |x: u32| if x == 0 { WILDCARD } else { x - 1 };
+        for _ in 0..400 {
+            let n = next(TABLE_CAP as u32 + 1) as usize;
+            let mut p = BTreeMap::new();
+            for _ in 0..n * 2 {
+                if p.len() >= n {
+                    break;
+                }
+                let t = 1 + next(2);
+                p.insert(PolicyKey::new(7, t, pick(next(6)), pick(next(6))), next(8));
+            }
+            let table = tabled(&p);
+            let back: BTreeMap<PolicyKey, u32> =
+                table_items(&table, 7).map(|(k, a, _, _)| (k, a)).collect();
+            assert_eq!(back, p);
+            for t in [DEV_BLOCK, DEV_CHAR, 3] {
+                for ma in 0..6 {
+                    for mi in 0..6 {
+                        for req in 0..8 {
+                            let want = decide(&p, t, ma, mi, req);
+                            let got =
+                                evaluate(7, t, ma, mi, req, |k| table_find(&table, k).map(|f| f.0));
+                            assert_eq!(got, want, "{t} {ma}:{mi} {req} {p:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn table_refuses_more_than_its_capacity() {
+        let mut items: std::vec::Vec<TableItem> = (0..=TABLE_CAP as u32)
+            .map(|i| (PolicyKey::new(1, DEV_CHAR, 1, i), 1, 0, 0))
+            .collect();
+        assert!(build_table(&mut items).is_none());
+        items.pop();
+        let t = build_table(&mut items).unwrap();
+        assert_eq!(t.starts[CLASSES] as usize, TABLE_CAP);
+        assert_eq!(
+            table_find(&t, &PolicyKey::new(1, DEV_CHAR, 1, 127))
+                .unwrap()
+                .0,
+            1
+        );
     }
 
     #[test]

@@ -1,61 +1,128 @@
 //! ctdev's cgroup/dev program.
 //!
-//! One program instance per cgroup *depth* is loaded (and pinned), with that
-//! depth baked in as a load-time constant; all instances share the pinned
-//! maps. A container's policy id is its cgroup id, and a program attached to
-//! a container's cgroup runs only for tasks in that cgroup or below it, so
-//! the task's ancestor at the container's depth is the container's cgroup:
-//! `bpf_get_current_ancestor_cgroup_id(depth)` gives the policy id, for
-//! tasks in nested sub-cgroups too. Attaching another container at the same
-//! depth reuses the same program: attaching is a link, not a program load.
+//! One program instance per container: the same instructions, loaded once
+//! per container with its own two small maps (`CTDEV_TABLE`, the
+//! container's rule table; `CTDEV_COUNTERS`, its per-CPU counters). Both are
+//! single-element arrays, so the verifier inlines their lookups: deciding
+//! an access costs no helper call and no hash, only a binary search of the
+//! container's table (see `ctdev_common::table_find`). A policy larger than
+//! the table (`TABLE_CAP` entries) lives in the shared hash map
+//! `CTDEV_POLICY` instead, keyed by (policy id, device, generation).
 //!
-//! Besides deciding, it counts: allowed accesses per matched policy entry
-//! (`CTDEV_HITS`), denials per container (`CTDEV_STATS`), and it reports each
-//! denial in the `CTDEV_EVENTS` ring buffer, rate-limited per container and
-//! CPU so a looping container cannot flood the host; what the limit drops is
-//! counted, never silently lost.
+//! The table has two generations and a publication word (`state`): the
+//! program reads the word, decides from that generation, and re-reads the
+//! word; a change means a writer may have rewritten what it read, so it
+//! decides again. Every decision is made entirely from one published rule
+//! set, which is what makes whole-policy swaps (`ctdev set`) atomic.
+//!
+//! Besides deciding, it counts: allowed accesses per table entry
+//! (`CTDEV_COUNTERS`; `CTDEV_HITS` for large policies), denials per
+//! container, and it reports each denial in the `CTDEV_EVENTS` ring buffer,
+//! rate-limited per container and CPU so a looping container cannot flood
+//! the host; what the limit drops is counted, never silently lost.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    btf_maps::{HashMap, PerCpuHashMap, RingBuf},
+    btf_maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated as gen},
     macros::{btf_map, cgroup_device},
     programs::DeviceContext,
-    Global,
 };
 use ctdev_common::{
-    evaluate, ContainerStats, DenyEvent, PolicyKey, PolicyValue, EVENTS_PER_SECOND_PER_CPU,
-    EVENTS_RING_BYTES, NO_MATCH, POLICY_MAP_CAPACITY, STATS_MAP_CAPACITY,
+    evaluate, table_find, ContainerCounters, ContainerTable, DenyEvent, MatchKind, PolicyKey, PolicyValue,
+    Verdict, EVENTS_PER_SECOND_PER_CPU, EVENTS_RING_BYTES, NO_MATCH, POLICY_MAP_CAPACITY,
+    READ_ATTEMPTS, STATE_LARGE, TABLE_CAP,
 };
-
-/// The cgroup depth (root = 0) of the containers this instance serves;
-/// overridden at load time by ctdev.
-#[no_mangle]
-static CTDEV_LEVEL: Global<u32> = Global::new(0);
 
 /// BPF_F_NO_PREALLOC: memory grows with the rules actually stored.
 const NO_PREALLOC: usize = 1;
+/// BPF_F_MMAPABLE: userspace writes the table through a shared mapping.
+const MMAPABLE: usize = 1 << 10;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// Allow entries of every container, keyed by (policy id, type, major, minor).
+/// This container's rule table (replaced by the container's own map at load).
+#[btf_map]
+static CTDEV_TABLE: Array<ContainerTable, 1, MMAPABLE> = Array::new();
+
+/// This container's per-CPU counters (replaced by the container's own map at load).
+#[btf_map]
+static CTDEV_COUNTERS: PerCpuArray<ContainerCounters, 1> = PerCpuArray::new();
+
+/// Entries of large policies (more than `TABLE_CAP`), keyed by
+/// (policy id, type, major, minor, generation).
 #[btf_map]
 static CTDEV_POLICY: HashMap<PolicyKey, PolicyValue, { POLICY_MAP_CAPACITY as usize }, NO_PREALLOC> =
     HashMap::new();
 
-/// Allowed accesses per policy entry, per CPU.
+/// Allowed accesses per entry of large policies, per CPU.
 #[btf_map]
 static CTDEV_HITS: PerCpuHashMap<PolicyKey, u64, { POLICY_MAP_CAPACITY as usize }, NO_PREALLOC> =
-    PerCpuHashMap::new();
-
-/// Denials and event accounting per container, per CPU.
-#[btf_map]
-static CTDEV_STATS: PerCpuHashMap<u64, ContainerStats, { STATS_MAP_CAPACITY as usize }, NO_PREALLOC> =
     PerCpuHashMap::new();
 
 /// Denial events for `ctdev monitor`.
 #[btf_map]
 static CTDEV_EVENTS: RingBuf<DenyEvent, { EVENTS_RING_BYTES as usize }> = RingBuf::new();
+
+/// What decided, as plain integers (no enum payload the verifier could
+/// see uninitialised).
+#[derive(Clone, Copy)]
+struct Decision {
+    allowed: bool,
+    /// `MatchKind as u32` of the deciding entry, or `NO_MATCH`.
+    kind: u32,
+    /// Access bits of the deciding entry.
+    bits: u32,
+    /// Hit-counter index of the small table's entry that decided.
+    hit: u32,
+    /// Whether the policy was a large one (hash map).
+    large: bool,
+}
+
+#[inline(always)]
+fn flatten(verdict: Verdict, hit: u32, large: bool) -> Decision {
+    let (kind, bits) = match verdict.matched {
+        Some((k, b)) => (k as u32, b),
+        None => (NO_MATCH, 0),
+    };
+    Decision {
+        allowed: verdict.allowed,
+        kind,
+        bits,
+        hit,
+        large,
+    }
+}
+
+#[inline(always)]
+fn decide(
+    table: &ContainerTable,
+    state: u32,
+    dev_type: u32,
+    major: u32,
+    minor: u32,
+    requested: u32,
+) -> Decision {
+    let policy_id = table.policy_id;
+    let generation = state & 1;
+    if state & STATE_LARGE != 0 {
+        let verdict = evaluate(policy_id, dev_type, major, minor, requested, |key| {
+            let mut k = *key;
+            k._pad = generation;
+            // SAFETY: the value is copied out immediately; no reference is kept.
+            unsafe { CTDEV_POLICY.get(&k) }.map(|v| v.access)
+        });
+        return flatten(verdict, 0, true);
+    }
+    let mut hit = 0;
+    let verdict = evaluate(policy_id, dev_type, major, minor, requested, |key| {
+        table_find(&table.tables[generation as usize], key).map(|(access, h)| {
+            hit = h;
+            access
+        })
+    });
+    flatten(verdict, hit, false)
+}
 
 #[cgroup_device]
 pub fn ctdev_device(ctx: DeviceContext) -> i32 {
@@ -63,15 +130,42 @@ pub fn ctdev_device(ctx: DeviceContext) -> i32 {
     let dev = unsafe { &*ctx.device };
     let dev_type = dev.access_type & 0xffff;
     let requested = dev.access_type >> 16;
-    // The container's cgroup: the task's ancestor at the container's depth
-    // (0 if the task sits higher, which cannot happen for a task governed by
-    // a program attached at that depth; no entry has id 0: deny).
-    // SAFETY: helper call with a plain integer argument.
-    let policy_id = unsafe { gen::bpf_get_current_ancestor_cgroup_id(CTDEV_LEVEL.load() as i32) };
-    let verdict = evaluate(policy_id, dev_type, dev.major, dev.minor, requested, |key| {
-        // SAFETY: the value is copied out immediately; no reference is kept.
-        unsafe { CTDEV_POLICY.get(key) }.map(|v| v.access)
-    });
+    let Some(table) = CTDEV_TABLE.get(0) else {
+        return 0;
+    };
+    let mut d = Decision {
+        allowed: false,
+        kind: NO_MATCH,
+        bits: 0,
+        hit: 0,
+        large: false,
+    };
+    let mut stable = false;
+    let mut attempt = 0;
+    while attempt < READ_ATTEMPTS {
+        // SAFETY: an aligned u32 inside the map value; volatile so that the
+        // two reads of the publication word are real loads around the search.
+        let before = unsafe { core::ptr::read_volatile(&table.state) };
+        d = decide(table, before, dev_type, dev.major, dev.minor, requested);
+        // SAFETY: as above.
+        let after = unsafe { core::ptr::read_volatile(&table.state) };
+        if before == after {
+            stable = true;
+            break;
+        }
+        attempt += 1;
+    }
+    let Some(counters) = CTDEV_COUNTERS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; the program runs with migration disabled.
+    let counters = unsafe { &mut *counters };
+    let policy_id = table.policy_id;
+    if !stable {
+        counters.stats.unstable += 1;
+        report_denial(counters, policy_id, dev_type, dev.major, dev.minor, requested, NO_MATCH, 0);
+        return 0;
+    }
     #[cfg(feature = "log")]
     aya_log_ebpf::debug!(
         &ctx,
@@ -81,26 +175,29 @@ pub fn ctdev_device(ctx: DeviceContext) -> i32 {
         dev.major,
         dev.minor,
         requested,
-        verdict.allowed as u32
+        d.allowed as u32
     );
-    match verdict.matched {
-        Some((kind, _)) if verdict.allowed => {
-            count_hit(&kind.key(policy_id, dev_type, dev.major, dev.minor));
-            1
-        }
-        matched => {
-            let (kind, bits) = match matched {
-                Some((k, b)) => (k as u32, b),
-                None => (NO_MATCH, 0),
+    if d.allowed {
+        if d.large {
+            let kind = match d.kind {
+                0 => MatchKind::Exact,
+                1 => MatchKind::AnyMinor,
+                2 => MatchKind::AnyMajor,
+                _ => MatchKind::Any,
             };
-            report_denial(policy_id, dev_type, dev.major, dev.minor, requested, kind, bits);
-            0
+            count_large_hit(&kind.key(policy_id, dev_type, dev.major, dev.minor));
+        } else {
+            let slot = (d.hit as usize) & (TABLE_CAP - 1);
+            counters.hits[slot] += 1;
         }
+        return 1;
     }
+    report_denial(counters, policy_id, dev_type, dev.major, dev.minor, requested, d.kind, d.bits);
+    0
 }
 
 #[inline(always)]
-fn count_hit(key: &PolicyKey) {
+fn count_large_hit(key: &PolicyKey) {
     match CTDEV_HITS.get_ptr_mut(key) {
         // SAFETY: per-CPU slot of this CPU; the program runs with migration disabled.
         Some(hits) => unsafe { *hits += 1 },
@@ -111,19 +208,18 @@ fn count_hit(key: &PolicyKey) {
 }
 
 #[inline(always)]
-fn report_denial(policy_id: u64, dev_type: u32, major: u32, minor: u32, access: u32, kind: u32, bits: u32) {
-    let stats = match CTDEV_STATS.get_ptr_mut(policy_id) {
-        Some(s) => s,
-        None => {
-            let _ = CTDEV_STATS.insert(policy_id, ContainerStats::default(), 0);
-            match CTDEV_STATS.get_ptr_mut(policy_id) {
-                Some(s) => s,
-                None => return,
-            }
-        }
-    };
-    // SAFETY: per-CPU slot of this CPU; the program runs with migration disabled.
-    let stats = unsafe { &mut *stats };
+#[allow(clippy::too_many_arguments)]
+fn report_denial(
+    counters: &mut ContainerCounters,
+    policy_id: u64,
+    dev_type: u32,
+    major: u32,
+    minor: u32,
+    access: u32,
+    kind: u32,
+    bits: u32,
+) {
+    let stats = &mut counters.stats;
     stats.denied += 1;
     // SAFETY: helper calls with no pointer arguments.
     let now = unsafe { gen::bpf_ktime_get_ns() };

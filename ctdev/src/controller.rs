@@ -651,9 +651,9 @@ impl Ctdev {
         if self.config.dry_run {
             return Ok(self.fresh_attach_report(cgroup, preset, rules));
         }
-        // The program instance for this cgroup depth (loaded and pinned on
-        // first use, which also creates and pins the maps).
-        let program = object.program_for_level(self.cgroups.level(&cgroup), &self.pins)?;
+        // The container's own program instance and maps (the shared maps
+        // are created and pinned on first use).
+        let program = object.program_for_container(id, &self.pins)?;
         crate::failpoint!("attach.after_load");
         let mut map = PolicyMap::open(&self.pins.policy_map())?;
         // Counters of an earlier container with this id start from zero.
@@ -1004,6 +1004,9 @@ impl Ctdev {
         self.grants.remove(id)?;
         if let Some(mut counters) = Counters::open(&self.pins)? {
             counters.reset(id)?;
+        }
+        if let Some(map) = map.as_mut() {
+            map.forget(id)?;
         }
         crate::failpoint!("detach.after_counters");
         drop(map);

@@ -17,6 +17,8 @@ pub const STEPS: &[&str] = &[
     "attach.after_link_create",
     "attach.after_pin",
     "map.apply.after_first_write",
+    "set.after_write",
+    "set.after_publish",
     "allow.after_write",
     "revoke.after_write",
     "revoke.after_counters",

@@ -15,6 +15,7 @@
 //! - [`grants`]: grant records, so `del` and the daemon take back exactly what was given;
 //! - [`controller`]: the operations (attach, allow, revoke, list, detach);
 //! - [`takeover`]: `attach --takeover`, replacing a runtime's device program;
+//! - [`set`]: atomic whole-policy replacement;
 //! - [`passthrough`]: `add`/`del`, device passthrough like lxc-device;
 //! - [`daemon`]: `ctdev daemon`, the policy file applied to containers and hotplugged devices;
 //! - [`audit`]: denial events, `check`, drift;
@@ -42,6 +43,7 @@ pub mod presets;
 pub mod probe;
 pub mod rule;
 pub mod runtimes;
+pub mod set;
 pub mod takeover;
 pub mod target;
 

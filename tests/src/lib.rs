@@ -357,3 +357,23 @@ impl Drop for Parked {
     }
 }
 pub mod foreign;
+
+/// The state and rules `ctdev list --json` shows for the container at `cg`.
+pub fn listed_rules(env: &TestEnv, cg: &Path) -> Option<(String, Vec<String>)> {
+    let v = env.list_json();
+    v["containers"].as_array()?.iter().find_map(|c| {
+        (c["cgroup_dir"].as_str() == cg.to_str()).then(|| {
+            (
+                c["state"].as_str().unwrap_or("").to_string(),
+                c["rules"]
+                    .as_array()
+                    .map(|rs| {
+                        rs.iter()
+                            .filter_map(|r| r["rule"].as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )
+        })
+    })
+}

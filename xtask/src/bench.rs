@@ -45,8 +45,12 @@ pub struct Plan {
     pub iters: u64,
     /// Rounds per scenario (the median of them is reported).
     pub rounds: usize,
-    /// open()+close() while kernel run-time statistics are on.
+    /// open()+close() per stats round, while kernel run-time statistics are on.
     pub stats_iters: u64,
+    /// Interleaved rounds with kernel run-time statistics on.
+    pub stats_rounds: usize,
+    /// Whole-policy swaps timed (`Ctdev::set_rules`).
+    pub swaps: usize,
     /// Verdict flips per writer for the policy-write latency.
     pub flips: usize,
     /// `ctdev add` and `lxc-device add` runs each.
@@ -66,10 +70,12 @@ impl Plan {
         if quick {
             Plan {
                 quick,
-                sizes: vec![10, 100],
+                sizes: vec![1, 10, 200],
                 iters: 2_000,
                 rounds: 3,
                 stats_iters: 1_000,
+                stats_rounds: 2,
+                swaps: 20,
                 flips: 10,
                 add_runs: 5,
                 containers: 10,
@@ -80,13 +86,15 @@ impl Plan {
         } else {
             Plan {
                 quick,
-                sizes: vec![10, 100, 1_000, 10_000],
+                sizes: vec![1, 3, 10, 100, 1_000, 10_000],
                 iters: 100_000,
                 rounds: 11,
                 stats_iters: 100_000,
+                stats_rounds: 5,
+                swaps: 1_000,
                 flips: 200,
                 add_runs: 100,
-                containers: 1_000,
+                containers: 10_000,
                 scale_rules: 20,
                 cli_attaches: 20,
                 hotplug_events: 1_000,

@@ -13,6 +13,7 @@ mod list;
 mod monitor;
 mod reset_counters;
 mod revoke;
+mod set;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,8 @@ pub enum Command {
     Attach(attach::Args),
     /// Allow device access: takes effect at once, no program reload.
     Allow(allow::Args),
+    /// Replace the whole rule set atomically: every access sees the old or the new set.
+    Set(set::Args),
     /// Remove device access: clears the rule's bits; an entry with none left is deleted.
     Revoke(revoke::Args),
     /// Audit dump: every container under policy and its rules.
@@ -157,6 +160,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Attach(a) => attach::run(cli, config, a),
         Command::Allow(a) => allow::run(cli, config, a),
+        Command::Set(a) => set::run(cli, config, a),
         Command::Revoke(a) => revoke::run(cli, config, a),
         Command::List(a) => list::run(cli, config, a),
         Command::Detach(a) => detach::run(cli, config, a),

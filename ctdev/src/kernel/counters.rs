@@ -1,16 +1,18 @@
 //! Reading and resetting the counters the kernel program keeps: allowed
-//! accesses per policy entry (`CTDEV_HITS`) and denials / denial events /
-//! dropped events per container (`CTDEV_STATS`). Both are per-CPU maps;
-//! readers sum the CPUs.
+//! accesses per entry and denials / denial events / dropped events per
+//! container (each container's `CTDEV_COUNTERS`, per CPU), and the hits of
+//! large policies' entries (the shared `CTDEV_HITS`). Readers sum the CPUs
+//! and subtract the baselines of the last reset.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Map, MapData, MapError, MapType, PerCpuHashMap};
-use ctdev_common::{ContainerStats, PolicyKey, PolicyValue};
+use aya::maps::{Map, MapData, MapType, PerCpuHashMap};
+use ctdev_common::{table_items, ContainerStats, PolicyKey, PolicyValue, STATE_LARGE};
 use serde::Serialize;
 
+use super::container_maps::{table_ids, ContainerMaps};
 use super::pins::PinRoot;
 use super::policy_map::{is_missing_key, read_pod, verify_map_pin, PolicyMapError};
 use super::sys::{self, SysError};
@@ -26,15 +28,13 @@ pub struct Stats {
     pub events_dropped: u64,
 }
 
-/// The two counter maps, opened.
+/// The counter maps, opened.
 pub struct Counters {
+    pins: PinRoot,
     hits: PerCpuHashMap<MapData, PolicyKey, u64>,
-    stats: PerCpuHashMap<MapData, u64, ContainerStats>,
-    /// Second fds on the two maps, for batch reads.
+    /// Second fd on the shared hits map, for batch reads.
     hits_raw: OwnedFd,
-    stats_raw: OwnedFd,
     hits_pin: PathBuf,
-    stats_pin: PathBuf,
 }
 
 /// Every entry of a per-CPU hash map, values summed over CPUs by `sum`;
@@ -73,15 +73,7 @@ fn batch_per_cpu<K: aya::Pod + Ord, V: aya::Pod, T>(
     }))
 }
 
-fn op_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(MapError) -> PolicyMapError + 'a {
-    move |source| PolicyMapError::Op {
-        path: path.to_path_buf(),
-        op,
-        source,
-    }
-}
-
-/// Verifies whichever of ctdev's map pins `pin` is.
+/// Verifies whichever of ctdev's shared map pins `pin` is.
 pub fn verify_any(pins: &PinRoot, pin: &Path) -> Result<(), PolicyMapError> {
     let key = std::mem::size_of::<PolicyKey>();
     if pin == pins.policy_map() {
@@ -104,88 +96,95 @@ pub fn verify_any(pins: &PinRoot, pin: &Path) -> Result<(), PolicyMapError> {
 impl Counters {
     /// Opens the counter maps; `None` when they are not pinned (nothing attached yet).
     pub fn open(pins: &PinRoot) -> Result<Option<Self>, PolicyMapError> {
-        let (hits_pin, stats_pin) = (pins.hits_map(), pins.stats_map());
-        if !hits_pin.exists() || !stats_pin.exists() {
+        let hits_pin = pins.hits_map();
+        if !hits_pin.exists() {
             return Ok(None);
         }
         verify_any(pins, &hits_pin)?;
-        verify_any(pins, &stats_pin)?;
-        let hits = MapData::from_pin(&hits_pin).map_err(op_err(&hits_pin, "open"))?;
-        let hits =
-            PerCpuHashMap::try_from(Map::PerCpuHashMap(hits)).map_err(op_err(&hits_pin, "open"))?;
-        let stats = MapData::from_pin(&stats_pin).map_err(op_err(&stats_pin, "open"))?;
-        let stats = PerCpuHashMap::try_from(Map::PerCpuHashMap(stats))
-            .map_err(op_err(&stats_pin, "open"))?;
-        let raw = |pin: &Path| {
-            sys::obj_get(pin).map_err(|e| PolicyMapError::Foreign {
-                path: pin.to_path_buf(),
-                found: e.to_string(),
-            })
+        let op_err = |source| PolicyMapError::Op {
+            path: hits_pin.clone(),
+            op: "open",
+            source,
         };
+        let hits = MapData::from_pin(&hits_pin).map_err(op_err)?;
+        let hits = PerCpuHashMap::try_from(Map::PerCpuHashMap(hits)).map_err(op_err)?;
+        let hits_raw = sys::obj_get(&hits_pin).map_err(|e| PolicyMapError::Foreign {
+            path: hits_pin.clone(),
+            found: e.to_string(),
+        })?;
         Ok(Some(Self {
+            pins: pins.clone(),
             hits,
-            stats,
-            hits_raw: raw(&hits_pin)?,
-            stats_raw: raw(&stats_pin)?,
+            hits_raw,
             hits_pin,
-            stats_pin,
         }))
+    }
+
+    fn ids(&self) -> Result<Vec<u64>, PolicyMapError> {
+        table_ids(&self.pins).map_err(|e| PolicyMapError::Batch {
+            path: self.pins.tables_dir(),
+            source: SysError {
+                call: "read directory",
+                what: self.pins.tables_dir().display().to_string(),
+                source: e,
+            },
+        })
     }
 
     /// Allowed accesses per policy entry, summed over CPUs.
     pub fn hits(&self) -> Result<BTreeMap<PolicyKey, u64>, PolicyMapError> {
-        if let Some(all) = batch_per_cpu::<PolicyKey, u64, u64>(
+        let mut out = match batch_per_cpu::<PolicyKey, u64, u64>(
             self.hits_raw.as_fd(),
             &self.hits_pin,
             |t, v| *t += v,
             || 0,
         )? {
-            return Ok(all);
-        }
-        let mut out = BTreeMap::new();
-        for item in self.hits.iter() {
-            let (key, per_cpu) = item.map_err(|e| PolicyMapError::Op {
-                path: "CTDEV_HITS".into(),
-                op: "iterate",
-                source: e,
-            })?;
-            out.insert(key, per_cpu.iter().sum());
+            Some(all) => all,
+            None => {
+                let mut out = BTreeMap::new();
+                for item in self.hits.iter() {
+                    let (key, per_cpu) = item.map_err(|e| PolicyMapError::Op {
+                        path: self.hits_pin.clone(),
+                        op: "iterate",
+                        source: e,
+                    })?;
+                    out.insert(key, per_cpu.iter().sum());
+                }
+                out
+            }
+        };
+        for id in self.ids()? {
+            let Some(maps) = ContainerMaps::open(&self.pins, id)? else {
+                continue;
+            };
+            let snap = maps.snapshot();
+            if snap.large() {
+                continue;
+            }
+            let totals = maps.counters()?.hits;
+            for (key, _, hit, base) in table_items(&snap.table, id) {
+                let total = totals[hit as usize % totals.len()];
+                out.insert(key, total.saturating_sub(base));
+            }
         }
         Ok(out)
     }
 
-    /// Statistics of every container that has any, summed over CPUs.
+    /// Statistics of every container, summed over CPUs.
     pub fn stats(&self) -> Result<BTreeMap<u64, Stats>, PolicyMapError> {
-        let add = |t: &mut Stats, s: &ContainerStats| {
-            t.denied += s.denied;
-            t.events += s.events;
-            t.events_dropped += s.dropped;
-        };
-        if let Some(all) =
-            batch_per_cpu(self.stats_raw.as_fd(), &self.stats_pin, add, Stats::default)?
-        {
-            return Ok(all);
-        }
         let mut out = BTreeMap::new();
-        for item in self.stats.iter() {
-            let (id, per_cpu) = item.map_err(|e| PolicyMapError::Op {
-                path: "CTDEV_STATS".into(),
-                op: "iterate",
-                source: e,
-            })?;
-            let mut total = Stats::default();
-            for s in per_cpu.iter() {
-                total.denied += s.denied;
-                total.events += s.events;
-                total.events_dropped += s.dropped;
-            }
-            out.insert(id, total);
+        for id in self.ids()? {
+            let Some(maps) = ContainerMaps::open(&self.pins, id)? else {
+                continue;
+            };
+            out.insert(id, stats_of(&maps)?);
         }
         Ok(out)
     }
 
     /// Forgets the counters of `policy_id`: its statistics and the hits of
-    /// its entries (after detach, or on `reset-counters`).
+    /// its entries start again from zero (after `reset-counters`, or when an
+    /// earlier container had its id).
     pub fn reset(&mut self, policy_id: u64) -> Result<(), PolicyMapError> {
         let keys: Vec<PolicyKey> = self
             .hits()?
@@ -193,18 +192,24 @@ impl Counters {
             .filter(|k| k.policy_id == policy_id)
             .collect();
         self.forget_hits(&keys)?;
-        match self.stats.remove(&policy_id) {
-            Ok(()) => Ok(()),
-            Err(e) if is_missing_key(&e) => Ok(()),
-            Err(e) => Err(PolicyMapError::Op {
-                path: "CTDEV_STATS".into(),
-                op: "delete",
-                source: e,
-            }),
+        if let Some(maps) = ContainerMaps::open(&self.pins, policy_id)? {
+            let c = maps.counters()?;
+            maps.set_stats_base([c.stats.denied, c.stats.events, c.stats.dropped]);
+            let snap = maps.snapshot();
+            if snap.state & STATE_LARGE == 0 {
+                let mut items: Vec<_> = table_items(&snap.table, policy_id)
+                    .map(|(k, a, hit, _)| (k, a, hit, c.hits[hit as usize % c.hits.len()]))
+                    .collect();
+                if let Some(table) = ctdev_common::build_table(&mut items) {
+                    maps.write_next(&table);
+                    maps.publish(false);
+                }
+            }
         }
+        Ok(())
     }
 
-    /// Forgets the hit counters of entries that were removed.
+    /// Forgets the hit counters of large-policy entries that were removed.
     pub fn forget_hits(&mut self, keys: &[PolicyKey]) -> Result<(), PolicyMapError> {
         for key in keys {
             match self.hits.remove(key) {
@@ -212,7 +217,7 @@ impl Counters {
                 Err(e) if is_missing_key(&e) => {}
                 Err(e) => {
                     return Err(PolicyMapError::Op {
-                        path: "CTDEV_HITS".into(),
+                        path: self.hits_pin.clone(),
                         op: "delete",
                         source: e,
                     })
@@ -221,4 +226,15 @@ impl Counters {
         }
         Ok(())
     }
+}
+
+/// One container's statistics since its last reset.
+pub fn stats_of(maps: &ContainerMaps) -> Result<Stats, PolicyMapError> {
+    let c = maps.counters()?;
+    let [denied, events, dropped] = maps.stats_base();
+    Ok(Stats {
+        denied: c.stats.denied.saturating_sub(denied),
+        events: c.stats.events.saturating_sub(events),
+        events_dropped: c.stats.dropped.saturating_sub(dropped),
+    })
 }

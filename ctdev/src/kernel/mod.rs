@@ -2,6 +2,7 @@
 //! map, program loading, and per-container attachments (links).
 
 pub mod attachment;
+pub mod container_maps;
 pub mod counters;
 pub mod pins;
 pub mod policy_map;

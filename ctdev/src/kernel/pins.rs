@@ -4,10 +4,11 @@
 //! Layout under the pin root (default `/sys/fs/bpf/ctdev`):
 //!
 //! ```text
-//! <root>/CTDEV_POLICY          the shared policy map (all containers)
-//! <root>/CTDEV_HITS            per-CPU allowed-access counters per entry
-//! <root>/CTDEV_STATS           per-CPU denial/event counters per container
+//! <root>/CTDEV_POLICY          entries of large policies (all containers)
+//! <root>/CTDEV_HITS            per-CPU allowed-access counters of those
 //! <root>/CTDEV_EVENTS          ring buffer of denial events
+//! <root>/tables/<cgroup id>    a container's rule table (two generations)
+//! <root>/counters/<cgroup id>  a container's per-CPU counters
 //! <root>/links/<cgroup id>     one bpf link per container under policy
 //! ```
 //!
@@ -119,14 +120,33 @@ impl PinRoot {
         self.root.join(EVENTS_MAP)
     }
 
-    /// Every map pin, with its name in the object file.
-    pub fn map_pins(&self) -> [(&'static str, PathBuf); 4] {
+    /// Every shared map pin, with its name in the object file.
+    pub fn map_pins(&self) -> [(&'static str, PathBuf); 3] {
         [
             (POLICY_MAP, self.policy_map()),
             (HITS_MAP, self.hits_map()),
-            (STATS_MAP, self.stats_map()),
             (EVENTS_MAP, self.events_map()),
         ]
+    }
+
+    /// Directory of the per-container rule tables.
+    pub fn tables_dir(&self) -> PathBuf {
+        self.root.join("tables")
+    }
+
+    /// Pin of the rule table of `policy_id`.
+    pub fn table(&self, policy_id: u64) -> PathBuf {
+        self.tables_dir().join(policy_id.to_string())
+    }
+
+    /// Directory of the per-container counters.
+    pub fn counters_dir(&self) -> PathBuf {
+        self.root.join("counters")
+    }
+
+    /// Pin of the counters of `policy_id`.
+    pub fn counters(&self, policy_id: u64) -> PathBuf {
+        self.counters_dir().join(policy_id.to_string())
     }
 
     /// Directory of the pinned program instances, one per cgroup depth.
@@ -182,7 +202,12 @@ impl PinRoot {
         }
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(0o700);
-        for dir in [self.root.clone(), self.links_dir(), self.programs_dir()] {
+        for dir in [
+            self.root.clone(),
+            self.links_dir(),
+            self.tables_dir(),
+            self.counters_dir(),
+        ] {
             builder
                 .create(&dir)
                 .map_err(io_err("create directory", &dir))?;
@@ -269,6 +294,8 @@ impl PinRoot {
     pub fn remove_if_empty(&self) {
         let _ = fs::remove_dir(self.links_dir());
         let _ = fs::remove_dir(self.programs_dir());
+        let _ = fs::remove_dir(self.tables_dir());
+        let _ = fs::remove_dir(self.counters_dir());
         let _ = fs::remove_dir(&self.root);
     }
 }

@@ -1,14 +1,24 @@
-//! The shared, pinned policy map: typed access, validation of the pin, and
-//! all-or-nothing batches of changes.
+//! Every container's policy entries behind one typed view: validation of
+//! the pins, reads, all-or-nothing batches of changes and atomic whole-set
+//! replacement.
+//!
+//! Where entries live: a container with at most `TABLE_CAP` entries keeps
+//! them in its own table map (see [`super::container_maps`]); a larger
+//! policy lives in the shared hash map `CTDEV_POLICY`, its keys carrying
+//! the live generation in their `_pad` field. Callers see neither: keys in
+//! and out of this API always have `_pad` 0.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use std::os::fd::{AsFd, OwnedFd};
 
 use aya::maps::{HashMap, Map, MapData, MapError, MapType};
-use ctdev_common::{PolicyKey, PolicyValue};
+use ctdev_common::{build_table, table_items, PolicyKey, PolicyValue, TableItem, TABLE_CAP};
 
+use super::container_maps::{ContainerMaps, ContainerMapsError, Snapshot};
+use super::pins::PinRoot;
 use super::sys;
 
 /// Why the policy map could not be used.
@@ -50,6 +60,9 @@ pub enum PolicyMapError {
         #[source]
         source: sys::SysError,
     },
+    /// A container's own maps could not be used.
+    #[error(transparent)]
+    Container(#[from] Box<ContainerMapsError>),
     /// The map has no room for more entries.
     #[error("policy map {path} is full ({capacity} entries): revoke unused rules or detach stale containers")]
     Full {
@@ -112,21 +125,48 @@ pub fn is_missing_key(e: &MapError) -> bool {
     }
 }
 
-/// The pinned policy map, opened for reading and writing.
+impl From<ContainerMapsError> for PolicyMapError {
+    fn from(e: ContainerMapsError) -> Self {
+        PolicyMapError::Container(Box::new(e))
+    }
+}
+
+/// The policy of all containers, opened for reading and writing.
 pub struct PolicyMap {
     path: PathBuf,
+    pins: PinRoot,
     capacity: u32,
     id: u32,
     map: HashMap<MapData, PolicyKey, PolicyValue>,
     /// A second fd on the map, for batch reads (aya does not expose its own).
     raw: OwnedFd,
+    /// Entries read per container since the last write.
+    cache: RefCell<BTreeMap<u64, BTreeMap<PolicyKey, u32>>>,
 }
 
 /// One planned change to an entry: the value to set, or removal.
 pub type Change = (PolicyKey, Option<u32>);
 
+/// What a container's policy is now.
+struct Current {
+    maps: Option<ContainerMaps>,
+    snapshot: Option<Snapshot>,
+    entries: BTreeMap<PolicyKey, u32>,
+}
+
+impl Current {
+    fn large_generation(&self) -> Option<u32> {
+        self.snapshot.filter(|s| s.large()).map(|s| s.generation())
+    }
+}
+
+fn canonical(mut key: PolicyKey) -> PolicyKey {
+    key._pad = 0;
+    key
+}
+
 impl PolicyMap {
-    /// Opens the map pinned at `path`.
+    /// Opens the map pinned at `path` (the pin root is its directory).
     pub fn open(path: &Path) -> Result<Self, PolicyMapError> {
         if !path.exists() {
             return Err(PolicyMapError::Missing {
@@ -147,10 +187,12 @@ impl PolicyMap {
         })?;
         Ok(Self {
             path: path.to_path_buf(),
+            pins: PinRoot::new(path.parent().unwrap_or(Path::new("/"))),
             capacity: info.max_entries(),
             id: info.id(),
             map,
             raw,
+            cache: RefCell::new(BTreeMap::new()),
         })
     }
 
@@ -159,7 +201,8 @@ impl PolicyMap {
         &self.path
     }
 
-    /// Maximum number of entries.
+    /// Maximum number of entries of large policies (more than
+    /// `TABLE_CAP` entries) across all containers.
     pub fn capacity(&self) -> u32 {
         self.capacity
     }
@@ -169,8 +212,8 @@ impl PolicyMap {
         self.id
     }
 
-    /// Every entry, sorted by key.
-    pub fn entries(&self) -> Result<BTreeMap<PolicyKey, u32>, PolicyMapError> {
+    /// Every raw entry of the shared hash map (keys with their generation).
+    fn hash_entries(&self) -> Result<BTreeMap<PolicyKey, u32>, PolicyMapError> {
         let (ks, vs) = (
             std::mem::size_of::<PolicyKey>(),
             std::mem::size_of::<PolicyValue>(),
@@ -200,63 +243,344 @@ impl PolicyMap {
         Ok(out)
     }
 
+    /// Every entry of every container, sorted by key.
+    pub fn entries(&self) -> Result<BTreeMap<PolicyKey, u32>, PolicyMapError> {
+        let hash = self.hash_entries()?;
+        let ids = super::container_maps::table_ids(&self.pins).map_err(|e| self.io_err(e))?;
+        let mut out = BTreeMap::new();
+        let mut large = BTreeMap::new();
+        for id in &ids {
+            let Some(maps) = ContainerMaps::open(&self.pins, *id)? else {
+                continue;
+            };
+            let snap = maps.snapshot();
+            if snap.large() {
+                large.insert(*id, snap.generation());
+            } else {
+                out.extend(table_items(&snap.table, *id).map(|(k, a, _, _)| (k, a)));
+            }
+        }
+        for (key, access) in hash {
+            match large.get(&key.policy_id) {
+                Some(generation) if *generation == key._pad => {
+                    out.insert(canonical(key), access);
+                }
+                Some(_) => {}
+                // Entries of no table: left by a crash (reported as orphans).
+                None if !ids.contains(&key.policy_id) => {
+                    out.insert(canonical(key), access);
+                }
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn io_err(&self, e: std::io::Error) -> PolicyMapError {
+        PolicyMapError::Batch {
+            path: self.pins.tables_dir(),
+            source: sys::SysError {
+                call: "read directory",
+                what: self.pins.tables_dir().display().to_string(),
+                source: e,
+            },
+        }
+    }
+
+    /// Reads one container's policy as it is now.
+    fn current(&self, policy_id: u64) -> Result<Current, PolicyMapError> {
+        let maps = ContainerMaps::open(&self.pins, policy_id)?;
+        let snapshot = maps.as_ref().map(ContainerMaps::snapshot);
+        let entries = match snapshot {
+            Some(s) if !s.large() => table_items(&s.table, policy_id)
+                .map(|(k, a, _, _)| (k, a))
+                .collect(),
+            Some(s) => self
+                .hash_entries()?
+                .into_iter()
+                .filter(|(k, _)| k.policy_id == policy_id && k._pad == s.generation())
+                .map(|(k, a)| (canonical(k), a))
+                .collect(),
+            None => self
+                .hash_entries()?
+                .into_iter()
+                .filter(|(k, _)| k.policy_id == policy_id)
+                .map(|(k, a)| (canonical(k), a))
+                .collect(),
+        };
+        Ok(Current {
+            maps,
+            snapshot,
+            entries,
+        })
+    }
+
     /// The entries of one container.
     pub fn entries_of(&self, policy_id: u64) -> Result<BTreeMap<PolicyKey, u32>, PolicyMapError> {
-        let mut all = self.entries()?;
-        all.retain(|k, _| k.policy_id == policy_id);
-        Ok(all)
+        if let Some(e) = self.cache.borrow().get(&policy_id) {
+            return Ok(e.clone());
+        }
+        let entries = self.current(policy_id)?.entries;
+        self.cache.borrow_mut().insert(policy_id, entries.clone());
+        Ok(entries)
     }
 
     /// The access bits stored under `key`, if any.
     pub fn get(&self, key: &PolicyKey) -> Result<Option<u32>, PolicyMapError> {
-        match self.map.get(key, 0) {
-            Ok(v) => Ok(Some(v.access)),
-            Err(e) if is_missing_key(&e) => Ok(None),
-            Err(e) => Err(PolicyMapError::Op {
-                path: self.path.clone(),
-                op: "lookup",
-                source: e,
-            }),
-        }
+        Ok(self
+            .entries_of(key.policy_id)?
+            .get(&canonical(*key))
+            .copied())
     }
 
-    /// Applies `changes` in order. If one fails, the ones already applied
-    /// are put back as they were and the first error is returned: the map
-    /// ends either fully changed or unchanged.
+    /// Applies `changes` in order. If one fails, the containers already
+    /// changed are put back as they were and the first error is returned:
+    /// the policy ends either fully changed or unchanged. Each container's
+    /// part is published at once when its entries fit its table.
     pub fn apply(&mut self, changes: &[Change]) -> Result<(), PolicyMapError> {
-        let mut undo: Vec<Change> = Vec::with_capacity(changes.len());
+        let mut order: Vec<u64> = Vec::new();
+        let mut by_id: BTreeMap<u64, Vec<Change>> = BTreeMap::new();
         for &(key, value) in changes {
-            let before = match self.get(&key) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.rollback(&undo);
-                    return Err(e);
-                }
-            };
-            if before == value {
+            if !by_id.contains_key(&key.policy_id) {
+                order.push(key.policy_id);
+            }
+            by_id
+                .entry(key.policy_id)
+                .or_default()
+                .push((canonical(key), value));
+        }
+        self.cache.borrow_mut().clear();
+        let mut done: Vec<(u64, BTreeMap<PolicyKey, u32>)> = Vec::new();
+        for id in order {
+            let current = self.current(id)?;
+            let mut next = current.entries.clone();
+            for (key, value) in &by_id[&id] {
+                match value {
+                    Some(v) => next.insert(*key, *v),
+                    None => next.remove(key),
+                };
+            }
+            if next == current.entries {
                 continue;
             }
-            if let Err(e) = self.set(key, value) {
-                self.rollback(&undo);
+            let before = current.entries.clone();
+            if let Err(e) = self.write(id, current, &next, false) {
+                for (id, prev) in done.iter().rev() {
+                    let restore = self
+                        .current(*id)
+                        .and_then(|cur| self.write(*id, cur, prev, false));
+                    if let Err(r) = restore {
+                        tracing::error!("rollback of policy {id} failed: {r}");
+                    }
+                }
                 return Err(e);
             }
-            undo.push((key, before));
-            if undo.len() == 1 && changes.len() > 1 {
+            done.push((id, before));
+            if done.len() == 1 && changes.len() > 1 {
                 crate::failpoint!("map.apply.after_first_write");
             }
         }
         Ok(())
     }
 
+    /// Replaces the whole policy of `policy_id` with `entries` so that
+    /// every access is judged entirely by the old or entirely by the new
+    /// set: the new set is written beside the live one and published with
+    /// one store. A crash before the publish leaves the old set, after it
+    /// the new one.
+    pub fn set_entries(
+        &mut self,
+        policy_id: u64,
+        entries: &BTreeMap<PolicyKey, u32>,
+    ) -> Result<(), PolicyMapError> {
+        self.cache.borrow_mut().clear();
+        let next: BTreeMap<PolicyKey, u32> = entries
+            .iter()
+            .map(|(k, v)| {
+                let mut k = canonical(*k);
+                k.policy_id = policy_id;
+                (k, *v)
+            })
+            .collect();
+        let current = self.current(policy_id)?;
+        self.write(policy_id, current, &next, true)
+    }
+
+    /// Removes every trace of `policy_id`: its table and counters pins and
+    /// its entries in the shared map (after its program was detached).
+    pub fn forget(&mut self, policy_id: u64) -> Result<(), PolicyMapError> {
+        self.cache.borrow_mut().clear();
+        let stale: Vec<PolicyKey> = self
+            .hash_entries()?
+            .into_keys()
+            .filter(|k| k.policy_id == policy_id)
+            .collect();
+        for key in stale {
+            self.set_raw(key, None)?;
+        }
+        ContainerMaps::unpin(&self.pins, policy_id).map_err(|e| self.io_err(e))
+    }
+
+    /// Writes `next` as the policy of `policy_id` (which is `current` now).
+    fn write(
+        &mut self,
+        policy_id: u64,
+        current: Current,
+        next: &BTreeMap<PolicyKey, u32>,
+        atomic: bool,
+    ) -> Result<(), PolicyMapError> {
+        let old_large = current.large_generation();
+        let Current {
+            maps,
+            snapshot,
+            entries: before,
+        } = current;
+        let maps = match maps {
+            Some(m) => m,
+            None => ContainerMaps::create(&self.pins, policy_id)?,
+        };
+        let maps = &maps;
+        let live = snapshot.map(|s| s.generation()).unwrap_or(0);
+        if next.len() <= TABLE_CAP {
+            let table = self.build(maps, snapshot, next)?;
+            maps.write_next(&table);
+            crate::failpoint!("set.after_write");
+            maps.publish(false);
+            crate::failpoint!("set.after_publish");
+            if let Some(generation) = old_large {
+                self.drop_generation(policy_id, generation)?;
+            }
+        } else if let (Some(generation), false) = (old_large, atomic) {
+            // A large policy changed in place, entry by entry.
+            let mut changes: Vec<Change> = Vec::new();
+            for (k, v) in next {
+                if before.get(k) != Some(v) {
+                    changes.push((*k, Some(*v)));
+                }
+            }
+            for k in before.keys() {
+                if !next.contains_key(k) {
+                    changes.push((*k, None));
+                }
+            }
+            self.apply_raw(&changes, generation)?;
+        } else {
+            // A new large generation beside the live one, then publish.
+            let generation = live ^ 1;
+            self.drop_generation(policy_id, generation)?;
+            let changes: Vec<Change> = next.iter().map(|(k, v)| (*k, Some(*v))).collect();
+            if let Err(e) = self.apply_raw(&changes, generation) {
+                let _ = self.drop_generation(policy_id, generation);
+                return Err(e);
+            }
+            crate::failpoint!("set.after_write");
+            maps.publish(true);
+            crate::failpoint!("set.after_publish");
+            if let Some(old) = old_large {
+                self.drop_generation(policy_id, old)?;
+            }
+        }
+        if next.is_empty() && !self.pins.link(policy_id).exists() {
+            self.forget(policy_id)?;
+        }
+        Ok(())
+    }
+
+    /// The table for `next`, keeping each remaining entry's hit counter.
+    fn build(
+        &self,
+        maps: &ContainerMaps,
+        snapshot: Option<Snapshot>,
+        next: &BTreeMap<PolicyKey, u32>,
+    ) -> Result<ctdev_common::Table, PolicyMapError> {
+        let kept: BTreeMap<PolicyKey, (u32, u64)> = match snapshot {
+            Some(s) if !s.large() => table_items(&s.table, maps.policy_id)
+                .map(|(k, _, hit, base)| (k, (hit, base)))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let mut used = [false; TABLE_CAP];
+        for k in next.keys() {
+            if let Some((hit, _)) = kept.get(k) {
+                used[*hit as usize % TABLE_CAP] = true;
+            }
+        }
+        let totals = if next.keys().any(|k| !kept.contains_key(k)) {
+            Some(maps.counters()?.hits)
+        } else {
+            None
+        };
+        let mut free = (0..TABLE_CAP).filter(|i| !used[*i]);
+        let mut items: Vec<TableItem> = Vec::with_capacity(next.len());
+        for (k, v) in next {
+            let (hit, base) = match kept.get(k) {
+                Some(x) => *x,
+                None => {
+                    let hit = free.next().unwrap_or(0);
+                    (hit as u32, totals.map(|t| t[hit]).unwrap_or(0))
+                }
+            };
+            items.push((*k, *v, hit, base));
+        }
+        build_table(&mut items).ok_or_else(|| PolicyMapError::Foreign {
+            path: self.pins.table(maps.policy_id),
+            found: "an entry that is neither block nor char".into(),
+        })
+    }
+
+    /// Deletes the shared-map entries of one generation of `policy_id`.
+    fn drop_generation(&mut self, policy_id: u64, generation: u32) -> Result<(), PolicyMapError> {
+        let stale: Vec<PolicyKey> = self
+            .hash_entries()?
+            .into_keys()
+            .filter(|k| k.policy_id == policy_id && k._pad == generation)
+            .collect();
+        for key in stale {
+            self.set_raw(key, None)?;
+        }
+        Ok(())
+    }
+
+    /// Applies changes to the shared map under `generation`, putting back
+    /// what was applied when one fails.
+    fn apply_raw(&mut self, changes: &[Change], generation: u32) -> Result<(), PolicyMapError> {
+        let mut undo: Vec<Change> = Vec::with_capacity(changes.len());
+        for &(key, value) in changes {
+            let mut key = key;
+            key._pad = generation;
+            let before = match self.map.get(&key, 0) {
+                Ok(v) => Some(v.access),
+                Err(e) if is_missing_key(&e) => None,
+                Err(e) => {
+                    self.rollback(&undo);
+                    return Err(PolicyMapError::Op {
+                        path: self.path.clone(),
+                        op: "lookup",
+                        source: e,
+                    });
+                }
+            };
+            if before == value {
+                continue;
+            }
+            if let Err(e) = self.set_raw(key, value) {
+                self.rollback(&undo);
+                return Err(e);
+            }
+            undo.push((key, before));
+        }
+        Ok(())
+    }
+
     fn rollback(&mut self, undo: &[Change]) {
         for &(key, value) in undo.iter().rev() {
-            if let Err(e) = self.set(key, value) {
+            if let Err(e) = self.set_raw(key, value) {
                 tracing::error!("rollback of policy entry {key:?} failed: {e}");
             }
         }
     }
 
-    fn set(&mut self, key: PolicyKey, value: Option<u32>) -> Result<(), PolicyMapError> {
+    fn set_raw(&mut self, key: PolicyKey, value: Option<u32>) -> Result<(), PolicyMapError> {
         let result = match value {
             Some(access) => self.map.insert(key, PolicyValue { access }, 0),
             None => match self.map.remove(&key) {

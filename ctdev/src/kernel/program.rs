@@ -1,20 +1,26 @@
-//! Loading ctdev's cgroup/dev program: one pinned instance per cgroup depth.
+//! Loading ctdev's cgroup/dev program: one instance per container.
 //!
-//! Each instance carries the depth it serves as a load-time constant (the
-//! program takes the task's ancestor at that depth as the policy id) and
-//! shares the pinned maps with all other instances. The object is
-//! embedded in the binary when `cargo xtask build` built it; otherwise it is
-//! read from `--bpf-object` / `CTDEV_BPF_OBJECT`.
+//! Every instance runs the same instructions; what differs is the two maps
+//! of its container (rule table, counters), referenced by the instructions
+//! themselves. The object is parsed and relocated once per process and
+//! pin root (a [`Template`]); an instance is then one `BPF_PROG_LOAD` of
+//! the template's instructions with the container's two map fds patched in,
+//! so attaching needs no ELF parsing and no helper call per access. The
+//! object is embedded in the binary when `cargo xtask build` built it;
+//! otherwise it is read from `--bpf-object` / `CTDEV_BPF_OBJECT`.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use aya::programs::CgroupDevice;
 use aya::EbpfLoader;
-use ctdev_common::{LEVEL_GLOBAL, POLICY_MAP, POLICY_MAP_CAPACITY, PROGRAM_NAME};
+use ctdev_common::{COUNTERS_MAP, POLICY_MAP, POLICY_MAP_CAPACITY, PROGRAM_NAME, TABLE_MAP};
 
+use super::container_maps::{ContainerMaps, ContainerMapsError};
 use super::counters;
 use super::pins::PinRoot;
 use super::policy_map::PolicyMapError;
@@ -41,10 +47,8 @@ pub enum ProgramError {
         source: io::Error,
     },
     /// aya refused the object or the kernel refused the program or a map.
-    #[error("loading the ctdev program for cgroup depth {level}: {source}")]
+    #[error("loading the ctdev program: {source}")]
     Load {
-        /// The cgroup depth the instance serves.
-        level: u32,
         /// aya's error (verifier log included where the kernel gave one).
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -70,6 +74,9 @@ pub enum ProgramError {
     /// The pinned policy map is not the one this object expects.
     #[error(transparent)]
     PolicyMap(#[from] PolicyMapError),
+    /// The container's own maps could not be made or opened.
+    #[error(transparent)]
+    ContainerMaps(#[from] ContainerMapsError),
 }
 
 /// The eBPF object to load: embedded or read from a file.
@@ -77,6 +84,31 @@ pub enum ProgramError {
 pub struct ProgramObject {
     bytes: Cow<'static, [u8]>,
 }
+
+/// Placeholder map fds the template's instructions carry until an
+/// instance patches in its container's maps (never real fds: far above
+/// any fd limit in use).
+const TABLE_PLACEHOLDER: i32 = 0x3ead_0001;
+const COUNTERS_PLACEHOLDER: i32 = 0x3ead_0002;
+/// `BPF_LD | BPF_DW | BPF_IMM`: the first half of a 64-bit immediate load.
+const LD_IMM64: u8 = 0x18;
+/// `BPF_PSEUDO_MAP_FD` in the source register of an `LD_IMM64`.
+const PSEUDO_MAP_FD: u8 = 1;
+
+/// The object, relocated against one pin root's shared maps: ready to be
+/// instantiated for a container with a single `BPF_PROG_LOAD`.
+#[derive(Debug)]
+pub struct Template {
+    insns: Vec<super::raw_program::Insn>,
+    license: CString,
+    /// Ids of the shared maps it was relocated against (to notice new pins).
+    map_ids: Vec<u32>,
+    /// The shared maps, held open while the template lives.
+    _shared: Vec<OwnedFd>,
+}
+
+/// The template of the last pin root used in this process.
+static TEMPLATE: Mutex<Option<(PathBuf, Arc<Template>)>> = Mutex::new(None);
 
 impl ProgramObject {
     /// The object from `path`, or the embedded one.
@@ -102,70 +134,182 @@ impl ProgramObject {
         !EMBEDDED.is_empty()
     }
 
-    /// The program instance serving containers at cgroup depth `level`:
-    /// the pinned one when it is ctdev's and uses the current shared maps,
-    /// otherwise a new one, loaded (creating and pinning the shared maps on
-    /// first use) and pinned at `programs/level-N`. Attaching a container
-    /// then only needs a link to it: no program load per container.
-    pub fn program_for_level(
+    /// The program instance of the container `policy_id`: creates and
+    /// pins its table and counters when it has none, and loads the
+    /// template with them. The shared maps are created and pinned on first
+    /// use. Attaching it is then one link.
+    pub fn program_for_container(
         &self,
-        level: u32,
+        policy_id: u64,
         pins: &PinRoot,
-    ) -> Result<LevelProgram, ProgramError> {
+    ) -> Result<ContainerProgram, ProgramError> {
+        let template = self.template(pins)?;
+        let maps = match ContainerMaps::open(pins, policy_id)? {
+            Some(m) => m,
+            None => ContainerMaps::create(pins, policy_id)?,
+        };
+        let fd = template.instance(maps.table_fd(), maps.counters_fd())?;
+        let id =
+            sys::prog_id(fd.as_fd(), &pins.table(policy_id)).map_err(|e| ProgramError::Load {
+                source: Box::new(e),
+            })?;
+        Ok(ContainerProgram {
+            fd,
+            id,
+            pin: pins.table(policy_id),
+        })
+    }
+
+    /// The relocated template for `pins`: cached per process, rebuilt when
+    /// the shared map pins changed (an earlier root was removed and made again).
+    pub fn template(&self, pins: &PinRoot) -> Result<Arc<Template>, ProgramError> {
         // Pins that exist must be ctdev's maps; aya would reuse any object found there.
+        let mut ids = Vec::new();
+        let mut all = true;
         for (_, pin) in pins.map_pins() {
             if pin.exists() {
                 counters::verify_any(pins, &pin)?;
-            }
-        }
-        let pin = pins.program(level);
-        if std::fs::symlink_metadata(&pin).is_ok() {
-            match open_pinned(&pin, pins)? {
-                Some(program) => return Ok(program),
-                None => {
-                    // An earlier ctdev's instance (other maps): containers
-                    // linked to it keep it alive; new ones get a fresh one.
-                    tracing::info!(pin = %pin.display(), "replacing a stale program pin");
-                    std::fs::remove_file(&pin).map_err(|source| ProgramError::Pin {
-                        path: pin.clone(),
-                        source: Box::new(source),
-                    })?;
+                match aya::maps::MapInfo::from_pin(&pin) {
+                    Ok(info) => ids.push(info.id()),
+                    Err(_) => all = false,
                 }
+            } else {
+                all = false;
             }
         }
+        let mut cache = TEMPLATE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((root, t)) = cache.as_ref() {
+            if all && root == pins.root() && t.map_ids == ids {
+                return Ok(t.clone());
+            }
+        }
+        if !all {
+            self.create_shared_maps(pins)?;
+        }
+        let t = Arc::new(self.relocate(pins)?);
+        *cache = Some((pins.root().to_path_buf(), t.clone()));
+        Ok(t)
+    }
+
+    /// Creates (and pins) whichever shared maps are missing, through aya.
+    fn create_shared_maps(&self, pins: &PinRoot) -> Result<(), ProgramError> {
         let load_err =
-            |e: Box<dyn std::error::Error + Send + Sync>| ProgramError::Load { level, source: e };
+            |e: Box<dyn std::error::Error + Send + Sync>| ProgramError::Load { source: e };
         let mut loader = EbpfLoader::new();
         loader
-            // The program uses no CO-RE relocations: no kernel BTF needed.
             .btf(None)
-            .override_global(LEVEL_GLOBAL, &level, true)
             .map_max_entries(POLICY_MAP, POLICY_MAP_CAPACITY);
         let map_pins = pins.map_pins();
         for (name, map_pin) in &map_pins {
             loader.map_pin_path(name, map_pin.as_path());
         }
-        let mut ebpf = loader
+        // Creates the missing pinned maps (and two throw-away container maps).
+        loader
             .load(&self.bytes)
             .map_err(|e| load_err(Box::new(e)))?;
-        let prog: &mut CgroupDevice = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(ProgramError::Missing("cgroup/dev program ctdev_device"))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| load_err(Box::new(e)))?;
-        prog.load().map_err(|e| load_err(Box::new(e)))?;
-        prog.pin(&pin).map_err(|e| ProgramError::Pin {
-            path: pin.clone(),
-            source: Box::new(e),
-        })?;
-        // The pin keeps the program; this process only needs an fd.
-        open_pinned(&pin, pins)?.ok_or_else(|| ProgramError::Foreign { path: pin.clone() })
+        Ok(())
+    }
+
+    /// Parses the object and relocates it against the pinned shared maps,
+    /// with placeholders for the container's own two.
+    fn relocate(&self, pins: &PinRoot) -> Result<Template, ProgramError> {
+        let load_err =
+            |e: Box<dyn std::error::Error + Send + Sync>| ProgramError::Load { source: e };
+        let mut obj = aya_obj::Object::parse(&self.bytes).map_err(|e| load_err(Box::new(e)))?;
+        let maps: Vec<(String, aya_obj::Map)> = obj.maps.drain().collect();
+        let mut shared = Vec::new();
+        let mut map_ids = Vec::new();
+        let mut fds = Vec::new();
+        for (name, _) in &maps {
+            let fd = match name.as_str() {
+                TABLE_MAP => TABLE_PLACEHOLDER,
+                COUNTERS_MAP => COUNTERS_PLACEHOLDER,
+                _ => {
+                    let pin = pins
+                        .map_pins()
+                        .into_iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, p)| p)
+                        .ok_or(ProgramError::Missing("a map this ctdev knows"))?;
+                    let fd = sys::obj_get(&pin).map_err(|e| load_err(Box::new(e)))?;
+                    let raw = fd.as_raw_fd();
+                    shared.push(fd);
+                    raw
+                }
+            };
+            fds.push(fd);
+        }
+        for (_, pin) in pins.map_pins() {
+            if let Ok(info) = aya::maps::MapInfo::from_pin(&pin) {
+                map_ids.push(info.id());
+            }
+        }
+        let text_sections: HashSet<usize> =
+            obj.functions.keys().map(|(section, _)| *section).collect();
+        obj.relocate_maps(
+            maps.iter()
+                .zip(&fds)
+                .map(|((name, map), fd)| (name.as_str(), *fd, map)),
+            &text_sections,
+        )
+        .map_err(|e| load_err(Box::new(e)))?;
+        obj.relocate_calls(&text_sections)
+            .map_err(|e| load_err(Box::new(e)))?;
+        let program = obj
+            .programs
+            .get(PROGRAM_NAME)
+            .ok_or(ProgramError::Missing("cgroup/dev program ctdev_device"))?;
+        let function = obj
+            .functions
+            .get(&program.function_key())
+            .ok_or(ProgramError::Missing("cgroup/dev program ctdev_device"))?;
+        let insns = function
+            .instructions
+            .iter()
+            .map(|i| super::raw_program::Insn {
+                code: i.code,
+                regs: (i.src_reg() << 4) | i.dst_reg(),
+                off: i.off,
+                imm: i.imm,
+            })
+            .collect();
+        Ok(Template {
+            insns,
+            license: obj.license.clone(),
+            map_ids,
+            _shared: shared,
+        })
     }
 }
 
-/// Removes the pinned program instances (after the last container is gone;
-/// links hold what is still attached). A pin that is not ctdev's program is
-/// left alone and reported.
+impl Template {
+    /// Loads one instance with the container's maps patched in.
+    pub fn instance(
+        &self,
+        table: BorrowedFd<'_>,
+        counters: BorrowedFd<'_>,
+    ) -> Result<OwnedFd, ProgramError> {
+        let mut insns = self.insns.clone();
+        for insn in insns.iter_mut() {
+            if insn.code == LD_IMM64 && insn.regs >> 4 == PSEUDO_MAP_FD {
+                if insn.imm == TABLE_PLACEHOLDER {
+                    insn.imm = table.as_raw_fd();
+                } else if insn.imm == COUNTERS_PLACEHOLDER {
+                    insn.imm = counters.as_raw_fd();
+                }
+            }
+        }
+        super::raw_program::load_device_program(PROGRAM_NAME, &insns, &self.license).map_err(|e| {
+            ProgramError::Load {
+                source: Box::new(e),
+            }
+        })
+    }
+}
+
+/// Removes the pinned program instances of earlier ctdev versions (one per
+/// cgroup depth; links hold what is still attached). A pin that is not
+/// ctdev's program is left alone and reported.
 pub fn remove_program_pins(pins: &PinRoot) -> Result<(), ProgramError> {
     let Ok(entries) = std::fs::read_dir(pins.programs_dir()) else {
         return Ok(());
@@ -186,48 +330,19 @@ pub fn remove_program_pins(pins: &PinRoot) -> Result<(), ProgramError> {
     Ok(())
 }
 
-/// A pinned program instance serving one cgroup depth.
+/// A container's program instance, loaded (not pinned: its link keeps it).
 #[derive(Debug)]
-pub struct LevelProgram {
+pub struct ContainerProgram {
     fd: OwnedFd,
     /// Kernel program id.
     pub id: u32,
-    /// Where it is pinned.
+    /// The container's table pin.
     pub pin: PathBuf,
 }
 
-impl LevelProgram {
+impl ContainerProgram {
     /// The program's fd, for attaching.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// Opens the program pinned at `pin`: `Some` if it is ctdev's and uses the
-/// current shared maps, `None` if it is ctdev's but stale, an error if it
-/// is not ctdev's (never touched).
-fn open_pinned(pin: &Path, pins: &PinRoot) -> Result<Option<LevelProgram>, ProgramError> {
-    let foreign = || ProgramError::Foreign {
-        path: pin.to_path_buf(),
-    };
-    let info = aya::programs::ProgramInfo::from_pin(pin).map_err(|_| foreign())?;
-    if info.name_as_str() != Some(PROGRAM_NAME) {
-        return Err(foreign());
-    }
-    let used: Vec<u32> = info.map_ids().ok().flatten().unwrap_or_default();
-    let current = pins
-        .map_pins()
-        .iter()
-        .map(|(_, p)| aya::maps::MapInfo::from_pin(p).map(|m| m.id()))
-        .collect::<Result<Vec<u32>, _>>();
-    match current {
-        Ok(ids) if ids.iter().all(|id| used.contains(id)) => {}
-        _ => return Ok(None),
-    }
-    let fd = sys::obj_get(pin).map_err(|_| foreign())?;
-    Ok(Some(LevelProgram {
-        fd,
-        id: info.id(),
-        pin: pin.to_path_buf(),
-    }))
 }

@@ -1,8 +1,9 @@
-//! Device programs that are not ctdev's, built from raw instructions and
-//! attached the way runc, crun and LXC attach theirs (`BPF_PROG_ATTACH`
-//! with `BPF_F_ALLOW_MULTI`). ctdev itself never attaches one: the tests use
-//! them to stand in for a runtime's program, the benchmarks for the
-//! allow-all floor.
+//! Raw `BPF_PROG_LOAD` of cgroup device programs: ctdev's own per-container
+//! instances ([`load_device_program`], from the relocated template), and
+//! programs that are not ctdev's, built from raw instructions and attached
+//! the way runc, crun and LXC attach theirs (`BPF_PROG_ATTACH` with
+//! `BPF_F_ALLOW_MULTI`): the tests use those to stand in for a runtime's
+//! program, the benchmarks for the allow-all floor.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -123,6 +124,61 @@ struct AttachAttr {
     attach_flags: u32,
     replace_bpf_fd: u32,
     _pad: u32,
+}
+
+/// Loads `insns` as a cgroup device program named `name` (at most 15
+/// bytes). The verifier log is only asked for when the first try fails.
+pub fn load_device_program(
+    name: &str,
+    insns: &[Insn],
+    license: &std::ffi::CStr,
+) -> Result<OwnedFd, SysError> {
+    let mut prog_name = [0u8; 16];
+    let n = name.len().min(15);
+    prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let attr = |log: &mut Vec<u8>| ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: u32::from(!log.is_empty()),
+        log_size: log.len() as u32,
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
+        prog_name,
+        expected_attach_type: BPF_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    let mut none = Vec::new();
+    match sys::bpf_fd(BPF_PROG_LOAD, &mut attr(&mut none)) {
+        Ok(fd) => Ok(fd),
+        Err(first) => {
+            let mut log = vec![0u8; 1 << 20];
+            let again = sys::bpf_fd(BPF_PROG_LOAD, &mut attr(&mut log));
+            let verifier = String::from_utf8_lossy(&log);
+            let tail: String = verifier
+                .trim_end_matches('\0')
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            Err(SysError {
+                call: "BPF_PROG_LOAD",
+                what: name.to_string(),
+                source: std::io::Error::new(
+                    first.kind(),
+                    format!("{}: {tail}", again.err().unwrap_or(first)),
+                ),
+            })
+        }
+    }
 }
 
 /// A raw device program attached to one cgroup; detached on drop.

@@ -42,8 +42,10 @@ pub struct Point {
     /// ns per open()+close(), per round.
     pub rounds: Vec<f64>,
     pub ns_per_op: Summary,
-    /// Sum of the programs' kernel run time per access.
+    /// Sum of the programs' kernel run time per access (median of the stats rounds).
     pub kernel_ns_per_run: Option<f64>,
+    /// The same per stats round: median, min, max.
+    pub kernel: Option<Summary>,
     pub programs: Vec<Program>,
 }
 
@@ -80,27 +82,40 @@ pub fn rules(dev: &super::Device, n: usize) -> Vec<(u32, u32)> {
     v
 }
 
-fn measure(env: &Env, scenario: &str, rules: Option<usize>, dir: &Path) -> Result<Point> {
-    let p = &env.plan;
-    let out = probe::cost(dir, &env.device.path, p.iters, p.rounds)?;
+/// One scenario set up and kept alive while the rounds run interleaved.
+struct Live {
+    scenario: String,
+    rules: Option<usize>,
+    dir: std::path::PathBuf,
+    rounds: Vec<f64>,
+    /// Kernel ns per run of each stats round (sum over the cgroup's programs).
+    kernel_rounds: Vec<f64>,
+    programs: Vec<Program>,
+}
+
+/// One interleaved round of `live`: `iters` open()+close() in each scenario.
+fn round(env: &Env, live: &mut Live, iters: u64) -> Result<f64> {
+    let out = probe::cost(&live.dir, &env.device.path, iters, 1)?;
     if out.errno != 0 {
         bail!(
-            "{scenario}: open({}) failed with errno {} inside {}: the rules do not allow it",
+            "{}: open({}) failed with errno {} inside {}: the rules do not allow it",
+            live.scenario,
             env.device.path.display(),
             out.errno,
-            dir.display()
+            live.dir.display()
         );
     }
-    // Kernel run time: a separate run, because the statistics themselves
-    // cost time per program run.
-    let (before, after) = {
-        let _stats = StatsEnabled::on()?;
-        let before = programs::effective(dir)?;
-        probe::cost(dir, &env.device.path, p.stats_iters, 1)?;
-        (before, programs::effective(dir)?)
-    };
-    let mut progs = Vec::new();
+    Ok(out.ns_per_op.first().copied().unwrap_or(f64::NAN))
+}
+
+/// One stats round: the kernel's run time per program run during `iters`
+/// accesses (bpf_stats must be on).
+fn kernel_round(env: &Env, live: &mut Live, iters: u64) -> Result<()> {
+    let before = programs::effective(&live.dir)?;
+    probe::cost(&live.dir, &env.device.path, iters, 1)?;
+    let after = programs::effective(&live.dir)?;
     let mut total = None;
+    let mut progs = Vec::new();
     for a in &after {
         let b = before.iter().find(|b| b.id == a.id);
         let runs = a.run_cnt - b.map_or(0, |b| b.run_cnt);
@@ -109,38 +124,54 @@ fn measure(env: &Env, scenario: &str, rules: Option<usize>, dir: &Path) -> Resul
         if let Some(x) = per {
             *total.get_or_insert(0.0) += x;
         }
-        let match_at_insn = if scenario == "runc" || scenario == "crun" {
-            programs::first_compare_with(a.id, env.device.major)?
-        } else {
-            None
-        };
         progs.push(Program {
             id: a.id,
             name: a.name.clone(),
             insns: a.insns,
             ns_per_run: per,
-            match_at_insn,
+            match_at_insn: None,
         });
     }
-    let s = Summary::of(&out.ns_per_op);
+    if let Some(t) = total {
+        live.kernel_rounds.push(t);
+    }
+    if live.programs.is_empty() {
+        if live.scenario == "runc" || live.scenario == "crun" {
+            for p in progs.iter_mut() {
+                p.match_at_insn = programs::first_compare_with(p.id, env.device.major)?;
+            }
+        }
+        live.programs = progs;
+    }
+    Ok(())
+}
+
+fn finish(live: Live) -> Point {
+    let s = Summary::of(&live.rounds);
+    let kernel = (!live.kernel_rounds.is_empty()).then(|| Summary::of(&live.kernel_rounds));
     step(&format!(
-        "bench:   {scenario:9} {:>6} rules: {:7.1} ns/op (min {:.1}, max {:.1}); kernel {} ns/run; {} program(s), {} insns",
-        rules.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+        "bench:   {:9} {:>6} rules: {:7.1} ns/op (min {:.1}, max {:.1}); kernel {} ns/run; {} program(s), {} insns",
+        live.scenario,
+        live.rules.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
         s.median,
         s.min,
         s.max,
-        total.map(|t: f64| format!("{t:.1}")).unwrap_or_else(|| "-".into()),
-        progs.len(),
-        progs.iter().map(|p| p.insns).sum::<u64>()
+        kernel
+            .as_ref()
+            .map(|k| format!("{:.1} ({:.1}..{:.1})", k.median, k.min, k.max))
+            .unwrap_or_else(|| "-".into()),
+        live.programs.len(),
+        live.programs.iter().map(|p| p.insns).sum::<u64>()
     ));
-    Ok(Point {
-        scenario: scenario.into(),
-        rules,
-        rounds: out.ns_per_op,
+    Point {
+        scenario: live.scenario,
+        rules: live.rules,
+        rounds: live.rounds,
         ns_per_op: s,
-        kernel_ns_per_run: total,
-        programs: progs,
-    })
+        kernel_ns_per_run: kernel.as_ref().map(|k| k.median),
+        kernel: kernel,
+        programs: live.programs,
+    }
 }
 
 /// EPERM check with a device that no scenario allows.
@@ -185,37 +216,70 @@ pub fn run(env: &Env) -> Result<CostResults> {
         ),
     };
 
+    // Every scenario is set up first and kept alive, so that the rounds
+    // can run interleaved (A B C … A B C …): a noisy stretch of time then
+    // hits every scenario alike instead of one.
+    let mut live: Vec<Live> = Vec::new();
+    let mut keep_cgroups = Vec::new();
+    let mut keep_progs = Vec::new();
+    let mut keep_ctdev = Vec::new();
+    let mut add = |scenario: &str, rules: Option<usize>, dir: std::path::PathBuf| {
+        live.push(Live {
+            scenario: scenario.into(),
+            rules,
+            dir,
+            rounds: Vec::new(),
+            kernel_rounds: Vec::new(),
+            programs: Vec::new(),
+        })
+    };
     let none = env.parent.child("none")?;
-    res.points.push(measure(env, "none", None, &none.dir)?);
-    drop(none);
-
+    add("none", None, none.dir.clone());
+    keep_cgroups.push(none);
     let aa = env.parent.child("allow-all")?;
-    let prog = AllowAll::attach(&aa.dir)?;
-    res.points.push(measure(env, "allow-all", None, &aa.dir)?);
-    drop(prog);
-    drop(aa);
+    keep_progs.push(AllowAll::attach(&aa.dir)?);
+    add("allow-all", None, aa.dir.clone());
+    keep_cgroups.push(aa);
 
+    // ctdev with N rules, and with runc's default list plus the device
+    // (what runc's own smallest program holds).
+    let mut ctdev_sets: Vec<(String, usize, Vec<Rule>, Preset)> = Vec::new();
     for &n in &env.plan.sizes {
-        let cg = env.parent.child(&format!("ctdev-{n}"))?;
         let rs: Vec<Rule> = rules(&env.device, n)
             .into_iter()
             .map(|(ma, mi)| Rule::device(DeviceType::Char, ma, mi, Access::ALL))
             .collect();
+        ctdev_sets.push(("ctdev".into(), n, rs, Preset::None));
+    }
+    let dev_rule = Rule::device(
+        DeviceType::Char,
+        env.device.major,
+        env.device.minor,
+        Access::ALL,
+    );
+    ctdev_sets.push((
+        "ctdev+oci".into(),
+        Preset::Oci.rules().len() + 1,
+        vec![dev_rule],
+        Preset::Oci,
+    ));
+    for (i, (scenario, n, rs, preset)) in ctdev_sets.into_iter().enumerate() {
+        let cg = env.parent.child(&format!("ctdev-{i}-{n}"))?;
         let target = Target::Cgroup(cg.dir.clone());
         env.ct
-            .attach(&target, Preset::None, &rs)
+            .attach(&target, preset, &rs)
             .with_context(|| format!("ctdev attach with {n} rules"))?;
-        let point = measure(env, "ctdev", Some(n), &cg.dir);
-        if point.is_ok() && n == env.plan.sizes[0] {
+        if i == 0 {
             denial(env, "ctdev", &cg.dir, &mut res.denials)?;
         }
-        env.ct.detach(&target)?;
-        res.points.push(point?);
-        drop(cg);
+        add(&scenario, Some(n), cg.dir.clone());
+        keep_ctdev.push(target);
+        keep_cgroups.push(cg);
     }
 
     let oci_dir = TempDir::new(env.tmp.path.join("oci"))?;
     let oci = Oci::prepare(&oci_dir.path)?;
+    let mut containers = Vec::new();
     for rt in [Runtime::Runc, Runtime::Crun] {
         if rt == Runtime::Crun {
             if let Some(why) = &oci.shim_error {
@@ -236,15 +300,37 @@ pub fn run(env: &Env) -> Result<CostResults> {
             if rt == Runtime::Crun {
                 devices.rotate_right(1);
             }
-            let container = oci.start(rt, &id, &cg_path, &devices)?;
+            containers.push(oci.start(rt, &id, &cg_path, &devices)?);
             let dir = env.cgroups.mount().join(&cg_path[1..]);
-            let point = measure(env, rt.name(), Some(n), &dir);
-            if point.is_ok() && n == env.plan.sizes[0] {
+            if n == env.plan.sizes[0] {
                 denial(env, rt.name(), &dir, &mut res.denials)?;
             }
-            drop(container);
-            res.points.push(point?);
+            add(rt.name(), Some(n), dir);
         }
     }
+
+    let p = &env.plan;
+    for r in 0..p.rounds {
+        step(&format!("bench:   round {}/{}", r + 1, p.rounds));
+        for l in live.iter_mut() {
+            let ns = round(env, l, p.iters)?;
+            l.rounds.push(ns);
+        }
+    }
+    {
+        let _stats = StatsEnabled::on()?;
+        for _ in 0..p.stats_rounds {
+            for l in live.iter_mut() {
+                kernel_round(env, l, p.stats_iters)?;
+            }
+        }
+    }
+    res.points = live.into_iter().map(finish).collect();
+    drop(containers);
+    for t in &keep_ctdev {
+        env.ct.detach(t)?;
+    }
+    drop(keep_progs);
+    drop(keep_cgroups);
     Ok(res)
 }

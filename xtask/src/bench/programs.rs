@@ -125,6 +125,18 @@ fn prog_info(v: &Value) -> ProgInfo {
 }
 
 /// `bpftool map show id N`: bytes_memlock.
+/// bytes_memlock of every loaded map, by id (one bpftool call).
+pub fn all_map_memlock() -> Result<std::collections::BTreeMap<u64, u64>> {
+    Ok(bpftool(&["map", "show"])?
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| (num(v, "id"), num(v, "bytes_memlock")))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 pub fn map_memlock(id: u64) -> Result<u64> {
     Ok(num(
         &bpftool(&["map", "show", "id", &id.to_string()])?,

@@ -41,6 +41,12 @@ pub struct ScaleResults {
     pub cost_at_1: Summary,
     /// The same with all N attached.
     pub cost_at_n: Summary,
+    /// Wall time of `ctdev list --json` with all N attached, s.
+    pub list_json_s: f64,
+    /// Containers that listing showed.
+    pub listed: usize,
+    /// Library attaches per second.
+    pub attach_rate: f64,
 }
 
 pub fn run(env: &Env) -> Result<ScaleResults> {
@@ -107,15 +113,35 @@ pub fn run(env: &Env) -> Result<ScaleResults> {
         }
         let prog_memlock_total: u64 = progs.iter().map(|p| p.bytes_memlock).sum();
         let map_ids: BTreeSet<u64> = progs.iter().flat_map(|p| p.map_ids.clone()).collect();
+        let all_maps = programs::all_map_memlock()?;
         let mut maps = Vec::new();
         for id in &map_ids {
-            maps.push((*id, programs::map_memlock(*id)?));
+            maps.push((*id, all_maps.get(id).copied().unwrap_or(0)));
         }
         let map_memlock_total: u64 = maps.iter().map(|m| m.1).sum();
         let policy_entries =
             ctdev::kernel::policy_map::PolicyMap::open(&env.ct.pins().policy_map())?
                 .entries()?
                 .len();
+
+        // `ctdev list --json` of all of them (process start included).
+        let t0 = Instant::now();
+        let out = env
+            .ctdev_cli()
+            .args(["list", "--json"])
+            .output()
+            .context("cannot run ctdev list --json")?;
+        let list_json_s = t0.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!("ctdev list --json failed with {}", out.status);
+        }
+        let listed = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["containers"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        step(&format!(
+            "bench:   ctdev list --json of {listed} containers: {list_json_s:.2} s"
+        ));
 
         // A few CLI attaches, for the process-per-container figure.
         let mut cli = Vec::new();
@@ -159,6 +185,9 @@ pub fn run(env: &Env) -> Result<ScaleResults> {
             policy_entries,
             cost_at_1,
             cost_at_n,
+            list_json_s,
+            listed,
+            attach_rate: n as f64 / total_attach_s,
         };
         step(&format!(
             "bench:   {:.0} bytes/container; cost {:.1} ns/op at 1, {:.1} at {n}; detach all {:.2} s",

@@ -1,0 +1,145 @@
+//! `set`: atomic whole-policy replacement. The container's new rule set is
+//! written beside the live one and published with one store
+//! ([`crate::kernel::policy_map::PolicyMap::set_entries`]): every access is
+//! judged entirely by the old set or entirely by the new one, and a crash
+//! at any step leaves one of the two.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ctdev_common::PolicyKey;
+use serde::Serialize;
+
+use crate::controller::{Ctdev, Error};
+use crate::kernel::attachment;
+use crate::kernel::counters::Counters;
+use crate::kernel::pins::PinLock;
+use crate::kernel::policy_map::PolicyMap;
+use crate::rule::Rule;
+use crate::target::Target;
+
+/// What `set` changed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SetReport {
+    /// The cgroup directory, if it exists.
+    pub cgroup_dir: Option<PathBuf>,
+    /// Policy id.
+    pub policy_id: u64,
+    /// Entries of the new set that were not in the old one, or had other bits.
+    pub added: Vec<String>,
+    /// Entries of the old set that the new one drops.
+    pub removed: Vec<String>,
+    /// Entries in both sets, unchanged.
+    pub unchanged: Vec<String>,
+}
+
+/// The entries `rules` make for `policy_id` (bits of rules on one key OR-ed).
+pub fn entries_for(policy_id: u64, rules: &[Rule]) -> BTreeMap<PolicyKey, u32> {
+    let mut out = BTreeMap::new();
+    for rule in rules {
+        for key in rule.keys(policy_id) {
+            *out.entry(key).or_insert(0) |= rule.access.bits();
+        }
+    }
+    out
+}
+
+/// Plans the report of replacing `before` by `after` (pure).
+pub fn plan(
+    before: &BTreeMap<PolicyKey, u32>,
+    after: &BTreeMap<PolicyKey, u32>,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let text = |k: &PolicyKey, v: u32| {
+        Rule::from_entry(k, v)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| format!("{k:?}"))
+    };
+    let mut added = Vec::new();
+    let mut unchanged = Vec::new();
+    for (k, v) in after {
+        if before.get(k) == Some(v) {
+            unchanged.push(text(k, *v));
+        } else {
+            added.push(text(k, *v));
+        }
+    }
+    let removed = before
+        .iter()
+        .filter(|(k, _)| !after.contains_key(k))
+        .map(|(k, v)| text(k, *v))
+        .collect();
+    (added, removed, unchanged)
+}
+
+impl Ctdev {
+    /// Replaces the target's whole rule set with `rules`, atomically.
+    pub fn set_rules(&self, target: &Target, rules: &[Rule]) -> Result<SetReport, Error> {
+        let lock = self.lock_existing(target)?;
+        self.set_rules_locked(&lock, target, rules)
+    }
+
+    /// [`Ctdev::set_rules`] under a lock the caller holds (the daemon's
+    /// reload and `attach --takeover` hold it already).
+    pub fn set_rules_locked(
+        &self,
+        _lock: &PinLock,
+        target: &Target,
+        rules: &[Rule],
+    ) -> Result<SetReport, Error> {
+        let resolved = self.resolve(target)?;
+        let id = resolved.policy_id;
+        let not_under = || Error::NotUnderPolicy {
+            target: target.to_string(),
+        };
+        attachment::open(self.pins(), id)?.ok_or_else(not_under)?;
+        let mut map = PolicyMap::open(&self.pins().policy_map())?;
+        let before = map.entries_of(id)?;
+        let after = entries_for(id, rules);
+        let (added, removed, unchanged) = plan(&before, &after);
+        if before != after {
+            map.set_entries(id, &after)?;
+        }
+        let gone: Vec<PolicyKey> = before
+            .keys()
+            .filter(|k| !after.contains_key(k))
+            .copied()
+            .collect();
+        if let Some(mut counters) = Counters::open(self.pins())? {
+            counters.forget_hits(&gone)?;
+        }
+        Ok(SetReport {
+            cgroup_dir: resolved.cgroup.map(|c| c.dir),
+            policy_id: id,
+            added,
+            removed,
+            unchanged,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rule::parse_rules;
+
+    fn rules(words: &[&str]) -> Vec<Rule> {
+        parse_rules(&words.iter().map(|w| w.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn plans_added_removed_unchanged() {
+        let old = entries_for(7, &rules(&["c 1:3 rw", "c 1:5 r", "b 8:* r"]));
+        let new = entries_for(7, &rules(&["c 1:3 rw", "c 1:5 rw", "c 1:7 r"]));
+        let (added, removed, unchanged) = plan(&old, &new);
+        assert_eq!(added, ["c 1:5 rw", "c 1:7 r"]);
+        assert_eq!(removed, ["b 8:* r"]);
+        assert_eq!(unchanged, ["c 1:3 rw"]);
+    }
+
+    #[test]
+    fn rules_on_one_key_merge_and_a_expands() {
+        let e = entries_for(7, &rules(&["c 1:3 r", "c 1:3 w", "a 5:* m"]));
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[&PolicyKey::new(7, 2, 1, 3)], 6);
+    }
+}
