@@ -6,6 +6,8 @@
 //! process, and removes every cgroup, pin and node it created.
 
 pub mod container;
+/// `ctdev daemon` as a child process, and first-instruction device probes.
+pub mod daemon;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
 
