@@ -500,6 +500,10 @@ impl Daemon {
         }
         let report = match self.ct.attach(&target, c.preset, &rules) {
             Ok(r) => r,
+            Err(e) if !dir.exists() => {
+                tracing::debug!(container = %c.name, cgroup = %dir.display(), "cgroup gone before it could be attached: {e}");
+                return;
+            }
             Err(e) => {
                 tracing::error!(container = %c.name, cgroup = %dir.display(), "cannot attach: {e}");
                 return;
@@ -577,6 +581,23 @@ impl Daemon {
             .map(|o| o.devices.clone())
             .unwrap_or_default();
         let mut plan = reconcile::plan_devices(&owned, &wanted);
+        // A device already given, whose node is still there, is left alone:
+        // a resync that changes nothing does nothing.
+        let root = runtimes::oldest_process(dir)
+            .ok()
+            .flatten()
+            .map(|pid| PathBuf::from(format!("/proc/{pid}/root")));
+        plan.add.retain(|w| {
+            owned.get(&w.owned.dest) != Some(&w.owned)
+                || w.owned.interface
+                || !root.as_ref().is_some_and(|r| {
+                    let inside = r.join(w.owned.dest.trim_start_matches('/'));
+                    fs::symlink_metadata(inside).is_ok_and(|m| {
+                        let ft = m.file_type();
+                        ft.is_block_device() || ft.is_char_device()
+                    })
+                })
+        });
         if only.is_some() {
             // One device: leave the others alone.
             plan.remove.retain(|o| o.devpath.as_deref() == only);
@@ -678,6 +699,9 @@ impl Daemon {
                     tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, "device removed")
                 }
                 Err(PassthroughError::NotAdded { .. }) => {}
+                Err(e) if !dir.exists() => {
+                    tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, "container gone while taking its device back: {e}");
+                }
                 Err(e) => {
                     tracing::error!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "cannot remove device: {e}");
                     return;
