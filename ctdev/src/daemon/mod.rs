@@ -959,11 +959,18 @@ impl Daemon {
         let mut dirs = dirs;
         dirs.sort();
         for dir in dirs {
+            // A container created meanwhile is attached now, not after the
+            // whole pass (its processes may already run).
+            self.take_cgroup_events(watcher);
+            if !dir.exists() {
+                continue;
+            }
             if let Some(entry) = self.entry_for(&dir) {
                 watcher.watch_events(&dir);
                 self.apply_container(&dir, entry);
             }
         }
+        self.take_cgroup_events(watcher);
         // What the daemon gave earlier and nothing selects any more.
         let live: BTreeSet<u64> = self.managed.values().map(|m| m.policy_id).collect();
         let stale: Vec<(u64, PathBuf)> = self
@@ -996,6 +1003,16 @@ impl Daemon {
             tracing::info!(container = %owned.entry, cgroup = %cgroup.display(), "no longer selected by the policy; left attached with its other rules");
         }
         self.save_state();
+    }
+
+    /// Handles the cgroup events waiting now (non-blocking), during a long
+    /// pass. An overflow is left to the pass itself (it rescans anyway).
+    fn take_cgroup_events(&mut self, watcher: &mut Watcher) {
+        for ev in watcher.read() {
+            if ev != CgroupEvent::Overflow {
+                self.on_cgroup_event(ev, watcher);
+            }
+        }
     }
 
     fn on_cgroup_event(&mut self, ev: CgroupEvent, watcher: &mut Watcher) {
