@@ -436,7 +436,7 @@ impl Ctdev {
                 let plan = plan_allow(&map, id, rules)?;
                 map.apply(&plan.changes)?;
                 crate::failpoint!("attach.existing.after_rules");
-                tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, "already attached");
+                tracing::debug!(cgroup = %cgroup.dir.display(), policy_id = id, "already attached");
                 return Ok(AttachReport {
                     cgroup_dir: cgroup.dir,
                     policy_id: id,

@@ -172,6 +172,12 @@ fn assert_converged(
         }
         for l in present {
             let dev = format!("/dev/{}", l.name());
+            // Not there yet: `open_rw` (`<>`) would create a regular file.
+            let node = fs::symlink_metadata(c.host_path(&dev));
+            if !node.is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+            {
+                return Err(format!("{dev} not (yet) in {name}"));
+            }
             if let Err(e) = c.open_rw(&dev) {
                 return Err(format!("{dev} not usable in {name}: {e}"));
             }
