@@ -36,6 +36,9 @@ pub const TABLE_MAP: &str = "CTDEV_TABLE";
 /// Name of the per-container counters (one `BPF_MAP_TYPE_PERCPU_ARRAY`
 /// element of [`ContainerCounters`], pinned at `<root>/counters/<policy id>`).
 pub const COUNTERS_MAP: &str = "CTDEV_COUNTERS";
+/// Name of the load-time constant holding the cgroup depth of the
+/// containers a scope program instance serves (its scope's children).
+pub const LEVEL_GLOBAL: &str = "CTDEV_LEVEL";
 /// Name of the cgroup/dev program in the object file.
 pub const PROGRAM_NAME: &str = "ctdev_device";
 /// Capacity of the policy map (entries across all containers).
@@ -57,6 +60,28 @@ pub const STATS_MAP_CAPACITY: u32 = 16_384;
 pub const EVENTS_PER_SECOND_PER_CPU: u64 = 64;
 /// `matched_kind` of a [`DenyEvent`] when no policy entry matched.
 pub const NO_MATCH: u32 = 4;
+
+// ---- the scope program (fail-closed before a container's own policy) -------
+
+/// Name of the scope program in the object file: attached to the parent of
+/// the containers a daemon policy selects, it applies that parent's default
+/// policy to every child cgroup that has no policy of its own yet.
+pub const SCOPE_PROGRAM_NAME: &str = "ctdev_scope";
+/// Name of the scope programs' default policies: keyed like [`POLICY_MAP`],
+/// with the scope (parent) cgroup's id as the policy id.
+pub const SCOPE_POLICY_MAP: &str = "CTDEV_SCOPE_POLICY";
+/// Capacity of [`SCOPE_POLICY_MAP`].
+pub const SCOPE_POLICY_CAPACITY: u32 = 4_096;
+/// Name of the map of child cgroups a scope program defers for (cgroup id →
+/// [`DEFER_OWN_POLICY`] or [`DEFER_NOT_SELECTED`]).
+pub const SCOPE_DEFER_MAP: &str = "CTDEV_SCOPE_DEFER";
+/// Capacity of [`SCOPE_DEFER_MAP`].
+pub const SCOPE_DEFER_CAPACITY: u32 = 65_536;
+/// The child has its own ctdev policy attached (written only after its link
+/// is attached and verified, removed before that link is detached).
+pub const DEFER_OWN_POLICY: u32 = 1;
+/// The daemon found the child is not selected by any entry.
+pub const DEFER_NOT_SELECTED: u32 = 2;
 
 /// Key of one policy entry: which container, which device (possibly wildcarded).
 ///

@@ -28,11 +28,12 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated as gen},
     macros::{btf_map, cgroup_device},
     programs::DeviceContext,
+    Global,
 };
 use ctdev_common::{
     evaluate, table_find, ContainerCounters, ContainerTable, DenyEvent, MatchKind, PolicyKey, PolicyValue,
     Verdict, EVENTS_PER_SECOND_PER_CPU, EVENTS_RING_BYTES, NO_MATCH, POLICY_MAP_CAPACITY,
-    READ_ATTEMPTS, STATE_LARGE, TABLE_CAP,
+    READ_ATTEMPTS, SCOPE_DEFER_CAPACITY, SCOPE_POLICY_CAPACITY, STATE_LARGE, TABLE_CAP,
 };
 
 /// BPF_F_NO_PREALLOC: memory grows with the rules actually stored.
@@ -256,6 +257,64 @@ fn report_denial(
     } else {
         stats.dropped += 1;
     }
+}
+
+// ---- the scope program --------------------------------------------------------
+//
+// Attached (as a link, so in multi mode) to the parent cgroup of the
+// containers a daemon policy selects. The kernel runs every device program
+// from the task's cgroup up to the root and all must allow, so this program
+// can only narrow. It covers a container from the moment its cgroup exists:
+// for a task whose container (the child of the scope at CTDEV_LEVEL) has no
+// policy of its own yet it applies the scope's default policy; once the
+// container's own program is attached and verified the daemon marks the
+// container in CTDEV_SCOPE_DEFER and this program allows, leaving the
+// decision to the container's program alone (so it never narrows a
+// container's own policy). The mark goes before the container's link does.
+
+/// Default policies of managed scopes: keyed like CTDEV_POLICY, with the
+/// scope cgroup's id as the policy id.
+#[btf_map]
+static CTDEV_SCOPE_POLICY: HashMap<PolicyKey, PolicyValue, { SCOPE_POLICY_CAPACITY as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// The cgroup depth of the containers a scope program instance serves (the
+/// scope's children); set at load time by ctdev. Only the scope program
+/// reads it.
+#[no_mangle]
+static CTDEV_LEVEL: Global<u32> = Global::new(0);
+
+/// Child cgroups a scope program defers for (their own policy is attached,
+/// or they are not selected), by cgroup id.
+#[btf_map]
+static CTDEV_SCOPE_DEFER: HashMap<u64, u32, { SCOPE_DEFER_CAPACITY as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[cgroup_device]
+pub fn ctdev_scope(ctx: DeviceContext) -> i32 {
+    // Here CTDEV_LEVEL is the depth of the containers (the scope's children).
+    let level = CTDEV_LEVEL.load() as i32;
+    // SAFETY: helper call with a plain integer argument.
+    let container = unsafe { gen::bpf_get_current_ancestor_cgroup_id(level) };
+    // A task in the scope cgroup itself: not a container.
+    if container == 0 {
+        return 1;
+    }
+    // SAFETY: only presence is read; no reference is kept.
+    if unsafe { CTDEV_SCOPE_DEFER.get(&container) }.is_some() {
+        return 1;
+    }
+    // SAFETY: the kernel passes a valid bpf_cgroup_dev_ctx for the program's lifetime.
+    let dev = unsafe { &*ctx.device };
+    let dev_type = dev.access_type & 0xffff;
+    let requested = dev.access_type >> 16;
+    // SAFETY: helper call with a plain integer argument.
+    let scope = unsafe { gen::bpf_get_current_ancestor_cgroup_id(level - 1) };
+    let verdict = evaluate(scope, dev_type, dev.major, dev.minor, requested, |key| {
+        // SAFETY: the value is copied out immediately; no reference is kept.
+        unsafe { CTDEV_SCOPE_POLICY.get(key) }.map(|v| v.access)
+    });
+    verdict.allowed as i32
 }
 
 #[cfg(not(test))]

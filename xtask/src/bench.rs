@@ -11,6 +11,7 @@
 //! latency), `scale` (1,000 containers), `report` (doc and plots).
 
 pub mod cgroups;
+pub mod churn;
 pub mod cost;
 pub mod hotplug;
 pub mod lxc;
@@ -63,6 +64,8 @@ pub struct Plan {
     pub cli_attaches: usize,
     /// Hotplug events through `ctdev daemon`.
     pub hotplug_events: usize,
+    /// Containers created in the daemon churn scenario.
+    pub churn_containers: usize,
 }
 
 impl Plan {
@@ -82,6 +85,7 @@ impl Plan {
                 scale_rules: 20,
                 cli_attaches: 3,
                 hotplug_events: 20,
+                churn_containers: 20,
             }
         } else {
             Plan {
@@ -98,6 +102,7 @@ impl Plan {
                 scale_rules: 20,
                 cli_attaches: 20,
                 hotplug_events: 1_000,
+                churn_containers: 500,
             }
         }
     }
@@ -201,6 +206,7 @@ pub struct Results {
     pub add: Option<update::AddResults>,
     pub scale: Option<scale::ScaleResults>,
     pub hotplug: Option<hotplug::HotplugResults>,
+    pub churn: Option<churn::ChurnResults>,
     /// Sections that failed, with why.
     pub errors: Vec<String>,
 }
@@ -227,7 +233,7 @@ fn section<T>(name: &str, errors: &mut Vec<String>, f: impl FnOnce() -> Result<T
 
 /// Builds the xtask optimised (the library calls and the probe loop are
 /// measured, so they must not run unoptimised) and runs the bench in it.
-pub fn run(ctdev: &Path, quick: bool) -> Result<()> {
+pub fn run(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> Result<()> {
     step("building the optimised xtask for the bench");
     let mut build = std::process::Command::new("cargo");
     crate::userspace_env(&mut build).args(["build", "--release", "-p", "xtask"]);
@@ -240,6 +246,8 @@ pub fn run(ctdev: &Path, quick: bool) -> Result<()> {
         "ctdev-tests",
         "--bin",
         "hotplug-latency",
+        "--bin",
+        "churn-bench",
     ]);
     crate::run_checked(&mut hotplug)?;
     let xtask = crate::root().join("target/release/xtask");
@@ -248,6 +256,10 @@ pub fn run(ctdev: &Path, quick: bool) -> Result<()> {
     if quick {
         cmd.arg("--quick");
     }
+    if let Some(only) = only {
+        cmd.arg("--only").arg(only);
+    }
+    cmd.arg("--repeat").arg(repeat.to_string());
     let status = cmd
         .status()
         .with_context(|| format!("cannot run {}", xtask.display()))?;
@@ -258,7 +270,12 @@ pub fn run(ctdev: &Path, quick: bool) -> Result<()> {
 }
 
 /// The bench proper (in the optimised xtask).
-pub fn run_here(ctdev: &Path, quick: bool) -> Result<()> {
+pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> Result<()> {
+    match only {
+        None => {}
+        Some("churn") => return run_churn_only(ctdev, quick, repeat),
+        Some(other) => bail!("--only {other}: the only section that runs alone is `churn`"),
+    }
     let started = Instant::now();
     let plan = Plan::new(quick);
     let out_dir = if quick {
@@ -288,6 +305,10 @@ pub fn run_here(ctdev: &Path, quick: bool) -> Result<()> {
         });
         results.scale = section("scale", &mut errors, || scale::run(&env));
         results.hotplug = section("daemon hotplug latency", &mut errors, || hotplug::run(&env));
+        results.churn = section("daemon churn", &mut errors, || churn::run(&env));
+        if let Some(c) = &results.churn {
+            step(&churn::summary(c));
+        }
         results.errors = errors;
         step("bench: cleaning up");
     }
@@ -300,6 +321,31 @@ pub fn run_here(ctdev: &Path, quick: bool) -> Result<()> {
             results.errors.len(),
             results.errors.join("; ")
         );
+    }
+    Ok(())
+}
+
+/// `--only churn`: the churn scenario alone, `repeat` times in a row; the
+/// figures go to target/bench-churn/results.json (the doc is not rewritten).
+fn run_churn_only(ctdev: &Path, quick: bool, repeat: u32) -> Result<()> {
+    let env = Env::new(ctdev, Plan::new(quick))?;
+    let mut runs = Vec::new();
+    let mut errors = Vec::new();
+    for i in 0..repeat.max(1) {
+        if let Some(r) = section(&format!("daemon churn, run {}", i + 1), &mut errors, || {
+            churn::run(&env)
+        }) {
+            step(&churn::summary(&r));
+            runs.push(r);
+        }
+    }
+    let dir = crate::root().join("target/bench-churn");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&runs)?)?;
+    step(&format!("bench: churn figures in {}", path.display()));
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
     }
     Ok(())
 }

@@ -69,6 +69,12 @@ enum Cmd {
         /// A few seconds' smoke run (CI), same code paths, fewer iterations.
         #[arg(long)]
         quick: bool,
+        /// Run one section alone (`churn`), without rewriting the doc.
+        #[arg(long)]
+        only: Option<String>,
+        /// With --only: run it this many times in a row.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
     /// The bench itself, in the optimised xtask (re-executed by `bench`).
     #[command(hide = true)]
@@ -77,6 +83,10 @@ enum Cmd {
         ctdev: PathBuf,
         #[arg(long)]
         quick: bool,
+        #[arg(long)]
+        only: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
     /// The bench's measuring process (re-executed by `bench`, not for humans).
     #[command(hide = true)]
@@ -123,13 +133,22 @@ fn main() -> Result<()> {
             step(&format!("difftest: {cases} lists from seed {seed}"));
             test::difftest(cases, seed)?;
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench {
+            quick,
+            only,
+            repeat,
+        } => {
             require_root("cargo xtask bench")?;
             setup::test_prerequisites()?;
             let ctdev = build(true, Features::Default)?;
-            bench::run(&ctdev, quick)?;
+            bench::run(&ctdev, quick, only.as_deref(), repeat)?;
         }
-        Cmd::BenchRun { ctdev, quick } => bench::run_here(&ctdev, quick)?,
+        Cmd::BenchRun {
+            ctdev,
+            quick,
+            only,
+            repeat,
+        } => bench::run_here(&ctdev, quick, only.as_deref(), repeat)?,
         Cmd::BenchProbe(args) => bench::probe::main(&args)?,
     }
     Ok(())

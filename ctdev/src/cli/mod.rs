@@ -50,7 +50,8 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// More logging on stderr (-v info, -vv debug); RUST_LOG also works.
+    /// More logging on stderr (-v info, -vv debug; the daemon logs info
+    /// without -v); RUST_LOG also works.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// What to do.
@@ -124,7 +125,14 @@ pub const EXIT_ERROR: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs every change it makes: info by default.
-    init_logging(cli.verbose + u8::from(matches!(cli.command, Command::Daemon(_))));
+    // `-v` is info and `-vv` debug for every command; the daemon logs info
+    // by default (so `ctdev daemon -v` is info too, as the help says).
+    let daemon = matches!(cli.command, Command::Daemon(_));
+    init_logging(if daemon {
+        cli.verbose.max(1)
+    } else {
+        cli.verbose
+    });
     match run(&cli) {
         Ok(code) => code,
         Err(err) => {

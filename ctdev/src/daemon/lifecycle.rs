@@ -1,8 +1,19 @@
 //! Container lifecycle from the cgroup2 tree: an inotify watch on every
 //! directory under the daemon's scope (added as directories appear), and on
 //! the `cgroup.events` file of managed containers (`populated` changes).
+//!
+//! Watches are tied to the cgroup's life, not to the kernel's `IN_IGNORED`:
+//! on kernel 6.18 removing a cgroup directory delivers neither
+//! `IN_DELETE_SELF` nor `IN_IGNORED` for the watches on it, so a watch is
+//! removed (`inotify_rm_watch`) when its parent reports the directory gone
+//! (`IN_DELETE`/`IN_MOVED_FROM`) and, as a backstop, when a full walk no
+//! longer finds it ([`Watcher::prune`]). Watches are keyed by path both
+//! ways, so a directory re-created under the same name gets a fresh watch.
+//!
+//! A walk that cannot read the tree is an error, never an empty tree: the
+//! daemon must not mistake "cannot see" for "no containers".
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -12,13 +23,23 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 /// Why the watcher failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
-    /// inotify could not be set up.
+    /// inotify could not be set up, or a watch could not be added
+    /// (`ENOSPC`: `fs.inotify.max_user_watches` reached).
     #[error("inotify on {path}: {errno}")]
     Inotify {
         /// What was being watched.
         path: PathBuf,
         /// The error.
         errno: Errno,
+    },
+    /// A directory of the tree could not be listed.
+    #[error("cannot list cgroup directory {path}: {source}")]
+    List {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -35,11 +56,69 @@ pub enum CgroupEvent {
     Overflow,
 }
 
+/// Watches of one kind, keyed both ways.
+#[derive(Debug, Default)]
+struct Watches {
+    by_wd: HashMap<WatchDescriptor, PathBuf>,
+    by_path: HashMap<PathBuf, WatchDescriptor>,
+}
+
+impl Watches {
+    fn insert(&mut self, wd: WatchDescriptor, path: PathBuf) {
+        if let Some(old) = self.by_path.insert(path.clone(), wd) {
+            if old != wd {
+                self.by_wd.remove(&old);
+            }
+        }
+        self.by_wd.insert(wd, path);
+    }
+
+    fn remove_wd(&mut self, wd: WatchDescriptor) -> Option<PathBuf> {
+        let path = self.by_wd.remove(&wd)?;
+        if self.by_path.get(&path) == Some(&wd) {
+            self.by_path.remove(&path);
+        }
+        Some(path)
+    }
+
+    /// Removes and returns every watch whose path is `dir` or below it.
+    fn take_under(&mut self, dir: &Path) -> Vec<WatchDescriptor> {
+        let gone: Vec<PathBuf> = self
+            .by_path
+            .keys()
+            .filter(|p| p.starts_with(dir))
+            .cloned()
+            .collect();
+        self.take_paths(gone)
+    }
+
+    /// Removes and returns every watch whose path `keep` rejects.
+    fn take_unless(&mut self, keep: impl Fn(&Path) -> bool) -> Vec<WatchDescriptor> {
+        let gone: Vec<PathBuf> = self.by_path.keys().filter(|p| !keep(p)).cloned().collect();
+        self.take_paths(gone)
+    }
+
+    fn take_paths(&mut self, paths: Vec<PathBuf>) -> Vec<WatchDescriptor> {
+        let mut out = Vec::new();
+        for p in paths {
+            if let Some(wd) = self.by_path.remove(&p) {
+                self.by_wd.remove(&wd);
+                out.push(wd);
+            }
+        }
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.by_wd.len()
+    }
+}
+
 /// The inotify instance and what each watch is for.
 pub struct Watcher {
     inotify: Inotify,
-    dirs: HashMap<WatchDescriptor, PathBuf>,
-    events_files: HashMap<WatchDescriptor, PathBuf>,
+    dirs: Watches,
+    events_files: Watches,
 }
 
 const DIR_MASK: AddWatchFlags = AddWatchFlags::IN_CREATE
@@ -60,31 +139,59 @@ impl Watcher {
             })?;
         Ok(Self {
             inotify,
-            dirs: HashMap::new(),
-            events_files: HashMap::new(),
+            dirs: Watches::default(),
+            events_files: Watches::default(),
         })
     }
 
+    /// How many watches the daemon holds now (directories and
+    /// `cgroup.events` files). Bounded by the live cgroups under the scope
+    /// plus the managed containers.
+    pub fn count(&self) -> usize {
+        self.dirs.len() + self.events_files.len()
+    }
+
+    /// Watched directories.
+    pub fn dir_count(&self) -> usize {
+        self.dirs.len()
+    }
+
     /// Watches `dir` and every directory below it (found now; later ones are
-    /// added by [`Watcher::read`]). Returns the directories found, `dir` first.
+    /// added by [`Watcher::read`]). Returns the directories found, `dir`
+    /// first. A directory that vanished during the walk is skipped; any
+    /// other failure (a watch refused, a directory that cannot be listed)
+    /// is an error: the caller must not take a partial walk for the tree.
     pub fn watch_tree(&mut self, dir: &Path) -> Result<Vec<PathBuf>, LifecycleError> {
         let mut found = Vec::new();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
             // Watch before listing, so a child made in between is not missed.
             match self.inotify.add_watch(&d, DIR_MASK) {
-                Ok(wd) => {
-                    self.dirs.insert(wd, d.clone());
-                }
+                Ok(wd) => self.dirs.insert(wd, d.clone()),
                 // Removed meanwhile.
                 Err(Errno::ENOENT | Errno::ENOTDIR) if d != dir => continue,
                 Err(errno) => return Err(LifecycleError::Inotify { path: d, errno }),
             }
-            if let Ok(entries) = std::fs::read_dir(&d) {
-                for e in entries.flatten() {
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        stack.push(e.path());
+            let entries = match std::fs::read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && d != dir => {
+                    self.forget_tree(&d);
+                    continue;
+                }
+                Err(source) => return Err(LifecycleError::List { path: d, source }),
+            };
+            for e in entries {
+                let e = match e {
+                    Ok(e) => e,
+                    Err(source) => {
+                        return Err(LifecycleError::List {
+                            path: d.clone(),
+                            source,
+                        })
                     }
+                };
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push(e.path());
                 }
             }
             found.push(d);
@@ -92,24 +199,58 @@ impl Watcher {
         Ok(found)
     }
 
+    /// Removes the watches of every directory that is not in `live` (the
+    /// result of a full [`Watcher::watch_tree`] walk), and of the
+    /// `cgroup.events` files of cgroups not in it. Returns how many went.
+    pub fn prune(&mut self, live: &BTreeSet<PathBuf>) -> usize {
+        let mut gone = self.dirs.take_unless(|p| live.contains(p));
+        gone.extend(self.events_files.take_unless(|p| live.contains(p)));
+        let n = gone.len();
+        self.rm_watches(gone);
+        n
+    }
+
+    /// Forgets the watches on `dir` and below it (the directory is gone).
+    pub fn forget_tree(&mut self, dir: &Path) {
+        let mut gone = self.dirs.take_under(dir);
+        gone.extend(self.events_files.take_under(dir));
+        self.rm_watches(gone);
+    }
+
+    fn rm_watches(&mut self, wds: Vec<WatchDescriptor>) {
+        for wd in wds {
+            // EINVAL: the kernel already dropped it (IN_IGNORED on its way).
+            if let Err(e) = self.inotify.rm_watch(wd) {
+                if e != Errno::EINVAL {
+                    tracing::debug!("inotify_rm_watch: {e}");
+                }
+            }
+        }
+    }
+
     /// Watches `cgroup.events` of a managed container's cgroup.
     pub fn watch_events(&mut self, cgroup_dir: &Path) {
-        if self.events_files.values().any(|p| p == cgroup_dir) {
+        if self.events_files.by_path.contains_key(cgroup_dir) {
             return;
         }
         match self
             .inotify
             .add_watch(&cgroup_dir.join("cgroup.events"), AddWatchFlags::IN_MODIFY)
         {
-            Ok(wd) => {
-                self.events_files.insert(wd, cgroup_dir.to_path_buf());
+            Ok(wd) => self.events_files.insert(wd, cgroup_dir.to_path_buf()),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => {
+                tracing::debug!(cgroup = %cgroup_dir.display(), "cgroup gone before its cgroup.events could be watched")
             }
-            Err(e) => tracing::debug!("cannot watch {}/cgroup.events: {e}", cgroup_dir.display()),
+            Err(e) => tracing::warn!(
+                "cannot watch {}/cgroup.events (the 50 ms timer covers it): {e}",
+                cgroup_dir.display()
+            ),
         }
     }
 
     /// Reads every pending inotify event. New directories are watched (with
-    /// their subtrees) before their `Created` is returned.
+    /// their subtrees) before their `Created` is returned; removed ones lose
+    /// their watches before their `Removed` is returned.
     pub fn read(&mut self) -> Vec<CgroupEvent> {
         let mut out = Vec::new();
         loop {
@@ -131,15 +272,16 @@ impl Watcher {
                     continue;
                 }
                 if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
-                    self.dirs.remove(&ev.wd);
-                    self.events_files.remove(&ev.wd);
+                    self.dirs.remove_wd(ev.wd);
+                    self.events_files.remove_wd(ev.wd);
                     continue;
                 }
-                if let Some(dir) = self.events_files.get(&ev.wd) {
+                if let Some(dir) = self.events_files.by_wd.get(&ev.wd) {
                     out.push(CgroupEvent::EventsChanged(dir.clone()));
                     continue;
                 }
-                let (Some(parent), Some(name)) = (self.dirs.get(&ev.wd), ev.name.as_ref()) else {
+                let (Some(parent), Some(name)) = (self.dirs.by_wd.get(&ev.wd), ev.name.as_ref())
+                else {
                     continue;
                 };
                 if !ev.mask.contains(AddWatchFlags::IN_ISDIR) {
@@ -150,14 +292,24 @@ impl Watcher {
                     .mask
                     .intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
                 {
+                    // A name re-used before its removal was seen: the old
+                    // watches belong to the old directory.
+                    self.forget_tree(&path);
                     match self.watch_tree(&path) {
                         Ok(all) => out.extend(all.into_iter().map(CgroupEvent::Created)),
-                        Err(e) => tracing::warn!("{e}"),
+                        Err(e) => {
+                            // The directory still counts: it is handled
+                            // (attached) without a watch; the periodic
+                            // resync walks its subtree.
+                            tracing::warn!("{e}");
+                            out.push(CgroupEvent::Created(path));
+                        }
                     }
                 } else if ev
                     .mask
                     .intersects(AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM)
                 {
+                    self.forget_tree(&path);
                     out.push(CgroupEvent::Removed(path));
                 }
             }
@@ -168,5 +320,69 @@ impl Watcher {
 impl AsRawFd for Watcher {
     fn as_raw_fd(&self) -> RawFd {
         self.inotify.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real inotify on a scratch directory tree (plain directories stand in
+    /// for cgroups: the bookkeeping is the same).
+    #[test]
+    fn watches_follow_directories_and_a_reused_name_gets_a_fresh_watch() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        let mut w = Watcher::new().unwrap();
+        assert_eq!(w.watch_tree(&root).unwrap(), vec![root.clone()]);
+        assert_eq!(w.count(), 1);
+        let a = root.join("a");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::write(a.join("cgroup.events"), "populated 0\n").unwrap();
+        let ev = w.read();
+        assert_eq!(ev, vec![CgroupEvent::Created(a.clone())]);
+        w.watch_events(&a);
+        w.watch_events(&a);
+        assert_eq!(w.count(), 3);
+        std::fs::remove_dir_all(&a).unwrap();
+        let ev = w.read();
+        assert!(ev.contains(&CgroupEvent::Removed(a.clone())), "{ev:?}");
+        assert_eq!(w.count(), 1, "watches of a removed directory stay");
+        // Same name again: a fresh watch, events of the new one seen.
+        std::fs::create_dir(&a).unwrap();
+        std::fs::write(a.join("cgroup.events"), "populated 0\n").unwrap();
+        assert_eq!(w.read(), vec![CgroupEvent::Created(a.clone())]);
+        w.watch_events(&a);
+        assert_eq!(w.count(), 3);
+        std::fs::write(a.join("cgroup.events"), "populated 1\n").unwrap();
+        assert!(w.read().contains(&CgroupEvent::EventsChanged(a.clone())));
+    }
+
+    #[test]
+    fn prune_drops_watches_of_directories_a_walk_no_longer_finds() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        for d in ["x", "x/y", "z"] {
+            std::fs::create_dir(root.join(d)).unwrap();
+        }
+        let mut w = Watcher::new().unwrap();
+        let found = w.watch_tree(&root).unwrap();
+        assert_eq!(found.len(), 4);
+        std::fs::write(root.join("z/cgroup.events"), "populated 0\n").unwrap();
+        w.watch_events(&root.join("z"));
+        assert_eq!(w.count(), 5);
+        // Simulate a missed removal: the walk says only root and z live.
+        let live: BTreeSet<PathBuf> = [root.clone(), root.join("z")].into();
+        assert_eq!(w.prune(&live), 2);
+        assert_eq!(w.count(), 3);
+    }
+
+    #[test]
+    fn an_unreadable_tree_is_an_error_not_an_empty_tree() {
+        let mut w = Watcher::new().unwrap();
+        let e = w
+            .watch_tree(Path::new("/nonexistent/ctdev-scope"))
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ctdev-scope"), "{e}");
     }
 }

@@ -26,6 +26,7 @@
 pub mod config;
 pub mod lifecycle;
 pub mod reconcile;
+pub mod scope;
 pub mod selector;
 pub mod uevent;
 
@@ -41,6 +42,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::controller::{Ctdev, Error as ControllerError};
 use crate::grants::{Owner as GrantOwner, Subject as GrantSubject};
+use crate::kernel::program::ProgramObject;
+use crate::kernel::scope::{self as kscope, DeferMarks, DEFER_NOT_SELECTED, DEFER_OWN_POLICY};
 use crate::passthrough::{self, AddOptions, PassthroughError};
 use crate::rule::DeviceType;
 use crate::runtimes;
@@ -137,6 +140,25 @@ struct Managed {
     ready: bool,
 }
 
+/// The daemon's status, as written to `status.json` in the state directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    /// The daemon's pid.
+    pub pid: u32,
+    /// inotify watches held (cgroup directories and `cgroup.events` files).
+    pub watches: usize,
+    /// Of which cgroup directories under the scope.
+    pub watched_cgroups: usize,
+    /// Containers under the daemon's policy.
+    pub containers: usize,
+    /// Of which waiting for their init's root before their devices go in.
+    pub pending: usize,
+    /// Devices present on the host (with a node or an interface).
+    pub devices: usize,
+    /// Scope cgroups covered by a scope program.
+    pub scopes: usize,
+}
+
 /// The daemon's state while it runs.
 pub struct Daemon {
     ct: Ctdev,
@@ -153,6 +175,13 @@ pub struct Daemon {
     /// Managed containers whose devices wait for their init's root.
     pending: BTreeSet<PathBuf>,
     own_root: (u64, u64),
+    last_status: Option<Status>,
+    /// Scope cgroups covered by a scope program: directory → cgroup id.
+    scopes: BTreeMap<PathBuf, u64>,
+    /// Children of a scope that no entry selects: directory → cgroup id.
+    skipped: BTreeMap<PathBuf, u64>,
+    /// The scope programs' defer marks, once set up.
+    marks: Option<DeferMarks>,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -193,6 +222,10 @@ impl Daemon {
             managed: BTreeMap::new(),
             pending: BTreeSet::new(),
             own_root,
+            last_status: None,
+            scopes: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+            marks: None,
             opts,
         })
     }
@@ -274,6 +307,17 @@ impl Daemon {
     fn host_node(&self, dev: &DeviceInfo) -> Option<PathBuf> {
         let (t, major, minor) = dev.numbers()?;
         let name = dev.devname()?;
+        // A node is only ever made (or handed on) for a device present now:
+        // a node of a gone block device, once opened, can make the kernel
+        // create the device again (CONFIG_BLOCK_LEGACY_AUTOLOAD).
+        if !self.present(t, major, minor) {
+            tracing::debug!(
+                device = name,
+                "{}{major}:{minor} is gone: no node",
+                t.letter()
+            );
+            return None;
+        }
         let host = Path::new("/dev").join(name);
         if let Ok(m) = fs::metadata(&host) {
             let ft = m.file_type();
@@ -311,7 +355,41 @@ impl Daemon {
             );
             return None;
         }
+        // Gone while the node was made: the node goes too.
+        if !self.present(t, major, minor) {
+            let _ = fs::remove_file(&private);
+            tracing::debug!(
+                device = name,
+                "{}{major}:{minor} left while its node was made",
+                t.letter()
+            );
+            return None;
+        }
         Some(private)
+    }
+
+    /// Whether the device `t major:minor` exists on the host now
+    /// (`/sys/dev/{block,char}/MAJOR:MINOR`; a stat, never an open).
+    fn present(&self, t: DeviceType, major: u32, minor: u32) -> bool {
+        device_present(&self.opts.sys, t, major, minor)
+    }
+
+    /// Whether the device a hotplug record stands for is still there: its
+    /// DEVPATH is still known and its numbers still exist in sysfs.
+    fn still_present(&self, o: &OwnedDevice) -> bool {
+        let Some(devpath) = &o.devpath else {
+            return true;
+        };
+        let Some(dev) = self.devices.get(devpath) else {
+            return false;
+        };
+        if o.interface {
+            return true;
+        }
+        match dev.numbers() {
+            Some((t, major, minor)) => self.present(t, major, minor),
+            None => false,
+        }
     }
 
     /// The devices the policy wants in the container selected by `entry`.
@@ -425,6 +503,10 @@ impl Daemon {
         // taking one back leaves what the preset or an operator gave.
         let report = match self.ct.ensure_attached(&target, c.preset) {
             Ok(r) => r,
+            Err(e) if !dir.exists() => {
+                tracing::debug!(container = %c.name, cgroup = %dir.display(), "cgroup gone before it could be attached: {e}");
+                return;
+            }
             Err(e) => {
                 tracing::error!(container = %c.name, cgroup = %dir.display(), "cannot attach: {e}");
                 return;
@@ -455,6 +537,12 @@ impl Daemon {
         }
         crate::failpoint!("daemon.attach.after_attach");
         let id = report.policy_id;
+        // Attached and verified: the scope program may defer to it.
+        if let Some(m) = &mut self.marks {
+            if let Err(e) = m.mark(id, DEFER_OWN_POLICY) {
+                tracing::warn!(container = %c.name, cgroup = %dir.display(), "scope default stays in force: {e}");
+            }
+        }
         let owned = self.state.containers.entry(id).or_default();
         owned.cgroup = dir.to_path_buf();
         owned.entry = c.name.clone();
@@ -511,6 +599,23 @@ impl Daemon {
             .map(|o| o.devices.clone())
             .unwrap_or_default();
         let mut plan = reconcile::plan_devices(&owned, &wanted);
+        // A device already given, whose node is still there, is left alone:
+        // a resync that changes nothing does nothing.
+        let root = runtimes::oldest_process(dir)
+            .ok()
+            .flatten()
+            .map(|pid| PathBuf::from(format!("/proc/{pid}/root")));
+        plan.add.retain(|w| {
+            owned.get(&w.owned.dest) != Some(&w.owned)
+                || w.owned.interface
+                || !root.as_ref().is_some_and(|r| {
+                    let inside = r.join(w.owned.dest.trim_start_matches('/'));
+                    fs::symlink_metadata(inside).is_ok_and(|m| {
+                        let ft = m.file_type();
+                        ft.is_block_device() || ft.is_char_device()
+                    })
+                })
+        });
         if only.is_some() {
             // One device: leave the others alone.
             plan.remove.retain(|o| o.devpath.as_deref() == only);
@@ -582,6 +687,21 @@ impl Daemon {
                 if let Some(s) = self.state.containers.get_mut(&id) {
                     s.devices.insert(o.dest.clone(), o.clone());
                 }
+                // Left while it was being passed in: close it again now
+                // rather than at its `remove` event.
+                if !o.interface && o.devpath.is_some() && !self.still_present(o) {
+                    tracing::debug!(container = %name, device = %o.host, "device left while it was passed in: taking it back");
+                    self.remove_device(dir, id, name, o);
+                }
+            }
+            Err(e) if !self.still_present(o) || !dir.exists() => {
+                tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "device or container went while passing it in: {e}");
+                if let Some(s) = self.state.containers.get_mut(&id) {
+                    match recorded_before {
+                        Some(before) => s.devices.insert(o.dest.clone(), before),
+                        None => s.devices.remove(&o.dest),
+                    };
+                }
             }
             Err(e) => {
                 tracing::error!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "cannot add device: {e}");
@@ -610,6 +730,9 @@ impl Daemon {
                     tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, "device removed")
                 }
                 Err(PassthroughError::NotAdded { .. }) => {}
+                Err(e) if !dir.exists() => {
+                    tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, "container gone while taking its device back: {e}");
+                }
                 Err(e) => {
                     tracing::error!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "cannot remove device: {e}");
                     return;
@@ -622,9 +745,8 @@ impl Daemon {
             s.devices.remove(&o.dest);
         }
         // A private node of a device that is gone goes too.
-        if o.devpath
-            .as_ref()
-            .is_some_and(|p| !self.devices.contains_key(p))
+        if o.devpath.is_some()
+            && !self.still_present(o)
             && Path::new(&o.host).starts_with(&self.node_dir)
         {
             let _ = fs::remove_file(&o.host);
@@ -668,6 +790,175 @@ impl Daemon {
         self.state.containers.remove(&id);
     }
 
+    // ---- scopes (fail-closed before the daemon's attach) --------------------
+
+    /// Sets up the scope programs the policy asks for (default policy, marks
+    /// of the children present, then the link) and removes those it no
+    /// longer asks for. On failure the containers there are covered from
+    /// the daemon's attach on, as without a scope; it is logged.
+    fn sync_scopes(&mut self) {
+        let wanted = scope::wanted_scopes(&self.policy);
+        let mut now = BTreeMap::new();
+        let mut object = None;
+        for (inside, preset) in &wanted {
+            let Ok(g) = self.ct.cgroups().cgroup(inside) else {
+                tracing::debug!(scope = %inside.display(), "scope cgroup not there yet");
+                continue;
+            };
+            let object = match &object {
+                Some(o) => o,
+                None => {
+                    match ProgramObject::new(self.ct.config().bpf_object.as_deref()) {
+                        Ok(o) => object.insert(o),
+                        Err(e) => {
+                            tracing::error!("no scope programs (containers are covered from their attach on): {e}");
+                            return;
+                        }
+                    }
+                }
+            };
+            match self.cover_scope(object, &g, *preset) {
+                Ok(linked) => {
+                    if linked {
+                        tracing::info!(scope = %g.dir.display(), preset = ?preset, "scope covered: new children get the default policy until their own is attached");
+                    }
+                    now.insert(g.dir.clone(), g.id);
+                }
+                Err(e) => {
+                    tracing::error!(scope = %g.dir.display(), "cannot cover the scope (its containers are covered from their attach on): {e}")
+                }
+            }
+        }
+        let pins = self.ct.pins();
+        let live: BTreeSet<u64> = now.values().copied().collect();
+        for id in kscope::linked_scopes(pins) {
+            if !live.contains(&id) {
+                match kscope::detach(pins, id) {
+                    Ok(()) => tracing::info!(
+                        scope_id = id,
+                        "scope no longer in the policy: its program is unlinked"
+                    ),
+                    Err(e) => {
+                        tracing::error!(scope_id = id, "cannot unlink the scope program: {e}")
+                    }
+                }
+            }
+        }
+        self.scopes = now;
+        self.skipped
+            .retain(|d, _| d.parent().is_some_and(|p| self.scopes.contains_key(p)));
+        self.prune_marks();
+    }
+
+    /// One scope: program, default, marks of the children present, link.
+    /// `Ok(true)` when the link was made now.
+    fn cover_scope(
+        &mut self,
+        object: &ProgramObject,
+        g: &crate::cgroup::Cgroup,
+        preset: crate::presets::Preset,
+    ) -> Result<bool, kscope::ScopeError> {
+        let pins = self.ct.pins().clone();
+        let level = self.ct.cgroups().level(g) + 1;
+        let program = kscope::program_for_level(object, level, &pins)?;
+        kscope::set_default(&pins, g.id, &preset.rules())?;
+        if self.marks.is_none() {
+            self.marks = DeferMarks::open(&pins)?;
+        }
+        let children: Vec<PathBuf> = std::fs::read_dir(&g.dir)
+            .map_err(|source| kscope::ScopeError::Io {
+                op: "list",
+                path: g.dir.clone(),
+                source,
+            })?
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        for child in children {
+            self.mark_child(&child);
+        }
+        Ok(kscope::attach(&program, g, &pins)? == kscope::ScopeAttach::Linked)
+    }
+
+    /// Marks a child of a scope that no entry selects, so the scope's
+    /// default does not hold it; a selected child with its own link is
+    /// marked as such (its attach marks it too).
+    fn mark_child(&mut self, child: &Path) {
+        let Ok(g) = self.ct.cgroups().cgroup(child) else {
+            return;
+        };
+        let kind = if self.entry_for(child).is_none() {
+            self.skipped.insert(child.to_path_buf(), g.id);
+            DEFER_NOT_SELECTED
+        } else if self.ct.pins().link(g.id).exists() {
+            DEFER_OWN_POLICY
+        } else {
+            return;
+        };
+        if let Some(m) = &mut self.marks {
+            if let Err(e) = m.mark(g.id, kind) {
+                tracing::error!(cgroup = %child.display(), "cannot mark for the scope program: {e}");
+            }
+        }
+    }
+
+    /// Drops marks of cgroups that are gone (own-policy marks whose link pin
+    /// is gone, not-selected marks of children no longer seen).
+    fn prune_marks(&mut self) {
+        let Some(m) = &mut self.marks else {
+            return;
+        };
+        let all = match m.all() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("cannot list scope marks: {e}");
+                return;
+            }
+        };
+        let skipped: BTreeSet<u64> = self.skipped.values().copied().collect();
+        for (id, kind) in all {
+            let keep = match kind {
+                DEFER_OWN_POLICY => self.ct.pins().link(id).exists(),
+                _ => skipped.contains(&id),
+            };
+            if !keep {
+                let _ = m.unmark(id);
+            }
+        }
+    }
+
+    /// What `status.json` in the state directory says now.
+    fn status(&self, watcher: &Watcher) -> Status {
+        Status {
+            pid: std::process::id(),
+            watches: watcher.count(),
+            watched_cgroups: watcher.dir_count(),
+            containers: self.managed.len(),
+            pending: self.pending.len(),
+            devices: self.devices.len(),
+            scopes: self.scopes.len(),
+        }
+    }
+
+    /// Writes `status.json` next to the state file when it changed (the
+    /// watch count is what an operator checks against
+    /// `fs.inotify.max_user_watches`).
+    fn write_status(&mut self, watcher: &Watcher) {
+        let now = self.status(watcher);
+        if self.last_status.as_ref() == Some(&now) {
+            return;
+        }
+        let path = self.state_path.with_file_name("status.json");
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&now).unwrap_or_default();
+        let written = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => self.last_status = Some(now),
+            Err(e) => tracing::warn!("cannot write {}: {e}", path.display()),
+        }
+    }
+
     fn save_state(&self) {
         if let Err(e) = self.state.save(&self.state_path) {
             tracing::error!("{e}");
@@ -676,14 +967,22 @@ impl Daemon {
 
     /// Compares everything with the policy and converges.
     pub fn reconcile_all(&mut self, watcher: &mut Watcher) {
+        self.sync_scopes();
         self.scan_devices();
         let dirs = match watcher.watch_tree(&self.scope_dir) {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!("{e}");
-                Vec::new()
+                // Not seeing the tree is not "no containers": taking back
+                // what running containers were given would be wrong.
+                tracing::error!(scope = %self.scope_dir.display(), "cannot read the cgroup tree, nothing changed (retried at the next resync): {e}");
+                return;
             }
         };
+        let live: BTreeSet<PathBuf> = dirs.iter().cloned().collect();
+        let pruned = watcher.prune(&live);
+        if pruned > 0 {
+            tracing::debug!(pruned, "dropped watches of cgroups that are gone");
+        }
         self.managed.clear();
         self.pending.clear();
         // Parents come before children in the walk order of watch_tree? Not
@@ -691,11 +990,18 @@ impl Daemon {
         let mut dirs = dirs;
         dirs.sort();
         for dir in dirs {
+            // A container created meanwhile is attached now, not after the
+            // whole pass (its processes may already run).
+            self.take_cgroup_events(watcher);
+            if !dir.exists() {
+                continue;
+            }
             if let Some(entry) = self.entry_for(&dir) {
                 watcher.watch_events(&dir);
                 self.apply_container(&dir, entry);
             }
         }
+        self.take_cgroup_events(watcher);
         // What the daemon gave earlier and nothing selects any more.
         let live: BTreeSet<u64> = self.managed.values().map(|m| m.policy_id).collect();
         let stale: Vec<(u64, PathBuf)> = self
@@ -733,9 +1039,28 @@ impl Daemon {
         self.save_state();
     }
 
+    /// Handles the cgroup events waiting now (non-blocking), during a long
+    /// pass. An overflow is left to the pass itself (it rescans anyway).
+    fn take_cgroup_events(&mut self, watcher: &mut Watcher) {
+        for ev in watcher.read() {
+            if ev != CgroupEvent::Overflow {
+                self.on_cgroup_event(ev, watcher);
+            }
+        }
+    }
+
     fn on_cgroup_event(&mut self, ev: CgroupEvent, watcher: &mut Watcher) {
         match ev {
             CgroupEvent::Created(dir) => {
+                if dir.parent().is_some_and(|p| self.scopes.contains_key(p))
+                    && self.entry_for(&dir).is_none()
+                {
+                    self.mark_child(&dir);
+                    return;
+                }
+                if scope::wanted_scopes(&self.policy).contains_key(&self.inside(&dir)) {
+                    self.sync_scopes();
+                }
                 if let Some(entry) = self.entry_for(&dir) {
                     watcher.watch_events(&dir);
                     self.apply_container(&dir, entry);
@@ -743,6 +1068,21 @@ impl Daemon {
                 }
             }
             CgroupEvent::Removed(dir) => {
+                let gone: Vec<(PathBuf, u64)> = self
+                    .skipped
+                    .iter()
+                    .filter(|(d, _)| d.starts_with(&dir))
+                    .map(|(d, id)| (d.clone(), *id))
+                    .collect();
+                for (d, id) in gone {
+                    self.skipped.remove(&d);
+                    if let Some(m) = &mut self.marks {
+                        let _ = m.unmark(id);
+                    }
+                }
+                if let Some(id) = self.scopes.remove(&dir) {
+                    let _ = kscope::detach(self.ct.pins(), id);
+                }
                 self.container_gone(&dir);
                 self.save_state();
             }
@@ -784,7 +1124,15 @@ impl Daemon {
                 self.save_state();
             }
             "remove" => {
-                self.devices.remove(&devpath);
+                if let Some(dev) = self.devices.remove(&devpath) {
+                    // Its private node goes whoever had it.
+                    if let Some((t, major, minor)) = dev.numbers() {
+                        let private = self.node_dir.join(format!("{}{major}:{minor}", t.letter()));
+                        if !self.present(t, major, minor) {
+                            let _ = fs::remove_file(private);
+                        }
+                    }
+                }
                 let owners: Vec<(PathBuf, u64, String, OwnedDevice)> = self
                     .managed
                     .iter()
@@ -828,6 +1176,18 @@ impl Daemon {
             Err(e) => tracing::error!("policy rejected, keeping the running one: {e}"),
         }
     }
+}
+
+/// Whether device `t major:minor` exists on the host now, from sysfs
+/// (`SYS/dev/{block,char}/MAJOR:MINOR`): a stat, never an open, so asking
+/// cannot create a block device through legacy autoload.
+pub fn device_present(sys: &Path, t: DeviceType, major: u32, minor: u32) -> bool {
+    let kind = if t == DeviceType::Block {
+        "block"
+    } else {
+        "char"
+    };
+    fs::symlink_metadata(sys.join("dev").join(kind).join(format!("{major}:{minor}"))).is_ok()
 }
 
 impl Policy {
@@ -898,8 +1258,10 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
     tracing::info!(
         containers = daemon.managed.len(),
         devices = daemon.devices.len(),
+        watches = watcher.get_ref().count(),
         "ready"
     );
+    daemon.write_status(watcher.get_ref());
     eprintln!("ctdev daemon: ready");
     if let Some(f) = &ready_file {
         if let Err(e) = fs::write(f, "ready\n") {
@@ -934,6 +1296,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                 for ev in events {
                     daemon.on_cgroup_event(ev, watcher.get_mut());
                 }
+                daemon.write_status(watcher.get_ref());
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the policy file");
@@ -957,8 +1320,9 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                 }
                 let resync = daemon.policy.resync_interval;
                 if resync > 0.0 && Instant::now() >= next_resync {
-                    tracing::debug!("periodic resync");
                     daemon.reconcile_all(watcher.get_mut());
+                    tracing::debug!(watches = watcher.get_ref().count(), containers = daemon.managed.len(), "periodic resync done");
+                    daemon.write_status(watcher.get_ref());
                     next_resync = Instant::now() + Duration::from_secs_f64(resync);
                 }
             }

@@ -107,6 +107,11 @@ pub fn attach(
     crate::failpoint!("attach.after_link_create");
     let pin = pins.link(cgroup.id);
     sys::obj_pin(link.as_fd(), &pin)?;
+    // Attached, verified and pinned: a scope program above may now leave
+    // the decision to this container's own program.
+    if let Err(e) = super::scope::mark_own_policy(pins, cgroup.id) {
+        tracing::warn!(cgroup = %cgroup.dir.display(), "scope default stays in force: {e}");
+    }
     Ok(PinnedLink {
         fd: link,
         pin,
@@ -138,6 +143,18 @@ pub fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<PinnedLink>, Attach
 /// Detaches the program now (even if another process holds the link open)
 /// and removes the pin.
 pub fn detach(link: PinnedLink) -> Result<(), AttachmentError> {
+    // Before the container's program goes, a scope program above covers
+    // the container again (fail-closed). The pin's name is the policy id.
+    let policy_id = link
+        .pin
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse::<u64>().ok());
+    if let (Some(id), Some(root)) = (policy_id, link.pin.parent().and_then(|l| l.parent())) {
+        if let Err(e) = super::scope::unmark(&PinRoot::new(root), id) {
+            tracing::warn!(policy_id = id, "cannot remove the scope mark: {e}");
+        }
+    }
     if link.info.prog_id != 0 {
         if let Err(e) = sys::link_detach(link.fd.as_fd(), &link.pin) {
             // ENOLINK: already detached (its cgroup was removed).

@@ -9,4 +9,5 @@ pub mod policy_map;
 pub mod program;
 pub mod programs;
 pub mod raw_program;
+pub mod scope;
 pub mod sys;

@@ -129,6 +129,12 @@ impl ProgramObject {
         }
     }
 
+    /// The object's bytes (the scope program, [`super::scope`], is loaded
+    /// from the same object).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Whether this binary carries the object.
     pub fn embedded() -> bool {
         !EMBEDDED.is_empty()

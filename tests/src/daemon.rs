@@ -1,0 +1,315 @@
+//! `ctdev daemon` as a child process for the tests, and a probe that opens
+//! devices from the first instruction of a process started inside a cgroup.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{ctdev_bin, TestEnv};
+
+/// Polls `f` every 10 ms until it returns `Some`, failing the test after `timeout`.
+#[track_caller]
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Writes a policy file with the env's parent cgroup as scope.
+pub fn write_policy(env: &TestEnv, name: &str, resync: f64, entries: &str) -> PathBuf {
+    let path = env.scratch.join(name);
+    let text = format!(
+        "scope = \"{}\"\nresync_interval = {resync}\n{entries}",
+        env.cgroup_parent.display()
+    );
+    fs::write(&path, text).expect("write policy file");
+    path
+}
+
+/// A running `ctdev daemon` with the env's pin root and a state directory in
+/// its scratch dir; SIGKILLed on drop.
+pub struct DaemonProc {
+    child: Child,
+    /// Its log (stderr).
+    pub log: PathBuf,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+}
+
+impl DaemonProc {
+    /// Starts the daemon and waits until it is ready (30 s at most).
+    pub fn start(env: &TestEnv, config: &Path) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let ready = env.scratch.join(format!("ready-d{n}"));
+        let log = env.scratch.join(format!("daemon-d{n}.log"));
+        let state_dir = env.scratch.join("state");
+        let child = Command::new(ctdev_bin())
+            .arg("--pin-root")
+            .arg(&env.pin_root)
+            .arg("daemon")
+            .arg("--config")
+            .arg(config)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("daemon log file"))
+            .spawn()
+            .expect("spawn ctdev daemon");
+        let mut d = DaemonProc {
+            child,
+            log,
+            state_dir,
+        };
+        wait_until(Duration::from_secs(30), "the daemon to be ready", || {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("daemon exited early ({status}):\n{}", d.log_text());
+            }
+            ready.exists().then_some(())
+        });
+        d
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sig`.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .expect("signal the daemon");
+    }
+
+    /// `status.json` from its state directory.
+    pub fn status(&self) -> serde_json::Value {
+        let text = fs::read_to_string(self.state_dir.join("status.json")).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Resident set size (kB) and open fds of the daemon now.
+    pub fn rss_kb_and_fds(&self) -> (u64, usize) {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+        let fds = fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        (rss, fds)
+    }
+
+    /// SIGKILL, wait, and the log.
+    pub fn kill(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log_text()
+    }
+
+    /// Whether it still runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A helper binary built with this crate (`target/<profile>/NAME`).
+pub fn helper_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .expect("target dir");
+    assert!(
+        bin.is_file(),
+        "{name} helper not found at {}: build with `cargo build -p ctdev-tests --bins`",
+        bin.display()
+    );
+    bin
+}
+
+/// How often one path opened while probing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenCounts {
+    /// Opens that succeeded.
+    pub ok: u64,
+    /// Opens denied (EPERM).
+    pub denied: u64,
+    /// Opens that failed otherwise.
+    pub other: u64,
+}
+
+/// A `first-open` process started inside `cgroup` (it joins before exec, so
+/// its first instruction already runs there), opening `paths` for `millis`.
+pub struct FirstOpen {
+    child: Child,
+    paths: Vec<PathBuf>,
+}
+
+impl FirstOpen {
+    /// Starts it.
+    pub fn start(cgroup: &Path, millis: u64, paths: &[&Path]) -> Self {
+        let procs =
+            CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).expect("cgroup path");
+        let mut cmd = Command::new(helper_bin("first-open"));
+        cmd.arg(millis.to_string())
+            .args(paths)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        // SAFETY: the closure runs between fork and exec and only calls
+        // async-signal-safe functions (open, write, close) on data made
+        // before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start first-open inside the cgroup");
+        FirstOpen {
+            child,
+            paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+        }
+    }
+
+    /// Waits for it and returns the counts per path, in order.
+    pub fn finish(self) -> Vec<OpenCounts> {
+        let out = self.child.wait_with_output().expect("wait for first-open");
+        assert!(out.status.success(), "first-open failed: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let counts: Vec<OpenCounts> = text
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let n = |i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+                let k = f.len();
+                OpenCounts {
+                    ok: n(k - 5),
+                    denied: n(k - 3),
+                    other: n(k - 1),
+                }
+            })
+            .collect();
+        assert_eq!(counts.len(), self.paths.len(), "first-open output: {text}");
+        counts
+    }
+}
+
+const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
+const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
+
+fn loop_ctl(op: libc::c_ulong, index: u32) -> Result<(), nix::errno::Errno> {
+    let ctl = fs::File::open("/dev/loop-control").expect("open /dev/loop-control");
+    // SAFETY: LOOP_CTL_ADD/REMOVE take an integer argument; the fd is open.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&ctl),
+            op as _,
+            index as libc::c_ulong,
+        )
+    };
+    if rc < 0 {
+        Err(nix::errno::Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// Loop device indices this process alone uses: `count` consecutive free
+/// ones in a range picked from the pid (none of them exists now).
+pub fn free_loop_indices(count: u32) -> Vec<u32> {
+    let base = 6000 + (std::process::id() % 400) * 16;
+    let out: Vec<u32> = (base..base + count).collect();
+    for i in &out {
+        assert!(
+            !Path::new(&format!("/sys/block/loop{i}")).exists(),
+            "loop{i} exists already"
+        );
+    }
+    out
+}
+
+/// A loop device made with LOOP_CTL_ADD (a real `add` uevent) and removed
+/// with LOOP_CTL_REMOVE (also on drop).
+pub struct HotLoop {
+    /// Its index (`/dev/loopN`).
+    pub index: u32,
+    removed: bool,
+}
+
+impl HotLoop {
+    /// Adds loop device `index`.
+    pub fn add(index: u32) -> Self {
+        loop_ctl(LOOP_CTL_ADD, index).unwrap_or_else(|e| panic!("LOOP_CTL_ADD {index}: {e}"));
+        HotLoop {
+            index,
+            removed: false,
+        }
+    }
+
+    /// `loopN`.
+    pub fn name(&self) -> String {
+        format!("loop{}", self.index)
+    }
+
+    /// Removes it (retrying while something holds it open).
+    pub fn remove(&mut self) {
+        for _ in 0..300 {
+            match loop_ctl(LOOP_CTL_REMOVE, self.index) {
+                Ok(()) | Err(nix::errno::Errno::ENODEV) => {
+                    self.removed = true;
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        panic!("LOOP_CTL_REMOVE {} kept failing", self.index);
+    }
+}
+
+impl Drop for HotLoop {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = loop_ctl(LOOP_CTL_REMOVE, self.index);
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! `ctdev daemon` under churn, against the real kernel: containers that
+//! appear and go in waves (names re-used), loop devices plugged and pulled at
+//! random, the daemon stopped (SIGSTOP) and killed in between; and the scope
+//! program that holds a new container to its default policy from the first
+//! instruction of its first process, before the daemon has attached it.
+//!
+//! Each test has its own parent cgroup (the policy's scope), pin root, state
+//! directory and loop indices, so it runs beside any other suite.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ctdev_tests::container::TestContainer;
+use ctdev_tests::daemon::{
+    free_loop_indices, wait_until, write_policy, DaemonProc, FirstOpen, HotLoop, OpenCounts,
+};
+use ctdev_tests::*;
+use nix::sys::signal::Signal;
+
+/// A char device outside the OCI preset and outside every policy here: no
+/// process in a selected container may ever open it.
+const OUTSIDE: &str = "/dev/loop-control";
+/// Inside the OCI preset (the scope's default).
+const IN_PRESET: &str = "/dev/null";
+/// Outside the preset, allowed by the entry's own rules ("c 1:11 r").
+const OWN_RULE: &str = "/dev/kmsg";
+
+fn inside(env: &TestEnv) -> String {
+    format!(
+        "/{}",
+        env.cgroup_parent
+            .strip_prefix(cgroup_mount())
+            .unwrap()
+            .display()
+    )
+}
+
+/// Policy ids and cgroup dirs under ctdev policy in this env's pin root.
+fn attached(env: &TestEnv) -> BTreeMap<PathBuf, u64> {
+    let v = env.list_json();
+    v["containers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| {
+                    Some((
+                        PathBuf::from(c["cgroup_dir"].as_str()?),
+                        c["policy_id"].as_u64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn probe_fresh(cgroup: &Path, millis: u64) -> Vec<OpenCounts> {
+    FirstOpen::start(
+        cgroup,
+        millis,
+        &[
+            Path::new(OUTSIDE),
+            Path::new(IN_PRESET),
+            Path::new(OWN_RULE),
+        ],
+    )
+    .finish()
+}
+
+#[test]
+fn a_new_container_is_fail_closed_from_its_first_instruction_while_the_daemon_is_slow_or_dead() {
+    let env = TestEnv::new("scope");
+    let cfg = write_policy(
+        &env,
+        "policy.toml",
+        0.0,
+        &format!(
+            "[[container]]\nname = \"ct\"\nselect = {{ cgroup = \"{}/ct-*\" }}\npreset = \"oci\"\nrules = [\"c 1:11 r\"]\n",
+            inside(&env)
+        ),
+    );
+    let mut daemon = DaemonProc::start(&env, &cfg);
+    assert_eq!(daemon.status()["scopes"], 1, "{}", daemon.log_text());
+
+    // 1. Daemon running: the probe starts in the cgroup the moment it exists.
+    let c1 = env.cgroup("ct-1");
+    let first = probe_fresh(&c1, 300);
+    assert_eq!(
+        first[0].ok, 0,
+        "{OUTSIDE} opened from a fresh container: {first:?}"
+    );
+    assert!(
+        first[1].ok > 0,
+        "{IN_PRESET} (preset) never opened: {first:?}"
+    );
+    wait_until(Duration::from_secs(10), "ct-1 attached", || {
+        attached(&env).contains_key(&c1).then_some(())
+    });
+    // Attached: its own policy decides, the scope does not narrow it.
+    let after = probe_fresh(&c1, 100);
+    assert_eq!(after[0].ok, 0, "{after:?}");
+    assert!(
+        after[2].ok > 0,
+        "own rule c 1:11 r narrowed by the scope: {after:?}"
+    );
+
+    // 2. Daemon stopped: a new container is held to the preset.
+    daemon.signal(Signal::SIGSTOP);
+    let c2 = env.cgroup("ct-2");
+    let stopped = probe_fresh(&c2, 1000);
+    assert_eq!(stopped[0].ok, 0, "{stopped:?}");
+    assert_eq!(
+        stopped[2].ok, 0,
+        "own rule before attach: only the preset applies: {stopped:?}"
+    );
+    assert!(stopped[1].ok > 0, "{stopped:?}");
+    assert!(!attached(&env).contains_key(&c2));
+    daemon.signal(Signal::SIGCONT);
+    wait_until(
+        Duration::from_secs(10),
+        "ct-2 attached after SIGCONT",
+        || attached(&env).contains_key(&c2).then_some(()),
+    );
+    let resumed = probe_fresh(&c2, 100);
+    assert!(resumed[2].ok > 0 && resumed[0].ok == 0, "{resumed:?}");
+
+    // 3. Daemon dead: still held; a restarted daemon attaches it.
+    let log = daemon.kill();
+    let c3 = env.cgroup("ct-3");
+    let dead = probe_fresh(&c3, 300);
+    assert_eq!(dead[0].ok + dead[2].ok, 0, "{dead:?}\n{log}");
+    assert!(dead[1].ok > 0, "{dead:?}");
+    let mut daemon = DaemonProc::start(&env, &cfg);
+    assert!(attached(&env).contains_key(&c3), "{}", daemon.log_text());
+    let restarted = probe_fresh(&c3, 100);
+    assert!(restarted[2].ok > 0 && restarted[0].ok == 0, "{restarted:?}");
+
+    // 4. A sibling no entry selects is not held once the daemon saw it.
+    let other = env.cgroup("other");
+    wait_until(
+        Duration::from_secs(10),
+        "the unselected sibling released",
+        || (probe_fresh(&other, 20)[0].ok > 0).then_some(()),
+    );
+    assert!(!attached(&env).contains_key(&other));
+
+    // 5. A container detached (its cgroup removed) loses its mark; nothing
+    // of it stays in the pins.
+    let id2 = attached(&env)[&c2];
+    fs::remove_dir(&c2).unwrap();
+    wait_until(Duration::from_secs(10), "ct-2 detached", || {
+        (!attached(&env).contains_key(&c2)).then_some(())
+    });
+    assert!(!env.pin_root.join("links").join(id2.to_string()).exists());
+    assert!(daemon.alive(), "{}", daemon.log_text());
+}
+
+/// A wave's view of what must hold after the daemon converged.
+fn assert_converged(
+    env: &TestEnv,
+    daemon: &DaemonProc,
+    live: &BTreeMap<String, TestContainer>,
+    present: &[&HotLoop],
+    absent: &[u32],
+    removed_ids: &[u64],
+) -> Result<(), String> {
+    let att = attached(env);
+    for (name, c) in live {
+        if !att.contains_key(&c.cgroup) {
+            return Err(format!("{name} not under policy"));
+        }
+        for l in present {
+            let dev = format!("/dev/{}", l.name());
+            // Not there yet: `open_rw` (`<>`) would create a regular file.
+            let node = fs::symlink_metadata(c.host_path(&dev));
+            if !node.is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+            {
+                return Err(format!("{dev} not (yet) in {name}"));
+            }
+            if let Err(e) = c.open_rw(&dev) {
+                return Err(format!("{dev} not usable in {name}: {e}"));
+            }
+        }
+        for i in absent {
+            if c.host_path(&format!("/dev/loop{i}")).exists() {
+                return Err(format!("/dev/loop{i} still in {name} after it left"));
+            }
+        }
+    }
+    // Nothing of removed containers: no link pin, no state record.
+    let state = fs::read_to_string(daemon.state_dir.join("state.json")).unwrap_or_default();
+    for id in removed_ids {
+        if env.pin_root.join("links").join(id.to_string()).exists() {
+            return Err(format!("link pin of removed container {id} remains"));
+        }
+        if state.contains(&format!("\"{id}\"")) {
+            return Err(format!("state of removed container {id} remains"));
+        }
+    }
+    // No private node of a gone device, nothing on the host.
+    for i in absent {
+        if Path::new(&format!("/sys/block/loop{i}")).exists() {
+            return Err(format!("loop{i} exists on the host again"));
+        }
+        let nodes = daemon.state_dir.join("nodes");
+        if nodes.join(format!("b7:{i}")).exists() {
+            return Err(format!("private node of gone loop{i} remains"));
+        }
+    }
+    // Watches bounded by what lives: every cgroup under the scope plus one
+    // cgroup.events per container.
+    let cgroups = walk_count(&env.cgroup_parent);
+    let watches = daemon.status()["watches"].as_u64().unwrap_or(u64::MAX) as usize;
+    if watches > cgroups + live.len() {
+        return Err(format!(
+            "{watches} watches for {cgroups} cgroups and {} containers",
+            live.len()
+        ));
+    }
+    Ok(())
+}
+
+fn walk_count(dir: &Path) -> usize {
+    1 + fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| walk_count(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn churn_waves_leave_nothing_behind_and_keep_every_container_under_policy() {
+    let env = TestEnv::new("churn");
+    let indices = free_loop_indices(3);
+    // One never exists: its node is probed from inside (must be denied, and
+    // must not make the kernel create it).
+    let never = indices[0] + 10;
+    let never_node = env.node("never", DeviceType::Block, 7, never);
+    let hotplug: String = indices
+        .iter()
+        .map(|i| format!("[[container.hotplug]]\ndevname = \"loop{i}\"\n"))
+        .collect();
+    let cfg = write_policy(
+        &env,
+        "policy.toml",
+        1.0,
+        &format!(
+            "[[container]]\nname = \"ct\"\nselect = {{ cgroup = \"{}/ct-*\" }}\npreset = \"oci\"\n{hotplug}",
+            inside(&env)
+        ),
+    );
+    let mut daemon = DaemonProc::start(&env, &cfg);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ std::process::id() as u64);
+    let mut live: BTreeMap<String, TestContainer> = BTreeMap::new();
+    let mut loops: BTreeMap<u32, HotLoop> = BTreeMap::new();
+    let mut removed_ids: Vec<u64> = Vec::new();
+    let mut baseline: Option<(u64, usize)> = None;
+    let mut probes = 0u64;
+    let mut outside_opens = 0u64;
+    let start = Instant::now();
+    let waves = 6;
+    for wave in 0..waves {
+        // Daemon trouble in some waves: stopped during the wave, or killed
+        // and restarted.
+        let stopped = wave == 2;
+        if stopped {
+            daemon.signal(Signal::SIGSTOP);
+        }
+        if wave == 4 {
+            daemon.kill();
+        }
+        // Remove a few (their ids are checked gone later).
+        let names: Vec<String> = live.keys().cloned().collect();
+        for n in names {
+            if rng.next(3) == 0 {
+                let c = live.remove(&n).unwrap();
+                if let Some(id) = attached(&env).get(&c.cgroup) {
+                    removed_ids.push(*id);
+                }
+                drop(c);
+            }
+        }
+        // New ones, from a pool of 8 names (re-used across waves); each
+        // probed from its first instruction before its init starts.
+        for _ in 0..4 {
+            let name = format!("ct-{}", rng.next(8));
+            if live.contains_key(&name) {
+                continue;
+            }
+            let dir = env.cgroup(&name);
+            let c = FirstOpen::start(&dir, 40, &[Path::new(OUTSIDE), &never_node]).finish();
+            probes += 1;
+            outside_opens += c[0].ok + c[1].ok;
+            assert_eq!(
+                c[0].ok + c[1].ok,
+                0,
+                "wave {wave}: {name} opened a device outside its policy: {c:?}"
+            );
+            live.insert(name.clone(), TestContainer::start(&env, &name, false));
+        }
+        // Devices come and go at random.
+        for &i in &indices {
+            if rng.next(2) == 0 {
+                match loops.remove(&i) {
+                    Some(mut l) => l.remove(),
+                    None => {
+                        loops.insert(i, HotLoop::add(i));
+                    }
+                }
+            }
+        }
+        if stopped {
+            std::thread::sleep(Duration::from_millis(500));
+            daemon.signal(Signal::SIGCONT);
+        }
+        if wave == 4 {
+            daemon = DaemonProc::start(&env, &cfg);
+        }
+        let present: Vec<&HotLoop> = loops.values().collect();
+        let mut absent: Vec<u32> = indices
+            .iter()
+            .copied()
+            .filter(|i| !loops.contains_key(i))
+            .collect();
+        absent.push(never);
+        let mut last = String::new();
+        let converged = (0..500).any(|_| {
+            match assert_converged(&env, &daemon, &live, &present, &absent, &removed_ids) {
+                Ok(()) => true,
+                Err(e) => {
+                    last = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                    false
+                }
+            }
+        });
+        assert!(
+            converged,
+            "wave {wave} did not converge: {last}\n{}",
+            daemon.log_text()
+        );
+        assert!(daemon.alive(), "{}", daemon.log_text());
+        let (rss, fds) = daemon.rss_kb_and_fds();
+        eprintln!(
+            "wave {wave}: {} containers, {} loops, watches {}, rss {rss} kB, fds {fds}",
+            live.len(),
+            present.len(),
+            daemon.status()["watches"]
+        );
+        // RSS and fds flat (after the restart the baseline starts again).
+        if wave == 4 {
+            baseline = None;
+        }
+        match baseline {
+            None => baseline = Some((rss, fds)),
+            Some((r0, f0)) => {
+                assert!(fds <= f0 + 2, "fds grew from {f0} to {fds}");
+                assert!(
+                    rss <= r0 + r0 / 2 + 4096,
+                    "RSS grew from {r0} kB to {rss} kB"
+                );
+            }
+        }
+    }
+    let log = daemon.log_text();
+    assert!(!log.contains("ERROR"), "errors in the daemon log:\n{log}");
+    eprintln!(
+        "churn: {waves} waves in {:?}, {probes} first-instruction probes, {outside_opens} opens outside the policy",
+        start.elapsed()
+    );
+    assert!(!Path::new(&format!("/sys/block/loop{never}")).exists());
+}
