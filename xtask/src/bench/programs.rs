@@ -137,13 +137,6 @@ pub fn all_map_memlock() -> Result<std::collections::BTreeMap<u64, u64>> {
         .unwrap_or_default())
 }
 
-pub fn map_memlock(id: u64) -> Result<u64> {
-    Ok(num(
-        &bpftool(&["map", "show", "id", &id.to_string()])?,
-        "bytes_memlock",
-    ))
-}
-
 /// Device programs that judge accesses in `cgroup_dir` (its own and its ancestors').
 pub fn effective(cgroup_dir: &Path) -> Result<Vec<ProgInfo>> {
     let dir = cgroup_dir.to_string_lossy();

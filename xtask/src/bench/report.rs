@@ -439,7 +439,7 @@ pub fn write(
         let series: Vec<Series> = u
             .writers
             .iter()
-            .zip([COLORS[2], COLORS[0]])
+            .zip([COLORS[2], COLORS[0], COLORS[1]])
             .map(|(w, color)| Series {
                 name: w.name.clone(),
                 color,

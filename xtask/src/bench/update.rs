@@ -126,6 +126,17 @@ pub fn policy_write(env: &Env) -> Result<UpdateResults> {
                 Ok(())
             },
         )?);
+        let with_device: Vec<Rule> = fillers.iter().chain(&rule).copied().collect();
+        writers.push(flips(
+            env,
+            "Ctdev::set_rules (whole set swapped, one publish)",
+            &mut watcher,
+            |allow| {
+                env.ct
+                    .set_rules(&target, if allow { &with_device } else { &fillers })?;
+                Ok(())
+            },
+        )?);
         Ok(UpdateResults {
             fillers: UPDATE_FILLERS,
             flips: env.plan.flips,
