@@ -6,6 +6,10 @@
 //! process, and removes every cgroup, pin and node it created.
 
 pub mod container;
+/// `ctdev daemon` as a child process; hotplugged loop devices.
+pub mod daemon;
+/// Real Docker and Podman engines.
+pub mod engines;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
 

@@ -27,6 +27,7 @@ pub mod config;
 pub mod lifecycle;
 pub mod reconcile;
 pub mod selector;
+pub mod takeover;
 pub mod uevent;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -152,6 +153,8 @@ pub struct Daemon {
     /// Managed containers whose devices wait for their init's root.
     pending: BTreeSet<PathBuf>,
     own_root: (u64, u64),
+    /// Runtime device programs on managed cgroups ([`takeover`]).
+    coexist: takeover::Coexist,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -192,6 +195,7 @@ impl Daemon {
             managed: BTreeMap::new(),
             pending: BTreeSet::new(),
             own_root,
+            coexist: takeover::Coexist::default(),
             opts,
         })
     }
@@ -392,6 +396,9 @@ impl Daemon {
     /// Attaches the container and applies its static rules; its devices
     /// follow when it is ready.
     fn apply_container(&mut self, dir: &Path, entry: usize) {
+        if !self.coexist_before_attach(dir, entry) {
+            return;
+        }
         let c = self.policy.containers[entry].clone();
         let target = target_of(dir);
         let mut rules = Vec::new();
@@ -611,6 +618,7 @@ impl Daemon {
             .collect();
         self.managed.retain(|d, _| !d.starts_with(dir));
         self.pending.retain(|d| !d.starts_with(dir));
+        self.coexist_forget(dir);
         for id in ids {
             self.forget(id, "cgroup removed");
         }
@@ -918,6 +926,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                         changed = true;
                     }
                 }
+                changed |= daemon.check_foreign();
                 if changed {
                     daemon.save_state();
                 }

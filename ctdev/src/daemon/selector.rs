@@ -254,7 +254,7 @@ fn usb_ancestor(sys: &Path, devpath: &str) -> Option<PathBuf> {
 }
 
 /// The (runtime, name) of a cgroup, if a runtime resolver recognises it.
-fn runtime_names(rel: &Path) -> Vec<(RuntimeKind, String)> {
+pub(crate) fn runtime_names(rel: &Path) -> Vec<(RuntimeKind, String)> {
     let Some(dir) = rel.file_name().and_then(|d| d.to_str()) else {
         return Vec::new();
     };
