@@ -735,6 +735,12 @@ pub fn daemon_takes_over_hotplugs_and_survives_restart(
         ),
     )
     .expect("write policy file");
+    // Another container at the same depth stays under policy, so the
+    // program instance for that depth stays loaded across the restart (as
+    // on a host with other containers): the restart measures the takeover,
+    // not a program load.
+    let keep = env.cgroup("keep/c");
+    env.ok(&["attach", keep.to_str().expect("utf-8 path")]);
     let daemon = DaemonProc::start(env, &cfg);
     wait_for(
         Duration::from_secs(10),
@@ -777,6 +783,15 @@ pub fn daemon_takes_over_hotplugs_and_survives_restart(
     let old = listed(env, &cg).expect("attached")["policy_id"].clone();
     engine.restart(id);
     let start = Instant::now();
+    let now = Command::new("date")
+        .arg("+%T.%6N")
+        .output()
+        .map(|o| text(&o.stdout));
+    eprintln!(
+        "{}: restart returned at {}",
+        engine.kind(),
+        now.unwrap_or_default().trim()
+    );
     wait_for(
         Duration::from_secs(15),
         "the restarted container to be taken over with its devices",
@@ -797,5 +812,12 @@ pub fn daemon_takes_over_hotplugs_and_survives_restart(
     drop(lo);
     let log = daemon.kill();
     assert!(log.contains("took over"), "{log}");
+    for line in log.lines().filter(|l| {
+        ["took over", "take over", "taking over", "waiting", "ERROR"]
+            .iter()
+            .any(|k| l.contains(k))
+    }) {
+        eprintln!("daemon: {line}");
+    }
     took
 }

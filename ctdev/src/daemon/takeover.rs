@@ -51,10 +51,24 @@ pub struct Coexist {
     known: BTreeMap<PathBuf, BTreeSet<u32>>,
     /// Runtime cgroups waiting for their runtime's program: entry, first seen.
     waiting: BTreeMap<PathBuf, (usize, Instant)>,
-    /// Foreign programs a takeover failed for (logged once each).
-    failed: BTreeMap<PathBuf, BTreeSet<u32>>,
+    /// Foreign programs a takeover failed for, since when, and whether the
+    /// failure was logged as an error yet.
+    failed: BTreeMap<PathBuf, Failing>,
     last_check: Option<Instant>,
 }
+
+/// A takeover that keeps failing on one cgroup.
+#[derive(Debug)]
+struct Failing {
+    programs: BTreeSet<u32>,
+    since: Instant,
+    reported: bool,
+}
+
+/// How long a takeover may fail before it is logged as an error: while a
+/// runtime creates a container its program is there before its state file
+/// (the rule source), so the first tries fail as a matter of course.
+pub const FAILURE_QUIET: Duration = Duration::from_secs(2);
 
 /// The device programs attached to one cgroup itself: ctdev's and others.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -206,12 +220,24 @@ impl Daemon {
                 true
             }
             Err(e) => {
-                let seen = self.coexist.failed.entry(dir.to_path_buf()).or_default();
-                if seen != foreign {
-                    *seen = foreign.clone();
+                let f = self
+                    .coexist
+                    .failed
+                    .entry(dir.to_path_buf())
+                    .or_insert_with(|| Failing {
+                        programs: foreign.clone(),
+                        since: Instant::now(),
+                        reported: false,
+                    });
+                if f.programs != *foreign {
+                    f.programs = foreign.clone();
+                    f.reported = false;
+                }
+                if !f.reported && f.since.elapsed() >= FAILURE_QUIET {
+                    f.reported = true;
                     tracing::error!(container = %c.name, cgroup = %dir.display(), programs = ?foreign, "cannot take over from the runtime's device program (both stay; retrying): {e}");
                 } else {
-                    tracing::debug!(container = %c.name, cgroup = %dir.display(), "takeover still failing: {e}");
+                    tracing::debug!(container = %c.name, cgroup = %dir.display(), "takeover not done yet (both programs stay; retrying): {e}");
                 }
                 false
             }
@@ -308,7 +334,14 @@ impl Daemon {
             }
             if !on.foreign.is_empty() {
                 let name = self.policy.containers[entry].name.clone();
-                tracing::info!(container = %name, cgroup = %dir.display(), programs = ?on.foreign, "a runtime attached a device program again: taking over");
+                let retry = self
+                    .coexist
+                    .failed
+                    .get(&dir)
+                    .is_some_and(|f| f.programs == on.foreign);
+                if !retry {
+                    tracing::info!(container = %name, cgroup = %dir.display(), programs = ?on.foreign, "a runtime attached a device program: taking over");
+                }
                 if !self.take_over(&dir, entry, &on.foreign) {
                     continue;
                 }
