@@ -625,6 +625,31 @@ pub fn takeover_add_del(env: &crate::TestEnv, engine: &dyn Engine, id: &str) {
         opens_in(engine, id, "/dev/loop-control"),
         "added char device"
     );
+
+    // A program attached to the cgroup again (what a runtime re-applying
+    // its devices does): `ctdev list` reports it under problems, `ctdev
+    // check` names it as the one denying, and `attach --takeover` again
+    // removes it, keeping what was added.
+    let foreign = crate::foreign::ForeignProgram::deny_char(&cg, 10, 237);
+    assert!(
+        !opens_in(engine, id, "/dev/loop-control"),
+        "denied by the new program"
+    );
+    let problems = env.list_json()["problems"].to_string();
+    assert!(
+        problems.contains(&format!("device program {}", foreign.id)),
+        "{problems}"
+    );
+    let r = env.ctdev(&["check", &target, "/dev/loop-control", "rw"]);
+    assert_eq!(r.code, 1, "check says denied: {}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains(&foreign.id.to_string()), "{}", r.stdout);
+    env.ok(&["attach", &target, "--takeover"]);
+    assert!(
+        opens_in(engine, id, "/dev/loop-control"),
+        "taken over again"
+    );
+    assert_eq!(env.list_json()["problems"], serde_json::json!([]));
+    drop(foreign);
     env.ok(&["del", &target, "/dev/loop-control"]);
     assert!(!opens_in(engine, id, "/dev/loop-control"), "gone after del");
 
@@ -820,4 +845,35 @@ pub fn daemon_takes_over_hotplugs_and_survives_restart(
         eprintln!("daemon: {line}");
     }
     took
+}
+
+/// `takeover = "replace"` with `preset = "none"`: the engine's program is
+/// replaced and none of its rules are kept, so only what the entry gives
+/// opens inside.
+pub fn daemon_replace_keeps_only_the_policy(env: &crate::TestEnv, engine: &dyn Engine, id: &str) {
+    use crate::daemon::{wait_for, DaemonProc};
+    assert!(opens_in(engine, id, "/dev/null"));
+    let cfg = env.scratch.join("policy.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "scope = \"{}\"\nresync_interval = 0\n\
+             [[container]]\nname = \"eng\"\nselect = {{ runtime = \"{}\", name = \"{id}\" }}\n\
+             preset = \"none\"\ntakeover = \"replace\"\n\
+             devices = [{{ path = \"/dev/loop-control\" }}]\n",
+            inside(&env.cgroup_parent).display(),
+            engine.kind()
+        ),
+    )
+    .expect("write policy file");
+    let daemon = DaemonProc::start(env, &cfg);
+    wait_for(
+        Duration::from_secs(10),
+        "the daemon to replace the engine's program",
+        || taken_over_and_opens(env, engine, id, "/dev/loop-control").then_some(()),
+    );
+    let err = open_error_in(engine, id, "/dev/null").expect("/dev/null is denied now");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    let log = daemon.kill();
+    assert!(log.contains("replaced"), "{log}");
 }

@@ -30,6 +30,14 @@ fn docker_daemon_takes_over_hotplugs_and_survives_restart() {
 }
 
 #[test]
+fn docker_daemon_replace_keeps_only_the_policy() {
+    let env = TestEnv::new("docker-rp");
+    let docker = Docker::start(&engines::inside(&env.cgroup_parent));
+    let id = docker.run(&unique("c"));
+    engines::daemon_replace_keeps_only_the_policy(&env, &docker, &id);
+}
+
+#[test]
 fn docker_runc_state_is_found_under_the_exec_root() {
     let env = TestEnv::new("docker-root");
     let docker = Docker::start(&engines::inside(&env.cgroup_parent));
