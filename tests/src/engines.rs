@@ -732,7 +732,8 @@ fn taken_over_and_opens(env: &crate::TestEnv, engine: &dyn Engine, id: &str, dev
     !foreign_here && view["state"] == "enforcing" && opens_in(engine, id, dev)
 }
 
-/// The daemon with `{ runtime = ENGINE, name = ID }`, a static device and a
+/// The daemon with `{ runtime = ENGINE, name = NAME }` (the engine's
+/// container name, not the ID), a static device and a
 /// hotplug rule: it takes over the engine's program (import), passes the
 /// static device and a hotplugged loop device in, takes over again when a
 /// program is attached to the cgroup again, and after the engine restarts
@@ -743,6 +744,7 @@ pub fn daemon_takes_over_hotplugs_and_survives_restart(
     env: &crate::TestEnv,
     engine: &dyn Engine,
     id: &str,
+    name: &str,
 ) -> Duration {
     use crate::daemon::{wait_for, DaemonProc, HotLoop};
     use crate::foreign::ForeignProgram;
@@ -752,7 +754,7 @@ pub fn daemon_takes_over_hotplugs_and_survives_restart(
         &cfg,
         format!(
             "scope = \"{}\"\nresync_interval = 0\n\
-             [[container]]\nname = \"eng\"\nselect = {{ runtime = \"{}\", name = \"{id}\" }}\n\
+             [[container]]\nname = \"eng\"\nselect = {{ runtime = \"{}\", name = \"{name}\" }}\n\
              devices = [{{ path = \"/dev/loop-control\" }}]\n\
              [[container.hotplug]]\nsubsystem = \"block\"\ndevname = \"loop{index}\"\n",
             inside(&env.cgroup_parent).display(),

@@ -25,8 +25,9 @@ fn docker_restart_gives_the_container_back_to_the_engine_program() {
 fn docker_daemon_takes_over_hotplugs_and_survives_restart() {
     let env = TestEnv::new("docker-dm");
     let docker = Docker::start(&engines::inside(&env.cgroup_parent));
-    let id = docker.run(&unique("c"));
-    engines::daemon_takes_over_hotplugs_and_survives_restart(&env, &docker, &id);
+    let name = unique("c");
+    let id = docker.run(&name);
+    engines::daemon_takes_over_hotplugs_and_survives_restart(&env, &docker, &id, &name);
 }
 
 #[test]

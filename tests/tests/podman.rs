@@ -25,6 +25,7 @@ fn podman_restart_gives_the_container_back_to_the_engine_program() {
 fn podman_daemon_takes_over_hotplugs_and_survives_restart() {
     let env = TestEnv::new("podman-dm");
     let podman = Podman::start(&engines::inside(&env.cgroup_parent));
-    let id = podman.run(&unique("c"));
-    engines::daemon_takes_over_hotplugs_and_survives_restart(&env, &podman, &id);
+    let name = unique("c");
+    let id = podman.run(&name);
+    engines::daemon_takes_over_hotplugs_and_survives_restart(&env, &podman, &id, &name);
 }

@@ -273,7 +273,15 @@ pub(crate) fn runtime_names(rel: &Path) -> Vec<(RuntimeKind, String)> {
             continue;
         }
         if let Visit::Match(n) = runtimes::classify(kind, rel, candidate) {
+            // Docker and Podman also know the container by its name.
+            let names = match kind {
+                RuntimeKind::Docker | RuntimeKind::Podman => {
+                    runtimes::discover::engine_names(kind, &n)
+                }
+                _ => Vec::new(),
+            };
             out.push((kind, n));
+            out.extend(names.into_iter().map(|name| (kind, name)));
         }
     }
     out

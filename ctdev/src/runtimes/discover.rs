@@ -8,10 +8,19 @@
 //! - Docker: runc's state is under `EXEC_ROOT/runtime-runc/moby/<id>`, where
 //!   EXEC_ROOT is dockerd's `--exec-root` (default `/var/run/docker`).
 //!
+//! - Names: Docker keeps a container's name in
+//!   `DATA_ROOT/containers/<id>/config.v2.json` (dockerd's `--data-root`,
+//!   default `/var/lib/docker`); Podman's conmon carries it as `-n NAME`
+//!   next to `-c <id>`. The daemon's `{ runtime = …, name = GLOB }` matches
+//!   these as well as the ID.
+//!
 //! The parsers are pure; [`processes`] is the only part that reads `/proc`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+
+/// dockerd's default `--data-root`.
+pub const DOCKER_DEFAULT_DATA_ROOT: &str = "/var/lib/docker";
 
 /// dockerd's default `--exec-root`.
 pub const DOCKER_DEFAULT_EXEC_ROOT: &str = "/var/run/docker";
@@ -76,23 +85,95 @@ pub fn lxcpath_in(procs: &[Vec<String>], name: &str) -> Option<PathBuf> {
         .map(|(p, _)| p)
 }
 
+/// The value of option `name` (`--name V` or `--name=V`) in `args`.
+fn option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == name {
+            return it.next().map(String::as_str);
+        }
+        if let Some(v) = a.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Whether argv is the program `name` (by the basename of argv\[0\]).
+fn is_program(argv: &[String], name: &str) -> bool {
+    argv.first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == name)
+}
+
 /// The `--exec-root` of a dockerd command line (its default when not
 /// given); `None` if it is not dockerd.
 pub fn dockerd_exec_root(argv: &[String]) -> Option<PathBuf> {
-    let prog = Path::new(argv.first()?).file_name()?.to_str()?;
-    if prog != "dockerd" {
+    if !is_program(argv, "dockerd") {
         return None;
     }
-    let mut args = argv.iter().skip(1);
-    while let Some(a) = args.next() {
-        if a == "--exec-root" {
-            return args.next().map(PathBuf::from);
-        }
-        if let Some(v) = a.strip_prefix("--exec-root=") {
-            return Some(PathBuf::from(v));
-        }
+    Some(PathBuf::from(
+        option(&argv[1..], "--exec-root").unwrap_or(DOCKER_DEFAULT_EXEC_ROOT),
+    ))
+}
+
+/// The `--data-root` of a dockerd command line (its default when not
+/// given); `None` if it is not dockerd.
+pub fn dockerd_data_root(argv: &[String]) -> Option<PathBuf> {
+    if !is_program(argv, "dockerd") {
+        return None;
     }
-    Some(PathBuf::from(DOCKER_DEFAULT_EXEC_ROOT))
+    Some(PathBuf::from(
+        option(&argv[1..], "--data-root").unwrap_or(DOCKER_DEFAULT_DATA_ROOT),
+    ))
+}
+
+/// The container name a conmon command line gives the container `id`
+/// (`-c ID … -n NAME`); `None` for another container or program.
+pub fn conmon_name(argv: &[String], id: &str) -> Option<String> {
+    if !is_program(argv, "conmon") {
+        return None;
+    }
+    let args = &argv[1..];
+    let cid = option(args, "-c").or_else(|| option(args, "--cid"))?;
+    if cid != id {
+        return None;
+    }
+    option(args, "-n")
+        .or_else(|| option(args, "--name"))
+        .map(String::from)
+}
+
+/// The name in a Docker `config.v2.json` (`"Name": "/web"` → `web`).
+pub fn docker_config_name(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let name = v.get("Name")?.as_str()?.trim_start_matches('/');
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The names Docker (every running dockerd's data root) or Podman (its
+/// conmon) gave the container with full ID `id`.
+pub fn engine_names(kind: crate::target::RuntimeKind, id: &str) -> Vec<String> {
+    use crate::target::RuntimeKind;
+    let procs = processes();
+    let mut names: Vec<String> = match kind {
+        RuntimeKind::Docker => procs
+            .iter()
+            .filter_map(|argv| dockerd_data_root(argv))
+            .filter_map(|root| {
+                fs::read_to_string(root.join("containers").join(id).join("config.v2.json")).ok()
+            })
+            .filter_map(|text| docker_config_name(&text))
+            .collect(),
+        RuntimeKind::Podman => procs
+            .iter()
+            .filter_map(|argv| conmon_name(argv, id))
+            .collect(),
+        _ => Vec::new(),
+    };
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// runc state roots of running runtimes besides runc's and crun's own
@@ -160,6 +241,32 @@ mod tests {
                 PathBuf::from("/var/run/docker/runtime-runc/moby"),
             ]
         );
+    }
+
+    #[test]
+    fn engine_names_from_command_lines_and_config() {
+        let id = "ab".repeat(32);
+        let conmon = argv(&format!(
+            "/usr/bin/conmon --api-version 1 -c {id} -u {id} -r /usr/bin/runc -n web --exit-dir /x"
+        ));
+        assert_eq!(conmon_name(&conmon, &id), Some("web".into()));
+        assert_eq!(conmon_name(&conmon, "other"), None);
+        assert_eq!(conmon_name(&argv("conmon -c x"), "x"), None);
+        assert_eq!(
+            dockerd_data_root(&argv("dockerd --data-root=/d")),
+            Some("/d".into())
+        );
+        assert_eq!(
+            dockerd_data_root(&argv("/usr/sbin/dockerd")),
+            Some("/var/lib/docker".into())
+        );
+        assert_eq!(dockerd_data_root(&argv("containerd")), None);
+        assert_eq!(
+            docker_config_name(r#"{"ID":"x","Name":"/homeassistant"}"#),
+            Some("homeassistant".into())
+        );
+        assert_eq!(docker_config_name(r#"{"Name":"/"}"#), None);
+        assert_eq!(docker_config_name("{"), None);
     }
 
     #[test]
