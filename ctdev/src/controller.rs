@@ -22,7 +22,7 @@ use crate::kernel::counters::{Counters, Stats};
 use crate::kernel::pins::{PinError, PinLock, PinRoot};
 use crate::kernel::policy_map::{Change, PolicyMap, PolicyMapError};
 use crate::kernel::program::{ProgramError, ProgramObject};
-use crate::kernel::programs::{device_programs_named, DeviceProgram, ProgramNames};
+use crate::kernel::programs::{device_programs_named, DeviceProgram, Owner, ProgramNames};
 use crate::plan::{
     attach_entries, entry_text, key_text, plan_attach, plan_revoke, AttachPlan, Entries, Plan,
     RevokeError,
@@ -1175,6 +1175,25 @@ impl Ctdev {
                 },
                 drift: None,
             });
+        }
+        // A runtime's program on the container's own cgroup (a failed or
+        // undone takeover, or a runtime that attached it again).
+        for c in &dump.containers {
+            let Some(cg) = &c.cgroup else { continue };
+            for p in c
+                .other_programs
+                .iter()
+                .filter(|p| &p.attached_at == cg && p.owner != Owner::Ctdev)
+            {
+                dump.problems.push(format!(
+                    "container {} (policy id {}): device program {} ({}) of another manager is attached to its cgroup too, and an access needs both allows; `ctdev attach {} --takeover` replaces it (the daemon does for entries with takeover = \"import\" or \"replace\")",
+                    cg.display(),
+                    c.policy_id,
+                    p.id,
+                    p.owner.as_str(),
+                    cg.display()
+                ));
+            }
         }
         dump.orphaned = by_id
             .into_iter()

@@ -467,9 +467,11 @@ fn find_source(
             .map(String::from),
     };
     if let Some(name) = lxc_name {
+        // A running container's monitor names its lxcpath (`lxc-start -P`).
         let lxcpath = options
             .lxcpath
             .clone()
+            .or_else(|| crate::runtimes::discover::lxcpath_of(&name))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_LXCPATH));
         let config = lxcpath.join(&name).join("config");
         if config.is_file() {
@@ -478,7 +480,13 @@ fn find_source(
         looked.push(config.display().to_string());
     }
     let roots: Vec<PathBuf> = if options.runtime_roots.is_empty() {
-        DEFAULT_RUNTIME_ROOTS.iter().map(PathBuf::from).collect()
+        // runc's and crun's defaults, and where running engines keep
+        // runc's state (each dockerd's exec-root).
+        DEFAULT_RUNTIME_ROOTS
+            .iter()
+            .map(PathBuf::from)
+            .chain(crate::runtimes::discover::runc_state_roots())
+            .collect()
     } else {
         options.runtime_roots.clone()
     };

@@ -1,5 +1,6 @@
-//! `ctdev daemon` as a child process for the tests, and a probe that opens
-//! devices from the first instruction of a process started inside a cgroup.
+//! `ctdev daemon` as a child process for the tests, hotplugged loop devices
+//! (real uevents), and a probe that opens devices from the first instruction
+//! of a process started inside a cgroup.
 
 use std::ffi::CString;
 use std::fs;
@@ -42,7 +43,8 @@ pub fn write_policy(env: &TestEnv, name: &str, resync: f64, entries: &str) -> Pa
 /// A running `ctdev daemon` with the env's pin root and a state directory in
 /// its scratch dir; SIGKILLed on drop.
 pub struct DaemonProc {
-    child: Child,
+    /// The daemon process.
+    pub child: Child,
     /// Its log (stderr).
     pub log: PathBuf,
     /// Its state directory.
@@ -52,12 +54,22 @@ pub struct DaemonProc {
 impl DaemonProc {
     /// Starts the daemon and waits until it is ready (30 s at most).
     pub fn start(env: &TestEnv, config: &Path) -> Self {
+        Self::start_with_failpoint(env, config, None)
+    }
+
+    /// Starts the daemon armed to SIGKILL itself at failpoint `step`
+    /// (`CTDEV_FAILPOINT`; `cargo xtask test` builds them in).
+    pub fn start_with_failpoint(env: &TestEnv, config: &Path, step: Option<&str>) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let ready = env.scratch.join(format!("ready-d{n}"));
         let log = env.scratch.join(format!("daemon-d{n}.log"));
         let state_dir = env.scratch.join("state");
-        let child = Command::new(ctdev_bin())
+        let mut cmd = Command::new(ctdev_bin());
+        if let Some(step) = step {
+            cmd.env("CTDEV_FAILPOINT", step);
+        }
+        let child = cmd
             .arg("--pin-root")
             .arg(&env.pin_root)
             .arg("daemon")
@@ -128,6 +140,23 @@ impl DaemonProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.log_text()
+    }
+
+    /// Waits for the daemon to die at its armed failpoint (SIGKILL).
+    pub fn wait_killed_at_failpoint(mut self) -> String {
+        let status = wait_until(
+            Duration::from_secs(10),
+            "the daemon to hit its failpoint",
+            || self.child.try_wait().expect("wait for the daemon"),
+        );
+        let log = self.log_text();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "the daemon did not die at its failpoint ({status}); failpoints compiled in?\n{log}"
+        );
+        assert!(log.contains("failpoint"), "{log}");
+        log
     }
 
     /// Whether it still runs.
@@ -234,10 +263,13 @@ impl FirstOpen {
     }
 }
 
-const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
-const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
+/// `LOOP_CTL_ADD` ioctl.
+pub const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
+/// `LOOP_CTL_REMOVE` ioctl.
+pub const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
 
-fn loop_ctl(op: libc::c_ulong, index: u32) -> Result<(), nix::errno::Errno> {
+/// LOOP_CTL_ADD / LOOP_CTL_REMOVE of loop device `index`.
+pub fn loop_ctl(op: libc::c_ulong, index: u32) -> Result<(), nix::errno::Errno> {
     let ctl = fs::File::open("/dev/loop-control").expect("open /dev/loop-control");
     // SAFETY: LOOP_CTL_ADD/REMOVE take an integer argument; the fd is open.
     let rc = unsafe {
@@ -277,6 +309,18 @@ pub struct HotLoop {
 }
 
 impl HotLoop {
+    /// An index that is free now (not created yet) and that no other test
+    /// of this process picks.
+    pub fn pick() -> u32 {
+        static N: AtomicU32 = AtomicU32::new(0);
+        loop {
+            let i = 4000 + (std::process::id() % 1000) * 50 + N.fetch_add(1, Ordering::SeqCst) % 50;
+            if !Path::new(&format!("/sys/block/loop{i}")).exists() {
+                return i;
+            }
+        }
+    }
+
     /// Adds loop device `index`.
     pub fn add(index: u32) -> Self {
         loop_ctl(LOOP_CTL_ADD, index).unwrap_or_else(|e| panic!("LOOP_CTL_ADD {index}: {e}"));

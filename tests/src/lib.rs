@@ -8,8 +8,11 @@
 pub mod container;
 /// The differential test of `--takeover` against the real runc and crun.
 pub mod difftest;
-/// `ctdev daemon` as a child process, and first-instruction device probes.
+/// `ctdev daemon` as a child process, hotplugged loop devices, and
+/// first-instruction device probes.
 pub mod daemon;
+/// Real Docker and Podman engines.
+pub mod engines;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
 

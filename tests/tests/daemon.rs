@@ -8,191 +8,13 @@
 //! in parallel with each other and with other suites.
 
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ctdev_tests::container::TestContainer;
+use ctdev_tests::daemon::{wait_until, DaemonProc, HotLoop};
 use ctdev_tests::*;
-
-/// Polls `f` every 10 ms until it returns `Some`, failing the test after `timeout`.
-#[track_caller]
-fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// `ctdev daemon` as a child process, SIGKILLed on drop.
-struct DaemonProc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl DaemonProc {
-    fn start(env: &TestEnv, config: &Path) -> Self {
-        Self::start_with_failpoint(env, config, None)
-    }
-
-    /// Starts the daemon armed to SIGKILL itself at failpoint `step`
-    /// (`CTDEV_FAILPOINT`; `cargo xtask test` builds them in).
-    fn start_with_failpoint(env: &TestEnv, config: &Path, step: Option<&str>) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let ready = env.scratch.join(format!("ready-{n}"));
-        let log = env.scratch.join(format!("daemon-{n}.log"));
-        let mut cmd = Command::new(ctdev_bin());
-        if let Some(step) = step {
-            cmd.env("CTDEV_FAILPOINT", step);
-        }
-        let child = cmd
-            .arg("--pin-root")
-            .arg(&env.pin_root)
-            .arg("daemon")
-            .arg("--config")
-            .arg(config)
-            .arg("--state-dir")
-            .arg(env.scratch.join("state"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("daemon log file"))
-            .spawn()
-            .expect("spawn ctdev daemon");
-        let mut d = DaemonProc { child, log };
-        wait_for(Duration::from_secs(30), "the daemon to be ready", || {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("daemon exited early ({status}):\n{}", d.log_text());
-            }
-            ready.exists().then_some(())
-        });
-        d
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
-            .expect("signal the daemon");
-    }
-
-    fn kill(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.log_text()
-    }
-
-    /// Waits for the daemon to die at its armed failpoint (SIGKILL).
-    fn wait_killed_at_failpoint(mut self) -> String {
-        let status = wait_for(
-            Duration::from_secs(10),
-            "the daemon to hit its failpoint",
-            || self.child.try_wait().expect("wait for the daemon"),
-        );
-        let log = self.log_text();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL),
-            "the daemon did not die at its failpoint ({status}); failpoints compiled in?\n{log}"
-        );
-        assert!(log.contains("failpoint"), "{log}");
-        log
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for DaemonProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
-const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
-
-/// A loop device created with LOOP_CTL_ADD at an index no one else uses:
-/// the kernel emits a real `add` uevent (block, DEVNAME=loopN, MAJOR=7),
-/// and `remove` with LOOP_CTL_REMOVE (also on drop).
-struct HotLoop {
-    index: u32,
-    removed: bool,
-}
-
-fn loop_ctl(op: libc::c_ulong, index: u32) -> Result<(), Errno> {
-    let ctl = fs::File::open("/dev/loop-control").expect("open /dev/loop-control");
-    // SAFETY: LOOP_CTL_ADD/REMOVE take an integer argument; the fd is open.
-    let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), op as _, index as libc::c_ulong) };
-    if rc < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
-}
-
-impl HotLoop {
-    /// An index that is free now (not created yet).
-    fn pick() -> u32 {
-        static N: AtomicU32 = AtomicU32::new(0);
-        loop {
-            let i = 4000 + (std::process::id() % 1000) * 50 + N.fetch_add(1, Ordering::SeqCst) % 50;
-            if !Path::new(&format!("/sys/block/loop{i}")).exists() {
-                return i;
-            }
-        }
-    }
-
-    fn add(index: u32) -> Self {
-        loop_ctl(LOOP_CTL_ADD, index).unwrap_or_else(|e| panic!("LOOP_CTL_ADD {index}: {e}"));
-        HotLoop {
-            index,
-            removed: false,
-        }
-    }
-
-    fn name(&self) -> String {
-        format!("loop{}", self.index)
-    }
-
-    fn remove(&mut self) {
-        // EBUSY while something still holds it open: retry briefly.
-        for _ in 0..200 {
-            match loop_ctl(LOOP_CTL_REMOVE, self.index) {
-                Ok(()) | Err(Errno::ENODEV) => {
-                    self.removed = true;
-                    return;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-        panic!("LOOP_CTL_REMOVE {} kept failing", self.index);
-    }
-}
-
-impl Drop for HotLoop {
-    fn drop(&mut self) {
-        if !self.removed {
-            let _ = loop_ctl(LOOP_CTL_REMOVE, self.index);
-        }
-    }
-}
 
 /// The cgroup path inside the hierarchy of a directory under the mount.
 fn inside(dir: &Path) -> String {
@@ -264,13 +86,13 @@ fn hotplug_reaches_the_matching_container_only_and_goes_away_on_remove() {
             inside(&a.cgroup)
         ),
     );
-    let daemon = DaemonProc::start(&env, &cfg);
+    let mut daemon = DaemonProc::start(&env, &cfg);
     assert!(rules_of(&env, &a.cgroup).is_some(), "a attached at start");
 
     let mut lo = HotLoop::add(index);
     let dest = format!("/dev/hot/{}", lo.name());
     let start = Instant::now();
-    wait_for(Duration::from_secs(5), "the node in a to open", || {
+    wait_until(Duration::from_secs(5), "the node in a to open", || {
         a.host_path(&dest).exists().then_some(())?;
         // No backing file: the open gets past the device controller and
         // fails in the driver (ENXIO), never with EPERM.
@@ -288,7 +110,7 @@ fn hotplug_reaches_the_matching_container_only_and_goes_away_on_remove() {
     assert!(!rules_of(&env, &b.cgroup).unwrap().contains(&rule));
 
     lo.remove();
-    wait_for(
+    wait_until(
         Duration::from_secs(5),
         "the node and rule to go on remove",
         || {
@@ -314,10 +136,10 @@ fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
             inside(&env.cgroup_parent)
         ),
     );
-    let daemon = DaemonProc::start(&env, &cfg);
+    let mut daemon = DaemonProc::start(&env, &cfg);
     let start = Instant::now();
     let web = TestContainer::start(&env, "web-1", false);
-    wait_for(
+    wait_until(
         Duration::from_secs(10),
         "the device node in the new container",
         || web.open_rw("/dev/net/tun").ok(),
@@ -341,7 +163,7 @@ fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
         .and_then(|c| c["policy_id"].as_u64())
         .unwrap();
     drop(web);
-    wait_for(
+    wait_until(
         Duration::from_secs(5),
         "the stopped container to be detached",
         || {
@@ -363,11 +185,11 @@ fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
 fn sigkill_keeps_enforcement_and_a_restart_converges() {
     let env = TestEnv::new("dm-restart");
     let (a, index, cfg) = container_with_loop_hotplug(&env);
-    let daemon = DaemonProc::start(&env, &cfg);
+    let mut daemon = DaemonProc::start(&env, &cfg);
     let mut lo = HotLoop::add(index);
     let dest = format!("/dev/{}", lo.name());
     let rule = format!("b 7:{index} rwm");
-    wait_for(Duration::from_secs(5), "the hotplugged rule", || {
+    wait_until(Duration::from_secs(5), "the hotplugged rule", || {
         rules_of(&env, &a.cgroup)
             .unwrap()
             .contains(&rule)
@@ -391,7 +213,7 @@ fn sigkill_keeps_enforcement_and_a_restart_converges() {
         "no change without the daemon"
     );
 
-    let daemon = DaemonProc::start(&env, &cfg);
+    let mut daemon = DaemonProc::start(&env, &cfg);
     // Converged during the start-up reconciliation.
     let after = rules_of(&env, &a.cgroup).unwrap();
     assert!(!after.contains(&rule), "{after:?}");
@@ -400,7 +222,7 @@ fn sigkill_keeps_enforcement_and_a_restart_converges() {
     assert!(log.contains("device removed"), "{log}");
 
     // A second restart finds nothing to change and logs no change.
-    let daemon = DaemonProc::start(&env, &cfg);
+    let mut daemon = DaemonProc::start(&env, &cfg);
     assert_eq!(rules_of(&env, &a.cgroup).unwrap(), after);
     let log = daemon.kill();
     for change in [
@@ -436,7 +258,7 @@ fn killed_between_passing_a_device_in_and_saving_state_still_takes_it_back() {
     assert!(!denied(&a.open_rw(&dest)), "passed in before the crash");
 
     lo.remove();
-    let daemon = DaemonProc::start(&env, &cfg);
+    let mut daemon = DaemonProc::start(&env, &cfg);
     assert_eq!(rules_of(&env, &a.cgroup).unwrap(), Vec::<String>::new());
     assert!(!a.host_path(&dest).exists());
     let log = daemon.kill();
@@ -464,7 +286,7 @@ fn killed_between_attaching_and_saving_state_still_revokes_dropped_rules() {
     assert_eq!(rules_of(&env, &c1).unwrap(), ["c 42:7 rw"]);
 
     write_config(&env, "policy.toml", &text("c 42:9 r"));
-    let daemon = DaemonProc::start(&env, &cfg);
+    let mut daemon = DaemonProc::start(&env, &cfg);
     assert_eq!(rules_of(&env, &c1).unwrap(), ["c 42:9 r"]);
     let log = daemon.kill();
     assert!(log.contains("revoked (gone from the policy)"), "{log}");
@@ -488,7 +310,7 @@ fn sighup_with_a_bad_file_keeps_the_running_policy() {
         &(text("c 42:7 rw") + "bogus_key = 1\n"),
     );
     daemon.signal(nix::sys::signal::Signal::SIGHUP);
-    wait_for(Duration::from_secs(5), "the rejection in the log", || {
+    wait_until(Duration::from_secs(5), "the rejection in the log", || {
         daemon.log_text().contains("policy rejected").then_some(())
     });
     assert!(daemon.alive());
@@ -499,7 +321,7 @@ fn sighup_with_a_bad_file_keeps_the_running_policy() {
     );
     // The old policy still applies to a new container.
     let c1 = env.cgroup("c-1");
-    wait_for(Duration::from_secs(5), "c-1 under the old policy", || {
+    wait_until(Duration::from_secs(5), "c-1 under the old policy", || {
         rules_of(&env, &c1)
             .filter(|r| r.contains(&"c 42:7 rw".to_string()))
             .map(|_| ())
@@ -508,7 +330,7 @@ fn sighup_with_a_bad_file_keeps_the_running_policy() {
     // A good file is taken, and applied to the running containers.
     write_config(&env, "policy.toml", &text("c 42:9 r"));
     daemon.signal(nix::sys::signal::Signal::SIGHUP);
-    wait_for(Duration::from_secs(5), "the new rule after reload", || {
+    wait_until(Duration::from_secs(5), "the new rule after reload", || {
         rules_of(&env, &c1)
             .filter(|r| {
                 r.contains(&"c 42:9 r".to_string()) && !r.contains(&"c 42:7 rw".to_string())
@@ -612,7 +434,7 @@ fn a_hotplugged_network_interface_moves_into_the_matching_container() {
             inside(&a.cgroup)
         ),
     );
-    let daemon = DaemonProc::start(&env, &cfg);
+    let mut daemon = DaemonProc::start(&env, &cfg);
     let _link = HotLink {
         name: name.clone(),
         peer: peer.clone(),
@@ -624,7 +446,7 @@ fn a_hotplugged_network_interface_moves_into_the_matching_container() {
         .expect("ip link add");
     assert!(status.success(), "cannot create veth pair {name}/{peer}");
     let start = Instant::now();
-    wait_for(
+    wait_until(
         Duration::from_secs(5),
         "the interface to move into a",
         || (link_in_netns(Some(a.pid), &name) && !link_in_netns(None, &name)).then_some(()),

@@ -24,6 +24,13 @@ const TEST_PACKAGES: &[&str] = &[
     "lxc",
     "runc",
     "crun",
+    // Real container engines (tests/tests/{docker,podman}.rs): dockerd
+    // 20.10 with its containerd, and Podman 4.3 with conmon.
+    "docker.io",
+    "containerd",
+    "podman",
+    "conmon",
+    "tar",
 ];
 
 fn home_cargo_bin(name: &str) -> PathBuf {

@@ -76,6 +76,7 @@ struct RawContainer {
     name: Spanned<String>,
     select: Spanned<RawSelect>,
     preset: Option<Spanned<String>>,
+    takeover: Option<Spanned<String>>,
     #[serde(default)]
     rules: Vec<Spanned<String>>,
     #[serde(default)]
@@ -133,6 +134,17 @@ pub enum ContainerSelector {
     Runtime(RuntimeKind, GlobMatcher),
 }
 
+impl ContainerSelector {
+    /// Whether it selects containers of a runtime (`runtime = …` or a
+    /// `RUNTIME:NAME` target).
+    pub fn is_runtime(&self) -> bool {
+        matches!(
+            self,
+            ContainerSelector::Runtime(..) | ContainerSelector::Target(Target::Runtime(..))
+        )
+    }
+}
+
 /// A device node to pass into every selected container.
 #[derive(Debug, Clone)]
 pub struct StaticDevice {
@@ -160,6 +172,32 @@ pub struct Hotplug {
     pub mode: Option<u32>,
 }
 
+/// What the daemon does about a runtime's own device program on a cgroup
+/// it manages (`takeover = "import" | "replace" | "off"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TakeoverMode {
+    /// Replace the runtime's program by ctdev's, adding the runtime's own
+    /// rules (found as `ctdev attach --takeover` finds them) to the entry's.
+    #[default]
+    Import,
+    /// Replace the runtime's program by ctdev's with only the entry's
+    /// preset and rules.
+    Replace,
+    /// Leave the runtime's program in place (both decide).
+    Off,
+}
+
+impl TakeoverMode {
+    /// The file's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TakeoverMode::Import => "import",
+            TakeoverMode::Replace => "replace",
+            TakeoverMode::Off => "off",
+        }
+    }
+}
+
 /// One `[[container]]` entry.
 #[derive(Debug, Clone)]
 pub struct ContainerPolicy {
@@ -175,6 +213,8 @@ pub struct ContainerPolicy {
     pub devices: Vec<StaticDevice>,
     /// Hotplug rules.
     pub hotplug: Vec<Hotplug>,
+    /// What to do about a runtime's own device program.
+    pub takeover: TakeoverMode,
 }
 
 /// A validated policy file.
@@ -391,6 +431,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, ConfigError> {
                 }
             },
         };
+        let takeover = match &c.takeover {
+            None => TakeoverMode::Import,
+            Some(t) => [
+                TakeoverMode::Import,
+                TakeoverMode::Replace,
+                TakeoverMode::Off,
+            ]
+            .into_iter()
+            .find(|m| m.as_str() == t.get_ref())
+            .ok_or_else(|| {
+                cx.err(
+                    t.span(),
+                    key("takeover"),
+                    format!(
+                        "unknown takeover {:?}: expected \"import\", \"replace\" or \"off\"",
+                        t.get_ref()
+                    ),
+                )
+            })?,
+        };
         let mut rules = Vec::new();
         for (j, r) in c.rules.iter().enumerate() {
             rules.push(
@@ -495,6 +555,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, ConfigError> {
             rules,
             devices,
             hotplug,
+            takeover,
         });
     }
     Ok(Policy {
@@ -522,7 +583,13 @@ impl Policy {
                     format!("{} containers named {}", k.prefix(), g.glob())
                 }
             };
-            let _ = writeln!(out, "container {:?}: {sel}, preset {:?}", c.name, c.preset);
+            let _ = writeln!(
+                out,
+                "container {:?}: {sel}, preset {:?}, takeover {}",
+                c.name,
+                c.preset,
+                c.takeover.as_str()
+            );
             for r in &c.rules {
                 let text = match r {
                     RuleSpec::Numbers(r) => r.to_string(),
@@ -682,5 +749,29 @@ devpath_prefix = "/devices/virtual/block/"
 
         let e = err("[[container]]\nselect = { target = \"x\" }\n");
         assert!(e.contains("name"), "{e}");
+    }
+
+    #[test]
+    fn takeover_key() {
+        let pol = p("[[container]]\nname = \"a\"\nselect = { target = \"x\" }\n\
+                     [[container]]\nname = \"b\"\nselect = { target = \"y\" }\ntakeover = \"replace\"\n\
+                     [[container]]\nname = \"c\"\nselect = { target = \"z\" }\ntakeover = \"off\"\n")
+        .unwrap();
+        let modes: Vec<TakeoverMode> = pol.containers.iter().map(|c| c.takeover).collect();
+        assert_eq!(
+            modes,
+            [
+                TakeoverMode::Import,
+                TakeoverMode::Replace,
+                TakeoverMode::Off
+            ]
+        );
+        assert!(pol.describe().contains("takeover replace"));
+        let e =
+            err("[[container]]\nname = \"a\"\nselect = { target = \"x\" }\ntakeover = \"yes\"\n");
+        assert!(
+            e.contains("policy.toml:4: container[0].takeover: unknown takeover \"yes\""),
+            "{e}"
+        );
     }
 }

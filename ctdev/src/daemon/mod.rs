@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod reconcile;
 pub mod scope;
 pub mod selector;
+pub mod takeover;
 pub mod uevent;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -182,6 +183,8 @@ pub struct Daemon {
     skipped: BTreeMap<PathBuf, u64>,
     /// The scope programs' defer marks, once set up.
     marks: Option<DeferMarks>,
+    /// Runtime device programs on managed cgroups ([`takeover`]).
+    coexist: takeover::Coexist,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -226,6 +229,7 @@ impl Daemon {
             scopes: BTreeMap::new(),
             skipped: BTreeMap::new(),
             marks: None,
+            coexist: takeover::Coexist::default(),
             opts,
         })
     }
@@ -471,6 +475,9 @@ impl Daemon {
     /// Attaches the container and applies its static rules; its devices
     /// follow when it is ready.
     fn apply_container(&mut self, dir: &Path, entry: usize) {
+        if !self.coexist_before_attach(dir, entry) {
+            return;
+        }
         let c = self.policy.containers[entry].clone();
         let target = target_of(dir);
         let mut rules = Vec::new();
@@ -764,6 +771,7 @@ impl Daemon {
             .collect();
         self.managed.retain(|d, _| !d.starts_with(dir));
         self.pending.retain(|d| !d.starts_with(dir));
+        self.coexist_forget(dir);
         for id in ids {
             self.forget(id, "cgroup removed");
         }
@@ -1315,6 +1323,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                         changed = true;
                     }
                 }
+                changed |= daemon.check_foreign();
                 if changed {
                     daemon.save_state();
                 }

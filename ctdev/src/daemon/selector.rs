@@ -254,7 +254,7 @@ fn usb_ancestor(sys: &Path, devpath: &str) -> Option<PathBuf> {
 }
 
 /// The (runtime, name) of a cgroup, if a runtime resolver recognises it.
-fn runtime_names(rel: &Path) -> Vec<(RuntimeKind, String)> {
+pub(crate) fn runtime_names(rel: &Path) -> Vec<(RuntimeKind, String)> {
     let Some(dir) = rel.file_name().and_then(|d| d.to_str()) else {
         return Vec::new();
     };
@@ -273,7 +273,15 @@ fn runtime_names(rel: &Path) -> Vec<(RuntimeKind, String)> {
             continue;
         }
         if let Visit::Match(n) = runtimes::classify(kind, rel, candidate) {
+            // Docker and Podman also know the container by its name.
+            let names = match kind {
+                RuntimeKind::Docker | RuntimeKind::Podman => {
+                    runtimes::discover::engine_names(kind, &n)
+                }
+                _ => Vec::new(),
+            };
             out.push((kind, n));
+            out.extend(names.into_iter().map(|name| (kind, name)));
         }
     }
     out

@@ -19,6 +19,7 @@ use crate::target::RuntimeKind;
 
 pub mod containerd;
 pub mod crio;
+pub mod discover;
 pub mod docker;
 pub mod lxc;
 pub mod podman;

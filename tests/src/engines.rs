@@ -1,0 +1,881 @@
+//! Real Docker and Podman engines for the integration tests.
+//!
+//! Both engines pick cgroup v1 or v2 by looking at `/sys/fs/cgroup`, which
+//! on this host is v1 with cgroup2 at `/sys/fs/cgroup/unified`. So each
+//! engine runs inside a private mount namespace where cgroup2 is mounted on
+//! `/sys/fs/cgroup` ([`Namespace`]: a long-lived holder process), and every
+//! command that talks to the engine enters that same namespace (`nsenter
+//! -m`). It is the same hierarchy: the containers' cgroups show up on the
+//! host under the cgroup2 mount, where ctdev (run on the host) finds them.
+//!
+//! Everything is private: data roots, run roots, sockets, pid files, the
+//! cgroup parent of the containers (below the test's own parent cgroup), and
+//! the image (a busybox-static rootfs tarball imported with `docker import`
+//! / `podman import`: there is no image registry here). Drop stops the
+//! engine, removes its containers, kills what is left in their cgroups and
+//! deletes its directories, also when the test panics. An engine that does
+//! not start fails the test loudly.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::runtimes::{remove_cgroup_tree, require_tool};
+use crate::{cgroup_mount, unique};
+
+/// The Docker CLI of the `docker.io` package (matches dockerd 20.10; a
+/// newer client elsewhere on PATH may not).
+pub const DOCKER_CLI: &str = "/usr/bin/docker";
+
+/// Polls `f` every 20 ms for up to `timeout`.
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A private mount namespace with cgroup2 on `/sys/fs/cgroup`, kept alive
+/// by a holder process (`sleep`) until drop.
+pub struct Namespace {
+    holder: Child,
+}
+
+impl Namespace {
+    /// Starts the holder and waits until the cgroup2 mount is in place.
+    pub fn new() -> Self {
+        require_tool("unshare", "util-linux");
+        require_tool("nsenter", "util-linux");
+        let mut holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t cgroup2 none /sys/fs/cgroup && exec sleep 1000000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the namespace holder (unshare)");
+        let pid = holder.id();
+        // `exec sleep` runs only after the mount succeeded.
+        let ok = poll(Duration::from_secs(10), || {
+            if let Ok(Some(_)) = holder.try_wait() {
+                return Some(false);
+            }
+            (fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim() == "sleep")
+                .then_some(true)
+        });
+        if ok != Some(true) {
+            let _ = holder.kill();
+            let out = holder.wait_with_output().expect("wait for the holder");
+            panic!(
+                "cannot make a mount namespace with cgroup2 on /sys/fs/cgroup: {}",
+                text(&out.stderr)
+            );
+        }
+        Namespace { holder }
+    }
+
+    /// The holder's pid.
+    pub fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    /// `program` run inside the namespace (`nsenter -t PID -m`). Its working
+    /// directory is `/`: pass absolute paths.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.pid().to_string())
+            .args(["-m", "--"])
+            .arg(program);
+        cmd
+    }
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Writes a busybox-static rootfs tarball (`/bin/busybox` and its applets as
+/// symlinks, empty `/dev`, `/proc`, `/sys`, `/tmp`, `/etc`) to `dir/rootfs.tar`.
+pub fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
+    require_tool("busybox", "busybox-static");
+    require_tool("tar", "tar");
+    let root = dir.join("rootfs");
+    for d in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
+        fs::create_dir_all(root.join(d)).expect("create rootfs dirs");
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
+    for tool in [
+        "sh", "cat", "sleep", "ls", "mknod", "head", "echo", "rm", "stat", "test", "wc", "[",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool))
+            .expect("busybox symlink");
+    }
+    let tar = dir.join("rootfs.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .expect("run tar");
+    assert!(out.status.success(), "tar: {}", text(&out.stderr));
+    tar
+}
+
+/// What the shared scenarios need from an engine.
+pub trait Engine {
+    /// `docker` or `podman` (the TARGET prefix and the policy's runtime).
+    fn kind(&self) -> &'static str;
+    /// Starts a container running `sleep`; returns its full ID.
+    fn run(&self, name: &str) -> String;
+    /// Runs `cmd` inside the container (`docker exec` / `podman exec`).
+    fn exec(&self, id: &str, cmd: &[&str]) -> Output;
+    /// Restarts the container (stop, then start: a new cgroup).
+    fn restart(&self, id: &str);
+    /// The container's cgroup directory on the host.
+    fn cgroup_dir(&self, id: &str) -> PathBuf;
+    /// `docker:ID` / `podman:ID`.
+    fn target(&self, id: &str) -> String {
+        format!("{}:{id}", self.kind())
+    }
+    /// The container's init pid (host pid namespace).
+    fn init_pid(&self, id: &str) -> i32;
+}
+
+/// Whether `dev` is a device node inside the container and opens O_RDWR.
+pub fn opens_in(engine: &dyn Engine, id: &str, dev: &str) -> bool {
+    let o = engine.exec(
+        id,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("[ -c {dev} -o -b {dev} ] && exec 3<>{dev} && echo opened"),
+        ],
+    );
+    text(&o.stdout).contains("opened")
+}
+
+/// Why an open inside failed (its stderr), or `None` if it opened.
+pub fn open_error_in(engine: &dyn Engine, id: &str, dev: &str) -> Option<String> {
+    let o = engine.exec(
+        id,
+        &["/bin/sh", "-c", &format!("exec 3<>{dev} && echo opened")],
+    );
+    if text(&o.stdout).contains("opened") {
+        None
+    } else {
+        Some(text(&o.stderr))
+    }
+}
+
+/// The container's pid from `inspect --format {{.State.Pid}}`.
+fn inspect_pid(out: &str, id: &str) -> i32 {
+    out.trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .unwrap_or_else(|| panic!("no pid for container {id}: {out:?}"))
+}
+
+// ---- Docker -----------------------------------------------------------------
+
+/// A private dockerd (with its own containerd and runc) in a cgroup2
+/// namespace. Containers land in `<cgroup_parent>/docker/<id>`.
+pub struct Docker {
+    ns: Namespace,
+    /// Directory holding everything of this engine.
+    pub base: PathBuf,
+    /// `--exec-root` (runc's state is under `runtime-runc/moby/<id>`).
+    pub exec_root: PathBuf,
+    /// `--data-root`.
+    pub data_root: PathBuf,
+    /// The API socket.
+    pub socket: PathBuf,
+    /// The containers' cgroup parent inside the hierarchy (`/…/docker`).
+    pub cgroup_parent: PathBuf,
+    /// The imported busybox image.
+    pub image: String,
+    daemon: Option<Child>,
+}
+
+impl Docker {
+    /// Starts dockerd with containers under `parent` (a cgroup path inside
+    /// the hierarchy, e.g. the test's own parent cgroup) and imports the
+    /// busybox image.
+    pub fn start(parent: &Path) -> Docker {
+        require_tool("dockerd", "docker.io");
+        assert!(
+            Path::new(DOCKER_CLI).is_file(),
+            "{DOCKER_CLI} is missing (Debian package docker.io)"
+        );
+        let name = unique("docker");
+        let base = std::env::temp_dir().join(&name);
+        fs::create_dir(&base).expect("create docker base dir");
+        let cgroup_parent = Path::new("/")
+            .join(parent.strip_prefix("/").unwrap_or(parent))
+            .join("docker");
+        let mut d = Docker {
+            ns: Namespace::new(),
+            exec_root: base.join("exec"),
+            data_root: base.join("data"),
+            socket: base.join("docker.sock"),
+            cgroup_parent,
+            image: format!("{name}:latest"),
+            base,
+            daemon: None,
+        };
+        let log = fs::File::create(d.base.join("dockerd.log")).expect("dockerd log");
+        let child =
+            d.ns.command("dockerd")
+                .arg("--data-root")
+                .arg(&d.data_root)
+                .arg("--exec-root")
+                .arg(&d.exec_root)
+                .arg("-H")
+                .arg(format!("unix://{}", d.socket.display()))
+                .arg("--pidfile")
+                .arg(d.base.join("docker.pid"))
+                .arg("--cgroup-parent")
+                .arg(&d.cgroup_parent)
+                .args([
+                    "--bridge",
+                    "none",
+                    "--iptables=false",
+                    "--ip6tables=false",
+                    "--ip-masq=false",
+                ])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn dockerd");
+        d.daemon = Some(child);
+        let up = poll(Duration::from_secs(60), || {
+            if let Some(Ok(Some(_))) = d.daemon.as_mut().map(|c| c.try_wait()) {
+                return Some(false);
+            }
+            d.docker(&["version"]).status.success().then_some(true)
+        });
+        assert_eq!(
+            up,
+            Some(true),
+            "dockerd did not start; log:\n{}",
+            fs::read_to_string(d.base.join("dockerd.log")).unwrap_or_default()
+        );
+        let tar = busybox_rootfs_tar(&d.base);
+        d.ok(&["import", tar.to_str().expect("utf-8 path"), &d.image]);
+        d
+    }
+
+    /// `docker ARGS` against this engine (inside its namespace).
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.ns
+            .command(DOCKER_CLI)
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker")
+    }
+
+    /// `docker ARGS`, required to succeed; returns stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(
+            o.status.success(),
+            "docker {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            o.status,
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+    }
+
+    /// Where Docker's runc keeps the container's state.
+    pub fn runc_root(&self) -> PathBuf {
+        self.exec_root.join("runtime-runc/moby")
+    }
+}
+
+impl Engine for Docker {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    fn run(&self, name: &str) -> String {
+        let out = self.ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            &self.image,
+            "sleep",
+            "100000",
+        ]);
+        out.trim().to_string()
+    }
+
+    fn exec(&self, id: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["exec", id];
+        args.extend_from_slice(cmd);
+        self.docker(&args)
+    }
+
+    fn restart(&self, id: &str) {
+        self.ok(&["restart", "-t", "0", id]);
+    }
+
+    fn cgroup_dir(&self, id: &str) -> PathBuf {
+        cgroup_mount()
+            .join(self.cgroup_parent.strip_prefix("/").expect("absolute"))
+            .join(id)
+    }
+
+    fn init_pid(&self, id: &str) -> i32 {
+        inspect_pid(&self.ok(&["inspect", "--format", "{{.State.Pid}}", id]), id)
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let ids = text(&self.docker(&["ps", "-aq"]).stdout);
+            for id in ids.split_whitespace() {
+                let _ = self.docker(&["rm", "-f", id]);
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let stopped = poll(Duration::from_secs(20), || {
+                child.try_wait().ok().flatten().map(|_| ())
+            });
+            if stopped.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        remove_cgroup_tree(
+            &cgroup_mount().join(
+                self.cgroup_parent
+                    .strip_prefix("/")
+                    .unwrap_or(Path::new("")),
+            ),
+        );
+        // Its mounts live in the namespace and go with it.
+        kill_namespace_users(&self.base);
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
+/// Kills processes left running from `base` (a containerd shim or conmon
+/// whose command line names it).
+fn kill_namespace_users(base: &Path) {
+    let needle = base.display().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = text(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) && pid != std::process::id() as i32 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+// ---- Podman -----------------------------------------------------------------
+
+/// Private Podman storage in a cgroup2 namespace (cgroupfs manager, runc,
+/// file events). Containers land in `<cgroup_parent>/libpod-<id>`.
+pub struct Podman {
+    ns: Namespace,
+    /// Directory holding everything of this engine.
+    pub base: PathBuf,
+    /// The containers' cgroup parent inside the hierarchy (`/…/libpod_parent`).
+    pub cgroup_parent: PathBuf,
+    /// The imported busybox image.
+    pub image: String,
+}
+
+impl Podman {
+    /// Sets up private storage with containers under `parent` (a cgroup path
+    /// inside the hierarchy) and imports the busybox image.
+    pub fn start(parent: &Path) -> Podman {
+        require_tool("podman", "podman");
+        require_tool("runc", "runc");
+        require_tool("conmon", "conmon");
+        let name = unique("podman");
+        let base = std::env::temp_dir().join(&name);
+        fs::create_dir(&base).expect("create podman base dir");
+        let p = Podman {
+            ns: Namespace::new(),
+            cgroup_parent: Path::new("/")
+                .join(parent.strip_prefix("/").unwrap_or(parent))
+                .join("libpod_parent"),
+            image: format!("localhost/{name}:latest"),
+            base,
+        };
+        let tar = busybox_rootfs_tar(&p.base);
+        p.ok(&["import", tar.to_str().expect("utf-8 path"), &p.image]);
+        p
+    }
+
+    /// `podman GLOBAL-OPTIONS ARGS` against this storage (inside its namespace).
+    pub fn podman(&self, args: &[&str]) -> Output {
+        self.ns
+            .command("podman")
+            .arg("--root")
+            .arg(self.base.join("root"))
+            .arg("--runroot")
+            .arg(self.base.join("runroot"))
+            .arg("--tmpdir")
+            .arg(self.base.join("tmp"))
+            .args([
+                "--cgroup-manager",
+                "cgroupfs",
+                "--runtime",
+                "runc",
+                "--events-backend",
+                "file",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run podman")
+    }
+
+    /// `podman ARGS`, required to succeed; returns stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.podman(args);
+        assert!(
+            o.status.success(),
+            "podman {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            o.status,
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+    }
+}
+
+impl Engine for Podman {
+    fn kind(&self) -> &'static str {
+        "podman"
+    }
+
+    fn run(&self, name: &str) -> String {
+        let parent = self.cgroup_parent.display().to_string();
+        let out = self.ok(&[
+            "run",
+            "-d",
+            // No pids controller in cgroup2 here; raising rlimits needs
+            // CAP_SYS_RESOURCE, which root lacks on this host.
+            "--pids-limit=-1",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--network",
+            "none",
+            "--cgroup-parent",
+            &parent,
+            "--name",
+            name,
+            &self.image,
+            "sleep",
+            "100000",
+        ]);
+        out.trim().to_string()
+    }
+
+    fn exec(&self, id: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["exec", id];
+        args.extend_from_slice(cmd);
+        self.podman(&args)
+    }
+
+    fn restart(&self, id: &str) {
+        self.ok(&["restart", "-t", "0", id]);
+    }
+
+    fn cgroup_dir(&self, id: &str) -> PathBuf {
+        cgroup_mount()
+            .join(self.cgroup_parent.strip_prefix("/").expect("absolute"))
+            .join(format!("libpod-{id}"))
+    }
+
+    fn init_pid(&self, id: &str) -> i32 {
+        inspect_pid(&self.ok(&["inspect", "--format", "{{.State.Pid}}", id]), id)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "-f", "-a", "-t", "0"]);
+        remove_cgroup_tree(
+            &cgroup_mount().join(
+                self.cgroup_parent
+                    .strip_prefix("/")
+                    .unwrap_or(Path::new("")),
+            ),
+        );
+        kill_namespace_users(&self.base);
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
+// ---- scenarios shared by tests/tests/docker.rs and podman.rs ---------------
+
+/// The cgroup path of `dir` inside the hierarchy (`/a/b`).
+pub fn inside(dir: &Path) -> PathBuf {
+    Path::new("/").join(
+        dir.strip_prefix(cgroup_mount())
+            .expect("a directory under the cgroup2 mount"),
+    )
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).expect("ctdev prints JSON")
+}
+
+/// The `list --json` entry of the container whose cgroup is `dir`.
+pub fn listed(env: &crate::TestEnv, dir: &Path) -> Option<serde_json::Value> {
+    env.list_json()["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["cgroup_dir"].as_str() == dir.to_str())
+        .cloned()
+}
+
+/// `ctdev attach ENGINE:ID --takeover` without flags imports the engine's
+/// rules from runc's state, detaches the engine's program, and keeps the
+/// default devices working; `ctdev add` of a char device, a block device and
+/// a directory of nodes work inside, and `ctdev del` takes them away.
+pub fn takeover_add_del(env: &crate::TestEnv, engine: &dyn Engine, id: &str) {
+    use crate::daemon::HotLoop;
+    let target = engine.target(id);
+    let cg = engine.cgroup_dir(id);
+    assert!(cg.is_dir(), "the container's cgroup {}", cg.display());
+    assert!(
+        opens_in(engine, id, "/dev/null"),
+        "the engine allows /dev/null"
+    );
+    let before = listed(env, &cg);
+    assert!(before.is_none(), "not under policy yet");
+
+    let report = json(&env.ok(&["--json", "attach", &target, "--takeover"]));
+    assert_eq!(report["format"], "runc-state", "{report}");
+    assert_eq!(report["detached"].as_array().unwrap().len(), 1, "{report}");
+    let imported: Vec<&str> = report["imported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    for rule in ["c 1:3 rwm", "c 1:5 rwm", "c 136:* rwm"] {
+        assert!(imported.contains(&rule), "{rule} in {imported:?}");
+    }
+    let view = listed(env, &cg).expect("under policy");
+    assert_eq!(view["other_programs"], serde_json::json!([]), "{view}");
+    assert_eq!(env.list_json()["problems"], serde_json::json!([]));
+    for dev in ["/dev/null", "/dev/zero", "/dev/full", "/dev/urandom"] {
+        assert!(
+            opens_in(engine, id, dev),
+            "{dev} still opens after takeover"
+        );
+    }
+
+    // A char device.
+    env.ok(&["add", &target, "/dev/loop-control"]);
+    assert!(
+        opens_in(engine, id, "/dev/loop-control"),
+        "added char device"
+    );
+
+    // A program attached to the cgroup again (what a runtime re-applying
+    // its devices does): `ctdev list` reports it under problems, `ctdev
+    // check` names it as the one denying, and `attach --takeover` again
+    // removes it, keeping what was added.
+    let foreign = crate::foreign::ForeignProgram::deny_char(&cg, 10, 237);
+    assert!(
+        !opens_in(engine, id, "/dev/loop-control"),
+        "denied by the new program"
+    );
+    let problems = env.list_json()["problems"].to_string();
+    assert!(
+        problems.contains(&format!("device program {}", foreign.id)),
+        "{problems}"
+    );
+    let r = env.ctdev(&["check", &target, "/dev/loop-control", "rw"]);
+    assert_eq!(r.code, 1, "check says denied: {}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains(&foreign.id.to_string()), "{}", r.stdout);
+    env.ok(&["attach", &target, "--takeover"]);
+    assert!(
+        opens_in(engine, id, "/dev/loop-control"),
+        "taken over again"
+    );
+    assert_eq!(env.list_json()["problems"], serde_json::json!([]));
+    drop(foreign);
+    env.ok(&["del", &target, "/dev/loop-control"]);
+    assert!(!opens_in(engine, id, "/dev/loop-control"), "gone after del");
+
+    // A block device (a loop device made with LOOP_CTL_ADD).
+    let lo = HotLoop::add(HotLoop::pick());
+    let host = format!("/dev/{}", lo.name());
+    poll(Duration::from_secs(5), || {
+        Path::new(&host).exists().then_some(())
+    })
+    .unwrap_or_else(|| panic!("{host} did not appear"));
+    assert!(!opens_in(engine, id, &host));
+    env.ok(&["add", &target, &host]);
+    assert!(opens_in(engine, id, &host), "added block device {host}");
+    env.ok(&["del", &target, &host]);
+    assert!(!opens_in(engine, id, &host), "block device gone after del");
+
+    // A directory of nodes.
+    let dir = env.scratch.join("devdir");
+    fs::create_dir_all(&dir).expect("create node dir");
+    let lc = env.node("devdir/lc", crate::DeviceType::Char, 10, 237);
+    assert!(lc.exists());
+    env.ok(&["add", &target, dir.to_str().unwrap(), "/dev/extra"]);
+    assert!(
+        opens_in(engine, id, "/dev/extra/lc"),
+        "node of the added directory"
+    );
+    env.ok(&["del", &target, dir.to_str().unwrap(), "/dev/extra"]);
+    assert!(
+        !opens_in(engine, id, "/dev/extra/lc"),
+        "directory gone after del"
+    );
+    assert!(
+        opens_in(engine, id, "/dev/null"),
+        "the engine's rules keep working throughout"
+    );
+}
+
+/// What a restart does to a manual takeover: the container gets a new
+/// cgroup with the engine's own program again; `ctdev list` shows the old
+/// policy as defunct, and the new cgroup is not under policy (check fails
+/// and names it).
+pub fn restart_loses_a_manual_takeover(env: &crate::TestEnv, engine: &dyn Engine, id: &str) {
+    let target = engine.target(id);
+    env.ok(&["attach", &target, "--takeover"]);
+    env.ok(&["add", &target, "/dev/loop-control"]);
+    assert!(opens_in(engine, id, "/dev/loop-control"));
+    let old_id = listed(env, &engine.cgroup_dir(id)).expect("attached")["policy_id"]
+        .as_u64()
+        .unwrap();
+    engine.restart(id);
+    let dump = env.list_json();
+    let old = dump["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["policy_id"].as_u64() == Some(old_id))
+        .cloned()
+        .expect("the old policy is still listed");
+    assert_eq!(old["state"], "defunct", "{old}");
+    let r = env.ctdev(&["check", &target, "/dev/loop-control"]);
+    assert_ne!(r.code, 0, "the restarted container is not under policy");
+    assert!(
+        !opens_in(engine, id, "/dev/loop-control"),
+        "the engine's program decides again after a restart"
+    );
+    assert!(opens_in(engine, id, "/dev/null"));
+}
+
+/// Whether the container `id` is under policy with no other program on its
+/// own cgroup (the daemon took over), and `dev` opens inside.
+fn taken_over_and_opens(env: &crate::TestEnv, engine: &dyn Engine, id: &str, dev: &str) -> bool {
+    let cg = engine.cgroup_dir(id);
+    let Some(view) = listed(env, &cg) else {
+        return false;
+    };
+    let own = inside(&cg);
+    let foreign_here = view["other_programs"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|p| p["attached_at"].as_str() == own.to_str()));
+    !foreign_here && view["state"] == "enforcing" && opens_in(engine, id, dev)
+}
+
+/// The daemon with `{ runtime = ENGINE, name = NAME }` (the engine's
+/// container name, not the ID), a static device and a
+/// hotplug rule: it takes over the engine's program (import), passes the
+/// static device and a hotplugged loop device in, takes over again when a
+/// program is attached to the cgroup again, and after the engine restarts
+/// the container (new cgroup, same ID) puts everything back. Returns the
+/// time from the restart command's return to the container being taken
+/// over again with its devices.
+pub fn daemon_takes_over_hotplugs_and_survives_restart(
+    env: &crate::TestEnv,
+    engine: &dyn Engine,
+    id: &str,
+    name: &str,
+) -> Duration {
+    use crate::daemon::{wait_until, DaemonProc, HotLoop};
+    use crate::foreign::ForeignProgram;
+    let index = HotLoop::pick();
+    let cfg = env.scratch.join("policy.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "scope = \"{}\"\nresync_interval = 0\n\
+             [[container]]\nname = \"eng\"\nselect = {{ runtime = \"{}\", name = \"{name}\" }}\n\
+             devices = [{{ path = \"/dev/loop-control\" }}]\n\
+             [[container.hotplug]]\nsubsystem = \"block\"\ndevname = \"loop{index}\"\n",
+            inside(&env.cgroup_parent).display(),
+            engine.kind()
+        ),
+    )
+    .expect("write policy file");
+    // Another container at the same depth stays under policy, so the
+    // program instance for that depth stays loaded across the restart (as
+    // on a host with other containers): the restart measures the takeover,
+    // not a program load.
+    let keep = env.cgroup("keep/c");
+    env.ok(&["attach", keep.to_str().expect("utf-8 path")]);
+    let mut daemon = DaemonProc::start(env, &cfg);
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon to take over and pass /dev/loop-control in",
+        || taken_over_and_opens(env, engine, id, "/dev/loop-control").then_some(()),
+    );
+    assert!(
+        opens_in(engine, id, "/dev/null"),
+        "the engine's rules were imported"
+    );
+    assert_eq!(env.list_json()["problems"], serde_json::json!([]));
+
+    let lo = HotLoop::add(index);
+    let dest = format!("/dev/{}", lo.name());
+    wait_until(
+        Duration::from_secs(10),
+        "the hotplugged loop device inside",
+        || opens_in(engine, id, &dest).then_some(()),
+    );
+
+    // A program attached to the managed cgroup again (as a runtime does when
+    // it re-applies its devices): it denies what the daemon gave, `ctdev
+    // list` shows it, and the daemon takes over again.
+    let cg = engine.cgroup_dir(id);
+    let foreign = ForeignProgram::deny_char(&cg, 10, 237);
+    let start = Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        "the daemon to take over again",
+        || taken_over_and_opens(env, engine, id, "/dev/loop-control").then_some(()),
+    );
+    eprintln!(
+        "{}: foreign program on a managed cgroup -> taken over again: {:?}",
+        engine.kind(),
+        start.elapsed()
+    );
+    drop(foreign);
+
+    // A restart: a new cgroup with the engine's own program.
+    let old = listed(env, &cg).expect("attached")["policy_id"].clone();
+    engine.restart(id);
+    let start = Instant::now();
+    let now = Command::new("date")
+        .arg("+%T.%6N")
+        .output()
+        .map(|o| text(&o.stdout));
+    eprintln!(
+        "{}: restart returned at {}",
+        engine.kind(),
+        now.unwrap_or_default().trim()
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the restarted container to be taken over with its devices",
+        || {
+            let view = listed(env, &engine.cgroup_dir(id))?;
+            (view["policy_id"] != old
+                && taken_over_and_opens(env, engine, id, "/dev/loop-control")
+                && opens_in(engine, id, &dest))
+            .then_some(())
+        },
+    );
+    let took = start.elapsed();
+    eprintln!(
+        "{}: restart -> taken over again with its devices: {took:?}",
+        engine.kind()
+    );
+    assert!(opens_in(engine, id, "/dev/null"));
+    drop(lo);
+    let log = daemon.kill();
+    assert!(log.contains("took over"), "{log}");
+    for line in log.lines().filter(|l| {
+        ["took over", "take over", "taking over", "waiting", "ERROR"]
+            .iter()
+            .any(|k| l.contains(k))
+    }) {
+        eprintln!("daemon: {line}");
+    }
+    took
+}
+
+/// `takeover = "replace"` with `preset = "none"`: the engine's program is
+/// replaced and none of its rules are kept, so only what the entry gives
+/// opens inside.
+pub fn daemon_replace_keeps_only_the_policy(env: &crate::TestEnv, engine: &dyn Engine, id: &str) {
+    use crate::daemon::{wait_until, DaemonProc};
+    assert!(opens_in(engine, id, "/dev/null"));
+    let cfg = env.scratch.join("policy.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "scope = \"{}\"\nresync_interval = 0\n\
+             [[container]]\nname = \"eng\"\nselect = {{ runtime = \"{}\", name = \"{id}\" }}\n\
+             preset = \"none\"\ntakeover = \"replace\"\n\
+             devices = [{{ path = \"/dev/loop-control\" }}]\n",
+            inside(&env.cgroup_parent).display(),
+            engine.kind()
+        ),
+    )
+    .expect("write policy file");
+    let mut daemon = DaemonProc::start(env, &cfg);
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon to replace the engine's program",
+        || taken_over_and_opens(env, engine, id, "/dev/loop-control").then_some(()),
+    );
+    let err = open_error_in(engine, id, "/dev/null").expect("/dev/null is denied now");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    let log = daemon.kill();
+    assert!(log.contains("replaced"), "{log}");
+}
