@@ -311,9 +311,7 @@ fn attached(ct: &Ctdev, target: &Target) -> Result<Attached, PassthroughError> {
         .containers
         .into_iter()
         .find(|c| c.policy_id == resolved.policy_id)
-        .ok_or_else(|| ControllerError::NotUnderPolicy {
-            target: target.to_string(),
-        })?;
+        .ok_or_else(|| ct.not_under_policy(target))?;
     let cgroup = match (resolved.cgroup, view.state) {
         (Some(c), "enforcing") => c,
         (_, state) => {

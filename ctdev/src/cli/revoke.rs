@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::{open, print_change, rules_from_words, Cli};
+use super::{open, print_revoke, rules_from_words, Cli};
 use crate::controller::Config;
 use crate::target::Target;
 
@@ -14,7 +14,7 @@ pub struct Args {
     /// cgroup path, pid:N, or id:N.
     pub target: Target,
     /// Rules to take away; their access bits are cleared (no ACCESS: all of them).
-    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    #[arg(required = true, num_args = 1..)]
     pub rules: Vec<String>,
     /// A rule with no entry is reported as already revoked instead of an
     /// error (to finish a revoke that was interrupted part-way).
@@ -25,6 +25,6 @@ pub struct Args {
 pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
     let rules = rules_from_words(&args.rules)?;
     let report = open(config)?.revoke(&args.target, &rules, args.missing_ok)?;
-    print_change(cli, "revoked", &args.target, &report)?;
+    print_revoke(cli, &args.target, &rules, &report)?;
     Ok(ExitCode::SUCCESS)
 }
