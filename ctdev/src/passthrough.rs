@@ -557,7 +557,7 @@ pub fn add(
         failures.extend(journal.rollback());
         return Err(with_undo(e.into(), failures));
     }
-    tracing::info!(target = %target, nodes = plan.len(), "device passthrough added");
+    tracing::debug!(target = %target, nodes = plan.len(), "device passthrough added");
     Ok(report)
 }
 
@@ -745,7 +745,7 @@ pub fn del(
             ));
         }
     }
-    tracing::info!(target = %target, nodes = items.len(), "device passthrough removed");
+    tracing::debug!(target = %target, nodes = items.len(), "device passthrough removed");
     Ok(report)
 }
 

@@ -21,6 +21,8 @@ const TEST_PACKAGES: &[&str] = &[
     "lxc",
     "runc",
     "crun",
+    // The package test's clean root (tests/tests/dist.rs).
+    "debootstrap",
 ];
 
 fn home_cargo_bin(name: &str) -> PathBuf {

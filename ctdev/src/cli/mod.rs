@@ -186,6 +186,12 @@ where
     Cli::from_arg_matches(&matches)
 }
 
+/// `RUNTIME:NAME` of a cgroup path (`/lxc.payload.web` → `lxc:web`) from
+/// the runtimes' cgroup naming, for display.
+pub fn runtime_label(path: &std::path::Path) -> Option<String> {
+    suggest::label(path.strip_prefix("/").unwrap_or(path))
+}
+
 /// Parses arguments, runs the command, prints errors; the process exit code.
 pub fn main() -> ExitCode {
     let cli = parse();

@@ -109,7 +109,7 @@ fn gather(ctdev: &Ctdev, args: &Args) -> Result<Status> {
     let init_pid = cgroup
         .as_ref()
         .and_then(|c| crate::runtimes::oldest_process(&c.dir).ok().flatten());
-    let runtime = cgroup.as_ref().and_then(|c| runtime_of(&c.path));
+    let runtime = cgroup.as_ref().and_then(|c| super::runtime_label(&c.path));
     let drift = match (&policy, &cgroup) {
         (Some(p), Some(c)) if !args.no_drift => Some(ctdev.drift(p.policy_id, &c.dir)),
         _ => None,
@@ -128,11 +128,6 @@ fn gather(ctdev: &Ctdev, args: &Args) -> Result<Status> {
         programs,
         drift,
     })
-}
-
-/// `RUNTIME:NAME` of a cgroup path, from the runtimes' naming.
-fn runtime_of(path: &Path) -> Option<String> {
-    super::suggest::label(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// Devices passed into container `policy_id`, from every record that says

@@ -522,7 +522,12 @@ impl Policy {
                     format!("{} containers named {}", k.prefix(), g.glob())
                 }
             };
-            let _ = writeln!(out, "container {:?}: {sel}, preset {:?}", c.name, c.preset);
+            let _ = writeln!(
+                out,
+                "container {:?}: {sel}, preset {}",
+                c.name,
+                c.preset.name()
+            );
             for r in &c.rules {
                 let text = match r {
                     RuleSpec::Numbers(r) => r.to_string(),
