@@ -209,7 +209,7 @@ pub fn render(s: &Status, colour: bool) -> String {
     if s.programs.is_empty() {
         let _ = writeln!(
             out,
-            "    none: every access is allowed by the device controller"
+            "    none: cgroup2 denies no device here (a cgroup v1 devices controller may still)"
         );
     }
     let rows: Vec<Vec<String>> = s
