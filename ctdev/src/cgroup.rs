@@ -169,8 +169,44 @@ impl CgroupFs {
 
     /// Resolves a cgroup path: absolute under the mount point (a directory),
     /// otherwise a path inside the hierarchy (`/a/b` as in `/proc/PID/cgroup`,
-    /// or relative `a/b`).
+    /// or relative `a/b`). An absolute path that is no such cgroup but is a
+    /// cgroup directory under another cgroup2 mount of the same hierarchy
+    /// (`/sys/fs/cgroup/app` while ctdev uses `/sys/fs/cgroup/unified`, or
+    /// the reverse) names that cgroup.
     pub fn cgroup(&self, given: &Path) -> Result<Cgroup, CgroupError> {
+        match self.cgroup_in_mount(given) {
+            Err(e @ CgroupError::NotFound { .. }) if given.is_absolute() => {
+                self.cgroup_via_other_mount(given).ok_or(e)
+            }
+            other => other,
+        }
+    }
+
+    /// `given` as a cgroup directory under another cgroup2 mount point: the
+    /// same directory under ours (same device and inode), if it has one.
+    fn cgroup_via_other_mount(&self, given: &Path) -> Option<Cgroup> {
+        let meta = fs::metadata(given).ok()?;
+        if !meta.is_dir() || !is_cgroup2(given) {
+            return None;
+        }
+        let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let (mount, root) = cgroup2_mount_entries(&text)
+            .into_iter()
+            .filter(|(m, _)| given.starts_with(m))
+            .max_by_key(|(m, _)| m.components().count())?;
+        // Path inside the whole hierarchy, then inside our mount's root.
+        let whole = root.join(given.strip_prefix(&mount).ok()?);
+        let inside: PathBuf = whole
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .skip(self.root_depth as usize)
+            .collect();
+        let found = self.cgroup_in_mount(&inside).ok()?;
+        let ours = fs::metadata(&found.dir).ok()?;
+        (ours.ino() == meta.ino() && ours.dev() == meta.dev()).then_some(found)
+    }
+
+    fn cgroup_in_mount(&self, given: &Path) -> Result<Cgroup, CgroupError> {
         let inside = match given.strip_prefix(&self.mount) {
             Ok(rest) if given.is_absolute() => rest.to_path_buf(),
             _ => given.strip_prefix("/").unwrap_or(given).to_path_buf(),
@@ -293,21 +329,29 @@ fn mount_root_depth(text: &str, mount: &Path) -> Option<u32> {
 /// The first cgroup2 mount in a mountinfo text: (mount point, root of the
 /// mount inside the hierarchy).
 fn cgroup2_mount_entry(text: &str) -> Option<(PathBuf, PathBuf)> {
-    text.lines().find_map(|line| {
-        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-        let (pre, post) = line.split_once(" - ")?;
-        let fstype = post.split_whitespace().next()?;
-        if fstype != "cgroup2" {
-            return None;
-        }
-        let mut fields = pre.split_whitespace().skip(3);
-        let root = fields.next()?;
-        let mountpoint = fields.next()?;
-        Some((
-            PathBuf::from(unescape_mountinfo(mountpoint)),
-            PathBuf::from(unescape_mountinfo(root)),
-        ))
-    })
+    cgroup2_mount_entries(text).into_iter().next()
+}
+
+/// Every cgroup2 mount in a mountinfo text, in order: (mount point, root of
+/// the mount inside the hierarchy).
+fn cgroup2_mount_entries(text: &str) -> Vec<(PathBuf, PathBuf)> {
+    text.lines()
+        .filter_map(|line| {
+            // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+            let (pre, post) = line.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            if fstype != "cgroup2" {
+                return None;
+            }
+            let mut fields = pre.split_whitespace().skip(3);
+            let root = fields.next()?;
+            let mountpoint = fields.next()?;
+            Some((
+                PathBuf::from(unescape_mountinfo(mountpoint)),
+                PathBuf::from(unescape_mountinfo(root)),
+            ))
+        })
+        .collect()
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, etc.).

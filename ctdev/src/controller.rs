@@ -91,10 +91,13 @@ pub enum Error {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     /// The target is not under ctdev policy.
-    #[error("{target} is not under ctdev policy (run `ctdev attach {target}` first)")]
+    #[error("{target} is not under ctdev policy{hint}")]
     NotUnderPolicy {
         /// The target as given.
         target: String,
+        /// What to do about it (` (run \`ctdev attach T\` first)`), chosen by
+        /// [`Ctdev::not_under_policy`]; empty when there is nothing to suggest.
+        hint: String,
     },
     /// A rule to revoke is not in the container's policy.
     #[error("rule {rule:?} is not in the policy of {target}: nothing to revoke (see `ctdev list {target}`; `revoke --missing-ok` treats it as already revoked)")]
@@ -283,6 +286,9 @@ pub struct ChangeReport {
     pub notes: Vec<String>,
     /// Nothing was changed (`--dry-run`): `changed` is the plan.
     pub dry_run: bool,
+    /// Rules `revoke --missing-ok` skipped because no entry matched them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 /// State of a container's link, as a typed value.
@@ -528,17 +534,13 @@ impl Ctdev {
     /// nothing is under policy and nothing is created.
     pub fn lock_existing(&self, target: &Target) -> Result<PinLock, Error> {
         if !self.pins.exists() {
-            return Err(Error::NotUnderPolicy {
-                target: target.to_string(),
-            });
+            return Err(self.not_under_policy(target));
         }
         match self.pins.lock(self.config.lock_timeout) {
             Ok(l) => Ok(l),
             // The last container was detached while we waited.
             Err(PinError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                Err(Error::NotUnderPolicy {
-                    target: target.to_string(),
-                })
+                Err(self.not_under_policy(target))
             }
             Err(e) => Err(e.into()),
         }
@@ -705,12 +707,32 @@ impl Ctdev {
         }
     }
 
+    /// [`Error::NotUnderPolicy`] for `target`, with a hint that fits it:
+    /// `ctdev attach TARGET` only for a cgroup that is not the root (the
+    /// host's own cgroup is never a container), `ctdev list` for an id.
+    pub fn not_under_policy(&self, target: &Target) -> Error {
+        let hint = match target {
+            Target::PolicyId(_) => {
+                " (no container has this policy id; `ctdev list` shows the ids in use)".to_string()
+            }
+            _ => match self.resolve(target).ok().and_then(|r| r.cgroup) {
+                Some(c) if c.path == std::path::Path::new("/") => format!(
+                    " ({target} is the root cgroup of the cgroup2 hierarchy ({}), not a container: name a container's cgroup)",
+                    c.dir.display()
+                ),
+                _ => format!(" (run `ctdev attach {target}` first)"),
+            },
+        };
+        Error::NotUnderPolicy {
+            target: target.to_string(),
+            hint,
+        }
+    }
+
     /// Opens the live link of a target or fails with [`Error::NotUnderPolicy`].
     fn require_attached(&self, target: &Target) -> Result<(Resolved, PinnedLink), Error> {
         let resolved = self.resolve(target)?;
-        let not_under = || Error::NotUnderPolicy {
-            target: target.to_string(),
-        };
+        let not_under = || self.not_under_policy(target);
         if !self.pins.exists() {
             return Err(not_under());
         }
@@ -814,6 +836,7 @@ impl Ctdev {
             unchanged: plan.unchanged_text(&state.entries),
             notes: plan.notes.clone(),
             dry_run: self.config.dry_run,
+            skipped: plan.skipped.clone(),
         }
     }
 
@@ -973,9 +996,7 @@ impl Ctdev {
             // of an otherwise empty root: finish that cleanup, then say so.
             drop(map);
             self.remove_pins_if_unused()?;
-            return Err(Error::NotUnderPolicy {
-                target: target.to_string(),
-            });
+            return Err(self.not_under_policy(target));
         }
         if self.config.dry_run {
             return Ok(DetachReport {
@@ -1078,10 +1099,8 @@ impl Ctdev {
             None => None,
         };
         if !self.pins.exists() {
-            if target.is_some() {
-                return Err(Error::NotUnderPolicy {
-                    target: target.map(|t| t.to_string()).unwrap_or_default(),
-                });
+            if let Some(t) = target {
+                return Err(self.not_under_policy(t));
             }
             return Ok(dump);
         }
@@ -1110,11 +1129,7 @@ impl Ctdev {
             .collect();
         if let Some(o) = only {
             if ids.is_empty() {
-                return Err(Error::NotUnderPolicy {
-                    target: target
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|| format!("id:{o}")),
-                });
+                return Err(self.not_under_policy(&target.cloned().unwrap_or(Target::PolicyId(o))));
             }
         }
         let cgroups = self.cgroups.find_ids(&ids);
@@ -1214,12 +1229,9 @@ impl Ctdev {
     /// Sets the hit and denial counters of `target` (or of every container)
     /// back to zero. Returns the policy ids reset.
     pub fn reset_counters(&self, target: Option<&Target>) -> Result<Vec<u64>, Error> {
-        let not_under = |t: &Target| Error::NotUnderPolicy {
-            target: t.to_string(),
-        };
         if !self.pins.exists() {
             return match target {
-                Some(t) => Err(not_under(t)),
+                Some(t) => Err(self.not_under_policy(t)),
                 None => Ok(Vec::new()),
             };
         }

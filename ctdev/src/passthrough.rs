@@ -651,7 +651,7 @@ pub fn add_as(
         g.pending = false;
     }
     save_ledger(ct, &ledger)?;
-    tracing::info!(target = %target, nodes = plan_nodes.len(), "device passthrough added");
+    tracing::debug!(target = %target, nodes = plan_nodes.len(), "device passthrough added");
     Ok(report)
 }
 
@@ -839,7 +839,7 @@ pub fn del_as(
             ));
         }
     }
-    tracing::info!(target = %target, nodes = grant.nodes.len(), "device passthrough removed");
+    tracing::debug!(target = %target, nodes = grant.nodes.len(), "device passthrough removed");
     Ok(report)
 }
 

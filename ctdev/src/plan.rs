@@ -61,6 +61,8 @@ pub struct Plan {
     pub unchanged: Vec<PolicyKey>,
     /// Explanations (an entry kept as a deny so a wildcard does not apply).
     pub notes: Vec<String>,
+    /// Rules `revoke --missing-ok` skipped because no entry matched them.
+    pub skipped: Vec<String>,
 }
 
 impl Plan {
@@ -282,8 +284,11 @@ pub fn plan_revoke(
             let left = cur & !bits;
             narrow(&mut plan, &mut now, key, left, left == 0);
         }
-        if !present && !missing_ok {
-            return Err(RevokeError::NotPresent(rule.to_string()));
+        if !present {
+            if !missing_ok {
+                return Err(RevokeError::NotPresent(rule.to_string()));
+            }
+            plan.skipped.push(rule.to_string());
         }
     }
     Ok(plan)

@@ -13,6 +13,14 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// The name as on the command line and in policy files (`oci`, `none`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Oci => "oci",
+            Preset::None => "none",
+        }
+    }
+
     /// The rules of this preset.
     pub fn rules(self) -> Vec<Rule> {
         match self {

@@ -88,9 +88,7 @@ impl Ctdev {
     ) -> Result<SetReport, Error> {
         let resolved = self.resolve(target)?;
         let id = resolved.policy_id;
-        let not_under = || Error::NotUnderPolicy {
-            target: target.to_string(),
-        };
+        let not_under = || self.not_under_policy(target);
         attachment::open(self.pins(), id)?.ok_or_else(not_under)?;
         let mut map = PolicyMap::open(&self.pins().policy_map())?;
         let before = map.entries_of(id)?;

@@ -4,6 +4,7 @@
 //! benchmarks it.
 
 mod bench;
+mod dist;
 mod fuzz;
 mod setup;
 mod test;
@@ -44,6 +45,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build (release) the Debian package: ctdev, man pages, completions,
+    /// the systemd unit, the example policy; into target/dist/deb/.
+    Dist,
     /// Install cargo-fuzz when missing, then run every fuzz target for N seconds.
     Fuzz {
         /// Seconds per target.
@@ -99,6 +103,10 @@ fn main() -> Result<()> {
         Cmd::Build { release } => {
             build(release, Features::Default)?;
         }
+        Cmd::Dist => {
+            build(true, Features::Default)?;
+            dist::package(dist::Profile::Release)?;
+        }
         Cmd::Fuzz { seconds, target } => {
             fuzz::run(seconds, target.as_deref())?;
         }
@@ -118,7 +126,13 @@ fn main() -> Result<()> {
             require_root("cargo xtask test")?;
             setup::test_prerequisites()?;
             build(false, Features::Failpoints)?;
-            test::run(&args)?;
+            // The package test installs a package of the debug build just
+            // made (`cargo xtask dist` makes the release one).
+            let dist = test::Dist {
+                deb: dist::package(dist::Profile::Debug)?,
+                clean_root: dist::clean_root()?,
+            };
+            test::run(&args, &dist)?;
         }
         Cmd::Difftest { cases, seed } => {
             require_root("cargo xtask difftest")?;

@@ -31,6 +31,8 @@ const TEST_PACKAGES: &[&str] = &[
     "podman",
     "conmon",
     "tar",
+    // The package test's clean root (tests/tests/dist.rs).
+    "debootstrap",
 ];
 
 fn home_cargo_bin(name: &str) -> PathBuf {

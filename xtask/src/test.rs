@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the whole suite, with a check that every test ran.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -40,9 +41,12 @@ pub fn add_result_line(t: &mut Totals, line: &str) {
 }
 
 /// Runs `cargo test ARGS -- EXTRA`, echoing its output; returns the totals.
-fn cargo_test(args: &[&str], extra: &[String]) -> Result<(bool, Totals)> {
+fn cargo_test(args: &[&str], extra: &[String], dist: &Dist) -> Result<(bool, Totals)> {
     let mut cmd = Command::new("cargo");
     userspace_env(&mut cmd)
+        // tests/tests/dist.rs installs this package into a copy of this root.
+        .env("CTDEV_DEB", &dist.deb)
+        .env("CTDEV_CLEAN_ROOT", &dist.clean_root)
         .arg("test")
         .args(args)
         // Same features as the build, so the failpoint binary stays.
@@ -79,11 +83,19 @@ pub fn difftest(cases: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
-pub fn run(extra: &[String]) -> Result<()> {
+/// What the package test gets: the package and a clean root to install it in.
+pub struct Dist {
+    /// The .deb.
+    pub deb: PathBuf,
+    /// A debootstrap'd root (never modified by the test: it copies it).
+    pub clean_root: PathBuf,
+}
+
+pub fn run(extra: &[String], dist: &Dist) -> Result<()> {
     step("running unit tests");
-    let (unit_ok, unit) = cargo_test(&["--workspace", "--exclude", "ctdev-tests"], extra)?;
+    let (unit_ok, unit) = cargo_test(&["--workspace", "--exclude", "ctdev-tests"], extra, dist)?;
     step("running integration tests (root, real kernel)");
-    let (int_ok, integration) = cargo_test(&["-p", "ctdev-tests"], extra)?;
+    let (int_ok, integration) = cargo_test(&["-p", "ctdev-tests"], extra, dist)?;
     let passed = unit.passed + integration.passed;
     // A test binary that crashed (abort, signal) prints no result line:
     // count it as a failure so the summary never says "0 failed" then.

@@ -82,8 +82,8 @@ pub struct DenialView {
     pub gid: u32,
     /// The task's command name (`comm`), recorded by the kernel.
     pub comm: String,
-    /// Command line of the process, if it still runs.
-    pub command: Option<String>,
+    /// Command line of the process while it runs, else its `comm`.
+    pub command: String,
     /// The device.
     pub device: DeviceRef,
     /// Requested access.
@@ -158,6 +158,8 @@ impl<'a> Enricher<'a> {
                 )
             })
             .map(|r| r.to_string());
+        let comm = String::from_utf8_lossy(e.comm.split(|b| *b == 0).next().unwrap_or_default())
+            .into_owned();
         DenialView {
             kind: "denied",
             time: humantime::format_rfc3339_millis(time).to_string(),
@@ -169,9 +171,8 @@ impl<'a> Enricher<'a> {
             tgid: e.tgid,
             uid: e.uid,
             gid: e.gid,
-            comm: String::from_utf8_lossy(e.comm.split(|b| *b == 0).next().unwrap_or_default())
-                .into_owned(),
-            command: command_line(e.tgid),
+            command: command_line(e.tgid).unwrap_or_else(|| comm.clone()),
+            comm,
             device: DeviceRef {
                 dev_type,
                 major: e.major,
@@ -225,11 +226,7 @@ pub fn render_denial(d: &DenialView) -> String {
     };
     format!(
         "{} denied {} on {device} to pid {} uid {} `{}` in {container}: {why}",
-        d.time,
-        d.access,
-        d.tgid,
-        d.uid,
-        d.command.as_deref().unwrap_or(&d.comm),
+        d.time, d.access, d.tgid, d.uid, d.command,
     )
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::{open, Cli};
+use crate::container::nodes::NodeAction;
 use crate::controller::Config;
 use crate::passthrough::{self, AddOptions, PassthroughReport};
 use crate::rule::Access;
@@ -99,6 +100,12 @@ pub(super) fn print_report(cli: &Cli, verb: &str, report: &PassthroughReport) ->
             .map(|r| format!(" (symlink to {})", r.display()))
             .unwrap_or_default();
         let action = serde_json::to_value(n.action)?;
+        // "added …: node … unchanged" would contradict itself.
+        let verb = if matches!(n.action, NodeAction::Unchanged | NodeAction::Absent) {
+            "unchanged"
+        } else {
+            verb
+        };
         println!(
             "{verb} {target}: node {} {}: {}{via} -> {}, mode {:04o}, owner {}:{}",
             n.dest.display(),

@@ -14,7 +14,7 @@ pub struct Args {
     /// cgroup path, pid:N, or id:N.
     pub target: Target,
     /// Rules: `TYPE MAJOR:MINOR [ACCESS]` (as one argument or several) or a /dev path.
-    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    #[arg(required = true, num_args = 1..)]
     pub rules: Vec<String>,
     /// Print what would change (text, or --json) and change nothing.
     #[arg(long)]

@@ -16,7 +16,7 @@ pub struct Args {
     pub target: Target,
     /// One device: a /dev path or `TYPE MAJOR:MINOR`, with the access to
     /// check (default rwm), e.g. `/dev/net/tun rw` or `c 10:200 r`.
-    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    #[arg(required = true, num_args = 1..)]
     pub device: Vec<String>,
 }
 

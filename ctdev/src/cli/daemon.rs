@@ -1,9 +1,9 @@
-//! `ctdev daemon [--config FILE] [--check-config] [--state-dir DIR] [--ready-file FILE]`
+//! `ctdev daemon [--config FILE] [--check-config [--show-matches]] [--state-dir DIR] [--pidfile FILE]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::{open, Cli};
 use crate::controller::Config;
@@ -12,29 +12,63 @@ use crate::daemon::{self, config::DEFAULT_CONFIG, Options};
 /// Arguments of `ctdev daemon`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The policy file (TOML; see contrib/policy.example.toml).
+    /// The policy file (TOML; see /etc/ctdev/policy.example.toml).
     #[arg(long, env = "CTDEV_CONFIG", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
-    /// Validate the policy file, print the resolved policy and exit.
+    /// Validate the policy file, print the resolved policy (and warnings
+    /// about configured device paths missing on this host) and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// With --check-config: also list the running containers each entry
+    /// selects and what the daemon would change there. Changes nothing.
+    #[arg(long, requires = "check_config")]
+    pub show_matches: bool,
     /// Where the daemon keeps its state file and private device nodes
     /// (default: the file's `state_dir`, else /run/ctdev).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Write the daemon's pid to FILE (removed on exit), for
+    /// `kill -HUP $(cat FILE)` to reload without hitting other ctdev processes.
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
     /// Write `ready` to FILE once the first reconciliation is done (for
     /// service managers, tests and the benchmark; "ctdev daemon: ready" is
-    /// printed on stderr too).
+    /// printed on stderr too, and READY=1 sent to $NOTIFY_SOCKET).
     #[arg(long, value_name = "FILE", hide = true)]
     pub ready_file: Option<PathBuf>,
+}
+
+/// Removes the pidfile however the daemon ends.
+struct Pidfile(PathBuf);
+
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 pub(super) fn run(_cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
     let ct = open(config)?;
     if args.check_config {
-        print!("{}", daemon::check_config(&ct, &args.config)?);
+        print!(
+            "{}",
+            daemon::check::check_config(
+                &ct,
+                &args.config,
+                args.show_matches,
+                args.state_dir.as_deref()
+            )?
+        );
         return Ok(ExitCode::SUCCESS);
     }
+    let _pidfile = match &args.pidfile {
+        Some(path) => {
+            std::fs::write(path, format!("{}\n", std::process::id()))
+                .with_context(|| format!("cannot write pidfile {}", path.display()))?;
+            Some(Pidfile(path.clone()))
+        }
+        None => None,
+    };
     let mut opts = Options::new(args.config.clone());
     opts.state_dir = args.state_dir.clone();
     opts.ready_file = args.ready_file.clone();

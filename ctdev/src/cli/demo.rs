@@ -47,6 +47,12 @@ fn show(step: &str, dir: &Path, device: &Path) -> Result<bool> {
 }
 
 pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode> {
+    if cli.json {
+        anyhow::bail!(
+            "demo is a guided tour for people and has no JSON output; \
+             script the steps instead (attach, allow, check, revoke, detach with --json)"
+        );
+    }
     let tag = format!("ctdev-demo-{}", std::process::id());
     // A scratch pin root unless the operator chose one: the demo never
     // touches real policy.

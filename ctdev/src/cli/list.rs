@@ -4,14 +4,16 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use super::style::{colour_on, paint, table, Paint};
 use super::{open, Cli};
-use crate::controller::{Config, Dump, RuleView};
+use crate::controller::{Config, ContainerView, Dump, RuleView};
+use crate::kernel::programs::DeviceProgram;
 use crate::target::Target;
 
 /// Arguments of `ctdev list`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only this container (cgroup path, pid:N or id:N).
+    /// Only this container.
     pub target: Option<Target>,
     /// Also compare each container's /dev with its policy: nodes no rule
     /// allows, and rules for devices with no node.
@@ -32,13 +34,18 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&dump)?);
     } else {
-        print!("{}", render(&dump));
+        print!("{}", render_styled(&dump, colour_on(&std::io::stdout())));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The human-readable dump.
+/// The human-readable dump, without colour.
 pub fn render(dump: &Dump) -> String {
+    render_styled(dump, false)
+}
+
+/// The human-readable dump; `colour` paints states and problems.
+pub fn render_styled(dump: &Dump, colour: bool) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     if let Some(map) = &dump.policy_map {
@@ -59,54 +66,15 @@ pub fn render(dump: &Dump) -> String {
         );
     }
     for c in &dump.containers {
-        let name = c
-            .cgroup
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "(cgroup removed)".into());
-        let _ = writeln!(
-            out,
-            "{name}  policy {}  program {}  link {}  {}  denied {} (events {}, dropped {})",
-            c.policy_id,
-            c.program_id,
-            c.link_id,
-            c.state,
-            c.stats.denied,
-            c.stats.events,
-            c.stats.events_dropped
-        );
-        render_rules(&mut out, &c.rules);
-        if let Some(d) = &c.drift {
-            if let Some(e) = &d.error {
-                let _ = writeln!(out, "    drift: {e}");
-            }
-            for n in &d.nodes_without_rule {
-                let _ = writeln!(
-                    out,
-                    "    drift: node {} ({}) has no rule allowing it",
-                    n.path.display(),
-                    n.device
-                );
-            }
-            for r in &d.rules_without_node {
-                let _ = writeln!(
-                    out,
-                    "    drift: rule `{r}` allows a device with no node in /dev"
-                );
-            }
-            if d.error.is_none()
-                && d.nodes_without_rule.is_empty()
-                && d.rules_without_node.is_empty()
-            {
-                let _ = writeln!(out, "    drift: none");
-            }
-        }
+        out.push_str(&render_container(c, colour));
     }
     for o in &dump.orphaned {
         let _ = writeln!(
             out,
-            "orphaned entries of policy {} (no link; `ctdev detach id:{}` clears them)",
-            o.policy_id, o.policy_id
+            "{} of policy {} (no link; `ctdev detach id:{}` clears them)",
+            paint(colour, Paint::Yellow, "orphaned entries"),
+            o.policy_id,
+            o.policy_id
         );
         render_rules(&mut out, &o.rules);
     }
@@ -118,23 +86,108 @@ pub fn render(dump: &Dump) -> String {
         );
     }
     for p in &dump.problems {
-        let _ = writeln!(out, "problem: {p}");
+        let _ = writeln!(out, "{}: {p}", paint(colour, Paint::Red, "problem"));
     }
     out
 }
 
-fn render_rules(out: &mut String, rules: &[RuleView]) {
+/// One container: a heading line, its rules as a table, the other device
+/// programs that also decide for it, and drift.
+pub(super) fn render_container(c: &ContainerView, colour: bool) -> String {
     use std::fmt::Write;
-    if rules.is_empty() {
-        let _ = writeln!(out, "    (no rules: every device denied)");
-    }
-    for r in rules {
+    let mut out = String::new();
+    let name = match &c.cgroup {
+        Some(p) => p.display().to_string(),
+        None => format!("(cgroup removed; was policy id {})", c.policy_id),
+    };
+    let state = match c.state {
+        "enforcing" => paint(colour, Paint::Green, c.state),
+        other => paint(colour, Paint::Yellow, other),
+    };
+    let _ = writeln!(
+        out,
+        "{}  {state}  policy {}  program {}  link {}  denied {} (events {}, dropped {})",
+        paint(colour, Paint::Bold, &name),
+        c.policy_id,
+        c.program_id,
+        c.link_id,
+        c.stats.denied,
+        c.stats.events,
+        c.stats.events_dropped
+    );
+    if c.state == "defunct" {
         let _ = writeln!(
             out,
-            "    {:<16} hits {:<8} {}",
-            r.rule,
-            r.hits,
-            r.devices.join(" ")
+            "    its cgroup is gone; `ctdev detach id:{}` removes the pin and entries",
+            c.policy_id
         );
+    }
+    render_rules(&mut out, &c.rules);
+    for line in other_program_lines(&c.other_programs) {
+        let _ = writeln!(out, "    {}", paint(colour, Paint::Yellow, &line));
+    }
+    if let Some(d) = &c.drift {
+        if let Some(e) = &d.error {
+            let _ = writeln!(out, "    drift: {e}");
+        }
+        for n in &d.nodes_without_rule {
+            let _ = writeln!(
+                out,
+                "    drift: node {} ({}) has no rule allowing it",
+                n.path.display(),
+                n.device
+            );
+        }
+        for r in &d.rules_without_node {
+            let _ = writeln!(
+                out,
+                "    drift: rule `{r}` allows a device with no node in /dev"
+            );
+        }
+        if d.error.is_none() && d.nodes_without_rule.is_empty() && d.rules_without_node.is_empty() {
+            let _ = writeln!(out, "    drift: none");
+        }
+    }
+    out
+}
+
+/// One line per other device program deciding for a container.
+pub(super) fn other_program_lines(programs: &[DeviceProgram]) -> Vec<String> {
+    programs
+        .iter()
+        .map(|p| {
+            format!(
+                "also decides: program {} {} (owner {}) on {}: an access needs its allow too",
+                p.id,
+                if p.name.is_empty() {
+                    "(unnamed)"
+                } else {
+                    &p.name
+                },
+                p.owner.as_str(),
+                p.attached_at.display()
+            )
+        })
+        .collect()
+}
+
+fn render_rules(out: &mut String, rules: &[RuleView]) {
+    if rules.is_empty() {
+        out.push_str("    (no rules: every device denied)\n");
+        return;
+    }
+    let rows: Vec<Vec<String>> = rules
+        .iter()
+        .map(|r| {
+            vec![
+                r.rule.clone(),
+                format!("hits {}", r.hits),
+                r.devices.join(" "),
+            ]
+        })
+        .collect();
+    for line in table(&rows, "    ") {
+        out.push_str(&line);
+        out.push('\n');
     }
 }

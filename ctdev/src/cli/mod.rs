@@ -1,5 +1,12 @@
 //! Command line: raw flags (clap) → validated [`Config`] → one operation →
 //! human or JSON output. One module per subcommand.
+//!
+//! Parsing: options may come anywhere (`revoke T c 1:3 r --missing-ok`,
+//! `check T /dev/null r --json`); rule words are plain positional values, so
+//! a word starting with `--` is always an option (the empty access is `''`
+//! or `-`). Every TARGET argument gets the same help text ([`TARGET_HELP`]),
+//! set once in [`command`], which is also what the man pages and shell
+//! completions are generated from (`cargo xtask dist`).
 
 mod add;
 mod allow;
@@ -14,13 +21,16 @@ mod monitor;
 mod reset_counters;
 mod revoke;
 mod set;
+mod status;
+mod style;
+mod suggest;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::controller::{ChangeReport, Config, Ctdev};
 use crate::rule::{parse_rules, Rule};
@@ -72,6 +82,10 @@ pub enum Command {
     Revoke(revoke::Args),
     /// Audit dump: every container under policy and its rules.
     List(list::Args),
+    /// Everything about one container: runtime, init pid, device programs on
+    /// it and its ancestors, rules with hits, devices passed in, drift, denials.
+    #[command(visible_alias = "show")]
+    Status(status::Args),
     /// Stop enforcing on a cgroup and remove its pins and rules.
     Detach(detach::Args),
     /// Stream denied device accesses as they happen (JSON lines with --json).
@@ -121,9 +135,78 @@ impl Cli {
 /// Exit status of a command that failed (1 is `check`'s "denied").
 pub const EXIT_ERROR: u8 = 2;
 
+/// Short help of every TARGET argument.
+pub const TARGET_HELP: &str =
+    "The container: cgroup path, pid:N, id:N, RUNTIME:NAME or a container name";
+
+/// Long help (`--help`, man pages) of every TARGET argument.
+pub const TARGET_LONG_HELP: &str = "The container, one of:
+  a cgroup directory under any cgroup2 mount (/sys/fs/cgroup/app, /sys/fs/cgroup/unified/app),
+  a path inside the cgroup2 hierarchy as /proc/PID/cgroup shows it (/app, or relative: app/x),
+  pid:N      the cgroup of process N,
+  id:N       a policy id from `ctdev list` (also after the cgroup was removed),
+  lxc:NAME, docker:ID, podman:ID, containerd:ID, crio:ID   a container of that runtime
+             (a name, or an ID prefix),
+  NAME       a bare word: a cgroup relative to the mount, or a container of any runtime.";
+
+/// The full command-line definition: what `main` parses and what man pages
+/// and shell completions are generated from.
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    let with_target: Vec<String> = cmd
+        .get_subcommands()
+        .filter(|s| s.get_arguments().any(|a| a.get_id() == "target"))
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for name in with_target {
+        // `mut_args` keeps the arguments' order (positional indices).
+        cmd = cmd.mut_subcommand(name, |s| {
+            s.mut_args(|a| {
+                if a.get_id() == "target" {
+                    a.help(TARGET_HELP)
+                        .long_help(TARGET_LONG_HELP)
+                        .value_name("TARGET")
+                } else {
+                    a
+                }
+            })
+        });
+    }
+    cmd
+}
+
+/// Parses the process's arguments with [`command`] (exits on bad usage).
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Parses `args` (with the program name first) with [`command`].
+pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// `RUNTIME:NAME` of a cgroup path (`/lxc.payload.web` → `lxc:web`) from
+/// the runtimes' cgroup naming, for display.
+pub fn runtime_label(path: &std::path::Path) -> Option<String> {
+    suggest::label(path.strip_prefix("/").unwrap_or(path))
+}
+
 /// Parses arguments, runs the command, prints errors; the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
+    if !matches!(cli.command, Command::Daemon(_)) {
+        // `ctdev list | head` ends quietly like other tools, instead of a
+        // panic on EPIPE (the daemon keeps ignoring SIGPIPE).
+        // SAFETY: restoring a signal's default disposition at start-up,
+        // before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // The daemon logs every change it makes: info by default.
     // `-v` is info and `-vv` debug for every command; the daemon logs info
     // by default (so `ctdev daemon -v` is info too, as the help says).
@@ -139,6 +222,9 @@ pub fn main() -> ExitCode {
             eprintln!("ctdev: error: {err}");
             for cause in err.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
+            }
+            if let Some(hint) = suggest::hint(&cli, &err) {
+                eprintln!("  {hint}");
             }
             ExitCode::from(EXIT_ERROR)
         }
@@ -157,7 +243,7 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(style::colour_on(&std::io::stderr()))
         .try_init();
 }
 
@@ -171,6 +257,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Set(a) => set::run(cli, config, a),
         Command::Revoke(a) => revoke::run(cli, config, a),
         Command::List(a) => list::run(cli, config, a),
+        Command::Status(a) => status::run(cli, config, a),
         Command::Detach(a) => detach::run(cli, config, a),
         Command::Monitor(a) => monitor::run(cli, config, a),
         Command::Check(a) => check::run(cli, config, a),
@@ -255,7 +342,7 @@ pub(crate) fn rules_from_words(words: &[String]) -> Result<Vec<Rule>> {
     Ok(parse_rules(&group_rule_words(words))?)
 }
 
-/// Prints the result of allow/revoke.
+/// Prints the result of `allow`.
 fn print_change(cli: &Cli, verb: &str, target: &Target, report: &ChangeReport) -> Result<()> {
     if cli.json {
         println!("{}", serde_json::to_string_pretty(report)?);
@@ -265,7 +352,7 @@ fn print_change(cli: &Cli, verb: &str, target: &Target, report: &ChangeReport) -
         println!("{verb} {target}: {line}");
     }
     for line in &report.unchanged {
-        println!("unchanged {target}: {line}");
+        println!("unchanged {target}: {line} (already allowed)");
     }
     Ok(())
 }
@@ -294,7 +381,74 @@ mod tests {
 
     #[test]
     fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        try_parse_from(std::iter::once("ctdev").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn options_after_rule_words_are_options() {
+        let cli = parse(&["revoke", "web", "c", "1:3", "r", "--missing-ok"]).unwrap();
+        let Command::Revoke(a) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert!(a.missing_ok);
+        assert_eq!(a.rules, ["c", "1:3", "r"]);
+        let cli = parse(&["revoke", "--missing-ok", "web", "c 1:3 r", "--json"]).unwrap();
+        assert!(cli.json);
+        let cli = parse(&["check", "pid:4", "/dev/null", "r", "--json"]).unwrap();
+        let Command::Check(a) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert!(cli.json);
+        assert_eq!(a.device, ["/dev/null", "r"]);
+        let cli = parse(&["allow", "web", "c", "1:3", "rw", "--json", "b", "8:*", "r"]).unwrap();
+        let Command::Allow(a) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert!(cli.json);
+        assert_eq!(group_rule_words(&a.rules), ["c 1:3 rw", "b 8:* r"]);
+        let cli = parse(&[
+            "attach", "web", "--rule", "c 1:3 rw", "--json", "--preset", "none",
+        ]);
+        assert!(cli.unwrap().json);
+    }
+
+    #[test]
+    fn empty_access_words_stay_rule_words() {
+        for empty in ["-", "''", ""] {
+            let cli = parse(&["revoke", "web", "c", "1:3", empty]).unwrap();
+            let Command::Revoke(a) = &cli.command else {
+                panic!("{cli:?}")
+            };
+            assert_eq!(rules_from_words(&a.rules).unwrap().len(), 1, "{empty:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_options_are_errors_not_rules() {
+        let err = parse(&["revoke", "web", "c", "1:3", "r", "--missing-okay"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn every_target_has_the_same_help() {
+        let cmd = command();
+        let mut seen = 0;
+        for sub in cmd.get_subcommands() {
+            if let Some(t) = sub.get_arguments().find(|a| a.get_id() == "target") {
+                assert_eq!(
+                    t.get_help().map(|h| h.to_string()).as_deref(),
+                    Some(TARGET_HELP),
+                    "{}",
+                    sub.get_name()
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen >= 10, "{seen}");
+        assert!(parse(&["show", "web"]).is_ok(), "status has the alias show");
     }
 }

@@ -22,6 +22,10 @@ pub struct Args {
     /// Stop after this many denials.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Also show denials still buffered from before monitor started (by
+    /// default they are skipped, and their number is said on stderr).
+    #[arg(long)]
+    pub replay: bool,
 }
 
 pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
@@ -35,7 +39,15 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(watch(&ctdev, sys_dev, only, args.count, cli.json))
+    let since = (!args.replay).then(monotonic_now_ns);
+    runtime.block_on(watch(&ctdev, sys_dev, only, args.count, cli.json, since))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the events' `ktime_ns`.
+fn monotonic_now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 async fn watch(
@@ -44,6 +56,7 @@ async fn watch(
     only: Option<u64>,
     count: Option<u64>,
     json: bool,
+    since: Option<u64>,
 ) -> Result<ExitCode> {
     let ring =
         open_ring(ctdev.pins()).context("no denial events to watch: attach a container first")?;
@@ -55,6 +68,8 @@ async fn watch(
     let mut dropped = drop_totals(ctdev);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut seen = 0u64;
+    let mut skipped = 0u64;
+    let mut skipped_said = false;
     let stdout = std::io::stdout();
     eprintln!(
         "ctdev monitor: watching denials in {} (Ctrl-C to stop)",
@@ -67,6 +82,10 @@ async fn watch(
                 while let Some(item) = guard.get_inner_mut().next() {
                     let Some(event) = decode(&item) else { continue };
                     if only.is_some_and(|o| o != event.policy_id) {
+                        continue;
+                    }
+                    if since.is_some_and(|t| event.ktime_ns < t) {
+                        skipped += 1;
                         continue;
                     }
                     let view = enricher.denial(&event);
@@ -83,6 +102,10 @@ async fn watch(
                     }
                 }
                 guard.clear_ready();
+                if skipped > 0 && !skipped_said {
+                    eprintln!("ctdev monitor: skipped {skipped} denial(s) buffered before monitor started (--replay shows them)");
+                    skipped_said = true;
+                }
             }
             _ = ticker.tick() => {
                 // Drops are reported, never silently lost.

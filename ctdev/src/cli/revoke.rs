@@ -14,7 +14,7 @@ pub struct Args {
     /// cgroup path, pid:N, or id:N.
     pub target: Target,
     /// Rules to take away; their access bits are cleared (no ACCESS: all of them).
-    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    #[arg(required = true, num_args = 1..)]
     pub rules: Vec<String>,
     /// A rule with no entry is reported as already revoked instead of an
     /// error (to finish a revoke that was interrupted part-way).
@@ -46,6 +46,9 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
     }
     for line in &report.unchanged {
         println!("unchanged {target}: {line} (nothing of it to revoke)");
+    }
+    for rule in &report.skipped {
+        println!("skipped {target}: {rule} (no entry; --missing-ok)");
     }
     for note in &report.notes {
         eprintln!("ctdev: note: {note}");

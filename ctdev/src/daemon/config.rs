@@ -585,9 +585,9 @@ impl Policy {
             };
             let _ = writeln!(
                 out,
-                "container {:?}: {sel}, preset {:?}, takeover {}",
+                "container {:?}: {sel}, preset {}, takeover {}",
                 c.name,
-                c.preset,
+                c.preset.name(),
                 c.takeover.as_str()
             );
             for r in &c.rules {

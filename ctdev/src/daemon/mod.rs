@@ -23,8 +23,10 @@
 //! the uevent socket, inotify, signals and timers), so changes are applied
 //! in event order.
 
+pub mod check;
 pub mod config;
 pub mod lifecycle;
+pub mod notify;
 pub mod reconcile;
 pub mod scope;
 pub mod selector;
@@ -185,6 +187,8 @@ pub struct Daemon {
     marks: Option<DeferMarks>,
     /// Runtime device programs on managed cgroups ([`takeover`]).
     coexist: takeover::Coexist,
+    /// Devices (policy id, dest) whose `add` failed and was logged once.
+    failing: BTreeSet<(u64, String)>,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -230,6 +234,7 @@ impl Daemon {
             skipped: BTreeMap::new(),
             marks: None,
             coexist: takeover::Coexist::default(),
+            failing: BTreeSet::new(),
             opts,
         })
     }
@@ -691,6 +696,7 @@ impl Daemon {
                 if changed {
                     tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, took_us = start.elapsed().as_micros() as u64, "device added");
                 }
+                self.failing.remove(&(id, o.dest.clone()));
                 if let Some(s) = self.state.containers.get_mut(&id) {
                     s.devices.insert(o.dest.clone(), o.clone());
                 }
@@ -711,7 +717,13 @@ impl Daemon {
                 }
             }
             Err(e) => {
-                tracing::error!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "cannot add device: {e}");
+                // One warning when it starts failing (a configured device
+                // missing), not one per resync; debug after that.
+                if self.failing.insert((id, o.dest.clone())) {
+                    tracing::warn!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "cannot add device (said once until it works): {e}");
+                } else {
+                    tracing::debug!(container = %name, device = %o.host, dest = %o.dest, "still cannot add device: {e}");
+                }
                 // `add` undid its own steps: the record goes back to what it was.
                 if let Some(s) = self.state.containers.get_mut(&id) {
                     match recorded_before {
@@ -746,7 +758,8 @@ impl Daemon {
                 }
             }
         } else {
-            tracing::info!(container = %name, cgroup = %dir.display(), interface = %o.dest, "interface forgotten (gone from the host)");
+            // Moving an interface in makes it leave the host: expected, not news.
+            tracing::debug!(container = %name, cgroup = %dir.display(), interface = %o.dest, "interface forgotten (gone from the host)");
         }
         if let Some(s) = self.state.containers.get_mut(&id) {
             s.devices.remove(&o.dest);
@@ -1216,16 +1229,7 @@ impl Policy {
 
 /// Loads and prints the resolved policy (`--check-config`).
 pub fn check_config(ct: &Ctdev, path: &Path) -> Result<String, DaemonError> {
-    let mut policy = config::load(path)?;
-    policy.normalize(ct.cgroups().mount());
-    ct.cgroups()
-        .cgroup(&policy.scope)
-        .map_err(|source| DaemonError::Scope {
-            scope: policy.scope.clone(),
-            file: policy.path.clone(),
-            source,
-        })?;
-    Ok(policy.describe())
+    check::check_config(ct, path, false, None)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Never detaches on exit: the
@@ -1276,6 +1280,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
             tracing::error!("cannot write ready file {}: {e}", f.display());
         }
     }
+    notify::ready();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let resync = daemon.policy.resync_interval;
     let mut next_resync = Instant::now() + Duration::from_secs_f64(resync.max(1.0));

@@ -1,0 +1,277 @@
+//! `ctdev status TARGET` (alias `show`): one container on one screen.
+//!
+//! Everything ctdev can tell about one container, whether or not it is
+//! under ctdev policy: its runtime and init process, every device program
+//! deciding for it (on its cgroup and on every ancestor: ctdev's, the
+//! runtime's, systemd's), its rules with hit counts, the devices passed in
+//! and by whom (from the records that exist, see [`passed_in`]), drift
+//! between its /dev and its policy, and its denial counters.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::style::{colour_on, paint, table, Paint};
+use super::{list, open, Cli};
+use crate::audit::drift::Drift;
+use crate::controller::{Config, ContainerView, Ctdev, Error as ControllerError};
+use crate::daemon::reconcile::State;
+use crate::kernel::programs::{device_programs, DeviceProgram};
+use crate::target::Target;
+
+/// Arguments of `ctdev status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The container.
+    pub target: Target,
+    /// Skip the comparison of the container's /dev with its policy.
+    #[arg(long)]
+    pub no_drift: bool,
+    /// The daemon's state directory, read to say which devices the daemon
+    /// passed in (default /run/ctdev).
+    #[arg(long, value_name = "DIR", default_value = "/run/ctdev")]
+    pub state_dir: PathBuf,
+}
+
+/// The status of one container (`ctdev status --json`, format version 1).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Format version of this JSON document.
+    pub version: u32,
+    /// The TARGET as given.
+    pub target: String,
+    /// Policy id (the cgroup id).
+    pub policy_id: u64,
+    /// cgroup path inside the hierarchy (`null` once the cgroup is gone).
+    pub cgroup: Option<PathBuf>,
+    /// cgroup directory.
+    pub cgroup_dir: Option<PathBuf>,
+    /// The container as `RUNTIME:NAME` when the cgroup follows a runtime's
+    /// naming (`lxc:web`, `docker:3f2a9c0e1d2b`), else `null`.
+    pub runtime: Option<String>,
+    /// The oldest process in the cgroup (the container's init).
+    pub init_pid: Option<i32>,
+    /// Whether ctdev enforces a policy here.
+    pub under_policy: bool,
+    /// ctdev's view (`state`, `rules` with hits, denial counters, other
+    /// programs), as in `ctdev list --json`; `null` when not under policy.
+    pub policy: Option<ContainerView>,
+    /// Every device program deciding for this cgroup, from the cgroup up to
+    /// the root: the kernel allows an access only if all of them allow it.
+    pub programs: Vec<DeviceProgram>,
+    /// Devices passed into the container, with who passed them.
+    pub passed_in: Vec<PassedIn>,
+    /// The container's /dev compared with its policy (`null` with
+    /// `--no-drift` or when not under policy).
+    pub drift: Option<Drift>,
+}
+
+/// A device passed into the container.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PassedIn {
+    /// Host node or interface name.
+    pub host: String,
+    /// Where it is in the container.
+    pub dest: String,
+    /// Who passed it: `daemon` (with its policy entry).
+    pub by: String,
+}
+
+pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+    let ctdev = open(config)?;
+    let status = gather(&ctdev, args)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&status, colour_on(&std::io::stdout())));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Collects the status of `args.target`.
+fn gather(ctdev: &Ctdev, args: &Args) -> Result<Status> {
+    let resolved = ctdev.resolve(&args.target)?;
+    let policy = match ctdev.list(Some(&args.target)) {
+        Ok(dump) => dump
+            .containers
+            .into_iter()
+            .find(|c| c.policy_id == resolved.policy_id),
+        Err(ControllerError::NotUnderPolicy { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let cgroup = resolved.cgroup.clone();
+    let programs = match &cgroup {
+        Some(c) => device_programs(ctdev.cgroups(), c)?,
+        None => Vec::new(),
+    };
+    let init_pid = cgroup
+        .as_ref()
+        .and_then(|c| crate::runtimes::oldest_process(&c.dir).ok().flatten());
+    let runtime = cgroup.as_ref().and_then(|c| super::runtime_label(&c.path));
+    let drift = match (&policy, &cgroup) {
+        (Some(p), Some(c)) if !args.no_drift => Some(ctdev.drift(p.policy_id, &c.dir)),
+        _ => None,
+    };
+    Ok(Status {
+        version: 1,
+        target: args.target.to_string(),
+        policy_id: resolved.policy_id,
+        cgroup: cgroup.as_ref().map(|c| c.path.clone()),
+        cgroup_dir: cgroup.as_ref().map(|c| c.dir.clone()),
+        runtime,
+        init_pid,
+        under_policy: policy.is_some(),
+        passed_in: passed_in(&args.state_dir, resolved.policy_id),
+        policy,
+        programs,
+        drift,
+    })
+}
+
+/// Devices passed into container `policy_id`, from every record that says
+/// who passed them. Today: the daemon's state file (`STATE_DIR/state.json`,
+/// see docs/DESIGN.md). Extension point: records of `ctdev add` (a grants
+/// ledger) and CDI injections are read here too once they exist, each with
+/// its own `by`.
+pub fn passed_in(state_dir: &Path, policy_id: u64) -> Vec<PassedIn> {
+    let Ok(state) = State::load(&state_dir.join("state.json")) else {
+        return Vec::new();
+    };
+    let Some(owned) = state.containers.get(&policy_id) else {
+        return Vec::new();
+    };
+    owned
+        .devices
+        .values()
+        .map(|d| PassedIn {
+            host: d.host.clone(),
+            dest: d.dest.clone(),
+            by: format!("daemon (entry {})", owned.entry),
+        })
+        .collect()
+}
+
+/// The status as text.
+pub fn render(s: &Status, colour: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut head: Vec<Vec<String>> = Vec::new();
+    let mut row = |k: &str, v: String| head.push(vec![k.to_string(), v]);
+    row(
+        "cgroup:",
+        match (&s.cgroup, &s.cgroup_dir) {
+            (Some(p), Some(d)) => format!("{} ({})", p.display(), d.display()),
+            _ => "(removed)".to_string(),
+        },
+    );
+    row("policy id:", s.policy_id.to_string());
+    row(
+        "runtime:",
+        s.runtime
+            .clone()
+            .unwrap_or_else(|| "(not recognised)".into()),
+    );
+    row(
+        "init pid:",
+        s.init_pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "(no process)".into()),
+    );
+    let state = match &s.policy {
+        Some(p) if p.state == "enforcing" => paint(colour, Paint::Green, "enforcing"),
+        Some(p) => paint(colour, Paint::Yellow, p.state),
+        None => paint(colour, Paint::Yellow, "not under ctdev policy"),
+    };
+    let _ = writeln!(out, "{}", paint(colour, Paint::Bold, &s.target));
+    for line in table(&head, "  ") {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(out, "  ctdev:      {state}");
+    if let Some(p) = &s.policy {
+        let _ = writeln!(
+            out,
+            "  denials:    {} (events {}, dropped {}; `ctdev monitor {}` shows them live)",
+            p.stats.denied, p.stats.events, p.stats.events_dropped, s.target
+        );
+        let _ = writeln!(out, "rules (program {}, link {}):", p.program_id, p.link_id);
+        let mut view = p.clone();
+        view.other_programs.clear();
+        view.drift = None;
+        // The rules table of `list`, without its heading line.
+        let text = list::render_container(&view, false);
+        for line in text.lines().skip(1) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let _ = writeln!(out, "device programs deciding for it (all must allow):");
+    if s.programs.is_empty() {
+        let _ = writeln!(
+            out,
+            "    none: cgroup2 denies no device here (a cgroup v1 devices controller may still)"
+        );
+    }
+    let rows: Vec<Vec<String>> = s
+        .programs
+        .iter()
+        .map(|p| {
+            vec![
+                format!("program {}", p.id),
+                if p.name.is_empty() {
+                    "(unnamed)".into()
+                } else {
+                    p.name.clone()
+                },
+                p.owner.as_str().to_string(),
+                format!("on {}", p.attached_at.display()),
+            ]
+        })
+        .collect();
+    for line in table(&rows, "    ") {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(out, "devices passed in:");
+    if s.passed_in.is_empty() {
+        let _ = writeln!(out, "    none recorded");
+    }
+    let rows: Vec<Vec<String>> = s
+        .passed_in
+        .iter()
+        .map(|d| {
+            vec![
+                d.dest.clone(),
+                format!("from {}", d.host),
+                format!("by {}", d.by),
+            ]
+        })
+        .collect();
+    for line in table(&rows, "    ") {
+        let _ = writeln!(out, "{line}");
+    }
+    if let Some(d) = &s.drift {
+        let mut lines = Vec::new();
+        if let Some(e) = &d.error {
+            lines.push(e.clone());
+        }
+        for n in &d.nodes_without_rule {
+            lines.push(format!(
+                "node {} ({}) has no rule allowing it",
+                n.path.display(),
+                n.device
+            ));
+        }
+        for r in &d.rules_without_node {
+            lines.push(format!("rule `{r}` allows a device with no node in /dev"));
+        }
+        if lines.is_empty() {
+            let _ = writeln!(out, "drift: none");
+        } else {
+            let _ = writeln!(out, "drift:");
+            for l in lines {
+                let _ = writeln!(out, "    {}", paint(colour, Paint::Yellow, &l));
+            }
+        }
+    }
+    out
+}
