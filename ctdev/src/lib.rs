@@ -14,6 +14,7 @@
 //! - [`controller`]: the operations (attach, allow, revoke, list, detach);
 //! - [`takeover`]: `attach --takeover`, replacing a runtime's device program;
 //! - [`passthrough`]: `add`/`del`, device passthrough like lxc-device;
+//! - [`cdi`]: CDI spec files and CDI devices hot-added (`add`/`del`, `cdi list`/`generate`);
 //! - [`daemon`]: `ctdev daemon`, the policy file applied to containers and hotplugged devices;
 //! - [`audit`]: denial events, `check`, drift;
 //! - [`devname`]: device names for audit output;
@@ -22,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod cdi;
 pub mod cgroup;
 pub mod cli;
 pub mod container;

@@ -19,9 +19,19 @@ pub struct Args {
     pub device: String,
     /// Path inside the container (default: DEVICE), or the interface's name there.
     pub dest: Option<String>,
+    /// CDI record directory (for VENDOR/CLASS=NAME).
+    #[command(flatten)]
+    pub cdi: super::cdi::CdiFlags,
 }
 
 pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+    if crate::cdi::QualifiedName::looks_like(&args.device) {
+        let name = crate::cdi::QualifiedName::parse(&args.device)?;
+        let ct = open(config)?;
+        let rec = crate::cdi::apply::del(&ct, &args.target, &name, &args.cdi.cdi_state)?;
+        super::cdi::print_record(cli, "deleted", &rec)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let ct = open(config)?;
     let report = passthrough::del(&ct, &args.target, &args.device, args.dest.as_deref())?;
     print_report(cli, "deleted", &report)?;
