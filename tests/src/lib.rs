@@ -6,6 +6,8 @@
 //! process, and removes every cgroup, pin and node it created.
 
 pub mod container;
+/// A private Podman reading a private CDI spec directory.
+pub mod podman_cdi;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
 

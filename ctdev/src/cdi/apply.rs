@@ -671,6 +671,10 @@ pub fn del(
         path: path.clone(),
         reason: e.to_string(),
     })?;
+    if let Some(dir) = path.parent() {
+        // The container's directory goes with its last record.
+        let _ = fs::remove_dir(dir);
+    }
     tracing::info!(target = %target, device = %name, "CDI device removed");
     Ok(rec)
 }

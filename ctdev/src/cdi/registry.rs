@@ -74,7 +74,7 @@ pub struct ResolvedDevice {
 /// Where a name was defined.
 #[derive(Debug, Clone)]
 enum Entry {
-    Device(ResolvedDevice, usize),
+    Device(Box<ResolvedDevice>, usize),
     Conflict {
         first: PathBuf,
         second: PathBuf,
@@ -171,7 +171,7 @@ impl Registry {
                 edits: merged_edits(spec, d),
             };
             let next = match self.entries.remove(&name) {
-                None => Entry::Device(device, priority),
+                None => Entry::Device(Box::new(device), priority),
                 Some(old) => {
                     let (old_priority, old_file) = match &old {
                         Entry::Device(d, p) => (*p, d.file.clone()),
@@ -180,7 +180,7 @@ impl Registry {
                         } => (*priority, first.clone()),
                     };
                     if priority > old_priority {
-                        Entry::Device(device, priority)
+                        Entry::Device(Box::new(device), priority)
                     } else if priority == old_priority {
                         Entry::Conflict {
                             first: old_file,
@@ -232,7 +232,7 @@ impl Registry {
     /// Every usable device, by name.
     pub fn devices(&self) -> impl Iterator<Item = &ResolvedDevice> {
         self.entries.values().filter_map(|e| match e {
-            Entry::Device(d, _) => Some(d),
+            Entry::Device(d, _) => Some(&**d),
             Entry::Conflict { .. } => None,
         })
     }

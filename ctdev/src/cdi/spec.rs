@@ -576,6 +576,16 @@ mod tests {
     }
 
     #[test]
+    fn yaml_octal_file_modes() {
+        let y = "cdiVersion: 0.5.0\nkind: v.com/c\ndevices:\n- name: a\n  containerEdits:\n    deviceNodes:\n    - path: /dev/a\n      fileMode: 0o640\n";
+        let s = parse(y.as_bytes(), Format::Yaml).unwrap();
+        assert_eq!(
+            s.devices[0].container_edits.device_nodes[0].file_mode,
+            Some(0o640)
+        );
+    }
+
+    #[test]
     fn json_round_trips() {
         let s = json(GOOD_JSON).unwrap();
         let text = serde_json::to_string(&s).unwrap();
