@@ -332,6 +332,9 @@ pub struct CdiRecord {
     pub skipped: Vec<String>,
     /// Warnings (other device programs...).
     pub warnings: Vec<String>,
+    /// The merged edits as they were when added (to notice a changed spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edits: Option<ContainerEdits>,
 }
 
 /// Options of a CDI `add`.
@@ -494,6 +497,7 @@ pub fn add(
         netdevs: Vec::new(),
         skipped: plan.skipped.clone(),
         warnings: Vec::new(),
+        edits: Some(device.edits.clone()),
     };
     let undo_all = |rec: &CdiRecord, e: CdiError| -> CdiError {
         let failures = undo(ct, target, &lv.init, rec);

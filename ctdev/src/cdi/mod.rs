@@ -8,9 +8,11 @@
 //!   invalid files;
 //! - [`apply`]: a device's edits planned for a running container, applied
 //!   and recorded (`ctdev add`), undone (`ctdev del`);
-//! - [`generate`]: a spec for host devices picked with hotplug selectors.
+//! - [`generate`]: a spec for host devices picked with hotplug selectors;
+//! - [`daemon`]: the daemon's `devices = [{ cdi = ... }]`, kept in sync.
 
 pub mod apply;
+pub mod daemon;
 pub mod generate;
 pub mod name;
 pub mod registry;
