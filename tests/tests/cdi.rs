@@ -311,3 +311,119 @@ fn cdi_list_shows_devices_files_and_invalid_files() {
         "{names:?}"
     );
 }
+
+/// Polls `f` every 50 ms for up to 20 s; panics with `what` (and the log).
+fn wait_until(what: &str, log: &Path, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}; daemon log:\n{}",
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A `ctdev daemon` killed on drop (also when the test panics).
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn daemon_keeps_cdi_devices_in_sync_with_the_spec() {
+    use ctdev_tests::container::TestContainer;
+    let env = TestEnv::new("cdi-daemon");
+    // A user namespace: the spec's uid/gid are ids inside it.
+    let c = TestContainer::start(&env, "a", true);
+    let lo = LoopNode::new(1000 + (std::process::id() % 400) * 8 + 3000);
+    let share = env.scratch.join("share");
+    fs::create_dir_all(&share).unwrap();
+    fs::write(share.join("f"), "daemon share\n").unwrap();
+    let specs = env.scratch.join("cdi");
+    fs::create_dir_all(&specs).unwrap();
+    let write_spec = |mode: &str| {
+        fs::write(
+            specs.join("d.json"),
+            format!(
+                r#"{{"cdiVersion":"0.5.0","kind":"example.com/daemon","devices":[{{"name":"x","containerEdits":{{
+                "deviceNodes":[{{"path":"/dev/cdi-x","hostPath":"{}","fileMode":{mode},"uid":5,"gid":6}}],
+                "mounts":[{{"hostPath":"{}","containerPath":"/mnt/share","options":["rbind","ro"]}}]}}}}],
+                "containerEdits":{{"env":["SKIPPED=1"]}}}}"#,
+                lo.path_str(),
+                share.display()
+            ),
+        )
+        .unwrap()
+    };
+    write_spec("416"); // 0o640
+    let config = env.scratch.join("policy.toml");
+    fs::write(
+        &config,
+        format!(
+            "scope = \"{}\"\nresync_interval = 0\ncdi_dirs = [\"{}\"]\n[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\ndevices = [{{ cdi = \"example.com/daemon=x\" }}]\n",
+            env.cgroup_parent.display(),
+            specs.display(),
+            c.cgroup.display()
+        ),
+    )
+    .unwrap();
+    let log = env.scratch.join("daemon.log");
+    let ready = env.scratch.join("ready");
+    let daemon = Daemon(
+        std::process::Command::new(ctdev_tests::ctdev_bin())
+            .arg("--pin-root")
+            .arg(&env.pin_root)
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(env.scratch.join("state"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn ctdev daemon"),
+    );
+    let node = |c: &TestContainer| -> String {
+        String::from_utf8_lossy(&c.sh("stat -c '%t:%T %a %u:%g' /dev/cdi-x 2>&1").stdout)
+            .into_owned()
+    };
+    wait_until("the CDI device in the container", &log, || {
+        c.sh("cat /mnt/share/f").stdout == b"daemon share\n"
+    });
+    // Mode and owner as the spec says, ids inside the user namespace.
+    assert_eq!(node(&c), format!("7:{:x} 640 5:6\n", lo.number));
+    c.open_rw("/dev/cdi-x").expect("the CDI node opens");
+    assert!(fs::read_to_string(&log)
+        .unwrap()
+        .contains("CDI edit skipped"));
+
+    // The spec changes: the daemon re-applies it on SIGHUP.
+    write_spec("384"); // 0o600
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.0.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap()
+    };
+    hup();
+    wait_until("the changed spec applied", &log, || {
+        node(&c) == format!("7:{:x} 600 5:6\n", lo.number)
+    });
+    // The spec disappears: the device is taken back.
+    fs::remove_file(specs.join("d.json")).unwrap();
+    hup();
+    wait_until("the device taken back", &log, || {
+        node(&c).contains("No such file") && !c.sh("test -e /mnt/share").status.success()
+    });
+    drop(daemon);
+}
