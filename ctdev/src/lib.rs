@@ -17,6 +17,7 @@
 //! - [`takeover`]: `attach --takeover`, replacing a runtime's device program;
 //! - [`set`]: atomic whole-policy replacement;
 //! - [`passthrough`]: `add`/`del`, device passthrough like lxc-device;
+//! - [`cdi`]: CDI spec files and CDI devices hot-added (`add`/`del`, `cdi list`/`generate`);
 //! - [`daemon`]: `ctdev daemon`, the policy file applied to containers and hotplugged devices;
 //! - [`audit`]: denial events, `check`, drift;
 //! - [`devname`]: device names for audit output;
@@ -25,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod cdi;
 pub mod cgroup;
 pub mod cli;
 pub mod container;

@@ -13,6 +13,8 @@ pub mod difftest;
 pub mod daemon;
 /// Real Docker and Podman engines.
 pub mod engines;
+/// A private Podman reading a private CDI spec directory.
+pub mod podman_cdi;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
 

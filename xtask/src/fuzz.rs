@@ -13,7 +13,13 @@ use anyhow::{bail, Context, Result};
 use crate::{root, run_checked, step};
 
 /// The fuzz targets (`fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: [&str; 4] = ["rule_parse", "oci_import", "lxc_import", "policy_file"];
+pub const TARGETS: [&str; 5] = [
+    "rule_parse",
+    "oci_import",
+    "lxc_import",
+    "policy_file",
+    "cdi_spec",
+];
 
 /// The cargo-fuzz version installed when none is (builds on stable 1.85+).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";

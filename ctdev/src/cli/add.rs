@@ -17,7 +17,7 @@ pub struct Args {
     /// The container (must be under policy: `ctdev attach` first).
     pub target: Target,
     /// A host device node (/dev/net/tun), a directory of nodes (/dev/dri),
-    /// or a network interface name (eth1).
+    /// a network interface name (eth1), or a CDI device (vendor.com/class=name).
     pub device: String,
     /// Path inside the container (default: DEVICE), or the interface's new name.
     pub dest: Option<String>,
@@ -36,10 +36,26 @@ pub struct Args {
     /// Print what would change (text, or --json) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// For a CDI device: apply the edits a running container can take and
+    /// list the others (env, hooks, ...) as skipped instead of refusing.
+    #[arg(long)]
+    pub skip_unsupported: bool,
+    /// CDI spec directories and record directory (for VENDOR/CLASS=NAME).
+    #[command(flatten)]
+    pub cdi: super::cdi::CdiFlags,
 }
 
 pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode> {
     config.dry_run = args.dry_run;
+    if crate::cdi::QualifiedName::looks_like(&args.device) {
+        if args.dry_run {
+            anyhow::bail!(
+                "--dry-run is not supported for CDI devices ({}): nothing was changed",
+                args.device
+            );
+        }
+        return add_cdi(cli, config, args);
+    }
     let access = Access::parse(&args.access).with_context(|| {
         format!(
             "invalid --access {:?}: expected letters from \"rwm\", each once",
@@ -67,6 +83,28 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
         if report.dry_run { "would add" } else { "added" },
         &report,
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ctdev add TARGET VENDOR/CLASS=NAME`.
+fn add_cdi(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
+    let name = crate::cdi::QualifiedName::parse(&args.device)?;
+    if args.dest.is_some()
+        || args.mode.is_some()
+        || args.uid.is_some()
+        || args.gid.is_some()
+        || args.access != "rwm"
+    {
+        anyhow::bail!("DEST, --access, --mode, --uid and --gid do not apply to a CDI device: its spec says them");
+    }
+    let opts = crate::cdi::apply::CdiOptions {
+        dirs: args.cdi.dirs(),
+        skip_unsupported: args.skip_unsupported,
+        state_dir: args.cdi.cdi_state.clone(),
+    };
+    let ct = open(config)?;
+    let rec = crate::cdi::apply::add(&ct, &args.target, &name, &opts)?;
+    super::cdi::print_record(cli, "added", &rec)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -22,10 +22,26 @@ pub struct Args {
     /// Print what would change (text, or --json) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// CDI record directory (for VENDOR/CLASS=NAME).
+    #[command(flatten)]
+    pub cdi: super::cdi::CdiFlags,
 }
 
 pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode> {
     config.dry_run = args.dry_run;
+    if crate::cdi::QualifiedName::looks_like(&args.device) {
+        if args.dry_run {
+            anyhow::bail!(
+                "--dry-run is not supported for CDI devices ({}): nothing was changed",
+                args.device
+            );
+        }
+        let name = crate::cdi::QualifiedName::parse(&args.device)?;
+        let ct = open(config)?;
+        let rec = crate::cdi::apply::del(&ct, &args.target, &name, &args.cdi.cdi_state)?;
+        super::cdi::print_record(cli, "deleted", &rec)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let ct = open(config)?;
     let report = passthrough::del(&ct, &args.target, &args.device, args.dest.as_deref())?;
     print_report(

@@ -11,6 +11,7 @@
 mod add;
 mod allow;
 mod attach;
+mod cdi;
 mod check;
 mod daemon;
 mod del;
@@ -101,6 +102,8 @@ pub enum Command {
     Add(add::Args),
     /// Take a device passed with `add` away from a container again.
     Del(del::Args),
+    /// CDI devices: list the host's specs, generate one from hotplug selectors.
+    Cdi(cdi::Args),
     /// Apply a declarative policy file: containers as they start, devices as
     /// they are plugged (kernel uevents), reconciled after a restart.
     Daemon(daemon::Args),
@@ -266,6 +269,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Add(a) => add::run(cli, config, a),
         Command::Del(a) => del::run(cli, config, a),
         Command::Daemon(a) => daemon::run(cli, config, a),
+        Command::Cdi(a) => cdi::run(cli, config, a),
     }
 }
 

@@ -8,6 +8,7 @@
 //! [`nodes`] resolves every path with `openat2(RESOLVE_IN_ROOT)`;
 //! [`netdev`] moves interfaces with rtnetlink.
 
+pub mod mounts;
 pub mod netdev;
 pub mod nodes;
 pub mod process;

@@ -66,6 +66,8 @@ struct RawFile {
     scope: Option<Spanned<String>>,
     resync_interval: Option<Spanned<f64>>,
     state_dir: Option<Spanned<String>>,
+    /// CDI spec directories, lowest priority first (default /etc/cdi, /var/run/cdi).
+    cdi_dirs: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     container: Vec<Spanned<RawContainer>>,
 }
@@ -97,7 +99,9 @@ struct RawSelect {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDevice {
-    path: Spanned<String>,
+    path: Option<Spanned<String>>,
+    /// A CDI device (`vendor.com/class=name`) instead of a host path.
+    cdi: Option<Spanned<String>>,
     dest: Option<Spanned<String>>,
     access: Option<Spanned<String>>,
     mode: Option<Spanned<String>>,
@@ -215,6 +219,8 @@ pub struct ContainerPolicy {
     pub hotplug: Vec<Hotplug>,
     /// What to do about a runtime's own device program.
     pub takeover: TakeoverMode,
+    /// CDI devices (`devices = [{ cdi = "vendor.com/class=name" }]`).
+    pub cdi: Vec<crate::cdi::QualifiedName>,
 }
 
 /// A validated policy file.
@@ -230,6 +236,8 @@ pub struct Policy {
     pub state_dir: Option<PathBuf>,
     /// Entries in file order; the first one that selects a cgroup wins.
     pub containers: Vec<ContainerPolicy>,
+    /// CDI spec directories for `devices = [{ cdi = ... }]`, lowest priority first.
+    pub cdi_dirs: Vec<PathBuf>,
 }
 
 /// 1-based line of a byte offset.
@@ -459,11 +467,37 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, ConfigError> {
             );
         }
         let mut devices = Vec::new();
+        let mut cdi = Vec::new();
         for (j, d) in c.devices.iter().enumerate() {
             let dk = |k: &str| key(&format!("devices[{j}].{k}"));
+            let span = d.span();
             let d = d.get_ref();
+            let path = match (&d.path, &d.cdi) {
+                (None, Some(name)) => {
+                    if d.dest.is_some() || d.access.is_some() || d.mode.is_some() {
+                        return Err(cx.err(
+                            span,
+                            key(&format!("devices[{j}]")),
+                            "a cdi device takes no dest, access or mode: its spec says them",
+                        ));
+                    }
+                    cdi.push(
+                        crate::cdi::QualifiedName::parse(name.get_ref())
+                            .map_err(|e| cx.err(name.span(), dk("cdi"), e.to_string()))?,
+                    );
+                    continue;
+                }
+                (Some(path), None) => path,
+                _ => {
+                    return Err(cx.err(
+                        span,
+                        key(&format!("devices[{j}]")),
+                        "give either path (a host device) or cdi (vendor.com/class=name)",
+                    ))
+                }
+            };
             devices.push(StaticDevice {
-                path: cx.abs_path(&d.path, &dk("path"))?,
+                path: cx.abs_path(path, &dk("path"))?,
                 dest: d
                     .dest
                     .as_ref()
@@ -556,14 +590,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, ConfigError> {
             devices,
             hotplug,
             takeover,
+            cdi,
         });
     }
+    let cdi_dirs = match &raw.cdi_dirs {
+        None => crate::cdi::DEFAULT_DIRS.iter().map(PathBuf::from).collect(),
+        Some(dirs) => dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| cx.abs_path(d, &format!("cdi_dirs[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
     Ok(Policy {
         path: path.to_path_buf(),
         scope,
         resync_interval,
         state_dir,
         containers,
+        cdi_dirs,
     })
 }
 
@@ -683,6 +727,35 @@ devpath_prefix = "/devices/virtual/block/"
 
     fn err(text: &str) -> String {
         p(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn cdi_devices_parse() {
+        let base = "[[container]]\nname = \"a\"\nselect = { target = \"x\" }\n";
+        let ok = p(&format!("cdi_dirs = [\"/srv/cdi\"]\n{base}devices = [{{ cdi = \"vendor.com/gpu=0\" }}, {{ path = \"/dev/null\" }}]\n")).unwrap();
+        assert_eq!(ok.cdi_dirs, [PathBuf::from("/srv/cdi")]);
+        assert_eq!(ok.containers[0].cdi[0].to_string(), "vendor.com/gpu=0");
+        assert_eq!(ok.containers[0].devices.len(), 1);
+        let default = p(&format!(
+            "{base}devices = [{{ cdi = \"vendor.com/gpu=0\" }}]\n"
+        ))
+        .unwrap();
+        assert_eq!(default.cdi_dirs.len(), 2);
+        for (bad, what) in [
+            ("devices = [{ cdi = \"gpu0\" }]", "devices[0].cdi"),
+            (
+                "devices = [{ cdi = \"v.com/g=0\", path = \"/dev/x\" }]",
+                "either path",
+            ),
+            (
+                "devices = [{ cdi = \"v.com/g=0\", mode = \"0600\" }]",
+                "takes no dest",
+            ),
+            ("devices = [{ access = \"r\" }]", "either path"),
+        ] {
+            let e = err(&format!("{base}{bad}\n"));
+            assert!(e.contains(what), "{bad}: {e}");
+        }
     }
 
     #[test]

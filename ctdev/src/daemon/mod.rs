@@ -638,6 +638,17 @@ impl Daemon {
         for w in plan.add {
             self.add_device(dir, m.policy_id, &name, &w);
         }
+        if only.is_none() {
+            // CDI devices (`devices = [{ cdi = ... }]`), with their own records.
+            crate::cdi::daemon::sync(
+                &self.ct,
+                &target_of(dir),
+                m.policy_id,
+                &self.policy.containers[m.entry].cdi,
+                &self.policy.cdi_dirs,
+                &self.state_path.with_file_name("cdi"),
+            );
+        }
     }
 
     fn add_device(&mut self, dir: &Path, id: u64, name: &str, w: &WantedDevice) {

@@ -1,0 +1,429 @@
+//! CDI devices hot-added into a running Podman container, compared with
+//! the view Podman itself gives a container started with the same device.
+//!
+//! One spec: two device nodes (loop devices from LOOP_CTL_ADD), a
+//! read-only directory bind mount and an env entry. `podman run --device`
+//! is the reference; `ctdev add` of the same device into a second, already
+//! running container (under ctdev policy with `attach --takeover`) must
+//! give the same nodes, mount and access; `ctdev del` must give back the
+//! container's previous view exactly.
+
+use std::fs;
+use std::path::Path;
+
+use ctdev_tests::podman_cdi::{LoopNode, PodmanCdi};
+use ctdev_tests::{unique, TestEnv};
+
+/// What a container shows of the CDI device (and of its /dev and mounts).
+#[derive(Debug, PartialEq, Eq)]
+struct View {
+    /// `stat` of the two nodes: name, type, numbers, mode, owner.
+    nodes: String,
+    /// The shared file's contents.
+    share: String,
+    /// Mount options of /opt/share (`ro,nosuid,nodev,relatime`).
+    share_opts: Option<String>,
+}
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn view(pod: &PodmanCdi, id: &str) -> View {
+    let nodes = out(&pod.sh(
+        id,
+        "stat -c '%n %F %t:%T %a %u:%g' /dev/cdi-a /dev/cdi-b 2>&1",
+    ));
+    let share = out(&pod.sh(id, "cat /opt/share/file.txt 2>&1"));
+    let share_opts = mount_options(&out(&pod.sh(id, "cat /proc/self/mountinfo")), "/opt/share");
+    View {
+        nodes,
+        share,
+        share_opts,
+    }
+}
+
+/// Field 6 (per-mount options) of the mountinfo line mounted at `at`.
+fn mount_options(mountinfo: &str, at: &str) -> Option<String> {
+    mountinfo.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&at)).then(|| f[5].to_string())
+    })
+}
+
+/// Everything `del` must give back: /dev listing, /opt, mount points.
+fn whole_view(pod: &PodmanCdi, id: &str) -> String {
+    let mounts: Vec<String> = out(&pod.sh(id, "cat /proc/self/mountinfo"))
+        .lines()
+        .map(|l| l.split(' ').skip(3).take(3).collect::<Vec<_>>().join(" "))
+        .collect();
+    format!(
+        "{}\n{}\n{}",
+        out(&pod.sh(id, "ls -ln /dev 2>&1")),
+        out(&pod.sh(id, "ls -lnR /opt 2>&1")),
+        mounts.join("\n")
+    )
+}
+
+fn spec(dir: &Path, kind: &str, a: &LoopNode, b: &LoopNode, share: &Path) {
+    let text = format!(
+        "cdiVersion: 0.5.0
+kind: {kind}
+devices:
+- name: pair
+  containerEdits:
+    deviceNodes:
+    - path: /dev/cdi-a
+      hostPath: {a}
+      permissions: rw
+      fileMode: 0o640
+      uid: 5
+      gid: 6
+    - path: /dev/cdi-b
+      hostPath: {b}
+      fileMode: 0o600
+    mounts:
+    - hostPath: {share}
+      containerPath: /opt/share
+      options: [ro, nosuid, nodev, rbind]
+- name: broken
+  containerEdits:
+    deviceNodes:
+    - path: /dev/cdi-a
+      hostPath: {a}
+    mounts:
+    - hostPath: {share}/missing
+      containerPath: /opt/missing
+      options: [rbind]
+containerEdits:
+  env: [CDI_TEST=1]
+",
+        a = a.path_str(),
+        b = b.path_str(),
+        share = share.display()
+    );
+    fs::write(dir.join("test.yaml"), text).expect("write the spec");
+}
+
+#[test]
+fn podman_cdi_hot_add_matches_podman_run_and_del_restores() {
+    let env = TestEnv::new("cdi");
+    let pod = PodmanCdi::start(&env.cgroup_parent);
+    let base = 1000 + (std::process::id() % 400) * 8;
+    let a = LoopNode::new(base);
+    let b = LoopNode::new(a.number + 1);
+    let other = LoopNode::new(b.number + 1);
+    let share = env.scratch.join("share");
+    fs::create_dir_all(&share).unwrap();
+    fs::write(share.join("file.txt"), "cdi share\n").unwrap();
+    // A class of its own: no other test's spec can collide with it.
+    let class = format!("c{}", unique("").replace('-', ""));
+    let kind = format!("example.com/{class}");
+    spec(&pod.cdi_dir, &kind, &a, &b, &share);
+    let name = format!("{kind}=pair");
+    let state = env.scratch.join("cdi-state");
+    let cdi_dir = pod.cdi_dir.to_str().unwrap().to_string();
+    let state_s = state.to_str().unwrap().to_string();
+
+    // The reference: Podman gives the device at start.
+    let reference = pod.run(&["--device", &name]);
+    let want = view(&pod, &reference);
+    assert!(want.nodes.contains("block special file 7:"), "{want:?}");
+    assert_eq!(want.share, "cdi share\n");
+    assert!(
+        want.share_opts.as_deref().unwrap_or("").starts_with("ro,"),
+        "{want:?}"
+    );
+
+    // A second container, already running, under ctdev policy.
+    let id = pod.run(&[]);
+    let target = format!("podman:{id}");
+    env.ok(&["attach", &target, "--takeover"]);
+    let before = whole_view(&pod, &id);
+    assert_ne!(view(&pod, &id), want);
+
+    // The env entry is refused by name; nothing changes.
+    let refused = env.fails(&[
+        "add",
+        &target,
+        &name,
+        "--cdi-dir",
+        &cdi_dir,
+        "--cdi-state",
+        &state_s,
+    ]);
+    assert!(refused.contains("env CDI_TEST"), "{refused}");
+    assert!(refused.contains("--skip-unsupported"), "{refused}");
+    assert_eq!(whole_view(&pod, &id), before);
+
+    // A device whose mount source is missing: all or nothing.
+    let broken = format!("{kind}=broken");
+    let failed = env.fails(&[
+        "add",
+        &target,
+        &broken,
+        "--cdi-dir",
+        &cdi_dir,
+        "--cdi-state",
+        &state_s,
+        "--skip-unsupported",
+    ]);
+    assert!(failed.contains("missing"), "{failed}");
+    assert_eq!(whole_view(&pod, &id), before, "a failed add left changes");
+    let rules = env.ok(&["list", "--json"]);
+    assert!(!rules.contains(&format!("7:{}", a.number)), "{rules}");
+
+    // With --skip-unsupported: the same view as Podman's.
+    let added = env.ok(&[
+        "add",
+        &target,
+        &name,
+        "--cdi-dir",
+        &cdi_dir,
+        "--cdi-state",
+        &state_s,
+        "--skip-unsupported",
+    ]);
+    assert!(
+        added.contains("skipped") && added.contains("env CDI_TEST"),
+        "{added}"
+    );
+    assert_eq!(view(&pod, &id), want);
+    // Access: both nodes open, another block device is still denied.
+    let opened = pod.sh(
+        &id,
+        "head -c1 /dev/cdi-a >/dev/null && head -c1 /dev/cdi-b >/dev/null && echo ok",
+    );
+    // Loop devices without a backing file fail reads with ENXIO after open:
+    // what matters is that open() is not EPERM.
+    let opened_err = String::from_utf8_lossy(&opened.stderr).to_string();
+    assert!(
+        !opened_err.contains("Operation not permitted"),
+        "{opened_err}"
+    );
+    let ref_open = pod.sh(
+        &reference,
+        "head -c1 /dev/cdi-a >/dev/null && head -c1 /dev/cdi-b >/dev/null && echo ok",
+    );
+    assert_eq!(
+        out(&opened),
+        out(&ref_open),
+        "open results differ from podman's"
+    );
+    let denied = pod.sh(
+        &id,
+        &format!("mknod /tmp/x b 7 {} && head -c1 /tmp/x", other.number),
+    );
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("Operation not permitted"),
+        "another device was not denied: {denied:?}"
+    );
+    // The mount is read-only and only shows the shared directory.
+    let write = pod.sh(&id, "echo x > /opt/share/new");
+    assert!(!write.status.success(), "wrote into a read-only mount");
+    assert!(!share.join("new").exists());
+    // Adding twice is refused.
+    let again = env.fails(&[
+        "add",
+        &target,
+        &name,
+        "--cdi-dir",
+        &cdi_dir,
+        "--cdi-state",
+        &state_s,
+        "--skip-unsupported",
+    ]);
+    assert!(again.contains("already added"), "{again}");
+
+    // `del` gives the previous view back exactly, rules included.
+    env.ok(&["del", &target, &name, "--cdi-state", &state_s]);
+    assert_eq!(whole_view(&pod, &id), before);
+    let rules = env.ok(&["list", "--json"]);
+    assert!(!rules.contains(&format!("7:{}", a.number)), "{rules}");
+    assert!(!rules.contains(&format!("7:{}", b.number)), "{rules}");
+    // And again: add/del is repeatable; a second del is refused.
+    env.ok(&[
+        "add",
+        &target,
+        &name,
+        "--cdi-dir",
+        &cdi_dir,
+        "--cdi-state",
+        &state_s,
+        "--skip-unsupported",
+    ]);
+    assert_eq!(view(&pod, &id), want);
+    env.ok(&["del", &target, &name, "--cdi-state", &state_s]);
+    assert_eq!(whole_view(&pod, &id), before);
+    let twice = env.fails(&["del", &target, &name, "--cdi-state", &state_s]);
+    assert!(twice.contains("was not added"), "{twice}");
+}
+
+#[test]
+fn cdi_list_shows_devices_files_and_invalid_files() {
+    let env = TestEnv::new("cdilist");
+    let dir = env.scratch.join("cdi");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("good.json"),
+        r#"{"cdiVersion":"0.5.0","kind":"example.com/x","devices":[{"name":"null","containerEdits":{"deviceNodes":[{"path":"/dev/null"}],"mounts":[{"hostPath":"/srv","containerPath":"/srv","options":["rbind","ro"]}]}}]}"#,
+    )
+    .unwrap();
+    fs::write(dir.join("bad.yaml"), "cdiVersion: 9.9.9\nkind: x\n").unwrap();
+    let d = dir.to_str().unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "cdi", "list", "--cdi-dir", d])).unwrap();
+    let devs = json["devices"].as_array().unwrap();
+    assert_eq!(devs.len(), 1);
+    assert_eq!(devs[0]["name"], "example.com/x=null");
+    assert_eq!(devs[0]["nodes"][0], "/dev/null");
+    assert!(devs[0]["file"].as_str().unwrap().ends_with("good.json"));
+    assert!(json["invalid_files"][0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("bad.yaml"));
+    // generate → list: the generated spec names the device.
+    let lo = LoopNode::new(1000 + (std::process::id() % 400) * 8 + 5000);
+    let devname = lo.path.file_name().unwrap().to_str().unwrap().to_string();
+    let gen = dir.join("gen.json");
+    env.ok(&[
+        "cdi",
+        "generate",
+        "--kind",
+        "example.com/gen",
+        "--subsystem",
+        "block",
+        "--devname",
+        &devname,
+        "-o",
+        gen.to_str().unwrap(),
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "cdi", "list", "--cdi-dir", d])).unwrap();
+    let names: Vec<&str> = json["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&format!("example.com/gen={devname}").as_str()),
+        "{names:?}"
+    );
+}
+
+/// Polls `f` every 50 ms for up to 20 s; panics with `what` (and the log).
+fn wait_until(what: &str, log: &Path, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}; daemon log:\n{}",
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A `ctdev daemon` killed on drop (also when the test panics).
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn daemon_keeps_cdi_devices_in_sync_with_the_spec() {
+    use ctdev_tests::container::TestContainer;
+    let env = TestEnv::new("cdi-daemon");
+    // A user namespace: the spec's uid/gid are ids inside it.
+    let c = TestContainer::start(&env, "a", true);
+    let lo = LoopNode::new(1000 + (std::process::id() % 400) * 8 + 3000);
+    let share = env.scratch.join("share");
+    fs::create_dir_all(&share).unwrap();
+    fs::write(share.join("f"), "daemon share\n").unwrap();
+    let specs = env.scratch.join("cdi");
+    fs::create_dir_all(&specs).unwrap();
+    let write_spec = |mode: &str| {
+        fs::write(
+            specs.join("d.json"),
+            format!(
+                r#"{{"cdiVersion":"0.5.0","kind":"example.com/daemon","devices":[{{"name":"x","containerEdits":{{
+                "deviceNodes":[{{"path":"/dev/cdi-x","hostPath":"{}","fileMode":{mode},"uid":5,"gid":6}}],
+                "mounts":[{{"hostPath":"{}","containerPath":"/mnt/share","options":["rbind","ro"]}}]}}}}],
+                "containerEdits":{{"env":["SKIPPED=1"]}}}}"#,
+                lo.path_str(),
+                share.display()
+            ),
+        )
+        .unwrap()
+    };
+    write_spec("416"); // 0o640
+    let config = env.scratch.join("policy.toml");
+    fs::write(
+        &config,
+        format!(
+            "scope = \"{}\"\nresync_interval = 0\ncdi_dirs = [\"{}\"]\n[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\ndevices = [{{ cdi = \"example.com/daemon=x\" }}]\n",
+            env.cgroup_parent.display(),
+            specs.display(),
+            c.cgroup.display()
+        ),
+    )
+    .unwrap();
+    let log = env.scratch.join("daemon.log");
+    let ready = env.scratch.join("ready");
+    let daemon = Daemon(
+        std::process::Command::new(ctdev_tests::ctdev_bin())
+            .arg("--pin-root")
+            .arg(&env.pin_root)
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(env.scratch.join("state"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn ctdev daemon"),
+    );
+    let node = |c: &TestContainer| -> String {
+        String::from_utf8_lossy(&c.sh("stat -c '%t:%T %a %u:%g' /dev/cdi-x 2>&1").stdout)
+            .into_owned()
+    };
+    wait_until("the CDI device in the container", &log, || {
+        c.sh("cat /mnt/share/f").stdout == b"daemon share\n"
+    });
+    // Mode and owner as the spec says, ids inside the user namespace.
+    assert_eq!(node(&c), format!("7:{:x} 640 5:6\n", lo.number));
+    c.open_rw("/dev/cdi-x").expect("the CDI node opens");
+    assert!(fs::read_to_string(&log)
+        .unwrap()
+        .contains("CDI edit skipped"));
+
+    // The spec changes: the daemon re-applies it on SIGHUP.
+    write_spec("384"); // 0o600
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.0.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap()
+    };
+    hup();
+    wait_until("the changed spec applied", &log, || {
+        node(&c) == format!("7:{:x} 600 5:6\n", lo.number)
+    });
+    // The spec disappears: the device is taken back.
+    fs::remove_file(specs.join("d.json")).unwrap();
+    hup();
+    wait_until("the device taken back", &log, || {
+        node(&c).contains("No such file") && !c.sh("test -e /mnt/share").status.success()
+    });
+    drop(daemon);
+}
