@@ -31,6 +31,7 @@ pub mod devname;
 pub mod failpoint;
 pub mod import;
 pub mod kernel;
+pub mod nri;
 pub mod passthrough;
 pub mod presets;
 pub mod probe;

@@ -6,6 +6,8 @@
 //! process, and removes every cgroup, pin and node it created.
 
 pub mod container;
+/// A real containerd 1.7 with NRI and a CRI client, for the NRI plugin tests.
+pub mod containerd;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
 

@@ -11,6 +11,7 @@ mod demo;
 mod detach;
 mod list;
 mod monitor;
+mod nri;
 mod reset_counters;
 mod revoke;
 
@@ -86,6 +87,9 @@ pub enum Command {
     /// Apply a declarative policy file: containers as they start, devices as
     /// they are plugged (kernel uevents), reconciled after a restart.
     Daemon(daemon::Args),
+    /// Run as an NRI plugin of containerd/CRI-O: pods get their devices at
+    /// start, under ctdev's policy before their first instruction.
+    Nri(nri::Args),
 }
 
 impl Cli {
@@ -120,7 +124,9 @@ pub const EXIT_ERROR: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs every change it makes: info by default.
-    init_logging(cli.verbose + u8::from(matches!(cli.command, Command::Daemon(_))));
+    init_logging(
+        cli.verbose + u8::from(matches!(cli.command, Command::Daemon(_) | Command::Nri(_))),
+    );
     match run(&cli) {
         Ok(code) => code,
         Err(err) => {
@@ -166,6 +172,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Add(a) => add::run(cli, config, a),
         Command::Del(a) => del::run(cli, config, a),
         Command::Daemon(a) => daemon::run(cli, config, a),
+        Command::Nri(a) => nri::run(cli, config, a),
     }
 }
 

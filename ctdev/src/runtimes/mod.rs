@@ -20,6 +20,7 @@ use crate::target::RuntimeKind;
 pub mod containerd;
 pub mod crio;
 pub mod docker;
+pub mod k8s;
 pub mod lxc;
 pub mod podman;
 
