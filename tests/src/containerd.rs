@@ -388,6 +388,7 @@ state = "{d}/state"
     /// Runs a pod sandbox; its ID.
     pub fn run_pod(&mut self, namespace: &str, name: &str, annotations: &[(&str, &str)]) -> Pod {
         let config = self.pod_config(namespace, name, annotations);
+        fs::create_dir_all(&config.log_directory).expect("pod log directory");
         let mut client = self.client();
         let id = self
             .rt
@@ -591,7 +592,8 @@ pub struct NriPlugin {
 impl NriPlugin {
     /// Starts `ctdev --pin-root PIN nri --socket SOCK --config POLICY --state-dir STATE`.
     pub fn start(pin_root: &Path, nri_sock: &Path, policy: &Path, state_dir: &Path) -> NriPlugin {
-        let log = state_dir.with_extension("log");
+        // One log per plugin process (a restarted plugin gets a new one).
+        let log = state_dir.with_extension(format!("{}.log", crate::unique("nri")));
         let f = fs::OpenOptions::new()
             .create(true)
             .append(true)

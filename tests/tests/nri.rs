@@ -19,8 +19,10 @@ const ANNOTATION: &str = "devices.ctdev.io/container.work";
 /// One test's world: a TestEnv (pin root, parent cgroup), a containerd whose
 /// pods live under that cgroup, the policy file and the plugin's state dir.
 struct World {
-    env: TestEnv,
+    // Dropped first: pods stopped and containerd gone before the env's
+    // cgroups and pins are removed.
     containerd: Containerd,
+    env: TestEnv,
     policy: PathBuf,
     state: PathBuf,
 }

@@ -292,7 +292,9 @@ impl NriPolicy {
                 } else {
                     match RuleSpec::parse(a).map_err(|err| invalid("allow", err.to_string()))? {
                         RuleSpec::Numbers(rule) => allow.push(Allowance::Rule(rule)),
-                        RuleSpec::Path { .. } => unreachable!("paths start with '/'"),
+                        RuleSpec::Path { .. } => {
+                            return Err(invalid("allow", format!("{a:?}: not a rule nor a path")))
+                        }
                     }
                 }
             }
