@@ -208,6 +208,9 @@ pub struct ContainerView {
     /// Differences between the container's /dev and its policy (`list --drift`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<Drift>,
+    /// The Kubernetes pod container this is, from the pod map of `ctdev nri`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<runtimes::k8s::PodContainer>,
 }
 
 /// The whole audit dump (`ctdev list --json`), format version 1.
@@ -454,6 +457,11 @@ impl Ctdev {
             }
             Target::Runtime(kind, name) => self.one_container(Some(*kind), name)?,
             Target::Name(name) => self.cgroup_or_container(name)?,
+            Target::Pod(spec) => {
+                let map = runtimes::k8s::PodMap::load(&runtimes::k8s::state_dir())?;
+                let found = map.find(spec)?;
+                self.cgroups.cgroup(&found.cgroup)?
+            }
         };
         Ok(Resolved {
             policy_id: cgroup.id,
@@ -1148,6 +1156,8 @@ impl Ctdev {
         }
         let linked: BTreeSet<u64> = ids.iter().copied().collect();
         let names = ProgramNames::load();
+        // Pod names, where `ctdev nri` recorded them (a bad map names none).
+        let pods = runtimes::k8s::PodMap::load(&runtimes::k8s::state_dir()).unwrap_or_default();
         for id in &ids {
             let link = match attachment::open(&self.pins, *id) {
                 Ok(Some(l)) => l,
@@ -1159,7 +1169,14 @@ impl Ctdev {
                 Err(e) => return Err(e.into()),
             };
             let cg = cgroups.get(id);
+            let pod = pods
+                .containers
+                .iter()
+                .find(|p| p.policy_id == *id)
+                .or_else(|| cg.and_then(|c| pods.by_cgroup(&c.path)))
+                .cloned();
             dump.containers.push(ContainerView {
+                pod,
                 policy_id: *id,
                 cgroup: cg.map(|c| c.path.clone()),
                 cgroup_dir: cg.map(|c| c.dir.clone()),

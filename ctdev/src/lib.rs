@@ -37,6 +37,7 @@ pub mod failpoint;
 pub mod grants;
 pub mod import;
 pub mod kernel;
+pub mod nri;
 pub mod passthrough;
 pub mod plan;
 #[cfg(test)]

@@ -62,6 +62,9 @@ pub enum Target {
     Runtime(RuntimeKind, String),
     /// A bare word: a cgroup relative to the mount, or a name/ID of any runtime.
     Name(String),
+    /// A Kubernetes pod container (`k8s:NAMESPACE/POD[/CONTAINER]`), found in
+    /// the pod map of `ctdev nri` (see [`crate::runtimes::k8s`]).
+    Pod(String),
 }
 
 /// Why a TARGET was not understood.
@@ -76,6 +79,9 @@ pub enum TargetError {
     /// `id:` with something that is not a number.
     #[error("invalid policy id {0:?} in target: expected id:N")]
     BadId(String),
+    /// `k8s:` without `NAMESPACE/POD`.
+    #[error("invalid pod {0:?} in target: expected k8s:NAMESPACE/POD[/CONTAINER]")]
+    BadPod(String),
     /// `RUNTIME:` with nothing after it.
     #[error("empty container name in target {0:?}")]
     EmptyName(String),
@@ -102,6 +108,13 @@ impl FromStr for Target {
                 .map(Target::PolicyId)
                 .map_err(|_| TargetError::BadId(id.into()));
         }
+        if let Some(spec) = s.strip_prefix("k8s:") {
+            let parts: Vec<&str> = spec.split('/').collect();
+            if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+                return Err(TargetError::BadPod(spec.into()));
+            }
+            return Ok(Target::Pod(spec.into()));
+        }
         if let Some((prefix, name)) = s.split_once(':') {
             if let Some(kind) = RuntimeKind::from_prefix(prefix) {
                 if name.is_empty() {
@@ -126,6 +139,7 @@ impl fmt::Display for Target {
             Target::PolicyId(i) => write!(f, "id:{i}"),
             Target::Runtime(k, n) => write!(f, "{}:{n}", k.prefix()),
             Target::Name(n) => f.write_str(n),
+            Target::Pod(p) => write!(f, "k8s:{p}"),
         }
     }
 }
@@ -156,6 +170,19 @@ mod tests {
             "crio:ab".parse(),
             Ok(Target::Runtime(RuntimeKind::Crio, "ab".into()))
         );
+    }
+
+    #[test]
+    fn pod_targets() {
+        assert_eq!("k8s:ns/p".parse(), Ok(Target::Pod("ns/p".into())));
+        assert_eq!("k8s:ns/p/c".parse(), Ok(Target::Pod("ns/p/c".into())));
+        assert_eq!(Target::Pod("ns/p/c".into()).to_string(), "k8s:ns/p/c");
+        for bad in ["k8s:ns", "k8s:ns/", "k8s:/p", "k8s:a/b/c/d"] {
+            assert!(
+                matches!(bad.parse::<Target>(), Err(TargetError::BadPod(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub mod daemon;
 pub mod engines;
 /// A private Podman reading a private CDI spec directory.
 pub mod podman_cdi;
+/// A real containerd 1.7 with NRI and a CRI client, for the NRI plugin tests.
+pub mod containerd;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
 

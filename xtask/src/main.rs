@@ -260,6 +260,8 @@ impl Features {
 /// Builds everything; returns the ctdev binary.
 fn build(release: bool, features: Features) -> Result<PathBuf> {
     build_ebpf()?;
+    // ctdev's NRI plugin is generated from NRI's api.proto (a package's file).
+    setup::nri_protocol()?;
     step(&format!(
         "building ctdev ({})",
         if release { "release" } else { "debug" }

@@ -33,6 +33,9 @@ const TEST_PACKAGES: &[&str] = &[
     "tar",
     // The package test's clean root (tests/tests/dist.rs).
     "debootstrap",
+    // The NRI tests: jq in the runc wrapper, protoc for the CRI client (k8s-cri).
+    "jq",
+    "protobuf-compiler",
 ];
 
 fn home_cargo_bin(name: &str) -> PathBuf {
@@ -136,5 +139,100 @@ pub fn bpf_toolchain() -> Result<()> {
 
 /// What the integration tests need besides the toolchain.
 pub fn test_prerequisites() -> Result<()> {
-    apt_install(TEST_PACKAGES)
+    apt_install(TEST_PACKAGES)?;
+    containerd_with_nri()
+}
+
+/// Where packages of Debian's next release (trixie) are unpacked with
+/// `dpkg -x`, not installed: installing them would pull that release's libc
+/// and toolchain into the machine. ctdev's build.rs and the NRI tests look
+/// here.
+pub const DEPS_DIR: &str = "/opt/ctdev-deps";
+/// The trixie apt source, pinned to priority 1 so that nothing is ever
+/// installed from it implicitly (`apt-get download PKG/trixie` only).
+const TRIXIE_SOURCES: &str = "/etc/apt/sources.list.d/ctdev-trixie.sources";
+const TRIXIE_PIN: &str = "/etc/apt/preferences.d/ctdev-trixie";
+
+/// Unpacks trixie's `pkg` into `DEPS_DIR/into` unless `marker` is there.
+fn unpack_from_trixie(pkg: &str, into: &str, marker: &str) -> Result<()> {
+    let dest = Path::new(DEPS_DIR).join(into);
+    if dest.join(marker).exists() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "{} is missing: run `cargo xtask setup` (or any xtask command) as root once to unpack Debian trixie's {pkg} there",
+            dest.join(marker).display()
+        );
+    }
+    if !Path::new(TRIXIE_SOURCES).exists() {
+        step("adding Debian trixie as an apt source (pin priority 1: download only)");
+        std::fs::write(
+            TRIXIE_SOURCES,
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        )?;
+        std::fs::write(
+            TRIXIE_PIN,
+            "Package: *\nPin: release n=trixie\nPin-Priority: 1\n",
+        )?;
+        run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+    }
+    let dl = Path::new(DEPS_DIR).join("dl");
+    std::fs::create_dir_all(&dl)?;
+    step(&format!(
+        "apt-get download {pkg}/trixie; dpkg -x into {}",
+        dest.display()
+    ));
+    run_checked(Command::new("apt-get").current_dir(&dl).args([
+        "download",
+        "-q",
+        &format!("{pkg}/trixie"),
+    ]))?;
+    let prefix = format!("{pkg}_");
+    let mut debs: Vec<PathBuf> = std::fs::read_dir(&dl)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        })
+        .collect();
+    debs.sort();
+    let Some(deb) = debs.pop() else {
+        bail!(
+            "apt-get download {pkg}/trixie left no .deb in {}",
+            dl.display()
+        );
+    };
+    let _ = std::fs::remove_dir_all(&dest);
+    run_checked(Command::new("dpkg").arg("-x").arg(&deb).arg(&dest))?;
+    if !dest.join(marker).exists() {
+        bail!("{} has no {marker}", deb.display());
+    }
+    Ok(())
+}
+
+/// NRI's protocol definition (Debian: golang-github-containerd-nri-dev,
+/// NRI 0.6 in trixie), from which ctdev's build.rs generates the plugin's
+/// messages. A machine that has the package installed needs nothing here.
+pub fn nri_protocol() -> Result<()> {
+    const INSTALLED: &str = "/usr/share/gocode/src/github.com/containerd/nri/pkg/api/api.proto";
+    if Path::new(INSTALLED).is_file() || std::env::var_os("CTDEV_NRI_PROTO").is_some() {
+        return Ok(());
+    }
+    unpack_from_trixie(
+        "golang-github-containerd-nri-dev",
+        "nri",
+        "usr/share/gocode/src/github.com/containerd/nri/pkg/api/api.proto",
+    )
+}
+
+/// containerd 1.7 (NRI) for the NRI tests: bookworm's 1.6 has no NRI;
+/// trixie's 1.7 needs only runc and libc6 >= 2.34. Unpacked, never
+/// installed: the system's containerd (docker.io's) stays as it is.
+pub fn containerd_with_nri() -> Result<()> {
+    unpack_from_trixie("containerd", "containerd", "usr/bin/containerd")
 }

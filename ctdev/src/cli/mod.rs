@@ -19,6 +19,7 @@ mod demo;
 mod detach;
 mod list;
 mod monitor;
+mod nri;
 mod reset_counters;
 mod revoke;
 mod set;
@@ -107,6 +108,9 @@ pub enum Command {
     /// Apply a declarative policy file: containers as they start, devices as
     /// they are plugged (kernel uevents), reconciled after a restart.
     Daemon(daemon::Args),
+    /// Run as an NRI plugin of containerd/CRI-O: pods get their devices at
+    /// start, under ctdev's policy before their first instruction.
+    Nri(nri::Args),
 }
 
 impl Cli {
@@ -213,7 +217,7 @@ pub fn main() -> ExitCode {
     // The daemon logs every change it makes: info by default.
     // `-v` is info and `-vv` debug for every command; the daemon logs info
     // by default (so `ctdev daemon -v` is info too, as the help says).
-    let daemon = matches!(cli.command, Command::Daemon(_));
+    let daemon = matches!(cli.command, Command::Daemon(_) | Command::Nri(_));
     init_logging(if daemon {
         cli.verbose.max(1)
     } else {
@@ -270,6 +274,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Del(a) => del::run(cli, config, a),
         Command::Daemon(a) => daemon::run(cli, config, a),
         Command::Cdi(a) => cdi::run(cli, config, a),
+        Command::Nri(a) => nri::run(cli, config, a),
     }
 }
 

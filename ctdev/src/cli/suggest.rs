@@ -44,7 +44,7 @@ fn target_of(command: &Command) -> Option<&Target> {
         Command::ResetCounters(a) => a.target.as_ref(),
         Command::Add(a) => Some(&a.target),
         Command::Del(a) => Some(&a.target),
-        Command::Demo(_) | Command::Daemon(_) | Command::Cdi(_) => None,
+        Command::Demo(_) | Command::Daemon(_) | Command::Cdi(_) | Command::Nri(_) => None,
     }
 }
 

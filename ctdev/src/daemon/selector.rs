@@ -316,6 +316,17 @@ impl ContainerSelector {
                         .into_iter()
                         .any(|k| matches!(runtimes::classify(k, rel, name), Visit::Match(_)))
             }
+            ContainerSelector::Target(Target::Pod(spec)) => {
+                // The pod map of `ctdev nri` says which cgroup the pod's container is.
+                runtimes::k8s::PodMap::load(&runtimes::k8s::state_dir())
+                    .ok()
+                    .and_then(|m| {
+                        m.find(spec)
+                            .ok()
+                            .map(|c| c.cgroup == Path::new("/").join(rel))
+                    })
+                    .unwrap_or(false)
+            }
             ContainerSelector::Target(Target::Pid(_) | Target::PolicyId(_)) => false,
         }
     }

@@ -21,6 +21,7 @@ pub mod containerd;
 pub mod crio;
 pub mod discover;
 pub mod docker;
+pub mod k8s;
 pub mod lxc;
 pub mod podman;
 

@@ -1,0 +1,267 @@
+//! `ctdev nri`: ctdev as an NRI plugin (containerd ≥ 1.7, CRI-O ≥ 1.26).
+//!
+//! The plugin connects to the runtime's NRI socket, registers, receives the
+//! pods and containers that exist (Synchronize), then the container events
+//! it subscribed to. Modules by job:
+//! - [`proto`]: NRI's messages and ttrpc services, generated at build time;
+//! - [`mux`]: NRI's two logical connections over one socket;
+//! - [`policy`]: the policy file and the pure per-container decision;
+//! - [`agent`]: what happens at create, start, remove and synchronize;
+//! - this module: the ttrpc service and the connect/register/reconnect loop.
+//!
+//! When the socket goes away (the runtime restarts, the plugin was
+//! dropped), the plugin connects again and the runtime's Synchronize lets it
+//! catch up with everything that started meanwhile.
+
+pub mod agent;
+pub mod mux;
+pub mod policy;
+pub mod proto;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ttrpc::r#async::{Client, Server, TtrpcContext};
+
+use self::agent::{adjustment, pod_info, Agent};
+use self::proto::{api, api_ttrpc};
+
+/// Default NRI socket.
+pub const DEFAULT_SOCKET: &str = "/var/run/nri/nri.sock";
+/// Default plugin name and index (NRI orders plugins by index).
+pub const DEFAULT_NAME: &str = "ctdev";
+/// Default plugin index: two digits, as NRI requires.
+pub const DEFAULT_INDEX: &str = "10";
+
+/// Why the plugin stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NriError {
+    /// The plugin index is not two digits.
+    #[error("plugin index {0:?} must be two digits (00-99)")]
+    BadIndex(String),
+    /// Connecting or registering failed (and no retry was asked).
+    #[error("NRI socket {socket}: {message}")]
+    Connect {
+        /// The socket.
+        socket: PathBuf,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// How the plugin connects.
+#[derive(Debug, Clone)]
+pub struct NriOptions {
+    /// The runtime's NRI socket.
+    pub socket: PathBuf,
+    /// Plugin name.
+    pub name: String,
+    /// Plugin index (two digits).
+    pub index: String,
+    /// Retry interval when the socket is absent or closed; `None`: stop.
+    pub reconnect: Option<Duration>,
+}
+
+/// Events the plugin subscribes to (bit `1 << (event - 1)`).
+fn event_mask() -> i32 {
+    [
+        api::Event::CREATE_CONTAINER,
+        api::Event::START_CONTAINER,
+        api::Event::STOP_CONTAINER,
+        api::Event::REMOVE_CONTAINER,
+    ]
+    .iter()
+    .map(|e| 1i32 << ((*e as i32) - 1))
+    .fold(0, |a, b| a | b)
+}
+
+struct Service {
+    agent: Arc<Agent>,
+}
+
+fn rpc_error(msg: String) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::FAILED_PRECONDITION, msg))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ttrpc::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ttrpc::Error::Others(format!("ctdev plugin task failed: {e}")))
+}
+
+#[async_trait]
+impl api_ttrpc::Plugin for Service {
+    async fn configure(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConfigureRequest,
+    ) -> ttrpc::Result<api::ConfigureResponse> {
+        tracing::info!(
+            runtime = %req.runtime_name,
+            version = %req.runtime_version,
+            "configured by the runtime"
+        );
+        let mut resp = api::ConfigureResponse::new();
+        resp.events = event_mask();
+        Ok(resp)
+    }
+
+    async fn synchronize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::SynchronizeRequest,
+    ) -> ttrpc::Result<api::SynchronizeResponse> {
+        tracing::info!(
+            pods = req.pods.len(),
+            containers = req.containers.len(),
+            "synchronizing"
+        );
+        let agent = self.agent.clone();
+        blocking(move || agent.synchronize(&req.pods, &req.containers)).await?;
+        Ok(api::SynchronizeResponse::new())
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::Empty) -> ttrpc::Result<api::Empty> {
+        tracing::info!("the runtime is shutting the plugin down");
+        Ok(api::Empty::new())
+    }
+
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateContainerRequest,
+    ) -> ttrpc::Result<api::CreateContainerResponse> {
+        let (Some(pod), Some(c)) = (req.pod.as_ref(), req.container.as_ref()) else {
+            return Ok(api::CreateContainerResponse::new());
+        };
+        let info = pod_info(pod, c);
+        let id = c.id.clone();
+        let agent = self.agent.clone();
+        let plan = blocking(move || agent.create(&info, &id))
+            .await?
+            .map_err(rpc_error)?;
+        let mut resp = api::CreateContainerResponse::new();
+        resp.adjust = protobuf::MessageField::some(adjustment(&plan));
+        Ok(resp)
+    }
+
+    async fn stop_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StopContainerRequest,
+    ) -> ttrpc::Result<api::StopContainerResponse> {
+        if let Some(c) = req.container.as_ref() {
+            tracing::debug!(container = %c.id, "stopped");
+        }
+        Ok(api::StopContainerResponse::new())
+    }
+
+    async fn state_change(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateChangeEvent,
+    ) -> ttrpc::Result<api::Empty> {
+        let (Some(pod), Some(c)) = (req.pod.as_ref(), req.container.as_ref()) else {
+            return Ok(api::Empty::new());
+        };
+        let agent = self.agent.clone();
+        match req.event.enum_value() {
+            Ok(api::Event::START_CONTAINER) => {
+                let info = pod_info(pod, c);
+                let (uid, id) = (pod.uid.clone(), c.id.clone());
+                let path = c
+                    .linux
+                    .as_ref()
+                    .map(|l| l.cgroups_path.clone())
+                    .unwrap_or_default();
+                blocking(move || match agent.start(&info, &uid, &id, &path) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        agent.record(&info, &uid, &id, &path);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                })
+                .await?
+                .map_err(rpc_error)?;
+            }
+            Ok(api::Event::REMOVE_CONTAINER) => {
+                let id = c.id.clone();
+                blocking(move || agent.remove(&id)).await?;
+            }
+            _ => {}
+        }
+        Ok(api::Empty::new())
+    }
+}
+
+/// Runs the plugin until the socket closes for good (or forever with
+/// `reconnect`).
+pub async fn run(agent: Agent, options: NriOptions) -> Result<(), NriError> {
+    if !(options.index.len() == 2 && options.index.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(NriError::BadIndex(options.index));
+    }
+    let agent = Arc::new(agent);
+    loop {
+        match session(agent.clone(), &options).await {
+            Ok(reason) => {
+                tracing::warn!(socket = %options.socket.display(), "NRI connection closed: {reason}")
+            }
+            Err(message) => {
+                if options.reconnect.is_none() {
+                    return Err(NriError::Connect {
+                        socket: options.socket.clone(),
+                        message,
+                    });
+                }
+                tracing::warn!(socket = %options.socket.display(), "{message}");
+            }
+        }
+        match options.reconnect {
+            Some(every) => tokio::time::sleep(every).await,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// One connection: register, serve until the socket closes.
+async fn session(agent: Arc<Agent>, options: &NriOptions) -> Result<String, String> {
+    let stream = tokio::net::UnixStream::connect(&options.socket)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let muxed = mux::split(stream);
+    let service = api_ttrpc::create_plugin(Arc::new(Service { agent }));
+    let plugin_conn = muxed.plugin;
+    let listener = ttrpc::r#async::transport::Listener::new(futures_util::stream::iter([Ok::<
+        _,
+        std::io::Error,
+    >(
+        plugin_conn,
+    )]));
+    let mut server = Server::new()
+        .register_service(service)
+        .add_listener(listener);
+    server
+        .start()
+        .await
+        .map_err(|e| format!("cannot serve the plugin service: {e}"))?;
+    let client = api_ttrpc::RuntimeClient::new(Client::new(
+        ttrpc::r#async::transport::Socket::new(muxed.runtime),
+    ));
+    let mut req = api::RegisterPluginRequest::new();
+    req.plugin_name = options.name.clone();
+    req.plugin_idx = options.index.clone();
+    client
+        .register_plugin(ttrpc::context::with_duration(Duration::from_secs(30)), &req)
+        .await
+        .map_err(|e| format!("RegisterPlugin failed: {e}"))?;
+    tracing::info!(socket = %options.socket.display(), name = %options.name, index = %options.index, "registered");
+    let reason = match muxed.closed.await {
+        Ok(e) => e.to_string(),
+        Err(_) => "closed".to_string(),
+    };
+    let _ = server.shutdown().await;
+    Ok(reason)
+}

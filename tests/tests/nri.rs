@@ -1,0 +1,312 @@
+//! `ctdev nri` against a real containerd 1.7 with NRI, pods and containers
+//! created through the real CRI API: devices given at start under ctdev's
+//! policy (runc's program replaced before the workload runs), requests
+//! outside the policy refused, hot-plug into running pod containers, pod
+//! names in `list` and `k8s:` targets, and the plugin or containerd
+//! restarting.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use ctdev_tests::container::LoopDevice;
+use ctdev_tests::containerd::{eventually, Containerd, NriPlugin, Pod};
+use ctdev_tests::{ctdev_bin, TestEnv};
+
+const ANNOTATION: &str = "devices.ctdev.io/container.work";
+
+/// One test's world: a TestEnv (pin root, parent cgroup), a containerd whose
+/// pods live under that cgroup, the policy file and the plugin's state dir.
+struct World {
+    // Dropped first: pods stopped and containerd gone before the env's
+    // cgroups and pins are removed.
+    containerd: Containerd,
+    env: TestEnv,
+    policy: PathBuf,
+    state: PathBuf,
+}
+
+impl World {
+    fn new(name: &str) -> World {
+        let env = TestEnv::new(name);
+        // `kubepods/pod…` in the path: how kubelet's cgroupfs layout looks,
+        // and what the `containerd:ID` resolver recognises.
+        let parent = format!("/{}/kubepods/podtest", env.name);
+        let containerd = Containerd::start(name, &parent);
+        let state = env.scratch.join("nri-state");
+        let policy = env.scratch.join("nri.toml");
+        fs::write(
+            &policy,
+            format!(
+                r#"
+runtime_roots = ["{}"]
+
+[[container]]
+name = "ci-loops"
+namespace = "ci"
+allow = ["/dev/loop-control", "/dev/loop[0-9]*", "b 7:* rw"]
+
+[[container]]
+name = "locked"
+namespace = "locked"
+"#,
+                containerd.runc_root.display()
+            ),
+        )
+        .expect("write policy");
+        World {
+            env,
+            containerd,
+            policy,
+            state,
+        }
+    }
+
+    fn plugin(&self) -> NriPlugin {
+        let p = NriPlugin::start(
+            &self.env.pin_root,
+            &self.containerd.nri_sock,
+            &self.policy,
+            &self.state,
+        );
+        p.wait_registered(1);
+        p
+    }
+
+    /// ctdev with the plugin's state dir (for `k8s:` targets and pod names).
+    fn ctdev(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(ctdev_bin())
+            .arg("--pin-root")
+            .arg(&self.env.pin_root)
+            .args(args)
+            .env("CTDEV_NRI_STATE_DIR", &self.state)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run ctdev");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.ctdev(args);
+        assert_eq!(code, 0, "ctdev {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    /// The `list --json` entry of a container, if ctdev enforces on it.
+    fn listed(&self, container: &str) -> Option<serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["list", "--json"])).expect("list --json");
+        let cgroup = self.containerd.cgroup_of(container);
+        v["containers"]
+            .as_array()?
+            .iter()
+            .find(|c| c["cgroup"].as_str() == Some(cgroup.as_str()))
+            .cloned()
+    }
+
+    fn events(&self) -> String {
+        fs::read_to_string(self.state.join("events.jsonl")).unwrap_or_default()
+    }
+
+    fn pod(&mut self, ns: &str, name: &str, request: Option<&str>) -> Pod {
+        let ann: Vec<(&str, &str)> = request.map(|r| (ANNOTATION, r)).into_iter().collect();
+        self.containerd.run_pod(ns, name, &ann)
+    }
+
+    /// Requires that ctdev enforces on `container` alone: listed, enforcing,
+    /// no other device program (runc's is gone).
+    #[track_caller]
+    fn assert_enforced(&self, container: &str) -> serde_json::Value {
+        let c = self
+            .listed(container)
+            .unwrap_or_else(|| panic!("{container} is not under ctdev:\n{}", self.ok(&["list"])));
+        assert_eq!(c["state"], "enforcing", "{c:#}");
+        assert_eq!(
+            c["other_programs"].as_array().map(Vec::len),
+            Some(0),
+            "runc's program must be detached: {c:#}"
+        );
+        c
+    }
+
+    /// A block device the policy does not allow (loop 7:0) is EPERM inside,
+    /// while /dev/null still works.
+    #[track_caller]
+    fn assert_denies_others(&self, container: &str) {
+        let (code, out) = self.containerd.exec(
+            container,
+            &["sh", "-c", "mknod /tmp/l0 b 7 0 && : <> /tmp/l0"],
+        );
+        assert_ne!(code, 0, "b 7:0 must be denied: {out}");
+        assert!(out.contains("Operation not permitted"), "{out}");
+        assert_eq!(self.containerd.open_rw(container, "/dev/null"), Ok(()));
+    }
+}
+
+#[test]
+fn nri_pod_gets_its_requested_device_at_start() {
+    let mut w = World::new("nri-start");
+    let plugin = w.plugin();
+    let pod = w.pod("ci", "builder", Some("/dev/loop-control"));
+    let id = w
+        .containerd
+        .run_container(&pod, "work")
+        .unwrap_or_else(|e| panic!("{e}\nplugin:\n{}", plugin.log()));
+
+    // The node is there and opens; nothing else does; ctdev alone decides.
+    assert_eq!(w.containerd.open_rw(&id, "/dev/loop-control"), Ok(()));
+    w.assert_denies_others(&id);
+    let c = w.assert_enforced(&id);
+    assert!(
+        c["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["rule"] == "c 10:237 rwm"),
+        "{c:#}"
+    );
+
+    // `list` names the pod; `k8s:` targets resolve to the same container.
+    assert_eq!(c["pod"]["namespace"], "ci", "{c:#}");
+    assert_eq!(c["pod"]["pod"], "builder");
+    assert_eq!(c["pod"]["container"], "work");
+    assert_eq!(c["pod"]["container_id"], id.as_str());
+    let one: serde_json::Value =
+        serde_json::from_str(&w.ok(&["list", "--json", "k8s:ci/builder/work"])).unwrap();
+    assert_eq!(one["containers"][0]["policy_id"], c["policy_id"]);
+    assert!(w.events().contains("\"attached\""), "{}", w.events());
+
+    // Removing the pod detaches ctdev and forgets the container.
+    w.containerd.remove_pod(&pod);
+    assert!(
+        eventually(Duration::from_secs(10), || w.listed(&id).is_none()),
+        "still listed after the pod was removed"
+    );
+    let (code, _, err) = w.ctdev(&["list", "k8s:ci/builder/work"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no k8s container matches"), "{err}");
+}
+
+#[test]
+fn nri_refuses_requests_outside_the_policy() {
+    let mut w = World::new("nri-refuse");
+    let plugin = w.plugin();
+    // A namespace whose entry allows no requests.
+    let locked = w.pod("locked", "p1", Some("/dev/loop-control"));
+    let err = w.containerd.run_container(&locked, "work").unwrap_err();
+    assert!(
+        err.contains("not allowed by policy entry \"locked\""),
+        "{err}\nplugin:\n{}",
+        plugin.log()
+    );
+    // A device outside what the namespace may ask for.
+    let ci = w.pod("ci", "p2", Some("/dev/loop-control, /dev/mem"));
+    let err = w.containerd.run_container(&ci, "work").unwrap_err();
+    assert!(err.contains("/dev/mem"), "{err}");
+    // A namespace no entry selects.
+    let other = w.pod("web", "p3", Some("/dev/loop-control"));
+    let err = w.containerd.run_container(&other, "work").unwrap_err();
+    assert!(
+        err.contains("no policy entry selects namespace \"web\""),
+        "{err}"
+    );
+    let events = w.events();
+    assert_eq!(events.matches("\"refused\"").count(), 3, "{events}");
+    assert!(events.contains("web/p3/work"), "{events}");
+
+    // Without a request, an unselected pod starts with runc's own program.
+    let plain = w.pod("web", "p4", None);
+    let id = w
+        .containerd
+        .run_container(&plain, "work")
+        .expect("plain pod starts");
+    assert!(w.listed(&id).is_none());
+    assert!(w.containerd.open_rw(&id, "/dev/loop-control").is_err());
+}
+
+#[test]
+fn nri_hotplug_into_a_running_pod() {
+    let mut w = World::new("nri-hotplug");
+    let _plugin = w.plugin();
+    let a = w.pod("ci", "a", None);
+    let a_id = w.containerd.run_container(&a, "work").expect("pod a");
+    let b = w.pod("ci", "b", None);
+    let b_id = w.containerd.run_container(&b, "work").expect("pod b");
+    w.assert_enforced(&a_id);
+
+    let lo = LoopDevice::new(&w.env, "hot");
+    let dev = lo.path_str();
+    w.ok(&["add", &format!("containerd:{}", &a_id[..12]), dev]);
+    assert_eq!(w.containerd.open_rw(&a_id, dev), Ok(()));
+    // Only the selected pod gets it.
+    let (code, out) = w
+        .containerd
+        .exec(&b_id, &["sh", "-c", &format!("test -e {dev}")]);
+    assert_ne!(code, 0, "pod b must not see {dev}: {out}");
+
+    // Gone again on del (through the pod's name this time).
+    w.ok(&["del", "k8s:ci/a/work", dev]);
+    let (code, out) = w
+        .containerd
+        .exec(&a_id, &["sh", "-c", &format!("test -e {dev}")]);
+    assert_ne!(code, 0, "{dev} still inside after del: {out}");
+}
+
+#[test]
+fn nri_plugin_restart_keeps_pods_enforced_and_catches_up() {
+    let mut w = World::new("nri-restart");
+    let mut plugin = w.plugin();
+    let a = w.pod("ci", "a", Some("/dev/loop-control"));
+    let a_id = w.containerd.run_container(&a, "work").expect("pod a");
+    w.assert_enforced(&a_id);
+
+    // The plugin dies: what it attached stays enforced.
+    plugin.kill();
+    w.assert_enforced(&a_id);
+    assert_eq!(w.containerd.open_rw(&a_id, "/dev/loop-control"), Ok(()));
+    w.assert_denies_others(&a_id);
+
+    // A pod started meanwhile runs under runc's program only...
+    let b = w.pod("ci", "b", None);
+    let b_id = w.containerd.run_container(&b, "work").expect("pod b");
+    assert!(w.listed(&b_id).is_none());
+
+    // ...until the plugin is back: Synchronize takes it over.
+    let plugin = w.plugin();
+    assert!(
+        eventually(Duration::from_secs(20), || w.listed(&b_id).is_some()),
+        "pod b not attached after the plugin came back:\n{}",
+        plugin.log()
+    );
+    w.assert_enforced(&b_id);
+    w.assert_denies_others(&b_id);
+    w.assert_enforced(&a_id);
+    let c = w.listed(&b_id).unwrap();
+    assert_eq!(c["pod"]["pod"], "b", "{c:#}");
+}
+
+#[test]
+fn nri_plugin_reconnects_when_containerd_restarts() {
+    let mut w = World::new("nri-ctrd-restart");
+    let plugin = w.plugin();
+    let a = w.pod("ci", "a", None);
+    let a_id = w.containerd.run_container(&a, "work").expect("pod a");
+    w.assert_enforced(&a_id);
+
+    w.containerd.restart();
+    plugin.wait_registered(2);
+    w.assert_enforced(&a_id);
+    let b = w.pod("ci", "b", Some("/dev/loop-control"));
+    let b_id = w
+        .containerd
+        .run_container(&b, "work")
+        .unwrap_or_else(|e| panic!("{e}\nplugin:\n{}", plugin.log()));
+    w.assert_enforced(&b_id);
+    assert_eq!(w.containerd.open_rw(&b_id, "/dev/loop-control"), Ok(()));
+}
