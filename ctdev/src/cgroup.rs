@@ -320,9 +320,9 @@ fn depth(path: &Path) -> u32 {
 /// `None` when `mount` is not a cgroup2 mount point.
 fn mount_root_depth(text: &str, mount: &Path) -> Option<u32> {
     text.lines()
-        .filter_map(|line| cgroup2_mount_entry(line))
-        .filter(|(m, _)| m == mount)
-        .last()
+        .rev()
+        .filter_map(cgroup2_mount_entry)
+        .find(|(m, _)| m == mount)
         .map(|(_, root)| depth(&root))
 }
 

@@ -468,10 +468,7 @@ pub fn plan_take_back(entries: &Entries, ledger: &Ledger, index: usize) -> (Plan
             .flat_map(|g| g.entries.iter())
             .filter(|x| same(x))
             .fold(0, |a, x| a | x.requested);
-        let others = after
-            .grants
-            .iter()
-            .any(|g| g.entries.iter().any(|x| same(x)));
+        let others = after.grants.iter().any(|g| g.entries.iter().any(&same));
         // Hand what others still want over to them.
         let mut keep = eg.added & claimed;
         let mut creator_passed = !eg.created;

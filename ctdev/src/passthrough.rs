@@ -746,7 +746,7 @@ pub fn del_as(
     let (plan, after) = grants::plan_take_back(&at.state.entries, &ledger, index);
     report.rules_changed = plan.changed_text();
     report.rules_unchanged = plan.unchanged_text(&at.state.entries);
-    let rules_only = !grant.nodes.is_empty() && init.shares_host_ns("mnt")?;
+    let rules_only = init.shares_host_ns("mnt")?;
     if ct.config().dry_run {
         for n in &grant.nodes {
             report.nodes.push(NodeReport {

@@ -297,8 +297,9 @@ fn add_and_del_killed_at_every_step_converge() {
                 again.code == 0 || again.stderr.contains("was not added"),
                 "{step}: {again:?}"
             );
+            // The node add replaced (1:7) is back.
             assert!(
-                rdev_of(&c.host_path("/dev/z")).is_none(),
+                rdev_of(&c.host_path("/dev/z")) == Some((1, 7)),
                 "{step}: {:?} {:?} {}",
                 rdev_of(&c.host_path("/dev/z")),
                 again,

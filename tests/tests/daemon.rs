@@ -103,7 +103,8 @@ fn hotplug_reaches_the_matching_container_only_and_goes_away_on_remove() {
         "hotplug add -> usable in the container: {:?}",
         start.elapsed()
     );
-    let rule = format!("b 7:{index} rw");
+    // `rw` asked; the preset's `b *:* m` stays (a new entry never narrows).
+    let rule = format!("b 7:{index} rwm");
     assert!(rules_of(&env, &a.cgroup).unwrap().contains(&rule));
     // b (under policy, not selected) got nothing.
     assert!(!b.host_path(&dest).exists());
@@ -146,7 +147,8 @@ fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
     );
     eprintln!("new container -> device usable: {:?}", start.elapsed());
     let rules = rules_of(&env, &web.cgroup).expect("web-1 attached");
-    assert!(rules.contains(&"c 42:7 rw".to_string()), "{rules:?}");
+    // `rw` asked; the preset's `c *:* m` stays (a new entry never narrows).
+    assert!(rules.contains(&"c 42:7 rwm".to_string()), "{rules:?}");
     assert!(rules.contains(&"c 10:200 rwm".to_string()), "{rules:?}");
 
     // Not selected: never attached.
@@ -323,7 +325,7 @@ fn sighup_with_a_bad_file_keeps_the_running_policy() {
     let c1 = env.cgroup("c-1");
     wait_until(Duration::from_secs(5), "c-1 under the old policy", || {
         rules_of(&env, &c1)
-            .filter(|r| r.contains(&"c 42:7 rw".to_string()))
+            .filter(|r| r.contains(&"c 42:7 rwm".to_string()))
             .map(|_| ())
     });
 
@@ -331,9 +333,14 @@ fn sighup_with_a_bad_file_keeps_the_running_policy() {
     write_config(&env, "policy.toml", &text("c 42:9 r"));
     daemon.signal(nix::sys::signal::Signal::SIGHUP);
     wait_until(Duration::from_secs(5), "the new rule after reload", || {
+        // The take-back is logged after its record is saved: wait for it too.
+        daemon
+            .log_text()
+            .contains("revoked (gone from the policy)")
+            .then_some(())?;
         rules_of(&env, &c1)
             .filter(|r| {
-                r.contains(&"c 42:9 r".to_string()) && !r.contains(&"c 42:7 rw".to_string())
+                r.contains(&"c 42:9 rm".to_string()) && !r.contains(&"c 42:7 rwm".to_string())
             })
             .map(|_| ())
     });

@@ -116,8 +116,11 @@ fn specific_entry_narrows_a_wildcard() {
     ]);
     assert_denied(&env, &cg, ProbeOp::read("/dev/null"));
     assert_allowed(&env, &cg, ProbeOp::read("/dev/zero"));
-    // Removing the narrowing entry lets the wildcard apply again.
+    // Revoking cannot remove the narrowing entry: the wildcard would widen.
     env.ok(&["revoke", s(&cg), "c 1:3"]);
+    assert_denied(&env, &cg, ProbeOp::read("/dev/null"));
+    // Allowing does.
+    env.ok(&["allow", s(&cg), "c 1:3 r"]);
     assert_allowed(&env, &cg, ProbeOp::read("/dev/null"));
 }
 
@@ -228,9 +231,21 @@ fn policy_outlives_ctdev_and_reattach_adopts_it() {
     // Every ctdev process above has exited; the pinned link keeps enforcing.
     assert_denied(&env, &cg, ProbeOp::read("/dev/zero"));
     assert_allowed(&env, &cg, ProbeOp::read("/dev/null"));
-    let out = env.ok(&["attach", s(&cg), "--rule", "c 1:5 r"]);
+    let out = env.ok(&["attach", s(&cg), "--preset", "none", "--rule", "c 1:3 r"]);
     assert!(out.contains("already attached"), "{out}");
-    let out = env.ok(&["--json", "attach", s(&cg)]);
+    // Another policy (here the default preset) is refused: allow/revoke change it.
+    let err = env.fails(&["attach", s(&cg), "--rule", "c 1:5 r"]);
+    assert!(err.contains("ctdev allow"), "{err}");
+    env.ok(&["allow", s(&cg), "c 1:5 r"]);
+    let out = env.ok(&[
+        "--json",
+        "attach",
+        s(&cg),
+        "--preset",
+        "none",
+        "--rule",
+        "c 1:3 r",
+    ]);
     let again: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(again["already_attached"], true);
     assert_eq!(

@@ -310,10 +310,10 @@ fn dry_run_changes_nothing() {
     );
     env.ok(&["attach", cg, "--preset", "none", "--rule", "c 1:3 rw"]);
     let before = rules_of(&env, &c.cgroup);
-    let out = env.ok(&["allow", cg, "c 1:5 r", "--dry-run"]);
+    let out = env.ok(&["allow", "--dry-run", cg, "c 1:5 r"]);
     assert!(out.contains("would allow"), "{out}");
     let v: serde_json::Value =
-        serde_json::from_str(&env.ok(&["revoke", cg, "c 1:3 w", "--dry-run", "--json"])).unwrap();
+        serde_json::from_str(&env.ok(&["revoke", "--dry-run", "--json", cg, "c 1:3 w"])).unwrap();
     assert_eq!(v["dry_run"], true);
     assert_eq!(v["changed"][0], "revoked w from c 1:3; left: r");
     let zero = env.node("zero", DeviceType::Char, 1, 5);
@@ -413,7 +413,7 @@ fn random_sequences_against_the_kernel() {
                     );
                 }
                 1 => {
-                    let r = env.ctdev(&["revoke", s(&cg), &rule_text, "--missing-ok"]);
+                    let r = env.ctdev(&["revoke", "--missing-ok", s(&cg), &rule_text]);
                     assert_eq!(r.code, 0, "{}", r.stderr);
                     let p = plan::plan_revoke(&model, id, &rule, true).unwrap();
                     model = p.result(&model);
