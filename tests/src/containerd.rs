@@ -366,7 +366,6 @@ state = "{d}/state"
                 namespace: namespace.into(),
                 attempt: 0,
             }),
-            hostname: "pod".into(),
             log_directory: self.dir.join("logs").join(name).display().to_string(),
             labels: [("app".to_string(), name.to_string())].into(),
             annotations: annotations
