@@ -6,17 +6,17 @@
 //! process, and removes every cgroup, pin and node it created.
 
 pub mod container;
-/// The differential test of `--takeover` against the real runc and crun.
-pub mod difftest;
+/// A real containerd 1.7 with NRI and a CRI client, for the NRI plugin tests.
+pub mod containerd;
 /// `ctdev daemon` as a child process, hotplugged loop devices, and
 /// first-instruction device probes.
 pub mod daemon;
+/// The differential test of `--takeover` against the real runc and crun.
+pub mod difftest;
 /// Real Docker and Podman engines.
 pub mod engines;
 /// A private Podman reading a private CDI spec directory.
 pub mod podman_cdi;
-/// A real containerd 1.7 with NRI and a CRI client, for the NRI plugin tests.
-pub mod containerd;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
 

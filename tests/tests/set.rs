@@ -146,10 +146,8 @@ fn killed_swaps_leave_old_or_new(name: &str, filler: usize) {
         r.retain(|x| !x.starts_with("c 300:"));
         r
     };
-    let (rules_a, rules_b): (Vec<String>, Vec<String>) = (
-        listed(&env),
-        SET_B.iter().map(|r| r.to_string()).collect(),
-    );
+    let (rules_a, rules_b): (Vec<String>, Vec<String>) =
+        (listed(&env), SET_B.iter().map(|r| r.to_string()).collect());
     for (from, to, mask_from, mask_to) in [(&a, &b, MASK_A, MASK_B), (&b, &a, MASK_B, MASK_A)] {
         env.ok(&set_args(&cg, from));
         for step in ["set.after_write", "set.after_publish"] {

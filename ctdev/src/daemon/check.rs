@@ -241,6 +241,7 @@ mod tests {
             link_id: 1,
             link_pin: PathBuf::new(),
             state: "enforcing",
+            pod: None,
             rules: crate::rule::parse_rules(rules)
                 .unwrap()
                 .into_iter()
