@@ -169,7 +169,7 @@ fn finish(live: Live) -> Point {
         rounds: live.rounds,
         ns_per_op: s,
         kernel_ns_per_run: kernel.as_ref().map(|k| k.median),
-        kernel: kernel,
+        kernel,
         programs: live.programs,
     }
 }
