@@ -33,7 +33,7 @@ fn main() {
         }
         *seen.entry(mask).or_insert(0) += 1;
         n += 1;
-        if n % 64 == 0 && stop.exists() {
+        if n.is_multiple_of(64) && stop.exists() {
             break;
         }
     }
