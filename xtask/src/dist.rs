@@ -134,15 +134,21 @@ fn install_cargo_deb() -> Result<()> {
 /// A clean Debian root (debootstrap `--variant=minbase` of bookworm, from
 /// Debian's packages; no Rust toolchain) for the package test, made once
 /// and kept under target/dist/clean-root; the test installs into a copy.
+/// Where the clean Debian root for the package test is cached.
+const CLEAN_ROOT_CACHE: &str = "/var/cache/ctdev-xtask/clean-root-bookworm";
+
 pub fn clean_root() -> Result<PathBuf> {
-    let dir = out_dir().join("clean-root");
+    // Kept outside the checkout: a machine makes it once (debootstrap takes
+    // minutes) and every clone on it (CI's included) reuses it; the test
+    // never modifies it (it installs into a copy).
+    let dir = PathBuf::from(CLEAN_ROOT_CACHE);
     let done = dir.join(".ctdev-clean-root-done");
     if done.is_file() {
         return Ok(dir);
     }
     crate::setup::apt_install(&["debootstrap"])?;
     let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)?;
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     step("debootstrap --variant=minbase bookworm (a clean root for the package test; once)");
     run_checked(
         Command::new("debootstrap")
