@@ -90,6 +90,10 @@ pub struct ProgramObject {
 /// any fd limit in use).
 const TABLE_PLACEHOLDER: i32 = 0x3ead_0001;
 const COUNTERS_PLACEHOLDER: i32 = 0x3ead_0002;
+/// Stands for the maps only other programs of the object use (the scope
+/// program's maps and its load-time constant): `ctdev_device` never refers
+/// to them, and if it did the kernel would refuse the load (no such fd).
+const UNUSED_PLACEHOLDER: i32 = 0x3ead_0003;
 /// `BPF_LD | BPF_DW | BPF_IMM`: the first half of a 64-bit immediate load.
 const LD_IMM64: u8 = 0x18;
 /// `BPF_PSEUDO_MAP_FD` in the source register of an `LD_IMM64`.
@@ -231,12 +235,15 @@ impl ProgramObject {
                 TABLE_MAP => TABLE_PLACEHOLDER,
                 COUNTERS_MAP => COUNTERS_PLACEHOLDER,
                 _ => {
-                    let pin = pins
+                    let Some(pin) = pins
                         .map_pins()
                         .into_iter()
                         .find(|(n, _)| n == name)
                         .map(|(_, p)| p)
-                        .ok_or(ProgramError::Missing("a map this ctdev knows"))?;
+                    else {
+                        fds.push(UNUSED_PLACEHOLDER);
+                        continue;
+                    };
                     let fd = sys::obj_get(&pin).map_err(|e| load_err(Box::new(e)))?;
                     let raw = fd.as_raw_fd();
                     shared.push(fd);
