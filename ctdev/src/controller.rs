@@ -767,14 +767,15 @@ impl Ctdev {
         let mut ledger = self.grants.load(state.policy_id)?;
         let mut entries = state.entries.clone();
         let mut total = Plan::default();
+        let mut granted_all = Vec::with_capacity(rules.len());
         for rule in rules {
-            let (plan, granted) = plan_grant(&entries, state.policy_id, std::slice::from_ref(rule));
-            entries = plan.result(&entries);
+            let (plan, granted) =
+                grants::plan_grant_into(&mut entries, state.policy_id, std::slice::from_ref(rule));
             for c in plan.changes {
                 total.record(c.key, state.entries.get(&c.key).copied(), c.after);
             }
             for k in plan.unchanged {
-                if !total.changes.iter().any(|c| c.key == k) {
+                if !total.changes_key(&k) {
                     total.record(
                         k,
                         state.entries.get(&k).copied(),
@@ -782,19 +783,17 @@ impl Ctdev {
                     );
                 }
             }
-            grants::record(
-                &mut ledger,
-                Grant {
-                    owner: GrantOwner::Operator,
-                    subject: Subject::Rule {
-                        rule: rule.to_string(),
-                    },
-                    entries: granted,
-                    nodes: Vec::new(),
-                    pending: false,
+            granted_all.push(Grant {
+                owner: GrantOwner::Operator,
+                subject: Subject::Rule {
+                    rule: rule.to_string(),
                 },
-            );
+                entries: granted,
+                nodes: Vec::new(),
+                pending: false,
+            });
         }
+        grants::record_all(&mut ledger, granted_all);
         self.apply_plan(lock, &state, &total, Some(&ledger))?;
         crate::failpoint!("allow.after_write");
         Ok(self.change_report(&state, &total))

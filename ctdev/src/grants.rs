@@ -327,14 +327,24 @@ impl Store {
 /// bits OR-ed in; a new entry starts from what its devices had (so adding
 /// never narrows). Returns the plan and what the grant added per entry.
 pub fn plan_grant(entries: &Entries, policy_id: u64, rules: &[Rule]) -> (Plan, Vec<EntryGrant>) {
-    let mut plan = Plan::default();
     let mut now = entries.clone();
+    plan_grant_into(&mut now, policy_id, rules)
+}
+
+/// [`plan_grant`] on entries that are updated in place to the plan's
+/// result (no copy: `allow` plans one grant per rule, for many rules).
+pub fn plan_grant_into(
+    now: &mut Entries,
+    policy_id: u64,
+    rules: &[Rule],
+) -> (Plan, Vec<EntryGrant>) {
+    let mut plan = Plan::default();
     let mut out = Vec::new();
     for (key, bits) in merge_rules(policy_id, rules) {
         let before = now.get(&key).copied();
         let had = match before {
             Some(b) => b,
-            None => inherited(&now, &key),
+            None => inherited(now, &key),
         };
         let after = had | bits;
         if before.is_none() && key.major != WILDCARD && key.minor == WILDCARD {
@@ -395,31 +405,53 @@ pub fn plan_grant(entries: &Entries, policy_id: u64, rules: &[Rule]) -> (Plan, V
 /// owner and subject extends the first (idempotent).
 pub fn record(ledger: &mut Ledger, grant: Grant) {
     match ledger.find(grant.owner, &grant.subject) {
-        Some(i) => {
-            let g = &mut ledger.grants[i];
-            for e in grant.entries {
-                match g
-                    .entries
-                    .iter_mut()
-                    .find(|x| (x.dev_type, x.major, x.minor) == (e.dev_type, e.major, e.minor))
-                {
-                    Some(x) => {
-                        x.requested |= e.requested;
-                        x.added |= e.added;
-                        x.created |= e.created;
-                    }
-                    None => g.entries.push(e),
-                }
-            }
-            for n in grant.nodes {
-                if !g.nodes.iter().any(|x| x.dest == n.dest) {
-                    g.nodes.push(n);
-                }
-            }
-            g.pending = grant.pending;
-        }
+        Some(i) => merge(&mut ledger.grants[i], grant),
         None => ledger.grants.push(grant),
     }
+}
+
+/// [`record`] for many grants at once, with an index instead of a search
+/// per grant (`allow` of tens of thousands of rules).
+pub fn record_all(ledger: &mut Ledger, grants: Vec<Grant>) {
+    let mut index: std::collections::BTreeMap<(Owner, Subject), usize> = ledger
+        .grants
+        .iter()
+        .enumerate()
+        .map(|(i, g)| ((g.owner, g.subject.clone()), i))
+        .collect();
+    for grant in grants {
+        match index.get(&(grant.owner, grant.subject.clone())) {
+            Some(&i) => merge(&mut ledger.grants[i], grant),
+            None => {
+                index.insert((grant.owner, grant.subject.clone()), ledger.grants.len());
+                ledger.grants.push(grant);
+            }
+        }
+    }
+}
+
+/// Merges `grant` into `g` (same owner and subject).
+fn merge(g: &mut Grant, grant: Grant) {
+    for e in grant.entries {
+        match g
+            .entries
+            .iter_mut()
+            .find(|x| (x.dev_type, x.major, x.minor) == (e.dev_type, e.major, e.minor))
+        {
+            Some(x) => {
+                x.requested |= e.requested;
+                x.added |= e.added;
+                x.created |= e.created;
+            }
+            None => g.entries.push(e),
+        }
+    }
+    for n in grant.nodes {
+        if !g.nodes.iter().any(|x| x.dest == n.dest) {
+            g.nodes.push(n);
+        }
+    }
+    g.pending = grant.pending;
 }
 
 /// An operator's revoke overrides grants: the bits it took away are no

@@ -63,22 +63,33 @@ pub struct Plan {
     pub notes: Vec<String>,
     /// Rules `revoke --missing-ok` skipped because no entry matched them.
     pub skipped: Vec<String>,
+    /// Where each key is in `changes` / that it is in `unchanged`, so that
+    /// recording stays O(log n) for policies of tens of thousands of rules.
+    index: BTreeMap<PolicyKey, usize>,
+    unchanged_seen: std::collections::BTreeSet<PolicyKey>,
 }
 
 impl Plan {
     /// Records `key` going from `before` to `after`.
     pub fn record(&mut self, key: PolicyKey, before: Option<u32>, after: Option<u32>) {
         if before == after {
-            if !self.unchanged.contains(&key) {
+            if self.unchanged_seen.insert(key) {
                 self.unchanged.push(key);
             }
             return;
         }
-        if let Some(c) = self.changes.iter_mut().find(|c| c.key == key) {
-            c.after = after;
-        } else {
-            self.changes.push(EntryChange { key, before, after });
+        match self.index.get(&key) {
+            Some(&i) => self.changes[i].after = after,
+            None => {
+                self.index.insert(key, self.changes.len());
+                self.changes.push(EntryChange { key, before, after });
+            }
         }
+    }
+
+    /// Whether `key` has a recorded change.
+    pub fn changes_key(&self, key: &PolicyKey) -> bool {
+        self.index.contains_key(key)
     }
 
     /// The entries after the plan.

@@ -49,7 +49,7 @@ fn options_after_rule_words_are_options() {
         "--missing-ok",
     ]);
     assert!(
-        out.contains(&format!("revoked {}: w from b 7:*; left: r", s(&cg))),
+        out.contains(&format!("{}: revoked w from b 7:*; left: r", s(&cg))),
         "{out}"
     );
     assert!(

@@ -468,7 +468,7 @@ fn nested_containers_are_each_judged_by_their_own_policy() {
 }
 
 #[test]
-fn containers_at_one_depth_share_one_program_and_detach_leaves_no_pin() {
+fn containers_at_one_depth_have_their_own_programs_and_detach_leaves_no_pin() {
     let env = TestEnv::new("shared-program");
     let cgs: Vec<_> = (0..5).map(|i| env.cgroup(&format!("c{i}"))).collect();
     for (i, cg) in cgs.iter().enumerate() {
@@ -488,17 +488,18 @@ fn containers_at_one_depth_share_one_program_and_detach_leaves_no_pin() {
         .iter()
         .map(|c| c["program_id"].as_u64().unwrap())
         .collect();
-    assert_eq!(ids.len(), 1, "one program instance per depth: {dump}");
-    let programs: Vec<_> = std::fs::read_dir(env.pin_root.join("programs"))
+    // One program instance per container, each with its own rule table.
+    assert_eq!(ids.len(), 5, "one program instance per container: {dump}");
+    let tables: Vec<_> = std::fs::read_dir(env.pin_root.join("tables"))
         .unwrap()
         .flatten()
         .collect();
-    assert_eq!(programs.len(), 1);
+    assert_eq!(tables.len(), 5);
     assert_allowed(&env, &cgs[0], ProbeOp::read("/dev/null"));
     assert_denied(&env, &cgs[0], ProbeOp::read("/dev/zero"));
     assert_allowed(&env, &cgs[1], ProbeOp::read("/dev/zero"));
     assert_denied(&env, &cgs[1], ProbeOp::read("/dev/null"));
-    // Detaching one leaves the others enforced by the shared program.
+    // Detaching one leaves the others enforced by their own programs.
     env.ok(&["detach", s(&cgs[0])]);
     assert_allowed(&env, &cgs[0], ProbeOp::read("/dev/zero"));
     assert_denied(&env, &cgs[1], ProbeOp::read("/dev/null"));
@@ -518,15 +519,16 @@ fn a_foreign_program_pinned_where_ctdevs_belongs_is_refused() {
     let b = env.cgroup("b");
     env.ok(&["attach", s(&a), "--preset", "none"]);
     env.ok(&["detach", s(&a)]);
-    // Plant a non-ctdev program where the instance for this depth lives.
+    // Plant a non-ctdev program where b's link (its own program's
+    // attachment) belongs.
     let stranger = env.cgroup("stranger");
     let foreign = ctdev_tests::foreign::ForeignProgram::deny_char(&stranger, 1, 5);
-    std::fs::create_dir_all(env.pin_root.join("programs")).unwrap();
-    let level = std::path::Path::new(&env.name).components().count() + 1;
-    let planted = env.pin_root.join("programs").join(format!("level-{level}"));
+    std::fs::create_dir_all(env.pin_root.join("links")).unwrap();
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&b).unwrap());
+    let planted = env.pin_root.join("links").join(id.to_string());
     foreign.pin(&planted);
     let err = env.fails(&["attach", s(&b), "--preset", "none"]);
-    assert!(err.contains("is not a ctdev program"), "{err}");
+    assert!(err.contains("is not a ctdev"), "{err}");
     assert!(planted.exists(), "the foreign pin is left alone");
     assert_allowed(&env, &b, ProbeOp::read("/dev/null"));
     std::fs::remove_file(&planted).unwrap();

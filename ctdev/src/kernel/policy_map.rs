@@ -541,6 +541,25 @@ impl PolicyMap {
         Ok(())
     }
 
+    /// Entries of `policy_id` in a plain hash map of this layout (the scope
+    /// programs' default policies): no per-container table, no generation.
+    pub fn plain_entries_of(
+        &self,
+        policy_id: u64,
+    ) -> Result<BTreeMap<PolicyKey, u32>, PolicyMapError> {
+        Ok(self
+            .hash_entries()?
+            .into_iter()
+            .filter(|(k, _)| k.policy_id == policy_id)
+            .collect())
+    }
+
+    /// Applies changes to a plain hash map of this layout (see
+    /// [`Self::plain_entries_of`]), all or nothing.
+    pub fn apply_plain(&mut self, changes: &[Change]) -> Result<(), PolicyMapError> {
+        self.apply_raw(changes, 0)
+    }
+
     /// Applies changes to the shared map under `generation`, putting back
     /// what was applied when one fails.
     fn apply_raw(&mut self, changes: &[Change], generation: u32) -> Result<(), PolicyMapError> {

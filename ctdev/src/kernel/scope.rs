@@ -372,7 +372,7 @@ pub fn set_default(pins: &PinRoot, scope_id: u64, rules: &[Rule]) -> Result<(), 
         return Err(PolicyMapError::Missing { path }.into());
     }
     let mut map = PolicyMap::open(&path)?;
-    let before = map.entries_of(scope_id)?;
+    let before = map.plain_entries_of(scope_id)?;
     let want: BTreeMap<_, u32> = rules
         .iter()
         .flat_map(|r| r.keys(scope_id).map(move |k| (k, r.access.bits())))
@@ -384,7 +384,7 @@ pub fn set_default(pins: &PinRoot, scope_id: u64, rules: &[Rule]) -> Result<(), 
             .filter(|k| !want.contains_key(k))
             .map(|k| (*k, None)),
     );
-    map.apply(&changes)?;
+    map.apply_plain(&changes)?;
     Ok(())
 }
 
