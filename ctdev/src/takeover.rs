@@ -86,6 +86,16 @@ pub enum TakeoverError {
         /// Why.
         error: ModelError,
     },
+    /// An entry of the current policy did not read back as a rule.
+    #[error("entry {entry:?} of the policy of {}: {error}; nothing was changed", cgroup.display())]
+    Entry {
+        /// The entry as text.
+        entry: String,
+        /// The container's cgroup.
+        cgroup: PathBuf,
+        /// Why.
+        error: String,
+    },
     /// Attaching ctdev failed: nothing was detached.
     #[error(transparent)]
     Ctdev(#[from] Box<Error>),
@@ -269,12 +279,40 @@ pub fn takeover(
     let runtime_has_program = device_programs(ctdev.cgroups(), &cgroup)?
         .iter()
         .any(is_runtime);
-    let imported = import_rules(ctdev, target, &cgroup, options, runtime_has_program)?;
-    if let Some(why) = &imported.started_from_preset {
-        tracing::warn!(cgroup = %cgroup.dir.display(), "{why}");
-    }
-    let mut rules = imported.rules.clone();
-    rules.extend_from_slice(extra);
+    let mut imported = import_rules(ctdev, target, &cgroup, options, runtime_has_program)?;
+    // Already under ctdev's policy (a takeover interrupted after the attach,
+    // or a runtime that attached its program again): ctdev's policy stays
+    // exactly as it is, and only the runtime's program is kept and detached.
+    let current = ctdev
+        .container(target)
+        .ok()
+        .filter(|s| s.link == crate::controller::LinkState::Enforcing);
+    let rules = match current {
+        Some(state) => {
+            tracing::info!(cgroup = %cgroup.dir.display(), "already under ctdev policy: keeping it, detaching the runtime's program only");
+            imported.rules.clear();
+            imported.narrowed.clear();
+            imported.started_from_preset = None;
+            let texts: Vec<String> = state
+                .entries
+                .iter()
+                .map(|(k, b)| crate::plan::entry_text(k, *b))
+                .collect();
+            crate::rule::parse_rules(&texts).map_err(|e| TakeoverError::Entry {
+                entry: texts.join(", "),
+                cgroup: cgroup.dir.clone(),
+                error: e.to_string(),
+            })?
+        }
+        None => {
+            if let Some(why) = &imported.started_from_preset {
+                tracing::warn!(cgroup = %cgroup.dir.display(), "{why}");
+            }
+            let mut rules = imported.rules.clone();
+            rules.extend_from_slice(extra);
+            rules
+        }
+    };
 
     // One critical section: attach, verify, keep and detach the runtime's.
     let object = ProgramObject::new(ctdev.config().bpf_object.as_deref()).map_err(Error::from)?;

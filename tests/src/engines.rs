@@ -823,6 +823,10 @@ pub fn daemon_takes_over_hotplugs_and_survives_restart(
         Duration::from_secs(15),
         "the restarted container to be taken over with its devices",
         || {
+            if start.elapsed() > Duration::from_secs(14) {
+                // About to time out: show what the daemon did.
+                eprintln!("daemon log:\n{}", daemon.log_text());
+            }
             let view = listed(env, &engine.cgroup_dir(id))?;
             (view["policy_id"] != old
                 && taken_over_and_opens(env, engine, id, "/dev/loop-control")
