@@ -178,12 +178,14 @@ impl Drop for DaemonProc {
 
 /// A helper binary built with this crate (`target/<profile>/NAME`).
 pub fn helper_bin(name: &str) -> PathBuf {
+    // A test binary lives in target/<profile>/deps, a bench binary (the
+    // churn bench) beside the helper in target/<profile>.
     let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join(name))
-        .expect("target dir");
+    let dir = exe.parent().expect("target dir");
+    let bin = [dir.join(name), dir.join("..").join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| dir.join(name));
     assert!(
         bin.is_file(),
         "{name} helper not found at {}: build with `cargo build -p ctdev-tests --bins`",
