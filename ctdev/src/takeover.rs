@@ -279,40 +279,37 @@ pub fn takeover(
     let runtime_has_program = device_programs(ctdev.cgroups(), &cgroup)?
         .iter()
         .any(is_runtime);
-    let mut imported = import_rules(ctdev, target, &cgroup, options, runtime_has_program)?;
-    // Already under ctdev's policy (a takeover interrupted after the attach,
-    // or a runtime that attached its program again): ctdev's policy stays
-    // exactly as it is, and only the runtime's program is kept and detached.
-    let current = ctdev
+    let imported = import_rules(ctdev, target, &cgroup, options, runtime_has_program)?;
+    if let Some(why) = &imported.started_from_preset {
+        tracing::warn!(cgroup = %cgroup.dir.display(), "{why}");
+    }
+    let mut rules = imported.rules.clone();
+    rules.extend_from_slice(extra);
+    // Already under ctdev's policy (a plain attach before, a takeover
+    // interrupted after its attach, or a runtime that attached its program
+    // again): the imported rules are added with `allow` (which never
+    // narrows), and the policy then is what the attach below must find.
+    let attached = ctdev
         .container(target)
         .ok()
         .filter(|s| s.link == crate::controller::LinkState::Enforcing);
-    let rules = match current {
-        Some(state) => {
-            tracing::info!(cgroup = %cgroup.dir.display(), "already under ctdev policy: keeping it, detaching the runtime's program only");
-            imported.rules.clear();
-            imported.narrowed.clear();
-            imported.started_from_preset = None;
-            let texts: Vec<String> = state
-                .entries
-                .iter()
-                .map(|(k, b)| crate::plan::entry_text(k, *b))
-                .collect();
-            crate::rule::parse_rules(&texts).map_err(|e| TakeoverError::Entry {
-                entry: texts.join(", "),
-                cgroup: cgroup.dir.clone(),
-                error: e.to_string(),
-            })?
+    if attached.is_some() {
+        tracing::info!(cgroup = %cgroup.dir.display(), "already under ctdev policy: adding the runtime's rules to it");
+        if !rules.is_empty() {
+            ctdev.allow(target, &rules).map_err(Box::new)?;
         }
-        None => {
-            if let Some(why) = &imported.started_from_preset {
-                tracing::warn!(cgroup = %cgroup.dir.display(), "{why}");
-            }
-            let mut rules = imported.rules.clone();
-            rules.extend_from_slice(extra);
-            rules
-        }
-    };
+        let state = ctdev.container(target).map_err(Box::new)?;
+        let texts: Vec<String> = state
+            .entries
+            .iter()
+            .map(|(k, b)| crate::plan::entry_text(k, *b))
+            .collect();
+        rules = crate::rule::parse_rules(&texts).map_err(|e| TakeoverError::Entry {
+            entry: texts.join(", "),
+            cgroup: cgroup.dir.clone(),
+            error: e.to_string(),
+        })?;
+    }
 
     // One critical section: attach, verify, keep and detach the runtime's.
     let object = ProgramObject::new(ctdev.config().bpf_object.as_deref()).map_err(Error::from)?;
