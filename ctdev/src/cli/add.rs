@@ -47,13 +47,7 @@ pub struct Args {
 
 pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode> {
     config.dry_run = args.dry_run;
-    if crate::cdi::QualifiedName::looks_like(&args.device) {
-        if args.dry_run {
-            anyhow::bail!(
-                "--dry-run is not supported for CDI devices ({}): nothing was changed",
-                args.device
-            );
-        }
+    if super::cdi::is_cdi_device(&args.device, args.dry_run)? {
         return add_cdi(cli, config, args);
     }
     let access = Access::parse(&args.access).with_context(|| {

@@ -281,3 +281,13 @@ pub(super) fn print_record(cli: &Cli, verb: &str, rec: &CdiRecord) -> Result<()>
     }
     Ok(())
 }
+
+/// Whether `add`/`del`'s DEVICE is a CDI name (`vendor.com/class=name`); a
+/// CDI name with `--dry-run` is refused, as the CDI path has no dry run.
+pub(super) fn is_cdi_device(device: &str, dry_run: bool) -> Result<bool> {
+    let cdi = crate::cdi::QualifiedName::looks_like(device);
+    if cdi && dry_run {
+        anyhow::bail!("--dry-run is not supported for CDI devices ({device}): nothing was changed");
+    }
+    Ok(cdi)
+}

@@ -29,13 +29,7 @@ pub struct Args {
 
 pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode> {
     config.dry_run = args.dry_run;
-    if crate::cdi::QualifiedName::looks_like(&args.device) {
-        if args.dry_run {
-            anyhow::bail!(
-                "--dry-run is not supported for CDI devices ({}): nothing was changed",
-                args.device
-            );
-        }
+    if super::cdi::is_cdi_device(&args.device, args.dry_run)? {
         let name = crate::cdi::QualifiedName::parse(&args.device)?;
         let ct = open(config)?;
         let rec = crate::cdi::apply::del(&ct, &args.target, &name, &args.cdi.cdi_state)?;
