@@ -13,7 +13,9 @@
 //! - [`kernel`]: bpf syscalls, pins, the policy map, program loading, links;
 //! - [`plan`]: pure planning of policy changes (never-widen by construction);
 //! - [`grants`]: grant records, so `del` and the daemon take back exactly what was given;
-//! - [`controller`]: the operations (attach, allow, revoke, list, detach);
+//! - [`ops`]: the operations on a container's policy (attach, allow, revoke,
+//!   grant, take back, detach) under the pin-root lock (named `controller`
+//!   before: it is no cgroup controller);
 //! - [`takeover`]: `attach --takeover`, replacing a runtime's device program;
 //! - [`set`]: atomic whole-policy replacement;
 //! - [`passthrough`]: `add`/`del`, device passthrough like lxc-device;
@@ -30,7 +32,6 @@ pub mod cdi;
 pub mod cgroup;
 pub mod cli;
 pub mod container;
-pub mod controller;
 pub mod daemon;
 pub mod devname;
 pub mod failpoint;
@@ -38,6 +39,7 @@ pub mod grants;
 pub mod import;
 pub mod kernel;
 pub mod nri;
+pub mod ops;
 pub mod passthrough;
 pub mod plan;
 #[cfg(test)]
@@ -50,4 +52,4 @@ pub mod set;
 pub mod takeover;
 pub mod target;
 
-pub use controller::{Config, Ctdev, Error};
+pub use ops::{Config, Ctdev, Error};

@@ -27,7 +27,7 @@ use crate::cgroup::Cgroup;
 use crate::container::netdev::{self, NetdevError};
 use crate::container::nodes::{self, Existing, Journal, NodeAction, NodeError, NodeSpec, Root};
 use crate::container::process::{InitProcess, ProcessError};
-use crate::controller::{ContainerState, Ctdev, Error as ControllerError, LinkState};
+use crate::ops::{ContainerState, Ctdev, Error as ControllerError, LinkState};
 use crate::grants::{self, Grant, Ledger, NodeChange, NodeGrant, Owner, Subject};
 use crate::kernel::pins::PinLock;
 use crate::kernel::programs::{device_programs, DeviceProgram};

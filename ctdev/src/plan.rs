@@ -3,7 +3,7 @@
 //! ([`ctdev_common::evaluate`]).
 //!
 //! Nothing here touches the kernel: every operation (attach, allow, revoke,
-//! add, del, the daemon's take-back) first plans here, then the controller
+//! add, del, the daemon's take-back) first plans here, then the operation (`ops`)
 //! writes exactly the plan (or, with `--dry-run`, prints it). The functions
 //! hold the never-widen invariants by construction:
 //! - removing bits never deletes an entry whose deletion would let a broader

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use ctdev_common::PolicyKey;
 use serde::Serialize;
 
-use crate::controller::{Ctdev, Error};
+use crate::ops::{Ctdev, Error};
 use crate::kernel::attachment;
 use crate::kernel::counters::Counters;
 use crate::kernel::pins::PinLock;

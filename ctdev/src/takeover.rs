@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cgroup::Cgroup;
-use crate::controller::{AttachReport, Ctdev, Error};
+use crate::ops::{AttachReport, Ctdev, Error};
 use crate::import::{self, ImportError, ModelError, Semantics};
 use crate::kernel::attachment::AttachmentError;
 use crate::kernel::pins::PinRoot;
@@ -292,7 +292,7 @@ pub fn takeover(
     let attached = ctdev
         .container(target)
         .ok()
-        .filter(|s| s.link == crate::controller::LinkState::Enforcing);
+        .filter(|s| s.link == crate::ops::LinkState::Enforcing);
     if attached.is_some() {
         tracing::info!(cgroup = %cgroup.dir.display(), "already under ctdev policy: adding the runtime's rules to it");
         if !rules.is_empty() {

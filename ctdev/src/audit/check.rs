@@ -16,7 +16,7 @@ use ctdev_common::{evaluate, ACCESS_MKNOD, ACCESS_READ, ACCESS_WRITE};
 use serde::Serialize;
 
 use super::events::DeviceRef;
-use crate::controller::{Ctdev, Error};
+use crate::ops::{Ctdev, Error};
 use crate::devname::device_names;
 use crate::kernel::attachment;
 use crate::kernel::policy_map::{PolicyMap, PolicyMapError};

@@ -28,7 +28,7 @@ use super::spec::ContainerEdits;
 use crate::container::mounts::{self, BindOptions, MountError, Mounted};
 use crate::container::nodes::{NodeAction, NodeSpec};
 use crate::container::process::{outside_id_of, InitProcess, ProcessError};
-use crate::controller::{Ctdev, Error as ControllerError};
+use crate::ops::{Ctdev, Error as ControllerError};
 use crate::passthrough::{self, AddOptions, PassthroughError};
 use crate::rule::{Access, DevNumber, DeviceNode, DeviceType, Rule, RuleError};
 use crate::target::Target;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use super::apply::{self, CdiOptions};
 use super::name::QualifiedName;
 use super::registry::Registry;
-use crate::controller::Ctdev;
+use crate::ops::Ctdev;
 use crate::target::Target;
 
 /// What [`sync`] did to one device.

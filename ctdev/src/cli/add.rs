@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use super::{open, Cli};
 use crate::container::nodes::NodeAction;
-use crate::controller::Config;
+use crate::ops::Config;
 use crate::passthrough::{self, AddOptions, PassthroughReport};
 use crate::rule::Access;
 use crate::target::Target;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::Cli;
 use crate::cdi::apply::{CdiRecord, DEFAULT_STATE_DIR};
 use crate::cdi::{generate, Registry, DEFAULT_DIRS};
-use crate::controller::Config;
+use crate::ops::Config;
 use crate::daemon::selector::{DeviceSelector, HexId};
 
 /// CDI flags of `add`/`del`.

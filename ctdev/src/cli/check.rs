@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 
 use super::{open, rules_from_words, Cli};
 use crate::audit::check::check;
-use crate::controller::Config;
+use crate::ops::Config;
 use crate::target::Target;
 
 /// Arguments of `ctdev check`.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::{open, Cli};
-use crate::controller::Config;
+use crate::ops::Config;
 use crate::daemon::{self, config::DEFAULT_CONFIG, Options};
 
 /// Arguments of `ctdev daemon`.

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::add::print_report;
 use super::{open, Cli};
-use crate::controller::Config;
+use crate::ops::Config;
 use crate::passthrough;
 use crate::target::Target;
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::{list, open, Cli};
-use crate::controller::{Config, Ctdev};
+use crate::ops::{Config, Ctdev};
 use crate::presets::Preset;
 use crate::probe::{probe, ProbeOp};
 use crate::rule::{parse_rules, Rule};

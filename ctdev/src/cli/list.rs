@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::style::{colour_on, paint, table, Paint};
 use super::{open, Cli};
-use crate::controller::{Config, ContainerView, Dump, RuleView};
+use crate::ops::{Config, ContainerView, Dump, RuleView};
 use crate::kernel::programs::DeviceProgram;
 use crate::target::Target;
 

@@ -34,7 +34,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::controller::{ChangeReport, Config, Ctdev};
+use crate::ops::{ChangeReport, Config, Ctdev};
 use crate::rule::{parse_rules, Rule};
 use crate::target::Target;
 

@@ -10,7 +10,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::{open, Cli};
 use crate::audit::events::{decode, open_ring, render_denial, DroppedView, Enricher};
-use crate::controller::{Config, Ctdev};
+use crate::ops::{Config, Ctdev};
 use crate::kernel::counters::Counters;
 use crate::target::Target;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::{open, Cli};
-use crate::controller::Config;
+use crate::ops::Config;
 use crate::nri::agent::Agent;
 use crate::nri::policy::NriPolicy;
 use crate::nri::{self, NriOptions, DEFAULT_INDEX, DEFAULT_NAME, DEFAULT_SOCKET};

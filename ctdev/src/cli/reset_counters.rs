@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::{open, Cli};
-use crate::controller::Config;
+use crate::ops::Config;
 use crate::target::Target;
 
 /// Arguments of `ctdev reset-counters`.

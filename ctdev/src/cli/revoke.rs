@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::{open, print_change, rules_from_words, Cli};
-use crate::controller::Config;
+use crate::ops::Config;
 use crate::target::Target;
 
 /// Arguments of `ctdev revoke`.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::{open, rules_from_words, Cli};
-use crate::controller::Config;
+use crate::ops::Config;
 use crate::target::Target;
 
 /// Arguments of `ctdev set`.

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::style::{colour_on, paint, table, Paint};
 use super::{list, open, Cli};
 use crate::audit::drift::Drift;
-use crate::controller::{Config, ContainerView, Ctdev, Error as ControllerError};
+use crate::ops::{Config, ContainerView, Ctdev, Error as ControllerError};
 use crate::daemon::reconcile::State;
 use crate::kernel::programs::{device_programs, DeviceProgram};
 use crate::target::Target;

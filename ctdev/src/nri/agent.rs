@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::controller::Ctdev;
+use crate::ops::Ctdev;
 use crate::rule::{Access, DeviceNode, DeviceType, Rule};
 use crate::runtimes::k8s::{PodContainer, PodMap};
 use crate::takeover::{takeover, TakeoverOptions};
