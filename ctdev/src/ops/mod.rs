@@ -346,10 +346,10 @@ pub struct DetachReport {
 /// ctdev's library entry point: one per command invocation.
 #[derive(Debug)]
 pub struct Ctdev {
-    config: Config,
-    pins: PinRoot,
-    cgroups: CgroupFs,
-    grants: Store,
+    pub(crate) config: Config,
+    pub(crate) pins: PinRoot,
+    pub(crate) cgroups: CgroupFs,
+    pub(crate) grants: Store,
 }
 
 /// A resolved target: the policy id, and the cgroup when it exists.
@@ -420,7 +420,7 @@ impl Ctdev {
 
     /// Refuses the root cgroup and any cgroup holding PID 1 (or an ancestor
     /// of PID 1's cgroup) unless `force_host`.
-    fn check_not_host(&self, target: &Target, cgroup: &Cgroup) -> Result<(), Error> {
+    pub(crate) fn check_not_host(&self, target: &Target, cgroup: &Cgroup) -> Result<(), Error> {
         if self.config.force_host {
             return Ok(());
         }
@@ -738,7 +738,7 @@ impl Ctdev {
     }
 
     /// Opens the live link of a target or fails with [`Error::NotUnderPolicy`].
-    fn require_attached(&self, target: &Target) -> Result<(Resolved, PinnedLink), Error> {
+    pub(crate) fn require_attached(&self, target: &Target) -> Result<(Resolved, PinnedLink), Error> {
         let resolved = self.resolve(target)?;
         let not_under = || self.not_under_policy(target);
         if !self.pins.exists() {
@@ -1048,7 +1048,7 @@ impl Ctdev {
 
     /// Fails when links are pinned but the policy map pin is gone (removed
     /// by hand): writing a new map would not reach their programs.
-    fn check_map_pin(&self) -> Result<(), Error> {
+    pub(crate) fn check_map_pin(&self) -> Result<(), Error> {
         let path = self.pins.policy_map();
         if path.exists() {
             return Ok(());
