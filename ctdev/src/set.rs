@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use ctdev_common::PolicyKey;
 use serde::Serialize;
 
-use crate::ops::{Ctdev, Error};
 use crate::kernel::attachment;
 use crate::kernel::counters::Counters;
 use crate::kernel::pins::PinLock;
 use crate::kernel::policy_map::PolicyMap;
+use crate::ops::{Ctdev, Error};
 use crate::rule::Rule;
 use crate::target::Target;
 

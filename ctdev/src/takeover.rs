@@ -33,13 +33,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cgroup::Cgroup;
-use crate::ops::{AttachReport, Ctdev, Error};
 use crate::import::{self, ImportError, ModelError, Semantics};
 use crate::kernel::attachment::AttachmentError;
 use crate::kernel::pins::PinRoot;
 use crate::kernel::program::ProgramObject;
 use crate::kernel::programs::{device_programs, DeviceProgram, Owner, ProgramsError};
 use crate::kernel::sys::{self, SysError};
+use crate::ops::{AttachReport, Ctdev, Error};
 use crate::presets::Preset;
 use crate::rule::Rule;
 use crate::target::{RuntimeKind, Target};

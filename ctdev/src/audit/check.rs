@@ -16,11 +16,11 @@ use ctdev_common::{evaluate, ACCESS_MKNOD, ACCESS_READ, ACCESS_WRITE};
 use serde::Serialize;
 
 use super::events::DeviceRef;
-use crate::ops::{Ctdev, Error};
 use crate::devname::device_names;
 use crate::kernel::attachment;
 use crate::kernel::policy_map::{PolicyMap, PolicyMapError};
 use crate::kernel::programs::{device_programs, DeviceProgram, Owner, ProgramsError};
+use crate::ops::{Ctdev, Error};
 use crate::probe::{probe, ProbeError, ProbeOp};
 use crate::rule::{Access, DevNumber, Rule};
 use crate::target::Target;

@@ -5,3 +5,5 @@
 pub mod check;
 pub mod drift;
 pub mod events;
+pub mod list;
+pub mod view;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::{open, Cli};
-use crate::ops::{AttachReport, Config, Ctdev};
 use crate::kernel::programs::device_programs;
+use crate::ops::{AttachReport, Config, Ctdev};
 use crate::presets::Preset;
 use crate::rule::parse_rules;
 use crate::takeover::{takeover, TakeoverOptions};

@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::Cli;
 use crate::cdi::apply::{CdiRecord, DEFAULT_STATE_DIR};
 use crate::cdi::{generate, Registry, DEFAULT_DIRS};
-use crate::ops::Config;
 use crate::daemon::selector::{DeviceSelector, HexId};
+use crate::ops::Config;
 
 /// CDI flags of `add`/`del`.
 #[derive(Debug, Clone, clap::Args)]

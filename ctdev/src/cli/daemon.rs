@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::{open, Cli};
-use crate::ops::Config;
 use crate::daemon::{self, config::DEFAULT_CONFIG, Options};
+use crate::ops::Config;
 
 /// Arguments of `ctdev daemon`.
 #[derive(Debug, clap::Args)]

@@ -6,8 +6,9 @@ use anyhow::Result;
 
 use super::style::{colour_on, paint, table, Paint};
 use super::{open, Cli};
-use crate::ops::{Config, ContainerView, Dump, RuleView};
+use crate::audit::view::{ContainerView, Dump, RuleView};
 use crate::kernel::programs::DeviceProgram;
+use crate::ops::Config;
 use crate::target::Target;
 
 /// Arguments of `ctdev list`.

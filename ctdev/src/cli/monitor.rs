@@ -10,8 +10,8 @@ use tokio::io::unix::AsyncFd;
 
 use super::{open, Cli};
 use crate::audit::events::{decode, open_ring, render_denial, DroppedView, Enricher};
-use crate::ops::{Config, Ctdev};
 use crate::kernel::counters::Counters;
+use crate::ops::{Config, Ctdev};
 use crate::target::Target;
 
 /// Arguments of `ctdev monitor`.

@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::{open, Cli};
-use crate::ops::Config;
 use crate::nri::agent::Agent;
 use crate::nri::policy::NriPolicy;
 use crate::nri::{self, NriOptions, DEFAULT_INDEX, DEFAULT_NAME, DEFAULT_SOCKET};
+use crate::ops::Config;
 
 /// Default NRI policy file.
 pub const DEFAULT_NRI_CONFIG: &str = "/etc/ctdev/nri.toml";

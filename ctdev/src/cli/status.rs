@@ -16,9 +16,10 @@ use serde::Serialize;
 use super::style::{colour_on, paint, table, Paint};
 use super::{list, open, Cli};
 use crate::audit::drift::Drift;
-use crate::ops::{Config, ContainerView, Ctdev, Error as ControllerError};
+use crate::audit::view::ContainerView;
 use crate::daemon::reconcile::State;
 use crate::kernel::programs::{device_programs, DeviceProgram};
+use crate::ops::{Config, Ctdev, Error as ControllerError};
 use crate::target::Target;
 
 /// Arguments of `ctdev status`.

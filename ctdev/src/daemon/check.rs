@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use super::config::{self, ContainerPolicy, Policy};
 use super::reconcile::State;
 use super::DaemonError;
-use crate::ops::{ContainerView, Ctdev};
+use crate::audit::view::ContainerView;
+use crate::ops::Ctdev;
 use crate::rule::{Rule, RuleSpec};
 
 /// What `--check-config` prints (the policy, warnings, and with
@@ -223,7 +224,7 @@ fn cgroup_dirs(root: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::RuleView;
+    use crate::audit::view::RuleView;
     use crate::kernel::counters::Stats;
 
     fn entry(text: &str) -> ContainerPolicy {

@@ -43,10 +43,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::ops::{Ctdev, Error as ControllerError};
 use crate::grants::{Owner as GrantOwner, Subject as GrantSubject};
 use crate::kernel::program::ProgramObject;
 use crate::kernel::scope::{self as kscope, DeferMarks, DEFER_NOT_SELECTED, DEFER_OWN_POLICY};
+use crate::ops::{Ctdev, Error as ControllerError};
 use crate::passthrough::{self, AddOptions, PassthroughError};
 use crate::rule::DeviceType;
 use crate::runtimes;

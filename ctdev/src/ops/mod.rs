@@ -5,32 +5,34 @@
 //! is never without its program (fail-closed): rules are written before the
 //! program is attached, and the link is pinned before the process exits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ctdev_common::PolicyKey;
 use serde::Serialize;
 
-use crate::audit::drift::{self, Drift};
 use crate::cgroup::{Cgroup, CgroupError, CgroupFs};
-use crate::devname::device_names;
 use crate::grants::plan_grant;
 use crate::grants::{self, Grant, GrantError, Ledger, Owner as GrantOwner, Store, Subject};
-use crate::kernel::attachment::{self, AttachmentError, PinnedLink};
-use crate::kernel::counters::{Counters, Stats};
+use crate::kernel::attachment::{self, AttachmentError};
+use crate::kernel::counters::Counters;
 use crate::kernel::pins::{PinError, PinLock, PinRoot};
 use crate::kernel::policy_map::{Change, PolicyMap, PolicyMapError};
 use crate::kernel::program::{ProgramError, ProgramObject};
-use crate::kernel::programs::{device_programs_named, DeviceProgram, Owner, ProgramNames};
 use crate::plan::{
-    attach_entries, entry_text, key_text, plan_attach, plan_revoke, AttachPlan, Entries, Plan,
-    RevokeError,
+    attach_entries, entry_text, key_text, plan_attach, plan_revoke, AttachPlan, Plan, RevokeError,
 };
 use crate::presets::Preset;
-use crate::rule::{Access, DevNumber, DeviceType, Rule};
-use crate::runtimes::{self, RuntimeError};
-use crate::target::{RuntimeKind, Target};
+use crate::rule::{Access, Rule};
+use crate::runtimes::RuntimeError;
+use crate::target::Target;
+
+mod resolve;
+mod state;
+
+pub use resolve::Resolved;
+pub use state::{ContainerState, LinkState};
 
 /// Settings every operation needs (validated from CLI flags / environment).
 #[derive(Debug, Clone)]
@@ -155,106 +157,6 @@ pub enum Error {
     },
 }
 
-/// One policy entry as shown to operators.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RuleView {
-    /// The entry in rule syntax, e.g. `c 10:200 rw`.
-    pub rule: String,
-    /// `b` or `c`.
-    #[serde(rename = "type")]
-    pub dev_type: DeviceType,
-    /// Major number or `"*"`.
-    pub major: DevNumber,
-    /// Minor number or `"*"`.
-    pub minor: DevNumber,
-    /// Allowed access letters (`""` for an explicit deny entry).
-    pub access: Access,
-    /// Host device nodes this entry covers (`/dev/...`), where sysfs names them.
-    pub devices: Vec<String>,
-    /// Accesses this entry allowed since it was created or counters were reset.
-    pub hits: u64,
-}
-
-/// A container under policy, as `ctdev list` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ContainerView {
-    /// Policy id (= cgroup id at attach time).
-    pub policy_id: u64,
-    /// cgroup path inside the hierarchy; `null` if the cgroup is gone.
-    pub cgroup: Option<PathBuf>,
-    /// cgroup directory; `null` if the cgroup is gone.
-    pub cgroup_dir: Option<PathBuf>,
-    /// cgroup id the link is attached to (0 once the cgroup is gone).
-    pub cgroup_id: u64,
-    /// Kernel id of the program instance (0 once detached).
-    pub program_id: u32,
-    /// Kernel id of the bpf link.
-    pub link_id: u32,
-    /// Where the link is pinned.
-    pub link_pin: PathBuf,
-    /// `enforcing`; `detached` when the program is off but the pin is left
-    /// (an interrupted detach: run `ctdev detach` again); or `defunct` when
-    /// the cgroup was removed (detach with `id:N`).
-    pub state: &'static str,
-    /// Policy entries, most specific first per device.
-    pub rules: Vec<RuleView>,
-    /// Denials and denial events of this container.
-    #[serde(flatten)]
-    pub stats: Stats,
-    /// Device programs besides this container's ctdev program that also
-    /// decide for it (attached to its cgroup or an ancestor): the kernel
-    /// allows an access only if all of them allow it.
-    pub other_programs: Vec<DeviceProgram>,
-    /// Differences between the container's /dev and its policy (`list --drift`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub drift: Option<Drift>,
-    /// The Kubernetes pod container this is, from the pod map of `ctdev nri`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<runtimes::k8s::PodContainer>,
-}
-
-/// The whole audit dump (`ctdev list --json`), format version 1.
-#[derive(Debug, Clone, Serialize)]
-pub struct Dump {
-    /// Format version of this JSON document.
-    pub version: u32,
-    /// The pin root that was read.
-    pub pin_root: PathBuf,
-    /// The shared policy map, if it exists.
-    pub policy_map: Option<MapView>,
-    /// Containers under policy.
-    pub containers: Vec<ContainerView>,
-    /// Entries whose container has no link (left by a crash; `ctdev detach id:N` clears them).
-    pub orphaned: Vec<OrphanView>,
-    /// Files in the pin root that ctdev did not create (never touched).
-    pub foreign_pins: Vec<PathBuf>,
-    /// What is wrong with the pins (a pin removed by hand, entries without
-    /// a link), each with what to do about it.
-    pub problems: Vec<String>,
-}
-
-/// Summary of the policy map.
-#[derive(Debug, Clone, Serialize)]
-pub struct MapView {
-    /// Pin path (for `bpftool map dump pinned PATH`).
-    pub pin: PathBuf,
-    /// Kernel map id.
-    pub map_id: u32,
-    /// Entries in use.
-    pub entries: usize,
-    /// Capacity.
-    pub capacity: u32,
-}
-
-/// Entries of a policy id that has no link.
-#[derive(Debug, Clone, Serialize)]
-pub struct OrphanView {
-    /// The policy id.
-    pub policy_id: u64,
-    /// Its entries.
-    pub rules: Vec<RuleView>,
-}
-
 /// What `attach` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttachReport {
@@ -294,44 +196,6 @@ pub struct ChangeReport {
     pub skipped: Vec<String>,
 }
 
-/// State of a container's link, as a typed value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkState {
-    /// The program is attached to the live cgroup.
-    Enforcing,
-    /// The program is off but the pin is left (an interrupted detach).
-    Detached,
-    /// The cgroup is gone.
-    Defunct,
-}
-
-impl LinkState {
-    /// The name `list` shows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LinkState::Enforcing => "enforcing",
-            LinkState::Detached => "detached",
-            LinkState::Defunct => "defunct",
-        }
-    }
-}
-
-/// One container's policy state, read for that container only.
-#[derive(Debug, Clone)]
-pub struct ContainerState {
-    /// The live cgroup, if any.
-    pub cgroup: Option<Cgroup>,
-    /// Policy id.
-    pub policy_id: u64,
-    /// Link state.
-    pub link: LinkState,
-    /// Program id (0 once detached).
-    pub program_id: u32,
-    /// The container's entries.
-    pub entries: Entries,
-}
-
 /// What `detach` removed.
 #[derive(Debug, Clone, Serialize)]
 pub struct DetachReport {
@@ -350,15 +214,6 @@ pub struct Ctdev {
     pub(crate) pins: PinRoot,
     pub(crate) cgroups: CgroupFs,
     pub(crate) grants: Store,
-}
-
-/// A resolved target: the policy id, and the cgroup when it exists.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    /// Policy id.
-    pub policy_id: u64,
-    /// The live cgroup.
-    pub cgroup: Option<Cgroup>,
 }
 
 impl Ctdev {
@@ -391,141 +246,6 @@ impl Ctdev {
     /// The grant records in use.
     pub fn grants(&self) -> &Store {
         &self.grants
-    }
-
-    /// One container's state (link and entries), without reading any other
-    /// container's. Fails with [`Error::NotUnderPolicy`] when it has no link.
-    pub fn container(&self, target: &Target) -> Result<ContainerState, Error> {
-        let (resolved, link) = self.require_attached(target)?;
-        let link_state = match (&resolved.cgroup, link.is_live_for(resolved.policy_id)) {
-            (Some(_), true) => LinkState::Enforcing,
-            (Some(_), false) => LinkState::Detached,
-            (None, _) => LinkState::Defunct,
-        };
-        self.check_map_pin()?;
-        let map_pin = self.pins.policy_map();
-        let entries = if map_pin.exists() {
-            PolicyMap::open(&map_pin)?.entries_of(resolved.policy_id)?
-        } else {
-            Entries::new()
-        };
-        Ok(ContainerState {
-            cgroup: resolved.cgroup,
-            policy_id: resolved.policy_id,
-            link: link_state,
-            program_id: link.info.prog_id,
-            entries,
-        })
-    }
-
-    /// Refuses the root cgroup and any cgroup holding PID 1 (or an ancestor
-    /// of PID 1's cgroup) unless `force_host`.
-    pub(crate) fn check_not_host(&self, target: &Target, cgroup: &Cgroup) -> Result<(), Error> {
-        if self.config.force_host {
-            return Ok(());
-        }
-        let why = if self.cgroups.level(cgroup) == 0 || cgroup.path == std::path::Path::new("/") {
-            Some("it is the root cgroup".to_string())
-        } else {
-            match self.cgroups.cgroup_of_pid(1) {
-                Ok(init) if init.path.starts_with(&cgroup.path) => Some(format!(
-                    "PID 1 (the host's init) is in {} under it",
-                    init.path.display()
-                )),
-                _ => None,
-            }
-        };
-        match why {
-            Some(why) => Err(Error::HostCgroup {
-                target: target.to_string(),
-                why,
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// Resolves a target to its policy id (and cgroup, when it exists).
-    pub fn resolve(&self, target: &Target) -> Result<Resolved, Error> {
-        let cgroup = match target {
-            Target::Cgroup(p) => self.cgroups.cgroup(p)?,
-            Target::Pid(pid) => self.cgroups.cgroup_of_pid(*pid)?,
-            Target::PolicyId(id) => {
-                return Ok(Resolved {
-                    policy_id: *id,
-                    cgroup: self.cgroups.find_ids(&[*id]).remove(id),
-                })
-            }
-            Target::Runtime(kind, name) => self.one_container(Some(*kind), name)?,
-            Target::Name(name) => self.cgroup_or_container(name)?,
-            Target::Pod(spec) => {
-                let map = runtimes::k8s::PodMap::load(&runtimes::k8s::state_dir())?;
-                let found = map.find(spec)?;
-                self.cgroups.cgroup(&found.cgroup)?
-            }
-        };
-        Ok(Resolved {
-            policy_id: cgroup.id,
-            cgroup: Some(cgroup),
-        })
-    }
-
-    /// The one container of `runtime` (or of any runtime) named `name`.
-    fn one_container(&self, runtime: Option<RuntimeKind>, name: &str) -> Result<Cgroup, Error> {
-        let mut found = runtimes::find(&self.cgroups, runtime, name)?;
-        match found.len() {
-            1 => Ok(found.remove(0).cgroup),
-            0 => Err(RuntimeError::NotFound {
-                what: runtime
-                    .map(|r| r.prefix().to_string())
-                    .unwrap_or_else(|| "lxc, docker, podman, containerd or crio".into()),
-                name: name.into(),
-                tried: "cgroup scopes under the cgroup2 mount".into(),
-            }
-            .into()),
-            _ => Err(RuntimeError::Ambiguous {
-                name: name.into(),
-                candidates: found
-                    .iter()
-                    .map(|c| format!("{}:{}", c.runtime.prefix(), c.name))
-                    .collect(),
-            }
-            .into()),
-        }
-    }
-
-    /// A bare word: a cgroup relative to the mount, or a container of any
-    /// runtime; more than one match is an error listing them.
-    fn cgroup_or_container(&self, name: &str) -> Result<Cgroup, Error> {
-        let as_cgroup = self.cgroups.cgroup(std::path::Path::new(name)).ok();
-        let mut found = runtimes::find(&self.cgroups, None, name)?;
-        found.retain(|c| as_cgroup.as_ref().is_none_or(|g| g.id != c.cgroup.id));
-        match (as_cgroup, found.len()) {
-            (Some(g), 0) => Ok(g),
-            (None, 1) => Ok(found.remove(0).cgroup),
-            (None, 0) => Err(RuntimeError::NotFound {
-                what: "cgroup, lxc, docker, podman, containerd or crio".into(),
-                name: name.into(),
-                tried: format!(
-                    "{}/{name} and the runtimes' cgroup scopes",
-                    self.cgroups.mount().display()
-                ),
-            }
-            .into()),
-            (g, _) => {
-                let mut candidates: Vec<String> =
-                    g.iter().map(|g| g.path.display().to_string()).collect();
-                candidates.extend(
-                    found
-                        .iter()
-                        .map(|c| format!("{}:{}", c.runtime.prefix(), c.name)),
-                );
-                Err(RuntimeError::Ambiguous {
-                    name: name.into(),
-                    candidates,
-                }
-                .into())
-            }
-        }
     }
 
     /// Takes the pin-root lock for a command that may create the pin root
@@ -713,39 +433,6 @@ impl Ctdev {
                 Err(e.into())
             }
         }
-    }
-
-    /// [`Error::NotUnderPolicy`] for `target`, with a hint that fits it:
-    /// `ctdev attach TARGET` only for a cgroup that is not the root (the
-    /// host's own cgroup is never a container), `ctdev list` for an id.
-    pub fn not_under_policy(&self, target: &Target) -> Error {
-        let hint = match target {
-            Target::PolicyId(_) => {
-                " (no container has this policy id; `ctdev list` shows the ids in use)".to_string()
-            }
-            _ => match self.resolve(target).ok().and_then(|r| r.cgroup) {
-                Some(c) if c.path == std::path::Path::new("/") => format!(
-                    " ({target} is the root cgroup of the cgroup2 hierarchy ({}), not a container: name a container's cgroup)",
-                    c.dir.display()
-                ),
-                _ => format!(" (run `ctdev attach {target}` first)"),
-            },
-        };
-        Error::NotUnderPolicy {
-            target: target.to_string(),
-            hint,
-        }
-    }
-
-    /// Opens the live link of a target or fails with [`Error::NotUnderPolicy`].
-    pub(crate) fn require_attached(&self, target: &Target) -> Result<(Resolved, PinnedLink), Error> {
-        let resolved = self.resolve(target)?;
-        let not_under = || self.not_under_policy(target);
-        if !self.pins.exists() {
-            return Err(not_under());
-        }
-        let link = attachment::open(&self.pins, resolved.policy_id)?.ok_or_else(not_under)?;
-        Ok((resolved, link))
     }
 
     /// Adds access to the target's policy (bits are OR-ed into existing entries).
@@ -1089,159 +776,6 @@ impl Ctdev {
         Ok(())
     }
 
-    /// The audit dump: every container under policy (or only `target`) with
-    /// its rules, straight from the pinned links and the policy map.
-    pub fn list(&self, target: Option<&Target>) -> Result<Dump, Error> {
-        let mut dump = Dump {
-            version: 1,
-            pin_root: self.pins.root().to_path_buf(),
-            policy_map: None,
-            containers: Vec::new(),
-            orphaned: Vec::new(),
-            foreign_pins: Vec::new(),
-            problems: Vec::new(),
-        };
-        let only = match target {
-            Some(t) => Some(self.resolve(t)?.policy_id),
-            None => None,
-        };
-        if !self.pins.exists() {
-            if let Some(t) = target {
-                return Err(self.not_under_policy(t));
-            }
-            return Ok(dump);
-        }
-        let (ids, foreign) = self.pins.link_entries()?;
-        dump.foreign_pins = foreign;
-        let map_pin = self.pins.policy_map();
-        let entries = if map_pin.exists() {
-            let map = PolicyMap::open(&map_pin)?;
-            let entries = map.entries()?;
-            dump.policy_map = Some(MapView {
-                pin: map_pin,
-                map_id: map.id(),
-                entries: entries.len(),
-                capacity: map.capacity(),
-            });
-            entries
-        } else {
-            BTreeMap::new()
-        };
-        if let Err(e) = self.check_map_pin() {
-            dump.problems.push(e.to_string());
-        }
-        let ids: Vec<u64> = ids
-            .into_iter()
-            .filter(|i| only.is_none_or(|o| o == *i))
-            .collect();
-        if let Some(o) = only {
-            if ids.is_empty() {
-                return Err(self.not_under_policy(&target.cloned().unwrap_or(Target::PolicyId(o))));
-            }
-        }
-        let cgroups = self.cgroups.find_ids(&ids);
-        let (hits, stats) = match Counters::open(&self.pins)? {
-            Some(c) => (c.hits()?, c.stats()?),
-            None => Default::default(),
-        };
-        let mut by_id: BTreeMap<u64, Vec<RuleView>> = BTreeMap::new();
-        for (key, bits) in &entries {
-            if only.is_some_and(|o| o != key.policy_id) {
-                continue;
-            }
-            let mut view = self.rule_view(key, *bits);
-            view.hits = hits.get(key).copied().unwrap_or(0);
-            by_id.entry(key.policy_id).or_default().push(view);
-        }
-        let linked: BTreeSet<u64> = ids.iter().copied().collect();
-        let names = ProgramNames::load();
-        // Pod names, where `ctdev nri` recorded them (a bad map names none).
-        let pods = runtimes::k8s::PodMap::load(&runtimes::k8s::state_dir()).unwrap_or_default();
-        for id in &ids {
-            let link = match attachment::open(&self.pins, *id) {
-                Ok(Some(l)) => l,
-                Ok(None) => continue,
-                Err(AttachmentError::Foreign { path }) => {
-                    dump.foreign_pins.push(path);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let cg = cgroups.get(id);
-            let pod = pods
-                .containers
-                .iter()
-                .find(|p| p.policy_id == *id)
-                .or_else(|| cg.and_then(|c| pods.by_cgroup(&c.path)))
-                .cloned();
-            dump.containers.push(ContainerView {
-                pod,
-                policy_id: *id,
-                cgroup: cg.map(|c| c.path.clone()),
-                cgroup_dir: cg.map(|c| c.dir.clone()),
-                cgroup_id: link.info.cgroup_id,
-                program_id: link.info.prog_id,
-                link_id: link.info.id,
-                // A removed cgroup lingers in the kernel while the link holds it.
-                state: if link.is_live_for(*id) && cg.is_some() {
-                    "enforcing"
-                } else if cg.is_some() {
-                    // Program detached, pin left (an interrupted detach).
-                    "detached"
-                } else {
-                    "defunct"
-                },
-                link_pin: link.pin,
-                rules: by_id.remove(id).unwrap_or_default(),
-                stats: stats.get(id).copied().unwrap_or_default(),
-                other_programs: match cg {
-                    Some(g) => device_programs_named(&self.cgroups, g, &names)
-                        .map(|all| {
-                            all.into_iter()
-                                .filter(|p| p.id != link.info.prog_id)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    None => Vec::new(),
-                },
-                drift: None,
-            });
-        }
-        // A runtime's program on the container's own cgroup (a failed or
-        // undone takeover, or a runtime that attached it again).
-        for c in &dump.containers {
-            let Some(cg) = &c.cgroup else { continue };
-            for p in c
-                .other_programs
-                .iter()
-                .filter(|p| &p.attached_at == cg && p.owner != Owner::Ctdev)
-            {
-                dump.problems.push(format!(
-                    "container {} (policy id {}): device program {} ({}) of another manager is attached to its cgroup too, and an access needs both allows; `ctdev attach {} --takeover` replaces it (the daemon does for entries with takeover = \"import\" or \"replace\")",
-                    cg.display(),
-                    c.policy_id,
-                    p.id,
-                    p.owner.as_str(),
-                    cg.display()
-                ));
-            }
-        }
-        dump.orphaned = by_id
-            .into_iter()
-            .filter(|(id, _)| !linked.contains(id))
-            .map(|(policy_id, rules)| OrphanView { policy_id, rules })
-            .collect();
-        for o in &dump.orphaned {
-            dump.problems.push(format!(
-                "policy id {} has {} entries but no link pin (not enforced: an attach was interrupted or the link pin was removed by hand); `ctdev attach` its cgroup again, or `ctdev detach id:{}` to clear them",
-                o.policy_id,
-                o.rules.len(),
-                o.policy_id
-            ));
-        }
-        Ok(dump)
-    }
-
     /// Sets the hit and denial counters of `target` (or of every container)
     /// back to zero. Returns the policy ids reset.
     pub fn reset_counters(&self, target: Option<&Target>) -> Result<Vec<u64>, Error> {
@@ -1268,67 +802,6 @@ impl Ctdev {
             }
         }
         Ok(ids)
-    }
-
-    /// Compares the /dev of the container under `cgroup_dir` (read through
-    /// its init process's root) with its policy entries.
-    pub fn drift(&self, policy_id: u64, cgroup_dir: &std::path::Path) -> Drift {
-        let mut out = Drift::default();
-        let pid = match runtimes::oldest_process(cgroup_dir) {
-            Ok(Some(pid)) => pid,
-            Ok(None) => {
-                out.error = Some("no process in the cgroup: is the container running?".into());
-                return out;
-            }
-            Err(e) => {
-                out.error = Some(e.to_string());
-                return out;
-            }
-        };
-        out.init_pid = Some(pid);
-        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
-        let nodes = match drift::device_nodes(&root, &root.join("dev")) {
-            Ok(n) => n,
-            Err(e) => {
-                out.error = Some(format!("cannot read {}/dev: {e}", root.display()));
-                return out;
-            }
-        };
-        let entries = PolicyMap::open(&self.pins.policy_map())
-            .and_then(|m| m.entries_of(policy_id))
-            .unwrap_or_default();
-        let (no_rule, no_node) = drift::compare(policy_id, &entries, &nodes);
-        out.nodes_without_rule = no_rule;
-        out.rules_without_node = no_node;
-        out
-    }
-
-    fn rule_view(&self, key: &PolicyKey, bits: u32) -> RuleView {
-        let rule = Rule::from_entry(key, bits).unwrap_or(Rule {
-            dev_type: DeviceType::All,
-            major: DevNumber::from_kernel(key.major),
-            minor: DevNumber::from_kernel(key.minor),
-            access: Access::from_bits(bits),
-        });
-        RuleView {
-            rule: rule.to_string(),
-            dev_type: rule.dev_type,
-            major: rule.major,
-            minor: rule.minor,
-            access: rule.access,
-            devices: device_names(&self.config.sys_dev, rule.dev_type, rule.major, rule.minor),
-            hits: 0,
-        }
-    }
-
-    /// The directory of a live cgroup target (for probes and the demo).
-    pub fn cgroup_dir(&self, target: &Target) -> Result<PathBuf, Error> {
-        self.resolve(target)?
-            .cgroup
-            .map(|c| c.dir)
-            .ok_or_else(|| Error::NeedsCgroup {
-                target: target.to_string(),
-            })
     }
 }
 

@@ -1,0 +1,225 @@
+//! `ctdev list` and drift: every container under policy (or one) with its
+//! rules, counters and the other device programs that decide for it, read
+//! from the pinned links and the policy map. Reads only.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ctdev_common::PolicyKey;
+
+use crate::audit::drift::{self, Drift};
+use crate::audit::view::{ContainerView, Dump, MapView, OrphanView, RuleView};
+use crate::devname::device_names;
+use crate::kernel::attachment::{self, AttachmentError};
+use crate::kernel::counters::Counters;
+use crate::kernel::policy_map::PolicyMap;
+use crate::kernel::programs::{device_programs_named, Owner, ProgramNames};
+use crate::ops::{Ctdev, Error};
+use crate::rule::{Access, DevNumber, DeviceType, Rule};
+use crate::runtimes;
+use crate::target::Target;
+
+impl Ctdev {
+    /// The audit dump: every container under policy (or only `target`) with
+    /// its rules, straight from the pinned links and the policy map.
+    pub fn list(&self, target: Option<&Target>) -> Result<Dump, Error> {
+        let mut dump = Dump {
+            version: 1,
+            pin_root: self.pins.root().to_path_buf(),
+            policy_map: None,
+            containers: Vec::new(),
+            orphaned: Vec::new(),
+            foreign_pins: Vec::new(),
+            problems: Vec::new(),
+        };
+        let only = match target {
+            Some(t) => Some(self.resolve(t)?.policy_id),
+            None => None,
+        };
+        if !self.pins.exists() {
+            if let Some(t) = target {
+                return Err(self.not_under_policy(t));
+            }
+            return Ok(dump);
+        }
+        let (ids, foreign) = self.pins.link_entries()?;
+        dump.foreign_pins = foreign;
+        let map_pin = self.pins.policy_map();
+        let entries = if map_pin.exists() {
+            let map = PolicyMap::open(&map_pin)?;
+            let entries = map.entries()?;
+            dump.policy_map = Some(MapView {
+                pin: map_pin,
+                map_id: map.id(),
+                entries: entries.len(),
+                capacity: map.capacity(),
+            });
+            entries
+        } else {
+            BTreeMap::new()
+        };
+        if let Err(e) = self.check_map_pin() {
+            dump.problems.push(e.to_string());
+        }
+        let ids: Vec<u64> = ids
+            .into_iter()
+            .filter(|i| only.is_none_or(|o| o == *i))
+            .collect();
+        if let Some(o) = only {
+            if ids.is_empty() {
+                return Err(self.not_under_policy(&target.cloned().unwrap_or(Target::PolicyId(o))));
+            }
+        }
+        let cgroups = self.cgroups.find_ids(&ids);
+        let (hits, stats) = match Counters::open(&self.pins)? {
+            Some(c) => (c.hits()?, c.stats()?),
+            None => Default::default(),
+        };
+        let mut by_id: BTreeMap<u64, Vec<RuleView>> = BTreeMap::new();
+        for (key, bits) in &entries {
+            if only.is_some_and(|o| o != key.policy_id) {
+                continue;
+            }
+            let mut view = self.rule_view(key, *bits);
+            view.hits = hits.get(key).copied().unwrap_or(0);
+            by_id.entry(key.policy_id).or_default().push(view);
+        }
+        let linked: BTreeSet<u64> = ids.iter().copied().collect();
+        let names = ProgramNames::load();
+        // Pod names, where `ctdev nri` recorded them (a bad map names none).
+        let pods = runtimes::k8s::PodMap::load(&runtimes::k8s::state_dir()).unwrap_or_default();
+        for id in &ids {
+            let link = match attachment::open(&self.pins, *id) {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(AttachmentError::Foreign { path }) => {
+                    dump.foreign_pins.push(path);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let cg = cgroups.get(id);
+            let pod = pods
+                .containers
+                .iter()
+                .find(|p| p.policy_id == *id)
+                .or_else(|| cg.and_then(|c| pods.by_cgroup(&c.path)))
+                .cloned();
+            dump.containers.push(ContainerView {
+                pod,
+                policy_id: *id,
+                cgroup: cg.map(|c| c.path.clone()),
+                cgroup_dir: cg.map(|c| c.dir.clone()),
+                cgroup_id: link.info.cgroup_id,
+                program_id: link.info.prog_id,
+                link_id: link.info.id,
+                // A removed cgroup lingers in the kernel while the link holds it.
+                state: if link.is_live_for(*id) && cg.is_some() {
+                    "enforcing"
+                } else if cg.is_some() {
+                    // Program detached, pin left (an interrupted detach).
+                    "detached"
+                } else {
+                    "defunct"
+                },
+                link_pin: link.pin,
+                rules: by_id.remove(id).unwrap_or_default(),
+                stats: stats.get(id).copied().unwrap_or_default(),
+                other_programs: match cg {
+                    Some(g) => device_programs_named(&self.cgroups, g, &names)
+                        .map(|all| {
+                            all.into_iter()
+                                .filter(|p| p.id != link.info.prog_id)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                },
+                drift: None,
+            });
+        }
+        // A runtime's program on the container's own cgroup (a failed or
+        // undone takeover, or a runtime that attached it again).
+        for c in &dump.containers {
+            let Some(cg) = &c.cgroup else { continue };
+            for p in c
+                .other_programs
+                .iter()
+                .filter(|p| &p.attached_at == cg && p.owner != Owner::Ctdev)
+            {
+                dump.problems.push(format!(
+                    "container {} (policy id {}): device program {} ({}) of another manager is attached to its cgroup too, and an access needs both allows; `ctdev attach {} --takeover` replaces it (the daemon does for entries with takeover = \"import\" or \"replace\")",
+                    cg.display(),
+                    c.policy_id,
+                    p.id,
+                    p.owner.as_str(),
+                    cg.display()
+                ));
+            }
+        }
+        dump.orphaned = by_id
+            .into_iter()
+            .filter(|(id, _)| !linked.contains(id))
+            .map(|(policy_id, rules)| OrphanView { policy_id, rules })
+            .collect();
+        for o in &dump.orphaned {
+            dump.problems.push(format!(
+                "policy id {} has {} entries but no link pin (not enforced: an attach was interrupted or the link pin was removed by hand); `ctdev attach` its cgroup again, or `ctdev detach id:{}` to clear them",
+                o.policy_id,
+                o.rules.len(),
+                o.policy_id
+            ));
+        }
+        Ok(dump)
+    }
+
+    fn rule_view(&self, key: &PolicyKey, bits: u32) -> RuleView {
+        let rule = Rule::from_entry(key, bits).unwrap_or(Rule {
+            dev_type: DeviceType::All,
+            major: DevNumber::from_kernel(key.major),
+            minor: DevNumber::from_kernel(key.minor),
+            access: Access::from_bits(bits),
+        });
+        RuleView {
+            rule: rule.to_string(),
+            dev_type: rule.dev_type,
+            major: rule.major,
+            minor: rule.minor,
+            access: rule.access,
+            devices: device_names(&self.config.sys_dev, rule.dev_type, rule.major, rule.minor),
+            hits: 0,
+        }
+    }
+
+    /// Compares the /dev of the container under `cgroup_dir` (read through
+    /// its init process's root) with its policy entries.
+    pub fn drift(&self, policy_id: u64, cgroup_dir: &std::path::Path) -> Drift {
+        let mut out = Drift::default();
+        let pid = match runtimes::oldest_process(cgroup_dir) {
+            Ok(Some(pid)) => pid,
+            Ok(None) => {
+                out.error = Some("no process in the cgroup: is the container running?".into());
+                return out;
+            }
+            Err(e) => {
+                out.error = Some(e.to_string());
+                return out;
+            }
+        };
+        out.init_pid = Some(pid);
+        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+        let nodes = match drift::device_nodes(&root, &root.join("dev")) {
+            Ok(n) => n,
+            Err(e) => {
+                out.error = Some(format!("cannot read {}/dev: {e}", root.display()));
+                return out;
+            }
+        };
+        let entries = PolicyMap::open(&self.pins.policy_map())
+            .and_then(|m| m.entries_of(policy_id))
+            .unwrap_or_default();
+        let (no_rule, no_node) = drift::compare(policy_id, &entries, &nodes);
+        out.nodes_without_rule = no_rule;
+        out.rules_without_node = no_node;
+        out
+    }
+}

@@ -1,0 +1,76 @@
+//! A container's policy state as typed values ([`ContainerState`],
+//! [`LinkState`]), read for that one container: what the operations plan
+//! from, and what the audit views are built from.
+
+use serde::Serialize;
+
+use super::{Ctdev, Error};
+use crate::cgroup::Cgroup;
+use crate::kernel::policy_map::PolicyMap;
+use crate::plan::Entries;
+use crate::target::Target;
+
+/// State of a container's link, as a typed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// The program is attached to the live cgroup.
+    Enforcing,
+    /// The program is off but the pin is left (an interrupted detach).
+    Detached,
+    /// The cgroup is gone.
+    Defunct,
+}
+
+impl LinkState {
+    /// The name `list` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Enforcing => "enforcing",
+            LinkState::Detached => "detached",
+            LinkState::Defunct => "defunct",
+        }
+    }
+}
+
+/// One container's policy state, read for that container only.
+#[derive(Debug, Clone)]
+pub struct ContainerState {
+    /// The live cgroup, if any.
+    pub cgroup: Option<Cgroup>,
+    /// Policy id.
+    pub policy_id: u64,
+    /// Link state.
+    pub link: LinkState,
+    /// Program id (0 once detached).
+    pub program_id: u32,
+    /// The container's entries.
+    pub entries: Entries,
+}
+
+impl Ctdev {
+    /// One container's state (link and entries), without reading any other
+    /// container's. Fails with [`Error::NotUnderPolicy`] when it has no link.
+    pub fn container(&self, target: &Target) -> Result<ContainerState, Error> {
+        let (resolved, link) = self.require_attached(target)?;
+        let link_state = match (&resolved.cgroup, link.is_live_for(resolved.policy_id)) {
+            (Some(_), true) => LinkState::Enforcing,
+            (Some(_), false) => LinkState::Detached,
+            (None, _) => LinkState::Defunct,
+        };
+        self.check_map_pin()?;
+        let map_pin = self.pins.policy_map();
+        let entries = if map_pin.exists() {
+            PolicyMap::open(&map_pin)?.entries_of(resolved.policy_id)?
+        } else {
+            Entries::new()
+        };
+        Ok(ContainerState {
+            cgroup: resolved.cgroup,
+            policy_id: resolved.policy_id,
+            link: link_state,
+            program_id: link.info.prog_id,
+            entries,
+        })
+    }
+}
