@@ -10,6 +10,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::sys::{self, SysError, BPF_CGROUP_DEVICE};
+use aya_obj::generated as uapi;
+use std::mem::offset_of;
 
 /// One eBPF instruction (`struct bpf_insn`).
 #[repr(C)]
@@ -114,6 +116,21 @@ struct ProgLoadAttr {
     expected_attach_type: u32,
     _rest: [u64; 8],
 }
+sys::assert_attr!(ProgLoadAttr);
+sys::assert_abi!(ProgLoadAttr, size 136,
+    prog_type @ offset_of!(uapi::bpf_attr__bindgen_ty_4, prog_type),
+    insn_cnt @ offset_of!(uapi::bpf_attr__bindgen_ty_4, insn_cnt),
+    insns @ offset_of!(uapi::bpf_attr__bindgen_ty_4, insns),
+    license @ offset_of!(uapi::bpf_attr__bindgen_ty_4, license),
+    log_level @ offset_of!(uapi::bpf_attr__bindgen_ty_4, log_level),
+    log_size @ offset_of!(uapi::bpf_attr__bindgen_ty_4, log_size),
+    log_buf @ offset_of!(uapi::bpf_attr__bindgen_ty_4, log_buf),
+    kern_version @ offset_of!(uapi::bpf_attr__bindgen_ty_4, kern_version),
+    prog_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_4, prog_flags),
+    prog_name @ offset_of!(uapi::bpf_attr__bindgen_ty_4, prog_name),
+    prog_ifindex @ offset_of!(uapi::bpf_attr__bindgen_ty_4, prog_ifindex),
+    expected_attach_type @ offset_of!(uapi::bpf_attr__bindgen_ty_4, expected_attach_type),
+);
 
 #[repr(C)]
 #[derive(Default)]
@@ -125,6 +142,14 @@ struct AttachAttr {
     replace_bpf_fd: u32,
     _pad: u32,
 }
+sys::assert_attr!(AttachAttr);
+sys::assert_abi!(AttachAttr, size 24,
+    target_fd @ 0,
+    attach_bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_bpf_fd),
+    attach_type @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_type),
+    attach_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_flags),
+    replace_bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_6, replace_bpf_fd),
+);
 
 /// Loads `insns` as a cgroup device program named `name` (at most 15
 /// bytes). The verifier log is only asked for when the first try fails.
@@ -153,11 +178,16 @@ pub fn load_device_program(
         ..Default::default()
     };
     let mut none = Vec::new();
-    match sys::bpf_fd(BPF_PROG_LOAD, &mut attr(&mut none)) {
+    // SAFETY: `attr` is the BPF_PROG_LOAD prefix; `insns` and `license`
+    // point into borrowed slices alive for the call, `log_buf` is null with
+    // size 0; BPF_PROG_LOAD returns a new program fd.
+    match unsafe { sys::bpf_fd(BPF_PROG_LOAD, &mut attr(&mut none)) } {
         Ok(fd) => Ok(fd),
         Err(first) => {
             let mut log = vec![0u8; 1 << 20];
-            let again = sys::bpf_fd(BPF_PROG_LOAD, &mut attr(&mut log));
+            // SAFETY: as above, with `log_buf` pointing to `log`, live and
+            // writable for `log_size` bytes.
+            let again = unsafe { sys::bpf_fd(BPF_PROG_LOAD, &mut attr(&mut log)) };
             let verifier = String::from_utf8_lossy(&log);
             let tail: String = verifier
                 .trim_end_matches('\0')
@@ -218,7 +248,10 @@ impl RawProgram {
             expected_attach_type: BPF_CGROUP_DEVICE,
             ..Default::default()
         };
-        let prog = sys::bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+        // SAFETY: `attr` is the BPF_PROG_LOAD prefix; `insns`, `license` and
+        // `log_buf` point to a borrowed slice, a CString and `log` (writable,
+        // `log_size` bytes), all alive for the call; it returns a new fd.
+        let prog = unsafe { sys::bpf_fd(BPF_PROG_LOAD, &mut attr) }.map_err(|e| {
             let verifier = String::from_utf8_lossy(&log);
             err(
                 "BPF_PROG_LOAD",
@@ -239,7 +272,9 @@ impl RawProgram {
             ..Default::default()
         };
         // Returns 0, not an fd.
-        sys::bpf(BPF_PROG_ATTACH, &mut attach).map_err(|e| err("BPF_PROG_ATTACH", e))?;
+        // SAFETY: `attach` is the BPF_PROG_ATTACH prefix (no pointers); both
+        // fds are owned here, so open.
+        unsafe { sys::bpf(BPF_PROG_ATTACH, &mut attach) }.map_err(|e| err("BPF_PROG_ATTACH", e))?;
         let id = sys::prog_id(prog.as_fd(), cgroup_dir)?;
         Ok(Self {
             prog,

@@ -23,6 +23,35 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
+/// Compile-time checks that a hand-written kernel struct has the kernel's
+/// layout: its size, and each field's offset, given as the offset of the
+/// same field in aya-obj's bindings generated from the kernel's uapi headers
+/// ([`aya_obj::generated`]) or, for a field inside an anonymous union there,
+/// as the number from `include/uapi/linux/bpf.h`. A mismatch fails the build.
+macro_rules! assert_abi {
+    ($t:ty, size $size:expr $(, $field:ident @ $off:expr)* $(,)?) => {
+        const _: () = {
+            assert!(::std::mem::size_of::<$t>() == $size);
+            $(assert!(::std::mem::offset_of!($t, $field) == $off);)*
+        };
+    };
+}
+pub(crate) use assert_abi;
+
+/// A `bpf_attr` prefix: never larger than the kernel's `union bpf_attr`
+/// (the kernel then checks that the bytes past it are zero).
+macro_rules! assert_attr {
+    ($t:ty) => {
+        const _: () = assert!(
+            ::std::mem::size_of::<$t>() <= ::std::mem::size_of::<::aya_obj::generated::bpf_attr>()
+        );
+    };
+}
+pub(crate) use assert_attr;
+
+use aya_obj::generated as uapi;
+use std::mem::offset_of;
+
 /// A failed `bpf(2)` command, with the object it was applied to.
 #[derive(Debug, thiserror::Error)]
 #[error("bpf({call}) on {what} failed: {source}")]
@@ -52,9 +81,22 @@ impl SysError {
 }
 
 /// Issues one bpf command with `attr` (a `#[repr(C)]` prefix of `union bpf_attr`).
-pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+///
+/// # Safety
+///
+/// - `T` must be laid out as the prefix of `union bpf_attr` that `cmd`
+///   reads (the structs here assert their size and field offsets at
+///   compile time), with every byte the kernel reads initialised (padding
+///   fields spelled out and zeroed).
+/// - Every pointer `attr` carries as a `u64` (a path, a buffer, an id
+///   array) must point to memory that stays valid, and writable where the
+///   kernel writes, for the whole call, at least as large as the length
+///   field that goes with it says (`info_len`, `prog_cnt`, `count`, ...).
+/// - Every file descriptor in `attr` must be open for the whole call.
+pub(crate) unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, initialised, writable #[repr(C)] struct whose
-    // size we pass; the kernel reads and writes at most that many bytes.
+    // size we pass, so the kernel reads and writes at most that many bytes of
+    // it; what it reaches through pointers inside is the caller's contract.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -72,8 +114,20 @@ pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long
 
 /// Issues a bpf command that returns a new file descriptor (only those:
 /// the result is adopted as an owned fd).
-pub(crate) fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
-    bpf(cmd, attr).map(fd_from_ret)
+///
+/// # Safety
+///
+/// As for [`bpf`]; besides, `cmd` must be a command whose non-negative
+/// result is a new file descriptor (`BPF_MAP_CREATE`, `BPF_PROG_LOAD`,
+/// `BPF_OBJ_GET`, `BPF_LINK_CREATE`, `BPF_*_GET_FD_BY_ID`), which the
+/// returned [`OwnedFd`] then owns.
+pub(crate) unsafe fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    // SAFETY: the caller upholds `bpf`'s contract and names a command that
+    // returns a new fd.
+    unsafe { bpf(cmd, attr) }.map(|ret| {
+        // SAFETY: `cmd` returned a new file descriptor that nobody else owns.
+        unsafe { OwnedFd::from_raw_fd(ret as i32) }
+    })
 }
 
 /// The kernel id of the program behind `prog`.
@@ -85,14 +139,11 @@ pub fn prog_id(prog: BorrowedFd<'_>, what: &Path) -> Result<u32, SysError> {
         info_len: std::mem::size_of_val(&info) as u32,
         info: info.as_mut_ptr() as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+    // SAFETY: `attr` is the BPF_OBJ_GET_INFO_BY_FD prefix; `info` is a live,
+    // writable buffer of `info_len` bytes; `prog` is open (borrowed).
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }
         .map_err(|e| SysError::new("BPF_OBJ_GET_INFO_BY_FD", what.display().to_string(), e))?;
     Ok(info[1])
-}
-
-fn fd_from_ret(ret: libc::c_long) -> OwnedFd {
-    // SAFETY: the bpf command returned a new file descriptor that nobody else owns.
-    unsafe { OwnedFd::from_raw_fd(ret as i32) }
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
@@ -109,6 +160,13 @@ struct LinkCreateAttr {
     flags: u32,
     _rest: [u64; 4],
 }
+assert_attr!(LinkCreateAttr);
+assert_abi!(LinkCreateAttr, size 48,
+    prog_fd @ 0,
+    target_fd @ 4,
+    attach_type @ offset_of!(uapi::bpf_attr__bindgen_ty_14, attach_type),
+    flags @ offset_of!(uapi::bpf_attr__bindgen_ty_14, flags),
+);
 
 /// Attaches `prog` to the cgroup `cgroup` through a new bpf link.
 ///
@@ -125,8 +183,9 @@ pub fn link_create_cgroup_device(
         attach_type: BPF_CGROUP_DEVICE,
         ..Default::default()
     };
-    bpf(BPF_LINK_CREATE, &mut attr)
-        .map(fd_from_ret)
+    // SAFETY: `attr` is the BPF_LINK_CREATE prefix (no pointers); both fds
+    // are borrowed, so open; BPF_LINK_CREATE returns a new link fd.
+    unsafe { bpf_fd(BPF_LINK_CREATE, &mut attr) }
         .map_err(|e| SysError::new("BPF_LINK_CREATE", cgroup_desc.display().to_string(), e))
 }
 
@@ -139,6 +198,13 @@ struct ObjAttr {
     path_fd: i32,
     _pad: u32,
 }
+assert_attr!(ObjAttr);
+assert_abi!(ObjAttr, size 24,
+    pathname @ offset_of!(uapi::bpf_attr__bindgen_ty_5, pathname),
+    bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_5, bpf_fd),
+    file_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_5, file_flags),
+    path_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_5, path_fd),
+);
 
 /// Pins a bpf object (here: a link) at `path` on bpffs. The pin is created
 /// with mode 0600 by the kernel; it fails if `path` exists.
@@ -150,7 +216,10 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<(), SysError> {
         bpf_fd: fd.as_raw_fd() as u32,
         ..Default::default()
     };
-    bpf(BPF_OBJ_PIN, &mut attr)
+    // SAFETY: `attr` is the BPF_OBJ_* prefix; `pathname` points into
+    // `cpath`, a NUL-terminated string alive until the call returns; `fd`
+    // is borrowed, so open.
+    unsafe { bpf(BPF_OBJ_PIN, &mut attr) }
         .map(|_| ())
         .map_err(|e| SysError::new("BPF_OBJ_PIN", what(), e))
 }
@@ -163,9 +232,9 @@ pub fn obj_get(path: &Path) -> Result<OwnedFd, SysError> {
         pathname: cpath.as_ptr() as u64,
         ..Default::default()
     };
-    bpf(BPF_OBJ_GET, &mut attr)
-        .map(fd_from_ret)
-        .map_err(|e| SysError::new("BPF_OBJ_GET", what(), e))
+    // SAFETY: `attr` is the BPF_OBJ_* prefix; `pathname` points into
+    // `cpath`, alive until the call returns; BPF_OBJ_GET returns a new fd.
+    unsafe { bpf_fd(BPF_OBJ_GET, &mut attr) }.map_err(|e| SysError::new("BPF_OBJ_GET", what(), e))
 }
 
 #[repr(C)]
@@ -174,6 +243,10 @@ struct LinkDetachAttr {
     link_fd: u32,
     _pad: u32,
 }
+assert_attr!(LinkDetachAttr);
+assert_abi!(LinkDetachAttr, size 8,
+    link_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_16, link_fd),
+);
 
 /// Detaches a link from its cgroup now, even if other holders keep its fd open.
 pub fn link_detach(link: BorrowedFd<'_>, what: &Path) -> Result<(), SysError> {
@@ -181,7 +254,9 @@ pub fn link_detach(link: BorrowedFd<'_>, what: &Path) -> Result<(), SysError> {
         link_fd: link.as_raw_fd() as u32,
         ..Default::default()
     };
-    bpf(BPF_LINK_DETACH, &mut attr)
+    // SAFETY: `attr` is the BPF_LINK_DETACH prefix (no pointers); `link` is
+    // borrowed, so open.
+    unsafe { bpf(BPF_LINK_DETACH, &mut attr) }
         .map(|_| ())
         .map_err(|e| SysError::new("BPF_LINK_DETACH", what.display().to_string(), e))
 }
@@ -193,6 +268,12 @@ struct InfoAttr {
     info_len: u32,
     info: u64,
 }
+assert_attr!(InfoAttr);
+assert_abi!(InfoAttr, size 16,
+    bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_9, bpf_fd),
+    info_len @ offset_of!(uapi::bpf_attr__bindgen_ty_9, info_len),
+    info @ offset_of!(uapi::bpf_attr__bindgen_ty_9, info),
+);
 
 /// `struct bpf_link_info` up to and including the cgroup member of its union.
 #[repr(C)]
@@ -207,6 +288,15 @@ struct RawLinkInfo {
     _pad2: u32,
     _rest: [u64; 4],
 }
+assert_abi!(RawLinkInfo, size 64,
+    link_type @ offset_of!(uapi::bpf_link_info, type_),
+    id @ offset_of!(uapi::bpf_link_info, id),
+    prog_id @ offset_of!(uapi::bpf_link_info, prog_id),
+    cgroup_id @ offset_of!(uapi::bpf_link_info, __bindgen_anon_1)
+        + offset_of!(uapi::bpf_link_info__bindgen_ty_1__bindgen_ty_3, cgroup_id),
+    attach_type @ offset_of!(uapi::bpf_link_info, __bindgen_anon_1)
+        + offset_of!(uapi::bpf_link_info__bindgen_ty_1__bindgen_ty_3, attach_type),
+);
 
 /// `BPF_LINK_TYPE_CGROUP`.
 pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
@@ -234,7 +324,10 @@ pub fn link_info(link: BorrowedFd<'_>, what: &Path) -> Result<LinkInfo, SysError
         info_len: std::mem::size_of::<RawLinkInfo>() as u32,
         info: &mut raw as *mut RawLinkInfo as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+    // SAFETY: `attr` is the BPF_OBJ_GET_INFO_BY_FD prefix; `info` points to
+    // `raw`, a live, writable `RawLinkInfo` of `info_len` bytes; `link` is
+    // borrowed, so open.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }
         .map_err(|e| SysError::new("BPF_OBJ_GET_INFO_BY_FD", what.display().to_string(), e))?;
     Ok(LinkInfo {
         link_type: raw.link_type,
@@ -260,6 +353,19 @@ struct QueryAttr {
     link_attach_flags: u64,
     revision: u64,
 }
+assert_attr!(QueryAttr);
+assert_abi!(QueryAttr, size 64,
+    target_fd @ 0,
+    attach_type @ offset_of!(uapi::bpf_attr__bindgen_ty_10, attach_type),
+    query_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_10, query_flags),
+    attach_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_10, attach_flags),
+    prog_ids @ offset_of!(uapi::bpf_attr__bindgen_ty_10, prog_ids),
+    prog_cnt @ 24,
+    prog_attach_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_10, prog_attach_flags),
+    link_ids @ offset_of!(uapi::bpf_attr__bindgen_ty_10, link_ids),
+    link_attach_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_10, link_attach_flags),
+    revision @ offset_of!(uapi::bpf_attr__bindgen_ty_10, revision),
+);
 
 /// Ids of the cgroup device programs attached to `cgroup` (with
 /// `effective`, also those inherited from its ancestors: the set that decides).
@@ -281,7 +387,10 @@ pub fn query_device_programs(
             prog_cnt: cap as u32,
             ..Default::default()
         };
-        match bpf(BPF_PROG_QUERY, &mut attr) {
+        // SAFETY: `attr` is the BPF_PROG_QUERY prefix; `prog_ids` points to
+        // `ids`, live and writable for `prog_cnt` u32s; the other id arrays
+        // are null (not asked for); `cgroup` is borrowed, so open.
+        match unsafe { bpf(BPF_PROG_QUERY, &mut attr) } {
             Ok(_) => {
                 ids.truncate(attr.prog_cnt as usize);
                 return Ok(ids);
@@ -309,6 +418,12 @@ struct GetFdByIdAttr {
     open_flags: u32,
     _pad: u32,
 }
+assert_attr!(GetFdByIdAttr);
+assert_abi!(GetFdByIdAttr, size 16,
+    id @ 0,
+    next_id @ offset_of!(uapi::bpf_attr__bindgen_ty_8, next_id),
+    open_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_8, open_flags),
+);
 
 /// Opens the program with kernel id `id`.
 pub fn prog_fd_by_id(id: u32) -> Result<OwnedFd, SysError> {
@@ -316,8 +431,9 @@ pub fn prog_fd_by_id(id: u32) -> Result<OwnedFd, SysError> {
         id,
         ..Default::default()
     };
-    bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)
-        .map(fd_from_ret)
+    // SAFETY: `attr` is the BPF_*_GET_FD_BY_ID prefix (no pointers, no
+    // fds); BPF_PROG_GET_FD_BY_ID returns a new program fd.
+    unsafe { bpf_fd(BPF_PROG_GET_FD_BY_ID, &mut attr) }
         .map_err(|e| SysError::new("BPF_PROG_GET_FD_BY_ID", format!("program {id}"), e))
 }
 
@@ -331,6 +447,14 @@ struct ProgDetachAttr {
     replace_bpf_fd: u32,
     _pad: u32,
 }
+assert_attr!(ProgDetachAttr);
+assert_abi!(ProgDetachAttr, size 24,
+    target_fd @ 0,
+    attach_bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_bpf_fd),
+    attach_type @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_type),
+    attach_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_flags),
+    replace_bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_6, replace_bpf_fd),
+);
 
 /// Detaches a program that was attached to `cgroup` with `BPF_PROG_ATTACH`
 /// (as runc, crun and LXC attach theirs). Programs held by a bpf link can
@@ -346,7 +470,9 @@ pub fn prog_detach_device(
         attach_type: BPF_CGROUP_DEVICE,
         ..Default::default()
     };
-    bpf(BPF_PROG_DETACH, &mut attr)
+    // SAFETY: `attr` is the BPF_PROG_ATTACH/DETACH prefix (no pointers);
+    // both fds are borrowed, so open.
+    unsafe { bpf(BPF_PROG_DETACH, &mut attr) }
         .map(|_| ())
         .map_err(|e| SysError::new("BPF_PROG_DETACH", what.display().to_string(), e))
 }
@@ -365,6 +491,17 @@ struct BatchAttr {
     elem_flags: u64,
     flags: u64,
 }
+assert_attr!(BatchAttr);
+assert_abi!(BatchAttr, size 56,
+    in_batch @ offset_of!(uapi::bpf_attr__bindgen_ty_3, in_batch),
+    out_batch @ offset_of!(uapi::bpf_attr__bindgen_ty_3, out_batch),
+    keys @ offset_of!(uapi::bpf_attr__bindgen_ty_3, keys),
+    values @ offset_of!(uapi::bpf_attr__bindgen_ty_3, values),
+    count @ offset_of!(uapi::bpf_attr__bindgen_ty_3, count),
+    map_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_3, map_fd),
+    elem_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_3, elem_flags),
+    flags @ offset_of!(uapi::bpf_attr__bindgen_ty_3, flags),
+);
 
 /// Raw entries of a map read in batches: `keys` and `values` hold
 /// `count × key_size` and `count × value_size` bytes, in the same order.
@@ -411,7 +548,11 @@ pub fn map_lookup_batch(
             map_fd: map.as_raw_fd() as u32,
             ..Default::default()
         };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // SAFETY: `attr` is the BPF_MAP_*_BATCH prefix; the tokens point to
+        // 8-byte buffers (a hash map's token is 4 bytes), `keys` and `values`
+        // to live, writable buffers of `count` keys and values of the sizes
+        // the caller gave for this map; `map` is borrowed, so open.
+        let result = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let filled = attr.count as usize;
         keys.extend_from_slice(&kbuf[..filled * key_size]);
         values.extend_from_slice(&vbuf[..filled * value_size]);
@@ -455,7 +596,9 @@ pub fn device_attach_flags(cgroup: BorrowedFd<'_>, what: &Path) -> Result<u32, S
         attach_type: BPF_CGROUP_DEVICE,
         ..Default::default()
     };
-    bpf(BPF_PROG_QUERY, &mut attr)
+    // SAFETY: `attr` is the BPF_PROG_QUERY prefix with every id array null
+    // (only the count and flags come back); `cgroup` is borrowed, so open.
+    unsafe { bpf(BPF_PROG_QUERY, &mut attr) }
         .map(|_| attr.attach_flags)
         .map_err(|e| SysError::new("BPF_PROG_QUERY", what.display().to_string(), e))
 }
@@ -476,7 +619,9 @@ pub fn prog_attach_device(
         attach_flags: flags,
         ..Default::default()
     };
-    bpf(BPF_PROG_ATTACH, &mut attr)
+    // SAFETY: `attr` is the BPF_PROG_ATTACH/DETACH prefix (no pointers);
+    // both fds are borrowed, so open.
+    unsafe { bpf(BPF_PROG_ATTACH, &mut attr) }
         .map(|_| ())
         .map_err(|e| SysError::new("BPF_PROG_ATTACH", what.display().to_string(), e))
 }
