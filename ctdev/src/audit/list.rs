@@ -13,7 +13,8 @@ use crate::kernel::attachment::{self, AttachmentError};
 use crate::kernel::counters::Counters;
 use crate::kernel::policy_map::PolicyMap;
 use crate::kernel::programs::{device_programs_named, Owner, ProgramNames};
-use crate::ops::{Ctdev, Error};
+use crate::ops::{ContainerState, Ctdev, Error, LinkState};
+use crate::plan::Entries;
 use crate::rule::{Access, DevNumber, DeviceType, Rule};
 use crate::runtimes;
 use crate::target::Target;
@@ -74,15 +75,23 @@ impl Ctdev {
             Some(c) => (c.hits()?, c.stats()?),
             None => Default::default(),
         };
-        let mut by_id: BTreeMap<u64, Vec<RuleView>> = BTreeMap::new();
-        for (key, bits) in &entries {
+        let mut by_id: BTreeMap<u64, Entries> = BTreeMap::new();
+        for (key, bits) in entries {
             if only.is_some_and(|o| o != key.policy_id) {
                 continue;
             }
-            let mut view = self.rule_view(key, *bits);
-            view.hits = hits.get(key).copied().unwrap_or(0);
-            by_id.entry(key.policy_id).or_default().push(view);
+            by_id.entry(key.policy_id).or_default().insert(key, bits);
         }
+        let rule_views = |entries: &Entries| -> Vec<RuleView> {
+            entries
+                .iter()
+                .map(|(key, bits)| {
+                    let mut view = self.rule_view(key, *bits);
+                    view.hits = hits.get(key).copied().unwrap_or(0);
+                    view
+                })
+                .collect()
+        };
         let linked: BTreeSet<u64> = ids.iter().copied().collect();
         let names = ProgramNames::load();
         // Pod names, where `ctdev nri` recorded them (a bad map names none).
@@ -98,6 +107,15 @@ impl Ctdev {
                 Err(e) => return Err(e.into()),
             };
             let cg = cgroups.get(id);
+            // The typed state first; the view is only its output.
+            let state = ContainerState {
+                cgroup: cg.cloned(),
+                policy_id: *id,
+                // A removed cgroup lingers in the kernel while the link holds it.
+                link: LinkState::of(cg.is_some(), link.is_live_for(*id)),
+                program_id: link.info.prog_id,
+                entries: by_id.remove(id).unwrap_or_default(),
+            };
             let pod = pods
                 .containers
                 .iter()
@@ -106,23 +124,15 @@ impl Ctdev {
                 .cloned();
             dump.containers.push(ContainerView {
                 pod,
-                policy_id: *id,
-                cgroup: cg.map(|c| c.path.clone()),
-                cgroup_dir: cg.map(|c| c.dir.clone()),
+                policy_id: state.policy_id,
+                cgroup: state.cgroup.as_ref().map(|c| c.path.clone()),
+                cgroup_dir: state.cgroup.as_ref().map(|c| c.dir.clone()),
                 cgroup_id: link.info.cgroup_id,
-                program_id: link.info.prog_id,
+                program_id: state.program_id,
                 link_id: link.info.id,
-                // A removed cgroup lingers in the kernel while the link holds it.
-                state: if link.is_live_for(*id) && cg.is_some() {
-                    "enforcing"
-                } else if cg.is_some() {
-                    // Program detached, pin left (an interrupted detach).
-                    "detached"
-                } else {
-                    "defunct"
-                },
+                state: state.link,
                 link_pin: link.pin,
-                rules: by_id.remove(id).unwrap_or_default(),
+                rules: rule_views(&state.entries),
                 stats: stats.get(id).copied().unwrap_or_default(),
                 other_programs: match cg {
                     Some(g) => device_programs_named(&self.cgroups, g, &names)
@@ -159,7 +169,10 @@ impl Ctdev {
         dump.orphaned = by_id
             .into_iter()
             .filter(|(id, _)| !linked.contains(id))
-            .map(|(policy_id, rules)| OrphanView { policy_id, rules })
+            .map(|(policy_id, entries)| OrphanView {
+                policy_id,
+                rules: rule_views(&entries),
+            })
             .collect();
         for o in &dump.orphaned {
             dump.problems.push(format!(

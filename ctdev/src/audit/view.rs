@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::audit::drift::Drift;
 use crate::kernel::counters::Stats;
 use crate::kernel::programs::DeviceProgram;
+use crate::ops::LinkState;
 use crate::rule::{Access, DevNumber, DeviceType};
 use crate::runtimes;
 
@@ -51,7 +52,7 @@ pub struct ContainerView {
     /// `enforcing`; `detached` when the program is off but the pin is left
     /// (an interrupted detach: run `ctdev detach` again); or `defunct` when
     /// the cgroup was removed (detach with `id:N`).
-    pub state: &'static str,
+    pub state: LinkState,
     /// Policy entries, most specific first per device.
     pub rules: Vec<RuleView>,
     /// Denials and denial events of this container.

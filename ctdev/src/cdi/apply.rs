@@ -396,27 +396,24 @@ struct Live {
 }
 
 fn live(ct: &Ctdev, target: &Target) -> Result<Live, CdiError> {
-    // `list` fails with "not under ctdev policy" first.
-    let dump = ct.list(Some(target))?;
-    let resolved = ct.resolve(target)?;
-    let cgroup = resolved
+    // Fails with "not under ctdev policy" first.
+    let state = ct.container(target)?;
+    let cgroup = state
         .cgroup
         .ok_or_else(|| CdiError::NotRunning(target.to_string()))?;
     let mut exact = BTreeMap::new();
-    for c in dump
-        .containers
+    for r in state
+        .entries
         .iter()
-        .filter(|c| c.policy_id == resolved.policy_id)
+        .filter_map(|(key, bits)| Rule::from_entry(key, *bits))
     {
-        for r in &c.rules {
-            if let (DevNumber::Exact(ma), DevNumber::Exact(mi)) = (r.major, r.minor) {
-                exact.insert((r.dev_type, ma, mi), r.access);
-            }
+        if let (DevNumber::Exact(ma), DevNumber::Exact(mi)) = (r.major, r.minor) {
+            exact.insert((r.dev_type, ma, mi), r.access);
         }
     }
     let init = InitProcess::of_cgroup(ct.cgroups(), &cgroup)?;
     Ok(Live {
-        policy_id: resolved.policy_id,
+        policy_id: state.policy_id,
         cgroup_dir: cgroup.dir,
         init,
         exact,

@@ -8,7 +8,7 @@ use super::style::{colour_on, paint, table, Paint};
 use super::{open, Cli};
 use crate::audit::view::{ContainerView, Dump, RuleView};
 use crate::kernel::programs::DeviceProgram;
-use crate::ops::Config;
+use crate::ops::{Config, LinkState};
 use crate::target::Target;
 
 /// Arguments of `ctdev list`.
@@ -102,8 +102,8 @@ pub(super) fn render_container(c: &ContainerView, colour: bool) -> String {
         None => format!("(cgroup removed; was policy id {})", c.policy_id),
     };
     let state = match c.state {
-        "enforcing" => paint(colour, Paint::Green, c.state),
-        other => paint(colour, Paint::Yellow, other),
+        LinkState::Enforcing => paint(colour, Paint::Green, c.state.as_str()),
+        other => paint(colour, Paint::Yellow, other.as_str()),
     };
     let _ = writeln!(
         out,
@@ -116,7 +116,7 @@ pub(super) fn render_container(c: &ContainerView, colour: bool) -> String {
         c.stats.events,
         c.stats.events_dropped
     );
-    if c.state == "defunct" {
+    if c.state == LinkState::Defunct {
         let _ = writeln!(
             out,
             "    its cgroup is gone; `ctdev detach id:{}` removes the pin and entries",

@@ -19,7 +19,7 @@ use crate::audit::drift::Drift;
 use crate::audit::view::ContainerView;
 use crate::daemon::reconcile::State;
 use crate::kernel::programs::{device_programs, DeviceProgram};
-use crate::ops::{Config, Ctdev, Error as ControllerError};
+use crate::ops::{Config, Ctdev, Error as ControllerError, LinkState};
 use crate::target::Target;
 
 /// Arguments of `ctdev status`.
@@ -181,8 +181,8 @@ pub fn render(s: &Status, colour: bool) -> String {
             .unwrap_or_else(|| "(no process)".into()),
     );
     let state = match &s.policy {
-        Some(p) if p.state == "enforcing" => paint(colour, Paint::Green, "enforcing"),
-        Some(p) => paint(colour, Paint::Yellow, p.state),
+        Some(p) if p.state == LinkState::Enforcing => paint(colour, Paint::Green, "enforcing"),
+        Some(p) => paint(colour, Paint::Yellow, p.state.as_str()),
         None => paint(colour, Paint::Yellow, "not under ctdev policy"),
     };
     let _ = writeln!(out, "{}", paint(colour, Paint::Bold, &s.target));

@@ -14,7 +14,7 @@ use super::config::{self, ContainerPolicy, Policy};
 use super::reconcile::State;
 use super::DaemonError;
 use crate::audit::view::ContainerView;
-use crate::ops::Ctdev;
+use crate::ops::{Ctdev, LinkState};
 use crate::rule::{Rule, RuleSpec};
 
 /// What `--check-config` prints (the policy, warnings, and with
@@ -150,7 +150,7 @@ pub fn changes(c: &ContainerPolicy, view: Option<&ContainerView>, given: &[Strin
             "would attach it with preset {} (not under ctdev policy now)",
             c.preset.name()
         )),
-        Some(v) if v.state != "enforcing" => {
+        Some(v) if v.state != LinkState::Enforcing => {
             out.push(format!(
                 "under policy but {}: would attach it again",
                 v.state
@@ -241,7 +241,7 @@ mod tests {
             program_id: 1,
             link_id: 1,
             link_pin: PathBuf::new(),
-            state: "enforcing",
+            state: LinkState::Enforcing,
             pod: None,
             rules: crate::rule::parse_rules(rules)
                 .unwrap()

@@ -1,4 +1,9 @@
-//! The operations behind the CLI: attach, allow, revoke, list, detach.
+//! The operations on a container's policy: attach, allow, revoke, grant and
+//! take back, detach, reset counters. Each one resolves its target
+//! (`resolve.rs`), reads the container's typed state (`state.rs`), plans with
+//! the pure functions of [`crate::plan`] and [`crate::grants`], and writes
+//! the plan. What is only read for operators (`list`, drift, the views) is
+//! in [`crate::audit`].
 //!
 //! Every change runs under the pin-root lock, validates all input before it
 //! writes anything, and orders its kernel steps so a container under policy

@@ -23,6 +23,17 @@ pub enum LinkState {
 }
 
 impl LinkState {
+    /// The state of a container whose cgroup is there or gone
+    /// (`cgroup_live`), whose link holds its program or not (`link_live`).
+    pub fn of(cgroup_live: bool, link_live: bool) -> Self {
+        match (cgroup_live, link_live) {
+            (true, true) => LinkState::Enforcing,
+            // Program detached, pin left (an interrupted detach).
+            (true, false) => LinkState::Detached,
+            (false, _) => LinkState::Defunct,
+        }
+    }
+
     /// The name `list` shows.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -30,6 +41,12 @@ impl LinkState {
             LinkState::Detached => "detached",
             LinkState::Defunct => "defunct",
         }
+    }
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -53,11 +70,10 @@ impl Ctdev {
     /// container's. Fails with [`Error::NotUnderPolicy`] when it has no link.
     pub fn container(&self, target: &Target) -> Result<ContainerState, Error> {
         let (resolved, link) = self.require_attached(target)?;
-        let link_state = match (&resolved.cgroup, link.is_live_for(resolved.policy_id)) {
-            (Some(_), true) => LinkState::Enforcing,
-            (Some(_), false) => LinkState::Detached,
-            (None, _) => LinkState::Defunct,
-        };
+        let link_state = LinkState::of(
+            resolved.cgroup.is_some(),
+            link.is_live_for(resolved.policy_id),
+        );
         self.check_map_pin()?;
         let map_pin = self.pins.policy_map();
         let entries = if map_pin.exists() {
