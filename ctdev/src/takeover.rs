@@ -34,10 +34,10 @@ use serde::Serialize;
 
 use crate::cgroup::Cgroup;
 use crate::import::{self, ImportError, ModelError, Semantics};
+use crate::kernel::attached::{device_programs, DeviceProgram, Owner, ProgramsError};
 use crate::kernel::attachment::AttachmentError;
+use crate::kernel::loader::ProgramObject;
 use crate::kernel::pins::PinRoot;
-use crate::kernel::program::ProgramObject;
-use crate::kernel::programs::{device_programs, DeviceProgram, Owner, ProgramsError};
 use crate::kernel::sys::{self, SysError};
 use crate::ops::{AttachReport, Ctdev, Error};
 use crate::presets::Preset;

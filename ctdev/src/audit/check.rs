@@ -17,9 +17,9 @@ use serde::Serialize;
 
 use super::events::DeviceRef;
 use crate::devname::device_names;
+use crate::kernel::attached::{device_programs, DeviceProgram, Owner, ProgramsError};
 use crate::kernel::attachment;
 use crate::kernel::policy_map::{PolicyMap, PolicyMapError};
-use crate::kernel::programs::{device_programs, DeviceProgram, Owner, ProgramsError};
 use crate::ops::{Ctdev, Error};
 use crate::probe::{probe, ProbeError, ProbeOp};
 use crate::rule::{Access, DevNumber, Rule};

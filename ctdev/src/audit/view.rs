@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::audit::drift::Drift;
+use crate::kernel::attached::DeviceProgram;
 use crate::kernel::counters::Stats;
-use crate::kernel::programs::DeviceProgram;
 use crate::ops::LinkState;
 use crate::rule::{Access, DevNumber, DeviceType};
 use crate::runtimes;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::{open, Cli};
-use crate::kernel::programs::device_programs;
+use crate::kernel::attached::device_programs;
 use crate::ops::{AttachReport, Config, Ctdev};
 use crate::presets::Preset;
 use crate::rule::parse_rules;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::style::{colour_on, paint, table, Paint};
 use super::{open, Cli};
 use crate::audit::view::{ContainerView, Dump, RuleView};
-use crate::kernel::programs::DeviceProgram;
+use crate::kernel::attached::DeviceProgram;
 use crate::ops::{Config, LinkState};
 use crate::target::Target;
 

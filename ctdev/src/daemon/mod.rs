@@ -44,7 +44,7 @@ use tokio::io::Interest;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::grants::{Owner as GrantOwner, Subject as GrantSubject};
-use crate::kernel::program::ProgramObject;
+use crate::kernel::loader::ProgramObject;
 use crate::kernel::scope::{self as kscope, DeferMarks, DEFER_NOT_SELECTED, DEFER_OWN_POLICY};
 use crate::ops::{Ctdev, Error as ControllerError};
 use crate::passthrough::{self, AddOptions, PassthroughError};

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cgroup::Cgroup;
-use crate::kernel::programs::{Owner, ProgramNames};
+use crate::kernel::attached::{Owner, ProgramNames};
 use crate::kernel::sys;
 use crate::rule::Rule;
 use crate::takeover::{self, TakeoverOptions};

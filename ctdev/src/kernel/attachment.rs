@@ -6,8 +6,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
+use super::loader::ProgramError;
 use super::pins::PinRoot;
-use super::program::ProgramError;
 use super::sys::{self, LinkInfo, SysError, BPF_CGROUP_DEVICE, BPF_LINK_TYPE_CGROUP};
 use crate::cgroup::Cgroup;
 

@@ -45,9 +45,9 @@ use ctdev_common::{
 };
 
 use super::counters;
+use super::loader::{ProgramError, ProgramObject};
 use super::pins::PinRoot;
 use super::policy_map::{self, is_missing_key, Change, PolicyMap, PolicyMapError};
-use super::program::{ProgramError, ProgramObject};
 use super::sys::{self, SysError, BPF_CGROUP_DEVICE, BPF_LINK_TYPE_CGROUP};
 use crate::cgroup::Cgroup;
 use crate::rule::Rule;

@@ -22,9 +22,9 @@ use crate::grants::plan_grant;
 use crate::grants::{self, Grant, GrantError, Ledger, Owner as GrantOwner, Store, Subject};
 use crate::kernel::attachment::{self, AttachmentError};
 use crate::kernel::counters::Counters;
+use crate::kernel::loader::{ProgramError, ProgramObject};
 use crate::kernel::pins::{PinError, PinLock, PinRoot};
 use crate::kernel::policy_map::{Change, PolicyMap, PolicyMapError};
-use crate::kernel::program::{ProgramError, ProgramObject};
 use crate::plan::{
     attach_entries, entry_text, key_text, plan_attach, plan_revoke, AttachPlan, Plan, RevokeError,
 };
@@ -776,7 +776,7 @@ impl Ctdev {
         for (_, pin) in self.pins.map_pins() {
             attachment::remove_pin(&pin)?;
         }
-        crate::kernel::program::remove_program_pins(&self.pins)?;
+        crate::kernel::loader::remove_program_pins(&self.pins)?;
         self.pins.remove_if_empty();
         Ok(())
     }
