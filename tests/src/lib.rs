@@ -31,6 +31,11 @@ pub use nix::errno::Errno;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// A path as `&str`, for command-line arguments (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
 /// A name no other test (in this or a parallel run) uses.
 pub fn unique(name: &str) -> String {
     format!(

@@ -11,10 +11,6 @@ use std::time::Duration;
 use ctdev_tests::foreign::ForeignProgram;
 use ctdev_tests::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// A running `ctdev monitor --json`, its lines read on a thread; killed on drop.
 struct Monitor {
     child: Child,

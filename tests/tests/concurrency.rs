@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 use ctdev_tests::container::TestContainer;
 use ctdev_tests::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Starts `ctdev --pin-root ROOT ARGS` (a sequence of commands run one
 /// after the other by a shell, stopping at the first failure).
 fn spawn_seq(env: &TestEnv, cmds: &[Vec<String>]) -> Child {

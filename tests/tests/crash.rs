@@ -11,10 +11,6 @@ use ctdev_tests::container::TestContainer;
 use ctdev_tests::foreign::ForeignProgram;
 use ctdev_tests::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Rules of the container at `cg` in `list --json` (None: not listed).
 fn listed_rules(env: &TestEnv, cg: &Path) -> Option<(String, Vec<String>)> {
     let v = env.list_json();

@@ -3,10 +3,6 @@
 
 use ctdev_tests::*;
 
-fn s(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 fn preset_none_denies_everything() {
     let env = TestEnv::new("deny-all");

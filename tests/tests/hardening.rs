@@ -7,8 +7,7 @@
 //! magic symlinks). Each case: a clear error naming the problem, and the
 //! state (`list --json`, the container's /dev) unchanged.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,10 +15,6 @@ use std::time::{Duration, Instant};
 use ctdev_tests::container::TestContainer;
 use ctdev_tests::foreign::ForeignProgram;
 use ctdev_tests::*;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Fails with an error containing every one of `want`, and `list --json`
 /// is the same before and after.
@@ -405,27 +400,10 @@ fn link_pin_removed_by_hand_is_reported_and_attach_repairs() {
 
 /// Pins a 1-entry array map (not ctdev's) at `path`.
 fn pin_foreign_map(path: &Path) -> OwnedFd {
-    let mut attr = [0u32; 16];
-    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
-    attr[1] = 4;
-    attr[2] = 4;
-    attr[3] = 1;
-    // SAFETY: attr is a zeroed bpf_attr prefix for BPF_MAP_CREATE.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0i64, attr.as_mut_ptr(), 64u32) };
-    assert!(
-        fd >= 0,
-        "BPF_MAP_CREATE: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the kernel just returned this fd to us.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let c = CString::new(path.to_str().unwrap()).unwrap();
-    let mut pin = [0u64; 8];
-    pin[0] = c.as_ptr() as u64;
-    pin[1] = fd.as_raw_fd() as u64;
-    // SAFETY: pathname and bpf_fd as BPF_OBJ_PIN expects.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, 6i64, pin.as_mut_ptr(), 64u32) };
-    assert!(r == 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    let fd = ctdev::kernel::container_maps::create_foreign_array(4, "foreign")
+        .unwrap_or_else(|e| panic!("creating a foreign map: {e}"));
+    ctdev::kernel::sys::obj_pin(fd.as_fd(), path)
+        .unwrap_or_else(|e| panic!("pinning the foreign map: {e}"));
     fd
 }
 

@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 use ctdev_tests::container::{TestContainer, Veth};
 use ctdev_tests::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
 /// Rules of the container at `cg` in `list --json`.
 fn rules_of(env: &TestEnv, cg: &Path) -> Vec<String> {
     let v = env.list_json();

@@ -8,10 +8,6 @@ use std::process::{Command, Stdio};
 
 use ctdev_tests::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Probed devices, bit i of a verdict vector = `PATHS[i]` readable.
 const PATHS: [&str; 5] = [
     "/dev/null",    // c 1:3

@@ -2,15 +2,9 @@
 //! their own device programs; ctdev imports their rules, replaces their
 //! programs, and `ctdev add`/`del` then work inside the containers.
 
-use std::path::Path;
-
 use ctdev_tests::foreign::ForeignProgram;
 use ctdev_tests::runtimes::{LxcContainer, RuncContainer};
 use ctdev_tests::*;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Whether `dev` is a char device inside and `open(dev, O_RDWR)` succeeds,
 /// via the container's shell.

@@ -75,6 +75,13 @@ fn create_map(ty: u32, value_size: usize, flags: u32, name: &str) -> Result<Owne
     })
 }
 
+/// A one-element array map (4-byte key, `value_size`-byte value) that is
+/// not ctdev's: the tests plant one where ctdev expects its own.
+#[cfg(feature = "test-support")]
+pub fn create_foreign_array(value_size: usize, name: &str) -> Result<OwnedFd, SysError> {
+    create_map(BPF_MAP_TYPE_ARRAY, value_size, 0, name)
+}
+
 /// Why a container's maps could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerMapsError {

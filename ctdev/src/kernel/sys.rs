@@ -427,14 +427,43 @@ assert_abi!(GetFdByIdAttr, size 16,
 
 /// Opens the program with kernel id `id`.
 pub fn prog_fd_by_id(id: u32) -> Result<OwnedFd, SysError> {
+    fd_by_id(
+        BPF_PROG_GET_FD_BY_ID,
+        "BPF_PROG_GET_FD_BY_ID",
+        "program",
+        id,
+    )
+}
+
+/// Opens the map with kernel id `id`.
+#[cfg(feature = "test-support")]
+pub fn map_fd_by_id(id: u32) -> Result<OwnedFd, SysError> {
+    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+    fd_by_id(BPF_MAP_GET_FD_BY_ID, "BPF_MAP_GET_FD_BY_ID", "map", id)
+}
+
+/// Opens the link with kernel id `id`.
+#[cfg(feature = "test-support")]
+pub fn link_fd_by_id(id: u32) -> Result<OwnedFd, SysError> {
+    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+    fd_by_id(BPF_LINK_GET_FD_BY_ID, "BPF_LINK_GET_FD_BY_ID", "link", id)
+}
+
+/// One of the `BPF_*_GET_FD_BY_ID` commands (`cmd`, named `call`) for the
+/// object of kind `kind` with kernel id `id`.
+fn fd_by_id(
+    cmd: libc::c_long,
+    call: &'static str,
+    kind: &str,
+    id: u32,
+) -> Result<OwnedFd, SysError> {
     let mut attr = GetFdByIdAttr {
         id,
         ..Default::default()
     };
     // SAFETY: `attr` is the BPF_*_GET_FD_BY_ID prefix (no pointers, no
-    // fds); BPF_PROG_GET_FD_BY_ID returns a new program fd.
-    unsafe { bpf_fd(BPF_PROG_GET_FD_BY_ID, &mut attr) }
-        .map_err(|e| SysError::new("BPF_PROG_GET_FD_BY_ID", format!("program {id}"), e))
+    // fds); every BPF_*_GET_FD_BY_ID command returns a new fd.
+    unsafe { bpf_fd(cmd, &mut attr) }.map_err(|e| SysError::new(call, format!("{kind} {id}"), e))
 }
 
 #[repr(C)]
@@ -455,6 +484,23 @@ assert_abi!(ProgDetachAttr, size 24,
     attach_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_flags),
     replace_bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_6, replace_bpf_fd),
 );
+
+/// Detaches, without naming a program, the one program attached to
+/// `cgroup` without `BPF_F_ALLOW_MULTI` (the legacy form, no program fd):
+/// what a hostile process would try; ctdev never does.
+#[cfg(feature = "test-support")]
+pub fn prog_detach_device_unnamed(cgroup: BorrowedFd<'_>, what: &Path) -> Result<(), SysError> {
+    let mut attr = ProgDetachAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is the BPF_PROG_ATTACH/DETACH prefix (no pointers);
+    // `cgroup` is borrowed, so open; a zero program fd means "none".
+    unsafe { bpf(BPF_PROG_DETACH, &mut attr) }
+        .map(|_| ())
+        .map_err(|e| SysError::new("BPF_PROG_DETACH", what.display().to_string(), e))
+}
 
 /// Detaches a program that was attached to `cgroup` with `BPF_PROG_ATTACH`
 /// (as runc, crun and LXC attach theirs). Programs held by a bpf link can

@@ -6,24 +6,14 @@
 //!  write PATH TEXT | unlink PATH | prog_detach CGROUP_DIR ...` (any number
 //! of operations, each with its arguments).
 
-use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
+use std::path::Path;
 
-const BPF_PROG_DETACH: i64 = 9;
-const BPF_PROG_GET_FD_BY_ID: i64 = 13;
-const BPF_MAP_GET_FD_BY_ID: i64 = 14;
-const BPF_OBJ_GET: i64 = 7;
-const BPF_LINK_GET_FD_BY_ID: i64 = 30;
+use ctdev::kernel::sys::{self, SysError};
 
-fn bpf(cmd: i64, attr: &mut [u64; 8]) -> Result<i64, i32> {
-    // SAFETY: attr is a zero-initialised 64-byte buffer, a valid prefix of
-    // union bpf_attr for every command used here.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 64u32) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    } else {
-        Ok(r)
-    }
+/// The errno of a failed bpf command (0 when it was no kernel error).
+fn errno<T>(r: Result<T, SysError>) -> Result<(), i32> {
+    r.map(|_| ()).map_err(|e| e.errno().unwrap_or(0))
 }
 
 fn report(op: &str, arg: &str, r: Result<(), i32>) {
@@ -41,21 +31,14 @@ fn main() {
         let arg = args.get(i + 1).cloned().unwrap_or_default();
         i += 2;
         let r = match op {
-            "obj_get" => {
-                let path = CString::new(arg.clone()).unwrap_or_default();
-                let mut attr = [0u64; 8];
-                attr[0] = path.as_ptr() as u64;
-                bpf(BPF_OBJ_GET, &mut attr).map(|_| ())
-            }
+            "obj_get" => errno(sys::obj_get(Path::new(&arg))),
             "map_id" | "prog_id" | "link_id" => {
-                let cmd = match op {
-                    "map_id" => BPF_MAP_GET_FD_BY_ID,
-                    "prog_id" => BPF_PROG_GET_FD_BY_ID,
-                    _ => BPF_LINK_GET_FD_BY_ID,
-                };
-                let mut attr = [0u64; 8];
-                attr[0] = arg.parse::<u64>().unwrap_or(0);
-                bpf(cmd, &mut attr).map(|_| ())
+                let id = arg.parse::<u32>().unwrap_or(0);
+                errno(match op {
+                    "map_id" => sys::map_fd_by_id(id),
+                    "prog_id" => sys::prog_fd_by_id(id),
+                    _ => sys::link_fd_by_id(id),
+                })
             }
             "write" => {
                 let text = args.get(i).cloned().unwrap_or_default();
@@ -64,13 +47,10 @@ fn main() {
             }
             "unlink" => std::fs::remove_file(&arg).map_err(|e| e.raw_os_error().unwrap_or(0)),
             "prog_detach" => match std::fs::File::open(&arg) {
-                Ok(dir) => {
-                    let mut attr = [0u64; 8];
-                    // target_fd, attach_bpf_fd = 0, attach_type = BPF_CGROUP_DEVICE (6)
-                    attr[0] = dir.as_raw_fd() as u64;
-                    attr[1] = 6;
-                    bpf(BPF_PROG_DETACH, &mut attr).map(|_| ())
-                }
+                Ok(dir) => errno(sys::prog_detach_device_unnamed(
+                    dir.as_fd(),
+                    Path::new(&arg),
+                )),
                 Err(e) => Err(e.raw_os_error().unwrap_or(0)),
             },
             other => {

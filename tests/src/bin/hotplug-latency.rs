@@ -10,18 +10,12 @@
 //! Run (root): `cargo build -p ctdev-tests --bins && target/debug/hotplug-latency [N]`
 
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ctdev_tests::container::TestContainer;
+use ctdev_tests::daemon::{loop_ctl, LOOP_CTL_ADD, LOOP_CTL_REMOVE};
 use ctdev_tests::{cgroup_mount, ctdev_bin, probe, Errno, ProbeOp, TestEnv};
-
-fn loop_ctl(op: libc::c_ulong, index: u32) -> i32 {
-    let ctl = fs::File::open("/dev/loop-control").expect("open /dev/loop-control");
-    // SAFETY: LOOP_CTL_ADD/REMOVE take an integer argument; the fd is open.
-    unsafe { libc::ioctl(ctl.as_raw_fd(), op as _, index as libc::c_ulong) }
-}
 
 fn wait(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -77,7 +71,7 @@ fn main() {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let start = Instant::now();
-        assert_eq!(loop_ctl(0x4C80, index), index as i32, "LOOP_CTL_ADD");
+        loop_ctl(LOOP_CTL_ADD, index).expect("LOOP_CTL_ADD");
         let op = ProbeOp::Open {
             path: node.clone(),
             read: true,
@@ -94,7 +88,7 @@ fn main() {
                 )
         });
         samples.push(start.elapsed());
-        while loop_ctl(0x4C81, index) < 0 {
+        while loop_ctl(LOOP_CTL_REMOVE, index).is_err() {
             std::thread::sleep(Duration::from_millis(1));
         }
         wait("node removed", || !node.exists());
