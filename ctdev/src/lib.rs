@@ -1,9 +1,11 @@
 //! ctdev: a cgroup v2 eBPF device-controller manager.
 //!
-//! One cgroup/dev program per container looks up a shared, pinned allow map,
-//! so changing a container's device policy is a map write, not a program
-//! rebuild. This library holds everything; `main.rs` is a thin CLI over
-//! [`cli::run`].
+//! One cgroup/dev program instance per container decides from that
+//! container's own rule table (an mmapable map; policies over 128 entries
+//! use the shared, pinned policy map), so changing a container's device
+//! policy is a map write, not a program rebuild. This library holds
+//! everything but the command line, which is the `ctdev` binary's own module
+//! tree (`src/main.rs`, `src/cli/`) and uses only this crate's public API.
 //!
 //! Modules by job:
 //! - [`rule`], [`presets`]: the policy model and rule syntax;
@@ -24,13 +26,11 @@
 //! - [`audit`]: denial events, `check`, drift;
 //! - [`devname`]: device names for audit output;
 //! - [`probe`]: real kernel verdicts from inside a cgroup;
-//! - [`cli`]: flags → validated config → operation → output.
 #![deny(missing_docs)]
 
 pub mod audit;
 pub mod cdi;
 pub mod cgroup;
-pub mod cli;
 pub mod container;
 pub mod daemon;
 pub mod devname;

@@ -2,8 +2,8 @@
 //!
 //! Builds ctdev (release, eBPF object embedded), generates man pages for
 //! `ctdev` and every subcommand (clap_mangen) and bash/zsh/fish completions
-//! (clap_complete) from the CLI's own clap definition
-//! ([`ctdev::cli::command`]), then lets cargo-deb (installed with `cargo
+//! (clap_complete) from the CLI's own clap definition (`ctdev
+//! generate-docs`, run on the built binary), then lets cargo-deb (installed with `cargo
 //! install --locked cargo-deb` when missing) assemble the package from
 //! `[package.metadata.deb]` in ctdev/Cargo.toml: /usr/bin/ctdev, the man
 //! pages, completions where the shells look, the systemd unit (not enabled,
@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use clap_complete::Shell;
 
 use crate::{root, run_checked, step};
 
@@ -37,7 +36,11 @@ pub enum Profile {
 /// already-built ctdev binary of `profile`; returns the package path.
 pub fn package(profile: Profile) -> Result<PathBuf> {
     let out = out_dir();
-    generate(&out)?;
+    let ctdev = root().join(match profile {
+        Profile::Release => "target/release/ctdev",
+        Profile::Debug => "target/debug/ctdev",
+    });
+    generate(&out, &ctdev)?;
     install_cargo_deb()?;
     step("cargo deb (assembling the Debian package)");
     let deb_dir = out.join("deb");
@@ -69,44 +72,20 @@ pub fn package(profile: Profile) -> Result<PathBuf> {
     Ok(deb)
 }
 
-/// Man pages (`man/*.1.gz`) and completions (`completions/*`) under `out`.
-pub fn generate(out: &Path) -> Result<()> {
+/// Man pages (`man/*.1.gz`) and completions (`completions/*`) under `out`,
+/// written by the built binary `ctdev` itself (`ctdev generate-docs`: the
+/// CLI lives in the binary, not in the library this xtask links).
+pub fn generate(out: &Path, ctdev: &Path) -> Result<()> {
     step("generating man pages and shell completions from the clap definition");
     let man = out.join("man");
-    let comp = out.join("completions");
     let _ = fs::remove_dir_all(&man);
-    fs::create_dir_all(&man)?;
-    fs::create_dir_all(&comp)?;
-    let cmd = ctdev::cli::command().version(env!("CARGO_PKG_VERSION"));
-    let mut pages = vec![("ctdev".to_string(), cmd.clone())];
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let name = format!("ctdev-{}", sub.get_name());
-        pages.push((
-            name.clone(),
-            sub.clone().name(name).version(env!("CARGO_PKG_VERSION")),
-        ));
-    }
-    for (name, page) in pages {
-        let mut text = Vec::new();
-        clap_mangen::Man::new(page)
-            .section("1")
-            .manual("ctdev manual")
-            .render(&mut text)?;
-        let path = man.join(format!("{name}.1"));
-        fs::write(&path, text)?;
-        // Debian ships man pages gzip'd (-n: no name or time in the header,
-        // so the package is reproducible).
-        let _ = fs::remove_file(path.with_extension("1.gz"));
-        run_checked(Command::new("gzip").arg("-9n").arg(&path))?;
-    }
-    for (shell, file) in [
-        (Shell::Bash, "ctdev.bash"),
-        (Shell::Zsh, "_ctdev"),
-        (Shell::Fish, "ctdev.fish"),
-    ] {
-        let mut cmd = ctdev::cli::command();
-        let mut f = fs::File::create(comp.join(file))?;
-        clap_complete::generate(shell, &mut cmd, "ctdev", &mut f);
+    run_checked(Command::new(ctdev).arg("generate-docs").arg(out))?;
+    for page in fs::read_dir(&man)?.flatten().map(|e| e.path()) {
+        if page.extension().is_some_and(|e| e == "1") {
+            // Debian ships man pages gzip'd (-n: no name or time in the
+            // header, so the package is reproducible).
+            run_checked(Command::new("gzip").arg("-9nf").arg(&page))?;
+        }
     }
     Ok(())
 }

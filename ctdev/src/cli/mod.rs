@@ -17,6 +17,7 @@ mod daemon;
 mod del;
 mod demo;
 mod detach;
+mod docs;
 mod list;
 mod monitor;
 mod nri;
@@ -111,6 +112,9 @@ pub enum Command {
     /// Run as an NRI plugin of containerd/CRI-O: pods get their devices at
     /// start, under ctdev's policy before their first instruction.
     Nri(nri::Args),
+    /// Write man pages and shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    GenerateDocs(docs::Args),
 }
 
 impl Cli {
@@ -189,19 +193,14 @@ pub fn parse() -> Cli {
 }
 
 /// Parses `args` (with the program name first) with [`command`].
-pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+#[cfg(test)]
+fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
     let matches = command().try_get_matches_from(args)?;
     Cli::from_arg_matches(&matches)
-}
-
-/// `RUNTIME:NAME` of a cgroup path (`/lxc.payload.web` → `lxc:web`) from
-/// the runtimes' cgroup naming, for display.
-pub fn runtime_label(path: &std::path::Path) -> Option<String> {
-    suggest::label(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// Parses arguments, runs the command, prints errors; the process exit code.
@@ -256,6 +255,10 @@ fn init_logging(verbose: u8) {
 
 /// Runs one parsed command line.
 pub fn run(cli: &Cli) -> Result<ExitCode> {
+    if let Command::GenerateDocs(a) = &cli.command {
+        // Needs no privilege and touches no kernel state.
+        return docs::run(a);
+    }
     let config = cli.config()?;
     require_capabilities()?;
     match &cli.command {
@@ -275,6 +278,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Daemon(a) => daemon::run(cli, config, a),
         Command::Cdi(a) => cdi::run(cli, config, a),
         Command::Nri(a) => nri::run(cli, config, a),
+        Command::GenerateDocs(a) => docs::run(a),
     }
 }
 

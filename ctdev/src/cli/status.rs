@@ -18,7 +18,7 @@ use super::{list, open, Cli};
 use crate::audit::drift::Drift;
 use crate::audit::view::ContainerView;
 use crate::daemon::reconcile::State;
-use crate::kernel::programs::{device_programs, DeviceProgram};
+use crate::kernel::attached::{device_programs, DeviceProgram};
 use crate::ops::{Config, Ctdev, Error as ControllerError, LinkState};
 use crate::target::Target;
 
@@ -110,7 +110,9 @@ fn gather(ctdev: &Ctdev, args: &Args) -> Result<Status> {
     let init_pid = cgroup
         .as_ref()
         .and_then(|c| crate::runtimes::oldest_process(&c.dir).ok().flatten());
-    let runtime = cgroup.as_ref().and_then(|c| super::runtime_label(&c.path));
+    let runtime = cgroup
+        .as_ref()
+        .and_then(|c| crate::runtimes::runtime_label(&c.path));
     let drift = match (&policy, &cgroup) {
         (Some(p), Some(c)) if !args.no_drift => Some(ctdev.drift(p.policy_id, &c.dir)),
         _ => None,

@@ -44,14 +44,18 @@ fn target_of(command: &Command) -> Option<&Target> {
         Command::ResetCounters(a) => a.target.as_ref(),
         Command::Add(a) => Some(&a.target),
         Command::Del(a) => Some(&a.target),
-        Command::Demo(_) | Command::Daemon(_) | Command::Cdi(_) | Command::Nri(_) => None,
+        Command::Demo(_)
+        | Command::Daemon(_)
+        | Command::Cdi(_)
+        | Command::Nri(_)
+        | Command::GenerateDocs(_) => None,
     }
 }
 
 /// Every container (as `RUNTIME:NAME`, of `only` or of any runtime) and,
 /// for any runtime, every top-level cgroup, under `mount`.
 fn labels_under(mount: &Path, only: Option<RuntimeKind>) -> Vec<String> {
-    let found = runtimes::walk(mount, |rel| match label(rel) {
+    let found = runtimes::walk(mount, |rel| match runtimes::label(rel) {
         Some(l) => runtimes::Visit::Match(l),
         None if rel.components().count() >= 4 => runtimes::Visit::Prune,
         None => runtimes::Visit::Descend,
@@ -80,42 +84,6 @@ fn labels_under(mount: &Path, only: Option<RuntimeKind>) -> Vec<String> {
     labels
 }
 
-/// `RUNTIME:NAME` of a container cgroup directory (`rel`: relative to the
-/// cgroup2 root), from the runtimes' naming conventions.
-pub(crate) fn label(rel: &Path) -> Option<String> {
-    let dir = rel.file_name()?.to_str()?;
-    let parent = rel
-        .parent()
-        .and_then(Path::file_name)
-        .and_then(|p| p.to_str());
-    let short = |id: &str| id.chars().take(12).collect::<String>();
-    let hex = |id: &str| id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit());
-    let scoped = |prefix: &str| {
-        dir.strip_prefix(prefix)
-            .map(|r| r.strip_suffix(".scope").unwrap_or(r))
-            .filter(|id| hex(id))
-    };
-    if let Some(name) = dir.strip_prefix(runtimes::lxc::PAYLOAD_PREFIX) {
-        return Some(format!("lxc:{name}"));
-    }
-    if let Some(id) = scoped("docker-") {
-        return Some(format!("docker:{}", short(id)));
-    }
-    if parent == Some("docker") && hex(dir) {
-        return Some(format!("docker:{}", short(dir)));
-    }
-    if let Some(id) = scoped("libpod-") {
-        return Some(format!("podman:{}", short(id)));
-    }
-    if let Some(id) = scoped("cri-containerd-") {
-        return Some(format!("containerd:{}", short(id)));
-    }
-    if let Some(id) = scoped("crio-") {
-        return Some(format!("crio:{}", short(id)));
-    }
-    None
-}
-
 /// The labels close to `name` (edit distance, or a shared prefix), best
 /// first, at most three.
 pub(crate) fn closest(name: &str, labels: &[String]) -> Vec<String> {
@@ -134,6 +102,7 @@ pub(crate) fn closest(name: &str, labels: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtimes::label;
 
     #[test]
     fn labels_follow_runtime_layouts() {

@@ -117,7 +117,7 @@ fn matches(ct: &Ctdev, policy: &Policy, scope_dir: &Path, state_dir: &Path) -> S
             let Ok(cg) = ct.cgroups().cgroup(dir) else {
                 continue;
             };
-            let label = crate::cli::runtime_label(&cg.path)
+            let label = crate::runtimes::runtime_label(&cg.path)
                 .map(|l| format!(" ({l})"))
                 .unwrap_or_default();
             let _ = writeln!(

@@ -271,6 +271,48 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// `RUNTIME:NAME` of a cgroup path (`/lxc.payload.web` → `lxc:web`) from
+/// the runtimes' cgroup naming, for display.
+pub fn runtime_label(path: &std::path::Path) -> Option<String> {
+    label(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// `RUNTIME:NAME` of a container cgroup directory (`rel`: relative to the
+/// cgroup2 root), from the runtimes' naming conventions.
+pub fn label(rel: &Path) -> Option<String> {
+    let dir = rel.file_name()?.to_str()?;
+    let parent = rel
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|p| p.to_str());
+    let short = |id: &str| id.chars().take(12).collect::<String>();
+    let hex = |id: &str| id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    let scoped = |prefix: &str| {
+        dir.strip_prefix(prefix)
+            .map(|r| r.strip_suffix(".scope").unwrap_or(r))
+            .filter(|id| hex(id))
+    };
+    if let Some(name) = dir.strip_prefix(lxc::PAYLOAD_PREFIX) {
+        return Some(format!("lxc:{name}"));
+    }
+    if let Some(id) = scoped("docker-") {
+        return Some(format!("docker:{}", short(id)));
+    }
+    if parent == Some("docker") && hex(dir) {
+        return Some(format!("docker:{}", short(dir)));
+    }
+    if let Some(id) = scoped("libpod-") {
+        return Some(format!("podman:{}", short(id)));
+    }
+    if let Some(id) = scoped("cri-containerd-") {
+        return Some(format!("containerd:{}", short(id)));
+    }
+    if let Some(id) = scoped("crio-") {
+        return Some(format!("crio:{}", short(id)));
+    }
+    None
+}
+
 /// Fixture trees of plain directories for the resolvers' unit tests.
 #[cfg(test)]
 pub(crate) mod fixture {
