@@ -58,7 +58,6 @@ pub enum CgroupError {
     /// A process's cgroup could not be read.
     #[error("cannot read the cgroup of pid {pid}: {reason}")]
     Pid {
-        /// The process.
         pid: i32,
         /// What went wrong.
         reason: String,
@@ -70,7 +69,6 @@ pub enum CgroupError {
         op: &'static str,
         /// The cgroup directory.
         path: PathBuf,
-        /// The error.
         #[source]
         source: io::Error,
     },

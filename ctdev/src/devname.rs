@@ -8,7 +8,7 @@ use crate::rule::{DevNumber, DeviceType};
 /// `/dev/...` names of the devices a rule covers that exist on this host.
 /// Exact numbers give at most one name; `MAJOR:*` lists every existing
 /// minor; a wildcard major lists nothing (it stands for every device).
-pub fn device_names(
+pub(crate) fn device_names(
     sys_dev: &Path,
     dev_type: DeviceType,
     major: DevNumber,

@@ -10,7 +10,8 @@
 //! crash tests go through all of them.
 
 /// Every failpoint, in the order the operations reach them.
-pub const STEPS: &[&str] = &[
+#[cfg(any(test, feature = "failpoints"))]
+pub(crate) const STEPS: &[&str] = &[
     "attach.after_lock",
     "attach.after_load",
     "attach.after_rules",
@@ -41,6 +42,7 @@ pub const STEPS: &[&str] = &[
 
 /// Kills the process with `SIGKILL` when `CTDEV_FAILPOINT` names `step`
 /// (compiled only with the `failpoints` feature).
+#[doc(hidden)]
 #[macro_export]
 macro_rules! failpoint {
     ($step:literal) => {
@@ -61,7 +63,7 @@ fn armed() -> Option<&'static str> {
 
 /// Reached `step`: dies at once if it is the armed one.
 #[cfg(feature = "failpoints")]
-pub fn hit(step: &'static str) {
+pub(crate) fn hit(step: &'static str) {
     debug_assert!(STEPS.contains(&step), "failpoint {step} is not in STEPS");
     let Some(armed) = armed() else { return };
     // `STEP` kills; `STEP=stop` stops the process (SIGSTOP) so a test can

@@ -33,16 +33,13 @@ pub enum GrantError {
     /// Reading or writing failed.
     #[error("grant records {path}: {source}")]
     Io {
-        /// The file.
         path: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// Not valid JSON of the expected shape.
     #[error("grant records {path} are corrupt: {message}")]
     Corrupt {
-        /// The file.
         path: PathBuf,
         /// The parser's message.
         message: String,
@@ -220,7 +217,6 @@ pub struct Grant {
 /// A container's grants.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
-    /// Format version.
     pub version: u32,
     /// The container's policy id.
     pub policy_id: u64,

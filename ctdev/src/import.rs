@@ -33,25 +33,20 @@ pub enum ImportError {
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
-        /// The file.
         path: PathBuf,
-        /// The error.
         #[source]
         source: io::Error,
     },
     /// A JSON file is not valid JSON.
     #[error("{path} is not valid JSON: {source}")]
     Json {
-        /// The file.
         path: PathBuf,
-        /// The error.
         #[source]
         source: serde_json::Error,
     },
     /// One device rule in the file is malformed.
     #[error("{path}: bad device rule {entry}: {reason}")]
     BadEntry {
-        /// The file.
         path: PathBuf,
         /// Where and what the entry is (`linux.resources.devices[2] = {...}`, `line 7: ...`).
         entry: String,
@@ -61,7 +56,6 @@ pub enum ImportError {
     /// The file has none of the places device rules are kept.
     #[error("{path} has no device rules where expected (looked for {looked_for})")]
     NoRules {
-        /// The file.
         path: PathBuf,
         /// The JSON paths looked at.
         looked_for: &'static str,

@@ -66,9 +66,7 @@ pub enum PassthroughError {
     /// Reading a directory DEVICE failed.
     #[error("cannot read directory {path}: {source}")]
     ReadDir {
-        /// The directory.
         path: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
@@ -85,7 +83,6 @@ pub enum PassthroughError {
     NotAdded {
         /// DEVICE.
         device: String,
-        /// The target.
         target: String,
         /// Whose add was looked for.
         owner: &'static str,
@@ -95,7 +92,6 @@ pub enum PassthroughError {
     /// An interface operation on a target without its own network namespace.
     #[error("{target}: process {pid} shares the host's network namespace (no container netns): refusing to move an interface")]
     NoContainerNetns {
-        /// The target.
         target: String,
         /// The process used.
         pid: i32,
@@ -188,7 +184,6 @@ pub struct PassthroughReport {
     pub target: String,
     /// The container's cgroup directory.
     pub cgroup_dir: PathBuf,
-    /// Policy id.
     pub policy_id: u64,
     /// The init process used.
     pub init_pid: i32,

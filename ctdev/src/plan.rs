@@ -27,7 +27,6 @@ pub type Entries = BTreeMap<PolicyKey, u32>;
 /// One planned change of one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryChange {
-    /// The entry.
     pub key: PolicyKey,
     /// Its bits before (`None`: absent).
     pub before: Option<u32>,

@@ -38,9 +38,7 @@ pub enum ProbeOp {
         path: PathBuf,
         /// Block or char.
         dev_type: DeviceType,
-        /// Major number.
         major: u32,
-        /// Minor number.
         minor: u32,
     },
     /// `access(path, F_OK)`: an access request with no access bits.
@@ -58,9 +56,7 @@ pub enum ProbeOp {
         scratch: PathBuf,
         /// Block or char.
         dev_type: DeviceType,
-        /// Major number.
         major: u32,
-        /// Minor number.
         minor: u32,
         /// Ask for read access.
         read: bool,
@@ -103,12 +99,7 @@ impl ProbeOp {
 pub enum ProbeError {
     /// fork or wait failed.
     #[error("probe: {call} failed: {errno}")]
-    Process {
-        /// The call.
-        call: &'static str,
-        /// The error.
-        errno: Errno,
-    },
+    Process { call: &'static str, errno: Errno },
     /// The child could not prepare its private tmpfs and scratch node.
     #[error(
         "probe: cannot prepare a private scratch node under {0} (mount namespace, tmpfs, mknod)"

@@ -459,9 +459,7 @@ pub struct DeviceNode {
     pub path: PathBuf,
     /// Block or char.
     pub dev_type: DeviceType,
-    /// Major number.
     pub major: u32,
-    /// Minor number.
     pub minor: u32,
     /// Permission bits of the node.
     pub mode: u32,

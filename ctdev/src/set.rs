@@ -23,7 +23,6 @@ use crate::target::Target;
 pub struct SetReport {
     /// The cgroup directory, if it exists.
     pub cgroup_dir: Option<PathBuf>,
-    /// Policy id.
     pub policy_id: u64,
     /// Entries of the new set that were not in the old one, or had other bits.
     pub added: Vec<String>,

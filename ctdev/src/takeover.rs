@@ -70,7 +70,6 @@ pub enum TakeoverError {
     /// No rule source was found.
     #[error("cannot find the runtime's device rules for {target}: looked for {looked}; pass --import FILE (an OCI config.json, runc state.json or LXC config)")]
     NoSource {
-        /// The target.
         target: String,
         /// What was looked for.
         looked: String,
@@ -83,7 +82,6 @@ pub enum TakeoverError {
     Model {
         /// The rule file.
         file: PathBuf,
-        /// Why.
         error: ModelError,
     },
     /// An entry of the current policy did not read back as a rule.
@@ -93,7 +91,6 @@ pub enum TakeoverError {
         entry: String,
         /// The container's cgroup.
         cgroup: PathBuf,
-        /// Why.
         error: String,
     },
     /// Attaching ctdev failed: nothing was detached.
@@ -108,7 +105,6 @@ pub enum TakeoverError {
     NotVerified {
         /// ctdev's program id.
         program_id: u32,
-        /// The cgroup.
         cgroup: PathBuf,
     },
     /// Keeping (pinning) a runtime program failed; it stays attached and
@@ -117,7 +113,6 @@ pub enum TakeoverError {
     Keep {
         /// The program left attached.
         program_id: u32,
-        /// The error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

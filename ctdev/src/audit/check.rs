@@ -30,22 +30,15 @@ use crate::target::Target;
 pub enum CheckError {
     /// The rule names more than one device.
     #[error("check needs one device: {rule:?} has a wildcard; give MAJOR:MINOR or a /dev path")]
-    Wildcard {
-        /// The rule.
-        rule: String,
-    },
+    Wildcard { rule: String },
     /// The rule is type `a`.
     #[error("check needs one device type: {rule:?} is for both b and c; check each")]
-    BothTypes {
-        /// The rule.
-        rule: String,
-    },
+    BothTypes { rule: String },
     /// The transient probe cgroup could not be made.
     #[error("cannot create probe cgroup {path}: {source}")]
     ProbeCgroup {
         /// The cgroup directory.
         path: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },

@@ -48,9 +48,7 @@ pub struct DeviceRef {
     /// `b` or `c`.
     #[serde(rename = "type")]
     pub dev_type: DeviceType,
-    /// Major number.
     pub major: u32,
-    /// Minor number.
     pub minor: u32,
     /// Host device name, if sysfs knows it.
     pub name: Option<String>,
@@ -72,9 +70,7 @@ pub struct DenialView {
     pub cgroup: Option<PathBuf>,
     /// cgroup id of the task.
     pub cgroup_id: u64,
-    /// Thread id.
     pub pid: u32,
-    /// Process id.
     pub tgid: u32,
     /// Real uid (host view).
     pub uid: u32,
@@ -84,7 +80,6 @@ pub struct DenialView {
     pub comm: String,
     /// Command line of the process while it runs, else its `comm`.
     pub command: String,
-    /// The device.
     pub device: DeviceRef,
     /// Requested access.
     pub access: Access,

@@ -46,7 +46,6 @@ pub enum CdiError {
     /// Edits that cannot be applied to a running container.
     #[error("CDI device {name} has edits that cannot be applied to a running container: {}; `--skip-unsupported` applies the rest and lists these as skipped", items.join("; "))]
     Unsupported {
-        /// The device.
         name: String,
         /// Each edit, named.
         items: Vec<String>,
@@ -54,7 +53,6 @@ pub enum CdiError {
     /// A device node edit does not match the host.
     #[error("CDI device {name}: deviceNodes {path}: {reason}")]
     HostNode {
-        /// The device.
         name: String,
         /// The node's container path.
         path: String,
@@ -79,9 +77,7 @@ pub enum CdiError {
     /// Already added.
     #[error("CDI device {name} was already added to {target} (record {}); `ctdev del` it first", record.display())]
     AlreadyAdded {
-        /// The device.
         name: String,
-        /// The target.
         target: String,
         /// The record file.
         record: PathBuf,
@@ -89,9 +85,7 @@ pub enum CdiError {
     /// `del` of a device that ctdev did not add.
     #[error("CDI device {name} was not added to {target} by ctdev (no record {})", record.display())]
     NotAdded {
-        /// The device.
         name: String,
-        /// The target.
         target: String,
         /// The record file looked for.
         record: PathBuf,
@@ -99,7 +93,6 @@ pub enum CdiError {
     /// The record file could not be used.
     #[error("CDI record {}: {reason}", path.display())]
     Record {
-        /// The file.
         path: PathBuf,
         /// What went wrong.
         reason: String,
@@ -282,9 +275,7 @@ pub struct NodeRecord {
     pub dest: PathBuf,
     /// `b` or `c`.
     pub dev_type: char,
-    /// Major number.
     pub major: u32,
-    /// Minor number.
     pub minor: u32,
     /// Mode as made.
     pub mode: u32,
@@ -312,13 +303,11 @@ pub struct NetdevRecord {
 /// What `add` did (also the record file and the `--json` output).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CdiRecord {
-    /// The device.
     pub name: String,
     /// The spec file it came from.
     pub file: PathBuf,
     /// The target as given.
     pub target: String,
-    /// Policy id.
     pub policy_id: u64,
     /// The container's cgroup directory.
     pub cgroup_dir: PathBuf,

@@ -27,7 +27,6 @@ pub const DEFAULT_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{}: {reason}", path.display())]
 pub struct FileProblem {
-    /// The file.
     pub path: PathBuf,
     /// What is wrong.
     pub reason: String,
@@ -49,11 +48,9 @@ pub enum LookupError {
     /// Two files of one directory define it.
     #[error("CDI device {name} is defined by both {} and {} (same directory, same priority): fix one of them", first.display(), second.display())]
     Conflict {
-        /// The name.
         name: String,
         /// One file.
         first: PathBuf,
-        /// The other.
         second: PathBuf,
     },
 }

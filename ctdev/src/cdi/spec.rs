@@ -57,7 +57,6 @@ pub enum SpecError {
     /// A bad device name.
     #[error("device name {name:?}: {reason}")]
     DeviceName {
-        /// The name.
         name: String,
         /// What is wrong.
         reason: String,
@@ -86,7 +85,6 @@ pub struct Spec {
     /// Free-form annotations (0.6.0).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    /// The devices.
     #[serde(default)]
     pub devices: Vec<Device>,
     /// Edits applied once when any device of this file is used.
@@ -239,7 +237,6 @@ pub struct Hook {
     /// environ.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
-    /// Seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<i64>,
 }

@@ -13,7 +13,6 @@ use crate::target::Target;
 /// Arguments of `ctdev del`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The container.
     pub target: Target,
     /// The host device node, directory, or interface name given to `ctdev add`.
     pub device: String,

@@ -25,7 +25,6 @@ use crate::target::Target;
 /// Arguments of `ctdev status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The container.
     pub target: Target,
     /// Skip the comparison of the container's /dev with its policy.
     #[arg(long)]

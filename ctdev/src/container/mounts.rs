@@ -66,11 +66,9 @@ pub enum MountError {
     /// A system call failed.
     #[error("{call} for {what}: {errno}")]
     Sys {
-        /// The call.
         call: &'static str,
         /// The path (host source or container target) it was for.
         what: String,
-        /// The error.
         errno: Errno,
     },
     /// Something unexpected is at the target.

@@ -27,7 +27,6 @@ pub enum NetdevError {
     /// Not a usable interface name.
     #[error("invalid interface name {name:?}: {reason}")]
     BadName {
-        /// The name.
         name: String,
         /// What is wrong with it.
         reason: &'static str,
@@ -35,7 +34,6 @@ pub enum NetdevError {
     /// No interface of that name in the namespace searched.
     #[error("no network interface {name:?} in {netns}")]
     NotFound {
-        /// The name.
         name: String,
         /// Which namespace (`ctdev's network namespace`, `the container's ...`).
         netns: String,
@@ -43,11 +41,9 @@ pub enum NetdevError {
     /// A syscall failed.
     #[error("{call} {what} failed: {errno}")]
     Sys {
-        /// The call.
         call: &'static str,
         /// What it was applied to.
         what: String,
-        /// The error.
         errno: Errno,
     },
     /// A netlink request failed.
@@ -55,7 +51,6 @@ pub enum NetdevError {
     Netlink {
         /// The request (`get link`, `move`).
         op: &'static str,
-        /// The interface.
         name: String,
         /// The kernel's answer.
         reason: String,

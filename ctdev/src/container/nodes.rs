@@ -56,7 +56,6 @@ pub enum NodeError {
         path: PathBuf,
         /// The container root (`/proc/<pid>/root`).
         root: PathBuf,
-        /// The error.
         errno: Errno,
     },
     /// Something that is not a device node is at DEST.
@@ -104,9 +103,7 @@ pub struct NodeSpec {
     /// Block or char (never `All`).
     #[serde(rename = "type")]
     pub dev_type: DeviceType,
-    /// Major number.
     pub major: u32,
-    /// Minor number.
     pub minor: u32,
     /// Permission bits.
     pub mode: u32,

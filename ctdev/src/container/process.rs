@@ -50,15 +50,12 @@ pub enum ProcessError {
         call: &'static str,
         /// What it was applied to.
         what: String,
-        /// The error.
         errno: Errno,
     },
     /// A /proc file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
-        /// The file.
         path: PathBuf,
-        /// The error.
         #[source]
         source: io::Error,
     },

@@ -151,7 +151,6 @@ pub enum ModelError {
     PunchesHole {
         /// Index of the rule in the list.
         index: usize,
-        /// The rule.
         rule: DeviceRuleSpec,
         /// The wildcard exception it overlaps.
         wildcard: String,

@@ -41,7 +41,6 @@ pub enum AttachmentError {
     TooManyPrograms {
         /// The cgroup directory.
         cgroup: PathBuf,
-        /// The limit.
         max: u32,
     },
     /// Removing a pin failed.
@@ -49,7 +48,6 @@ pub enum AttachmentError {
     Unpin {
         /// The pin path.
         path: PathBuf,
-        /// The error.
         #[source]
         source: io::Error,
     },

@@ -91,16 +91,13 @@ pub enum ContainerMapsError {
     /// Mapping the table failed.
     #[error("cannot map the rule table {path}: {source}")]
     Mmap {
-        /// The pin.
         path: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// The pin is not a ctdev container table.
     #[error("{path} is not a ctdev container table ({found}); refusing to use it")]
     Foreign {
-        /// The pin.
         path: PathBuf,
         /// What was found.
         found: String,
@@ -108,7 +105,6 @@ pub enum ContainerMapsError {
     /// The counters could not be read.
     #[error("counters {path}: {source}")]
     Counters {
-        /// The pin.
         path: PathBuf,
         /// aya's error.
         #[source]

@@ -40,9 +40,7 @@ pub enum ProgramError {
     /// The object file could not be read.
     #[error("cannot read eBPF object {path}: {source}")]
     Read {
-        /// The file.
         path: PathBuf,
-        /// The error.
         #[source]
         source: io::Error,
     },
@@ -67,7 +65,6 @@ pub enum ProgramError {
     Pin {
         /// The pin path.
         path: PathBuf,
-        /// The error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

@@ -10,6 +10,16 @@ pub mod counters;
 pub mod loader;
 pub mod pins;
 pub mod policy_map;
+#[cfg(feature = "test-support")]
 pub mod raw_program;
+// Public only for the tests and the bench (feature `test-support`), whose
+// test program builders are used nowhere else.
+#[cfg(not(feature = "test-support"))]
+#[allow(unreachable_pub, dead_code)]
+pub(crate) mod raw_program;
 pub mod scope;
+#[cfg(feature = "test-support")]
 pub mod sys;
+#[cfg(not(feature = "test-support"))]
+#[allow(unreachable_pub)]
+pub(crate) mod sys;

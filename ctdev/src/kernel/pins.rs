@@ -44,7 +44,6 @@ pub enum PinError {
     /// Mounting bpffs failed.
     #[error("cannot mount bpffs at {BPFFS_MOUNT}: {source}")]
     Mount {
-        /// The error.
         #[source]
         source: io::Error,
     },
@@ -61,9 +60,7 @@ pub enum PinError {
     Io {
         /// What was being done.
         op: &'static str,
-        /// The path.
         path: PathBuf,
-        /// The error.
         #[source]
         source: io::Error,
     },

@@ -45,7 +45,6 @@ pub enum PolicyMapError {
     Op {
         /// The pin path.
         path: PathBuf,
-        /// The operation.
         op: &'static str,
         /// aya's error.
         #[source]

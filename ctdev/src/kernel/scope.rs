@@ -69,7 +69,6 @@ pub enum ScopeError {
     /// Something that is not ctdev's is pinned where a scope pin should be.
     #[error("{path} is not ctdev's scope {what}; refusing to touch it")]
     Foreign {
-        /// The pin.
         path: PathBuf,
         /// What was expected there.
         what: &'static str,
@@ -89,9 +88,7 @@ pub enum ScopeError {
     Io {
         /// What was being done.
         op: &'static str,
-        /// The path.
         path: PathBuf,
-        /// The error.
         #[source]
         source: io::Error,
     },

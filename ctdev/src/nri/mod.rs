@@ -43,12 +43,7 @@ pub enum NriError {
     BadIndex(String),
     /// Connecting or registering failed (and no retry was asked).
     #[error("NRI socket {socket}: {message}")]
-    Connect {
-        /// The socket.
-        socket: PathBuf,
-        /// What failed.
-        message: String,
-    },
+    Connect { socket: PathBuf, message: String },
 }
 
 /// How the plugin connects.

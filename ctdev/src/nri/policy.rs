@@ -44,16 +44,13 @@ pub enum PolicyError {
     /// The file could not be read.
     #[error("cannot read NRI policy file {path}: {source}")]
     Read {
-        /// The file.
         path: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// TOML syntax or unknown keys.
     #[error("NRI policy file {path}: {message}")]
     Syntax {
-        /// The file.
         path: PathBuf,
         /// The parser's message.
         message: String,
@@ -61,13 +58,10 @@ pub enum PolicyError {
     /// A value that is not valid.
     #[error("NRI policy file {path}: container[{index}] ({name}): {key}: {message}")]
     Invalid {
-        /// The file.
         path: PathBuf,
         /// Index of the `[[container]]` entry.
         index: usize,
-        /// Its name.
         name: String,
-        /// The key.
         key: &'static str,
         /// What is wrong.
         message: String,
@@ -140,7 +134,6 @@ pub enum Allowance {
 /// One validated `[[container]]` entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// Its name.
     pub name: String,
     /// Kubernetes namespace glob.
     pub namespace: Option<Pattern>,

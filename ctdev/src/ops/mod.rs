@@ -109,7 +109,6 @@ pub enum Error {
     /// A rule to revoke is not in the container's policy.
     #[error("rule {rule:?} is not in the policy of {target}: nothing to revoke (see `ctdev list {target}`; `revoke --missing-ok` treats it as already revoked)")]
     RuleNotPresent {
-        /// The rule.
         rule: String,
         /// The target as given.
         target: String,
@@ -167,11 +166,9 @@ pub enum Error {
 pub struct AttachReport {
     /// The cgroup directory.
     pub cgroup_dir: PathBuf,
-    /// Policy id.
     pub policy_id: u64,
     /// `true` if the container was already under policy (only rules were added).
     pub already_attached: bool,
-    /// Program id.
     pub program_id: u32,
     /// Link pin.
     pub link_pin: PathBuf,
@@ -186,7 +183,6 @@ pub struct AttachReport {
 pub struct ChangeReport {
     /// The cgroup directory, if it still exists.
     pub cgroup_dir: Option<PathBuf>,
-    /// Policy id.
     pub policy_id: u64,
     /// Entries as they are now (`c 1:3 rw`), or removed (`-c 1:3`).
     pub changed: Vec<String>,
@@ -204,7 +200,6 @@ pub struct ChangeReport {
 /// What `detach` removed.
 #[derive(Debug, Clone, Serialize)]
 pub struct DetachReport {
-    /// Policy id.
     pub policy_id: u64,
     /// Link pin removed (if there was one).
     pub link_pin: Option<PathBuf>,

@@ -14,7 +14,6 @@ use crate::target::{RuntimeKind, Target};
 /// A resolved target: the policy id, and the cgroup when it exists.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    /// Policy id.
     pub policy_id: u64,
     /// The live cgroup.
     pub cgroup: Option<Cgroup>,

@@ -55,7 +55,6 @@ impl std::fmt::Display for LinkState {
 pub struct ContainerState {
     /// The live cgroup, if any.
     pub cgroup: Option<Cgroup>,
-    /// Policy id.
     pub policy_id: u64,
     /// Link state.
     pub link: LinkState,

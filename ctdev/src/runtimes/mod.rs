@@ -54,9 +54,7 @@ pub enum RuntimeError {
     Io {
         /// What was being done.
         op: &'static str,
-        /// The path.
         path: PathBuf,
-        /// The error.
         #[source]
         source: io::Error,
     },
@@ -320,7 +318,7 @@ pub(crate) mod fixture {
     use std::path::PathBuf;
 
     /// A temp dir holding the given directories (relative, `/`-separated).
-    pub fn tree(dirs: &[&str]) -> tempfile::TempDir {
+    pub(crate) fn tree(dirs: &[&str]) -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
         for d in dirs {
             std::fs::create_dir_all(t.path().join(d)).unwrap();
@@ -331,7 +329,7 @@ pub(crate) mod fixture {
     }
 
     /// Matches as sorted `name:relative/dir` strings.
-    pub fn names(
+    pub(crate) fn names(
         t: &tempfile::TempDir,
         found: Result<Vec<(String, PathBuf)>, RuntimeError>,
     ) -> Vec<String> {
@@ -345,7 +343,7 @@ pub(crate) mod fixture {
     }
 
     /// A fake 64-hex-digit ID starting with `start`.
-    pub fn id(start: &str) -> String {
+    pub(crate) fn id(start: &str) -> String {
         format!("{start}{}", "0".repeat(64 - start.len()))
     }
 }
