@@ -23,12 +23,14 @@
 //! - [`passthrough`]: `add`/`del`, device passthrough like lxc-device;
 //! - [`cdi`]: CDI spec files and CDI devices hot-added (`add`/`del`, `cdi list`/`generate`);
 //! - [`daemon`]: `ctdev daemon`, the policy file applied to containers and hotplugged devices;
-//! - [`audit`]: denial events, `check`, drift;
-//! - [`devname`]: device names for audit output;
+//! - [`audit`]: read-only views for operators: `list` and its views, denial
+//!   events, `check`, drift;
+//! - `devname`: device names for audit output;
 //! - [`probe`]: real kernel verdicts from inside a cgroup;
-// Only what the `ctdev` binary, the integration tests and the bench use is
-// `pub`; the rest is `pub(crate)`, and `unreachable_pub` says so when a
-// `pub` is not reachable (CI's clippy `-D warnings` denies it).
+// Modules that neither the `ctdev` binary nor the tests and the bench use
+// are `pub(crate)` (`kernel::sys` and `kernel::raw_program` are public only
+// with the feature `test-support`); `unreachable_pub` flags a `pub` item
+// nothing outside can reach (CI's clippy `-D warnings` denies it).
 #![warn(unreachable_pub)]
 
 pub mod audit;
