@@ -332,6 +332,28 @@ pub enum RuleSpec {
     },
 }
 
+/// The rule's last, optional field, its access (every access when absent),
+/// and nothing after it.
+fn access_then_end<'a>(
+    fields: &mut impl Iterator<Item = &'a str>,
+    rule: impl Fn() -> String,
+) -> Result<Access, RuleError> {
+    let access = match fields.next() {
+        None => Access::ALL,
+        Some(tok) => Access::parse(tok).ok_or_else(|| RuleError::InvalidAccess {
+            token: tok.into(),
+            rule: rule(),
+        })?,
+    };
+    if let Some(extra) = fields.next() {
+        return Err(RuleError::TrailingField {
+            token: extra.into(),
+            rule: rule(),
+        });
+    }
+    Ok(access)
+}
+
 impl RuleSpec {
     /// Parses one rule from its words. The words may come as one argument
     /// (`"c 10:200 rw"`) or several (`c 10:200 rw`); pass them joined by spaces.
@@ -340,19 +362,7 @@ impl RuleSpec {
         let mut fields = text.split_whitespace();
         let first = fields.next().ok_or(RuleError::Empty)?;
         if first.starts_with('/') {
-            let access = match fields.next() {
-                None => Access::ALL,
-                Some(tok) => Access::parse(tok).ok_or_else(|| RuleError::InvalidAccess {
-                    token: tok.into(),
-                    rule: rule(),
-                })?,
-            };
-            if let Some(extra) = fields.next() {
-                return Err(RuleError::TrailingField {
-                    token: extra.into(),
-                    rule: rule(),
-                });
-            }
+            let access = access_then_end(&mut fields, rule)?;
             return Ok(RuleSpec::Path {
                 path: PathBuf::from(first),
                 access,
@@ -396,19 +406,7 @@ impl RuleSpec {
                 (major, minor)
             }
         };
-        let access = match fields.next() {
-            None => Access::ALL,
-            Some(tok) => Access::parse(tok).ok_or_else(|| RuleError::InvalidAccess {
-                token: tok.into(),
-                rule: rule(),
-            })?,
-        };
-        if let Some(extra) = fields.next() {
-            return Err(RuleError::TrailingField {
-                token: extra.into(),
-                rule: rule(),
-            });
-        }
+        let access = access_then_end(&mut fields, rule)?;
         Ok(RuleSpec::Numbers(Rule {
             dev_type,
             major,

@@ -21,7 +21,6 @@ use ctdev_common::{ContainerCounters, ContainerTable, Table, STATE_LARGE};
 use super::pins::PinRoot;
 use super::sys::{self, SysError};
 use aya_obj::generated as uapi;
-use std::mem::offset_of;
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -43,16 +42,13 @@ struct MapCreateAttr {
     _rest: [u32; 16],
 }
 sys::assert_attr!(MapCreateAttr);
-sys::assert_abi!(MapCreateAttr, size 108,
-    map_type @ offset_of!(uapi::bpf_attr__bindgen_ty_1, map_type),
-    key_size @ offset_of!(uapi::bpf_attr__bindgen_ty_1, key_size),
-    value_size @ offset_of!(uapi::bpf_attr__bindgen_ty_1, value_size),
-    max_entries @ offset_of!(uapi::bpf_attr__bindgen_ty_1, max_entries),
-    map_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_1, map_flags),
-    inner_map_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_1, inner_map_fd),
-    numa_node @ offset_of!(uapi::bpf_attr__bindgen_ty_1, numa_node),
-    map_name @ offset_of!(uapi::bpf_attr__bindgen_ty_1, map_name),
-);
+sys::assert_abi! {
+    MapCreateAttr, size 108,
+    like uapi::bpf_attr__bindgen_ty_1: [
+        map_type, key_size, value_size, max_entries, map_flags, inner_map_fd, numa_node,
+        map_name,
+    ]
+}
 
 fn create_map(ty: u32, value_size: usize, flags: u32, name: &str) -> Result<OwnedFd, SysError> {
     let mut map_name = [0u8; 16];

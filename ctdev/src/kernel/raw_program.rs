@@ -5,13 +5,11 @@
 //! `BPF_F_ALLOW_MULTI`): the tests use those to stand in for a runtime's
 //! program, the benchmarks for the allow-all floor.
 
-use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::sys::{self, SysError, BPF_CGROUP_DEVICE};
 use aya_obj::generated as uapi;
-use std::mem::offset_of;
 
 /// One eBPF instruction (`struct bpf_insn`).
 #[repr(C)]
@@ -95,7 +93,6 @@ pub fn deny_char(major: u32, minor: u32) -> Vec<Insn> {
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_F_ALLOW_MULTI: u32 = 2;
 
@@ -117,39 +114,13 @@ struct ProgLoadAttr {
     _rest: [u64; 8],
 }
 sys::assert_attr!(ProgLoadAttr);
-sys::assert_abi!(ProgLoadAttr, size 136,
-    prog_type @ offset_of!(uapi::bpf_attr__bindgen_ty_4, prog_type),
-    insn_cnt @ offset_of!(uapi::bpf_attr__bindgen_ty_4, insn_cnt),
-    insns @ offset_of!(uapi::bpf_attr__bindgen_ty_4, insns),
-    license @ offset_of!(uapi::bpf_attr__bindgen_ty_4, license),
-    log_level @ offset_of!(uapi::bpf_attr__bindgen_ty_4, log_level),
-    log_size @ offset_of!(uapi::bpf_attr__bindgen_ty_4, log_size),
-    log_buf @ offset_of!(uapi::bpf_attr__bindgen_ty_4, log_buf),
-    kern_version @ offset_of!(uapi::bpf_attr__bindgen_ty_4, kern_version),
-    prog_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_4, prog_flags),
-    prog_name @ offset_of!(uapi::bpf_attr__bindgen_ty_4, prog_name),
-    prog_ifindex @ offset_of!(uapi::bpf_attr__bindgen_ty_4, prog_ifindex),
-    expected_attach_type @ offset_of!(uapi::bpf_attr__bindgen_ty_4, expected_attach_type),
-);
-
-#[repr(C)]
-#[derive(Default)]
-struct AttachAttr {
-    target_fd: u32,
-    attach_bpf_fd: u32,
-    attach_type: u32,
-    attach_flags: u32,
-    replace_bpf_fd: u32,
-    _pad: u32,
+sys::assert_abi! {
+    ProgLoadAttr, size 136,
+    like uapi::bpf_attr__bindgen_ty_4: [
+        prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version,
+        prog_flags, prog_name, prog_ifindex, expected_attach_type,
+    ]
 }
-sys::assert_attr!(AttachAttr);
-sys::assert_abi!(AttachAttr, size 24,
-    target_fd @ 0,
-    attach_bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_bpf_fd),
-    attach_type @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_type),
-    attach_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_flags),
-    replace_bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_6, replace_bpf_fd),
-);
 
 /// Loads `insns` as a cgroup device program named `name` (at most 15
 /// bytes). The verifier log is only asked for when the first try fails.
@@ -225,56 +196,15 @@ impl RawProgram {
     /// Loads `insns` as a cgroup device program named `name` (at most 15
     /// bytes) and attaches it to `cgroup_dir` in multi mode.
     pub fn attach(cgroup_dir: &Path, name: &str, insns: &[Insn]) -> Result<Self, SysError> {
-        let what = || cgroup_dir.display().to_string();
-        let err = |call, source| SysError {
-            call,
-            what: what(),
-            source,
-        };
-        let license = CString::from(c"GPL");
-        let mut prog_name = [0u8; 16];
-        let n = name.len().min(15);
-        prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        let mut log = vec![0u8; 4096];
-        let mut attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 1,
-            log_size: log.len() as u32,
-            log_buf: log.as_mut_ptr() as u64,
-            prog_name,
-            expected_attach_type: BPF_CGROUP_DEVICE,
-            ..Default::default()
-        };
-        // SAFETY: `attr` is the BPF_PROG_LOAD prefix; `insns`, `license` and
-        // `log_buf` point to a borrowed slice, a CString and `log` (writable,
-        // `log_size` bytes), all alive for the call; it returns a new fd.
-        let prog = unsafe { sys::bpf_fd(BPF_PROG_LOAD, &mut attr) }.map_err(|e| {
-            let verifier = String::from_utf8_lossy(&log);
-            err(
-                "BPF_PROG_LOAD",
-                std::io::Error::new(
-                    e.kind(),
-                    format!("{e}: {}", verifier.trim_end_matches('\0')),
-                ),
-            )
-        })?;
+        let prog = load_device_program(name, insns, c"GPL")?;
         let cgroup: OwnedFd = std::fs::File::open(cgroup_dir)
-            .map_err(|e| err("open", e))?
+            .map_err(|source| SysError {
+                call: "open",
+                what: cgroup_dir.display().to_string(),
+                source,
+            })?
             .into();
-        let mut attach = AttachAttr {
-            target_fd: cgroup.as_raw_fd() as u32,
-            attach_bpf_fd: prog.as_raw_fd() as u32,
-            attach_type: BPF_CGROUP_DEVICE,
-            attach_flags: BPF_F_ALLOW_MULTI,
-            ..Default::default()
-        };
-        // Returns 0, not an fd.
-        // SAFETY: `attach` is the BPF_PROG_ATTACH prefix (no pointers); both
-        // fds are owned here, so open.
-        unsafe { sys::bpf(BPF_PROG_ATTACH, &mut attach) }.map_err(|e| err("BPF_PROG_ATTACH", e))?;
+        sys::prog_attach_device(cgroup.as_fd(), prog.as_fd(), BPF_F_ALLOW_MULTI, cgroup_dir)?;
         let id = sys::prog_id(prog.as_fd(), cgroup_dir)?;
         Ok(Self {
             prog,

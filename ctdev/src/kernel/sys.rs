@@ -24,14 +24,20 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// Compile-time checks that a hand-written kernel struct has the kernel's
-/// layout: its size, and each field's offset, given as the offset of the
-/// same field in aya-obj's bindings generated from the kernel's uapi headers
-/// ([`aya_obj::generated`]) or, for a field inside an anonymous union there,
-/// as the number from `include/uapi/linux/bpf.h`. A mismatch fails the build.
+/// layout: its size, and each field's offset. `like G: [a, b]`: fields at
+/// the offsets of the same-named fields of `G`, from aya-obj's bindings
+/// generated from the kernel's uapi headers ([`aya_obj::generated`]);
+/// `f @ N`: a field inside an anonymous union there, at the offset given by
+/// `include/uapi/linux/bpf.h`. A mismatch fails the build.
 macro_rules! assert_abi {
-    ($t:ty, size $size:expr $(, $field:ident @ $off:expr)* $(,)?) => {
+    ($t:ty, size $size:expr,
+        like $gen:ty: [$($same:ident),* $(,)?]
+        $(, $field:ident @ $off:expr)* $(,)?) => {
         const _: () = {
             assert!(::std::mem::size_of::<$t>() == $size);
+            $(assert!(
+                ::std::mem::offset_of!($t, $same) == ::std::mem::offset_of!($gen, $same)
+            );)*
             $(assert!(::std::mem::offset_of!($t, $field) == $off);)*
         };
     };
@@ -161,12 +167,14 @@ struct LinkCreateAttr {
     _rest: [u64; 4],
 }
 assert_attr!(LinkCreateAttr);
-assert_abi!(LinkCreateAttr, size 48,
+assert_abi! {
+    LinkCreateAttr, size 48,
+    like uapi::bpf_attr__bindgen_ty_14: [
+        attach_type, flags,
+    ],
     prog_fd @ 0,
     target_fd @ 4,
-    attach_type @ offset_of!(uapi::bpf_attr__bindgen_ty_14, attach_type),
-    flags @ offset_of!(uapi::bpf_attr__bindgen_ty_14, flags),
-);
+}
 
 /// Attaches `prog` to the cgroup `cgroup` through a new bpf link.
 ///
@@ -199,12 +207,12 @@ struct ObjAttr {
     _pad: u32,
 }
 assert_attr!(ObjAttr);
-assert_abi!(ObjAttr, size 24,
-    pathname @ offset_of!(uapi::bpf_attr__bindgen_ty_5, pathname),
-    bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_5, bpf_fd),
-    file_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_5, file_flags),
-    path_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_5, path_fd),
-);
+assert_abi! {
+    ObjAttr, size 24,
+    like uapi::bpf_attr__bindgen_ty_5: [
+        pathname, bpf_fd, file_flags, path_fd,
+    ]
+}
 
 /// Pins a bpf object (here: a link) at `path` on bpffs. The pin is created
 /// with mode 0600 by the kernel; it fails if `path` exists.
@@ -244,9 +252,12 @@ struct LinkDetachAttr {
     _pad: u32,
 }
 assert_attr!(LinkDetachAttr);
-assert_abi!(LinkDetachAttr, size 8,
-    link_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_16, link_fd),
-);
+assert_abi! {
+    LinkDetachAttr, size 8,
+    like uapi::bpf_attr__bindgen_ty_16: [
+        link_fd,
+    ]
+}
 
 /// Detaches a link from its cgroup now, even if other holders keep its fd open.
 pub fn link_detach(link: BorrowedFd<'_>, what: &Path) -> Result<(), SysError> {
@@ -269,11 +280,12 @@ struct InfoAttr {
     info: u64,
 }
 assert_attr!(InfoAttr);
-assert_abi!(InfoAttr, size 16,
-    bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_9, bpf_fd),
-    info_len @ offset_of!(uapi::bpf_attr__bindgen_ty_9, info_len),
-    info @ offset_of!(uapi::bpf_attr__bindgen_ty_9, info),
-);
+assert_abi! {
+    InfoAttr, size 16,
+    like uapi::bpf_attr__bindgen_ty_9: [
+        bpf_fd, info_len, info,
+    ]
+}
 
 /// `struct bpf_link_info` up to and including the cgroup member of its union.
 #[repr(C)]
@@ -288,15 +300,17 @@ struct RawLinkInfo {
     _pad2: u32,
     _rest: [u64; 4],
 }
-assert_abi!(RawLinkInfo, size 64,
+/// Where `bpf_link_info`'s union (its `cgroup` member among them) starts.
+const LINK_INFO_UNION: usize = offset_of!(uapi::bpf_link_info, __bindgen_anon_1);
+assert_abi! {
+    RawLinkInfo, size 64,
+    like uapi::bpf_link_info: [id, prog_id],
     link_type @ offset_of!(uapi::bpf_link_info, type_),
-    id @ offset_of!(uapi::bpf_link_info, id),
-    prog_id @ offset_of!(uapi::bpf_link_info, prog_id),
-    cgroup_id @ offset_of!(uapi::bpf_link_info, __bindgen_anon_1)
+    cgroup_id @ LINK_INFO_UNION
         + offset_of!(uapi::bpf_link_info__bindgen_ty_1__bindgen_ty_3, cgroup_id),
-    attach_type @ offset_of!(uapi::bpf_link_info, __bindgen_anon_1)
+    attach_type @ LINK_INFO_UNION
         + offset_of!(uapi::bpf_link_info__bindgen_ty_1__bindgen_ty_3, attach_type),
-);
+}
 
 /// `BPF_LINK_TYPE_CGROUP`.
 pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
@@ -354,18 +368,15 @@ struct QueryAttr {
     revision: u64,
 }
 assert_attr!(QueryAttr);
-assert_abi!(QueryAttr, size 64,
+assert_abi! {
+    QueryAttr, size 64,
+    like uapi::bpf_attr__bindgen_ty_10: [
+        attach_type, query_flags, attach_flags, prog_ids, prog_attach_flags, link_ids,
+        link_attach_flags, revision,
+    ],
     target_fd @ 0,
-    attach_type @ offset_of!(uapi::bpf_attr__bindgen_ty_10, attach_type),
-    query_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_10, query_flags),
-    attach_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_10, attach_flags),
-    prog_ids @ offset_of!(uapi::bpf_attr__bindgen_ty_10, prog_ids),
     prog_cnt @ 24,
-    prog_attach_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_10, prog_attach_flags),
-    link_ids @ offset_of!(uapi::bpf_attr__bindgen_ty_10, link_ids),
-    link_attach_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_10, link_attach_flags),
-    revision @ offset_of!(uapi::bpf_attr__bindgen_ty_10, revision),
-);
+}
 
 /// Ids of the cgroup device programs attached to `cgroup` (with
 /// `effective`, also those inherited from its ancestors: the set that decides).
@@ -419,11 +430,13 @@ struct GetFdByIdAttr {
     _pad: u32,
 }
 assert_attr!(GetFdByIdAttr);
-assert_abi!(GetFdByIdAttr, size 16,
+assert_abi! {
+    GetFdByIdAttr, size 16,
+    like uapi::bpf_attr__bindgen_ty_8: [
+        next_id, open_flags,
+    ],
     id @ 0,
-    next_id @ offset_of!(uapi::bpf_attr__bindgen_ty_8, next_id),
-    open_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_8, open_flags),
-);
+}
 
 /// Opens the program with kernel id `id`.
 pub fn prog_fd_by_id(id: u32) -> Result<OwnedFd, SysError> {
@@ -477,29 +490,20 @@ struct ProgDetachAttr {
     _pad: u32,
 }
 assert_attr!(ProgDetachAttr);
-assert_abi!(ProgDetachAttr, size 24,
+assert_abi! {
+    ProgDetachAttr, size 24,
+    like uapi::bpf_attr__bindgen_ty_6: [
+        attach_bpf_fd, attach_type, attach_flags, replace_bpf_fd,
+    ],
     target_fd @ 0,
-    attach_bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_bpf_fd),
-    attach_type @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_type),
-    attach_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_6, attach_flags),
-    replace_bpf_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_6, replace_bpf_fd),
-);
+}
 
 /// Detaches, without naming a program, the one program attached to
 /// `cgroup` without `BPF_F_ALLOW_MULTI` (the legacy form, no program fd):
 /// what a hostile process would try; ctdev never does.
 #[cfg(feature = "test-support")]
 pub fn prog_detach_device_unnamed(cgroup: BorrowedFd<'_>, what: &Path) -> Result<(), SysError> {
-    let mut attr = ProgDetachAttr {
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_type: BPF_CGROUP_DEVICE,
-        ..Default::default()
-    };
-    // SAFETY: `attr` is the BPF_PROG_ATTACH/DETACH prefix (no pointers);
-    // `cgroup` is borrowed, so open; a zero program fd means "none".
-    unsafe { bpf(BPF_PROG_DETACH, &mut attr) }
-        .map(|_| ())
-        .map_err(|e| SysError::new("BPF_PROG_DETACH", what.display().to_string(), e))
+    prog_attach_cmd(BPF_PROG_DETACH, cgroup, None, 0, what)
 }
 
 /// Detaches a program that was attached to `cgroup` with `BPF_PROG_ATTACH`
@@ -510,17 +514,36 @@ pub fn prog_detach_device(
     prog: BorrowedFd<'_>,
     what: &Path,
 ) -> Result<(), SysError> {
+    prog_attach_cmd(BPF_PROG_DETACH, cgroup, Some(prog), 0, what)
+}
+
+/// `BPF_PROG_ATTACH` or `BPF_PROG_DETACH` (`cmd`) of the device program
+/// `prog` (none: the legacy detach of the one non-multi program) on
+/// `cgroup`, with `flags`.
+fn prog_attach_cmd(
+    cmd: libc::c_long,
+    cgroup: BorrowedFd<'_>,
+    prog: Option<BorrowedFd<'_>>,
+    flags: u32,
+    what: &Path,
+) -> Result<(), SysError> {
+    let call = if cmd == BPF_PROG_ATTACH {
+        "BPF_PROG_ATTACH"
+    } else {
+        "BPF_PROG_DETACH"
+    };
     let mut attr = ProgDetachAttr {
         target_fd: cgroup.as_raw_fd() as u32,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_bpf_fd: prog.map_or(0, |p| p.as_raw_fd() as u32),
         attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: flags,
         ..Default::default()
     };
     // SAFETY: `attr` is the BPF_PROG_ATTACH/DETACH prefix (no pointers);
-    // both fds are borrowed, so open.
-    unsafe { bpf(BPF_PROG_DETACH, &mut attr) }
+    // the fds are borrowed, so open (a zero program fd names none).
+    unsafe { bpf(cmd, &mut attr) }
         .map(|_| ())
-        .map_err(|e| SysError::new("BPF_PROG_DETACH", what.display().to_string(), e))
+        .map_err(|e| SysError::new(call, what.display().to_string(), e))
 }
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -538,16 +561,12 @@ struct BatchAttr {
     flags: u64,
 }
 assert_attr!(BatchAttr);
-assert_abi!(BatchAttr, size 56,
-    in_batch @ offset_of!(uapi::bpf_attr__bindgen_ty_3, in_batch),
-    out_batch @ offset_of!(uapi::bpf_attr__bindgen_ty_3, out_batch),
-    keys @ offset_of!(uapi::bpf_attr__bindgen_ty_3, keys),
-    values @ offset_of!(uapi::bpf_attr__bindgen_ty_3, values),
-    count @ offset_of!(uapi::bpf_attr__bindgen_ty_3, count),
-    map_fd @ offset_of!(uapi::bpf_attr__bindgen_ty_3, map_fd),
-    elem_flags @ offset_of!(uapi::bpf_attr__bindgen_ty_3, elem_flags),
-    flags @ offset_of!(uapi::bpf_attr__bindgen_ty_3, flags),
-);
+assert_abi! {
+    BatchAttr, size 56,
+    like uapi::bpf_attr__bindgen_ty_3: [
+        in_batch, out_batch, keys, values, count, map_fd, elem_flags, flags,
+    ]
+}
 
 /// Raw entries of a map read in batches: `keys` and `values` hold
 /// `count × key_size` and `count × value_size` bytes, in the same order.
@@ -658,16 +677,5 @@ pub fn prog_attach_device(
     flags: u32,
     what: &Path,
 ) -> Result<(), SysError> {
-    let mut attr = ProgDetachAttr {
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
-        attach_type: BPF_CGROUP_DEVICE,
-        attach_flags: flags,
-        ..Default::default()
-    };
-    // SAFETY: `attr` is the BPF_PROG_ATTACH/DETACH prefix (no pointers);
-    // both fds are borrowed, so open.
-    unsafe { bpf(BPF_PROG_ATTACH, &mut attr) }
-        .map(|_| ())
-        .map_err(|e| SysError::new("BPF_PROG_ATTACH", what.display().to_string(), e))
+    prog_attach_cmd(BPF_PROG_ATTACH, cgroup, Some(prog), flags, what)
 }
