@@ -358,12 +358,12 @@ fn foreign_warning(at: &Attached, target: &Target) -> Option<String> {
         .others
         .iter()
         .map(|p| {
-            let name = if p.name.is_empty() {
-                "unnamed"
-            } else {
-                &p.name
-            };
-            format!("id {} ({name}) on {}", p.id, p.attached_at.display())
+            format!(
+                "id {} ({}) on {}",
+                p.id,
+                p.display_name(),
+                p.attached_at.display()
+            )
         })
         .collect();
     Some(format!(

@@ -257,11 +257,7 @@ fn describe(p: &DeviceProgram) -> String {
         Owner::Unknown => String::new(),
         o => format!(", {}", o.as_str()),
     };
-    let name = if p.name.is_empty() {
-        "unnamed".to_string()
-    } else {
-        p.name.clone()
-    };
+    let name = p.display_name();
     format!(
         "program {} ({name}{owner}) on {}",
         p.id,

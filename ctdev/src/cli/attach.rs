@@ -98,11 +98,7 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
                 eprintln!(
                     "ctdev: warning: program {} ({}) on {} still decides device access too",
                     p.id,
-                    if p.name.is_empty() {
-                        "unnamed"
-                    } else {
-                        &p.name
-                    },
+                    p.display_name(),
                     p.attached_at.display()
                 );
             }
@@ -163,11 +159,7 @@ fn warn_other_programs(ctdev: &Ctdev, target: &Target, own: u32) {
             "ctdev: warning: device program {} ({}) on {} also decides for this container; \
              an access needs every program's allow (replace a runtime's program with --takeover)",
             p.id,
-            if p.name.is_empty() {
-                "unnamed"
-            } else {
-                &p.name
-            },
+            p.display_name(),
             p.attached_at.display()
         );
     }

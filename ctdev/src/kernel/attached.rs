@@ -64,6 +64,17 @@ pub struct DeviceProgram {
     pub owner: Owner,
 }
 
+impl DeviceProgram {
+    /// Its name for messages: `unnamed` when the program has none.
+    pub fn display_name(&self) -> &str {
+        if self.name.is_empty() {
+            "unnamed"
+        } else {
+            &self.name
+        }
+    }
+}
+
 /// Why the programs could not be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramsError {
