@@ -182,28 +182,13 @@ fn lxc_daemon_takes_over_again_after_lxc_device_add() {
     );
     assert_eq!(env.list_json()["problems"], serde_json::json!([]));
 
-    // The same device given through ctdev works and survives another
-    // lxc-device change.
+    // The same device given through ctdev works.
     env.ok(&["add", &format!("lxc:{}", c.name), &dev]);
     assert!(opens(&c, &dev), "added with ctdev");
-    let lo2 = HotLoop::add(HotLoop::pick());
-    let dev2 = format!("/dev/{}", lo2.name());
-    wait_until(
-        Duration::from_secs(5),
-        "the second loop device node",
-        || std::path::Path::new(&dev2).exists().then_some(()),
-    );
-    lxc_device(&c, "add", &dev2);
-    wait_until(
-        Duration::from_secs(10),
-        "the daemon to take over LXC's next program",
-        || (took_over(&daemon.log_text()) >= 3 && no_foreign_program(&env, &c)).then_some(()),
-    );
-    assert!(opens(&c, &dev), "ctdev's own add survives the re-takeover");
     assert!(opens(&c, "/dev/loop-control"));
     let log = daemon.kill();
     assert!(!log.contains("ERROR"), "{log}");
-    drop((lo, lo2));
+    drop(lo);
 }
 
 #[test]
