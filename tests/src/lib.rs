@@ -13,10 +13,9 @@ pub mod containerd;
 pub mod daemon;
 /// The differential test of `--takeover` against the real runc and crun.
 pub mod difftest;
-/// Real Docker and Podman engines.
+/// Real Docker and Podman engines (Podman also with crun and with a
+/// private CDI spec directory).
 pub mod engines;
-/// A private Podman reading a private CDI spec directory.
-pub mod podman_cdi;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
 

@@ -11,7 +11,8 @@
 use std::fs;
 use std::path::Path;
 
-use ctdev_tests::podman_cdi::{LoopNode, PodmanCdi};
+use ctdev_tests::daemon::HotLoop;
+use ctdev_tests::engines::{self, Engine, Podman, PodmanOptions};
 use ctdev_tests::{unique, TestEnv};
 
 /// What a container shows of the CDI device (and of its /dev and mounts).
@@ -29,7 +30,7 @@ fn out(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn view(pod: &PodmanCdi, id: &str) -> View {
+fn view(pod: &Podman, id: &str) -> View {
     let nodes = out(&pod.sh(
         id,
         "stat -c '%n %F %t:%T %a %u:%g' /dev/cdi-a /dev/cdi-b 2>&1",
@@ -52,7 +53,7 @@ fn mount_options(mountinfo: &str, at: &str) -> Option<String> {
 }
 
 /// Everything `del` must give back: /dev listing, /opt, mount points.
-fn whole_view(pod: &PodmanCdi, id: &str) -> String {
+fn whole_view(pod: &Podman, id: &str) -> String {
     let mounts: Vec<String> = out(&pod.sh(id, "cat /proc/self/mountinfo"))
         .lines()
         .map(|l| l.split(' ').skip(3).take(3).collect::<Vec<_>>().join(" "))
@@ -65,7 +66,35 @@ fn whole_view(pod: &PodmanCdi, id: &str) -> String {
     )
 }
 
-fn spec(dir: &Path, kind: &str, a: &LoopNode, b: &LoopNode, share: &Path) {
+/// A loop device made with `LOOP_CTL_ADD` (no backing file), once its
+/// node is there; removed on drop.
+struct LoopDev {
+    hot: HotLoop,
+    path: String,
+    number: u32,
+}
+
+impl LoopDev {
+    fn new() -> LoopDev {
+        let hot = HotLoop::add(HotLoop::pick());
+        let path = format!("/dev/{}", hot.name());
+        engines::poll(std::time::Duration::from_secs(5), || {
+            Path::new(&path).exists().then_some(())
+        })
+        .unwrap_or_else(|| panic!("{path} did not appear"));
+        LoopDev {
+            number: hot.index,
+            hot,
+            path,
+        }
+    }
+
+    fn path_str(&self) -> &str {
+        &self.path
+    }
+}
+
+fn spec(dir: &Path, kind: &str, a: &LoopDev, b: &LoopDev, share: &Path) {
     let text = format!(
         "cdiVersion: 0.5.0
 kind: {kind}
@@ -108,25 +137,30 @@ containerEdits:
 #[test]
 fn podman_cdi_hot_add_matches_podman_run_and_del_restores() {
     let env = TestEnv::new("cdi");
-    let pod = PodmanCdi::start(&env.cgroup_parent);
-    let base = 1000 + (std::process::id() % 400) * 8;
-    let a = LoopNode::new(base);
-    let b = LoopNode::new(a.number + 1);
-    let other = LoopNode::new(b.number + 1);
+    let pod = Podman::start_with(
+        &engines::inside(&env.cgroup_parent),
+        PodmanOptions {
+            cdi: true,
+            ..PodmanOptions::default()
+        },
+    );
+    let a = LoopDev::new();
+    let b = LoopDev::new();
+    let other = LoopDev::new();
     let share = env.scratch.join("share");
     fs::create_dir_all(&share).unwrap();
     fs::write(share.join("file.txt"), "cdi share\n").unwrap();
     // A class of its own: no other test's spec can collide with it.
     let class = format!("c{}", unique("").replace('-', ""));
     let kind = format!("example.com/{class}");
-    spec(&pod.cdi_dir, &kind, &a, &b, &share);
+    spec(&pod.cdi_dir(), &kind, &a, &b, &share);
     let name = format!("{kind}=pair");
     let state = env.scratch.join("cdi-state");
-    let cdi_dir = pod.cdi_dir.to_str().unwrap().to_string();
+    let cdi_dir = pod.cdi_dir().to_str().unwrap().to_string();
     let state_s = state.to_str().unwrap().to_string();
 
     // The reference: Podman gives the device at start.
-    let reference = pod.run(&["--device", &name]);
+    let reference = pod.run_with(&unique("ref"), &["--device", &name]);
     let want = view(&pod, &reference);
     assert!(want.nodes.contains("block special file 7:"), "{want:?}");
     assert_eq!(want.share, "cdi share\n");
@@ -136,7 +170,7 @@ fn podman_cdi_hot_add_matches_podman_run_and_del_restores() {
     );
 
     // A second container, already running, under ctdev policy.
-    let id = pod.run(&[]);
+    let id = pod.run_with(&unique("c"), &[]);
     let target = format!("podman:{id}");
     env.ok(&["attach", &target, "--takeover"]);
     let before = whole_view(&pod, &id);
@@ -283,8 +317,8 @@ fn cdi_list_shows_devices_files_and_invalid_files() {
         .unwrap()
         .ends_with("bad.yaml"));
     // generate → list: the generated spec names the device.
-    let lo = LoopNode::new(1000 + (std::process::id() % 400) * 8 + 5000);
-    let devname = lo.path.file_name().unwrap().to_str().unwrap().to_string();
+    let lo = LoopDev::new();
+    let devname = lo.hot.name();
     let gen = dir.join("gen.json");
     env.ok(&[
         "cdi",
@@ -341,7 +375,7 @@ fn daemon_keeps_cdi_devices_in_sync_with_the_spec() {
     let env = TestEnv::new("cdi-daemon");
     // A user namespace: the spec's uid/gid are ids inside it.
     let c = TestContainer::start(&env, "a", true);
-    let lo = LoopNode::new(1000 + (std::process::id() % 400) * 8 + 3000);
+    let lo = LoopDev::new();
     let share = env.scratch.join("share");
     fs::create_dir_all(&share).unwrap();
     fs::write(share.join("f"), "daemon share\n").unwrap();

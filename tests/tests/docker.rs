@@ -27,7 +27,7 @@ fn docker_daemon_takes_over_hotplugs_and_survives_restart() {
     let docker = Docker::start(&engines::inside(&env.cgroup_parent));
     let name = unique("c");
     let id = docker.run(&name);
-    engines::daemon_takes_over_hotplugs_and_survives_restart(&env, &docker, &id, &name);
+    engines::daemon_takes_over_hotplugs_and_survives_restart(&env, &docker, &id, &name, 5);
 }
 
 #[test]

@@ -91,6 +91,106 @@ fn lxc_daemon_takes_over_and_passes_static_and_hotplugged_devices() {
     );
 }
 
+/// The rules of ctdev's policy on the payload cgroup, as `ctdev list` shows them.
+fn ctdev_rules(env: &TestEnv, c: &LxcContainer) -> Vec<String> {
+    let mut rules: Vec<String> = listed(env, c.payload_cgroup()).expect("under policy")["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap().to_string())
+        .collect();
+    rules.sort();
+    rules
+}
+
+/// `lxc-device -P PATH -n NAME VERB DEV`, required to succeed.
+fn lxc_device(c: &LxcContainer, verb: &str, dev: &str) {
+    let out = std::process::Command::new("lxc-device")
+        .arg("-P")
+        .arg(&c.lxcpath)
+        .args(["-n", &c.name, verb, dev])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run lxc-device");
+    assert!(
+        out.status.success(),
+        "lxc-device {verb} {dev}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `lxc-device add` makes LXC build and attach a new program (its rules
+/// plus the added device): the daemon notices the new foreign program and
+/// takes over again, keeping exactly the rules it had (LXC's imported ones
+/// and the policy's), so nothing is widened or lost. The device LXC added
+/// is in no rule ctdev knows (LXC keeps it only in its monitor's memory and
+/// in the program), so after the re-takeover it is denied: on a container
+/// the daemon manages, add devices with ctdev (or the policy file).
+#[test]
+fn lxc_daemon_takes_over_again_after_lxc_device_add() {
+    let env = TestEnv::new("lxc-dev");
+    let c = LxcContainer::start("dev");
+    let cfg = env.scratch.join("policy.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "resync_interval = 0\n\
+             [[container]]\nname = \"lxc\"\nselect = {{ target = \"lxc:{}\" }}\n\
+             devices = [{{ path = \"/dev/loop-control\" }}]\n",
+            c.name
+        ),
+    )
+    .unwrap();
+    let mut daemon = DaemonProc::start(&env, &cfg);
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon to take over LXC's program",
+        || (no_foreign_program(&env, &c) && opens(&c, "/dev/loop-control")).then_some(()),
+    );
+    let before = ctdev_rules(&env, &c);
+    let took_over = |log: &str| log.matches("took over").count();
+    assert_eq!(took_over(&daemon.log_text()), 1);
+
+    // A device LXC adds itself: LXC attaches a new program.
+    let lo = HotLoop::add(HotLoop::pick());
+    let dev = format!("/dev/{}", lo.name());
+    wait_until(Duration::from_secs(5), "the loop device node", || {
+        std::path::Path::new(&dev).exists().then_some(())
+    });
+    let start = Instant::now();
+    lxc_device(&c, "add", &dev);
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon to take over LXC's new program",
+        || (took_over(&daemon.log_text()) >= 2 && no_foreign_program(&env, &c)).then_some(()),
+    );
+    eprintln!(
+        "lxc: lxc-device add -> taken over again: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(ctdev_rules(&env, &c), before, "nothing widened or lost");
+    assert!(opens(&c, "/dev/loop-control"), "ctdev's grant kept");
+    assert!(opens(&c, "/dev/null"), "LXC's imported rules kept");
+    let inside = c.exec(&["/bin/sh", "-c", &format!("[ -b {dev} ] && echo node")]);
+    assert!(
+        String::from_utf8_lossy(&inside.stdout).contains("node"),
+        "lxc-device made the node inside"
+    );
+    assert!(
+        !opens(&c, &dev),
+        "LXC's own addition is not in ctdev's rules"
+    );
+    assert_eq!(env.list_json()["problems"], serde_json::json!([]));
+
+    // The same device given through ctdev works.
+    env.ok(&["add", &format!("lxc:{}", c.name), &dev]);
+    assert!(opens(&c, &dev), "added with ctdev");
+    assert!(opens(&c, "/dev/loop-control"));
+    let log = daemon.kill();
+    assert!(!log.contains("ERROR"), "{log}");
+    drop(lo);
+}
+
 #[test]
 fn lxc_takeover_finds_a_private_lxcpath_without_flags() {
     let env = TestEnv::new("lxc-path");

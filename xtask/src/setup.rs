@@ -24,6 +24,9 @@ const TEST_PACKAGES: &[&str] = &[
     "lxc",
     "runc",
     "crun",
+    // The memlock LD_PRELOAD shim crun 1.8 needs here (tests/src/runtimes.rs),
+    // also for Podman with crun.
+    "gcc",
     // Real container engines (tests/tests/{docker,podman}.rs): dockerd
     // 20.10 with its containerd, and Podman 4.3 with conmon.
     "docker.io",

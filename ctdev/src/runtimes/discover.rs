@@ -7,6 +7,10 @@
 //!   started with a non-default `lxc-start -P LXCPATH`.
 //! - Docker: runc's state is under `EXEC_ROOT/runtime-runc/moby/<id>`, where
 //!   EXEC_ROOT is dockerd's `--exec-root` (default `/var/run/docker`).
+//! - Podman: a runtime root given with `podman --runtime-flag root=DIR`
+//!   reaches the OCI runtime through conmon, whose command line carries it
+//!   as `--runtime-arg --root=DIR` (or `--runtime-arg --root --runtime-arg
+//!   DIR`); runc's `state.json` or crun's `status` is under `DIR/<id>`.
 //!
 //! - Names: Docker keeps a container's name in
 //!   `DATA_ROOT/containers/<id>/config.v2.json` (dockerd's `--data-root`,
@@ -176,8 +180,34 @@ pub fn engine_names(kind: crate::target::RuntimeKind, id: &str) -> Vec<String> {
     names
 }
 
-/// runc state roots of running runtimes besides runc's and crun's own
-/// defaults: each dockerd's `EXEC_ROOT/runtime-runc/moby`.
+/// The OCI runtime's `--root` that a conmon command line passes on with
+/// `--runtime-arg` (`--runtime-arg --root=DIR`, or `--runtime-arg --root
+/// --runtime-arg DIR`, also written `--runtime-arg=…`); `None` if it is not
+/// conmon or passes no root.
+pub fn conmon_runtime_root(argv: &[String]) -> Option<PathBuf> {
+    if !is_program(argv, "conmon") {
+        return None;
+    }
+    // The values of every `--runtime-arg`, in order: the runtime's own argv.
+    let mut runtime_args = Vec::new();
+    let mut it = argv[1..].iter();
+    while let Some(a) = it.next() {
+        if a == "--runtime-arg" {
+            if let Some(v) = it.next() {
+                runtime_args.push(v.clone());
+            }
+        } else if let Some(v) = a.strip_prefix("--runtime-arg=") {
+            runtime_args.push(v.to_string());
+        }
+    }
+    option(&runtime_args, "--root")
+        .filter(|r| r.starts_with('/'))
+        .map(PathBuf::from)
+}
+
+/// runc/crun state roots of running runtimes besides runc's and crun's own
+/// defaults: each dockerd's `EXEC_ROOT/runtime-runc/moby`, and each root a
+/// conmon passes to its runtime (Podman's `--runtime-flag root=DIR`).
 pub fn runc_state_roots() -> Vec<PathBuf> {
     runc_state_roots_in(&processes())
 }
@@ -188,6 +218,7 @@ pub fn runc_state_roots_in(procs: &[Vec<String>]) -> Vec<PathBuf> {
         .iter()
         .filter_map(|argv| dockerd_exec_root(argv))
         .map(|e| e.join("runtime-runc/moby"))
+        .chain(procs.iter().filter_map(|argv| conmon_runtime_root(argv)))
         .collect();
     roots.sort();
     roots.dedup();
@@ -240,6 +271,31 @@ mod tests {
                 PathBuf::from("/tmp/e2/runtime-runc/moby"),
                 PathBuf::from("/var/run/docker/runtime-runc/moby"),
             ]
+        );
+    }
+
+    #[test]
+    fn conmon_runtime_roots() {
+        let id = "cd".repeat(32);
+        let joined = argv(&format!(
+            "/usr/bin/conmon --api-version 1 -c {id} -r /usr/bin/runc -n web \
+             --runtime-arg --root=/tmp/p1/oci --runtime-arg --log-format=json"
+        ));
+        let split = argv("conmon -c x --runtime-arg --root --runtime-arg /tmp/p2/oci");
+        let eq_form = argv("conmon -c x --runtime-arg=--root=/tmp/p3/oci");
+        let no_root = argv("conmon -c x --runtime-arg --log-format=json -r /usr/bin/crun");
+        let relative = argv("conmon -c x --runtime-arg --root=oci");
+        let not_conmon = argv("runc --root /tmp/p4 run x");
+        assert_eq!(conmon_runtime_root(&joined), Some("/tmp/p1/oci".into()));
+        assert_eq!(conmon_runtime_root(&split), Some("/tmp/p2/oci".into()));
+        assert_eq!(conmon_runtime_root(&eq_form), Some("/tmp/p3/oci".into()));
+        assert_eq!(conmon_runtime_root(&no_root), None);
+        assert_eq!(conmon_runtime_root(&relative), None);
+        assert_eq!(conmon_runtime_root(&not_conmon), None);
+        let procs = vec![joined, split.clone(), split, no_root, not_conmon];
+        assert_eq!(
+            runc_state_roots_in(&procs),
+            [PathBuf::from("/tmp/p1/oci"), PathBuf::from("/tmp/p2/oci")]
         );
     }
 
