@@ -541,7 +541,7 @@ impl Daemon {
             .iter()
             .map(|r| {
                 let rule = r.to_string();
-                (GrantSubject::Rule { rule }, vec![r.clone()])
+                (GrantSubject::Rule { rule }, vec![*r])
             })
             .collect();
         let take_back: Vec<GrantSubject> = stale
