@@ -258,25 +258,34 @@ where
 /// Entries a container's in-map table holds; a larger policy lives in the
 /// shared hash map ([`POLICY_MAP`]) instead ("large mode"). A power of two.
 pub const TABLE_CAP: usize = 128;
-/// Binary-search steps that cover [`TABLE_CAP`] entries (log2 + 1).
-pub const SEARCH_STEPS: usize = 8;
-/// Classes of table entries: 2 device types × 4 [`MatchKind`]s.
-pub const CLASSES: usize = 8;
+/// Buckets of a table generation (a power of two).
+pub const BUCKETS: usize = 64;
+/// Slots per bucket: a lookup reads at most this many entries.
+pub const WAYS: usize = 4;
+/// Slots of a table generation: `BUCKETS × WAYS`, twice [`TABLE_CAP`] so
+/// that a seed placing every entry in its bucket is quickly found.
+pub const SLOTS: usize = BUCKETS * WAYS;
+/// Seeds [`build_table`] tries before it gives up (then the policy goes to
+/// the shared hash map, like a policy over [`TABLE_CAP`] entries).
+pub const MAX_SEEDS: u64 = 8192;
 /// Bit of [`ContainerTable::state`]: the policy lives in the shared hash
 /// map, under the generation in bit 0 (the key's `_pad` field).
 pub const STATE_LARGE: u32 = 1 << 31;
 /// How often the program re-reads a table that changed under it before it
 /// gives up and denies (counted in [`ContainerStats::unstable`]).
-pub const READ_ATTEMPTS: usize = 3;
+pub const READ_ATTEMPTS: usize = 2;
 
-/// One entry of a container's table.
+/// One slot of a container's table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TableEntry {
     /// `major << 32 | minor` as the key stores them ([`WILDCARD`] for any).
     pub key: u64,
+    /// [`DEV_BLOCK`] or [`DEV_CHAR`]; 0 marks an empty slot (a bucket is
+    /// filled from its first slot, so an empty slot ends the bucket).
+    pub dev_type: u16,
     /// Allowed access bits (0: a deny entry).
-    pub access: u32,
+    pub access: u16,
     /// Index of this entry's hit counter in [`ContainerCounters::hits`]
     /// (stable for the entry's life, so counts survive table rewrites).
     pub hit: u32,
@@ -284,22 +293,31 @@ pub struct TableEntry {
     pub base: u64,
 }
 
-/// One generation of a container's rule table: entries sorted by
-/// (class, key), `starts[c]..starts[c + 1]` the entries of class `c`.
+/// One generation of a container's rule table: a hash table with
+/// [`BUCKETS`] buckets of [`WAYS`] slots, no overflow. Userspace picks a
+/// `seed` under which every entry fits in its bucket ([`bucket_of`]), so
+/// a lookup reads one bucket: no loop, no search, a few compares, and a
+/// program the verifier walks in a few thousand instructions.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Table {
-    /// Start of each class; `starts[CLASSES]` is the entry count.
-    pub starts: [u16; 16],
-    /// The entries.
-    pub entries: [TableEntry; TABLE_CAP],
+    /// Hash seed of this generation.
+    pub seed: u64,
+    /// Entries stored.
+    pub count: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// The slots, bucket after bucket.
+    pub entries: [TableEntry; SLOTS],
 }
 
 impl Default for Table {
     fn default() -> Self {
         Self {
-            starts: [0; 16],
-            entries: [TableEntry::default(); TABLE_CAP],
+            seed: 0,
+            count: 0,
+            _pad: 0,
+            entries: [TableEntry::default(); SLOTS],
         }
     }
 }
@@ -342,62 +360,77 @@ pub struct ContainerCounters {
     pub stats: ContainerStats,
 }
 
-/// The table class of a key: `(dev_type − 1) × 4 + kind`, `None` for a
-/// device type that is neither block nor char.
-#[inline(always)]
-pub const fn class_of(key: &PolicyKey) -> Option<usize> {
-    let kind = match (key.major == WILDCARD, key.minor == WILDCARD) {
-        (false, false) => 0,
-        (false, true) => 1,
-        (true, false) => 2,
-        (true, true) => 3,
-    };
-    match key.dev_type {
-        DEV_BLOCK => Some(kind),
-        DEV_CHAR => Some(4 + kind),
-        _ => None,
-    }
-}
-
 /// The packed device numbers a table entry stores.
 #[inline(always)]
 pub const fn pack(major: u32, minor: u32) -> u64 {
     ((major as u64) << 32) | minor as u64
 }
 
-/// Finds the entry stored under `key` in `table` (binary search within the
-/// key's class): its access bits and hit-counter index. This is the lookup
-/// [`evaluate`] runs over a container's table, in the kernel and in tests.
+/// The bucket of `(dev_type, key)` under `seed` (multiply-shift hashing:
+/// the top bits of one 64-bit product).
+#[inline(always)]
+pub const fn bucket_of(seed: u64, dev_type: u32, key: u64) -> usize {
+    let x = (key ^ ((dev_type as u64) << 58) ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 58) as usize & (BUCKETS - 1)
+}
+
+/// Finds the entry stored under `key` in `table`: its access bits and
+/// hit-counter index. This is the lookup [`evaluate`] runs over a
+/// container's table, in the kernel and in tests. It reads one bucket,
+/// stopping at the first empty slot.
 #[inline(always)]
 pub fn table_find(table: &Table, key: &PolicyKey) -> Option<(u32, u32)> {
-    let class = match class_of(key) {
-        Some(c) => c & (CLASSES - 1),
-        None => return None,
-    };
-    let mut lo = table.starts[class] as usize;
-    let mut hi = table.starts[class + 1] as usize;
-    if hi > TABLE_CAP {
-        hi = TABLE_CAP;
-    }
     let want = pack(key.major, key.minor);
-    let mut step = 0;
-    while step < SEARCH_STEPS {
-        if lo >= hi {
+    let first = bucket_of(table.seed, key.dev_type, want) * WAYS;
+    let mut way = 0;
+    while way < WAYS {
+        let e = &table.entries[(first + way) & (SLOTS - 1)];
+        if e.dev_type == 0 {
             return None;
         }
-        let mid = (lo + hi) / 2;
-        let e = &table.entries[mid & (TABLE_CAP - 1)];
-        if e.key == want {
-            return Some((e.access, e.hit));
+        if e.key == want && e.dev_type as u32 == key.dev_type {
+            // SAFETY: plain reads of fields of a valid reference. Volatile
+            // keeps the reads here, on each probe's own path, so the
+            // compiler cannot merge the paths into one that carries a
+            // pointer with a different offset per probe (which the BPF
+            // verifier would have to walk separately).
+            let (access, hit) = unsafe {
+                (
+                    core::ptr::read_volatile(&e.access),
+                    core::ptr::read_volatile(&e.hit),
+                )
+            };
+            return Some((access as u32, hit & (TABLE_CAP as u32 - 1)));
         }
-        if e.key < want {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-        step += 1;
+        way += 1;
     }
     None
+}
+
+/// Set in the first value [`table_lookup`] returns when an entry matched.
+pub const FOUND: u32 = 1 << 16;
+
+/// [`evaluate`]'s lookup order over a container's table, in the shape the
+/// kernel program wants: `(FOUND | bits, hit index, MatchKind as u32)` of
+/// the first entry found, or `(0, 0, NO_MATCH)`. [`allows`] then gives the
+/// verdict. The result is plain integers loaded from the table, so the
+/// verifier does not tell the paths that found an entry apart and walks
+/// what follows once; the unit tests hold it to [`evaluate`].
+#[inline(always)]
+pub fn table_lookup(table: &Table, dev_type: u32, major: u32, minor: u32) -> (u32, u32, u32) {
+    for kind in LOOKUP_ORDER {
+        if let Some((bits, hit)) = table_find(table, &kind.key(0, dev_type, major, minor)) {
+            return (FOUND | bits, hit, kind as u32);
+        }
+    }
+    (0, 0, NO_MATCH)
+}
+
+/// The verdict on a `requested` access from [`table_lookup`]'s first
+/// value: an entry matched and holds every requested bit.
+#[inline(always)]
+pub const fn allows(found: u32, requested: u32) -> bool {
+    found & FOUND != 0 && requested & !(found & (FOUND - 1)) == 0
 }
 
 /// One entry to put in a table: key (its policy id is ignored), access
@@ -405,50 +438,64 @@ pub fn table_find(table: &Table, key: &PolicyKey) -> Option<(u32, u32)> {
 pub type TableItem = (PolicyKey, u32, u32, u64);
 
 /// Builds a table from `items` in any order (sorts them in place). `None`
-/// when there are more than [`TABLE_CAP`] items or a key has no class
-/// (neither block nor char); duplicate keys must not be passed.
+/// when there are more than [`TABLE_CAP`] items, a key's type is neither
+/// block nor char, access bits do not fit, or no seed among the first
+/// [`MAX_SEEDS`] fits every item in its bucket (practically never at
+/// [`TABLE_CAP`] items: each seed fits 128 items with a few percent odds);
+/// duplicate keys must not be passed. The same items give the same table.
 pub fn build_table(items: &mut [TableItem]) -> Option<Table> {
     if items.len() > TABLE_CAP {
         return None;
     }
-    for item in items.iter() {
-        class_of(&item.0)?;
+    for (key, access, _, _) in items.iter() {
+        if !matches!(key.dev_type, DEV_BLOCK | DEV_CHAR) || *access > u16::MAX as u32 {
+            return None;
+        }
     }
-    items.sort_unstable_by_key(|it| (class_of(&it.0), pack(it.0.major, it.0.minor)));
-    let mut table = Table::default();
-    let mut counts = [0u16; CLASSES];
-    for (i, (key, access, hit, base)) in items.iter().enumerate() {
-        let class = class_of(key)?;
-        counts[class] += 1;
-        table.entries[i] = TableEntry {
-            key: pack(key.major, key.minor),
-            access: *access,
-            hit: *hit,
-            base: *base,
+    items.sort_unstable_by_key(|it| (it.0.dev_type, pack(it.0.major, it.0.minor)));
+    'seeds: for attempt in 0..MAX_SEEDS {
+        let seed = attempt.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        let mut table = Table {
+            seed,
+            count: items.len() as u32,
+            ..Table::default()
         };
+        let mut fill = [0usize; BUCKETS];
+        for (key, access, hit, base) in items.iter() {
+            let k = pack(key.major, key.minor);
+            let b = bucket_of(seed, key.dev_type, k);
+            if fill[b] == WAYS {
+                continue 'seeds;
+            }
+            table.entries[b * WAYS + fill[b]] = TableEntry {
+                key: k,
+                dev_type: key.dev_type as u16,
+                access: *access as u16,
+                hit: *hit,
+                base: *base,
+            };
+            fill[b] += 1;
+        }
+        return Some(table);
     }
-    let mut at = 0u16;
-    for (start, count) in table.starts.iter_mut().zip(counts) {
-        *start = at;
-        at += count;
-    }
-    table.starts[CLASSES] = at;
-    Some(table)
+    None
 }
 
-/// The entries of a table, with their class's key fields restored.
+/// The entries of a table, with their key fields restored.
 pub fn table_items(table: &Table, policy_id: u64) -> impl Iterator<Item = TableItem> + '_ {
-    (0..CLASSES).flat_map(move |c| {
-        let (lo, hi) = (
-            (table.starts[c] as usize).min(TABLE_CAP),
-            (table.starts[c + 1] as usize).min(TABLE_CAP),
-        );
-        let dev_type = if c < 4 { DEV_BLOCK } else { DEV_CHAR };
-        table.entries[lo..hi.max(lo)].iter().map(move |e| {
-            let key = PolicyKey::new(policy_id, dev_type, (e.key >> 32) as u32, e.key as u32);
-            (key, e.access, e.hit, e.base)
+    table
+        .entries
+        .iter()
+        .filter(|e| e.dev_type != 0)
+        .map(move |e| {
+            let key = PolicyKey::new(
+                policy_id,
+                e.dev_type as u32,
+                (e.key >> 32) as u32,
+                e.key as u32,
+            );
+            (key, e.access as u32, e.hit, e.base)
         })
-    })
 }
 
 #[cfg(feature = "user")]
@@ -531,7 +578,7 @@ mod tests {
             let back: BTreeMap<PolicyKey, u32> =
                 table_items(&table, 7).map(|(k, a, _, _)| (k, a)).collect();
             assert_eq!(back, p);
-            for t in [DEV_BLOCK, DEV_CHAR, 3] {
+            for t in [0, DEV_BLOCK, DEV_CHAR, 3] {
                 for ma in 0..6 {
                     for mi in 0..6 {
                         for req in 0..8 {
@@ -539,9 +586,56 @@ mod tests {
                             let got =
                                 evaluate(7, t, ma, mi, req, |k| table_find(&table, k).map(|f| f.0));
                             assert_eq!(got, want, "{t} {ma}:{mi} {req} {p:?}");
+                            let (v, _, kind) = table_lookup(&table, t, ma, mi);
+                            assert_eq!(allows(v, req), want.allowed);
+                            match want.matched {
+                                Some((k, bits)) => {
+                                    assert_eq!((kind, v & !FOUND), (k as u32, bits))
+                                }
+                                None => assert_eq!((v, kind), (0, NO_MATCH)),
+                            }
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// A full table (TABLE_CAP random entries, wildcards included) always
+    /// finds a seed, and every entry is found again with its hit index.
+    #[test]
+    fn full_tables_always_fit() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..300 {
+            let mut keys = std::collections::BTreeSet::new();
+            while keys.len() < TABLE_CAP {
+                let r = next();
+                let major = if r % 9 == 0 {
+                    WILDCARD
+                } else {
+                    (r >> 8) as u32 % 300
+                };
+                let minor = if r % 7 == 0 {
+                    WILDCARD
+                } else {
+                    (r >> 24) as u32 % 300
+                };
+                keys.insert(PolicyKey::new(1, 1 + (r >> 40) as u32 % 2, major, minor));
+            }
+            let mut items: std::vec::Vec<TableItem> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (*k, (i % 8) as u32, i as u32, 0))
+                .collect();
+            let t = build_table(&mut items).expect("a seed fits 128 entries");
+            for (i, k) in keys.iter().enumerate() {
+                assert_eq!(table_find(&t, k), Some(((i % 8) as u32, i as u32)));
             }
         }
     }
@@ -554,7 +648,7 @@ mod tests {
         assert!(build_table(&mut items).is_none());
         items.pop();
         let t = build_table(&mut items).unwrap();
-        assert_eq!(t.starts[CLASSES] as usize, TABLE_CAP);
+        assert_eq!(t.count as usize, TABLE_CAP);
         assert_eq!(
             table_find(&t, &PolicyKey::new(1, DEV_CHAR, 1, 127))
                 .unwrap()

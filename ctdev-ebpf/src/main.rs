@@ -4,8 +4,9 @@
 //! per container with its own two small maps (`CTDEV_TABLE`, the
 //! container's rule table; `CTDEV_COUNTERS`, its per-CPU counters). Both are
 //! single-element arrays, so the verifier inlines their lookups: deciding
-//! an access costs no helper call and no hash, only a binary search of the
-//! container's table (see `ctdev_common::table_find`). A policy larger than
+//! an access costs no helper call, only reading one bucket of the
+//! container's small hash table per match kind (see
+//! `ctdev_common::table_lookup`). A policy larger than
 //! the table (`TABLE_CAP` entries) lives in the shared hash map
 //! `CTDEV_POLICY` instead, keyed by (policy id, device, generation).
 //!
@@ -25,15 +26,15 @@
 
 use aya_ebpf::{
     btf_maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated as gen},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated as gen},
     macros::{btf_map, cgroup_device},
     programs::DeviceContext,
     Global,
 };
 use ctdev_common::{
-    evaluate, table_find, ContainerCounters, ContainerTable, DenyEvent, MatchKind, PolicyKey, PolicyValue,
-    Verdict, EVENTS_PER_SECOND_PER_CPU, EVENTS_RING_BYTES, NO_MATCH, POLICY_MAP_CAPACITY,
-    READ_ATTEMPTS, SCOPE_DEFER_CAPACITY, SCOPE_POLICY_CAPACITY, STATE_LARGE, TABLE_CAP,
+    allows, evaluate, table_lookup, ContainerCounters, ContainerTable, DenyEvent, MatchKind, PolicyKey,
+    PolicyValue, EVENTS_PER_SECOND_PER_CPU, EVENTS_RING_BYTES, FOUND, NO_MATCH,
+    POLICY_MAP_CAPACITY, READ_ATTEMPTS, SCOPE_DEFER_CAPACITY, SCOPE_POLICY_CAPACITY, STATE_LARGE, TABLE_CAP,
 };
 
 /// BPF_F_NO_PREALLOC: memory grows with the rules actually stored.
@@ -65,64 +66,20 @@ static CTDEV_HITS: PerCpuHashMap<PolicyKey, u64, { POLICY_MAP_CAPACITY as usize 
 #[btf_map]
 static CTDEV_EVENTS: RingBuf<DenyEvent, { EVENTS_RING_BYTES as usize }> = RingBuf::new();
 
-/// What decided, as plain integers (no enum payload the verifier could
-/// see uninitialised).
-#[derive(Clone, Copy)]
-struct Decision {
-    allowed: bool,
-    /// `MatchKind as u32` of the deciding entry, or `NO_MATCH`.
-    kind: u32,
-    /// Access bits of the deciding entry.
-    bits: u32,
-    /// Hit-counter index of the small table's entry that decided.
-    hit: u32,
-    /// Whether the policy was a large one (hash map).
-    large: bool,
-}
-
+/// The large-policy lookup (shared hash map, generation in the key), in
+/// the shape of [`table_lookup`]: `(FOUND | bits, 0, kind)` or `(0, 0, NO_MATCH)`.
 #[inline(always)]
-fn flatten(verdict: Verdict, hit: u32, large: bool) -> Decision {
-    let (kind, bits) = match verdict.matched {
-        Some((k, b)) => (k as u32, b),
-        None => (NO_MATCH, 0),
-    };
-    Decision {
-        allowed: verdict.allowed,
-        kind,
-        bits,
-        hit,
-        large,
-    }
-}
-
-#[inline(always)]
-fn decide(
-    table: &ContainerTable,
-    state: u32,
-    dev_type: u32,
-    major: u32,
-    minor: u32,
-    requested: u32,
-) -> Decision {
-    let policy_id = table.policy_id;
-    let generation = state & 1;
-    if state & STATE_LARGE != 0 {
-        let verdict = evaluate(policy_id, dev_type, major, minor, requested, |key| {
-            let mut k = *key;
-            k._pad = generation;
-            // SAFETY: the value is copied out immediately; no reference is kept.
-            unsafe { CTDEV_POLICY.get(&k) }.map(|v| v.access)
-        });
-        return flatten(verdict, 0, true);
-    }
-    let mut hit = 0;
-    let verdict = evaluate(policy_id, dev_type, major, minor, requested, |key| {
-        table_find(&table.tables[generation as usize], key).map(|(access, h)| {
-            hit = h;
-            access
-        })
+fn large_lookup(policy_id: u64, generation: u32, dev_type: u32, major: u32, minor: u32) -> (u32, u32, u32) {
+    let verdict = evaluate(policy_id, dev_type, major, minor, 0, |key| {
+        let mut k = *key;
+        k._pad = generation;
+        // SAFETY: the value is copied out immediately; no reference is kept.
+        unsafe { CTDEV_POLICY.get(&k) }.map(|v| v.access)
     });
-    flatten(verdict, hit, false)
+    match verdict.matched {
+        Some((kind, bits)) => (FOUND | bits, 0, kind as u32),
+        None => (0, 0, NO_MATCH),
+    }
 }
 
 #[cgroup_device]
@@ -134,39 +91,38 @@ pub fn ctdev_device(ctx: DeviceContext) -> i32 {
     let Some(table) = CTDEV_TABLE.get(0) else {
         return 0;
     };
-    let mut d = Decision {
-        allowed: false,
-        kind: NO_MATCH,
-        bits: 0,
-        hit: 0,
-        large: false,
-    };
+    let policy_id = table.policy_id;
+    // What decided, as plain integers the verifier sees as unknown values
+    // (never as constants it would have to tell apart): the entry's bits
+    // with FOUND, its hit counter, its MatchKind; and the state it came from.
+    let mut found = (0, 0, NO_MATCH);
+    let mut state = 0;
     let mut stable = false;
     let mut attempt = 0;
     while attempt < READ_ATTEMPTS {
         // SAFETY: an aligned u32 inside the map value; volatile so that the
         // two reads of the publication word are real loads around the search.
         let before = unsafe { core::ptr::read_volatile(&table.state) };
-        d = decide(table, before, dev_type, dev.major, dev.minor, requested);
+        found = if before & STATE_LARGE != 0 {
+            large_lookup(policy_id, before & 1, dev_type, dev.major, dev.minor)
+        } else {
+            table_lookup(&table.tables[(before & 1) as usize], dev_type, dev.major, dev.minor)
+        };
         // SAFETY: as above.
         let after = unsafe { core::ptr::read_volatile(&table.state) };
         if before == after {
+            state = before;
             stable = true;
             break;
         }
         attempt += 1;
     }
+    let (value, hit, kind) = found;
     let Some(counters) = CTDEV_COUNTERS.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's slot of a per-CPU array; the program runs with migration disabled.
     let counters = unsafe { &mut *counters };
-    let policy_id = table.policy_id;
-    if !stable {
-        counters.stats.unstable += 1;
-        report_denial(counters, policy_id, dev_type, dev.major, dev.minor, requested, NO_MATCH, 0);
-        return 0;
-    }
     #[cfg(feature = "log")]
     aya_log_ebpf::debug!(
         &ctx,
@@ -176,11 +132,11 @@ pub fn ctdev_device(ctx: DeviceContext) -> i32 {
         dev.major,
         dev.minor,
         requested,
-        d.allowed as u32
+        (stable && allows(value, requested)) as u32
     );
-    if d.allowed {
-        if d.large {
-            let kind = match d.kind {
+    if stable && allows(value, requested) {
+        if state & STATE_LARGE != 0 {
+            let kind = match kind {
                 0 => MatchKind::Exact,
                 1 => MatchKind::AnyMinor,
                 2 => MatchKind::AnyMajor,
@@ -188,12 +144,18 @@ pub fn ctdev_device(ctx: DeviceContext) -> i32 {
             };
             count_large_hit(&kind.key(policy_id, dev_type, dev.major, dev.minor));
         } else {
-            let slot = (d.hit as usize) & (TABLE_CAP - 1);
-            counters.hits[slot] += 1;
+            counters.hits[(hit as usize) & (TABLE_CAP - 1)] += 1;
         }
         return 1;
     }
-    report_denial(counters, policy_id, dev_type, dev.major, dev.minor, requested, d.kind, d.bits);
+    // One call site: the verifier walks the report once per distinct state.
+    let (kind, bits) = if stable {
+        (kind, value & (FOUND - 1))
+    } else {
+        counters.stats.unstable += 1;
+        (NO_MATCH, 0)
+    };
+    report_denial(counters, policy_id, dev_type, dev.major, dev.minor, requested, kind, bits);
     0
 }
 
@@ -233,30 +195,36 @@ fn report_denial(
         return;
     }
     stats.window_events += 1;
+    // The event is written in place in the ring buffer: no copy on the
+    // stack, no memset (whose byte loop the verifier would walk per path).
+    let Some(mut entry) = CTDEV_EVENTS.reserve(0) else {
+        stats.dropped += 1;
+        return;
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    let event = DenyEvent {
-        policy_id,
-        // SAFETY: helper call with no arguments.
-        cgroup_id: unsafe { gen::bpf_get_current_cgroup_id() },
-        ktime_ns: now,
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        dev_type,
-        major,
-        minor,
-        access,
-        matched_kind: kind,
-        matched_access: bits,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
-    if CTDEV_EVENTS.output(&event, 0).is_ok() {
-        stats.events += 1;
-    } else {
-        stats.dropped += 1;
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved, writable DenyEvent in the ring
+    // buffer; every field is written before the entry is submitted.
+    unsafe {
+        (*event).policy_id = policy_id;
+        (*event).cgroup_id = gen::bpf_get_current_cgroup_id();
+        (*event).ktime_ns = now;
+        (*event).pid = pid_tgid as u32;
+        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).uid = uid_gid as u32;
+        (*event).gid = (uid_gid >> 32) as u32;
+        (*event).dev_type = dev_type;
+        (*event).major = major;
+        (*event).minor = minor;
+        (*event).access = access;
+        (*event).matched_kind = kind;
+        (*event).matched_access = bits;
+        // The helper zero-fills the buffer when it fails.
+        gen::bpf_get_current_comm(core::ptr::addr_of_mut!((*event).comm).cast(), 16);
     }
+    entry.submit(0);
+    stats.events += 1;
 }
 
 // ---- the scope program --------------------------------------------------------

@@ -6,7 +6,7 @@
 //! bpffs (bpffs holds only pins): by default `/run/ctdev/pinroots/<pin
 //! root>/`, so a test with its own pin root has its own records. Files are
 //! written ahead (before the change they describe) and atomically (temporary
-//! file, fsync, rename), under the pin-root lock every change holds. A grant
+//! file, rename; see [`Store::save`]), under the pin-root lock every change holds. A grant
 //! written ahead of a change that never happened is harmless to take back:
 //! the take-back only ever removes bits that are there and nodes that are
 //! the grant's, and never deletes an entry when a broader one would widen.
@@ -283,7 +283,10 @@ impl Store {
         }
     }
 
-    /// Writes the ledger atomically (an empty one removes the file).
+    /// Writes the ledger atomically (temporary file, rename; an empty one
+    /// removes the file). No fsync: the grants are on pinned maps, which a
+    /// reboot removes anyway, and a killed process leaves the page cache
+    /// intact (see the daemon's state file).
     pub fn save(&self, ledger: &Ledger) -> Result<(), GrantError> {
         let path = self.path(ledger.policy_id);
         if ledger.grants.is_empty() {
@@ -301,7 +304,6 @@ impl Store {
         let tmp = path.with_extension("json.tmp");
         let mut f = fs::File::create(&tmp).map_err(io)?;
         f.write_all(text.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
         fs::rename(&tmp, &path).map_err(io)
     }
 

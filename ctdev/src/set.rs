@@ -10,11 +10,13 @@ use std::path::PathBuf;
 use ctdev_common::PolicyKey;
 use serde::Serialize;
 
+use crate::grants::{self, Grant, Owner as GrantOwner, Subject};
 use crate::kernel::attachment;
 use crate::kernel::counters::Counters;
 use crate::kernel::pins::PinLock;
 use crate::kernel::policy_map::PolicyMap;
-use crate::ops::{Ctdev, Error};
+use crate::ops::{ChangeReport, Ctdev, Error};
+use crate::plan::Plan;
 use crate::rule::Rule;
 use crate::target::Target;
 
@@ -111,6 +113,92 @@ impl Ctdev {
             removed,
             unchanged,
         })
+    }
+}
+
+impl Ctdev {
+    /// Grants and takes back grants of one `owner` on the target in one
+    /// atomic swap: the entries after every grant (in order) and then every
+    /// take-back (a subject `owner` never granted is skipped) are planned in
+    /// memory with the same planners as [`Ctdev::grant`] and
+    /// [`Ctdev::take_back`], then published at once
+    /// ([`PolicyMap::set_entries`]), so no access sees a state in between
+    /// (the daemon's reload changes a container's rules this way). The
+    /// ledger is written ahead (new grants recorded before the entries
+    /// change, the taken-back ones dropped after).
+    pub fn regrant(
+        &self,
+        target: &Target,
+        owner: GrantOwner,
+        grant: &[(Subject, Vec<Rule>)],
+        take_back: &[Subject],
+    ) -> Result<ChangeReport, Error> {
+        let lock = self.lock_existing(target)?;
+        self.regrant_locked(&lock, target, owner, grant, take_back)
+    }
+
+    /// [`Ctdev::regrant`] under a lock the caller holds.
+    pub fn regrant_locked(
+        &self,
+        _lock: &PinLock,
+        target: &Target,
+        owner: GrantOwner,
+        grant: &[(Subject, Vec<Rule>)],
+        take_back: &[Subject],
+    ) -> Result<ChangeReport, Error> {
+        let state = self.container(target)?;
+        let id = state.policy_id;
+        let mut ledger = self.grants().load(id)?;
+        let mut entries = state.entries.clone();
+        for (subject, rules) in grant {
+            let (_, granted) = grants::plan_grant_into(&mut entries, id, rules);
+            grants::record(
+                &mut ledger,
+                Grant {
+                    owner,
+                    subject: subject.clone(),
+                    entries: granted,
+                    nodes: Vec::new(),
+                    pending: false,
+                },
+            );
+        }
+        let ahead = ledger.clone();
+        for subject in take_back {
+            if let Some(i) = ledger.find(owner, subject) {
+                let (plan, after) = grants::plan_take_back(&entries, &ledger, i);
+                entries = plan.result(&entries);
+                ledger = after;
+            }
+        }
+        let mut total = Plan::default();
+        for (k, v) in &entries {
+            if state.entries.get(k) != Some(v) {
+                total.record(*k, state.entries.get(k).copied(), Some(*v));
+            }
+        }
+        let gone: Vec<PolicyKey> = state
+            .entries
+            .keys()
+            .filter(|k| !entries.contains_key(k))
+            .copied()
+            .collect();
+        for k in &gone {
+            total.record(*k, state.entries.get(k).copied(), None);
+        }
+        if !self.config().dry_run {
+            self.grants().save(&ahead)?;
+            if !total.changes.is_empty() {
+                PolicyMap::open(&self.pins().policy_map())?.set_entries(id, &entries)?;
+                if !gone.is_empty() {
+                    if let Some(mut counters) = Counters::open(self.pins())? {
+                        counters.forget_hits(&gone)?;
+                    }
+                }
+            }
+            self.grants().save(&ledger)?;
+        }
+        Ok(self.change_report(&state, &total))
     }
 }
 

@@ -269,19 +269,25 @@ pub fn run(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> Result
     Ok(())
 }
 
+/// Sections `--only` can name.
+pub const SECTIONS: [&str; 6] = ["cost", "update", "add", "scale", "hotplug", "churn"];
+
 /// The bench proper (in the optimised xtask).
 pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> Result<()> {
     match only {
         None => {}
         Some("churn") => return run_churn_only(ctdev, quick, repeat),
-        Some(other) => bail!("--only {other}: the only section that runs alone is `churn`"),
+        Some(s) if SECTIONS.contains(&s) => {}
+        Some(other) => bail!("--only {other}: the sections are {}", SECTIONS.join(", ")),
     }
+    let want = |s: &str| only.is_none_or(|o| o == s);
     let started = Instant::now();
     let plan = Plan::new(quick);
-    let out_dir = if quick {
-        crate::root().join("target/bench-quick")
-    } else {
-        crate::root().join("docs")
+    // One section alone never overwrites the full report.
+    let out_dir = match (only, quick) {
+        (Some(s), _) => crate::root().join(format!("target/bench-only-{s}")),
+        (None, true) => crate::root().join("target/bench-quick"),
+        (None, false) => crate::root().join("docs"),
     };
     let machine = report::Machine::read();
     let mut results = Results::default();
@@ -296,16 +302,28 @@ pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> R
             env.pin_root.display()
         ));
         let mut errors = Vec::new();
-        results.cost = section("check cost per access", &mut errors, || cost::run(&env));
-        results.update = section("policy write latency", &mut errors, || {
-            update::policy_write(&env)
-        });
-        results.add = section("ctdev add vs lxc-device add", &mut errors, || {
-            update::add_vs_lxc(&env)
-        });
-        results.scale = section("scale", &mut errors, || scale::run(&env));
-        results.hotplug = section("daemon hotplug latency", &mut errors, || hotplug::run(&env));
-        results.churn = section("daemon churn", &mut errors, || churn::run(&env));
+        if want("cost") {
+            results.cost = section("check cost per access", &mut errors, || cost::run(&env));
+        }
+        if want("update") {
+            results.update = section("policy write latency", &mut errors, || {
+                update::policy_write(&env)
+            });
+        }
+        if want("add") {
+            results.add = section("ctdev add vs lxc-device add", &mut errors, || {
+                update::add_vs_lxc(&env)
+            });
+        }
+        if want("scale") {
+            results.scale = section("scale", &mut errors, || scale::run(&env));
+        }
+        if want("hotplug") {
+            results.hotplug = section("daemon hotplug latency", &mut errors, || hotplug::run(&env));
+        }
+        if want("churn") {
+            results.churn = section("daemon churn", &mut errors, || churn::run(&env));
+        }
         if let Some(c) = &results.churn {
             step(&churn::summary(c));
         }

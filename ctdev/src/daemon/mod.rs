@@ -527,24 +527,41 @@ impl Daemon {
         if !report.already_attached {
             tracing::info!(container = %c.name, cgroup = %dir.display(), policy_id = report.policy_id, rules = report.changed.len(), "attached");
         }
-        for r in &rules {
-            let subject = GrantSubject::Rule {
-                rule: r.to_string(),
-            };
-            match self.ct.grant(
-                &target,
-                GrantOwner::Daemon,
-                subject,
-                std::slice::from_ref(r),
-            ) {
-                Ok(ch) => {
-                    for line in &ch.changed {
-                        tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %line, "allowed");
-                    }
+        // The policy's rules granted and the ones gone from it taken back
+        // in one atomic swap (`Ctdev::regrant`): a reload never shows the
+        // container a mix of its old and new rules.
+        let owned_rules = self
+            .state
+            .containers
+            .get(&report.policy_id)
+            .map(|o| o.rules.clone())
+            .unwrap_or_default();
+        let stale = reconcile::plan_rules(&owned_rules, &rule_texts);
+        let grant: Vec<(GrantSubject, Vec<crate::rule::Rule>)> = rules
+            .iter()
+            .map(|r| {
+                let rule = r.to_string();
+                (GrantSubject::Rule { rule }, vec![*r])
+            })
+            .collect();
+        let take_back: Vec<GrantSubject> = stale
+            .iter()
+            .map(|text| GrantSubject::Rule { rule: text.clone() })
+            .collect();
+        match self
+            .ct
+            .regrant(&target, GrantOwner::Daemon, &grant, &take_back)
+        {
+            Ok(ch) => {
+                for line in &ch.changed {
+                    tracing::info!(container = %c.name, cgroup = %dir.display(), change = %line, "policy entry changed");
                 }
-                Err(e) => {
-                    tracing::error!(container = %c.name, cgroup = %dir.display(), rule = %r, "cannot allow: {e}")
+                for text in &stale {
+                    tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %text, "revoked (gone from the policy)");
                 }
+            }
+            Err(e) => {
+                tracing::error!(container = %c.name, cgroup = %dir.display(), "cannot apply the policy's rules: {e}")
             }
         }
         crate::failpoint!("daemon.attach.after_attach");
@@ -558,21 +575,7 @@ impl Daemon {
         let owned = self.state.containers.entry(id).or_default();
         owned.cgroup = dir.to_path_buf();
         owned.entry = c.name.clone();
-        let stale = reconcile::plan_rules(&owned.rules, &rule_texts);
         owned.rules = rule_texts;
-        for text in stale {
-            // Only what the daemon's grant added goes (by its record).
-            let subject = GrantSubject::Rule { rule: text.clone() };
-            match self.ct.take_back(&target, GrantOwner::Daemon, &subject) {
-                Ok(ch) => {
-                    tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %text, changed = ?ch.changed, "revoked (gone from the policy)")
-                }
-                Err(ControllerError::NotGranted { .. }) => {}
-                Err(e) => {
-                    tracing::error!(container = %c.name, rule = %text, "cannot revoke: {e}")
-                }
-            }
-        }
         let was_ready = self
             .managed
             .get(dir)

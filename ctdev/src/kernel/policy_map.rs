@@ -523,7 +523,7 @@ impl PolicyMap {
         }
         build_table(&mut items).ok_or_else(|| PolicyMapError::Foreign {
             path: self.pins.table(maps.policy_id),
-            found: "an entry that is neither block nor char".into(),
+            found: "an entry that is neither block nor char, or access bits above 16 bits".into(),
         })
     }
 

@@ -156,12 +156,52 @@ pub struct AddResults {
     pub ctdev_add_ms: Summary,
     /// `lxc-device -n NAME add DEVICE`, ms.
     pub lxc_device_add_ms: Summary,
+    /// `ctdev add` + `ctdev del` (one round trip), ms.
+    pub ctdev_add_del_ms: Summary,
+    /// `lxc-device add` + `lxc-device del`, ms.
+    pub lxc_add_del_ms: Summary,
     /// `ctdev --version`: the process-start share of `ctdev add`.
     pub ctdev_version_ms: Summary,
+    /// `/bin/true`, interleaved with `ctdev --version`.
+    pub true_ms: Summary,
+    /// `ctdev::passthrough::add` called in this process (no process start), µs.
+    pub inproc_add_us: Summary,
+    /// `ctdev::passthrough::del` called in this process, µs.
+    pub inproc_del_us: Summary,
+    /// bpf(2) calls per command (`strace -f -c -e trace=bpf`), by command.
+    pub bpf_calls: Vec<(String, u64)>,
+    /// Size of the ctdev binary, bytes.
+    pub binary_bytes: u64,
     pub samples_ctdev_ms: Vec<f64>,
     pub samples_lxc_ms: Vec<f64>,
     /// How ctdev was attached to the LXC container.
     pub attach: String,
+}
+
+/// bpf(2) calls `cmd` makes, from `strace -f -c -e trace=bpf`.
+fn bpf_calls(cmd: &Command, what: &str) -> Result<u64> {
+    let log = std::env::temp_dir().join(format!("ctdev-bench-strace-{}", std::process::id()));
+    let mut st = Command::new("strace");
+    st.args(["-f", "-c", "-e", "trace=bpf", "-o"]).arg(&log);
+    st.arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => st.env(k, v),
+            None => st.env_remove(k),
+        };
+    }
+    timed(&mut st, what)?;
+    let text = std::fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?;
+    let _ = std::fs::remove_file(&log);
+    // "% time  seconds  usecs/call  calls  errors syscall": the bpf row.
+    Ok(text
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some("bpf"))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(3).and_then(|c| c.parse().ok())
+        })
+        .unwrap_or(0))
 }
 
 fn timed(cmd: &mut Command, what: &str) -> Result<f64> {
@@ -212,43 +252,99 @@ pub fn add_vs_lxc(env: &Env) -> Result<AddResults> {
     let result = (|| {
         let mut c_ms = Vec::new();
         let mut l_ms = Vec::new();
+        let mut c_pair = Vec::new();
+        let mut l_pair = Vec::new();
         let mut v_ms = Vec::new();
+        let mut t_ms = Vec::new();
+        // Interleaved: ctdev add, ctdev del, lxc-device add, lxc-device del,
+        // ctdev --version, /bin/true, then again.
         for _ in 0..env.plan.add_runs {
             let _ = std::fs::remove_file(&inside);
-            c_ms.push(timed(
+            let add = timed(
                 env.ctdev_cli().arg("add").arg(&target).arg(device),
                 "ctdev add",
-            )?);
+            )?;
             if !inside.exists() {
                 bail!("ctdev add did not create {}", inside.display());
             }
-            timed(
+            let del = timed(
                 env.ctdev_cli().arg("del").arg(&target).arg(device),
                 "ctdev del",
             )?;
+            c_ms.push(add);
+            c_pair.push(add + del);
             let _ = std::fs::remove_file(&inside);
-            l_ms.push(timed(&mut lxc.device("add", device), "lxc-device add")?);
+            let add = timed(&mut lxc.device("add", device), "lxc-device add")?;
             if !inside.exists() {
                 bail!("lxc-device add did not create {}", inside.display());
             }
-            quiet(&mut lxc.device("del", device));
+            let del = timed(&mut lxc.device("del", device), "lxc-device del")?;
+            l_ms.push(add);
+            l_pair.push(add + del);
             let _ = std::fs::remove_file(&inside);
             v_ms.push(timed(env.ctdev_cli().arg("--version"), "ctdev --version")?);
+            t_ms.push(timed(&mut Command::new("/bin/true"), "/bin/true")?);
         }
+        // In-process: the library calls `ctdev add` / `ctdev del` make.
+        let t: Target = target.parse().context("lxc target")?;
+        let dev = device.display().to_string();
+        let mut a_us = Vec::new();
+        let mut d_us = Vec::new();
+        for _ in 0..env.plan.add_runs {
+            let _ = std::fs::remove_file(&inside);
+            let t0 = Instant::now();
+            ctdev::passthrough::add(&env.ct, &t, &dev, None, &Default::default())
+                .context("passthrough::add")?;
+            a_us.push(t0.elapsed().as_secs_f64() * 1e6);
+            let t0 = Instant::now();
+            ctdev::passthrough::del(&env.ct, &t, &dev, None).context("passthrough::del")?;
+            d_us.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        let _ = std::fs::remove_file(&inside);
+        let mut calls = Vec::new();
+        for (verb, what) in [
+            ("add", "ctdev add"),
+            ("del", "ctdev del"),
+            ("list", "ctdev list --json"),
+        ] {
+            let mut cmd = env.ctdev_cli();
+            match verb {
+                "list" => cmd.args(["list", "--json"]),
+                _ => cmd.arg(verb).arg(&target).arg(device),
+            };
+            calls.push((what.to_string(), bpf_calls(&cmd, what)?));
+        }
+        let _ = std::fs::remove_file(&inside);
         let r = AddResults {
             device: device.display().to_string(),
             runs: env.plan.add_runs,
             lxc_version: super::oci::version("lxc-start"),
             ctdev_add_ms: Summary::of(&c_ms),
             lxc_device_add_ms: Summary::of(&l_ms),
+            ctdev_add_del_ms: Summary::of(&c_pair),
+            lxc_add_del_ms: Summary::of(&l_pair),
             ctdev_version_ms: Summary::of(&v_ms),
-            samples_ctdev_ms: c_ms,
-            samples_lxc_ms: l_ms,
+            true_ms: Summary::of(&t_ms),
+            inproc_add_us: Summary::of(&a_us),
+            inproc_del_us: Summary::of(&d_us),
+            bpf_calls: calls,
+            binary_bytes: std::fs::metadata(&env.ctdev_bin)
+                .map(|m| m.len())
+                .unwrap_or(0),
+            samples_ctdev_ms: c_pair,
+            samples_lxc_ms: l_pair,
             attach: attach.clone(),
         };
         step(&format!(
-            "bench:   ctdev add {:.2} ms, lxc-device add {:.2} ms (medians), ctdev --version {:.2} ms",
-            r.ctdev_add_ms.median, r.lxc_device_add_ms.median, r.ctdev_version_ms.median
+            "bench:   add+del: ctdev {:.2} ms, lxc-device {:.2} ms; in-process add {:.0} µs, del {:.0} µs; \
+             ctdev --version {:.2} ms vs /bin/true {:.2} ms; bpf() calls {:?} (medians)",
+            r.ctdev_add_del_ms.median,
+            r.lxc_add_del_ms.median,
+            r.inproc_add_us.median,
+            r.inproc_del_us.median,
+            r.ctdev_version_ms.median,
+            r.true_ms.median,
+            r.bpf_calls
         ));
         Ok(r)
     })();
