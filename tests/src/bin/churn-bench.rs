@@ -238,7 +238,7 @@ fn main() {
             removed_ids: &removed_ids,
             open_devices: false,
         };
-        let converge_ms = match wait_converged(&env, &daemon, &expect, Duration::from_secs(10)) {
+        let converge_ms = match wait_converged(&env, &daemon, &expect, Duration::from_secs(30)) {
             Ok(d) => ms(d),
             Err(last) => fail(format!("wave {wave} did not converge: {last}"), &daemon),
         };
