@@ -112,7 +112,10 @@ fn fail(msg: String, daemon: &DaemonProc) -> ! {
     for l in tail.into_iter().rev() {
         eprintln!("{l}");
     }
-    std::process::exit(1);
+    // A panic, not `exit`: unwinding drops the containers, the loop
+    // devices, the daemon and the env (cgroups, pins), which `exit` would
+    // leave behind, their processes holding the caller's output pipes.
+    panic!("churn-bench: {msg}");
 }
 
 fn main() {
@@ -330,7 +333,7 @@ fn main() {
         })
     );
     if outside_opens > 0 {
-        eprintln!("churn-bench: {outside_opens} opens of devices outside the policy");
-        std::process::exit(1);
+        // Unwinds: the daemon and the env are dropped (cleaned up).
+        panic!("churn-bench: {outside_opens} opens of devices outside the policy");
     }
 }
