@@ -5,6 +5,8 @@
 //! on drop (also when a test panics) detaches every program, kills every
 //! process, and removes every cgroup, pin and node it created.
 
+/// What the churn test and the churn bench share.
+pub mod churn;
 pub mod container;
 /// A real containerd 1.7 with NRI and a CRI client, for the NRI plugin tests.
 pub mod containerd;

@@ -9,12 +9,15 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ctdev_tests::churn::{
+    churn_policy, settled_watches, under_policy as attached, wait_converged, Expect, Rng,
+};
 use ctdev_tests::container::TestContainer;
 use ctdev_tests::daemon::{
-    free_loop_indices, wait_until, write_policy, DaemonProc, FirstOpen, HotLoop, OpenCounts,
+    free_loop_indices, wait_until, DaemonProc, FirstOpen, HotLoop, OpenCounts,
 };
 use ctdev_tests::*;
 use nix::sys::signal::Signal;
@@ -26,34 +29,6 @@ const OUTSIDE: &str = "/dev/loop-control";
 const IN_PRESET: &str = "/dev/null";
 /// Outside the preset, allowed by the entry's own rules ("c 1:11 r").
 const OWN_RULE: &str = "/dev/kmsg";
-
-fn inside(env: &TestEnv) -> String {
-    format!(
-        "/{}",
-        env.cgroup_parent
-            .strip_prefix(cgroup_mount())
-            .unwrap()
-            .display()
-    )
-}
-
-/// Policy ids and cgroup dirs under ctdev policy in this env's pin root.
-fn attached(env: &TestEnv) -> BTreeMap<PathBuf, u64> {
-    let v = env.list_json();
-    v["containers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| {
-                    Some((
-                        PathBuf::from(c["cgroup_dir"].as_str()?),
-                        c["policy_id"].as_u64()?,
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn probe_fresh(cgroup: &Path, millis: u64) -> Vec<OpenCounts> {
     FirstOpen::start(
@@ -71,15 +46,7 @@ fn probe_fresh(cgroup: &Path, millis: u64) -> Vec<OpenCounts> {
 #[test]
 fn a_new_container_is_fail_closed_from_its_first_instruction_while_the_daemon_is_slow_or_dead() {
     let env = TestEnv::new("scope");
-    let cfg = write_policy(
-        &env,
-        "policy.toml",
-        0.0,
-        &format!(
-            "[[container]]\nname = \"ct\"\nselect = {{ cgroup = \"{}/ct-*\" }}\npreset = \"oci\"\nrules = [\"c 1:11 r\"]\n",
-            inside(&env)
-        ),
-    );
+    let cfg = churn_policy(&env, 0.0, &[], "rules = [\"c 1:11 r\"]\n");
     let mut daemon = DaemonProc::start(&env, &cfg);
     assert_eq!(daemon.status()["scopes"], 1, "{}", daemon.log_text());
 
@@ -156,93 +123,6 @@ fn a_new_container_is_fail_closed_from_its_first_instruction_while_the_daemon_is
     assert!(daemon.alive(), "{}", daemon.log_text());
 }
 
-/// A wave's view of what must hold after the daemon converged.
-fn assert_converged(
-    env: &TestEnv,
-    daemon: &DaemonProc,
-    live: &BTreeMap<String, TestContainer>,
-    present: &[&HotLoop],
-    absent: &[u32],
-    removed_ids: &[u64],
-) -> Result<(), String> {
-    let att = attached(env);
-    for (name, c) in live {
-        if !att.contains_key(&c.cgroup) {
-            return Err(format!("{name} not under policy"));
-        }
-        for l in present {
-            let dev = format!("/dev/{}", l.name());
-            // Not there yet: `open_rw` (`<>`) would create a regular file.
-            let node = fs::symlink_metadata(c.host_path(&dev));
-            if !node.is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
-            {
-                return Err(format!("{dev} not (yet) in {name}"));
-            }
-            if let Err(e) = c.open_rw(&dev) {
-                return Err(format!("{dev} not usable in {name}: {e}"));
-            }
-        }
-        for i in absent {
-            if c.host_path(&format!("/dev/loop{i}")).exists() {
-                return Err(format!("/dev/loop{i} still in {name} after it left"));
-            }
-        }
-    }
-    // Nothing of removed containers: no link pin, no state record.
-    let state = fs::read_to_string(daemon.state_dir.join("state.json")).unwrap_or_default();
-    for id in removed_ids {
-        if env.pin_root.join("links").join(id.to_string()).exists() {
-            return Err(format!("link pin of removed container {id} remains"));
-        }
-        if state.contains(&format!("\"{id}\"")) {
-            return Err(format!("state of removed container {id} remains"));
-        }
-    }
-    // No private node of a gone device, nothing on the host.
-    for i in absent {
-        if Path::new(&format!("/sys/block/loop{i}")).exists() {
-            return Err(format!("loop{i} exists on the host again"));
-        }
-        let nodes = daemon.state_dir.join("nodes");
-        if nodes.join(format!("b7:{i}")).exists() {
-            return Err(format!("private node of gone loop{i} remains"));
-        }
-    }
-    // Watches bounded by what lives: every cgroup under the scope plus one
-    // cgroup.events per container.
-    let cgroups = walk_count(&env.cgroup_parent);
-    let watches = daemon.status()["watches"].as_u64().unwrap_or(u64::MAX) as usize;
-    if watches > cgroups + live.len() {
-        return Err(format!(
-            "{watches} watches for {cgroups} cgroups and {} containers",
-            live.len()
-        ));
-    }
-    Ok(())
-}
-
-fn walk_count(dir: &Path) -> usize {
-    1 + fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| walk_count(&e.path()))
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[test]
 fn churn_waves_leave_nothing_behind_and_keep_every_container_under_policy() {
     let env = TestEnv::new("churn");
@@ -251,19 +131,7 @@ fn churn_waves_leave_nothing_behind_and_keep_every_container_under_policy() {
     // must not make the kernel create it).
     let never = indices[0] + 10;
     let never_node = env.node("never", DeviceType::Block, 7, never);
-    let hotplug: String = indices
-        .iter()
-        .map(|i| format!("[[container.hotplug]]\ndevname = \"loop{i}\"\n"))
-        .collect();
-    let cfg = write_policy(
-        &env,
-        "policy.toml",
-        1.0,
-        &format!(
-            "[[container]]\nname = \"ct\"\nselect = {{ cgroup = \"{}/ct-*\" }}\npreset = \"oci\"\n{hotplug}",
-            inside(&env)
-        ),
-    );
+    let cfg = churn_policy(&env, 1.0, &indices, "");
     let mut daemon = DaemonProc::start(&env, &cfg);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ std::process::id() as u64);
     let mut live: BTreeMap<String, TestContainer> = BTreeMap::new();
@@ -331,36 +199,43 @@ fn churn_waves_leave_nothing_behind_and_keep_every_container_under_policy() {
         if wave == 4 {
             daemon = DaemonProc::start(&env, &cfg);
         }
-        let present: Vec<&HotLoop> = loops.values().collect();
+        let present: Vec<u32> = loops.keys().copied().collect();
         let mut absent: Vec<u32> = indices
             .iter()
             .copied()
             .filter(|i| !loops.contains_key(i))
             .collect();
         absent.push(never);
-        let mut last = String::new();
-        let converged = (0..500).any(|_| {
-            match assert_converged(&env, &daemon, &live, &present, &absent, &removed_ids) {
-                Ok(()) => true,
-                Err(e) => {
-                    last = e;
-                    std::thread::sleep(Duration::from_millis(20));
-                    false
-                }
-            }
-        });
-        assert!(
-            converged,
-            "wave {wave} did not converge: {last}\n{}",
-            daemon.log_text()
+        let expect = Expect {
+            live: &live,
+            present: &present,
+            absent: &absent,
+            removed_ids: &removed_ids,
+            open_devices: true,
+        };
+        if let Err(last) = wait_converged(&env, &daemon, &expect, Duration::from_secs(30)) {
+            panic!(
+                "wave {wave} did not converge: {last}\n{}",
+                daemon.log_text()
+            );
+        }
+        // Watches bounded by what lives (every cgroup under the scope plus
+        // one cgroup.events per container), given one resync to prune.
+        let w = settled_watches(
+            &daemon,
+            &env.cgroup_parent,
+            live.len(),
+            Duration::from_secs(3),
         );
+        assert!(w.bounded(), "wave {wave}: {w:?}\n{}", daemon.log_text());
         assert!(daemon.alive(), "{}", daemon.log_text());
         let (rss, fds) = daemon.rss_kb_and_fds();
         eprintln!(
-            "wave {wave}: {} containers, {} loops, watches {}, rss {rss} kB, fds {fds}",
+            "wave {wave}: {} containers, {} loops, watches {} (bound {}), rss {rss} kB, fds {fds}",
             live.len(),
             present.len(),
-            daemon.status()["watches"]
+            w.settled,
+            w.bound
         );
         // RSS and fds flat (after the restart the baseline starts again).
         if wave == 4 {
@@ -384,4 +259,59 @@ fn churn_waves_leave_nothing_behind_and_keep_every_container_under_policy() {
         start.elapsed()
     );
     assert!(!Path::new(&format!("/sys/block/loop{never}")).exists());
+}
+
+/// A container whose init is stopped (SIGSTOP, as a debugger or a frozen
+/// workload would leave it) does not hold back the hotplug of another
+/// container, and each container sees its device events in order: after an
+/// add then a remove, the device is gone from both.
+#[test]
+fn a_stopped_container_does_not_hold_back_another_containers_hotplug() {
+    let env = TestEnv::new("churn-stop");
+    // Not from free_loop_indices: the waves test of this process uses those.
+    let index = HotLoop::pick();
+    let cfg = churn_policy(&env, 0.0, &[index], "");
+    let mut daemon = DaemonProc::start(&env, &cfg);
+    let stuck = TestContainer::start(&env, "ct-stuck", false);
+    let other = TestContainer::start(&env, "ct-other", false);
+    wait_until(Duration::from_secs(30), "both attached", || {
+        let a = attached(&env);
+        (a.contains_key(&stuck.cgroup) && a.contains_key(&other.cgroup)).then_some(())
+    });
+    let stop = |sig| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(stuck.pid), sig)
+            .expect("signal the stuck container's init")
+    };
+    stop(Signal::SIGSTOP);
+    let dev = format!("/dev/loop{index}");
+    let is_node = |c: &TestContainer| {
+        fs::symlink_metadata(c.host_path(&dev))
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+    };
+    // 1. Plugged while one container is stopped: the other gets it and can
+    // use it (the stopped one gets its node too: nothing waits for it).
+    let mut l = HotLoop::add(index);
+    wait_until(
+        Duration::from_secs(10),
+        "the device in the running container",
+        || is_node(&other).then_some(()),
+    );
+    other.open_rw(&dev).expect("hotplugged device usable");
+    wait_until(
+        Duration::from_secs(10),
+        "the device in the stopped container",
+        || is_node(&stuck).then_some(()),
+    );
+    // 2. Pulled, still stopped: gone from both, in order (never re-added).
+    l.remove();
+    wait_until(Duration::from_secs(10), "the device gone from both", || {
+        (!other.host_path(&dev).exists() && !stuck.host_path(&dev).exists()).then_some(())
+    });
+    // 3. Resumed: nothing comes back, the daemon is healthy.
+    stop(Signal::SIGCONT);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!stuck.host_path(&dev).exists() && !other.host_path(&dev).exists());
+    assert!(daemon.alive(), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(!log.contains("ERROR"), "{log}");
 }

@@ -357,6 +357,9 @@ fn run_churn_only(ctdev: &Path, quick: bool, repeat: u32) -> Result<()> {
             runs.push(r);
         }
     }
+    if !runs.is_empty() {
+        step(&format!("bench: churn, all runs\n{}", churn::table(&runs)));
+    }
     let dir = crate::root().join("target/bench-churn");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("results.json");

@@ -64,13 +64,21 @@ struct Watches {
 }
 
 impl Watches {
-    fn insert(&mut self, wd: WatchDescriptor, path: PathBuf) {
-        if let Some(old) = self.by_path.insert(path.clone(), wd) {
-            if old != wd {
-                self.by_wd.remove(&old);
-            }
+    /// Records `wd` for `path`. Returns the watch it displaced: the one of
+    /// an earlier directory of the same name (removed, its `IN_DELETE` not
+    /// read yet), which the caller must remove from the kernel too, or it
+    /// would stay there, counted against `fs.inotify.max_user_watches`.
+    #[must_use]
+    fn insert(&mut self, wd: WatchDescriptor, path: PathBuf) -> Option<WatchDescriptor> {
+        let displaced = self
+            .by_path
+            .insert(path.clone(), wd)
+            .filter(|old| *old != wd);
+        if let Some(old) = displaced {
+            self.by_wd.remove(&old);
         }
         self.by_wd.insert(wd, path);
+        displaced
     }
 
     fn remove_wd(&mut self, wd: WatchDescriptor) -> Option<PathBuf> {
@@ -167,7 +175,11 @@ impl Watcher {
         while let Some(d) = stack.pop() {
             // Watch before listing, so a child made in between is not missed.
             match self.inotify.add_watch(&d, DIR_MASK) {
-                Ok(wd) => self.dirs.insert(wd, d.clone()),
+                Ok(wd) => {
+                    if let Some(old) = self.dirs.insert(wd, d.clone()) {
+                        self.rm_watches(vec![old]);
+                    }
+                }
                 // Removed meanwhile.
                 Err(Errno::ENOENT | Errno::ENOTDIR) if d != dir => continue,
                 Err(errno) => return Err(LifecycleError::Inotify { path: d, errno }),
@@ -237,7 +249,11 @@ impl Watcher {
             .inotify
             .add_watch(&cgroup_dir.join("cgroup.events"), AddWatchFlags::IN_MODIFY)
         {
-            Ok(wd) => self.events_files.insert(wd, cgroup_dir.to_path_buf()),
+            Ok(wd) => {
+                if let Some(old) = self.events_files.insert(wd, cgroup_dir.to_path_buf()) {
+                    self.rm_watches(vec![old]);
+                }
+            }
             Err(Errno::ENOENT | Errno::ENOTDIR) => {
                 tracing::debug!(cgroup = %cgroup_dir.display(), "cgroup gone before its cgroup.events could be watched")
             }
@@ -356,6 +372,40 @@ mod tests {
         assert_eq!(w.count(), 3);
         std::fs::write(a.join("cgroup.events"), "populated 1\n").unwrap();
         assert!(w.read().contains(&CgroupEvent::EventsChanged(a.clone())));
+    }
+
+    /// A walk that finds a re-created directory before the removal of the
+    /// old one was read: the count stays what the kernel holds (the inotify
+    /// fd's fdinfo), once the removal is read.
+    #[test]
+    fn a_walk_over_a_recreated_name_keeps_the_count_equal_to_the_kernels() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        let a = root.join("a");
+        std::fs::create_dir(&a).unwrap();
+        let mut w = Watcher::new().unwrap();
+        w.watch_tree(&root).unwrap();
+        std::fs::write(a.join("cgroup.events"), "populated 0\n").unwrap();
+        w.watch_events(&a);
+        assert_eq!((w.count(), kernel_watches(&w)), (3, 3));
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::create_dir(&a).unwrap();
+        std::fs::write(a.join("cgroup.events"), "populated 0\n").unwrap();
+        w.watch_tree(&root).unwrap();
+        w.watch_events(&a);
+        let _ = w.read();
+        w.watch_events(&a);
+        assert_eq!((w.count(), kernel_watches(&w)), (3, 3));
+    }
+
+    /// Watches the kernel holds for this inotify fd (`inotify wd:` lines of
+    /// its fdinfo).
+    fn kernel_watches(w: &Watcher) -> usize {
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", w.as_raw_fd()))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("inotify wd:"))
+            .count()
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! the uevent socket, inotify, signals and timers), so changes are applied
 //! in event order.
 
+pub mod cdi_watch;
 pub mod check;
 pub mod config;
 pub mod lifecycle;
@@ -1077,10 +1078,16 @@ impl Daemon {
     /// Handles the cgroup events waiting now (non-blocking), during a long
     /// pass. An overflow is left to the pass itself (it rescans anyway).
     fn take_cgroup_events(&mut self, watcher: &mut Watcher) {
-        for ev in watcher.read() {
+        let events = watcher.read();
+        let any = !events.is_empty();
+        for ev in events {
             if ev != CgroupEvent::Overflow {
                 self.on_cgroup_event(ev, watcher);
             }
+        }
+        if any {
+            // status.json follows removals handled during a long pass too.
+            self.write_status(watcher);
         }
     }
 
@@ -1279,6 +1286,13 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
         unsafe { AsyncFd::register_with_interest(Watcher::new()?, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)
             .map_err(io("inotify"))?;
+    // SAFETY: as above.
+    let mut cdi_watch = unsafe {
+        AsyncFd::register_with_interest(cdi_watch::CdiWatcher::new()?, Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
+    .map_err(io("CDI inotify"))?;
+    cdi_watch.get_mut().ensure(&daemon.policy.cdi_dirs);
     tracing::info!(file = %daemon.opts.config.display(), scope = %daemon.scope_dir.display(), state = %daemon.state_path.display(), "starting: reconciling");
     daemon.reconcile_all(watcher.get_mut());
     tracing::info!(
@@ -1325,6 +1339,14 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                 }
                 daemon.write_status(watcher.get_ref());
             }
+            r = cdi_watch.readable_mut() => {
+                let mut guard = r.map_err(io("CDI inotify"))?;
+                let changed = guard.get_inner_mut().read();
+                guard.clear_ready();
+                if changed {
+                    daemon.sync_cdi_all();
+                }
+            }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the policy file");
                 daemon.reload(watcher.get_mut());
@@ -1343,6 +1365,9 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                     }
                 }
                 changed |= daemon.check_foreign();
+                if cdi_watch.get_mut().ensure(&daemon.policy.cdi_dirs) {
+                    daemon.sync_cdi_all();
+                }
                 if changed {
                     daemon.save_state();
                 }

@@ -21,21 +21,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ctdev_tests::churn::{
+    cgroup_count, churn_policy, kernel_watches, settled_watches, wait_converged, Expect, Rng,
+};
 use ctdev_tests::container::TestContainer;
-use ctdev_tests::daemon::{free_loop_indices, write_policy, DaemonProc, FirstOpen, HotLoop};
+use ctdev_tests::daemon::{free_loop_indices, DaemonProc, FirstOpen, HotLoop};
 use ctdev_tests::TestEnv;
 use nix::sys::signal::Signal;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
+/// The daemon's resync interval in this scenario (s).
+const RESYNC_S: f64 = 2.0;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -110,34 +105,6 @@ fn sample_loop(
     s
 }
 
-fn under_policy(env: &TestEnv) -> BTreeMap<PathBuf, u64> {
-    let v = env.list_json();
-    v["containers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| {
-                    Some((
-                        PathBuf::from(c["cgroup_dir"].as_str()?),
-                        c["policy_id"].as_u64()?,
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn cgroup_count(dir: &Path) -> usize {
-    1 + fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| cgroup_count(&e.path()))
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn fail(msg: String, daemon: &DaemonProc) -> ! {
     eprintln!("churn-bench: {msg}\n--- daemon log (tail) ---");
     let log = daemon.log_text();
@@ -145,7 +112,10 @@ fn fail(msg: String, daemon: &DaemonProc) -> ! {
     for l in tail.into_iter().rev() {
         eprintln!("{l}");
     }
-    std::process::exit(1);
+    // A panic, not `exit`: unwinding drops the containers, the loop
+    // devices, the daemon and the env (cgroups, pins), which `exit` would
+    // leave behind, their processes holding the caller's output pipes.
+    panic!("churn-bench: {msg}");
 }
 
 fn main() {
@@ -166,25 +136,7 @@ fn main() {
     let (probe_index, churn_loops) = (indices[0], &indices[1..]);
     let never = indices[0] + 12;
     let never_node = env.node("never", ctdev_tests::DeviceType::Block, 7, never);
-    let hotplug: String = indices
-        .iter()
-        .map(|i| format!("[[container.hotplug]]\ndevname = \"loop{i}\"\n"))
-        .collect();
-    let inside = format!(
-        "/{}",
-        env.cgroup_parent
-            .strip_prefix(ctdev_tests::cgroup_mount())
-            .expect("parent under the mount")
-            .display()
-    );
-    let cfg = write_policy(
-        &env,
-        "policy.toml",
-        2.0,
-        &format!(
-            "[[container]]\nname = \"ct\"\nselect = {{ cgroup = \"{inside}/ct-*\" }}\npreset = \"oci\"\n{hotplug}"
-        ),
-    );
+    let cfg = churn_policy(&env, RESYNC_S, &indices, "");
     let mut daemon = DaemonProc::start(&env, &cfg);
     let reference = TestContainer::start(&env, "ct-ref", false);
     let ref_root = PathBuf::from(format!("/proc/{}/root", reference.pid));
@@ -276,56 +228,50 @@ fn main() {
         let churn_s = wave_start.elapsed().as_secs_f64();
 
         // Converged? (10 s at most)
-        let converge_start = Instant::now();
-        let mut last = String::new();
-        let ok = (0..1000).any(|_| {
-            let att = under_policy(&env);
-            let missing = live.values().filter(|c| !att.contains_key(&c.cgroup)).count();
-            let stale_pins = removed_ids
-                .iter()
-                .filter(|id| env.pin_root.join("links").join(id.to_string()).exists())
-                .count();
-            let stale_nodes = live
-                .values()
-                .map(|c| {
-                    churn_loops
-                        .iter()
-                        .filter(|i| !loops.contains_key(i))
-                        .filter(|i| c.host_path(&format!("/dev/loop{i}")).exists())
-                        .count()
-                })
-                .sum::<usize>();
-            if missing == 0 && stale_pins == 0 && stale_nodes == 0 {
-                return true;
-            }
-            last = format!("{missing} live not under policy, {stale_pins} stale pins, {stale_nodes} stale nodes");
-            std::thread::sleep(Duration::from_millis(10));
-            false
-        });
-        if !ok {
-            fail(format!("wave {wave} did not converge: {last}"), &daemon);
-        }
-        let converge_ms = ms(converge_start.elapsed());
-        let state = fs::read_to_string(daemon.state_dir.join("state.json")).unwrap_or_default();
-        if let Some(id) = removed_ids
+        let present: Vec<u32> = loops.keys().copied().collect();
+        let absent: Vec<u32> = churn_loops
             .iter()
-            .find(|id| state.contains(&format!("\"{id}\"")))
-        {
+            .copied()
+            .filter(|i| !loops.contains_key(i))
+            .collect();
+        let expect = Expect {
+            live: &live,
+            present: &present,
+            absent: &absent,
+            removed_ids: &removed_ids,
+            open_devices: false,
+        };
+        let converge_ms = match wait_converged(&env, &daemon, &expect, Duration::from_secs(30)) {
+            Ok(d) => ms(d),
+            Err(last) => fail(format!("wave {wave} did not converge: {last}"), &daemon),
+        };
+        // Watches: bounded by every cgroup under the scope plus one
+        // cgroup.events per managed container (the live ones and the
+        // reference). Read when the wave converged and again once within
+        // the bound, for up to two resync intervals (the resync's walk
+        // prunes what a missed removal left): above the bound then is a leak.
+        let w = settled_watches(
+            &daemon,
+            &env.cgroup_parent,
+            live.len() + 1,
+            Duration::from_secs_f64(2.0 * RESYNC_S + 1.0),
+        );
+        if !w.bounded() {
             fail(
-                format!("wave {wave}: state of removed container {id} remains"),
+                format!(
+                    "wave {wave}: watch leak: {} watches for a bound of {} after {:.0} ms",
+                    w.settled, w.bound, w.settle_ms
+                ),
                 &daemon,
             );
         }
-        std::thread::sleep(Duration::from_millis(200));
-        let status = daemon.status();
-        let watches = status["watches"].as_u64().unwrap_or(0) as usize;
-        let cgroups = cgroup_count(&env.cgroup_parent);
-        if watches > cgroups + live.len() + 1 {
+        let (watches, cgroups) = (w.settled, cgroup_count(&env.cgroup_parent));
+        // The kernel's own list: the daemon's count plus its CDI spec
+        // directories (at most 2 here) and no watch it lost track of.
+        let in_kernel = kernel_watches(daemon.pid());
+        if in_kernel > w.bound + 2 {
             fail(
-                format!(
-                    "wave {wave}: {watches} watches for {cgroups} cgroups and {} containers",
-                    live.len() + 1
-                ),
+                format!("wave {wave}: the kernel holds {in_kernel} watches of the daemon for a bound of {}", w.bound),
                 &daemon,
             );
         }
@@ -334,12 +280,17 @@ fn main() {
         }
         let (rss, fds) = daemon.rss_kb_and_fds();
         eprintln!(
-            "churn-bench: wave {wave}: {created} created, {} live, {watches} watches ({cgroups} cgroups), rss {rss} kB, {fds} fds, converged in {converge_ms:.0} ms",
-            live.len()
+            "churn-bench: wave {wave}: {created} created, {} live, {watches} watches ({cgroups} cgroups, bound {}; {} at convergence, settled in {:.0} ms; {in_kernel} in the kernel), rss {rss} kB, {fds} fds, converged in {converge_ms:.0} ms",
+            live.len(),
+            w.bound,
+            w.at_converge,
+            w.settle_ms
         );
         waves.push(serde_json::json!({
             "wave": wave, "created": created, "live": live.len(), "churn_s": churn_s,
             "converge_ms": converge_ms, "watches": watches, "cgroups": cgroups,
+            "watch_bound": w.bound, "watches_at_converge": w.at_converge,
+            "watch_settle_ms": w.settle_ms, "kernel_watches": in_kernel,
             "rss_kb": rss, "fds": fds,
         }));
         // Trouble between waves.
@@ -382,7 +333,7 @@ fn main() {
         })
     );
     if outside_opens > 0 {
-        eprintln!("churn-bench: {outside_opens} opens of devices outside the policy");
-        std::process::exit(1);
+        // Unwinds: the daemon and the env are dropped (cleaned up).
+        panic!("churn-bench: {outside_opens} opens of devices outside the policy");
     }
 }

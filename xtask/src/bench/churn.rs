@@ -53,7 +53,16 @@ pub struct ChurnResults {
     pub hotplug_idle: Pct,
     pub attach_churn: Pct,
     pub hotplug_churn: Pct,
+    /// Watches per wave once settled, their bound (cgroups under the scope
+    /// plus managed containers), and the count read right at convergence.
+    pub watches: Vec<u64>,
+    pub watch_bounds: Vec<u64>,
+    pub watches_at_converge: Vec<u64>,
+    /// Watches the kernel holds for the daemon (its fdinfo), per wave.
+    pub kernel_watches: Vec<u64>,
     pub max_watches: u64,
+    /// Latency samples that timed out (5 s).
+    pub missed: u64,
     pub rss_kb: Vec<u64>,
     pub fds: Vec<u64>,
     pub daemon_error_lines: u64,
@@ -106,7 +115,12 @@ pub fn run(env: &Env) -> Result<ChurnResults> {
         hotplug_idle: Pct::of(&samples("hotplug_idle_ms")),
         attach_churn: Pct::of(&samples("attach_churn_ms")),
         hotplug_churn: Pct::of(&samples("hotplug_churn_ms")),
+        watches: per_wave("watches"),
+        watch_bounds: per_wave("watch_bound"),
+        watches_at_converge: per_wave("watches_at_converge"),
+        kernel_watches: per_wave("kernel_watches"),
         max_watches: per_wave("watches").into_iter().max().unwrap_or(0),
+        missed: v["missed"].as_u64().unwrap_or(0),
         rss_kb: per_wave("rss_kb"),
         fds: per_wave("fds"),
         daemon_error_lines: v["daemon_error_lines"].as_u64().unwrap_or(0),
@@ -140,6 +154,104 @@ pub fn summary(r: &ChurnResults) -> String {
     .join("\n")
 }
 
+/// The targets for the latency rows (p99, ms): idle, under churn.
+const P99_IDLE_MS: f64 = 10.0;
+const P99_CHURN_MS: f64 = 20.0;
+
+/// Every figure the "Done when" asks for, one column per run.
+pub fn table(runs: &[ChurnResults]) -> String {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row = |name: &str, f: &dyn Fn(&ChurnResults) -> String| {
+        rows.push((name.to_string(), runs.iter().map(f).collect()));
+    };
+    let lat = |x: &Pct, target: f64| {
+        let verdict = if x.n == 0 {
+            "no samples"
+        } else if x.p99 <= target {
+            "met"
+        } else {
+            "MISSED"
+        };
+        format!(
+            "{:.1} / {:.1} (max {:.1}, n={}) {verdict}",
+            x.p50, x.p99, x.max, x.n
+        )
+    };
+    let range = |v: &[u64]| match (v.iter().min(), v.iter().max()) {
+        (Some(a), Some(b)) => format!("{a}..{b}"),
+        _ => "-".into(),
+    };
+    row("containers (names re-used, live)", &|r| {
+        format!("{} ({}, {})", r.containers, r.reused_names, r.live_target)
+    });
+    row("wall time", &|r| format!("{:.0} s", r.wall_s));
+    row(
+        "first-instruction probes / opens outside policy (0)",
+        &|r| format!("{} / {}", r.probes, r.outside_opens),
+    );
+    row(
+        &format!("attach idle p50 / p99 ms (<= {P99_IDLE_MS})"),
+        &|r| lat(&r.attach_idle, P99_IDLE_MS),
+    );
+    row(
+        &format!("hotplug idle p50 / p99 ms (<= {P99_IDLE_MS})"),
+        &|r| lat(&r.hotplug_idle, P99_IDLE_MS),
+    );
+    row(
+        &format!("attach under churn p50 / p99 ms (<= {P99_CHURN_MS})"),
+        &|r| lat(&r.attach_churn, P99_CHURN_MS),
+    );
+    row(
+        &format!("hotplug under churn p50 / p99 ms (<= {P99_CHURN_MS})"),
+        &|r| lat(&r.hotplug_churn, P99_CHURN_MS),
+    );
+    row("watches per wave, settled (bound)", &|r| {
+        r.watches
+            .iter()
+            .zip(&r.watch_bounds)
+            .map(|(w, b)| format!("{w}({b})"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    row("watches per wave at convergence", &|r| {
+        r.watches_at_converge
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    row("watches per wave in the kernel (fdinfo)", &|r| {
+        r.kernel_watches
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    row("daemon RSS per wave (kB)", &|r| {
+        r.rss_kb
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    row("daemon fds per wave", &|r| range(&r.fds));
+    row("latency samples missed (5 s)", &|r| r.missed.to_string());
+    row("daemon ERROR lines", &|r| r.daemon_error_lines.to_string());
+    let w0 = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let mut out = format!(
+        "{:w0$} | {}\n",
+        "churn figure",
+        (1..=runs.len())
+            .map(|i| format!("run {i}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    for (name, cells) in rows {
+        out.push_str(&format!("{name:w0$} | {}\n", cells.join(" | ")));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +263,49 @@ mod tests {
         assert_eq!((p.p50, p.p99, p.max, p.n), (50.0, 99.0, 100.0, 100));
         assert_eq!(Pct::of(&[]).n, 0);
         assert_eq!(Pct::of(&[7.0]).p99, 7.0);
+    }
+
+    #[test]
+    fn the_table_has_every_figure_per_run() {
+        let raw = serde_json::json!({"containers": 500, "probes": 500, "outside_opens": 0,
+            "attach_idle_ms": [1.0, 2.0], "hotplug_churn_ms": [30.0],
+            "waves": [{"watches": 203, "watch_bound": 203, "watches_at_converge": 205, "rss_kb": 18000, "fds": 15}]});
+        let r = ChurnResults {
+            containers: 500,
+            live_target: 100,
+            reused_names: 70,
+            probes: 500,
+            outside_opens: 0,
+            attach_idle: Pct::of(&[1.0, 2.0]),
+            hotplug_idle: Pct::default(),
+            attach_churn: Pct::of(&[5.0]),
+            hotplug_churn: Pct::of(&[30.0]),
+            watches: vec![203],
+            watch_bounds: vec![203],
+            watches_at_converge: vec![205],
+            kernel_watches: vec![204],
+            max_watches: 203,
+            missed: 0,
+            rss_kb: vec![18000],
+            fds: vec![15],
+            daemon_error_lines: 0,
+            wall_s: 100.0,
+            raw,
+        };
+        let t = table(&[r.clone(), r]);
+        for want in [
+            "run 2",
+            "500 / 0",
+            "203(203)",
+            "205",
+            "204",
+            "18000",
+            "15..15",
+            "MISSED",
+            "met",
+            "no samples",
+        ] {
+            assert!(t.contains(want), "{want} missing from\n{t}");
+        }
     }
 }
