@@ -790,6 +790,7 @@ impl Ctdev {
                 },
                 entries: granted,
                 nodes: Vec::new(),
+                dirs: Vec::new(),
                 pending: false,
             });
         }
@@ -936,6 +937,7 @@ impl Ctdev {
                 subject,
                 entries: granted,
                 nodes: Vec::new(),
+                dirs: Vec::new(),
                 pending: false,
             },
         );

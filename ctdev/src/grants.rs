@@ -212,6 +212,12 @@ pub struct Grant {
     /// Nodes it made or replaced.
     #[serde(default)]
     pub nodes: Vec<NodeGrant>,
+    /// Directories in the container this grant depends on that a grant
+    /// created (the ones it created, and ancestors of its nodes another
+    /// grant created): `del` removes each, if empty, once no other grant
+    /// lists it. A directory that existed before any grant is never listed.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
     /// Written ahead of a change that has not been confirmed yet.
     #[serde(default)]
     pub pending: bool,
@@ -451,6 +457,11 @@ fn merge(g: &mut Grant, grant: Grant) {
             g.nodes.push(n);
         }
     }
+    for d in grant.dirs {
+        if !g.dirs.contains(&d) {
+            g.dirs.push(d);
+        }
+    }
     g.pending = grant.pending;
 }
 
@@ -534,6 +545,108 @@ pub fn plan_take_back(entries: &Entries, ledger: &Ledger, index: usize) -> (Plan
     (plan, after)
 }
 
+/// Directories recorded by grants of `ledger` that are ancestors of one of
+/// `dests`: a new grant with nodes under them shares them, so the last
+/// grant using a directory is the one whose `del` removes it.
+pub fn shared_dirs<'a>(ledger: &Ledger, dests: impl IntoIterator<Item = &'a Path>) -> Vec<PathBuf> {
+    let dests: Vec<&Path> = dests.into_iter().collect();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for d in ledger.grants.iter().flat_map(|g| g.dirs.iter()) {
+        if !out.contains(d) && dests.iter().any(|p| p.starts_with(d) && *p != d.as_path()) {
+            out.push(d.clone());
+        }
+    }
+    out
+}
+
+/// What the grant of `ledger` that made `node` at `dest` recorded: a new
+/// grant finding that node already as it wants it shares it (with the same
+/// record), so the node stays until the last grant using it goes and that
+/// one puts back what was there first.
+pub fn shared_node(ledger: &Ledger, dest: &Path, node: &SavedNode) -> Option<NodeChange> {
+    ledger
+        .grants
+        .iter()
+        .flat_map(|g| g.nodes.iter())
+        .find(|n| n.dest == dest && n.node == *node)
+        .map(|n| n.change)
+}
+
+/// The nodes of `grant` whose change `del` undoes in the container, with
+/// `after` the ledger without the grant (updated) and `current` the node
+/// now at a path: a node another grant shares (the same node with the same
+/// record: it found this grant's node as it wanted it) stays; a node a later grant
+/// replaced is no longer there, so that grant inherits this one's record
+/// (its `del` then removes its node, or puts back what was there before
+/// this grant); a node still there is undone.
+pub fn release_nodes(
+    grant: &Grant,
+    after: &mut Ledger,
+    current: impl Fn(&Path) -> Option<SavedNode>,
+) -> Vec<NodeGrant> {
+    let mut out = Vec::new();
+    for n in &grant.nodes {
+        let shared = after
+            .grants
+            .iter()
+            .flat_map(|g| g.nodes.iter())
+            .any(|x| x == n);
+        if shared {
+            continue;
+        }
+        if current(&n.dest) != Some(n.node) {
+            let mut handed = false;
+            for x in after
+                .grants
+                .iter_mut()
+                .flat_map(|g| g.nodes.iter_mut())
+                .filter(|x| x.dest == n.dest)
+            {
+                if matches!(x.change, NodeChange::Replaced { old } if old == n.node) {
+                    x.change = n.change;
+                    handed = true;
+                }
+            }
+            if handed {
+                continue;
+            }
+        }
+        out.push(n.clone());
+    }
+    out
+}
+
+/// The directories of `grant` to remove when it is taken back (if empty):
+/// those no grant of `others` (the ledger after the take-back) lists,
+/// deepest first.
+pub fn dirs_to_remove(grant: &Grant, others: &Ledger) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = grant
+        .dirs
+        .iter()
+        .filter(|d| !others.grants.iter().any(|g| g.dirs.contains(d)))
+        .cloned()
+        .collect();
+    out.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    out.dedup();
+    out
+}
+
+/// The ledger after `ctdev set` replaced the container's whole rule set:
+/// the new set is the operator's, so no grant owns a rule bit any more
+/// (a later `del` or daemon take-back changes no entry the set wrote).
+/// Operator and daemon rule grants go (they were only rules); device and
+/// interface grants stay with their nodes and directories, so `del` still
+/// removes what `add` made in the container.
+pub fn after_set(ledger: &Ledger) -> Ledger {
+    let mut out = ledger.clone();
+    out.grants
+        .retain(|g| !matches!(g.subject, Subject::Rule { .. }));
+    for g in out.grants.iter_mut() {
+        g.entries.clear();
+    }
+    out
+}
+
 /// Bits the kernel gives `key`'s device now (exact keys only; for notes).
 pub fn effective(entries: &Entries, key: &PolicyKey) -> u32 {
     decide(entries, key.policy_id, key.dev_type, key.major, key.minor)
@@ -579,6 +692,7 @@ mod tests {
                 },
                 entries: eg,
                 nodes: Vec::new(),
+                dirs: Vec::new(),
                 pending: false,
             },
         );

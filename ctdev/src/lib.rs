@@ -40,8 +40,7 @@ pub mod kernel;
 pub mod nri;
 pub mod passthrough;
 pub mod plan;
-#[cfg(test)]
-mod plan_props;
+pub mod plan_props;
 pub mod presets;
 pub mod probe;
 pub mod rule;
