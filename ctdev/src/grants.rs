@@ -511,12 +511,15 @@ pub fn plan_take_back(entries: &Entries, ledger: &Ledger, index: usize) -> (Plan
             .flat_map(|g| g.entries.iter())
             .filter(|x| same(x))
             .fold(0, |a, x| a | x.requested);
-        let others = after.grants.iter().any(|g| g.entries.iter().any(&same));
+        // Grants still asking for bits of the entry (a record a revoke
+        // emptied asks for nothing and keeps nothing).
+        let wants = |x: &EntryGrant| same(x) && x.requested != 0;
+        let others = after.grants.iter().any(|g| g.entries.iter().any(wants));
         // Hand what others still want over to them.
         let mut keep = eg.added & claimed;
         let mut creator_passed = !eg.created;
         for g in after.grants.iter_mut() {
-            for x in g.entries.iter_mut().filter(|x| same(x)) {
+            for x in g.entries.iter_mut().filter(|x| wants(x)) {
                 let give = keep & x.requested;
                 x.added |= give;
                 keep &= !give;
@@ -793,6 +796,70 @@ mod tests {
         grant(&mut e, &mut l, Owner::Daemon, "c 1:3 rw", "c 1:3 rw");
         take_back(&mut e, &mut l, Owner::Daemon, "c 1:3 rw");
         assert_eq!(e, start);
+    }
+
+    #[test]
+    fn a_grant_a_revoke_emptied_does_not_keep_a_new_entry() {
+        // The daemon's entry was revoked away; a later add of the device
+        // creates the entry again, and its del removes it (no deny left).
+        let mut e = attach(&[]);
+        let start = e.clone();
+        let mut l = Ledger::new(ID);
+        grant(&mut e, &mut l, Owner::Daemon, "d", "b 1:5 rw");
+        let plan =
+            crate::plan::plan_revoke(&e, ID, &parse_rules(&["b 1:5 rw"]).unwrap(), false).unwrap();
+        e = plan.result(&e);
+        forget_revoked(&mut l, &plan);
+        assert_eq!(e, start);
+        grant(&mut e, &mut l, Owner::Cli, "a", "b 1:5 rw");
+        take_back(&mut e, &mut l, Owner::Cli, "a");
+        assert_eq!(e, start);
+    }
+
+    #[test]
+    fn after_set_no_grant_owns_a_bit_and_nodes_and_dirs_stay() {
+        let mut e = attach(&[]);
+        let mut l = Ledger::new(ID);
+        grant(&mut e, &mut l, Owner::Operator, "c 1:3 r", "c 1:3 r");
+        grant(&mut e, &mut l, Owner::Cli, "zero", "c 1:5 rw");
+        l.grants[1].dirs.push(PathBuf::from("/dev/z"));
+        let after = after_set(&l);
+        assert_eq!(after.grants.len(), 1, "the operator's rule grant goes");
+        assert!(after.grants[0].entries.is_empty());
+        assert_eq!(after.grants[0].dirs, [PathBuf::from("/dev/z")]);
+        // Its take-back changes no entry of the new set.
+        let set: Entries = crate::plan::merge_rules(ID, &parse_rules(&["c 1:5 r"]).unwrap());
+        let (plan, _) = plan_take_back(&set, &after, 0);
+        assert!(plan.changes.is_empty());
+    }
+
+    #[test]
+    fn directories_are_removed_by_the_last_grant_listing_them() {
+        let g = |dirs: &[&str]| Grant {
+            owner: Owner::Cli,
+            subject: Subject::Rule {
+                rule: dirs.join(","),
+            },
+            entries: Vec::new(),
+            nodes: Vec::new(),
+            dirs: dirs.iter().map(PathBuf::from).collect(),
+            pending: false,
+        };
+        let mut l = Ledger::new(ID);
+        l.grants.push(g(&["/dev/a", "/dev/a/b", "/dev/a/b/c"]));
+        assert_eq!(
+            shared_dirs(&l, [Path::new("/dev/a/b/z"), Path::new("/dev/a/b")]),
+            [PathBuf::from("/dev/a"), PathBuf::from("/dev/a/b")]
+        );
+        let second = g(&["/dev/a", "/dev/a/b"]);
+        l.grants.push(second.clone());
+        let first = l.grants.remove(0);
+        assert_eq!(dirs_to_remove(&first, &l), [PathBuf::from("/dev/a/b/c")]);
+        l.grants.clear();
+        assert_eq!(
+            dirs_to_remove(&second, &l),
+            [PathBuf::from("/dev/a/b"), PathBuf::from("/dev/a")]
+        );
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use ctdev_tests::container::{TestContainer, Veth};
 use ctdev_tests::*;
@@ -481,7 +480,7 @@ fn random_sequences_against_the_kernel() {
         .collect();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut ledger = Ledger::new(id);
-    let mut model = Entries::new();
+    let mut model: Entries;
     let random_rules = |rng: &mut Rng| -> Vec<String> {
         let mut out = vec![];
         if rng.below(2) == 0 {
