@@ -823,6 +823,10 @@ mod tests {
         grant(&mut e, &mut l, Owner::Operator, "c 1:3 r", "c 1:3 r");
         grant(&mut e, &mut l, Owner::Cli, "zero", "c 1:5 rw");
         l.grants[1].dirs.push(PathBuf::from("/dev/z"));
+        l.grants[1].subject = Subject::Device {
+            device: "/dev/zero".into(),
+            dest: "/dev/z/zero".into(),
+        };
         let after = after_set(&l);
         assert_eq!(after.grants.len(), 1, "the operator's rule grant goes");
         assert!(after.grants[0].entries.is_empty());
