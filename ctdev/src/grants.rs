@@ -209,6 +209,12 @@ pub struct Grant {
     /// Nodes it made or replaced.
     #[serde(default)]
     pub nodes: Vec<NodeGrant>,
+    /// Directories in the container this grant depends on that a grant
+    /// created (the ones it created, and ancestors of its nodes another
+    /// grant created): `del` removes each, if empty, once no other grant
+    /// lists it. A directory that existed before any grant is never listed.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
     /// Written ahead of a change that has not been confirmed yet.
     #[serde(default)]
     pub pending: bool,
@@ -449,6 +455,11 @@ fn merge(g: &mut Grant, grant: Grant) {
             g.nodes.push(n);
         }
     }
+    for d in grant.dirs {
+        if !g.dirs.contains(&d) {
+            g.dirs.push(d);
+        }
+    }
     g.pending = grant.pending;
 }
 
@@ -498,12 +509,15 @@ pub fn plan_take_back(entries: &Entries, ledger: &Ledger, index: usize) -> (Plan
             .flat_map(|g| g.entries.iter())
             .filter(|x| same(x))
             .fold(0, |a, x| a | x.requested);
-        let others = after.grants.iter().any(|g| g.entries.iter().any(&same));
+        // Grants still asking for bits of the entry (a record a revoke
+        // emptied asks for nothing and keeps nothing).
+        let wants = |x: &EntryGrant| same(x) && x.requested != 0;
+        let others = after.grants.iter().any(|g| g.entries.iter().any(wants));
         // Hand what others still want over to them.
         let mut keep = eg.added & claimed;
         let mut creator_passed = !eg.created;
         for g in after.grants.iter_mut() {
-            for x in g.entries.iter_mut().filter(|x| same(x)) {
+            for x in g.entries.iter_mut().filter(|x| wants(x)) {
                 let give = keep & x.requested;
                 x.added |= give;
                 keep &= !give;
@@ -530,6 +544,108 @@ pub fn plan_take_back(entries: &Entries, ledger: &Ledger, index: usize) -> (Plan
         }
     }
     (plan, after)
+}
+
+/// Directories recorded by grants of `ledger` that are ancestors of one of
+/// `dests`: a new grant with nodes under them shares them, so the last
+/// grant using a directory is the one whose `del` removes it.
+pub fn shared_dirs<'a>(ledger: &Ledger, dests: impl IntoIterator<Item = &'a Path>) -> Vec<PathBuf> {
+    let dests: Vec<&Path> = dests.into_iter().collect();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for d in ledger.grants.iter().flat_map(|g| g.dirs.iter()) {
+        if !out.contains(d) && dests.iter().any(|p| p.starts_with(d) && *p != d.as_path()) {
+            out.push(d.clone());
+        }
+    }
+    out
+}
+
+/// What the grant of `ledger` that made `node` at `dest` recorded: a new
+/// grant finding that node already as it wants it shares it (with the same
+/// record), so the node stays until the last grant using it goes and that
+/// one puts back what was there first.
+pub fn shared_node(ledger: &Ledger, dest: &Path, node: &SavedNode) -> Option<NodeChange> {
+    ledger
+        .grants
+        .iter()
+        .flat_map(|g| g.nodes.iter())
+        .find(|n| n.dest == dest && n.node == *node)
+        .map(|n| n.change)
+}
+
+/// The nodes of `grant` whose change `del` undoes in the container, with
+/// `after` the ledger without the grant (updated) and `current` the node
+/// now at a path: a node another grant shares (the same node with the same
+/// record: it found this grant's node as it wanted it) stays; a node a later grant
+/// replaced is no longer there, so that grant inherits this one's record
+/// (its `del` then removes its node, or puts back what was there before
+/// this grant); a node still there is undone.
+pub fn release_nodes(
+    grant: &Grant,
+    after: &mut Ledger,
+    current: impl Fn(&Path) -> Option<SavedNode>,
+) -> Vec<NodeGrant> {
+    let mut out = Vec::new();
+    for n in &grant.nodes {
+        let shared = after
+            .grants
+            .iter()
+            .flat_map(|g| g.nodes.iter())
+            .any(|x| x == n);
+        if shared {
+            continue;
+        }
+        if current(&n.dest) != Some(n.node) {
+            let mut handed = false;
+            for x in after
+                .grants
+                .iter_mut()
+                .flat_map(|g| g.nodes.iter_mut())
+                .filter(|x| x.dest == n.dest)
+            {
+                if matches!(x.change, NodeChange::Replaced { old } if old == n.node) {
+                    x.change = n.change;
+                    handed = true;
+                }
+            }
+            if handed {
+                continue;
+            }
+        }
+        out.push(n.clone());
+    }
+    out
+}
+
+/// The directories of `grant` to remove when it is taken back (if empty):
+/// those no grant of `others` (the ledger after the take-back) lists,
+/// deepest first.
+pub fn dirs_to_remove(grant: &Grant, others: &Ledger) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = grant
+        .dirs
+        .iter()
+        .filter(|d| !others.grants.iter().any(|g| g.dirs.contains(d)))
+        .cloned()
+        .collect();
+    out.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    out.dedup();
+    out
+}
+
+/// The ledger after `ctdev set` replaced the container's whole rule set:
+/// the new set is the operator's, so no grant owns a rule bit any more
+/// (a later `del` or daemon take-back changes no entry the set wrote).
+/// Operator and daemon rule grants go (they were only rules); device and
+/// interface grants stay with their nodes and directories, so `del` still
+/// removes what `add` made in the container.
+pub fn after_set(ledger: &Ledger) -> Ledger {
+    let mut out = ledger.clone();
+    out.grants
+        .retain(|g| !matches!(g.subject, Subject::Rule { .. }));
+    for g in out.grants.iter_mut() {
+        g.entries.clear();
+    }
+    out
 }
 
 /// Bits the kernel gives `key`'s device now (exact keys only; for notes).
@@ -577,6 +693,7 @@ mod tests {
                 },
                 entries: eg,
                 nodes: Vec::new(),
+                dirs: Vec::new(),
                 pending: false,
             },
         );
@@ -677,6 +794,74 @@ mod tests {
         grant(&mut e, &mut l, Owner::Daemon, "c 1:3 rw", "c 1:3 rw");
         take_back(&mut e, &mut l, Owner::Daemon, "c 1:3 rw");
         assert_eq!(e, start);
+    }
+
+    #[test]
+    fn a_grant_a_revoke_emptied_does_not_keep_a_new_entry() {
+        // The daemon's entry was revoked away; a later add of the device
+        // creates the entry again, and its del removes it (no deny left).
+        let mut e = attach(&[]);
+        let start = e.clone();
+        let mut l = Ledger::new(ID);
+        grant(&mut e, &mut l, Owner::Daemon, "d", "b 1:5 rw");
+        let plan =
+            crate::plan::plan_revoke(&e, ID, &parse_rules(&["b 1:5 rw"]).unwrap(), false).unwrap();
+        e = plan.result(&e);
+        forget_revoked(&mut l, &plan);
+        assert_eq!(e, start);
+        grant(&mut e, &mut l, Owner::Cli, "a", "b 1:5 rw");
+        take_back(&mut e, &mut l, Owner::Cli, "a");
+        assert_eq!(e, start);
+    }
+
+    #[test]
+    fn after_set_no_grant_owns_a_bit_and_nodes_and_dirs_stay() {
+        let mut e = attach(&[]);
+        let mut l = Ledger::new(ID);
+        grant(&mut e, &mut l, Owner::Operator, "c 1:3 r", "c 1:3 r");
+        grant(&mut e, &mut l, Owner::Cli, "zero", "c 1:5 rw");
+        l.grants[1].dirs.push(PathBuf::from("/dev/z"));
+        l.grants[1].subject = Subject::Device {
+            device: "/dev/zero".into(),
+            dest: "/dev/z/zero".into(),
+        };
+        let after = after_set(&l);
+        assert_eq!(after.grants.len(), 1, "the operator's rule grant goes");
+        assert!(after.grants[0].entries.is_empty());
+        assert_eq!(after.grants[0].dirs, [PathBuf::from("/dev/z")]);
+        // Its take-back changes no entry of the new set.
+        let set: Entries = crate::plan::merge_rules(ID, &parse_rules(&["c 1:5 r"]).unwrap());
+        let (plan, _) = plan_take_back(&set, &after, 0);
+        assert!(plan.changes.is_empty());
+    }
+
+    #[test]
+    fn directories_are_removed_by_the_last_grant_listing_them() {
+        let g = |dirs: &[&str]| Grant {
+            owner: Owner::Cli,
+            subject: Subject::Rule {
+                rule: dirs.join(","),
+            },
+            entries: Vec::new(),
+            nodes: Vec::new(),
+            dirs: dirs.iter().map(PathBuf::from).collect(),
+            pending: false,
+        };
+        let mut l = Ledger::new(ID);
+        l.grants.push(g(&["/dev/a", "/dev/a/b", "/dev/a/b/c"]));
+        assert_eq!(
+            shared_dirs(&l, [Path::new("/dev/a/b/z"), Path::new("/dev/a/b")]),
+            [PathBuf::from("/dev/a"), PathBuf::from("/dev/a/b")]
+        );
+        let second = g(&["/dev/a", "/dev/a/b"]);
+        l.grants.push(second.clone());
+        let first = l.grants.remove(0);
+        assert_eq!(dirs_to_remove(&first, &l), [PathBuf::from("/dev/a/b/c")]);
+        l.grants.clear();
+        assert_eq!(
+            dirs_to_remove(&second, &l),
+            [PathBuf::from("/dev/a/b"), PathBuf::from("/dev/a")]
+        );
     }
 
     #[test]

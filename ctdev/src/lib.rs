@@ -47,8 +47,7 @@ pub mod nri;
 pub mod ops;
 pub mod passthrough;
 pub mod plan;
-#[cfg(test)]
-mod plan_props;
+pub mod plan_props;
 pub mod presets;
 pub mod probe;
 pub mod rule;

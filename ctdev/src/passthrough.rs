@@ -25,7 +25,9 @@ use serde::Serialize;
 
 use crate::cgroup::Cgroup;
 use crate::container::netdev::{self, NetdevError};
-use crate::container::nodes::{self, Existing, Journal, NodeAction, NodeError, NodeSpec, Root};
+use crate::container::nodes::{
+    self, DirAction, Existing, Journal, NodeAction, NodeError, NodeSpec, Root,
+};
 use crate::container::process::{InitProcess, ProcessError};
 use crate::grants::{self, Grant, Ledger, NodeChange, NodeGrant, Owner, Subject};
 use crate::kernel::attached::{device_programs, DeviceProgram};
@@ -197,6 +199,8 @@ pub struct PassthroughReport {
     pub rules_unchanged: Vec<String>,
     /// Whose grant this is (`cli`, `daemon`).
     pub owner: Owner,
+    /// Directories in the container created (`add`) or removed (`del`).
+    pub dirs: Vec<PathBuf>,
     /// No node was touched: the target shares the host's mount namespace.
     pub rules_only: bool,
     /// Things the operator should know (other device programs, wildcards).
@@ -205,13 +209,84 @@ pub struct PassthroughReport {
     pub dry_run: bool,
 }
 
+/// What `add` passes in (or `del` takes back), already classified by the
+/// caller: the CLI from its words (a leading `/` is a path; CDI names are
+/// resolved before), the daemon and CDI from their own records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassRequest {
+    /// A host device node, or a directory of nodes (recursively), at DEST
+    /// in the container (nodes under a directory keep their relative path).
+    Node {
+        /// The host path (absolute).
+        host: PathBuf,
+        /// Where it lands in the container (absolute).
+        dest: PathBuf,
+    },
+    /// A network interface in ctdev's network namespace, moved into the
+    /// container's and named `name` there.
+    Interface {
+        /// Its name in ctdev's network namespace.
+        host: String,
+        /// Its name in the container.
+        name: String,
+    },
+}
+
+impl PassRequest {
+    /// A node (or directory) at the same path inside.
+    pub fn node(host: impl Into<PathBuf>) -> Self {
+        let host = host.into();
+        PassRequest::Node {
+            dest: host.clone(),
+            host,
+        }
+    }
+
+    /// From a record that says which kind it is (the daemon's).
+    pub fn from_record(host: &str, dest: &str, interface: bool) -> Self {
+        if interface {
+            PassRequest::Interface {
+                host: host.into(),
+                name: dest.into(),
+            }
+        } else {
+            PassRequest::Node {
+                host: host.into(),
+                dest: dest.into(),
+            }
+        }
+    }
+
+    /// The host side as text (for messages and records).
+    pub fn device(&self) -> String {
+        match self {
+            PassRequest::Node { host, .. } => host.display().to_string(),
+            PassRequest::Interface { host, .. } => host.clone(),
+        }
+    }
+
+    /// The grant this request is recorded as.
+    pub fn subject(&self) -> Subject {
+        match self {
+            PassRequest::Node { host, dest } => Subject::Device {
+                device: host.display().to_string(),
+                dest: dest.display().to_string(),
+            },
+            PassRequest::Interface { host, name } => Subject::Interface {
+                host: host.clone(),
+                inside: name.clone(),
+            },
+        }
+    }
+}
+
 /// What DEVICE names.
 enum Device {
     /// One or more host device nodes with their path relative to DEVICE
     /// (empty for a single node).
     Nodes(Vec<(DeviceNode, PathBuf)>),
-    /// A network interface.
-    Interface(String),
+    /// A network interface: its host name and its name inside.
+    Interface(String, String),
 }
 
 /// Device nodes under `dir`, recursively, without following symlinks; sorted.
@@ -252,16 +327,23 @@ fn walk(dir: &Path) -> Result<Vec<(DeviceNode, PathBuf)>, PassthroughError> {
     Ok(out)
 }
 
-fn classify_for_add(device: &str) -> Result<Device, PassthroughError> {
-    if !device.starts_with('/') {
-        if netdev::is_host_interface(device) {
-            return Ok(Device::Interface(device.into()));
+fn classify_for_add(req: &PassRequest) -> Result<Device, PassthroughError> {
+    let path = match req {
+        PassRequest::Interface { host, name } => {
+            if netdev::is_host_interface(host) {
+                return Ok(Device::Interface(host.clone(), name.clone()));
+            }
+            return Err(PassthroughError::UnknownDevice {
+                device: host.clone(),
+            });
         }
-        return Err(PassthroughError::UnknownDevice {
-            device: device.into(),
-        });
-    }
-    let path = Path::new(device);
+        PassRequest::Node { host, .. } if !host.is_absolute() => {
+            return Err(PassthroughError::UnknownDevice {
+                device: host.display().to_string(),
+            })
+        }
+        PassRequest::Node { host, .. } => host.as_path(),
+    };
     match fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(Device::Nodes(walk(path)?)),
         _ => Ok(Device::Nodes(vec![(
@@ -305,6 +387,7 @@ impl PassthroughReport {
             interface: None,
             rules_changed: Vec::new(),
             rules_unchanged: Vec::new(),
+            dirs: Vec::new(),
             rules_only: false,
             warnings: Vec::new(),
             dry_run: ct.config().dry_run,
@@ -407,15 +490,14 @@ fn save_ledger(ct: &Ctdev, ledger: &Ledger) -> Result<(), PassthroughError> {
 
 const NO_ROOT: &str = "no container root: the target's process shares the host's mount namespace, so no node was created, replaced or removed (rules only)";
 
-/// Passes DEVICE into the container `target` as a CLI grant (see [`add_as`]).
+/// Passes a device into the container `target` as a CLI grant (see [`add_as`]).
 pub fn add(
     ct: &Ctdev,
     target: &Target,
-    device: &str,
-    dest: Option<&str>,
+    req: &PassRequest,
     opts: &AddOptions,
 ) -> Result<PassthroughReport, PassthroughError> {
-    add_as(ct, Owner::Cli, target, device, dest, opts)
+    add_as(ct, Owner::Cli, target, req, opts)
 }
 
 /// Passes DEVICE into the container `target`: a device node (or every node
@@ -430,11 +512,12 @@ pub fn add_as(
     ct: &Ctdev,
     owner: Owner,
     target: &Target,
-    device: &str,
-    dest: Option<&str>,
+    req: &PassRequest,
     opts: &AddOptions,
 ) -> Result<PassthroughReport, PassthroughError> {
-    let kind = classify_for_add(device)?;
+    let kind = classify_for_add(req)?;
+    let device = req.device();
+    let device = device.as_str();
     // One critical section: no other ctdev changes the policy between
     // reading the entries and writing the rule.
     let lock = ct.lock_existing(target)?;
@@ -444,11 +527,10 @@ pub fn add_as(
     let id = at.state.policy_id;
     let before_ledger = ct.grants().load(id).map_err(ControllerError::from)?;
     let nodes = match kind {
-        Device::Interface(name) => {
+        Device::Interface(name, new_name) => {
             if opts.mode.is_some() || opts.uid.is_some() || opts.gid.is_some() {
                 return Err(PassthroughError::NotForInterface("--mode/--uid/--gid"));
             }
-            let new_name = dest.unwrap_or(&name).to_string();
             netdev::check_name(&new_name)?;
             if init.shares_host_ns("net")? {
                 return Err(PassthroughError::NoContainerNetns {
@@ -475,6 +557,7 @@ pub fn add_as(
                     },
                     entries: Vec::new(),
                     nodes: Vec::new(),
+                    dirs: Vec::new(),
                     pending: false,
                 },
             );
@@ -491,7 +574,10 @@ pub fn add_as(
     };
 
     // Plan: every node's spec and DEST, all checked before anything changes.
-    let base = PathBuf::from(dest.unwrap_or(device));
+    let base = match req {
+        PassRequest::Node { dest, .. } => dest.clone(),
+        PassRequest::Interface { .. } => PathBuf::from(device),
+    };
     nodes::check_dest(&base)?;
     let rules_only = init.shares_host_ns("mnt")?;
     let (root_uid, root_gid) = match (opts.uid, opts.gid) {
@@ -505,6 +591,9 @@ pub fn add_as(
     };
     let mut plan_nodes = Vec::new();
     let mut node_grants = Vec::new();
+    // Directories this add will create (recorded ahead; the final record
+    // has the ones it did create).
+    let mut new_dirs: Vec<PathBuf> = Vec::new();
     for (host, rel) in nodes {
         let spec = NodeSpec {
             dev_type: host.dev_type,
@@ -521,9 +610,17 @@ pub fn add_as(
             .then(|| fs::canonicalize(&host.path).ok())
             .flatten();
         if !rules_only {
+            for d in nodes::missing_dirs(root, &dest)? {
+                if !new_dirs.contains(&d) {
+                    new_dirs.push(d);
+                }
+            }
             let change = match nodes::inspect(root, &dest)? {
                 Existing::Absent => Some(NodeChange::Created),
-                Existing::Device(found) if found == spec => None,
+                // Already as wanted: shared with the grant that made it, if any.
+                Existing::Device(found) if found == spec => {
+                    grants::shared_node(&before_ledger, &dest, &spec.into())
+                }
                 Existing::Device(found) => Some(NodeChange::Replaced { old: found.into() }),
                 Existing::Other(kind) => {
                     return Err(NodeError::Occupied {
@@ -564,16 +661,30 @@ pub fn add_as(
     report.rules_changed = plan.changed_text();
     report.rules_unchanged = plan.unchanged_text(&at.state.entries);
     let mut ledger = before_ledger.clone();
+    // Directories other grants created that this add's nodes sit in are
+    // shared: the last grant using one removes it.
+    let shared = grants::shared_dirs(
+        &before_ledger,
+        plan_nodes.iter().map(|(_, _, d, _)| d.as_path()),
+    );
+    let grant_dirs = |made: &[PathBuf]| -> Vec<PathBuf> {
+        let mut all = shared.clone();
+        all.extend(made.iter().filter(|d| !shared.contains(d)).cloned());
+        all
+    };
+    report.dirs = new_dirs.clone();
+    let subject = Subject::Device {
+        device: device.into(),
+        dest: base.display().to_string(),
+    };
     grants::record(
         &mut ledger,
         Grant {
             owner,
-            subject: Subject::Device {
-                device: device.into(),
-                dest: base.display().to_string(),
-            },
+            subject: subject.clone(),
             entries: granted,
             nodes: node_grants,
+            dirs: grant_dirs(&new_dirs),
             pending: true,
         },
     );
@@ -639,9 +750,18 @@ pub fn add_as(
         }
         return Err(with_undo(e.into(), failures));
     }
-    if let Some(g) = ledger.grants.last_mut().filter(|g| g.pending) {
-        g.pending = false;
+    // The final record lists the directories this add did create.
+    let made = journal.created_dirs();
+    if let Some(i) = ledger.find(owner, &subject) {
+        let g = &mut ledger.grants[i];
+        g.dirs.retain(|d| !new_dirs.contains(d) || made.contains(d));
+        for d in grant_dirs(&made) {
+            if !g.dirs.contains(&d) {
+                g.dirs.push(d);
+            }
+        }
     }
+    report.dirs = made;
     for g in ledger.grants.iter_mut() {
         g.pending = false;
     }
@@ -654,49 +774,42 @@ pub fn add_as(
 pub fn del(
     ct: &Ctdev,
     target: &Target,
-    device: &str,
-    dest: Option<&str>,
+    req: &PassRequest,
 ) -> Result<PassthroughReport, PassthroughError> {
-    del_as(ct, Owner::Cli, target, device, dest)
+    del_as(ct, Owner::Cli, target, req)
 }
 
 /// Undoes `add` of DEVICE at DEST by `owner`, by its record: the bits that
 /// grant added are taken away (kept when another grant asked for them; an
 /// entry it created is removed only if no broader entry would then allow
 /// more), the nodes it created are removed and the nodes it replaced are
-/// put back; an interface moves back to ctdev's netns under its name.
-/// The host directory is not read again: what was recorded is taken back
-/// even if the host changed since. Nothing recorded: an error, nothing changed.
+/// put back, and the directories it created are removed when empty and no
+/// other grant still lists them; an interface moves back to ctdev's netns
+/// under its name. The host directory is not read again: what was recorded
+/// is taken back even if the host changed since. Nothing recorded: an
+/// error, nothing changed.
 pub fn del_as(
     ct: &Ctdev,
     owner: Owner,
     target: &Target,
-    device: &str,
-    dest: Option<&str>,
+    req: &PassRequest,
 ) -> Result<PassthroughReport, PassthroughError> {
+    let device = req.device();
+    let device = device.as_str();
     let lock = ct.lock_existing(target)?;
     let at = attached(ct, target)?;
     let init = init_of(ct, target, &at.cgroup)?;
     let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
     let id = at.state.policy_id;
     let ledger = ct.grants().load(id).map_err(ControllerError::from)?;
-    let is_interface = !device.starts_with('/');
-    let subject = if is_interface {
-        netdev::check_name(device)?;
-        let inside = dest.unwrap_or(device).to_string();
-        netdev::check_name(&inside)?;
-        Subject::Interface {
-            host: device.into(),
-            inside,
+    match req {
+        PassRequest::Interface { host, name } => {
+            netdev::check_name(host)?;
+            netdev::check_name(name)?;
         }
-    } else {
-        let base = PathBuf::from(dest.unwrap_or(device));
-        nodes::check_dest(&base)?;
-        Subject::Device {
-            device: device.into(),
-            dest: base.display().to_string(),
-        }
-    };
+        PassRequest::Node { dest, .. } => nodes::check_dest(dest)?,
+    }
+    let subject = req.subject();
     let Some(index) = ledger.find(owner, &subject) else {
         let others: Vec<&str> = ledger
             .grants
@@ -738,12 +851,31 @@ pub fn del_as(
     }
 
     // 1. Rules first (closing access is the safe direction).
-    let (plan, after) = grants::plan_take_back(&at.state.entries, &ledger, index);
+    let (plan, mut after) = grants::plan_take_back(&at.state.entries, &ledger, index);
     report.rules_changed = plan.changed_text();
     report.rules_unchanged = plan.unchanged_text(&at.state.entries);
     let rules_only = init.shares_host_ns("mnt")?;
+    let root_path = init.root_path();
+    // The nodes to undo (shared ones stay; replaced ones pass their record on).
+    let undo_nodes = if rules_only {
+        Vec::new()
+    } else {
+        let root = Root {
+            fd: init.root(),
+            path: &root_path,
+        };
+        grants::release_nodes(&grant, &mut after, |dest| {
+            match nodes::inspect(root, dest) {
+                Ok(Existing::Device(found)) => Some(found.into()),
+                _ => None,
+            }
+        })
+    };
     if ct.config().dry_run {
-        for n in &grant.nodes {
+        if !rules_only {
+            report.dirs = grants::dirs_to_remove(&grant, &after);
+        }
+        for n in &undo_nodes {
             report.nodes.push(NodeReport {
                 device: PathBuf::from(device),
                 resolved: None,
@@ -767,12 +899,11 @@ pub fn del_as(
         report.rules_only = true;
         report.warnings.push(NO_ROOT.into());
     } else {
-        let root_path = init.root_path();
         let root = Root {
             fd: init.root(),
             path: &root_path,
         };
-        for n in &grant.nodes {
+        for n in &undo_nodes {
             let spec = n.node.spec();
             let result = match n.change {
                 NodeChange::Created => match nodes::remove_node(root, &n.dest, &spec, &mut journal)
@@ -808,6 +939,27 @@ pub fn del_as(
         }
     }
     crate::failpoint!("del.after_nodes");
+    // 3. Directories this grant created that no other grant lists, deepest
+    // first, each only if empty (the container's own files keep it).
+    if !rules_only {
+        let root = Root {
+            fd: init.root(),
+            path: &root_path,
+        };
+        for dir in grants::dirs_to_remove(&grant, &after) {
+            match nodes::remove_dir_if_empty(root, &dir) {
+                Ok(DirAction::Removed) => report.dirs.push(dir),
+                Ok(DirAction::Absent) => {}
+                Ok(DirAction::NotEmpty) => report.warnings.push(format!(
+                    "directory {} (made by this add) is not empty: left in place",
+                    dir.display()
+                )),
+                Err(e) => report
+                    .warnings
+                    .push(format!("cannot remove directory {}: {e}", dir.display())),
+            }
+        }
+    }
     save_ledger(ct, &after)?;
     // Wildcards that still let the device through.
     let now = plan.result(&at.state.entries);

@@ -3,6 +3,16 @@
 //! ([`crate::kernel::policy_map::PolicyMap::set_entries`]): every access is
 //! judged entirely by the old set or entirely by the new one, and a crash
 //! at any step leaves one of the two.
+//!
+//! **Grants.** The new set is the operator's whole policy: after it, no
+//! grant owns a rule bit ([`crate::grants::after_set`]). A later `del` (or
+//! the daemon's take-back) of a device added before the set removes the
+//! nodes and directories that add made but changes no entry the set wrote;
+//! rule grants (`allow`, the daemon's static rules) are superseded and
+//! forgotten. Grants made after the set are recorded as usual, so `add`
+//! then `del` after a set is still the identity. The records are written
+//! after the publish: a crash in between leaves grants that still claim
+//! bits, whose take-back can only narrow (never widen) the set.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,6 +42,9 @@ pub struct SetReport {
     pub removed: Vec<String>,
     /// Entries in both sets, unchanged.
     pub unchanged: Vec<String>,
+    /// Grants whose rule bits the set took over (the set's rules are now
+    /// the operator's: `del` of these takes back their nodes only).
+    pub grants_superseded: Vec<String>,
 }
 
 /// The entries `rules` make for `policy_id` (bits of rules on one key OR-ed).
@@ -83,7 +96,7 @@ impl Ctdev {
     /// reload and `attach --takeover` hold it already).
     pub fn set_rules_locked(
         &self,
-        _lock: &PinLock,
+        lock: &PinLock,
         target: &Target,
         rules: &[Rule],
     ) -> Result<SetReport, Error> {
@@ -106,12 +119,26 @@ impl Ctdev {
         if let Some(mut counters) = Counters::open(self.pins())? {
             counters.forget_hits(&gone)?;
         }
+        // The set's rules are the operator's now: no grant owns a bit of them.
+        let _ = lock;
+        let ledger = self.grants().load(id)?;
+        let superseded = ledger
+            .grants
+            .iter()
+            .filter(|g| !g.entries.is_empty() || matches!(g.subject, Subject::Rule { .. }))
+            .map(|g| format!("{} ({})", g.subject, g.owner.as_str()))
+            .collect();
+        let after_ledger = grants::after_set(&ledger);
+        if after_ledger != ledger {
+            self.grants().save(&after_ledger)?;
+        }
         Ok(SetReport {
             cgroup_dir: resolved.cgroup.map(|c| c.dir),
             policy_id: id,
             added,
             removed,
             unchanged,
+            grants_superseded: superseded,
         })
     }
 }
@@ -159,6 +186,7 @@ impl Ctdev {
                     subject: subject.clone(),
                     entries: granted,
                     nodes: Vec::new(),
+                    dirs: Vec::new(),
                     pending: false,
                 },
             );

@@ -5,7 +5,6 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use ctdev_tests::container::{TestContainer, Veth};
 use ctdev_tests::*;
@@ -191,6 +190,99 @@ fn del_of_a_directory_takes_back_the_recorded_nodes() {
     assert!(denied(c.open_rw("/dev/u9")), "1:9 closed");
 }
 
+// #10 (left item 1): `del` removes exactly the directories `add` made:
+// a parent two adds share stays until the last of them goes; a directory
+// that was there before, or that holds the container's own files, stays.
+#[test]
+fn del_removes_the_directories_add_made_and_no_others() {
+    let env = TestEnv::new("inv-dirs");
+    let c = TestContainer::start(&env, "c", false);
+    let cg = c.cgroup_str();
+    env.ok(&["attach", cg, "--preset", "none"]);
+    let null = env.node("null", DeviceType::Char, 1, 3);
+    let zero = env.node("zero", DeviceType::Char, 1, 5);
+    std::fs::create_dir(c.host_path("/dev/pre")).unwrap();
+    std::fs::write(c.host_path("/dev/pre/own"), "x").unwrap();
+    let out = env.ok(&["add", cg, s(&null), "/dev/a/b/c/n1"]);
+    for d in ["/dev/a", "/dev/a/b", "/dev/a/b/c"] {
+        assert!(out.contains(&format!("directory {d} created")), "{out}");
+        assert!(c.host_path(d).is_dir(), "{d}");
+    }
+    // A second add under the same parents (creates nothing).
+    let out = env.ok(&["add", cg, s(&zero), "/dev/a/b/z"]);
+    assert!(!out.contains("directory"), "{out}");
+    // Under a directory that was there before: only /dev/pre/x is made.
+    let out = env.ok(&["add", cg, s(&zero), "/dev/pre/x/z"]);
+    assert!(out.contains("directory /dev/pre/x created"), "{out}");
+    assert!(!out.contains("directory /dev/pre created"), "{out}");
+    c.open_rw("/dev/a/b/c/n1").expect("n1 opens");
+    c.open_rw("/dev/a/b/z").expect("z opens");
+    // del of the first: its own /dev/a/b/c goes; the shared parents stay.
+    let out = env.ok(&["del", cg, s(&null), "/dev/a/b/c/n1"]);
+    assert!(out.contains("directory /dev/a/b/c removed"), "{out}");
+    assert!(!c.host_path("/dev/a/b/c").exists());
+    assert!(c.host_path("/dev/a/b").is_dir(), "shared parent stays");
+    c.open_rw("/dev/a/b/z").expect("z still opens");
+    // del of the other: the parents it shared go now.
+    let out = env.ok(&["del", cg, s(&zero), "/dev/a/b/z"]);
+    assert!(out.contains("directory /dev/a removed"), "{out}");
+    assert!(!c.host_path("/dev/a").exists());
+    // The pre-existing directory and its file stay.
+    env.ok(&["del", cg, s(&zero), "/dev/pre/x/z"]);
+    assert!(!c.host_path("/dev/pre/x").exists());
+    assert!(c.host_path("/dev/pre/own").is_file(), "pre-existing kept");
+    // A directory add made that the container then used stays.
+    env.ok(&["add", cg, s(&null), "/dev/q/n"]);
+    std::fs::write(c.host_path("/dev/q/mine"), "x").unwrap();
+    let r = env.ctdev(&["del", cg, s(&null), "/dev/q/n"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+    assert!(c.host_path("/dev/q/mine").is_file());
+    assert!(!c.host_path("/dev/q/n").exists());
+    // --dry-run names the directories del would remove.
+    env.ok(&["add", cg, s(&null), "/dev/r/s/n"]);
+    let out = env.ok(&["del", cg, s(&null), "/dev/r/s/n", "--dry-run"]);
+    assert!(out.contains("directory /dev/r removed"), "{out}");
+    assert!(
+        c.host_path("/dev/r/s/n").exists(),
+        "dry run changed nothing"
+    );
+    env.ok(&["del", cg, s(&null), "/dev/r/s/n"]);
+    assert!(!c.host_path("/dev/r").exists());
+    assert_eq!(rules_of(&env, &c.cgroup), Vec::<String>::new());
+}
+
+// Two grants of one node at one path share it: del of one keeps the node;
+// a node replaced by a later add passes its record on, so the last del
+// leaves the path as it was before the first add.
+#[test]
+fn grants_sharing_a_node_path_keep_it_until_the_last_del() {
+    let env = TestEnv::new("inv-share");
+    let c = TestContainer::start(&env, "c", false);
+    let cg = c.cgroup_str();
+    env.ok(&["attach", cg, "--preset", "none"]);
+    let n1 = env.node("n1", DeviceType::Char, 1, 5);
+    let n2 = env.node("n2", DeviceType::Char, 1, 5);
+    let full = env.node("full", DeviceType::Char, 1, 7);
+    // Same device at the same path from two host paths.
+    env.ok(&["add", cg, s(&n1), "/dev/sh/z"]);
+    env.ok(&["add", cg, s(&n2), "/dev/sh/z"]);
+    env.ok(&["del", cg, s(&n1), "/dev/sh/z"]);
+    c.open_rw("/dev/sh/z")
+        .expect("the other grant's node and rule stay");
+    env.ok(&["del", cg, s(&n2), "/dev/sh/z"]);
+    assert!(!c.host_path("/dev/sh").exists(), "node and directory gone");
+    // A later add replaces the node; the first del leaves the new one.
+    env.ok(&["add", cg, s(&n1), "/dev/rp"]);
+    env.ok(&["add", cg, s(&full), "/dev/rp"]);
+    assert_eq!(rdev(&c.host_path("/dev/rp")), (false, 1, 7));
+    env.ok(&["del", cg, s(&n1), "/dev/rp"]);
+    assert_eq!(rdev(&c.host_path("/dev/rp")), (false, 1, 7), "still full");
+    env.ok(&["del", cg, s(&full), "/dev/rp"]);
+    assert!(!c.host_path("/dev/rp").exists(), "nothing was there first");
+    assert_eq!(rules_of(&env, &c.cgroup), Vec::<String>::new());
+}
+
 // Finding 5: re-running attach with another policy changed meaning silently.
 #[test]
 fn attach_with_another_policy_is_refused() {
@@ -340,31 +432,58 @@ impl Rng {
     }
 }
 
-/// Random allow/revoke/add/del sequences against the real kernel: after
-/// every step, `list` equals the model (the pure planner fed the same
-/// steps) and real opens agree with it; revoke and del never opened
-/// anything that was denied before.
+/// Random allow / revoke / set / add / del sequences against the real
+/// kernel, many per cgroup (one pin root, one attach; `set` starts each
+/// sequence from a random policy, and every 50th sequence re-attaches).
+/// The operations run in-process through the library (as the CLI does),
+/// so a few hundred sequences stay fast. After every step: the entries the
+/// library reads back and the grant records equal the model (the pure
+/// planner fed the same steps), real opens agree with the model, and
+/// revoke, set-then-del and del never opened anything that was denied.
+/// `CTDEV_KERNEL_SEQUENCES` changes the count (default 300).
 #[test]
 fn random_sequences_against_the_kernel() {
+    use ctdev::ops::{Config, Ctdev};
     use ctdev::grants::{self, Grant, Ledger, Owner, Subject};
+    use ctdev::passthrough::{self, AddOptions, PassRequest};
     use ctdev::plan::{self, Entries};
-    use ctdev::rule::{parse_rules, Rule};
+    use ctdev::presets::Preset;
+    use ctdev::rule::{parse_rules, Access, Rule};
+    use ctdev::target::Target;
 
+    let n: u32 = std::env::var("CTDEV_KERNEL_SEQUENCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let env = TestEnv::new("inv-random");
     let cg = env.cgroup("c");
     let _parked = Parked::in_cgroup(&cg);
+    let ct = Ctdev::new(Config {
+        pin_root: env.pin_root.clone(),
+        ..Config::default()
+    })
+    .expect("open ctdev");
+    let target = Target::Cgroup(cg.clone());
+    let id = cg.metadata().unwrap().ino();
     let minors = [3u32, 5, 7, 8];
     let names = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random"];
     let accesses = ["r", "w", "rw", "m", "rwm"];
+    // Scratch nodes, one per minor (rules only: the parked process shares
+    // the host's mount namespace, so no node is made anywhere).
+    let nodes: Vec<_> = minors
+        .iter()
+        .map(|m| env.node(&format!("n{m}"), DeviceType::Char, 1, *m))
+        .collect();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let start = Instant::now();
-    let (mut sequences, mut steps) = (0u32, 0u32);
-    while start.elapsed() < Duration::from_secs(40) && sequences < 300 {
-        sequences += 1;
-        // Attach with a random small policy (a wildcard sometimes).
-        let mut attach_rules = vec![];
+    let mut ledger = Ledger::new(id);
+    let mut model: Entries;
+    let random_rules = |rng: &mut Rng| -> Vec<String> {
+        let mut out = vec![];
         if rng.below(2) == 0 {
-            attach_rules.push(format!("c *:* {}", accesses[rng.below(5) as usize]));
+            out.push(format!("c *:* {}", accesses[rng.below(5) as usize]));
+        }
+        if rng.below(4) == 0 {
+            out.push(format!("c 1:* {}", accesses[rng.below(5) as usize]));
         }
         for _ in 0..rng.below(3) {
             let a = if rng.below(4) == 0 {
@@ -372,98 +491,213 @@ fn random_sequences_against_the_kernel() {
             } else {
                 accesses[rng.below(5) as usize]
             };
-            attach_rules.push(format!("c 1:{} {a}", minors[rng.below(4) as usize]));
+            out.push(format!("c 1:{} {a}", minors[rng.below(4) as usize]));
         }
-        let mut args = vec!["attach", s(&cg), "--preset", "none"];
-        for r in &attach_rules {
-            args.push("--rule");
-            args.push(r);
+        out
+    };
+    let (mut sequences, mut steps, mut probes) = (0u32, 0u32, 0u32);
+    for seq in 0..n {
+        sequences += 1;
+        if seq % 50 == 0 {
+            // (Re-)attach from nothing: records start empty.
+            if seq > 0 {
+                ct.detach(&target).expect("detach");
+            }
+            let texts = random_rules(&mut rng);
+            let parsed: Vec<Rule> = parse_rules(&texts).unwrap();
+            ct.attach(&target, Preset::None, &parsed).expect("attach");
+            model = plan::attach_entries(id, &[], &parsed);
+            ledger = Ledger::new(id);
+        } else {
+            // A new sequence starts from a random whole set.
+            let texts = random_rules(&mut rng);
+            let parsed: Vec<Rule> = parse_rules(&texts).unwrap();
+            ct.set_rules(&target, &parsed).expect("set");
+            model = plan::merge_rules(id, &parsed);
+            ledger = grants::after_set(&ledger);
         }
-        env.ok(&args);
-        let parsed: Vec<Rule> = parse_rules(&attach_rules).unwrap();
-        let id = cg.metadata().unwrap().ino();
-        let mut model: Entries = plan::attach_entries(id, &[], &parsed);
-        let mut ledger = Ledger::new(id);
-        for _ in 0..3 {
+        // A device added in this sequence and taken back at its end.
+        let mut kept: Option<(usize, String)> = None;
+        for _ in 0..4 {
             steps += 1;
-            let minor = minors[rng.below(4) as usize];
+            let mi = rng.below(4) as usize;
             let acc = accesses[rng.below(5) as usize];
-            let rule_text = format!("c 1:{minor} {acc}");
+            let rule_text = format!("c 1:{} {acc}", minors[mi]);
             let rule = parse_rules(&[rule_text.as_str()]).unwrap();
             let before = model.clone();
-            let op = rng.below(3);
-            match op {
+            match rng.below(6) {
                 0 => {
-                    env.ok(&["allow", s(&cg), &rule_text]);
+                    ct.allow(&target, &rule).expect("allow");
                     let (p, eg) = grants::plan_grant(&model, id, &rule);
                     model = p.result(&model);
                     grants::record(
                         &mut ledger,
                         Grant {
                             owner: Owner::Operator,
-                            subject: Subject::Rule { rule: rule_text },
+                            subject: Subject::Rule {
+                                rule: rule[0].to_string(),
+                            },
                             entries: eg,
                             nodes: vec![],
+                            dirs: vec![],
                             pending: false,
                         },
                     );
                 }
                 1 => {
-                    let r = env.ctdev(&["revoke", "--missing-ok", s(&cg), &rule_text]);
-                    assert_eq!(r.code, 0, "{}", r.stderr);
+                    ct.revoke(&target, &rule, true).expect("revoke");
                     let p = plan::plan_revoke(&model, id, &rule, true).unwrap();
                     model = p.result(&model);
                     grants::forget_revoked(&mut ledger, &p);
                     assert_eq!(plan::widened(&before, &model, id, &grid(id)), None);
                 }
+                2 => {
+                    // A set in the middle: the grants made before own nothing.
+                    let texts = random_rules(&mut rng);
+                    let parsed: Vec<Rule> = parse_rules(&texts).unwrap();
+                    ct.set_rules(&target, &parsed).expect("set");
+                    model = plan::merge_rules(id, &parsed);
+                    ledger = grants::after_set(&ledger);
+                }
+                3 if kept.is_none() => {
+                    // add, kept until a later step or the sequence's end.
+                    let dest = format!("/dev/ctdev-inv-{}", unique("k"));
+                    let req = PassRequest::Node {
+                        host: nodes[mi].clone(),
+                        dest: dest.clone().into(),
+                    };
+                    let opts = AddOptions {
+                        access: Access::parse(acc).unwrap(),
+                        ..AddOptions::default()
+                    };
+                    passthrough::add(&ct, &target, &req, &opts).expect("add");
+                    let r = Rule::device(DeviceType::Char, 1, minors[mi], opts.access);
+                    let (p, eg) = grants::plan_grant(&model, id, &[r]);
+                    model = p.result(&model);
+                    grants::record(
+                        &mut ledger,
+                        Grant {
+                            owner: Owner::Cli,
+                            subject: req.subject(),
+                            entries: eg,
+                            nodes: vec![],
+                            dirs: vec![],
+                            pending: false,
+                        },
+                    );
+                    kept = Some((mi, dest));
+                }
                 _ => {
-                    // add then del of a scratch node (rules only: the
-                    // parked process shares the host's mount namespace).
-                    let node = env.scratch.join(format!("n{steps}"));
-                    let _ = std::fs::remove_file(&node);
-                    mknod(&node, 1, minor);
+                    // add then del at once: the identity.
                     let dest = format!("/dev/ctdev-inv-{steps}");
-                    env.ok(&["add", s(&cg), s(&node), &dest, "--access", acc]);
-                    let access = ctdev::rule::Access::parse(acc).unwrap();
-                    let r = Rule::device(DeviceType::Char, 1, minor, access);
-                    let (p, _) = grants::plan_grant(&model, id, &[r]);
+                    let req = PassRequest::Node {
+                        host: nodes[mi].clone(),
+                        dest: dest.clone().into(),
+                    };
+                    let opts = AddOptions {
+                        access: Access::parse(acc).unwrap(),
+                        ..AddOptions::default()
+                    };
+                    let rep = passthrough::add(&ct, &target, &req, &opts).expect("add");
+                    assert!(rep.rules_only, "no node outside a container");
+                    let r = Rule::device(DeviceType::Char, 1, minors[mi], opts.access);
+                    let (p, eg) = grants::plan_grant(&model, id, &[r]);
                     let added = p.result(&model);
                     assert_eq!(
-                        rules_of(&env, &cg),
-                        added
-                            .iter()
-                            .map(|(k, v)| plan::entry_text(k, *v))
-                            .collect::<Vec<_>>(),
-                        "list equals the model after add at step {steps}"
+                        ct.container(&target).unwrap().entries,
+                        added,
+                        "entries after add at step {steps}"
                     );
                     assert!(!Path::new(&dest).exists());
-                    env.ok(&["del", s(&cg), s(&node), &dest]);
-                    // add + del is the identity: the model stays `before`.
+                    passthrough::del(&ct, &target, &req).expect("del");
+                    grants::record(
+                        &mut ledger,
+                        Grant {
+                            owner: Owner::Cli,
+                            subject: req.subject(),
+                            entries: eg,
+                            nodes: vec![],
+                            dirs: vec![],
+                            pending: false,
+                        },
+                    );
+                    let i = ledger.find(Owner::Cli, &req.subject()).expect("recorded");
+                    let (back, after) = grants::plan_take_back(&added, &ledger, i);
+                    assert_eq!(back.result(&added), model, "add+del is the identity");
+                    ledger = after;
                 }
             }
+            // A kept add goes at a random later step.
+            if rng.below(3) == 0 {
+                if let Some((kmi, dest)) = kept.take() {
+                    let before = model.clone();
+                    let req = PassRequest::Node {
+                        host: nodes[kmi].clone(),
+                        dest: dest.into(),
+                    };
+                    passthrough::del(&ct, &target, &req).expect("del of the kept add");
+                    let i = ledger.find(Owner::Cli, &req.subject()).expect("recorded");
+                    let (p, after) = grants::plan_take_back(&model, &ledger, i);
+                    model = p.result(&model);
+                    ledger = after;
+                    assert_eq!(plan::widened(&before, &model, id, &grid(id)), None);
+                }
+            }
+            let state = ct.container(&target).expect("state");
             assert_eq!(
-                rules_of(&env, &cg),
-                model
+                state.entries, model,
+                "entries equal the model after step {steps}"
+            );
+            let real = ct.grants().load(id).expect("records");
+            assert_eq!(
+                real.grants
                     .iter()
-                    .map(|(k, v)| plan::entry_text(k, *v))
+                    .map(|g| (g.owner, g.subject.clone(), g.entries.clone()))
                     .collect::<Vec<_>>(),
-                "list equals the model after step {steps}"
+                ledger
+                    .grants
+                    .iter()
+                    .map(|g| (g.owner, g.subject.clone(), g.entries.clone()))
+                    .collect::<Vec<_>>(),
+                "records equal the model after step {steps}"
             );
             // Real opens agree with the model (one random device per step).
             let i = rng.below(4) as usize;
             let want = plan::decide(&model, id, ctdev_common::DEV_CHAR, 1, minors[i]);
-            let got = env.try_op(&cg, &ProbeOp::read(names[i]));
+            let (op, bit) = if rng.below(2) == 0 {
+                (ProbeOp::read(names[i]), ctdev_common::ACCESS_READ)
+            } else {
+                (ProbeOp::write(names[i]), ctdev_common::ACCESS_WRITE)
+            };
+            let got = env.try_op(&cg, &op);
+            probes += 1;
             assert_eq!(
                 got.is_ok(),
-                want & ctdev_common::ACCESS_READ != 0,
-                "{} read: kernel {got:?}, model {want}",
+                want & bit != 0,
+                "{} {op:?}: kernel {got:?}, model {want:#b}, step {steps}",
                 names[i]
             );
         }
-        env.ok(&["detach", s(&cg)]);
+        if let Some((kmi, dest)) = kept.take() {
+            let before = model.clone();
+            let req = PassRequest::Node {
+                host: nodes[kmi].clone(),
+                dest: dest.into(),
+            };
+            passthrough::del(&ct, &target, &req).expect("del at the end");
+            let i = ledger.find(Owner::Cli, &req.subject()).expect("recorded");
+            let (p, after) = grants::plan_take_back(&model, &ledger, i);
+            model = p.result(&model);
+            ledger = after;
+            assert_eq!(plan::widened(&before, &model, id, &grid(id)), None);
+            assert_eq!(ct.container(&target).unwrap().entries, model);
+        }
     }
-    println!("checked {sequences} random sequences ({steps} steps) against the kernel");
-    assert!(sequences >= 20, "too few sequences: {sequences}");
+    ct.detach(&target).expect("detach");
+    println!(
+        "checked {sequences} random sequences ({steps} steps, {probes} kernel probes) against the kernel"
+    );
+    assert_eq!(sequences, n);
 }
 
 fn grid(id: u64) -> Vec<(u32, u32, u32)> {

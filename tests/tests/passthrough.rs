@@ -71,8 +71,13 @@ fn char_device_add_then_del() {
 
     env.ok(&["del", c.cgroup_str(), "/dev/net/tun"]);
     assert!(!c.host_path("/dev/net/tun").exists(), "node removed");
+    assert!(
+        !c.host_path("/dev/net").exists(),
+        "the directory add made too"
+    );
     assert!(!rules(&env).iter().any(|r| r.starts_with("c 10:200")));
     // A node made behind ctdev's back is denied: the rule is gone.
+    std::fs::create_dir(c.host_path("/dev/net")).unwrap();
     mknod(&c.host_path("/dev/net/tun"), 10, 200);
     assert!(denied(c.open_rw("/dev/net/tun")), "EPERM after del");
 }
@@ -101,6 +106,11 @@ fn block_device_at_another_dest_reads_and_writes() {
 
     env.ok(&["del", c.cgroup_str(), lo.path_str(), "/dev/disks/d0"]);
     assert!(!node.exists());
+    assert!(
+        !c.host_path("/dev/disks").exists(),
+        "the directory add made too"
+    );
+    std::fs::create_dir(c.host_path("/dev/disks")).unwrap();
     nix::sys::stat::mknod(
         &node,
         nix::sys::stat::SFlag::S_IFBLK,

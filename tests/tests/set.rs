@@ -1,6 +1,7 @@
 //! `ctdev set`: whole-policy swaps are atomic. A prober inside the
 //! container checks verdicts in a tight loop during 1,000 swaps between two
 //! rule sets; a SIGKILL at every step of a swap leaves the old or the new set.
+//! `set` then `del` / `revoke` never takes back a rule the set wrote.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -214,4 +215,74 @@ fn set_from_a_rules_file_then_allow_then_set_again() {
     let err = env.fails(&["set", s(&other), "c 1:3 r"]);
     assert!(err.contains("not under ctdev policy"), "{err}");
     env.ok(&["detach", s(&cg)]);
+}
+
+/// Rules of `cg` as `list` shows them, sorted.
+fn sorted_rules(env: &TestEnv, cg: &Path) -> Vec<String> {
+    let mut r = listed_rules(env, cg).unwrap().1;
+    r.sort();
+    r
+}
+
+// `set` goes through the grant records: the set's rules are the
+// operator's, so a later `del` of a device added before the set takes back
+// its node only (never a rule the set wrote, never widening); an add after
+// the set and its del are the identity; `revoke` after `set` still never
+// widens.
+#[test]
+fn set_then_del_takes_back_no_rule_the_set_wrote() {
+    use ctdev_tests::container::TestContainer;
+    let env = TestEnv::new("set-grants");
+    let c = TestContainer::start(&env, "c", false);
+    let cg = c.cgroup_str();
+    let cgp = c.cgroup.clone();
+    env.ok(&["attach", cg, "--preset", "none"]);
+    let zero = env.node("zero", DeviceType::Char, 1, 5);
+
+    // 1. add, set keeping the device narrower, del: the set's rule stays.
+    env.ok(&["add", cg, s(&zero), "/dev/z/zero"]);
+    let out = env.ok(&["set", cg, "c 1:5 r", "c 1:3 rw"]);
+    assert!(out.contains("superseded grant"), "{out}");
+    env.ok(&["del", cg, s(&zero), "/dev/z/zero"]);
+    assert_eq!(sorted_rules(&env, &cgp), ["c 1:3 rw", "c 1:5 r"]);
+    assert!(
+        !c.host_path("/dev/z").exists(),
+        "node and directory removed"
+    );
+    assert_allowed(&env, &cgp, ProbeOp::read("/dev/zero"));
+    assert_denied(&env, &cgp, ProbeOp::write("/dev/zero"));
+
+    // 2. add, set with a wildcard and no entry for it, del: nothing of the
+    //    set changes (no deny appears, the wildcard still decides).
+    env.ok(&["add", cg, s(&zero), "/dev/zero"]);
+    env.ok(&["set", cg, "c *:* rw"]);
+    env.ok(&["del", cg, s(&zero), "/dev/zero"]);
+    assert_eq!(sorted_rules(&env, &cgp), ["c *:* rw"]);
+    assert!(!c.host_path("/dev/zero").exists());
+    assert_allowed(&env, &cgp, ProbeOp::read_write("/dev/zero"));
+
+    // 3. add, set with a deny for it, del: the deny stays a deny.
+    env.ok(&["add", cg, s(&zero), "/dev/zero"]);
+    env.ok(&["set", cg, "c *:* rw", "c 1:5 ''"]);
+    env.ok(&["del", cg, s(&zero), "/dev/zero"]);
+    assert_eq!(sorted_rules(&env, &cgp), ["c *:* rw", "c 1:5 ''"]);
+    assert_denied(&env, &cgp, ProbeOp::read("/dev/zero"));
+
+    // 4. set, add, del: the identity on the set.
+    env.ok(&["set", cg, "c 1:3 r"]);
+    env.ok(&["add", cg, s(&zero), "/dev/zero"]);
+    c.open_rw("/dev/zero").expect("zero opens after add");
+    env.ok(&["del", cg, s(&zero), "/dev/zero"]);
+    assert_eq!(sorted_rules(&env, &cgp), ["c 1:3 r"]);
+    assert_denied(&env, &cgp, ProbeOp::read("/dev/zero"));
+
+    // 5. allow, set, revoke: the operator's allow is superseded; revoke
+    //    acts on the set's entries and never widens.
+    env.ok(&["allow", cg, "c 1:7 rw"]);
+    env.ok(&["set", cg, "c 1:* rw", "c 1:7 r"]);
+    let out = env.ok(&["revoke", cg, "c 1:7 r"]);
+    assert!(out.contains("left: ''"), "kept as a deny: {out}");
+    assert_denied(&env, &cgp, ProbeOp::read("/dev/full"));
+    assert_allowed(&env, &cgp, ProbeOp::read("/dev/null"));
+    env.ok(&["detach", cg]);
 }

@@ -13,12 +13,13 @@ use anyhow::{bail, Context, Result};
 use crate::{root, run_checked, step};
 
 /// The fuzz targets (`fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "rule_parse",
     "oci_import",
     "lxc_import",
     "policy_file",
     "cdi_spec",
+    "grant_sequences",
 ];
 
 /// The cargo-fuzz version installed when none is (builds on stable 1.85+).

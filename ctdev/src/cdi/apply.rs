@@ -504,18 +504,15 @@ pub fn add(
             uid,
             gid,
         };
-        let dest = n.dest.display().to_string();
         let before = lv
             .exact
             .get(&(host.dev_type, host.major, host.minor))
             .copied();
-        match passthrough::add(
-            ct,
-            target,
-            &n.host.display().to_string(),
-            Some(&dest),
-            &add_opts,
-        ) {
+        let req = passthrough::PassRequest::Node {
+            host: n.host.clone(),
+            dest: n.dest.clone(),
+        };
+        match passthrough::add(ct, target, &req, &add_opts) {
             Ok(report) => {
                 for w in report.warnings {
                     if !rec.warnings.contains(&w) {
@@ -556,7 +553,11 @@ pub fn add(
     }
     // 3. Interfaces.
     for (host, inside) in &plan.netdevs {
-        match passthrough::add(ct, target, host, Some(inside), &AddOptions::default()) {
+        let req = passthrough::PassRequest::Interface {
+            host: host.clone(),
+            name: inside.clone(),
+        };
+        match passthrough::add(ct, target, &req, &AddOptions::default()) {
             Ok(_) => rec.netdevs.push(NetdevRecord {
                 host_name: host.clone(),
                 container_name: inside.clone(),
@@ -578,7 +579,11 @@ pub fn add(
 fn undo(ct: &Ctdev, target: &Target, init: &InitProcess, rec: &CdiRecord) -> Vec<String> {
     let mut failed = Vec::new();
     for n in rec.netdevs.iter().rev() {
-        if let Err(e) = passthrough::del(ct, target, &n.host_name, Some(&n.container_name)) {
+        let req = passthrough::PassRequest::Interface {
+            host: n.host_name.clone(),
+            name: n.container_name.clone(),
+        };
+        if let Err(e) = passthrough::del(ct, target, &req) {
             failed.push(format!("interface {}: {e}", n.container_name));
         }
     }
@@ -590,7 +595,11 @@ fn undo(ct: &Ctdev, target: &Target, init: &InitProcess, rec: &CdiRecord) -> Vec
     }
     for n in rec.nodes.iter().rev().filter(|n| n.changed) {
         let dest = n.dest.display().to_string();
-        if let Err(e) = passthrough::del(ct, target, &n.host.display().to_string(), Some(&dest)) {
+        let req = passthrough::PassRequest::Node {
+            host: n.host.clone(),
+            dest: n.dest.clone(),
+        };
+        if let Err(e) = passthrough::del(ct, target, &req) {
             failed.push(format!("node {dest}: {e}"));
             continue;
         }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use super::{open, Cli};
 use crate::container::nodes::NodeAction;
 use crate::ops::Config;
-use crate::passthrough::{self, AddOptions, PassthroughReport};
+use crate::passthrough::{self, AddOptions, PassRequest, PassthroughReport};
 use crate::rule::Access;
 use crate::target::Target;
 
@@ -71,13 +71,32 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
         gid: args.gid,
     };
     let ct = open(config)?;
-    let report = passthrough::add(&ct, &args.target, &args.device, args.dest.as_deref(), &opts)?;
+    let req = request(&args.device, args.dest.as_deref());
+    let report = passthrough::add(&ct, &args.target, &req, &opts)?;
     print_report(
         cli,
         if report.dry_run { "would add" } else { "added" },
         &report,
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// DEVICE and DEST as words (CDI names are handled before): a leading `/`
+/// names a host path (a node or a directory of nodes), anything else a
+/// network interface; DEST defaults to DEVICE.
+pub(super) fn request(device: &str, dest: Option<&str>) -> PassRequest {
+    let dest = dest.unwrap_or(device);
+    if device.starts_with('/') {
+        PassRequest::Node {
+            host: device.into(),
+            dest: dest.into(),
+        }
+    } else {
+        PassRequest::Interface {
+            host: device.into(),
+            name: dest.into(),
+        }
+    }
 }
 
 /// `ctdev add TARGET VENDOR/CLASS=NAME`.
@@ -148,6 +167,14 @@ pub(super) fn print_report(cli: &Cli, verb: &str, report: &PassthroughReport) ->
             n.node.uid,
             n.node.gid
         );
+    }
+    for d in &report.dirs {
+        let what = if verb.contains("del") {
+            "removed"
+        } else {
+            "created"
+        };
+        println!("{verb} {target}: directory {} {what}", d.display());
     }
     if report.rules_only {
         println!("{verb} {target}: rules only (no container root: no node touched)");

@@ -36,7 +36,8 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     let ct = open(config)?;
-    let report = passthrough::del(&ct, &args.target, &args.device, args.dest.as_deref())?;
+    let req = super::add::request(&args.device, args.dest.as_deref());
+    let report = passthrough::del(&ct, &args.target, &req)?;
     print_report(
         cli,
         if report.dry_run {

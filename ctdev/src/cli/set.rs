@@ -48,6 +48,9 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
     for line in &report.removed {
         println!("set {target}: -{line}");
     }
+    for g in &report.grants_superseded {
+        println!("set {target}: superseded grant {g} (its rule bits are the set's now; `del` takes back its nodes only)");
+    }
     println!(
         "set {target}: {} rule(s) now ({} added, {} removed, {} unchanged)",
         report.added.len() + report.unchanged.len(),

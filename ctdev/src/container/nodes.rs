@@ -378,6 +378,17 @@ impl Journal {
         self.steps.is_empty()
     }
 
+    /// The directories created, parents first.
+    pub fn created_dirs(&self) -> Vec<PathBuf> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Dir { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Undoes every change, newest first. Returns what could not be undone
     /// (also logged); the undo goes on past a failure.
     pub fn rollback(self) -> Vec<String> {
@@ -523,6 +534,60 @@ pub fn ensure_node(
         old,
     });
     Ok(NodeAction::Replaced)
+}
+
+/// The parent directories of DEST missing in the container, parents first
+/// (read-only: what [`ensure_node`] would create).
+pub fn missing_dirs(root: Root<'_>, dest: &Path) -> Result<Vec<PathBuf>, NodeError> {
+    check_dest(dest)?;
+    let (parents, _) = split(dest);
+    let mut prefix = PathBuf::from("/");
+    let mut out = Vec::new();
+    for comp in parents {
+        prefix.push(comp);
+        if !out.is_empty() {
+            out.push(prefix.clone());
+            continue;
+        }
+        match resolve_dir(root, &prefix) {
+            Ok(_) => {}
+            Err(Errno::ENOENT) => out.push(prefix.clone()),
+            Err(e) => return Err(sys(root, "openat2", &prefix, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// What happened to a directory `del` wanted to remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirAction {
+    /// It was empty and is gone.
+    Removed,
+    /// It holds something (the container's own files, another node): kept.
+    NotEmpty,
+    /// It is no longer there (or no longer a directory).
+    Absent,
+}
+
+/// Removes directory DIR of the container if it is an empty directory
+/// (`unlinkat(AT_REMOVEDIR)` on its name in its resolved parent: a symlink
+/// planted there is never followed).
+pub fn remove_dir_if_empty(root: Root<'_>, dir: &Path) -> Result<DirAction, NodeError> {
+    check_dest(dir)?;
+    let parent_path = dir.parent().unwrap_or(Path::new("/"));
+    let (_, name) = split(dir);
+    let parent = match resolve_dir(root, parent_path) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(DirAction::Absent),
+        Err(e) => return Err(sys(root, "openat2", parent_path, e)),
+    };
+    match unlinkat(&parent, name, UnlinkatFlags::RemoveDir) {
+        Ok(()) => Ok(DirAction::Removed),
+        Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) | Err(Errno::EBUSY) => Ok(DirAction::NotEmpty),
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => Ok(DirAction::Absent),
+        Err(e) => Err(sys(root, "unlinkat", dir, e)),
+    }
 }
 
 /// What is at DEST in the container (read-only: creates nothing).

@@ -696,8 +696,7 @@ impl Daemon {
             &self.ct,
             GrantOwner::Daemon,
             &target,
-            &o.host,
-            Some(&o.dest),
+            &passthrough::PassRequest::from_record(&o.host, &o.dest, o.interface),
             &opts,
         );
         crate::failpoint!("daemon.add.after_device");
@@ -757,8 +756,7 @@ impl Daemon {
                 &self.ct,
                 GrantOwner::Daemon,
                 &target,
-                &o.host,
-                Some(&o.dest),
+                &passthrough::PassRequest::from_record(&o.host, &o.dest, false),
             ) {
                 Ok(report) => {
                     tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, "device removed")

@@ -477,6 +477,7 @@ impl Ctdev {
                 },
                 entries: granted,
                 nodes: Vec::new(),
+                dirs: Vec::new(),
                 pending: false,
             });
         }
@@ -623,6 +624,7 @@ impl Ctdev {
                 subject,
                 entries: granted,
                 nodes: Vec::new(),
+                dirs: Vec::new(),
                 pending: false,
             },
         );

@@ -287,17 +287,17 @@ pub fn add_vs_lxc(env: &Env) -> Result<AddResults> {
         }
         // In-process: the library calls `ctdev add` / `ctdev del` make.
         let t: Target = target.parse().context("lxc target")?;
-        let dev = device.display().to_string();
+        let dev = ctdev::passthrough::PassRequest::node(device);
         let mut a_us = Vec::new();
         let mut d_us = Vec::new();
         for _ in 0..env.plan.add_runs {
             let _ = std::fs::remove_file(&inside);
             let t0 = Instant::now();
-            ctdev::passthrough::add(&env.ct, &t, &dev, None, &Default::default())
+            ctdev::passthrough::add(&env.ct, &t, &dev, &Default::default())
                 .context("passthrough::add")?;
             a_us.push(t0.elapsed().as_secs_f64() * 1e6);
             let t0 = Instant::now();
-            ctdev::passthrough::del(&env.ct, &t, &dev, None).context("passthrough::del")?;
+            ctdev::passthrough::del(&env.ct, &t, &dev).context("passthrough::del")?;
             d_us.push(t0.elapsed().as_secs_f64() * 1e6);
         }
         let _ = std::fs::remove_file(&inside);
