@@ -17,6 +17,7 @@ use crate::presets::Preset;
 use crate::rule::{Access, RuleSpec};
 use crate::target::{RuntimeKind, Target};
 
+pub use super::selector::ContainerSelector;
 use super::selector::{DeviceSelector, HexId};
 
 /// Default policy file.
@@ -125,29 +126,6 @@ struct RawHotplug {
 }
 
 // ---- resolved model ---------------------------------------------------------
-
-/// How a `[[container]]` picks its cgroups.
-#[derive(Debug, Clone)]
-pub enum ContainerSelector {
-    /// TARGET syntax (`lxc:web`, `docker:3f2a`, `/path`, a bare name).
-    Target(Target),
-    /// A glob over the cgroup path inside the hierarchy (`/lxc.payload.ha-*`);
-    /// `*` does not cross `/`, `**` does.
-    Cgroup(GlobMatcher),
-    /// Containers of a runtime whose name or ID matches a glob.
-    Runtime(RuntimeKind, GlobMatcher),
-}
-
-impl ContainerSelector {
-    /// Whether it selects containers of a runtime (`runtime = …` or a
-    /// `RUNTIME:NAME` target).
-    pub fn is_runtime(&self) -> bool {
-        matches!(
-            self,
-            ContainerSelector::Runtime(..) | ContainerSelector::Target(Target::Runtime(..))
-        )
-    }
-}
 
 /// A device node to pass into every selected container.
 #[derive(Debug, Clone)]
@@ -659,6 +637,22 @@ impl Policy {
             }
         }
         out
+    }
+}
+
+impl Policy {
+    /// Makes cgroup-directory targets relative to the mount.
+    pub fn normalize(&mut self, mount: &Path) {
+        for c in &mut self.containers {
+            if let ContainerSelector::Target(Target::Cgroup(p)) = &mut c.select {
+                if let Ok(rest) = p.strip_prefix(mount) {
+                    *p = Path::new("/").join(rest);
+                }
+            }
+        }
+        if let Ok(rest) = self.scope.strip_prefix(mount) {
+            self.scope = Path::new("/").join(rest);
+        }
     }
 }
 

@@ -25,6 +25,8 @@
 
 pub mod check;
 pub mod config;
+pub mod devices;
+mod event_loop;
 pub mod lifecycle;
 pub mod notify;
 pub mod reconcile;
@@ -37,18 +39,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-use tokio::signal::unix::{signal, SignalKind};
+use std::time::Instant;
 
 use crate::controller::{Ctdev, Error as ControllerError};
 use crate::grants::{Owner as GrantOwner, Subject as GrantSubject};
 use crate::kernel::program::ProgramObject;
 use crate::kernel::scope::{self as kscope, DeferMarks, DEFER_NOT_SELECTED, DEFER_OWN_POLICY};
 use crate::passthrough::{self, AddOptions, PassthroughError};
-use crate::rule::DeviceType;
 use crate::runtimes;
 use crate::target::Target;
 
@@ -56,7 +53,10 @@ use config::{ConfigError, Policy};
 use lifecycle::{CgroupEvent, LifecycleError, Watcher};
 use reconcile::{OwnedDevice, State, StateError, WantedDevice};
 use selector::DeviceInfo;
-use uevent::{Uevent, UeventError, UeventSocket};
+use uevent::{Uevent, UeventError};
+
+pub use devices::device_present;
+pub use event_loop::run;
 
 /// Default directory of the state file and private device nodes.
 pub const DEFAULT_STATE_DIR: &str = "/run/ctdev";
@@ -268,137 +268,6 @@ impl Daemon {
             .containers
             .iter()
             .position(|c| c.select.matches(&inside))
-    }
-
-    // ---- devices -----------------------------------------------------------
-
-    /// Every device with a node (`/sys/dev/{block,char}`) or an interface
-    /// (`/sys/class/net`) present now.
-    fn scan_devices(&mut self) {
-        let mut found = BTreeMap::new();
-        let sys = self.opts.sys.clone();
-        for kind in ["block", "char"] {
-            let Ok(entries) = fs::read_dir(sys.join("dev").join(kind)) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                if let Some(info) = self.read_sysfs_device(&e.path()) {
-                    found.insert(info.devpath.clone(), info);
-                }
-            }
-        }
-        if let Ok(entries) = fs::read_dir(sys.join("class/net")) {
-            for e in entries.flatten() {
-                if e.file_name() == "lo" {
-                    continue;
-                }
-                if let Some(info) = self.read_sysfs_device(&e.path()) {
-                    found.insert(info.devpath.clone(), info);
-                }
-            }
-        }
-        self.devices = found;
-    }
-
-    fn read_sysfs_device(&self, link: &Path) -> Option<DeviceInfo> {
-        let real = fs::canonicalize(link).ok()?;
-        let devpath = Path::new("/").join(real.strip_prefix(&self.opts.sys).ok()?);
-        let subsystem = fs::read_link(real.join("subsystem")).ok()?;
-        let subsystem = subsystem.file_name()?.to_str()?.to_string();
-        let text = fs::read_to_string(real.join("uevent")).ok()?;
-        let props = uevent::parse_sysfs(&text, devpath.to_str()?, &subsystem);
-        Some(DeviceInfo::new(props, &self.opts.sys, &self.opts.udev_data))
-    }
-
-    /// The host node to hand to `ctdev add` for a device: `/dev/DEVNAME`
-    /// when it is that device, else a node the daemon makes in its state
-    /// directory from the event's numbers.
-    fn host_node(&self, dev: &DeviceInfo) -> Option<PathBuf> {
-        let (t, major, minor) = dev.numbers()?;
-        let name = dev.devname()?;
-        // A node is only ever made (or handed on) for a device present now:
-        // a node of a gone block device, once opened, can make the kernel
-        // create the device again (CONFIG_BLOCK_LEGACY_AUTOLOAD).
-        if !self.present(t, major, minor) {
-            tracing::debug!(
-                device = name,
-                "{}{major}:{minor} is gone: no node",
-                t.letter()
-            );
-            return None;
-        }
-        let host = Path::new("/dev").join(name);
-        if let Ok(m) = fs::metadata(&host) {
-            let ft = m.file_type();
-            let is_type = match t {
-                DeviceType::Block => ft.is_block_device(),
-                _ => ft.is_char_device(),
-            };
-            let rdev = m.rdev();
-            if is_type && libc::major(rdev) == major && libc::minor(rdev) == minor {
-                return Some(host);
-            }
-        }
-        let private = self.node_dir.join(format!("{}{major}:{minor}", t.letter()));
-        if fs::symlink_metadata(&private).is_ok() {
-            return Some(private);
-        }
-        let kind = if t == DeviceType::Block {
-            nix::sys::stat::SFlag::S_IFBLK
-        } else {
-            nix::sys::stat::SFlag::S_IFCHR
-        };
-        let made = fs::create_dir_all(&self.node_dir).is_ok()
-            && nix::sys::stat::mknod(
-                &private,
-                kind,
-                nix::sys::stat::Mode::from_bits_truncate(0o600),
-                nix::sys::stat::makedev(major.into(), minor.into()),
-            )
-            .is_ok();
-        if !made {
-            tracing::warn!(
-                device = name,
-                "no host node /dev/{name} and cannot make one in {}",
-                self.node_dir.display()
-            );
-            return None;
-        }
-        // Gone while the node was made: the node goes too.
-        if !self.present(t, major, minor) {
-            let _ = fs::remove_file(&private);
-            tracing::debug!(
-                device = name,
-                "{}{major}:{minor} left while its node was made",
-                t.letter()
-            );
-            return None;
-        }
-        Some(private)
-    }
-
-    /// Whether the device `t major:minor` exists on the host now
-    /// (`/sys/dev/{block,char}/MAJOR:MINOR`; a stat, never an open).
-    fn present(&self, t: DeviceType, major: u32, minor: u32) -> bool {
-        device_present(&self.opts.sys, t, major, minor)
-    }
-
-    /// Whether the device a hotplug record stands for is still there: its
-    /// DEVPATH is still known and its numbers still exist in sysfs.
-    fn still_present(&self, o: &OwnedDevice) -> bool {
-        let Some(devpath) = &o.devpath else {
-            return true;
-        };
-        let Some(dev) = self.devices.get(devpath) else {
-            return false;
-        };
-        if o.interface {
-            return true;
-        }
-        match dev.numbers() {
-            Some((t, major, minor)) => self.present(t, major, minor),
-            None => false,
-        }
     }
 
     /// The devices the policy wants in the container selected by `entry`.
@@ -1210,149 +1079,7 @@ impl Daemon {
     }
 }
 
-/// Whether device `t major:minor` exists on the host now, from sysfs
-/// (`SYS/dev/{block,char}/MAJOR:MINOR`): a stat, never an open, so asking
-/// cannot create a block device through legacy autoload.
-pub fn device_present(sys: &Path, t: DeviceType, major: u32, minor: u32) -> bool {
-    let kind = if t == DeviceType::Block {
-        "block"
-    } else {
-        "char"
-    };
-    fs::symlink_metadata(sys.join("dev").join(kind).join(format!("{major}:{minor}"))).is_ok()
-}
-
-impl Policy {
-    /// Makes cgroup-directory targets relative to the mount.
-    pub fn normalize(&mut self, mount: &Path) {
-        for c in &mut self.containers {
-            if let config::ContainerSelector::Target(Target::Cgroup(p)) = &mut c.select {
-                if let Ok(rest) = p.strip_prefix(mount) {
-                    *p = Path::new("/").join(rest);
-                }
-            }
-        }
-        if let Ok(rest) = self.scope.strip_prefix(mount) {
-            self.scope = Path::new("/").join(rest);
-        }
-    }
-}
-
 /// Loads and prints the resolved policy (`--check-config`).
 pub fn check_config(ct: &Ctdev, path: &Path) -> Result<String, DaemonError> {
     check::check_config(ct, path, false, None)
-}
-
-/// Runs the daemon until SIGTERM or SIGINT. Never detaches on exit: the
-/// pinned programs keep enforcing.
-pub fn run(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| DaemonError::Runtime {
-            what: "tokio runtime",
-            source,
-        })?;
-    rt.block_on(run_async(ct, opts))
-}
-
-async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
-    let sig = |kind, what| signal(kind).map_err(|source| DaemonError::Runtime { what, source });
-    let mut hup = sig(SignalKind::hangup(), "SIGHUP handler")?;
-    let mut term = sig(SignalKind::terminate(), "SIGTERM handler")?;
-    let mut int = sig(SignalKind::interrupt(), "SIGINT handler")?;
-    let ready_file = opts.ready_file.clone();
-    let mut daemon = Daemon::new(ct, opts)?;
-    // Events first, then the scan: nothing that happens during the scan is lost.
-    let io = |what| move |source| DaemonError::Runtime { what, source };
-    // SAFETY: both wrappers own their fd (socket / inotify instance) for
-    // their whole life and `as_raw_fd` always returns that same fd.
-    let mut uevents =
-        unsafe { AsyncFd::register_with_interest(UeventSocket::open()?, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .map_err(io("uevent socket"))?;
-    // SAFETY: as above.
-    let mut watcher =
-        unsafe { AsyncFd::register_with_interest(Watcher::new()?, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .map_err(io("inotify"))?;
-    tracing::info!(file = %daemon.opts.config.display(), scope = %daemon.scope_dir.display(), state = %daemon.state_path.display(), "starting: reconciling");
-    daemon.reconcile_all(watcher.get_mut());
-    tracing::info!(
-        containers = daemon.managed.len(),
-        devices = daemon.devices.len(),
-        watches = watcher.get_ref().count(),
-        "ready"
-    );
-    daemon.write_status(watcher.get_ref());
-    eprintln!("ctdev daemon: ready");
-    if let Some(f) = &ready_file {
-        if let Err(e) = fs::write(f, "ready\n") {
-            tracing::error!("cannot write ready file {}: {e}", f.display());
-        }
-    }
-    notify::ready();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let resync = daemon.policy.resync_interval;
-    let mut next_resync = Instant::now() + Duration::from_secs_f64(resync.max(1.0));
-    loop {
-        tokio::select! {
-            r = uevents.readable_mut() => {
-                let mut guard = r.map_err(io("uevent socket"))?;
-                match guard.get_inner_mut().read_all() {
-                    Ok(events) => {
-                        for ev in events {
-                            daemon.on_uevent(ev);
-                        }
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        tracing::warn!("uevents were lost (ENOBUFS): rescanning");
-                        daemon.reconcile_all(watcher.get_mut());
-                    }
-                    Err(e) => tracing::error!("reading uevents: {e}"),
-                }
-                guard.clear_ready();
-            }
-            r = watcher.readable_mut() => {
-                let mut guard = r.map_err(io("inotify"))?;
-                let events = guard.get_inner_mut().read();
-                guard.clear_ready();
-                for ev in events {
-                    daemon.on_cgroup_event(ev, watcher.get_mut());
-                }
-                daemon.write_status(watcher.get_ref());
-            }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the policy file");
-                daemon.reload(watcher.get_mut());
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = tick.tick() => {
-                let pending: Vec<PathBuf> = daemon.pending.iter().cloned().collect();
-                let mut changed = false;
-                for dir in pending {
-                    if !dir.exists() {
-                        daemon.pending.remove(&dir);
-                    } else if daemon.is_ready(&dir) {
-                        daemon.sync_devices(&dir, None);
-                        changed = true;
-                    }
-                }
-                changed |= daemon.check_foreign();
-                if changed {
-                    daemon.save_state();
-                }
-                let resync = daemon.policy.resync_interval;
-                if resync > 0.0 && Instant::now() >= next_resync {
-                    daemon.reconcile_all(watcher.get_mut());
-                    tracing::debug!(watches = watcher.get_ref().count(), containers = daemon.managed.len(), "periodic resync done");
-                    daemon.write_status(watcher.get_ref());
-                    next_resync = Instant::now() + Duration::from_secs_f64(resync);
-                }
-            }
-        }
-    }
-    tracing::info!("exiting; the pinned policy keeps being enforced");
-    Ok(())
 }
