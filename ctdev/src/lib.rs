@@ -49,5 +49,6 @@ pub mod runtimes;
 pub mod set;
 pub mod takeover;
 pub mod target;
+pub mod udev;
 
 pub use controller::{Config, Ctdev, Error};

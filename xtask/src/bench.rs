@@ -274,7 +274,10 @@ pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> R
     match only {
         None => {}
         Some("churn") => return run_churn_only(ctdev, quick, repeat),
-        Some(other) => bail!("--only {other}: the only section that runs alone is `churn`"),
+        Some("hotplug") => return run_hotplug_only(ctdev, quick),
+        Some(other) => {
+            bail!("--only {other}: the sections that run alone are `churn` and `hotplug`")
+        }
     }
     let started = Instant::now();
     let plan = Plan::new(quick);
@@ -321,6 +324,26 @@ pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> R
             results.errors.len(),
             results.errors.join("; ")
         );
+    }
+    Ok(())
+}
+
+/// `--only hotplug`: the daemon hotplug section alone (kernel and udevd
+/// events); the figures go to target/bench-hotplug/results.json.
+fn run_hotplug_only(ctdev: &Path, quick: bool) -> Result<()> {
+    let env = Env::new(ctdev, Plan::new(quick))?;
+    let mut errors = Vec::new();
+    let r = section("daemon hotplug latency", &mut errors, || hotplug::run(&env));
+    if let Some(r) = &r {
+        step(&hotplug::summary(r));
+    }
+    let dir = crate::root().join("target/bench-hotplug");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+    step(&format!("bench: wrote {}", path.display()));
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
     }
     Ok(())
 }

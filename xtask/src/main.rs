@@ -73,7 +73,7 @@ enum Cmd {
         /// A few seconds' smoke run (CI), same code paths, fewer iterations.
         #[arg(long)]
         quick: bool,
-        /// Run one section alone (`churn`), without rewriting the doc.
+        /// Run one section alone (`churn`, `hotplug`), without rewriting the doc.
         #[arg(long)]
         only: Option<String>,
         /// With --only: run it this many times in a row.

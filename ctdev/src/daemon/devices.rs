@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use crate::rule::DeviceType;
 
 use super::reconcile::OwnedDevice;
-use super::{uevent, Daemon};
+use super::uevent::{self, Source};
+use super::Daemon;
 
 /// A device as the matcher sees it: uevent properties plus the udev-like
 /// ones filled in from udev's database or sysfs.
@@ -21,6 +22,9 @@ pub struct DeviceInfo {
     pub props: BTreeMap<String, String>,
     /// udev tags.
     pub tags: BTreeSet<String>,
+    /// Whether udev has processed it (an event from udevd, or a record in
+    /// udev's database).
+    pub initialized: bool,
 }
 
 impl DeviceInfo {
@@ -33,6 +37,30 @@ impl DeviceInfo {
     pub fn devname(&self) -> Option<&str> {
         self.prop("DEVNAME")
             .map(|n| n.strip_prefix("/dev/").unwrap_or(n))
+    }
+
+    /// udev's names of the device (DEVLINKS: `/dev/serial/by-id/…`,
+    /// `/dev/disk/by-id/…`), absolute.
+    pub fn links(&self) -> Vec<String> {
+        self.prop("DEVLINKS")
+            .map(|l| {
+                l.split_whitespace()
+                    .filter(|p| p.starts_with("/dev/"))
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The udev name to show for the device: a `by-id` link first, else its
+    /// first link.
+    pub fn udev_name(&self) -> Option<String> {
+        let links = self.links();
+        links
+            .iter()
+            .find(|l| l.contains("/by-id/"))
+            .or(links.first())
+            .cloned()
     }
 
     /// The device node's type and numbers, when it has one.
@@ -58,10 +86,12 @@ impl DeviceInfo {
     /// (`/run/udev/data`) or, failing that, from sysfs under `sys`.
     pub fn new(props: BTreeMap<String, String>, sys: &Path, udev_data: &Path) -> DeviceInfo {
         let devpath = props.get("DEVPATH").cloned().unwrap_or_default();
+        let initialized = props.contains_key("USEC_INITIALIZED");
         let mut info = DeviceInfo {
             devpath,
             props,
             tags: BTreeSet::new(),
+            initialized,
         };
         for key in ["TAGS", "CURRENT_TAGS"] {
             if let Some(t) = info.props.get(key) {
@@ -72,6 +102,8 @@ impl DeviceInfo {
         if let Some((t, ma, mi)) = info.numbers() {
             let file = udev_data.join(format!("{}{ma}:{mi}", t.letter()));
             if let Ok(text) = fs::read_to_string(&file) {
+                info.initialized = true;
+                let mut links = Vec::new();
                 for line in text.lines() {
                     if let Some(kv) = line.strip_prefix("E:") {
                         if let Some((k, v)) = kv.split_once('=') {
@@ -79,7 +111,15 @@ impl DeviceInfo {
                         }
                     } else if let Some(tag) = line.strip_prefix("G:").or(line.strip_prefix("Q:")) {
                         info.tags.insert(tag.into());
+                    } else if let Some(link) = line.strip_prefix("S:") {
+                        // Relative to /dev in the database, absolute in events.
+                        links.push(format!("/dev/{link}"));
                     }
+                }
+                if !links.is_empty() {
+                    info.props
+                        .entry("DEVLINKS".into())
+                        .or_insert_with(|| links.join(" "));
                 }
             }
         }
@@ -153,6 +193,12 @@ impl Daemon {
             };
             for e in entries.flatten() {
                 if let Some(info) = self.read_sysfs_device(&e.path()) {
+                    // With udevd, a device udev has not processed yet comes
+                    // with its udev event (owner, mode and links set).
+                    if self.source == Source::Udev && !info.initialized {
+                        tracing::debug!(devpath = %info.devpath, "not processed by udev yet: waiting for its event");
+                        continue;
+                    }
                     found.insert(info.devpath.clone(), info);
                 }
             }
@@ -269,5 +315,35 @@ impl Daemon {
             Some((t, major, minor)) => self.present(t, major, minor),
             None => false,
         }
+    }
+
+    /// udev's names (DEVLINKS) of the device whose node `path` is.
+    pub(super) fn links_of_node(&self, path: &Path) -> Vec<String> {
+        let Ok(m) = fs::metadata(path) else {
+            return Vec::new();
+        };
+        let t = if m.file_type().is_block_device() {
+            DeviceType::Block
+        } else {
+            DeviceType::Char
+        };
+        let want = (t, libc::major(m.rdev()), libc::minor(m.rdev()));
+        self.devices
+            .values()
+            .find(|d| d.numbers() == Some(want))
+            .map(|d| d.links())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| Path::new(l) != path)
+            .collect()
+    }
+
+    /// The owner and group udev gave the host node `host`, when udevd
+    /// processes events (`None`: the container's root owns the node).
+    pub(super) fn udev_owner(&self, host: &Path) -> Option<(u32, u32)> {
+        if self.source != Source::Udev || !host.starts_with("/dev") {
+            return None;
+        }
+        fs::metadata(host).ok().map(|m| (m.uid(), m.gid()))
     }
 }

@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::controller::Ctdev;
 
 use super::lifecycle::Watcher;
-use super::uevent::UeventSocket;
+use super::uevent::{self, Source, UeventSocket};
 use super::{notify, Daemon, DaemonError, Options};
 
 /// Runs the daemon until SIGTERM or SIGINT. Never detaches on exit: the
@@ -43,12 +43,19 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
         unsafe { AsyncFd::register_with_interest(UeventSocket::open()?, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)
             .map_err(io("uevent socket"))?;
+    // SAFETY: as above. udevd's events: read whether or not udevd runs now
+    // (it may start later); used while it runs.
+    let mut udev_events = unsafe {
+        AsyncFd::register_with_interest(UeventSocket::open_for(Source::Udev)?, Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
+    .map_err(io("udev event socket"))?;
     // SAFETY: as above.
     let mut watcher =
         unsafe { AsyncFd::register_with_interest(Watcher::new()?, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)
             .map_err(io("inotify"))?;
-    tracing::info!(file = %daemon.opts.config.display(), scope = %daemon.scope_dir.display(), state = %daemon.state_path.display(), "starting: reconciling");
+    tracing::info!(file = %daemon.opts.config.display(), scope = %daemon.scope_dir.display(), state = %daemon.state_path.display(), events = daemon.source.as_str(), "starting: reconciling");
     daemon.reconcile_all(watcher.get_mut());
     tracing::info!(
         containers = daemon.managed.len(),
@@ -67,6 +74,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let resync = daemon.policy.resync_interval;
     let mut next_resync = Instant::now() + Duration::from_secs_f64(resync.max(1.0));
+    let mut next_udev_check = Instant::now() + Duration::from_secs(1);
     loop {
         tokio::select! {
             r = uevents.readable_mut() => {
@@ -74,7 +82,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                 match guard.get_inner_mut().read_all() {
                     Ok(events) => {
                         for ev in events {
-                            daemon.on_uevent(ev);
+                            daemon.on_uevent(ev, Source::Kernel);
                         }
                     }
                     Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -84,6 +92,29 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                     Err(e) => tracing::error!("reading uevents: {e}"),
                 }
                 guard.clear_ready();
+            }
+            r = udev_events.readable_mut() => {
+                let mut guard = r.map_err(io("udev event socket"))?;
+                match guard.get_inner_mut().read_all() {
+                    Ok(events) => {
+                        if !events.is_empty() && daemon.source == Source::Kernel {
+                            // udevd started: its events are the source now.
+                            daemon.switch_source(Source::Udev, watcher.get_mut());
+                        }
+                        for ev in events {
+                            daemon.on_uevent(ev, Source::Udev);
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        if daemon.source == Source::Udev {
+                            tracing::warn!("udev events were lost (ENOBUFS): rescanning");
+                            daemon.reconcile_all(watcher.get_mut());
+                        }
+                    }
+                    Err(e) => tracing::error!("reading udev events: {e}"),
+                }
+                guard.clear_ready();
+                daemon.write_status(watcher.get_ref());
             }
             r = watcher.readable_mut() => {
                 let mut guard = r.map_err(io("inotify"))?;
@@ -112,6 +143,18 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                     }
                 }
                 changed |= daemon.check_foreign();
+                if Instant::now() >= next_udev_check {
+                    next_udev_check = Instant::now() + Duration::from_secs(1);
+                    let to = if uevent::udevd_running(&daemon.opts.udev_control) {
+                        Source::Udev
+                    } else {
+                        Source::Kernel
+                    };
+                    if to != daemon.source {
+                        daemon.switch_source(to, watcher.get_mut());
+                        daemon.write_status(watcher.get_ref());
+                    }
+                }
                 if changed {
                     daemon.save_state();
                 }

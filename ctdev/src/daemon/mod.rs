@@ -33,6 +33,7 @@ pub mod reconcile;
 pub mod scope;
 pub mod selector;
 pub mod takeover;
+pub mod template;
 pub mod uevent;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,7 +54,7 @@ use config::{ConfigError, Policy};
 use lifecycle::{CgroupEvent, LifecycleError, Watcher};
 use reconcile::{OwnedDevice, State, StateError, WantedDevice};
 use selector::DeviceInfo;
-use uevent::{Uevent, UeventError};
+use uevent::{Source, Uevent, UeventError};
 
 pub use devices::device_present;
 pub use event_loop::run;
@@ -120,6 +121,8 @@ pub struct Options {
     pub sys: PathBuf,
     /// udev's database.
     pub udev_data: PathBuf,
+    /// udevd's control socket (whether udevd runs).
+    pub udev_control: PathBuf,
 }
 
 impl Options {
@@ -131,6 +134,7 @@ impl Options {
             ready_file: None,
             sys: PathBuf::from("/sys"),
             udev_data: PathBuf::from("/run/udev/data"),
+            udev_control: PathBuf::from(uevent::UDEV_CONTROL),
         }
     }
 }
@@ -160,6 +164,8 @@ pub struct Status {
     pub devices: usize,
     /// Scope cgroups covered by a scope program.
     pub scopes: usize,
+    /// Where device events come from: `udev` or `kernel`.
+    pub events: Source,
 }
 
 /// The daemon's state while it runs.
@@ -189,6 +195,8 @@ pub struct Daemon {
     coexist: takeover::Coexist,
     /// Devices (policy id, dest) whose `add` failed and was logged once.
     failing: BTreeSet<(u64, String)>,
+    /// Where device events come from now (udevd when it runs).
+    source: Source,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -235,6 +243,11 @@ impl Daemon {
             marks: None,
             coexist: takeover::Coexist::default(),
             failing: BTreeSet::new(),
+            source: if uevent::udevd_running(&opts.udev_control) {
+                Source::Udev
+            } else {
+                Source::Kernel
+            },
             opts,
         })
     }
@@ -276,15 +289,23 @@ impl Daemon {
         let mut out = Vec::new();
         if only.is_none() {
             for d in &c.devices {
+                let links = if d.links {
+                    self.links_of_node(&d.path)
+                } else {
+                    Vec::new()
+                };
                 out.push(WantedDevice {
                     owned: OwnedDevice {
                         host: d.path.display().to_string(),
                         dest: d.dest.as_ref().unwrap_or(&d.path).display().to_string(),
                         devpath: None,
                         interface: false,
+                        links,
+                        udev_name: None,
                     },
                     access: d.access,
                     mode: d.mode,
+                    owner: self.udev_owner(&d.path),
                 });
             }
         }
@@ -296,13 +317,19 @@ impl Daemon {
                 continue;
             };
             if let Some(ifname) = dev.interface() {
-                let dest = if h.dest == "/dev/{devname}" {
-                    ifname.to_string()
+                let dest = if h.dest.is_default() {
+                    Some(ifname.to_string())
                 } else {
                     h.dest
-                        .replace("{devname}", ifname)
-                        .trim_start_matches("/dev/")
-                        .to_string()
+                        .render_with(|k| match k {
+                            "devname" | "DEVNAME" | "INTERFACE" => Some(ifname),
+                            _ => dev.prop(k).map(String::as_str),
+                        })
+                        .map(|d| d.trim_start_matches("/dev/").to_string())
+                };
+                let Some(dest) = dest else {
+                    tracing::debug!(interface = ifname, dest = %h.dest, "a property of the dest template is missing: not passed");
+                    continue;
                 };
                 out.push(WantedDevice {
                     owned: OwnedDevice {
@@ -310,21 +337,36 @@ impl Daemon {
                         dest,
                         devpath: Some(devpath.clone()),
                         interface: true,
+                        links: Vec::new(),
+                        udev_name: None,
                     },
                     access: h.access,
                     mode: None,
+                    owner: None,
                 });
                 continue;
             }
-            let (Some(name), Some(host)) = (dev.devname(), self.host_node(dev)) else {
+            let Some(dest) = h.dest.render(dev) else {
+                tracing::debug!(device = ?dev.devname(), dest = %h.dest, "a property of the dest template is missing: not passed");
                 continue;
             };
+            let Some(host) = self.host_node(dev) else {
+                continue;
+            };
+            let links = if h.links {
+                dev.links().into_iter().filter(|l| *l != dest).collect()
+            } else {
+                Vec::new()
+            };
             out.push(WantedDevice {
+                owner: self.udev_owner(&host),
                 owned: OwnedDevice {
                     host: host.display().to_string(),
-                    dest: h.dest.replace("{devname}", name),
+                    dest,
                     devpath: Some(devpath.clone()),
                     interface: false,
+                    links,
+                    udev_name: dev.udev_name(),
                 },
                 access: h.access,
                 mode: h.mode,
@@ -479,7 +521,10 @@ impl Daemon {
             .get(&m.policy_id)
             .map(|o| o.devices.clone())
             .unwrap_or_default();
-        let mut plan = reconcile::plan_devices(&owned, &wanted);
+        let mut plan = match only {
+            Some(devpath) => reconcile::plan_devices_for(&owned, &wanted, devpath),
+            None => reconcile::plan_devices(&owned, &wanted),
+        };
         // A device already given, whose node is still there, is left alone:
         // a resync that changes nothing does nothing.
         let root = runtimes::oldest_process(dir)
@@ -494,13 +539,12 @@ impl Daemon {
                     fs::symlink_metadata(inside).is_ok_and(|m| {
                         let ft = m.file_type();
                         ft.is_block_device() || ft.is_char_device()
+                    }) && w.owned.links.iter().all(|l| {
+                        fs::symlink_metadata(r.join(l.trim_start_matches('/')))
+                            .is_ok_and(|m| m.file_type().is_symlink())
                     })
                 })
         });
-        if only.is_some() {
-            // One device: leave the others alone.
-            plan.remove.retain(|o| o.devpath.as_deref() == only);
-        }
         for o in plan.remove {
             self.remove_device(dir, m.policy_id, &name, &o);
         }
@@ -538,8 +582,8 @@ impl Daemon {
         let opts = AddOptions {
             access: w.access,
             mode: if o.interface { None } else { w.mode },
-            uid: None,
-            gid: None,
+            uid: w.owner.map(|(u, _)| u),
+            gid: w.owner.map(|(_, g)| g),
         };
         // Write-ahead, as for rules: recorded before it is passed in, so a
         // daemon killed mid-way takes it back on restart if it is no longer
@@ -577,6 +621,9 @@ impl Daemon {
                     tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, took_us = start.elapsed().as_micros() as u64, "device added");
                 }
                 self.failing.remove(&(id, o.dest.clone()));
+                if !o.links.is_empty() {
+                    self.sync_links(dir, name, o, true);
+                }
                 if let Some(s) = self.state.containers.get_mut(&id) {
                     s.devices.insert(o.dest.clone(), o.clone());
                 }
@@ -616,6 +663,9 @@ impl Daemon {
     }
 
     fn remove_device(&mut self, dir: &Path, id: u64, name: &str, o: &OwnedDevice) {
+        if !o.links.is_empty() {
+            self.sync_links(dir, name, o, false);
+        }
         if !o.interface {
             let target = target_of(dir);
             match passthrough::del_as(
@@ -650,6 +700,27 @@ impl Daemon {
             && Path::new(&o.host).starts_with(&self.node_dir)
         {
             let _ = fs::remove_file(&o.host);
+        }
+    }
+
+    /// Makes (`make`) or removes the device's udev names in the container:
+    /// symlinks to its node there, with the nodes' path safety. Never in a
+    /// container that shares the host's mount namespace (that would be the
+    /// host's /dev). A failure is logged; the device stays passed in.
+    fn sync_links(&self, dir: &Path, name: &str, o: &OwnedDevice, make: bool) {
+        match crate::udev::sync_links(self.ct.cgroups(), dir, Path::new(&o.dest), &o.links, make) {
+            Ok(done) => {
+                for l in done {
+                    tracing::debug!(container = %name, link = %l.link, dest = %o.dest, action = ?l.action, "udev link");
+                }
+            }
+            Err(crate::udev::LinkError::HostMounts { .. }) => {}
+            Err(e) if !dir.exists() => {
+                tracing::debug!(container = %name, cgroup = %dir.display(), "container gone: {e}")
+            }
+            Err(e) => {
+                tracing::warn!(container = %name, cgroup = %dir.display(), dest = %o.dest, "udev links: {e}")
+            }
         }
     }
 
@@ -839,6 +910,7 @@ impl Daemon {
             pending: self.pending.len(),
             devices: self.devices.len(),
             scopes: self.scopes.len(),
+            events: self.source,
         }
     }
 
@@ -1000,7 +1072,36 @@ impl Daemon {
         }
     }
 
-    fn on_uevent(&mut self, ev: Uevent) {
+    /// Switches where device events come from (udevd started or stopped)
+    /// and rescans, so nothing that happened in between is missed.
+    fn switch_source(&mut self, to: Source, watcher: &mut Watcher) {
+        if self.source == to {
+            return;
+        }
+        tracing::info!(
+            from = self.source.as_str(),
+            to = to.as_str(),
+            "device events now come from {}",
+            match to {
+                Source::Udev => "udevd (processed: udev's properties, owner, mode and links)",
+                Source::Kernel => "the kernel (udevd is not running)",
+            }
+        );
+        self.source = to;
+        self.reconcile_all(watcher);
+    }
+
+    /// One device event from `from`. With udevd running, a device comes in
+    /// with udevd's event (after its rules ran); the kernel's `remove` is
+    /// acted on at once either way (closing a rule waits for nobody).
+    fn on_uevent(&mut self, ev: Uevent, from: Source) {
+        let action = match (from, self.source, ev.action.as_str()) {
+            (Source::Kernel, _, "remove") => "remove",
+            (Source::Kernel, Source::Kernel, "add") => "add",
+            (Source::Udev, Source::Udev, "add" | "change") => "add",
+            (Source::Udev, Source::Udev, "remove") => "remove",
+            _ => return,
+        };
         let Some(devpath) = ev.props.get("DEVPATH").cloned() else {
             return;
         };
@@ -1009,7 +1110,7 @@ impl Daemon {
         if !has_node && !is_net {
             return;
         }
-        match ev.action.as_str() {
+        match action {
             "add" => {
                 let info = DeviceInfo::new(ev.props, &self.opts.sys, &self.opts.udev_data);
                 self.devices.insert(devpath.clone(), info);

@@ -56,6 +56,9 @@ pub struct DeviceSelector {
     pub devname_text: Option<String>,
     /// A udev tag (TAGS / CURRENT_TAGS).
     pub tag: Option<String>,
+    /// Any property (ID_PATH, ID_FS_LABEL, an ENV key a udev rule set):
+    /// name, glob over the value (`*` crosses `/`), the glob as written.
+    pub properties: Vec<(String, GlobMatcher, String)>,
 }
 
 impl DeviceSelector {
@@ -70,6 +73,7 @@ impl DeviceSelector {
             && self.devpath_prefix.is_none()
             && self.devname.is_none()
             && self.tag.is_none()
+            && self.properties.is_empty()
     }
 
     /// Whether `dev` matches every key given.
@@ -101,6 +105,10 @@ impl DeviceSelector {
                 .tag
                 .as_ref()
                 .is_none_or(|t| dev.tags.contains(t.as_str()))
+            && self
+                .properties
+                .iter()
+                .all(|(k, g, _)| dev.prop(k).is_some_and(|v| g.is_match(v)))
     }
 }
 
@@ -130,6 +138,9 @@ impl fmt::Display for DeviceSelector {
         );
         s("DEVNAME", &self.devname_text);
         s("TAG", &self.tag);
+        for (k, _, text) in &self.properties {
+            parts.push(format!("{k}={text}"));
+        }
         f.write_str(&parts.join(","))
     }
 }
@@ -300,6 +311,31 @@ mod tests {
         s.id_serial_short = Some("A1".into());
         assert!(!s.matches(&d), "a key the device lacks does not match");
         assert_eq!(d.numbers(), Some((DeviceType::Char, 188, 0)));
+    }
+
+    #[test]
+    fn any_udev_property_matches_by_glob() {
+        let d = dev(&[
+            ("SUBSYSTEM", "tty"),
+            ("ID_PATH", "pci-0000:00:14.0-usb-0:2:1.0"),
+            ("CTDEV_ZIGBEE", "1"),
+        ]);
+        let mut s = DeviceSelector {
+            properties: vec![("ID_PATH".into(), glob("pci-*-usb-0:2:*", false), "x".into())],
+            ..Default::default()
+        };
+        assert!(!s.is_empty());
+        assert!(s.matches(&d));
+        s.properties
+            .push(("CTDEV_ZIGBEE".into(), glob("1", false), "1".into()));
+        assert!(s.matches(&d));
+        s.properties
+            .push(("ID_MODEL".into(), glob("*", false), "*".into()));
+        assert!(
+            !s.matches(&d),
+            "a property the device lacks does not match, even with *"
+        );
+        assert!(s.to_string().contains("CTDEV_ZIGBEE=1"));
     }
 
     #[test]
