@@ -234,3 +234,36 @@ fn kernel_events_without_udevd_and_udevs_once_it_starts() {
     let log = daemon.kill();
     assert!(log.contains("device events now come from udevd"), "{log}");
 }
+
+#[test]
+fn ctdev_add_of_a_udev_name_with_links_and_del_takes_both_back() {
+    let env = TestEnv::new("udev-cli");
+    let udevd = Udevd::start(&env.scratch);
+    let idx = loop_indices(1);
+    let serial = unique("cli").replace('-', "_");
+    let adapter = Adapter {
+        indices: idx.clone(),
+        serial: serial.clone(),
+    };
+    let _rule = UdevRule::new(&[&adapter]);
+    let _lo = HotLoop::add(idx[0]);
+    udevd.settle();
+    let by_id = format!("/dev/serial/by-id/usb-ctdev-test-{serial}");
+    assert!(Path::new(&by_id).exists(), "udev made {by_id}");
+    let a = TestContainer::start(&env, "a", false);
+    env.ok(&["attach", a.cgroup_str(), "--preset", "none"]);
+    let out = env.ok(&["add", a.cgroup_str(), &by_id, "--links"]);
+    let node = format!("/dev/loop{}", idx[0]);
+    assert_eq!(rdev(&a.host_path(&node)), Some((7, idx[0] as u64)), "{out}");
+    assert_eq!(
+        fs::read_link(a.host_path(&by_id)).unwrap(),
+        Path::new(&format!("../../loop{}", idx[0])),
+        "{out}"
+    );
+    let r = a.open_rw(&by_id);
+    assert!(!denied(&r), "{r:?}");
+    env.ok(&["del", a.cgroup_str(), &by_id, "--links"]);
+    assert!(fs::symlink_metadata(a.host_path(&by_id)).is_err());
+    assert!(fs::symlink_metadata(a.host_path(&node)).is_err());
+    assert!(denied(&a.open_rw(&node)) || a.open_rw(&node).is_err());
+}

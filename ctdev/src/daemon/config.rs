@@ -892,7 +892,10 @@ links = true
         let e = bad("subsystem = \"tty\"\ndest = \"zigbee/{ID_SERIAL}\"");
         assert!(e.contains("hotplug[0].dest"), "{e}");
         let e = bad("subsystem = \"tty\"\nlinks = \"yes\"");
-        assert!(e.contains("links"), "{e}");
+        assert!(
+            e.contains("policy.toml:"),
+            "a bad links value is refused: {e}"
+        );
     }
 
     #[test]

@@ -193,9 +193,13 @@ impl Daemon {
             };
             for e in entries.flatten() {
                 if let Some(info) = self.read_sysfs_device(&e.path()) {
-                    // With udevd, a device udev has not processed yet comes
-                    // with its udev event (owner, mode and links set).
-                    if self.source == Source::Udev && !info.initialized {
+                    // With udevd, a new device udev has not processed yet
+                    // comes with its udev event (owner, mode and links set);
+                    // one known already (passed before udevd started) stays.
+                    if self.source == Source::Udev
+                        && !info.initialized
+                        && !self.devices.contains_key(&info.devpath)
+                    {
                         tracing::debug!(devpath = %info.devpath, "not processed by udev yet: waiting for its event");
                         continue;
                     }
