@@ -265,5 +265,11 @@ fn ctdev_add_of_a_udev_name_with_links_and_del_takes_both_back() {
     env.ok(&["del", a.cgroup_str(), &by_id, "--links"]);
     assert!(fs::symlink_metadata(a.host_path(&by_id)).is_err());
     assert!(fs::symlink_metadata(a.host_path(&node)).is_err());
-    assert!(denied(&a.open_rw(&node)) || a.open_rw(&node).is_err());
+    let rule = format!("b 7:{} rw", idx[0]);
+    assert!(
+        !rules(&env, &a)
+            .iter()
+            .any(|r| r.starts_with(&format!("b 7:{} ", idx[0]))),
+        "{rule} closed"
+    );
 }
