@@ -55,5 +55,6 @@ pub mod runtimes;
 pub mod set;
 pub mod takeover;
 pub mod target;
+pub mod udev;
 
 pub use ops::{Config, Ctdev, Error};

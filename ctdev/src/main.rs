@@ -7,7 +7,7 @@
 // same paths as the library does (`crate::ops`, `crate::rule`, ...).
 use ctdev::{
     audit, cdi, cgroup, container, daemon, kernel, nri, ops, passthrough, presets, probe, rule,
-    runtimes, takeover, target,
+    runtimes, takeover, target, udev,
 };
 
 mod cli;

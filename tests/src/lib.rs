@@ -20,6 +20,8 @@ pub mod difftest;
 pub mod engines;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
+/// A udevd of the tests' own and rule files standing in for USB adapters.
+pub mod udev;
 
 use std::fs;
 use std::path::{Path, PathBuf};

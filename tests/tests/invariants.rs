@@ -443,8 +443,8 @@ impl Rng {
 /// `CTDEV_KERNEL_SEQUENCES` changes the count (default 300).
 #[test]
 fn random_sequences_against_the_kernel() {
-    use ctdev::ops::{Config, Ctdev};
     use ctdev::grants::{self, Grant, Ledger, Owner, Subject};
+    use ctdev::ops::{Config, Ctdev};
     use ctdev::passthrough::{self, AddOptions, PassRequest};
     use ctdev::plan::{self, Entries};
     use ctdev::presets::Preset;

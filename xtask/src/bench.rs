@@ -324,6 +324,9 @@ pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> R
         if want("churn") {
             results.churn = section("daemon churn", &mut errors, || churn::run(&env));
         }
+        if let Some(h) = &results.hotplug {
+            step(&hotplug::summary(h));
+        }
         if let Some(c) = &results.churn {
             step(&churn::summary(c));
         }

@@ -156,7 +156,7 @@ mod tests {
         DeviceInfo {
             devpath: format!("/devices/virtual/{devname}"),
             props,
-            tags: Default::default(),
+            ..Default::default()
         }
     }
 

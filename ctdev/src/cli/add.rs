@@ -33,6 +33,11 @@ pub struct Args {
     /// Owner gid of the node (default: the container's root group, mapped).
     #[arg(long)]
     pub gid: Option<u32>,
+    /// Also make the device's udev names (its DEVLINKS in /run/udev/data:
+    /// /dev/serial/by-id/…) as symlinks to it in the container; DEST then
+    /// defaults to the node's own path (a udev symlink DEVICE resolved).
+    #[arg(long)]
+    pub links: bool,
     /// Print what would change (text, or --json) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -71,12 +76,30 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
         gid: args.gid,
     };
     let ct = open(config)?;
-    let req = request(&args.device, args.dest.as_deref());
+    // With --links the node lands at its own name (`/dev/ttyUSB0` for
+    // DEVICE `/dev/serial/by-id/…`) and udev's names point at it.
+    let dest = match (&args.dest, args.links) {
+        (Some(d), _) => Some(d.clone()),
+        (None, true) => Some(
+            std::fs::canonicalize(&args.device)
+                .with_context(|| format!("resolving {}", args.device))?
+                .display()
+                .to_string(),
+        ),
+        (None, false) => None,
+    };
+    let req = request(&args.device, dest.as_deref());
     let report = passthrough::add(&ct, &args.target, &req, &opts)?;
-    print_report(
+    let links = if args.links && !report.dry_run {
+        udev_links(&ct, &report, &args.device, true)?
+    } else {
+        Vec::new()
+    };
+    print_report_links(
         cli,
         if report.dry_run { "would add" } else { "added" },
         &report,
+        &links,
     )?;
     Ok(ExitCode::SUCCESS)
 }
@@ -97,6 +120,56 @@ pub(super) fn request(device: &str, dest: Option<&str>) -> PassRequest {
             name: dest.into(),
         }
     }
+}
+
+/// Makes (or removes) the udev names of DEVICE in the container, pointing
+/// at the node `report` made (or removed).
+pub(super) fn udev_links(
+    ct: &crate::ops::Ctdev,
+    report: &PassthroughReport,
+    device: &str,
+    make: bool,
+) -> Result<Vec<crate::udev::LinkReport>> {
+    let [node] = report.nodes.as_slice() else {
+        anyhow::bail!("--links takes one device node, not a directory or an interface");
+    };
+    let links: Vec<String> = crate::udev::links_of_node(
+        std::path::Path::new(device),
+        std::path::Path::new(crate::udev::UDEV_DATA),
+    )
+    .into_iter()
+    .filter(|l| std::path::Path::new(l) != node.dest)
+    .collect();
+    Ok(crate::udev::sync_links(
+        ct.cgroups(),
+        &report.cgroup_dir,
+        &node.dest,
+        &links,
+        make,
+    )?)
+}
+
+/// [`print_report`] plus the udev links (text lines; `links` in --json).
+pub(super) fn print_report_links(
+    cli: &Cli,
+    verb: &str,
+    report: &PassthroughReport,
+    links: &[crate::udev::LinkReport],
+) -> Result<()> {
+    if links.is_empty() {
+        return print_report(cli, verb, report);
+    }
+    if cli.json {
+        let mut v = serde_json::to_value(report)?;
+        v["links"] = serde_json::to_value(links)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print_report(cli, verb, report)?;
+    for l in links {
+        println!("  link {} -> {} ({:?})", l.link, l.dest.display(), l.action);
+    }
+    Ok(())
 }
 
 /// `ctdev add TARGET VENDOR/CLASS=NAME`.

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::add::print_report;
 use super::{open, Cli};
 use crate::ops::Config;
 use crate::passthrough;
@@ -18,6 +17,10 @@ pub struct Args {
     pub device: String,
     /// Path inside the container (default: DEVICE), or the interface's name there.
     pub dest: Option<String>,
+    /// Also remove the device's udev names made by `add --links` (DEST
+    /// then defaults to the node's own path, as for `add --links`).
+    #[arg(long)]
+    pub links: bool,
     /// Print what would change (text, or --json) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -36,9 +39,22 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     let ct = open(config)?;
-    let req = super::add::request(&args.device, args.dest.as_deref());
+    let dest = match (&args.dest, args.links) {
+        (Some(d), _) => Some(d.clone()),
+        (None, true) => std::fs::canonicalize(&args.device)
+            .ok()
+            .map(|p| p.display().to_string()),
+        (None, false) => None,
+    };
+    let req = super::add::request(&args.device, dest.as_deref());
     let report = passthrough::del(&ct, &args.target, &req)?;
-    print_report(
+    // The links go after the node (they point at nothing then).
+    let links = if args.links && !report.dry_run {
+        super::add::udev_links(&ct, &report, &args.device, false)?
+    } else {
+        Vec::new()
+    };
+    super::add::print_report_links(
         cli,
         if report.dry_run {
             "would delete"
@@ -46,6 +62,7 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
             "deleted"
         },
         &report,
+        &links,
     )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -77,6 +77,9 @@ pub struct PassedIn {
     pub dest: String,
     /// Who passed it: `daemon` (with its policy entry).
     pub by: String,
+    /// udev's name of the device when it was selected (`/dev/serial/by-id/…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udev_name: Option<String>,
 }
 
 pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
@@ -151,6 +154,7 @@ pub fn passed_in(state_dir: &Path, policy_id: u64) -> Vec<PassedIn> {
             host: d.host.clone(),
             dest: d.dest.clone(),
             by: format!("daemon (entry {})", owned.entry),
+            udev_name: d.udev_name.clone(),
         })
         .collect()
 }
@@ -243,7 +247,10 @@ pub fn render(s: &Status, colour: bool) -> String {
         .map(|d| {
             vec![
                 d.dest.clone(),
-                format!("from {}", d.host),
+                match &d.udev_name {
+                    Some(n) => format!("from {} ({n})", d.host),
+                    None => format!("from {}", d.host),
+                },
                 format!("by {}", d.by),
             ]
         })

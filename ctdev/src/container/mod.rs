@@ -6,8 +6,10 @@
 //! paths that the container could redirect. [`process`] pins the init with a
 //! pidfd so a PID that dies and is reused mid-operation is detected;
 //! [`nodes`] resolves every path with `openat2(RESOLVE_IN_ROOT)`;
-//! [`netdev`] moves interfaces with rtnetlink.
+//! [`links`] makes udev's symlinks the same way; [`netdev`] moves
+//! interfaces with rtnetlink.
 
+pub mod links;
 pub mod mounts;
 pub mod netdev;
 pub mod nodes;

@@ -208,7 +208,7 @@ pub fn check_dest(dest: &Path) -> Result<(), NodeError> {
 }
 
 /// DEST split into its directory components and its last component.
-fn split(dest: &Path) -> (Vec<&OsStr>, &OsStr) {
+pub(super) fn split(dest: &Path) -> (Vec<&OsStr>, &OsStr) {
     let mut parts: Vec<&OsStr> = dest
         .components()
         .filter_map(|c| match c {
@@ -222,7 +222,7 @@ fn split(dest: &Path) -> (Vec<&OsStr>, &OsStr) {
 
 /// Opens a directory of the container, resolving `path` with the container
 /// root as `/` (absolute symlinks and `..` cannot leave it) and no magic links.
-fn resolve_dir(root: Root<'_>, path: &Path) -> Result<OwnedFd, Errno> {
+pub(super) fn resolve_dir(root: Root<'_>, path: &Path) -> Result<OwnedFd, Errno> {
     openat2(
         root.fd,
         path,
@@ -232,7 +232,7 @@ fn resolve_dir(root: Root<'_>, path: &Path) -> Result<OwnedFd, Errno> {
     )
 }
 
-fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<FileStat>, Errno> {
+pub(super) fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<FileStat>, Errno> {
     match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(st)),
         Err(Errno::ENOENT) => Ok(None),
@@ -240,7 +240,7 @@ fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<FileStat>, Errno
     }
 }
 
-fn kind_name(st: &FileStat) -> &'static str {
+pub(super) fn kind_name(st: &FileStat) -> &'static str {
     let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
     match fmt {
         f if f == SFlag::S_IFDIR => "directory",
@@ -436,7 +436,7 @@ impl Journal {
     }
 }
 
-fn sys(root: Root<'_>, call: &'static str, path: &Path, errno: Errno) -> NodeError {
+pub(super) fn sys(root: Root<'_>, call: &'static str, path: &Path, errno: Errno) -> NodeError {
     NodeError::Sys {
         call,
         path: path.to_path_buf(),
@@ -447,7 +447,7 @@ fn sys(root: Root<'_>, call: &'static str, path: &Path, errno: Errno) -> NodeErr
 
 /// Opens DEST's parent directory, creating missing directories (0755,
 /// owned by `uid:gid`) one by one, each relative to its resolved parent.
-fn mkdir_p(
+pub(super) fn mkdir_p(
     root: Root<'_>,
     parents: &[&OsStr],
     uid: u32,

@@ -17,7 +17,9 @@ use crate::presets::Preset;
 use crate::rule::{Access, RuleSpec};
 use crate::target::{RuntimeKind, Target};
 
+pub use super::selector::ContainerSelector;
 use super::selector::{DeviceSelector, HexId};
+use super::template::DestTemplate;
 
 /// Default policy file.
 pub const DEFAULT_CONFIG: &str = "/etc/ctdev/policy.toml";
@@ -105,6 +107,7 @@ struct RawDevice {
     dest: Option<Spanned<String>>,
     access: Option<Spanned<String>>,
     mode: Option<Spanned<String>>,
+    links: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,35 +122,15 @@ struct RawHotplug {
     devpath_prefix: Option<Spanned<String>>,
     devname: Option<Spanned<String>>,
     tag: Option<Spanned<String>>,
+    /// Any udev property: `property = { ID_PATH = "pci-*", MY_ENV = "1" }`.
+    property: Option<std::collections::BTreeMap<String, Spanned<String>>>,
     dest: Option<Spanned<String>>,
     access: Option<Spanned<String>>,
     mode: Option<Spanned<String>>,
+    links: Option<bool>,
 }
 
 // ---- resolved model ---------------------------------------------------------
-
-/// How a `[[container]]` picks its cgroups.
-#[derive(Debug, Clone)]
-pub enum ContainerSelector {
-    /// TARGET syntax (`lxc:web`, `docker:3f2a`, `/path`, a bare name).
-    Target(Target),
-    /// A glob over the cgroup path inside the hierarchy (`/lxc.payload.ha-*`);
-    /// `*` does not cross `/`, `**` does.
-    Cgroup(GlobMatcher),
-    /// Containers of a runtime whose name or ID matches a glob.
-    Runtime(RuntimeKind, GlobMatcher),
-}
-
-impl ContainerSelector {
-    /// Whether it selects containers of a runtime (`runtime = …` or a
-    /// `RUNTIME:NAME` target).
-    pub fn is_runtime(&self) -> bool {
-        matches!(
-            self,
-            ContainerSelector::Runtime(..) | ContainerSelector::Target(Target::Runtime(..))
-        )
-    }
-}
 
 /// A device node to pass into every selected container.
 #[derive(Debug, Clone)]
@@ -160,6 +143,8 @@ pub struct StaticDevice {
     pub access: Access,
     /// Node permission bits (default: the host node's).
     pub mode: Option<u32>,
+    /// Also recreate the device's udev names (DEVLINKS) as symlinks.
+    pub links: bool,
 }
 
 /// A hotplug rule: devices matching `selector` are passed in while present.
@@ -167,13 +152,15 @@ pub struct StaticDevice {
 pub struct Hotplug {
     /// Which devices.
     pub selector: DeviceSelector,
-    /// Where the node lands; `{devname}` is replaced by DEVNAME
+    /// Where the node lands: a template over udev properties
     /// (default `/dev/{devname}`).
-    pub dest: String,
+    pub dest: DestTemplate,
     /// Access to open.
     pub access: Access,
     /// Node permission bits (default: the host node's, or 0600).
     pub mode: Option<u32>,
+    /// Also recreate the device's udev names (DEVLINKS) as symlinks.
+    pub links: bool,
 }
 
 /// What the daemon does about a runtime's own device program on a cgroup
@@ -505,6 +492,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, ConfigError> {
                     .transpose()?,
                 access: cx.access(&d.access, &dk("access"))?,
                 mode: cx.mode(&d.mode, &dk("mode"))?,
+                links: d.links.unwrap_or(false),
             });
         }
         let mut hotplug = Vec::new();
@@ -562,16 +550,40 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, ConfigError> {
                 devname,
                 devname_text: s(&h.devname),
                 tag: s(&h.tag),
+                properties: Vec::new(),
             };
+            let mut selector = selector;
+            for (k, v) in h.property.iter().flatten() {
+                let pk = hk(&format!("property.{k}"));
+                if k.is_empty()
+                    || !k
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                {
+                    return Err(cx.err(
+                        v.span(),
+                        pk,
+                        "a udev property name is upper case (A-Z, 0-9, _), as `udevadm info` shows it",
+                    ));
+                }
+                let g = cx.glob(v, &pk, false)?;
+                selector
+                    .properties
+                    .push((k.clone(), g, v.get_ref().clone()));
+            }
             if selector.is_empty() {
-                return Err(cx.err(span, key(&format!("hotplug[{j}]")), "a hotplug rule needs at least one match key (subsystem, devtype, id_vendor_id, id_model_id, id_serial, id_serial_short, devpath_prefix, devname, tag)"));
+                return Err(cx.err(span, key(&format!("hotplug[{j}]")), "a hotplug rule needs at least one match key (subsystem, devtype, id_vendor_id, id_model_id, id_serial, id_serial_short, devpath_prefix, devname, tag, property)"));
             }
             let dest = match &h.dest {
-                None => "/dev/{devname}".to_string(),
+                None => DestTemplate::default(),
                 Some(d) => {
-                    let probe = d.get_ref().replace("{devname}", "x");
+                    let t = DestTemplate::parse(d.get_ref())
+                        .map_err(|e| cx.err(d.span(), hk("dest"), e.to_string()))?;
+                    let probe = t
+                        .render_with(|_| Some("x"))
+                        .unwrap_or_else(|| d.get_ref().clone());
                     cx.abs_path(&Spanned::new(d.span(), probe), &hk("dest"))?;
-                    d.get_ref().clone()
+                    t
                 }
             };
             hotplug.push(Hotplug {
@@ -579,6 +591,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, ConfigError> {
                 dest,
                 access: cx.access(&h.access, &hk("access"))?,
                 mode: cx.mode(&h.mode, &hk("mode"))?,
+                links: h.links.unwrap_or(false),
             });
         }
         let _ = c_span;
@@ -653,12 +666,31 @@ impl Policy {
             for h in &c.hotplug {
                 let _ = writeln!(
                     out,
-                    "  hotplug {} -> {} access {}",
-                    h.selector, h.dest, h.access
+                    "  hotplug {} -> {} access {}{}",
+                    h.selector,
+                    h.dest,
+                    h.access,
+                    if h.links { " links" } else { "" }
                 );
             }
         }
         out
+    }
+}
+
+impl Policy {
+    /// Makes cgroup-directory targets relative to the mount.
+    pub fn normalize(&mut self, mount: &Path) {
+        for c in &mut self.containers {
+            if let ContainerSelector::Target(Target::Cgroup(p)) = &mut c.select {
+                if let Ok(rest) = p.strip_prefix(mount) {
+                    *p = Path::new("/").join(rest);
+                }
+            }
+        }
+        if let Ok(rest) = self.scope.strip_prefix(mount) {
+            self.scope = Path::new("/").join(rest);
+        }
     }
 }
 
@@ -712,11 +744,11 @@ devpath_prefix = "/devices/virtual/block/"
         ));
         assert_eq!(ha.rules.len(), 2);
         assert_eq!(ha.devices[0].mode, Some(0o660));
-        assert_eq!(ha.hotplug[0].dest, "/dev/serial/{devname}");
+        assert_eq!(ha.hotplug[0].dest.as_str(), "/dev/serial/{devname}");
         assert_eq!(ha.hotplug[0].selector.id_vendor_id, HexId::parse("0403"));
         assert_eq!(pol.containers[1].preset, Preset::None);
         let g = &pol.containers[2].hotplug[0];
-        assert_eq!(g.dest, "/dev/{devname}");
+        assert_eq!(g.dest.as_str(), "/dev/{devname}");
         assert_eq!(
             g.selector.devpath_prefix.as_deref(),
             Some("/devices/virtual/block")
@@ -822,6 +854,48 @@ devpath_prefix = "/devices/virtual/block/"
 
         let e = err("[[container]]\nselect = { target = \"x\" }\n");
         assert!(e.contains("name"), "{e}");
+    }
+
+    #[test]
+    fn udev_properties_templates_and_links() {
+        let pol = p(r#"
+[[container]]
+name = "ha"
+select = { target = "lxc:ha" }
+[[container.hotplug]]
+property = { ID_PATH = "pci-*-usb-0:2:*", CTDEV_ZIGBEE = "1" }
+dest = "/dev/zigbee/{ID_SERIAL}"
+links = true
+"#)
+        .unwrap();
+        let h = &pol.containers[0].hotplug[0];
+        assert!(h.links);
+        assert_eq!(h.dest.keys().collect::<Vec<_>>(), ["ID_SERIAL"]);
+        assert_eq!(h.selector.properties.len(), 2);
+        assert!(
+            pol.describe().contains("CTDEV_ZIGBEE=1"),
+            "{}",
+            pol.describe()
+        );
+        let bad = |body: &str| {
+            err(&format!(
+                "[[container]]\nname = \"x\"\nselect = {{ target = \"lxc:x\" }}\n[[container.hotplug]]\n{body}\n"
+            ))
+        };
+        let e = bad("property = { id_path = \"x\" }");
+        assert!(
+            e.contains("hotplug[0].property.id_path") && e.contains("upper case"),
+            "{e}"
+        );
+        let e = bad("subsystem = \"tty\"\ndest = \"/dev/{ID_SERIAL\"");
+        assert!(e.contains("hotplug[0].dest") && e.contains("braces"), "{e}");
+        let e = bad("subsystem = \"tty\"\ndest = \"zigbee/{ID_SERIAL}\"");
+        assert!(e.contains("hotplug[0].dest"), "{e}");
+        let e = bad("subsystem = \"tty\"\nlinks = \"yes\"");
+        assert!(
+            e.contains("policy.toml:"),
+            "a bad links value is refused: {e}"
+        );
     }
 
     #[test]

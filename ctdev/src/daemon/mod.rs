@@ -26,30 +26,28 @@
 pub mod cdi_watch;
 pub mod check;
 pub mod config;
+pub mod devices;
+mod event_loop;
 pub mod lifecycle;
 pub mod notify;
 pub mod reconcile;
 pub mod scope;
 pub mod selector;
 pub mod takeover;
+pub mod template;
 pub mod uevent;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-use tokio::signal::unix::{signal, SignalKind};
+use std::time::Instant;
 
 use crate::grants::{Owner as GrantOwner, Subject as GrantSubject};
 use crate::kernel::loader::ProgramObject;
 use crate::kernel::scope::{self as kscope, DeferMarks, DEFER_NOT_SELECTED, DEFER_OWN_POLICY};
 use crate::ops::{Ctdev, Error as ControllerError};
 use crate::passthrough::{self, AddOptions, PassthroughError};
-use crate::rule::DeviceType;
 use crate::runtimes;
 use crate::target::Target;
 
@@ -57,7 +55,10 @@ use config::{ConfigError, Policy};
 use lifecycle::{CgroupEvent, LifecycleError, Watcher};
 use reconcile::{OwnedDevice, State, StateError, WantedDevice};
 use selector::DeviceInfo;
-use uevent::{Uevent, UeventError, UeventSocket};
+use uevent::{Source, Uevent, UeventError};
+
+pub use devices::device_present;
+pub use event_loop::run;
 
 /// Default directory of the state file and private device nodes.
 pub const DEFAULT_STATE_DIR: &str = "/run/ctdev";
@@ -121,6 +122,8 @@ pub struct Options {
     pub sys: PathBuf,
     /// udev's database.
     pub udev_data: PathBuf,
+    /// udevd's control socket (whether udevd runs).
+    pub udev_control: PathBuf,
 }
 
 impl Options {
@@ -132,6 +135,7 @@ impl Options {
             ready_file: None,
             sys: PathBuf::from("/sys"),
             udev_data: PathBuf::from("/run/udev/data"),
+            udev_control: PathBuf::from(uevent::UDEV_CONTROL),
         }
     }
 }
@@ -161,6 +165,8 @@ pub struct Status {
     pub devices: usize,
     /// Scope cgroups covered by a scope program.
     pub scopes: usize,
+    /// Where device events come from: `udev` or `kernel`.
+    pub events: Source,
 }
 
 /// The daemon's state while it runs.
@@ -190,6 +196,8 @@ pub struct Daemon {
     coexist: takeover::Coexist,
     /// Devices (policy id, dest) whose `add` failed and was logged once.
     failing: BTreeSet<(u64, String)>,
+    /// Where device events come from now (udevd when it runs).
+    source: Source,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -236,6 +244,11 @@ impl Daemon {
             marks: None,
             coexist: takeover::Coexist::default(),
             failing: BTreeSet::new(),
+            source: if uevent::udevd_running(&opts.udev_control) {
+                Source::Udev
+            } else {
+                Source::Kernel
+            },
             opts,
         })
     }
@@ -271,152 +284,29 @@ impl Daemon {
             .position(|c| c.select.matches(&inside))
     }
 
-    // ---- devices -----------------------------------------------------------
-
-    /// Every device with a node (`/sys/dev/{block,char}`) or an interface
-    /// (`/sys/class/net`) present now.
-    fn scan_devices(&mut self) {
-        let mut found = BTreeMap::new();
-        let sys = self.opts.sys.clone();
-        for kind in ["block", "char"] {
-            let Ok(entries) = fs::read_dir(sys.join("dev").join(kind)) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                if let Some(info) = self.read_sysfs_device(&e.path()) {
-                    found.insert(info.devpath.clone(), info);
-                }
-            }
-        }
-        if let Ok(entries) = fs::read_dir(sys.join("class/net")) {
-            for e in entries.flatten() {
-                if e.file_name() == "lo" {
-                    continue;
-                }
-                if let Some(info) = self.read_sysfs_device(&e.path()) {
-                    found.insert(info.devpath.clone(), info);
-                }
-            }
-        }
-        self.devices = found;
-    }
-
-    fn read_sysfs_device(&self, link: &Path) -> Option<DeviceInfo> {
-        let real = fs::canonicalize(link).ok()?;
-        let devpath = Path::new("/").join(real.strip_prefix(&self.opts.sys).ok()?);
-        let subsystem = fs::read_link(real.join("subsystem")).ok()?;
-        let subsystem = subsystem.file_name()?.to_str()?.to_string();
-        let text = fs::read_to_string(real.join("uevent")).ok()?;
-        let props = uevent::parse_sysfs(&text, devpath.to_str()?, &subsystem);
-        Some(DeviceInfo::new(props, &self.opts.sys, &self.opts.udev_data))
-    }
-
-    /// The host node to hand to `ctdev add` for a device: `/dev/DEVNAME`
-    /// when it is that device, else a node the daemon makes in its state
-    /// directory from the event's numbers.
-    fn host_node(&self, dev: &DeviceInfo) -> Option<PathBuf> {
-        let (t, major, minor) = dev.numbers()?;
-        let name = dev.devname()?;
-        // A node is only ever made (or handed on) for a device present now:
-        // a node of a gone block device, once opened, can make the kernel
-        // create the device again (CONFIG_BLOCK_LEGACY_AUTOLOAD).
-        if !self.present(t, major, minor) {
-            tracing::debug!(
-                device = name,
-                "{}{major}:{minor} is gone: no node",
-                t.letter()
-            );
-            return None;
-        }
-        let host = Path::new("/dev").join(name);
-        if let Ok(m) = fs::metadata(&host) {
-            let ft = m.file_type();
-            let is_type = match t {
-                DeviceType::Block => ft.is_block_device(),
-                _ => ft.is_char_device(),
-            };
-            let rdev = m.rdev();
-            if is_type && libc::major(rdev) == major && libc::minor(rdev) == minor {
-                return Some(host);
-            }
-        }
-        let private = self.node_dir.join(format!("{}{major}:{minor}", t.letter()));
-        if fs::symlink_metadata(&private).is_ok() {
-            return Some(private);
-        }
-        let kind = if t == DeviceType::Block {
-            nix::sys::stat::SFlag::S_IFBLK
-        } else {
-            nix::sys::stat::SFlag::S_IFCHR
-        };
-        let made = fs::create_dir_all(&self.node_dir).is_ok()
-            && nix::sys::stat::mknod(
-                &private,
-                kind,
-                nix::sys::stat::Mode::from_bits_truncate(0o600),
-                nix::sys::stat::makedev(major.into(), minor.into()),
-            )
-            .is_ok();
-        if !made {
-            tracing::warn!(
-                device = name,
-                "no host node /dev/{name} and cannot make one in {}",
-                self.node_dir.display()
-            );
-            return None;
-        }
-        // Gone while the node was made: the node goes too.
-        if !self.present(t, major, minor) {
-            let _ = fs::remove_file(&private);
-            tracing::debug!(
-                device = name,
-                "{}{major}:{minor} left while its node was made",
-                t.letter()
-            );
-            return None;
-        }
-        Some(private)
-    }
-
-    /// Whether the device `t major:minor` exists on the host now
-    /// (`/sys/dev/{block,char}/MAJOR:MINOR`; a stat, never an open).
-    fn present(&self, t: DeviceType, major: u32, minor: u32) -> bool {
-        device_present(&self.opts.sys, t, major, minor)
-    }
-
-    /// Whether the device a hotplug record stands for is still there: its
-    /// DEVPATH is still known and its numbers still exist in sysfs.
-    fn still_present(&self, o: &OwnedDevice) -> bool {
-        let Some(devpath) = &o.devpath else {
-            return true;
-        };
-        let Some(dev) = self.devices.get(devpath) else {
-            return false;
-        };
-        if o.interface {
-            return true;
-        }
-        match dev.numbers() {
-            Some((t, major, minor)) => self.present(t, major, minor),
-            None => false,
-        }
-    }
-
     /// The devices the policy wants in the container selected by `entry`.
     fn wanted_devices(&self, entry: usize, only: Option<&str>) -> Vec<WantedDevice> {
         let c = &self.policy.containers[entry];
         let mut out = Vec::new();
         if only.is_none() {
             for d in &c.devices {
+                let links = if d.links {
+                    self.links_of_node(&d.path)
+                } else {
+                    Vec::new()
+                };
                 out.push(WantedDevice {
                     owned: OwnedDevice {
                         host: d.path.display().to_string(),
                         dest: d.dest.as_ref().unwrap_or(&d.path).display().to_string(),
                         devpath: None,
                         interface: false,
+                        links,
+                        udev_name: None,
                     },
                     access: d.access,
                     mode: d.mode,
+                    owner: self.udev_owner(&d.path),
                 });
             }
         }
@@ -428,13 +318,19 @@ impl Daemon {
                 continue;
             };
             if let Some(ifname) = dev.interface() {
-                let dest = if h.dest == "/dev/{devname}" {
-                    ifname.to_string()
+                let dest = if h.dest.is_default() {
+                    Some(ifname.to_string())
                 } else {
                     h.dest
-                        .replace("{devname}", ifname)
-                        .trim_start_matches("/dev/")
-                        .to_string()
+                        .render_with(|k| match k {
+                            "devname" | "DEVNAME" | "INTERFACE" => Some(ifname),
+                            _ => dev.prop(k).map(String::as_str),
+                        })
+                        .map(|d| d.trim_start_matches("/dev/").to_string())
+                };
+                let Some(dest) = dest else {
+                    tracing::debug!(interface = ifname, dest = %h.dest, "a property of the dest template is missing: not passed");
+                    continue;
                 };
                 out.push(WantedDevice {
                     owned: OwnedDevice {
@@ -442,21 +338,36 @@ impl Daemon {
                         dest,
                         devpath: Some(devpath.clone()),
                         interface: true,
+                        links: Vec::new(),
+                        udev_name: None,
                     },
                     access: h.access,
                     mode: None,
+                    owner: None,
                 });
                 continue;
             }
-            let (Some(name), Some(host)) = (dev.devname(), self.host_node(dev)) else {
+            let Some(dest) = h.dest.render(dev) else {
+                tracing::debug!(device = ?dev.devname(), dest = %h.dest, "a property of the dest template is missing: not passed");
                 continue;
             };
+            let Some(host) = self.host_node(dev) else {
+                continue;
+            };
+            let links = if h.links {
+                dev.links().into_iter().filter(|l| *l != dest).collect()
+            } else {
+                Vec::new()
+            };
             out.push(WantedDevice {
+                owner: self.udev_owner(&host),
                 owned: OwnedDevice {
                     host: host.display().to_string(),
-                    dest: h.dest.replace("{devname}", name),
+                    dest,
                     devpath: Some(devpath.clone()),
                     interface: false,
+                    links,
+                    udev_name: dev.udev_name(),
                 },
                 access: h.access,
                 mode: h.mode,
@@ -614,7 +525,10 @@ impl Daemon {
             .get(&m.policy_id)
             .map(|o| o.devices.clone())
             .unwrap_or_default();
-        let mut plan = reconcile::plan_devices(&owned, &wanted);
+        let mut plan = match only {
+            Some(devpath) => reconcile::plan_devices_for(&owned, &wanted, devpath),
+            None => reconcile::plan_devices(&owned, &wanted),
+        };
         // A device already given, whose node is still there, is left alone:
         // a resync that changes nothing does nothing.
         let root = runtimes::oldest_process(dir)
@@ -629,13 +543,12 @@ impl Daemon {
                     fs::symlink_metadata(inside).is_ok_and(|m| {
                         let ft = m.file_type();
                         ft.is_block_device() || ft.is_char_device()
+                    }) && w.owned.links.iter().all(|l| {
+                        fs::symlink_metadata(r.join(l.trim_start_matches('/')))
+                            .is_ok_and(|m| m.file_type().is_symlink())
                     })
                 })
         });
-        if only.is_some() {
-            // One device: leave the others alone.
-            plan.remove.retain(|o| o.devpath.as_deref() == only);
-        }
         for o in plan.remove {
             self.remove_device(dir, m.policy_id, &name, &o);
         }
@@ -673,8 +586,8 @@ impl Daemon {
         let opts = AddOptions {
             access: w.access,
             mode: if o.interface { None } else { w.mode },
-            uid: None,
-            gid: None,
+            uid: w.owner.map(|(u, _)| u),
+            gid: w.owner.map(|(_, g)| g),
         };
         // Write-ahead, as for rules: recorded before it is passed in, so a
         // daemon killed mid-way takes it back on restart if it is no longer
@@ -711,6 +624,9 @@ impl Daemon {
                     tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, took_us = start.elapsed().as_micros() as u64, "device added");
                 }
                 self.failing.remove(&(id, o.dest.clone()));
+                if !o.links.is_empty() {
+                    self.sync_links(dir, name, o, true);
+                }
                 if let Some(s) = self.state.containers.get_mut(&id) {
                     s.devices.insert(o.dest.clone(), o.clone());
                 }
@@ -750,6 +666,9 @@ impl Daemon {
     }
 
     fn remove_device(&mut self, dir: &Path, id: u64, name: &str, o: &OwnedDevice) {
+        if !o.links.is_empty() {
+            self.sync_links(dir, name, o, false);
+        }
         if !o.interface {
             let target = target_of(dir);
             match passthrough::del_as(
@@ -783,6 +702,27 @@ impl Daemon {
             && Path::new(&o.host).starts_with(&self.node_dir)
         {
             let _ = fs::remove_file(&o.host);
+        }
+    }
+
+    /// Makes (`make`) or removes the device's udev names in the container:
+    /// symlinks to its node there, with the nodes' path safety. Never in a
+    /// container that shares the host's mount namespace (that would be the
+    /// host's /dev). A failure is logged; the device stays passed in.
+    fn sync_links(&self, dir: &Path, name: &str, o: &OwnedDevice, make: bool) {
+        match crate::udev::sync_links(self.ct.cgroups(), dir, Path::new(&o.dest), &o.links, make) {
+            Ok(done) => {
+                for l in done {
+                    tracing::debug!(container = %name, link = %l.link, dest = %o.dest, action = ?l.action, "udev link");
+                }
+            }
+            Err(crate::udev::LinkError::HostMounts { .. }) => {}
+            Err(e) if !dir.exists() => {
+                tracing::debug!(container = %name, cgroup = %dir.display(), "container gone: {e}")
+            }
+            Err(e) => {
+                tracing::warn!(container = %name, cgroup = %dir.display(), dest = %o.dest, "udev links: {e}")
+            }
         }
     }
 
@@ -972,6 +912,7 @@ impl Daemon {
             pending: self.pending.len(),
             devices: self.devices.len(),
             scopes: self.scopes.len(),
+            events: self.source,
         }
     }
 
@@ -1139,7 +1080,36 @@ impl Daemon {
         }
     }
 
-    fn on_uevent(&mut self, ev: Uevent) {
+    /// Switches where device events come from (udevd started or stopped)
+    /// and rescans, so nothing that happened in between is missed.
+    fn switch_source(&mut self, to: Source, watcher: &mut Watcher) {
+        if self.source == to {
+            return;
+        }
+        tracing::info!(
+            from = self.source.as_str(),
+            to = to.as_str(),
+            "device events now come from {}",
+            match to {
+                Source::Udev => "udevd (processed: udev's properties, owner, mode and links)",
+                Source::Kernel => "the kernel (udevd is not running)",
+            }
+        );
+        self.source = to;
+        self.reconcile_all(watcher);
+    }
+
+    /// One device event from `from`. With udevd running, a device comes in
+    /// with udevd's event (after its rules ran); the kernel's `remove` is
+    /// acted on at once either way (closing a rule waits for nobody).
+    fn on_uevent(&mut self, ev: Uevent, from: Source) {
+        let action = match (from, self.source, ev.action.as_str()) {
+            (Source::Kernel, _, "remove") => "remove",
+            (Source::Kernel, Source::Kernel, "add") => "add",
+            (Source::Udev, Source::Udev, "add" | "change") => "add",
+            (Source::Udev, Source::Udev, "remove") => "remove",
+            _ => return,
+        };
         let Some(devpath) = ev.props.get("DEVPATH").cloned() else {
             return;
         };
@@ -1148,7 +1118,7 @@ impl Daemon {
         if !has_node && !is_net {
             return;
         }
-        match ev.action.as_str() {
+        match action {
             "add" => {
                 let info = DeviceInfo::new(ev.props, &self.opts.sys, &self.opts.udev_data);
                 self.devices.insert(devpath.clone(), info);
@@ -1218,167 +1188,7 @@ impl Daemon {
     }
 }
 
-/// Whether device `t major:minor` exists on the host now, from sysfs
-/// (`SYS/dev/{block,char}/MAJOR:MINOR`): a stat, never an open, so asking
-/// cannot create a block device through legacy autoload.
-pub fn device_present(sys: &Path, t: DeviceType, major: u32, minor: u32) -> bool {
-    let kind = if t == DeviceType::Block {
-        "block"
-    } else {
-        "char"
-    };
-    fs::symlink_metadata(sys.join("dev").join(kind).join(format!("{major}:{minor}"))).is_ok()
-}
-
-impl Policy {
-    /// Makes cgroup-directory targets relative to the mount.
-    pub fn normalize(&mut self, mount: &Path) {
-        for c in &mut self.containers {
-            if let config::ContainerSelector::Target(Target::Cgroup(p)) = &mut c.select {
-                if let Ok(rest) = p.strip_prefix(mount) {
-                    *p = Path::new("/").join(rest);
-                }
-            }
-        }
-        if let Ok(rest) = self.scope.strip_prefix(mount) {
-            self.scope = Path::new("/").join(rest);
-        }
-    }
-}
-
 /// Loads and prints the resolved policy (`--check-config`).
 pub fn check_config(ct: &Ctdev, path: &Path) -> Result<String, DaemonError> {
     check::check_config(ct, path, false, None)
-}
-
-/// Runs the daemon until SIGTERM or SIGINT. Never detaches on exit: the
-/// pinned programs keep enforcing.
-pub fn run(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| DaemonError::Runtime {
-            what: "tokio runtime",
-            source,
-        })?;
-    rt.block_on(run_async(ct, opts))
-}
-
-async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
-    let sig = |kind, what| signal(kind).map_err(|source| DaemonError::Runtime { what, source });
-    let mut hup = sig(SignalKind::hangup(), "SIGHUP handler")?;
-    let mut term = sig(SignalKind::terminate(), "SIGTERM handler")?;
-    let mut int = sig(SignalKind::interrupt(), "SIGINT handler")?;
-    let ready_file = opts.ready_file.clone();
-    let mut daemon = Daemon::new(ct, opts)?;
-    // Events first, then the scan: nothing that happens during the scan is lost.
-    let io = |what| move |source| DaemonError::Runtime { what, source };
-    // SAFETY: both wrappers own their fd (socket / inotify instance) for
-    // their whole life and `as_raw_fd` always returns that same fd.
-    let mut uevents =
-        unsafe { AsyncFd::register_with_interest(UeventSocket::open()?, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .map_err(io("uevent socket"))?;
-    // SAFETY: as above.
-    let mut watcher =
-        unsafe { AsyncFd::register_with_interest(Watcher::new()?, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .map_err(io("inotify"))?;
-    // SAFETY: as above.
-    let mut cdi_watch = unsafe {
-        AsyncFd::register_with_interest(cdi_watch::CdiWatcher::new()?, Interest::READABLE)
-    }
-    .map_err(|e| e.into_parts().1)
-    .map_err(io("CDI inotify"))?;
-    cdi_watch.get_mut().ensure(&daemon.policy.cdi_dirs);
-    tracing::info!(file = %daemon.opts.config.display(), scope = %daemon.scope_dir.display(), state = %daemon.state_path.display(), "starting: reconciling");
-    daemon.reconcile_all(watcher.get_mut());
-    tracing::info!(
-        containers = daemon.managed.len(),
-        devices = daemon.devices.len(),
-        watches = watcher.get_ref().count(),
-        "ready"
-    );
-    daemon.write_status(watcher.get_ref());
-    eprintln!("ctdev daemon: ready");
-    if let Some(f) = &ready_file {
-        if let Err(e) = fs::write(f, "ready\n") {
-            tracing::error!("cannot write ready file {}: {e}", f.display());
-        }
-    }
-    notify::ready();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let resync = daemon.policy.resync_interval;
-    let mut next_resync = Instant::now() + Duration::from_secs_f64(resync.max(1.0));
-    loop {
-        tokio::select! {
-            r = uevents.readable_mut() => {
-                let mut guard = r.map_err(io("uevent socket"))?;
-                match guard.get_inner_mut().read_all() {
-                    Ok(events) => {
-                        for ev in events {
-                            daemon.on_uevent(ev);
-                        }
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        tracing::warn!("uevents were lost (ENOBUFS): rescanning");
-                        daemon.reconcile_all(watcher.get_mut());
-                    }
-                    Err(e) => tracing::error!("reading uevents: {e}"),
-                }
-                guard.clear_ready();
-            }
-            r = watcher.readable_mut() => {
-                let mut guard = r.map_err(io("inotify"))?;
-                let events = guard.get_inner_mut().read();
-                guard.clear_ready();
-                for ev in events {
-                    daemon.on_cgroup_event(ev, watcher.get_mut());
-                }
-                daemon.write_status(watcher.get_ref());
-            }
-            r = cdi_watch.readable_mut() => {
-                let mut guard = r.map_err(io("CDI inotify"))?;
-                let changed = guard.get_inner_mut().read();
-                guard.clear_ready();
-                if changed {
-                    daemon.sync_cdi_all();
-                }
-            }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the policy file");
-                daemon.reload(watcher.get_mut());
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = tick.tick() => {
-                let pending: Vec<PathBuf> = daemon.pending.iter().cloned().collect();
-                let mut changed = false;
-                for dir in pending {
-                    if !dir.exists() {
-                        daemon.pending.remove(&dir);
-                    } else if daemon.is_ready(&dir) {
-                        daemon.sync_devices(&dir, None);
-                        changed = true;
-                    }
-                }
-                changed |= daemon.check_foreign();
-                if cdi_watch.get_mut().ensure(&daemon.policy.cdi_dirs) {
-                    daemon.sync_cdi_all();
-                }
-                if changed {
-                    daemon.save_state();
-                }
-                let resync = daemon.policy.resync_interval;
-                if resync > 0.0 && Instant::now() >= next_resync {
-                    daemon.reconcile_all(watcher.get_mut());
-                    tracing::debug!(watches = watcher.get_ref().count(), containers = daemon.managed.len(), "periodic resync done");
-                    daemon.write_status(watcher.get_ref());
-                    next_resync = Instant::now() + Duration::from_secs_f64(resync);
-                }
-            }
-        }
-    }
-    tracing::info!("exiting; the pinned policy keeps being enforced");
-    Ok(())
 }

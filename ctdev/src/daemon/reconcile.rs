@@ -47,6 +47,13 @@ pub struct OwnedDevice {
     pub devpath: Option<String>,
     /// Whether it is a network interface (moved, not a node).
     pub interface: bool,
+    /// udev's names of it made as symlinks to `dest` in the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+    /// udev's name of the device when it was selected (a `by-id` link
+    /// first), for `ctdev status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udev_name: Option<String>,
 }
 
 /// What the daemon gave one container.
@@ -124,6 +131,9 @@ pub struct WantedDevice {
     pub access: crate::rule::Access,
     /// Node permission bits.
     pub mode: Option<u32>,
+    /// Node owner and group (udev's, from the host node), when udevd
+    /// processed the device; `None`: the container's root.
+    pub owner: Option<(u32, u32)>,
 }
 
 /// Steps that bring one container from `owned` to `wanted`.
@@ -156,6 +166,22 @@ pub fn plan_devices(owned: &BTreeMap<String, OwnedDevice>, wanted: &[WantedDevic
     }
 }
 
+/// Plans the devices of one event: only the device at DEVPATH `only` is
+/// added, and what is removed is what that device had, or what sits at a
+/// destination it now takes (a re-plugged device whose `remove` was
+/// missed: the old rule is closed and the new one opened in one pass).
+pub fn plan_devices_for(
+    owned: &BTreeMap<String, OwnedDevice>,
+    wanted: &[WantedDevice],
+    only: &str,
+) -> DevicePlan {
+    let mut plan = plan_devices(owned, wanted);
+    let dests: BTreeSet<&str> = wanted.iter().map(|w| w.owned.dest.as_str()).collect();
+    plan.remove
+        .retain(|o| o.devpath.as_deref() == Some(only) || dests.contains(o.dest.as_str()));
+    plan
+}
+
 /// Plans static rules: owned rule texts the policy no longer has are revoked.
 pub fn plan_rules(owned: &BTreeSet<String>, wanted: &BTreeSet<String>) -> Vec<String> {
     owned.difference(wanted).cloned().collect()
@@ -172,18 +198,54 @@ mod tests {
             dest: format!("/dev/{dest}"),
             devpath: devpath.map(String::from),
             interface: false,
+            links: Vec::new(),
+            udev_name: None,
         }
+    }
+
+    fn want(owned: OwnedDevice) -> WantedDevice {
+        WantedDevice {
+            owned,
+            access: Access::ALL,
+            mode: None,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn a_replug_at_the_same_name_closes_the_old_device_in_the_same_pass() {
+        // ttyUSB0 (serial A) was passed in at /dev/serial/A; its `remove`
+        // was missed; the same adapter is back as ttyUSB1.
+        let mut old = dev("serial/A", Some("/devices/usb1/1-2/ttyUSB0"));
+        old.host = "/dev/ttyUSB0".into();
+        let other = dev("serial/B", Some("/devices/usb1/1-3/ttyUSB2"));
+        let owned: BTreeMap<String, OwnedDevice> = [old.clone(), other.clone()]
+            .into_iter()
+            .map(|d| (d.dest.clone(), d))
+            .collect();
+        let mut new = dev("serial/A", Some("/devices/usb1/1-2/ttyUSB1"));
+        new.host = "/dev/ttyUSB1".into();
+        new.links = vec!["/dev/serial/by-id/usb-A".into()];
+        let plan = plan_devices_for(&owned, &[want(new.clone())], "/devices/usb1/1-2/ttyUSB1");
+        assert_eq!(
+            plan.remove,
+            vec![old],
+            "the old device at the name goes, the other stays"
+        );
+        assert_eq!(plan.add, vec![want(new.clone())]);
+        // An unrelated device's event touches nothing else.
+        let plan = plan_devices_for(&owned, &[], "/devices/usb1/1-4/ttyUSB3");
+        assert!(plan.remove.is_empty() && plan.add.is_empty());
+        // Its own remove: only its record goes.
+        let plan = plan_devices_for(&owned, &[], "/devices/usb1/1-3/ttyUSB2");
+        assert_eq!(plan.remove, vec![other]);
     }
 
     #[test]
     fn device_plan_is_idempotent_and_removes_what_is_gone() {
         let a = dev("a", None);
         let b = dev("b", Some("/devices/virtual/block/loop9"));
-        let wanted = vec![WantedDevice {
-            owned: a.clone(),
-            access: Access::ALL,
-            mode: None,
-        }];
+        let wanted = vec![want(a.clone())];
         let owned: BTreeMap<String, OwnedDevice> = [a.clone(), b.clone()]
             .into_iter()
             .map(|d| (d.dest.clone(), d))
@@ -202,14 +264,7 @@ mod tests {
         let mut new = old.clone();
         new.devpath = Some("/devices/b".into());
         let owned = [(old.dest.clone(), old.clone())].into_iter().collect();
-        let plan = plan_devices(
-            &owned,
-            &[WantedDevice {
-                owned: new,
-                access: Access::ALL,
-                mode: None,
-            }],
-        );
+        let plan = plan_devices(&owned, &[want(new)]);
         assert_eq!(plan.remove, vec![old]);
     }
 

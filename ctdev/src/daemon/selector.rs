@@ -8,18 +8,15 @@
 //! (`idVendor` → ID_VENDOR_ID, `idProduct` → ID_MODEL_ID, `serial` →
 //! ID_SERIAL_SHORT, `manufacturer_product_serial` → ID_SERIAL).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use globset::GlobMatcher;
 
-use crate::rule::DeviceType;
 use crate::runtimes::{self, Visit};
 use crate::target::{RuntimeKind, Target};
 
-use super::config::ContainerSelector;
+pub use super::devices::DeviceInfo;
 
 /// A 16-bit USB id (vendor or product), compared as a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +56,9 @@ pub struct DeviceSelector {
     pub devname_text: Option<String>,
     /// A udev tag (TAGS / CURRENT_TAGS).
     pub tag: Option<String>,
+    /// Any property (ID_PATH, ID_FS_LABEL, an ENV key a udev rule set):
+    /// name, glob over the value (`*` crosses `/`), the glob as written.
+    pub properties: Vec<(String, GlobMatcher, String)>,
 }
 
 impl DeviceSelector {
@@ -73,6 +73,7 @@ impl DeviceSelector {
             && self.devpath_prefix.is_none()
             && self.devname.is_none()
             && self.tag.is_none()
+            && self.properties.is_empty()
     }
 
     /// Whether `dev` matches every key given.
@@ -104,6 +105,10 @@ impl DeviceSelector {
                 .tag
                 .as_ref()
                 .is_none_or(|t| dev.tags.contains(t.as_str()))
+            && self
+                .properties
+                .iter()
+                .all(|(k, g, _)| dev.prop(k).is_some_and(|v| g.is_match(v)))
     }
 }
 
@@ -133,124 +138,11 @@ impl fmt::Display for DeviceSelector {
         );
         s("DEVNAME", &self.devname_text);
         s("TAG", &self.tag);
+        for (k, _, text) in &self.properties {
+            parts.push(format!("{k}={text}"));
+        }
         f.write_str(&parts.join(","))
     }
-}
-
-/// A device as the matcher sees it: uevent properties plus the udev-like
-/// ones filled in from udev's database or sysfs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceInfo {
-    /// DEVPATH (`/devices/...`, without `/sys`).
-    pub devpath: String,
-    /// Every property (uevent's KEY=VALUE, then ID_* filled in).
-    pub props: BTreeMap<String, String>,
-    /// udev tags.
-    pub tags: BTreeSet<String>,
-}
-
-impl DeviceInfo {
-    /// A property.
-    pub fn prop(&self, key: &str) -> Option<&String> {
-        self.props.get(key)
-    }
-
-    /// DEVNAME without `/dev/`.
-    pub fn devname(&self) -> Option<&str> {
-        self.prop("DEVNAME")
-            .map(|n| n.strip_prefix("/dev/").unwrap_or(n))
-    }
-
-    /// The device node's type and numbers, when it has one.
-    pub fn numbers(&self) -> Option<(DeviceType, u32, u32)> {
-        let major = self.prop("MAJOR")?.parse().ok()?;
-        let minor = self.prop("MINOR")?.parse().ok()?;
-        let t = if self.prop("SUBSYSTEM").map(String::as_str) == Some("block") {
-            DeviceType::Block
-        } else {
-            DeviceType::Char
-        };
-        Some((t, major, minor))
-    }
-
-    /// A network interface name (SUBSYSTEM=net), if this is one.
-    pub fn interface(&self) -> Option<&str> {
-        (self.prop("SUBSYSTEM").map(String::as_str) == Some("net"))
-            .then(|| self.prop("INTERFACE").map(String::as_str))
-            .flatten()
-    }
-
-    /// From uevent properties; fills in udev-only properties from `udev_data`
-    /// (`/run/udev/data`) or, failing that, from sysfs under `sys`.
-    pub fn new(props: BTreeMap<String, String>, sys: &Path, udev_data: &Path) -> DeviceInfo {
-        let devpath = props.get("DEVPATH").cloned().unwrap_or_default();
-        let mut info = DeviceInfo {
-            devpath,
-            props,
-            tags: BTreeSet::new(),
-        };
-        for key in ["TAGS", "CURRENT_TAGS"] {
-            if let Some(t) = info.props.get(key) {
-                info.tags
-                    .extend(t.split(':').filter(|s| !s.is_empty()).map(String::from));
-            }
-        }
-        if let Some((t, ma, mi)) = info.numbers() {
-            let file = udev_data.join(format!("{}{ma}:{mi}", t.letter()));
-            if let Ok(text) = fs::read_to_string(&file) {
-                for line in text.lines() {
-                    if let Some(kv) = line.strip_prefix("E:") {
-                        if let Some((k, v)) = kv.split_once('=') {
-                            info.props.entry(k.into()).or_insert_with(|| v.into());
-                        }
-                    } else if let Some(tag) = line.strip_prefix("G:").or(line.strip_prefix("Q:")) {
-                        info.tags.insert(tag.into());
-                    }
-                }
-            }
-        }
-        if !info.props.contains_key("ID_VENDOR_ID") {
-            if let Some(usb) = usb_ancestor(sys, &info.devpath) {
-                let attr = |n: &str| {
-                    fs::read_to_string(usb.join(n))
-                        .ok()
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                };
-                let mut set = |k: &str, v: Option<String>| {
-                    if let Some(v) = v {
-                        info.props.entry(k.into()).or_insert(v);
-                    }
-                };
-                set("ID_VENDOR_ID", attr("idVendor"));
-                set("ID_MODEL_ID", attr("idProduct"));
-                set("ID_SERIAL_SHORT", attr("serial"));
-                let clean = |s: String| s.split_whitespace().collect::<Vec<_>>().join("_");
-                let vendor = attr("manufacturer").map(clean).or(attr("idVendor"));
-                let model = attr("product").map(clean).or(attr("idProduct"));
-                if let (Some(v), Some(m)) = (vendor, model) {
-                    let serial = attr("serial").map(|s| format!("_{s}")).unwrap_or_default();
-                    set("ID_SERIAL", Some(format!("{v}_{m}{serial}")));
-                }
-            }
-        }
-        info
-    }
-}
-
-/// The nearest directory at or above `/sys{devpath}` with `idVendor` and
-/// `idProduct` (a USB device).
-fn usb_ancestor(sys: &Path, devpath: &str) -> Option<PathBuf> {
-    let mut dir = sys.join(devpath.trim_start_matches('/'));
-    while dir.starts_with(sys) && dir != sys {
-        if dir.join("idVendor").is_file() && dir.join("idProduct").is_file() {
-            return Some(dir);
-        }
-        if !dir.pop() {
-            break;
-        }
-    }
-    None
 }
 
 /// The (runtime, name) of a cgroup, if a runtime resolver recognises it.
@@ -293,6 +185,28 @@ fn strip_scope<'a>(dir: &'a str, prefix: &str) -> &'a str {
         .unwrap_or(dir)
 }
 
+/// How a `[[container]]` picks its cgroups.
+#[derive(Debug, Clone)]
+pub enum ContainerSelector {
+    /// TARGET syntax (`lxc:web`, `docker:3f2a`, `/path`, a bare name).
+    Target(Target),
+    /// A glob over the cgroup path inside the hierarchy (`/lxc.payload.ha-*`);
+    /// `*` does not cross `/`, `**` does.
+    Cgroup(GlobMatcher),
+    /// Containers of a runtime whose name or ID matches a glob.
+    Runtime(RuntimeKind, GlobMatcher),
+}
+
+impl ContainerSelector {
+    /// Whether it selects containers of a runtime (`runtime = …` or a
+    /// `RUNTIME:NAME` target).
+    pub fn is_runtime(&self) -> bool {
+        matches!(
+            self,
+            ContainerSelector::Runtime(..) | ContainerSelector::Target(Target::Runtime(..))
+        )
+    }
+}
 impl ContainerSelector {
     /// Whether the cgroup at `path` (inside the hierarchy, `/a/b`) is selected.
     pub fn matches(&self, path: &Path) -> bool {
@@ -335,7 +249,10 @@ impl ContainerSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rule::DeviceType;
     use globset::GlobBuilder;
+    use std::collections::BTreeMap;
+    use std::fs;
 
     fn glob(g: &str, sep: bool) -> GlobMatcher {
         GlobBuilder::new(g)
@@ -394,6 +311,31 @@ mod tests {
         s.id_serial_short = Some("A1".into());
         assert!(!s.matches(&d), "a key the device lacks does not match");
         assert_eq!(d.numbers(), Some((DeviceType::Char, 188, 0)));
+    }
+
+    #[test]
+    fn any_udev_property_matches_by_glob() {
+        let d = dev(&[
+            ("SUBSYSTEM", "tty"),
+            ("ID_PATH", "pci-0000:00:14.0-usb-0:2:1.0"),
+            ("CTDEV_ZIGBEE", "1"),
+        ]);
+        let mut s = DeviceSelector {
+            properties: vec![("ID_PATH".into(), glob("pci-*-usb-0:2:*", false), "x".into())],
+            ..Default::default()
+        };
+        assert!(!s.is_empty());
+        assert!(s.matches(&d));
+        s.properties
+            .push(("CTDEV_ZIGBEE".into(), glob("1", false), "1".into()));
+        assert!(s.matches(&d));
+        s.properties
+            .push(("ID_MODEL".into(), glob("*", false), "*".into()));
+        assert!(
+            !s.matches(&d),
+            "a property the device lacks does not match, even with *"
+        );
+        assert!(s.to_string().contains("CTDEV_ZIGBEE=1"));
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //! device created with LOOP_CTL_ADD) to the node being usable by a process
 //! inside a matching container. Runs `hotplug-latency` (tests/src/bin), which
 //! starts a test container and `ctdev daemon` with a hotplug selector for
-//! that device, and prints every sample.
+//! that device, and prints every sample. Run twice: on the kernel's events
+//! (no udevd), and on udevd's processed events (`--udev`: the tests' own
+//! udevd with a rule giving the device an ID_SERIAL, a by-id link, owner
+//! and mode; the daemon recreates the link), where udevd's own processing
+//! time (LOOP_CTL_ADD → udevd's event) is reported separately.
 
 use std::process::Command;
 
@@ -22,6 +26,25 @@ pub struct HotplugResults {
     pub p99_ms: f64,
     /// Every sample (ms), in order.
     pub samples_ms: Vec<f64>,
+    /// The same on udevd's processed events (node and link usable).
+    pub udev: Option<UdevHotplug>,
+}
+
+/// Hotplug latency on udevd's events.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UdevHotplug {
+    /// Events measured.
+    pub events: usize,
+    /// LOOP_CTL_ADD → node and udev link usable in the container (ms).
+    pub ms: Summary,
+    /// 99th percentile of that (ms).
+    pub p99_ms: f64,
+    /// Of which udevd's own processing: LOOP_CTL_ADD → udevd's event (ms).
+    pub udevd_ms: Summary,
+    /// Every total sample (ms).
+    pub samples_ms: Vec<f64>,
+    /// Every udevd sample (ms).
+    pub udevd_samples_ms: Vec<f64>,
 }
 
 /// The measuring binary, built by [`super::run`] next to the release xtask.
@@ -29,10 +52,47 @@ pub fn binary() -> std::path::PathBuf {
     crate::root().join("target/release/hotplug-latency")
 }
 
+fn p99(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() as f64 * 0.99) as usize).min(sorted.len() - 1)]
+}
+
 pub fn run(env: &Env) -> Result<HotplugResults> {
+    let (samples_ms, _) = measure(env, false)?;
+    let (u, udevd) = measure(env, true)?;
+    if udevd.len() != u.len() {
+        bail!(
+            "hotplug-latency --udev: {} samples but {} udevd times",
+            u.len(),
+            udevd.len()
+        );
+    }
+    Ok(HotplugResults {
+        events: samples_ms.len(),
+        ms: Summary::of(&samples_ms),
+        p99_ms: p99(&samples_ms),
+        samples_ms,
+        udev: Some(UdevHotplug {
+            events: u.len(),
+            ms: Summary::of(&u),
+            p99_ms: p99(&u),
+            udevd_ms: Summary::of(&udevd),
+            samples_ms: u,
+            udevd_samples_ms: udevd,
+        }),
+    })
+}
+
+/// One run of the binary: total samples and udevd's (empty without udev).
+fn measure(env: &Env, udev: bool) -> Result<(Vec<f64>, Vec<f64>)> {
     let bin = binary();
-    let out = Command::new(&bin)
-        .arg(env.plan.hotplug_events.to_string())
+    let mut cmd = Command::new(&bin);
+    cmd.arg(env.plan.hotplug_events.to_string());
+    if udev {
+        cmd.arg("--udev");
+    }
+    let out = cmd
         .env("CTDEV_BIN", &env.ctdev_bin)
         .output()
         .with_context(|| format!("cannot run {}", bin.display()))?;
@@ -50,22 +110,30 @@ pub fn run(env: &Env) -> Result<HotplugResults> {
         .find(|l| l.starts_with('{'))
         .context("hotplug-latency printed no samples")?;
     let v: serde_json::Value = serde_json::from_str(line)?;
-    let samples_ms: Vec<f64> = v["samples_ms"]
-        .as_array()
-        .context("no samples_ms")?
-        .iter()
-        .filter_map(|x| x.as_f64())
-        .collect();
+    let list = |key: &str| -> Vec<f64> {
+        v[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_default()
+    };
+    let samples_ms = list("samples_ms");
     if samples_ms.is_empty() {
         bail!("hotplug-latency measured nothing");
     }
-    let mut sorted = samples_ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let p99_ms = sorted[((sorted.len() as f64 * 0.99) as usize).min(sorted.len() - 1)];
-    Ok(HotplugResults {
-        events: samples_ms.len(),
-        ms: Summary::of(&samples_ms),
-        p99_ms,
-        samples_ms,
-    })
+    Ok((samples_ms, list("udevd_ms")))
+}
+
+/// One line per source, for the terminal.
+pub fn summary(r: &HotplugResults) -> String {
+    let mut s = format!(
+        "hotplug, kernel events: median {:.1} ms, p99 {:.1} ms ({} events)",
+        r.ms.median, r.p99_ms, r.events
+    );
+    if let Some(u) = &r.udev {
+        s.push_str(&format!(
+            "; udevd's events (node + link): median {:.1} ms, p99 {:.1} ms, of which udevd median {:.1} ms ({} events)",
+            u.ms.median, u.p99_ms, u.udevd_ms.median, u.events
+        ));
+    }
+    s
 }
