@@ -173,6 +173,9 @@ pub struct RuleView {
     pub devices: Vec<String>,
     /// Accesses this entry allowed since it was created or counters were reset.
     pub hits: u64,
+    /// CDI devices (`vendor/class=name`) whose `ctdev add` gave this entry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cdi: Vec<String>,
 }
 
 /// A container under policy, as `ctdev list` shows it.
@@ -211,6 +214,14 @@ pub struct ContainerView {
     /// The Kubernetes pod container this is, from the pod map of `ctdev nri`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<runtimes::k8s::PodContainer>,
+    /// A defunct entry's cgroup as it was at attach time (recorded by
+    /// ctdev; absent when the cgroup still exists or nothing recorded it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub former_cgroup: Option<PathBuf>,
+    /// CDI devices added to this container (`ctdev add TARGET
+    /// vendor/class=name`), with the nodes and mounts each gave.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cdi: Vec<crate::cdi::apply::CdiSource>,
 }
 
 /// The whole audit dump (`ctdev list --json`), format version 1.
@@ -685,6 +696,7 @@ impl Ctdev {
             Ok(link) => {
                 crate::failpoint!("attach.after_pin");
                 tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, prog_id = link.info.prog_id, "attached");
+                crate::audit::names::record(self.grants.dir(), id, &cgroup.path);
                 Ok(AttachReport {
                     cgroup_dir: cgroup.dir,
                     policy_id: id,
@@ -1030,6 +1042,7 @@ impl Ctdev {
         crate::failpoint!("detach.after_entries");
         // Every grant of this container is void with its entries.
         self.grants.remove(id)?;
+        crate::audit::names::forget(self.grants.dir(), id);
         if let Some(mut counters) = Counters::open(&self.pins)? {
             counters.reset(id)?;
         }
@@ -1168,14 +1181,14 @@ impl Ctdev {
                 Err(e) => return Err(e.into()),
             };
             let cg = cgroups.get(id);
-            let pod = pods
-                .containers
-                .iter()
-                .find(|p| p.policy_id == *id)
-                .or_else(|| cg.and_then(|c| pods.by_cgroup(&c.path)))
-                .cloned();
+            let pod = crate::audit::names::pod_of(&pods, *id, cg.map(|c| c.path.as_path()));
             dump.containers.push(ContainerView {
                 pod,
+                former_cgroup: match cg {
+                    Some(_) => None,
+                    None => crate::audit::names::recorded(self.grants.dir(), *id),
+                },
+                cdi: Vec::new(),
                 policy_id: *id,
                 cgroup: cg.map(|c| c.path.clone()),
                 cgroup_dir: cg.map(|c| c.dir.clone()),
@@ -1318,6 +1331,7 @@ impl Ctdev {
             access: rule.access,
             devices: device_names(&self.config.sys_dev, rule.dev_type, rule.major, rule.minor),
             hits: 0,
+            cdi: Vec::new(),
         }
     }
 

@@ -5,3 +5,4 @@
 pub mod check;
 pub mod drift;
 pub mod events;
+pub mod names;

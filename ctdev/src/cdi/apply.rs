@@ -374,6 +374,70 @@ pub fn records(state_dir: &Path, policy_id: u64) -> Vec<CdiRecord> {
     out
 }
 
+/// A CDI device added to a container, as `ctdev list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CdiSource {
+    /// The device (`vendor/class=name`).
+    pub name: String,
+    /// The spec file it came from.
+    pub file: PathBuf,
+    /// Device nodes it gave (paths in the container).
+    pub nodes: Vec<PathBuf>,
+    /// Bind mounts it made (targets in the container).
+    pub mounts: Vec<PathBuf>,
+    /// Interfaces it moved in (names in the container).
+    pub netdevs: Vec<String>,
+}
+
+impl From<&CdiRecord> for CdiSource {
+    fn from(r: &CdiRecord) -> Self {
+        CdiSource {
+            name: r.name.clone(),
+            file: r.file.clone(),
+            nodes: r.nodes.iter().map(|n| n.dest.clone()).collect(),
+            mounts: r.mounts.iter().map(|m| m.dest.clone()).collect(),
+            netdevs: r.netdevs.iter().map(|n| n.container_name.clone()).collect(),
+        }
+    }
+}
+
+/// Names, on each container of `dump` and on each of its rules, the CDI
+/// devices whose `add` gave them (from the records in `state_dir`). A rule
+/// is named when it is the exact entry (`TYPE MAJOR:MINOR`) of a node the
+/// device gave. Records of another cgroup with the same policy id (a
+/// re-used id) are left out.
+pub fn annotate(dump: &mut crate::controller::Dump, state_dir: &Path) {
+    for c in &mut dump.containers {
+        let recs: Vec<CdiRecord> = records(state_dir, c.policy_id)
+            .into_iter()
+            .filter(|r| c.cgroup_dir.as_ref().is_none_or(|d| d == &r.cgroup_dir))
+            .collect();
+        annotate_container(c, &recs);
+    }
+}
+
+/// [`annotate`] for one container and its records (pure).
+pub fn annotate_container(c: &mut crate::controller::ContainerView, recs: &[CdiRecord]) {
+    c.cdi = recs.iter().map(CdiSource::from).collect();
+    for rule in &mut c.rules {
+        rule.cdi = recs
+            .iter()
+            .filter(|r| {
+                r.nodes.iter().any(|n| {
+                    let t = match n.dev_type {
+                        'b' => DeviceType::Block,
+                        _ => DeviceType::Char,
+                    };
+                    rule.dev_type == t
+                        && rule.major == DevNumber::Exact(n.major)
+                        && rule.minor == DevNumber::Exact(n.minor)
+                })
+            })
+            .map(|r| r.name.clone())
+            .collect();
+    }
+}
+
 fn write_record(path: &Path, record: &CdiRecord) -> Result<(), CdiError> {
     let err = |reason: String| CdiError::Record {
         path: path.to_path_buf(),

@@ -242,6 +242,8 @@ mod tests {
             link_pin: PathBuf::new(),
             state: "enforcing",
             pod: None,
+            former_cgroup: None,
+            cdi: vec![],
             rules: crate::rule::parse_rules(rules)
                 .unwrap()
                 .into_iter()
@@ -253,6 +255,7 @@ mod tests {
                     access: r.access,
                     devices: vec![],
                     hits: 0,
+                    cdi: vec![],
                 })
                 .collect(),
             stats: Stats::default(),
