@@ -752,6 +752,107 @@ mod tests {
     use super::*;
     use crate::cdi::spec::{parse, Format};
 
+    fn container(rules: &[&str]) -> crate::controller::ContainerView {
+        crate::controller::ContainerView {
+            policy_id: 1,
+            cgroup: Some("/c".into()),
+            cgroup_dir: Some("/sys/fs/cgroup/c".into()),
+            cgroup_id: 1,
+            program_id: 1,
+            link_id: 1,
+            link_pin: PathBuf::new(),
+            state: "enforcing",
+            rules: crate::rule::parse_rules(rules)
+                .unwrap()
+                .into_iter()
+                .map(|r| crate::controller::RuleView {
+                    rule: r.to_string(),
+                    dev_type: r.dev_type,
+                    major: r.major,
+                    minor: r.minor,
+                    access: r.access,
+                    devices: vec![],
+                    hits: 0,
+                    cdi: vec![],
+                })
+                .collect(),
+            stats: Default::default(),
+            other_programs: vec![],
+            drift: None,
+            pod: None,
+            former_cgroup: None,
+            cdi: vec![],
+        }
+    }
+
+    fn record(name: &str, nodes: &[(char, u32, u32, &str)]) -> CdiRecord {
+        CdiRecord {
+            name: name.into(),
+            file: "/etc/cdi/x.yaml".into(),
+            target: "/c".into(),
+            policy_id: 1,
+            cgroup_dir: "/sys/fs/cgroup/c".into(),
+            nodes: nodes
+                .iter()
+                .map(|(t, ma, mi, dest)| NodeRecord {
+                    host: PathBuf::from("/dev/x"),
+                    dest: PathBuf::from(dest),
+                    dev_type: *t,
+                    major: *ma,
+                    minor: *mi,
+                    mode: 0o600,
+                    uid: 0,
+                    gid: 0,
+                    action: "created".into(),
+                    changed: true,
+                    rule_before: None,
+                })
+                .collect(),
+            mounts: vec![],
+            netdevs: vec![NetdevRecord {
+                host_name: "veth1".into(),
+                container_name: "eth1".into(),
+            }],
+            skipped: vec![],
+            warnings: vec![],
+            edits: None,
+        }
+    }
+
+    /// Exact rules of a record's nodes name the device; wildcard rules and
+    /// rules of another type or number do not; two devices sharing a node
+    /// are both named.
+    #[test]
+    fn rules_and_nodes_name_their_cdi_device() {
+        let mut c = container(&["b 7:5 rwm", "c 7:5 rwm", "b 7:* r", "c 10:200 rw"]);
+        let recs = [
+            record("a.com/x=1", &[('b', 7, 5, "/dev/a")]),
+            record(
+                "a.com/x=2",
+                &[('b', 7, 5, "/dev/b"), ('c', 10, 200, "/dev/t")],
+            ),
+        ];
+        annotate_container(&mut c, &recs);
+        let names: Vec<Vec<String>> = c.rules.iter().map(|r| r.cdi.clone()).collect();
+        assert_eq!(
+            names,
+            vec![
+                vec!["a.com/x=1".to_string(), "a.com/x=2".to_string()],
+                vec![],
+                vec![],
+                vec!["a.com/x=2".to_string()],
+            ]
+        );
+        assert_eq!(c.cdi.len(), 2);
+        assert_eq!(
+            c.cdi[1].nodes,
+            vec![PathBuf::from("/dev/b"), PathBuf::from("/dev/t")]
+        );
+        assert_eq!(c.cdi[1].netdevs, vec!["eth1".to_string()]);
+        annotate_container(&mut c, &[]);
+        assert!(c.cdi.is_empty() && c.rules.iter().all(|r| r.cdi.is_empty()));
+    }
+
     fn edits(text: &str) -> ContainerEdits {
         let s = parse(text.as_bytes(), Format::Json).unwrap();
         super::super::registry::merged_edits(&s, &s.devices[0])

@@ -13,7 +13,8 @@ use crate::nri::{self, policy::NriPolicy, section::NriSection};
 /// Arguments of `ctdev daemon`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The policy file (TOML; see /etc/ctdev/policy.example.toml).
+    /// The policy file (TOML; see /etc/ctdev/policy.example.toml). With an
+    /// `[nri]` section the daemon also runs the NRI plugin (docs/KUBERNETES.md).
     #[arg(long, env = "CTDEV_CONFIG", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Validate the policy file, print the resolved policy (and warnings
