@@ -285,7 +285,7 @@ fn defunct_entries_name_their_former_cgroup() {
     let text = env.ok(&["list"]);
     let head = text
         .lines()
-        .find(|l| l.contains("defunct"))
+        .find(|l| l.contains("  defunct  "))
         .unwrap_or_else(|| panic!("no defunct line:\n{text}"));
     assert!(
         head.starts_with(&format!("{was} (cgroup removed)")),
