@@ -6,8 +6,8 @@
 // The library's modules at this crate's root, so the CLI names them by the
 // same paths as the library does (`crate::ops`, `crate::rule`, ...).
 use ctdev::{
-    audit, cdi, cgroup, container, daemon, kernel, nri, ops, passthrough, presets, probe, rule,
-    runtimes, takeover, target, udev,
+    audit, cdi, cgroup, container, daemon, grants, kernel, nri, ops, passthrough, presets, probe,
+    rule, runtimes, takeover, target, udev,
 };
 
 mod cli;

@@ -447,6 +447,22 @@ state = "{d}/state"
         Ok(id)
     }
 
+    /// Stops (at once) and removes a container.
+    pub fn remove_container(&self, container: &str) {
+        let mut client = self.client();
+        let _ = self
+            .rt
+            .block_on(client.stop_container(cri::StopContainerRequest {
+                container_id: container.into(),
+                timeout: 0,
+            }));
+        let _ = self
+            .rt
+            .block_on(client.remove_container(cri::RemoveContainerRequest {
+                container_id: container.into(),
+            }));
+    }
+
     /// Runs `cmd` in a container: (exit code, stdout + stderr).
     pub fn exec(&self, container: &str, cmd: &[&str]) -> (i32, String) {
         let mut client = self.client();

@@ -461,3 +461,79 @@ fn daemon_keeps_cdi_devices_in_sync_with_the_spec() {
     });
     drop(daemon);
 }
+
+/// `ctdev list` names the CDI device each rule and node came from (JSON and
+/// text), `status` says the CDI device passed them in, and after `del`
+/// neither names it any more.
+#[test]
+fn list_names_the_cdi_device_of_rules_and_nodes() {
+    use ctdev_tests::container::TestContainer;
+    let env = TestEnv::new("cdi-source");
+    let c = TestContainer::start(&env, "a", false);
+    let lo = LoopDev::new();
+    let share = env.scratch.join("share");
+    fs::create_dir_all(&share).unwrap();
+    let specs = env.scratch.join("cdi");
+    fs::create_dir_all(&specs).unwrap();
+    let class = format!("c{}", unique("").replace('-', ""));
+    let name = format!("example.com/{class}=x");
+    fs::write(
+        specs.join("s.json"),
+        format!(
+            r#"{{"cdiVersion":"0.5.0","kind":"example.com/{class}","devices":[{{"name":"x","containerEdits":{{
+            "deviceNodes":[{{"path":"/dev/cdi-x","hostPath":"{}"}}],
+            "mounts":[{{"hostPath":"{}","containerPath":"/mnt/share","options":["rbind","ro"]}}]}}}}]}}"#,
+            lo.path_str(),
+            share.display()
+        ),
+    )
+    .unwrap();
+    let state = env.scratch.join("cdi-state");
+    let (d, s) = (specs.to_str().unwrap(), state.to_str().unwrap());
+    let target = c.cgroup_str();
+    env.ok(&["attach", target, "--preset", "none"]);
+    env.ok(&["add", target, &name, "--cdi-dir", d, "--cdi-state", s]);
+
+    // JSON: the container lists the device with what it gave; the node's
+    // rule names it.
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "list", target, "--cdi-state", s])).unwrap();
+    let ct = &json["containers"][0];
+    assert_eq!(ct["cdi"][0]["name"], name.as_str(), "{ct:#}");
+    assert_eq!(ct["cdi"][0]["nodes"][0], "/dev/cdi-x", "{ct:#}");
+    assert_eq!(ct["cdi"][0]["mounts"][0], "/mnt/share", "{ct:#}");
+    assert!(ct["cdi"][0]["file"].as_str().unwrap().ends_with("s.json"));
+    let rule = format!("b 7:{} rwm", lo.number);
+    let r = ct["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == rule.as_str())
+        .unwrap_or_else(|| panic!("no rule {rule}: {ct:#}"));
+    assert_eq!(r["cdi"][0], name.as_str(), "{r:#}");
+
+    // Text: a column on the rule, a line for the device; `status` too.
+    let text = env.ok(&["list", target, "--cdi-state", s]);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&rule))
+        .unwrap_or_else(|| panic!("no rule line:\n{text}"));
+    assert!(line.ends_with(&format!("cdi {name}")), "{text}");
+    assert!(
+        text.contains(&format!("cdi {name} (from "))
+            && text.contains("nodes /dev/cdi-x; mounts /mnt/share"),
+        "{text}"
+    );
+    let status = env.ok(&["status", target, "--cdi-state", s]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("/dev/cdi-x") && l.contains(&format!("by cdi {name}"))),
+        "{status}"
+    );
+
+    // After del nothing names it.
+    env.ok(&["del", target, &name, "--cdi-state", s]);
+    let after = env.ok(&["--json", "list", target, "--cdi-state", s]);
+    assert!(!after.contains(&name), "{after}");
+}

@@ -253,3 +253,43 @@ fn monitor_skips_buffered_denials_unless_replay() {
     let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
     assert_eq!(v["device"]["minor"], 7, "the fresh denial (/dev/full): {v}");
 }
+
+/// A defunct entry (its cgroup was removed) still names the cgroup it was
+/// attached to, in the text `list` and in the JSON; `detach id:N` forgets it.
+#[test]
+fn defunct_entries_name_their_former_cgroup() {
+    let env = TestEnv::new("cli-defunct");
+    let cg = env.cgroup("gone");
+    let out = env.ok(&["--json", "attach", s(&cg), "--preset", "none"]);
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["policy_id"]
+        .as_u64()
+        .unwrap();
+    let json = env.list_json();
+    assert!(
+        json["containers"][0].get("former_cgroup").is_none(),
+        "a live cgroup has no former name: {json:#}"
+    );
+    std::fs::remove_dir(&cg).unwrap();
+    let was = format!("/{}/gone", env.name);
+
+    let json = env.list_json();
+    let c = &json["containers"][0];
+    assert_eq!(c["state"], "defunct", "{c:#}");
+    assert_eq!(c["cgroup"], serde_json::Value::Null);
+    assert_eq!(c["former_cgroup"], was.as_str(), "{c:#}");
+    let text = env.ok(&["list"]);
+    let head = text
+        .lines()
+        .find(|l| l.contains("  defunct  "))
+        .unwrap_or_else(|| panic!("no defunct line:\n{text}"));
+    assert!(
+        head.starts_with(&format!("{was} (cgroup removed)")),
+        "{text}"
+    );
+
+    // The record lives beside the grant records and goes with the entry.
+    let record = env.state_dir().join(format!("cgroup-{id}"));
+    assert!(record.is_file(), "{} missing", record.display());
+    env.ok(&["detach", &format!("id:{id}")]);
+    assert!(!record.exists(), "{} left after detach", record.display());
+}

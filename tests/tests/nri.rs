@@ -313,3 +313,193 @@ fn nri_plugin_reconnects_when_containerd_restarts() {
     w.assert_enforced(&b_id);
     assert_eq!(w.containerd.open_rw(&b_id, "/dev/loop-control"), Ok(()));
 }
+
+/// A directory laid out as the kubelet mounts a ConfigMap: `NAME ->
+/// ..data/NAME`, `..data -> ..vN`; [`ConfigMapDir::update`] swaps `..data`
+/// as the kubelet does (new directory, `..data_tmp` symlink renamed over
+/// `..data`).
+struct ConfigMapDir {
+    dir: PathBuf,
+    name: &'static str,
+    version: u32,
+}
+
+impl ConfigMapDir {
+    fn new(dir: PathBuf, name: &'static str, text: &str) -> ConfigMapDir {
+        fs::create_dir_all(&dir).unwrap();
+        let mut c = ConfigMapDir {
+            dir,
+            name,
+            version: 0,
+        };
+        c.update(text);
+        std::os::unix::fs::symlink(format!("..data/{name}"), c.path()).unwrap();
+        c
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(self.name)
+    }
+
+    fn update(&mut self, text: &str) {
+        self.version += 1;
+        let v = format!("..v{}", self.version);
+        fs::create_dir(self.dir.join(&v)).unwrap();
+        fs::write(self.dir.join(&v).join(self.name), text).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&v, &tmp).unwrap();
+        fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+}
+
+#[test]
+fn nri_policy_change_is_reloaded_without_a_restart() {
+    let mut w = World::new("nri-reload");
+    let roots = format!(
+        "runtime_roots = [\"{}\"]\n",
+        w.containerd.runc_root.display()
+    );
+    let mut cm = ConfigMapDir::new(
+        w.env.scratch.join("configmap"),
+        "nri.toml",
+        &format!("{roots}[[container]]\nname = \"ci\"\nnamespace = \"ci\"\n"),
+    );
+    w.policy = cm.path();
+    let plugin = w.plugin();
+
+    // The first policy does not select namespace "late": a request is refused.
+    let p1 = w.pod("late", "p1", Some("/dev/loop-control"));
+    let err = w.containerd.run_container(&p1, "work").unwrap_err();
+    assert!(
+        err.contains("no policy entry selects namespace \"late\""),
+        "{err}\nplugin:\n{}",
+        plugin.log()
+    );
+
+    // The ConfigMap changes (symlink swap): the plugin reloads it, and the
+    // next pod of "late" gets its device, under ctdev.
+    cm.update(&format!(
+        "{roots}[[container]]\nname = \"late\"\nnamespace = \"late\"\nallow = [\"/dev/loop-control\"]\n"
+    ));
+    assert!(
+        eventually(Duration::from_secs(10), || w
+            .events()
+            .contains("\"reloaded\"")),
+        "no reload:\n{}\n{}",
+        w.events(),
+        plugin.log()
+    );
+    let p2 = w.pod("late", "p2", Some("/dev/loop-control"));
+    let id2 = w
+        .containerd
+        .run_container(&p2, "work")
+        .unwrap_or_else(|e| panic!("{e}\nplugin:\n{}", plugin.log()));
+    assert_eq!(w.containerd.open_rw(&id2, "/dev/loop-control"), Ok(()));
+    w.assert_enforced(&id2);
+
+    // A file that does not parse: reported, and the policy in use stays.
+    cm.update("[[container]]\nname = 7\n");
+    assert!(
+        eventually(Duration::from_secs(10), || w
+            .events()
+            .contains("\"reload-failed\"")),
+        "bad file not reported:\n{}\n{}",
+        w.events(),
+        plugin.log()
+    );
+    assert!(w.events().contains("previous policy stays in use"));
+    let p3 = w.pod("late", "p3", Some("/dev/loop-control"));
+    let id3 = w
+        .containerd
+        .run_container(&p3, "work")
+        .unwrap_or_else(|e| panic!("{e}\nplugin:\n{}", plugin.log()));
+    w.assert_enforced(&id3);
+    assert_eq!(w.containerd.open_rw(&id3, "/dev/loop-control"), Ok(()));
+}
+
+/// `ctdev monitor` with a timeout (it runs until `--count` events).
+fn monitor_json(w: &World, target: &str) -> serde_json::Value {
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(ctdev_bin())
+        .arg("--pin-root")
+        .arg(&w.env.pin_root)
+        .args(["--json", "monitor", "--replay", "--count", "1", target])
+        .env("CTDEV_NRI_STATE_DIR", &w.state)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run ctdev monitor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "monitor printed no event ({}): {text}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).expect("monitor --json line")
+}
+
+/// One node agent: `ctdev daemon` with an `[nri]` section runs the plugin
+/// in its own process. Its pods show by name in `monitor` and `check`.
+#[test]
+fn nri_runs_inside_the_daemon_and_pods_show_in_monitor_and_check() {
+    use ctdev_tests::daemon::{write_policy, DaemonProc};
+    let mut w = World::new("nri-daemon");
+    let config = write_policy(
+        &w.env,
+        "policy.toml",
+        0.0,
+        &format!(
+            "[nri]\nsocket = \"{}\"\npolicy = \"nri.toml\"\nstate_dir = \"{}\"\nreconnect_interval = 0.2\n",
+            w.containerd.nri_sock.display(),
+            w.state.display()
+        ),
+    );
+    let check = w.ok(&[
+        "daemon",
+        "--config",
+        config.to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert!(check.contains("nri plugin \"ctdev\""), "{check}");
+    assert!(check.contains("nri policy file"), "{check}");
+    let daemon = DaemonProc::start(&w.env, &config);
+    assert!(
+        eventually(Duration::from_secs(20), || daemon
+            .log_text()
+            .contains("registered")),
+        "the daemon's NRI plugin did not register:\n{}",
+        daemon.log_text()
+    );
+    // Only the daemon: no `ctdev nri` process of this test.
+    let pod = w.pod("ci", "d", Some("/dev/loop-control"));
+    let id = w
+        .containerd
+        .run_container(&pod, "work")
+        .unwrap_or_else(|e| panic!("{e}\ndaemon:\n{}", daemon.log_text()));
+    assert_eq!(w.containerd.open_rw(&id, "/dev/loop-control"), Ok(()));
+    let c = w.assert_enforced(&id);
+    assert_eq!(c["pod"]["pod"], "d", "{c:#}");
+
+    // A denial in the pod: monitor names the pod.
+    w.assert_denies_others(&id);
+    let ev = monitor_json(&w, "k8s:ci/d/work");
+    assert_eq!(ev["type"], "denied", "{ev:#}");
+    assert_eq!(ev["pod"]["namespace"], "ci", "{ev:#}");
+    assert_eq!(ev["pod"]["pod"], "d");
+    assert_eq!(ev["pod"]["container"], "work");
+
+    // check names it too, in JSON and text.
+    let json: serde_json::Value =
+        serde_json::from_str(&w.ok(&["--json", "check", "k8s:ci/d/work", "/dev/loop-control"]))
+            .unwrap();
+    assert_eq!(json["allowed"], true, "{json:#}");
+    assert_eq!(json["pod"]["container_id"], id.as_str(), "{json:#}");
+    let text = w.ok(&["check", "k8s:ci/d/work", "/dev/loop-control"]);
+    assert!(text.contains("(pod ci/d/work)"), "{text}");
+    drop(daemon);
+}

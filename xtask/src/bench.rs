@@ -15,6 +15,7 @@ pub mod churn;
 pub mod cost;
 pub mod hotplug;
 pub mod lxc;
+pub mod nri;
 pub mod oci;
 pub mod probe;
 pub mod programs;
@@ -207,6 +208,7 @@ pub struct Results {
     pub scale: Option<scale::ScaleResults>,
     pub hotplug: Option<hotplug::HotplugResults>,
     pub churn: Option<churn::ChurnResults>,
+    pub nri: Option<nri::NriResults>,
     /// Sections that failed, with why.
     pub errors: Vec<String>,
 }
@@ -248,6 +250,8 @@ pub fn run(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> Result
         "hotplug-latency",
         "--bin",
         "churn-bench",
+        "--bin",
+        "nri-bench",
     ]);
     crate::run_checked(&mut hotplug)?;
     let xtask = crate::root().join("target/release/xtask");
@@ -277,6 +281,7 @@ pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> R
     match only {
         None => {}
         Some("churn") => return run_churn_only(ctdev, quick, repeat),
+        Some("nri") => return run_nri_only(ctdev, quick, repeat),
         Some(s) if SECTIONS.contains(&s) => {}
         Some(other) => bail!("--only {other}: the sections are {}", SECTIONS.join(", ")),
     }
@@ -330,6 +335,10 @@ pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> R
         if let Some(c) = &results.churn {
             step(&churn::summary(c));
         }
+        results.nri = section("NRI plugin start cost", &mut errors, || nri::run(&env));
+        if let Some(n) = &results.nri {
+            step(&nri::summary(n));
+        }
         results.errors = errors;
         step("bench: cleaning up");
     }
@@ -342,6 +351,33 @@ pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> R
             results.errors.len(),
             results.errors.join("; ")
         );
+    }
+    Ok(())
+}
+
+/// `--only nri`: the NRI start-cost scenario alone, `repeat` times; the
+/// figures go to target/bench-nri/results.json (the doc is not rewritten).
+fn run_nri_only(ctdev: &Path, quick: bool, repeat: u32) -> Result<()> {
+    let env = Env::new(ctdev, Plan::new(quick))?;
+    let mut runs = Vec::new();
+    let mut errors = Vec::new();
+    for i in 0..repeat.max(1) {
+        if let Some(r) = section(
+            &format!("NRI plugin start cost, run {}", i + 1),
+            &mut errors,
+            || nri::run(&env),
+        ) {
+            step(&nri::summary(&r));
+            runs.push(r);
+        }
+    }
+    let dir = crate::root().join("target/bench-nri");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&runs)?)?;
+    step(&format!("bench: NRI figures in {}", path.display()));
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
     }
     Ok(())
 }

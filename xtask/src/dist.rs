@@ -72,6 +72,30 @@ pub fn package(profile: Profile) -> Result<PathBuf> {
     Ok(deb)
 }
 
+/// Installs `deb` into a copy of the clean root through the package test
+/// (tests/tests/dist.rs: `dpkg -i`, `ctdev demo` from /usr/bin, man pages
+/// and completions, `dpkg --purge`) and prints its transcript, the one the
+/// test writes to target/dist/install-transcript.txt.
+pub fn install_test(deb: &Path) -> Result<()> {
+    let clean = clean_root()?;
+    step("package test: dpkg -i into a clean root, ctdev demo, dpkg --purge");
+    let mut cmd = Command::new("cargo");
+    crate::userspace_env(&mut cmd)
+        .env("CTDEV_DEB", deb)
+        .env("CTDEV_CLEAN_ROOT", &clean)
+        .args(["test", "-p", "ctdev-tests", "--test", "dist"])
+        // The features of `cargo xtask test`'s build: no rebuild after it.
+        .args(crate::Features::Failpoints.args())
+        .args(["--", "--nocapture"]);
+    run_checked(&mut cmd)?;
+    let transcript = out_dir().join("install-transcript.txt");
+    let text = fs::read_to_string(&transcript)
+        .with_context(|| format!("the package test wrote no {}", transcript.display()))?;
+    println!("{text}");
+    step(&format!("install transcript in {}", transcript.display()));
+    Ok(())
+}
+
 /// Man pages (`man/*.1.gz`) and completions (`completions/*`) under `out`,
 /// written by the built binary `ctdev` itself (`ctdev generate-docs`: the
 /// CLI lives in the binary, not in the library this xtask links).

@@ -46,8 +46,14 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Build (release) the Debian package: ctdev, man pages, completions,
-    /// the systemd unit, the example policy; into target/dist/deb/.
-    Dist,
+    /// the systemd unit, the example policy; into target/dist/deb/. Prints
+    /// its size.
+    Dist {
+        /// Then install it into a clean Debian root (root needed), run
+        /// `ctdev demo` there, purge it, and print the transcript.
+        #[arg(long)]
+        install_test: bool,
+    },
     /// Install cargo-fuzz when missing, then run every fuzz target for N seconds.
     Fuzz {
         /// Seconds per target.
@@ -73,7 +79,7 @@ enum Cmd {
         /// A few seconds' smoke run (CI), same code paths, fewer iterations.
         #[arg(long)]
         quick: bool,
-        /// Run one section alone (cost, update, add, scale, hotplug, churn),
+        /// Run one section alone (cost, update, add, scale, hotplug, churn, nri),
         /// without rewriting docs/BENCHMARKS.md (target/bench-only-SECTION/).
         #[arg(long)]
         only: Option<String>,
@@ -104,9 +110,15 @@ fn main() -> Result<()> {
         Cmd::Build { release } => {
             build(release, Features::Default)?;
         }
-        Cmd::Dist => {
+        Cmd::Dist { install_test } => {
+            if install_test {
+                require_root("cargo xtask dist --install-test")?;
+            }
             build(true, Features::Default)?;
-            dist::package(dist::Profile::Release)?;
+            let deb = dist::package(dist::Profile::Release)?;
+            if install_test {
+                dist::install_test(&deb)?;
+            }
         }
         Cmd::Fuzz { seconds, target } => {
             fuzz::run(seconds, target.as_deref())?;

@@ -107,6 +107,9 @@ pub struct CheckReport {
     pub programs: Vec<DeviceProgram>,
     /// One sentence saying who allowed or denied it.
     pub explanation: String,
+    /// The Kubernetes pod container (from the pod map of the NRI plugin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::runtimes::k8s::PodContainer>,
 }
 
 /// Removes the transient probe cgroup however the check ends.
@@ -143,6 +146,9 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
     let cgroup = resolved.cgroup.ok_or_else(|| Error::NeedsCgroup {
         target: target.to_string(),
     })?;
+    let pods =
+        crate::runtimes::k8s::PodMap::load(&crate::runtimes::k8s::state_dir()).unwrap_or_default();
+    let pod = super::names::pod_of(&pods, resolved.policy_id, Some(&cgroup.path));
 
     let tag = format!("ctdev-check-{}", std::process::id());
     let probe_dir = cgroup.dir.join(&tag);
@@ -249,6 +255,7 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
         ctdev: ctdev_part,
         programs,
         explanation,
+        pod,
     })
 }
 

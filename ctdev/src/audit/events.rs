@@ -14,6 +14,7 @@ use crate::devname::device_names;
 use crate::kernel::pins::PinRoot;
 use crate::kernel::policy_map::PolicyMapError;
 use crate::rule::{Access, DevNumber, DeviceType, Rule};
+use crate::runtimes::k8s::{self, PodContainer, PodMap};
 
 /// Opens the pinned denial-event ring buffer. Only one reader should
 /// consume it at a time: events one reader takes, another does not see.
@@ -85,6 +86,9 @@ pub struct DenialView {
     pub access: Access,
     /// The entry that decided (`null`: no entry matched).
     pub rule: Option<String>,
+    /// The Kubernetes pod container (from the pod map of the NRI plugin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodContainer>,
 }
 
 /// A report that the kernel dropped denial events (rate limit or full ring).
@@ -101,6 +105,9 @@ pub struct DroppedView {
     pub dropped: u64,
     /// Events dropped in total.
     pub total: u64,
+    /// The Kubernetes pod container (from the pod map of the NRI plugin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodContainer>,
 }
 
 /// Turns raw events into [`DenialView`]s, caching cgroup paths.
@@ -108,6 +115,8 @@ pub struct Enricher<'a> {
     cgroups: &'a CgroupFs,
     sys_dev: PathBuf,
     paths: HashMap<u64, Option<PathBuf>>,
+    /// Pods by policy id (the pod map is read again for an id not seen yet).
+    pods: HashMap<u64, Option<PodContainer>>,
     /// Wall clock minus monotonic clock, to date kernel timestamps.
     offset: Duration,
 }
@@ -125,6 +134,7 @@ impl<'a> Enricher<'a> {
             cgroups,
             sys_dev,
             paths: HashMap::new(),
+            pods: HashMap::new(),
             offset: wall.saturating_sub(mono),
         }
     }
@@ -137,6 +147,19 @@ impl<'a> Enricher<'a> {
         let path = self.cgroups.find_ids(&[id]).remove(&id).map(|c| c.path);
         self.paths.insert(id, path.clone());
         path
+    }
+
+    /// The pod container of policy `id`, if the NRI plugin's pod map names
+    /// it (read again for each id not seen yet).
+    pub fn pod(&mut self, id: u64) -> Option<PodContainer> {
+        if let Some(p) = self.pods.get(&id) {
+            return p.clone();
+        }
+        let map = PodMap::load(&k8s::state_dir()).unwrap_or_default();
+        let cgroup = self.cgroup_path(id);
+        let pod = super::names::pod_of(&map, id, cgroup.as_deref());
+        self.pods.insert(id, pod.clone());
+        pod
     }
 
     /// The operator's view of one event.
@@ -183,6 +206,7 @@ impl<'a> Enricher<'a> {
             },
             access: Access::from_bits(e.access),
             rule,
+            pod: self.pod(e.policy_id),
         }
     }
 }
@@ -210,11 +234,14 @@ pub fn render_denial(d: &DenialView) -> String {
         Some(name) => format!("{name} ({numbers})"),
         None => numbers,
     };
-    let container = d
+    let mut container = d
         .container
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| format!("policy {}", d.policy_id));
+    if let Some(p) = &d.pod {
+        container = format!("{container} (pod {})", p.name());
+    }
     let why = match &d.rule {
         Some(r) => format!("entry `{r}` does not allow it"),
         None => "no entry matches".into(),

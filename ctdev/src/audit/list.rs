@@ -116,14 +116,14 @@ impl Ctdev {
                 program_id: link.info.prog_id,
                 entries: by_id.remove(id).unwrap_or_default(),
             };
-            let pod = pods
-                .containers
-                .iter()
-                .find(|p| p.policy_id == *id)
-                .or_else(|| cg.and_then(|c| pods.by_cgroup(&c.path)))
-                .cloned();
+            let pod = crate::audit::names::pod_of(&pods, *id, cg.map(|c| c.path.as_path()));
             dump.containers.push(ContainerView {
                 pod,
+                former_cgroup: match cg {
+                    Some(_) => None,
+                    None => crate::audit::names::recorded(self.grants().dir(), *id),
+                },
+                cdi: Vec::new(),
                 policy_id: state.policy_id,
                 cgroup: state.cgroup.as_ref().map(|c| c.path.clone()),
                 cgroup_dir: state.cgroup.as_ref().map(|c| c.dir.clone()),
@@ -200,6 +200,7 @@ impl Ctdev {
             access: rule.access,
             devices: device_names(&self.config.sys_dev, rule.dev_type, rule.major, rule.minor),
             hits: 0,
+            cdi: Vec::new(),
         }
     }
 

@@ -6,4 +6,5 @@ pub mod check;
 pub mod drift;
 pub mod events;
 pub mod list;
+pub mod names;
 pub mod view;

@@ -30,6 +30,9 @@ pub struct RuleView {
     pub devices: Vec<String>,
     /// Accesses this entry allowed since it was created or counters were reset.
     pub hits: u64,
+    /// CDI devices (`vendor/class=name`) whose `ctdev add` gave this entry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cdi: Vec<String>,
 }
 
 /// A container under policy, as `ctdev list` shows it.
@@ -68,6 +71,14 @@ pub struct ContainerView {
     /// The Kubernetes pod container this is, from the pod map of `ctdev nri`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<runtimes::k8s::PodContainer>,
+    /// A defunct entry's cgroup as it was at attach time (recorded by
+    /// ctdev; absent when the cgroup still exists or nothing recorded it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub former_cgroup: Option<PathBuf>,
+    /// CDI devices added to this container (`ctdev add TARGET
+    /// vendor/class=name`), with the nodes and mounts each gave.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cdi: Vec<crate::cdi::apply::CdiSource>,
 }
 
 /// The whole audit dump (`ctdev list --json`), format version 1.

@@ -363,6 +363,70 @@ pub fn records(state_dir: &Path, policy_id: u64) -> Vec<CdiRecord> {
     out
 }
 
+/// A CDI device added to a container, as `ctdev list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CdiSource {
+    /// The device (`vendor/class=name`).
+    pub name: String,
+    /// The spec file it came from.
+    pub file: PathBuf,
+    /// Device nodes it gave (paths in the container).
+    pub nodes: Vec<PathBuf>,
+    /// Bind mounts it made (targets in the container).
+    pub mounts: Vec<PathBuf>,
+    /// Interfaces it moved in (names in the container).
+    pub netdevs: Vec<String>,
+}
+
+impl From<&CdiRecord> for CdiSource {
+    fn from(r: &CdiRecord) -> Self {
+        CdiSource {
+            name: r.name.clone(),
+            file: r.file.clone(),
+            nodes: r.nodes.iter().map(|n| n.dest.clone()).collect(),
+            mounts: r.mounts.iter().map(|m| m.dest.clone()).collect(),
+            netdevs: r.netdevs.iter().map(|n| n.container_name.clone()).collect(),
+        }
+    }
+}
+
+/// Names, on each container of `dump` and on each of its rules, the CDI
+/// devices whose `add` gave them (from the records in `state_dir`). A rule
+/// is named when it is the exact entry (`TYPE MAJOR:MINOR`) of a node the
+/// device gave. Records of another cgroup with the same policy id (a
+/// re-used id) are left out.
+pub fn annotate(dump: &mut crate::audit::view::Dump, state_dir: &Path) {
+    for c in &mut dump.containers {
+        let recs: Vec<CdiRecord> = records(state_dir, c.policy_id)
+            .into_iter()
+            .filter(|r| c.cgroup_dir.as_ref().is_none_or(|d| d == &r.cgroup_dir))
+            .collect();
+        annotate_container(c, &recs);
+    }
+}
+
+/// [`annotate`] for one container and its records (pure).
+pub fn annotate_container(c: &mut crate::audit::view::ContainerView, recs: &[CdiRecord]) {
+    c.cdi = recs.iter().map(CdiSource::from).collect();
+    for rule in &mut c.rules {
+        rule.cdi = recs
+            .iter()
+            .filter(|r| {
+                r.nodes.iter().any(|n| {
+                    let t = match n.dev_type {
+                        'b' => DeviceType::Block,
+                        _ => DeviceType::Char,
+                    };
+                    rule.dev_type == t
+                        && rule.major == DevNumber::Exact(n.major)
+                        && rule.minor == DevNumber::Exact(n.minor)
+                })
+            })
+            .map(|r| r.name.clone())
+            .collect();
+    }
+}
+
 fn write_record(path: &Path, record: &CdiRecord) -> Result<(), CdiError> {
     let err = |reason: String| CdiError::Record {
         path: path.to_path_buf(),
@@ -682,6 +746,107 @@ pub fn del(
 mod tests {
     use super::*;
     use crate::cdi::spec::{parse, Format};
+
+    fn container(rules: &[&str]) -> crate::audit::view::ContainerView {
+        crate::audit::view::ContainerView {
+            policy_id: 1,
+            cgroup: Some("/c".into()),
+            cgroup_dir: Some("/sys/fs/cgroup/c".into()),
+            cgroup_id: 1,
+            program_id: 1,
+            link_id: 1,
+            link_pin: PathBuf::new(),
+            state: crate::ops::LinkState::Enforcing,
+            rules: crate::rule::parse_rules(rules)
+                .unwrap()
+                .into_iter()
+                .map(|r| crate::audit::view::RuleView {
+                    rule: r.to_string(),
+                    dev_type: r.dev_type,
+                    major: r.major,
+                    minor: r.minor,
+                    access: r.access,
+                    devices: vec![],
+                    hits: 0,
+                    cdi: vec![],
+                })
+                .collect(),
+            stats: Default::default(),
+            other_programs: vec![],
+            drift: None,
+            pod: None,
+            former_cgroup: None,
+            cdi: vec![],
+        }
+    }
+
+    fn record(name: &str, nodes: &[(char, u32, u32, &str)]) -> CdiRecord {
+        CdiRecord {
+            name: name.into(),
+            file: "/etc/cdi/x.yaml".into(),
+            target: "/c".into(),
+            policy_id: 1,
+            cgroup_dir: "/sys/fs/cgroup/c".into(),
+            nodes: nodes
+                .iter()
+                .map(|(t, ma, mi, dest)| NodeRecord {
+                    host: PathBuf::from("/dev/x"),
+                    dest: PathBuf::from(dest),
+                    dev_type: *t,
+                    major: *ma,
+                    minor: *mi,
+                    mode: 0o600,
+                    uid: 0,
+                    gid: 0,
+                    action: "created".into(),
+                    changed: true,
+                    rule_before: None,
+                })
+                .collect(),
+            mounts: vec![],
+            netdevs: vec![NetdevRecord {
+                host_name: "veth1".into(),
+                container_name: "eth1".into(),
+            }],
+            skipped: vec![],
+            warnings: vec![],
+            edits: None,
+        }
+    }
+
+    /// Exact rules of a record's nodes name the device; wildcard rules and
+    /// rules of another type or number do not; two devices sharing a node
+    /// are both named.
+    #[test]
+    fn rules_and_nodes_name_their_cdi_device() {
+        let mut c = container(&["b 7:5 rwm", "c 7:5 rwm", "b 7:* r", "c 10:200 rw"]);
+        let recs = [
+            record("a.com/x=1", &[('b', 7, 5, "/dev/a")]),
+            record(
+                "a.com/x=2",
+                &[('b', 7, 5, "/dev/b"), ('c', 10, 200, "/dev/t")],
+            ),
+        ];
+        annotate_container(&mut c, &recs);
+        let names: Vec<Vec<String>> = c.rules.iter().map(|r| r.cdi.clone()).collect();
+        assert_eq!(
+            names,
+            vec![
+                vec!["a.com/x=1".to_string(), "a.com/x=2".to_string()],
+                vec![],
+                vec![],
+                vec!["a.com/x=2".to_string()],
+            ]
+        );
+        assert_eq!(c.cdi.len(), 2);
+        assert_eq!(
+            c.cdi[1].nodes,
+            vec![PathBuf::from("/dev/b"), PathBuf::from("/dev/t")]
+        );
+        assert_eq!(c.cdi[1].netdevs, vec!["eth1".to_string()]);
+        annotate_container(&mut c, &[]);
+        assert!(c.cdi.is_empty() && c.rules.iter().all(|r| r.cdi.is_empty()));
+    }
 
     fn edits(text: &str) -> ContainerEdits {
         let s = parse(text.as_bytes(), Format::Json).unwrap();

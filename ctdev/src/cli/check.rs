@@ -31,8 +31,13 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let name = report.device.name.clone().unwrap_or_default();
+        let pod = report
+            .pod
+            .as_ref()
+            .map(|p| format!(" (pod {})", p.name()))
+            .unwrap_or_default();
         println!(
-            "{} {} {} {}:{} {name} in {}: {}",
+            "{} {} {} {}:{} {name} in {}{pod}: {}",
             if report.allowed { "ALLOWED" } else { "DENIED" },
             report.access,
             report.device.dev_type.letter(),

@@ -1,5 +1,6 @@
 //! `ctdev list [TARGET] [--json]`: the audit dump.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -7,8 +8,11 @@ use anyhow::Result;
 use super::style::{colour_on, paint, table, Paint};
 use super::{open, Cli};
 use crate::audit::view::{ContainerView, Dump, RuleView};
+use crate::cdi::apply::CdiSource;
+use crate::cdi::apply::{annotate, DEFAULT_STATE_DIR};
 use crate::kernel::attached::DeviceProgram;
 use crate::ops::{Config, LinkState};
+use crate::runtimes::k8s::PodContainer;
 use crate::target::Target;
 
 /// Arguments of `ctdev list`.
@@ -20,11 +24,16 @@ pub struct Args {
     /// allows, and rules for devices with no node.
     #[arg(long)]
     pub drift: bool,
+    /// Where `ctdev add TARGET vendor/class=name` records CDI devices (to
+    /// name the CDI device each rule and node came from).
+    #[arg(long, env = "CTDEV_CDI_STATE", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub cdi_state: PathBuf,
 }
 
 pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
     let ctdev = open(config)?;
     let mut dump = ctdev.list(args.target.as_ref())?;
+    annotate(&mut dump, &args.cdi_state);
     if args.drift {
         for c in &mut dump.containers {
             if let Some(dir) = &c.cgroup_dir {
@@ -97,9 +106,10 @@ pub fn render_styled(dump: &Dump, colour: bool) -> String {
 pub(super) fn render_container(c: &ContainerView, colour: bool) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let name = match &c.cgroup {
-        Some(p) => p.display().to_string(),
-        None => format!("(cgroup removed; was policy id {})", c.policy_id),
+    let name = match (&c.cgroup, &c.former_cgroup) {
+        (Some(p), _) => p.display().to_string(),
+        (None, Some(was)) => format!("{} (cgroup removed)", was.display()),
+        (None, None) => format!("(cgroup removed; was policy id {})", c.policy_id),
     };
     let state = match c.state {
         LinkState::Enforcing => paint(colour, Paint::Green, c.state.as_str()),
@@ -123,7 +133,13 @@ pub(super) fn render_container(c: &ContainerView, colour: bool) -> String {
             c.policy_id
         );
     }
+    if let Some(p) = &c.pod {
+        let _ = writeln!(out, "    pod {}", pod_name(p));
+    }
     render_rules(&mut out, &c.rules);
+    for d in &c.cdi {
+        let _ = writeln!(out, "    {}", cdi_line(d));
+    }
     for line in other_program_lines(&c.other_programs) {
         let _ = writeln!(out, "    {}", paint(colour, Paint::Yellow, &line));
     }
@@ -172,6 +188,46 @@ pub(super) fn other_program_lines(programs: &[DeviceProgram]) -> Vec<String> {
         .collect()
 }
 
+/// `namespace/pod/container (container id 0123456789ab)`.
+pub(super) fn pod_name(p: &PodContainer) -> String {
+    format!(
+        "{}/{}/{} (container {})",
+        p.namespace,
+        p.pod,
+        p.container,
+        p.container_id.get(..12).unwrap_or(&p.container_id)
+    )
+}
+
+/// One line per CDI device added to a container: what it gave.
+fn cdi_line(d: &CdiSource) -> String {
+    let mut parts = Vec::new();
+    let paths = |v: &[PathBuf]| {
+        v.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if !d.nodes.is_empty() {
+        parts.push(format!("nodes {}", paths(&d.nodes)));
+    }
+    if !d.mounts.is_empty() {
+        parts.push(format!("mounts {}", paths(&d.mounts)));
+    }
+    if !d.netdevs.is_empty() {
+        parts.push(format!("interfaces {}", d.netdevs.join(" ")));
+    }
+    if parts.is_empty() {
+        parts.push("nothing".into());
+    }
+    format!(
+        "cdi {} (from {}): {}",
+        d.name,
+        d.file.display(),
+        parts.join("; ")
+    )
+}
+
 fn render_rules(out: &mut String, rules: &[RuleView]) {
     if rules.is_empty() {
         out.push_str("    (no rules: every device denied)\n");
@@ -184,6 +240,11 @@ fn render_rules(out: &mut String, rules: &[RuleView]) {
                 r.rule.clone(),
                 format!("hits {}", r.hits),
                 r.devices.join(" "),
+                if r.cdi.is_empty() {
+                    String::new()
+                } else {
+                    format!("cdi {}", r.cdi.join(" "))
+                },
             ]
         })
         .collect();

@@ -119,14 +119,16 @@ async fn watch(
                             container: enricher.cgroup_path(*id),
                             dropped: total - before,
                             total: *total,
+                            pod: enricher.pod(*id),
                         };
                         let mut out = stdout.lock();
                         if json {
                             writeln!(out, "{}", serde_json::to_string(&view)?)?;
                         } else {
-                            writeln!(out, "dropped {} denial event(s) of {} (rate limit), {} in total",
+                            writeln!(out, "dropped {} denial event(s) of {}{} (rate limit), {} in total",
                                 view.dropped,
                                 view.container.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("policy {id}")),
+                                view.pod.as_ref().map(|p| format!(" (pod {})", p.name())).unwrap_or_default(),
                                 view.total)?;
                         }
                         out.flush()?;

@@ -7,13 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::{open, Cli};
-use crate::nri::agent::Agent;
 use crate::nri::policy::NriPolicy;
-use crate::nri::{self, NriOptions, DEFAULT_INDEX, DEFAULT_NAME, DEFAULT_SOCKET};
+use crate::nri::{self, NriOptions, DEFAULT_INDEX, DEFAULT_NAME, DEFAULT_POLICY, DEFAULT_SOCKET};
 use crate::ops::Config;
-
-/// Default NRI policy file.
-pub const DEFAULT_NRI_CONFIG: &str = "/etc/ctdev/nri.toml";
 
 /// Arguments of `ctdev nri`.
 #[derive(Debug, clap::Args)]
@@ -21,8 +17,9 @@ pub struct Args {
     /// The runtime's NRI socket.
     #[arg(long, env = "CTDEV_NRI_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// The NRI policy file (TOML; see docs/KUBERNETES.md).
-    #[arg(long, env = "CTDEV_NRI_CONFIG", default_value = DEFAULT_NRI_CONFIG)]
+    /// The NRI policy file (TOML; see docs/KUBERNETES.md). It is watched
+    /// and reloaded when it changes (a bad file keeps the policy in use).
+    #[arg(long, env = "CTDEV_NRI_CONFIG", default_value = DEFAULT_POLICY)]
     pub config: PathBuf,
     /// Pod map and events directory (default: the file's `state_dir`, else
     /// $CTDEV_NRI_STATE_DIR, else /run/ctdev/nri).
@@ -83,16 +80,16 @@ pub(super) fn run(_cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
         index: args.index.clone(),
         reconnect: (!args.once).then(|| Duration::from_secs_f64(args.reconnect_interval)),
     };
-    let agent = Agent::new(ct, policy);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let path = args.config.clone();
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot watch SIGTERM")?;
         tokio::select! {
-            res = nri::run(agent, options) => res.map_err(anyhow::Error::from),
+            res = nri::serve(ct, policy, path, options) => res.map_err(anyhow::Error::from),
             _ = term.recv() => { tracing::info!("SIGTERM: exiting"); Ok(()) }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: exiting"); Ok(()) }
         }

@@ -33,6 +33,9 @@ pub struct Args {
     /// passed in (default /run/ctdev).
     #[arg(long, value_name = "DIR", default_value = "/run/ctdev")]
     pub state_dir: PathBuf,
+    /// Where `ctdev add TARGET vendor/class=name` records CDI devices.
+    #[arg(long, env = "CTDEV_CDI_STATE", default_value = crate::cdi::apply::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub cdi_state: PathBuf,
 }
 
 /// The status of one container (`ctdev status --json`, format version 1).
@@ -97,10 +100,12 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
 fn gather(ctdev: &Ctdev, args: &Args) -> Result<Status> {
     let resolved = ctdev.resolve(&args.target)?;
     let policy = match ctdev.list(Some(&args.target)) {
-        Ok(dump) => dump
-            .containers
-            .into_iter()
-            .find(|c| c.policy_id == resolved.policy_id),
+        Ok(mut dump) => {
+            crate::cdi::apply::annotate(&mut dump, &args.cdi_state);
+            dump.containers
+                .into_iter()
+                .find(|c| c.policy_id == resolved.policy_id)
+        }
         Err(ControllerError::NotUnderPolicy { .. }) => None,
         Err(e) => return Err(e.into()),
     };
@@ -128,7 +133,22 @@ fn gather(ctdev: &Ctdev, args: &Args) -> Result<Status> {
         runtime,
         init_pid,
         under_policy: policy.is_some(),
-        passed_in: passed_in(&args.state_dir, resolved.policy_id),
+        passed_in: {
+            let mut all = passed_in(&args.state_dir, resolved.policy_id);
+            let cdi = policy
+                .as_ref()
+                .map(|p| passed_in_by_cdi(&p.cdi))
+                .unwrap_or_default();
+            // A CDI add's nodes go through `ctdev add` too: name them once,
+            // by their CDI device.
+            all.extend(
+                passed_in_by_cli(ctdev, resolved.policy_id)
+                    .into_iter()
+                    .filter(|c| !cdi.iter().any(|d| d.dest == c.dest)),
+            );
+            all.extend(cdi);
+            all
+        },
         policy,
         programs,
         drift,
@@ -157,6 +177,58 @@ pub fn passed_in(state_dir: &Path, policy_id: u64) -> Vec<PassedIn> {
             udev_name: d.udev_name.clone(),
         })
         .collect()
+}
+
+/// Devices and interfaces `ctdev add` passed in (the grant records).
+fn passed_in_by_cli(ctdev: &Ctdev, policy_id: u64) -> Vec<PassedIn> {
+    let Ok(ledger) = ctdev.grants().load(policy_id) else {
+        return Vec::new();
+    };
+    ledger
+        .grants
+        .iter()
+        .filter(|g| g.owner == crate::grants::Owner::Cli && !g.pending)
+        .filter_map(|g| match &g.subject {
+            crate::grants::Subject::Device { device, dest } => Some(PassedIn {
+                host: device.clone(),
+                dest: dest.clone(),
+                by: "cli (ctdev add)".into(),
+                udev_name: None,
+            }),
+            crate::grants::Subject::Interface { host, inside } => Some(PassedIn {
+                host: host.clone(),
+                dest: inside.clone(),
+                by: "cli (ctdev add)".into(),
+                udev_name: None,
+            }),
+            crate::grants::Subject::Rule { .. } => None,
+        })
+        .collect()
+}
+
+/// What CDI devices added by `ctdev add TARGET vendor/class=name` gave.
+fn passed_in_by_cdi(cdi: &[crate::cdi::apply::CdiSource]) -> Vec<PassedIn> {
+    let mut out = Vec::new();
+    for d in cdi {
+        let by = format!("cdi {} ({})", d.name, d.file.display());
+        for p in d.nodes.iter().chain(&d.mounts) {
+            out.push(PassedIn {
+                host: d.name.clone(),
+                dest: p.display().to_string(),
+                by: by.clone(),
+                udev_name: None,
+            });
+        }
+        for n in &d.netdevs {
+            out.push(PassedIn {
+                host: d.name.clone(),
+                dest: n.clone(),
+                by: by.clone(),
+                udev_name: None,
+            });
+        }
+    }
+    out
 }
 
 /// The status as text.

@@ -243,6 +243,8 @@ mod tests {
             link_pin: PathBuf::new(),
             state: LinkState::Enforcing,
             pod: None,
+            former_cgroup: None,
+            cdi: vec![],
             rules: crate::rule::parse_rules(rules)
                 .unwrap()
                 .into_iter()
@@ -254,6 +256,7 @@ mod tests {
                     access: r.access,
                     devices: vec![],
                     hits: 0,
+                    cdi: vec![],
                 })
                 .collect(),
             stats: Stats::default(),

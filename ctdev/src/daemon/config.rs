@@ -70,6 +70,8 @@ struct RawFile {
     state_dir: Option<Spanned<String>>,
     /// CDI spec directories, lowest priority first (default /etc/cdi, /var/run/cdi).
     cdi_dirs: Option<Vec<Spanned<String>>>,
+    /// Run the NRI plugin in the daemon's process (see `crate::nri::section`).
+    nri: Option<Spanned<crate::nri::section::NriSection>>,
     #[serde(default)]
     container: Vec<Spanned<RawContainer>>,
 }
@@ -225,6 +227,8 @@ pub struct Policy {
     pub containers: Vec<ContainerPolicy>,
     /// CDI spec directories for `devices = [{ cdi = ... }]`, lowest priority first.
     pub cdi_dirs: Vec<PathBuf>,
+    /// The `[nri]` section: the daemon also runs the NRI plugin.
+    pub nri: Option<crate::nri::section::NriSection>,
 }
 
 /// 1-based line of a byte offset.
@@ -614,6 +618,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, ConfigError> {
             .map(|(i, d)| cx.abs_path(d, &format!("cdi_dirs[{i}]")))
             .collect::<Result<Vec<_>, _>>()?,
     };
+    let nri = match raw.nri {
+        None => None,
+        Some(section) => {
+            let span = section.span();
+            let base = path.parent().unwrap_or(Path::new("/"));
+            Some(
+                section
+                    .into_inner()
+                    .resolve(base)
+                    .map_err(|(key, message)| cx.err(span, key, message))?,
+            )
+        }
+    };
     Ok(Policy {
         path: path.to_path_buf(),
         scope,
@@ -621,6 +638,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, ConfigError> {
         state_dir,
         containers,
         cdi_dirs,
+        nri,
     })
 }
 
@@ -632,6 +650,16 @@ impl Policy {
         let _ = writeln!(out, "policy file {}", self.path.display());
         let _ = writeln!(out, "scope {}", self.scope.display());
         let _ = writeln!(out, "resync every {}s", self.resync_interval);
+        if let Some(n) = &self.nri {
+            let _ = writeln!(
+                out,
+                "nri plugin {:?} (index {}) on {}, policy file {}",
+                n.name,
+                n.index,
+                n.socket.display(),
+                n.policy.display()
+            );
+        }
         for c in &self.containers {
             let sel = match &c.select {
                 ContainerSelector::Target(t) => format!("target {t}"),

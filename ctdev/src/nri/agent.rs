@@ -11,10 +11,11 @@
 //!   taken over the same way;
 //! - remove: the container's policy and pins go, and so does its record.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -24,7 +25,7 @@ use crate::runtimes::k8s::{PodContainer, PodMap};
 use crate::takeover::{takeover, TakeoverOptions};
 use crate::target::Target;
 
-use super::policy::{Decision, NriPolicy, PodInfo};
+use super::policy::{Decision, NriPolicy, PodInfo, PolicyError};
 use super::proto::api;
 
 /// A device node to pass in at create time.
@@ -50,7 +51,8 @@ pub struct CreatePlan {
 pub struct Event<'a> {
     /// Unix time in seconds.
     pub time: f64,
-    /// `refused`, `attached`, `attach-failed`, `detached`.
+    /// `refused`, `attached`, `attach-failed`, `detached`, `reloaded`,
+    /// `reload-failed`.
     pub event: &'a str,
     /// `namespace/pod/container`.
     pub container: String,
@@ -60,13 +62,33 @@ pub struct Event<'a> {
     pub entry: Option<&'a str>,
     /// What happened, for the operator.
     pub detail: String,
+    /// How long the plugin held the container's start (`attached` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub took: Option<Took>,
+}
+
+/// Time the plugin spent in a container's CreateContainer and
+/// StartContainer (the runtime waits for both): what the plugin adds to
+/// the container's start, besides the two NRI round trips.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Took {
+    /// CreateContainer: the decision and the adjustment.
+    pub create_us: u64,
+    /// StartContainer: the takeover (attach, verify, detach runc's program).
+    pub start_us: u64,
 }
 
 /// The plugin's state: ctdev, the policy, the pod map.
 pub struct Agent {
     ctdev: Ctdev,
-    policy: NriPolicy,
+    /// Swapped as a whole on reload: each decision sees the old or the new
+    /// policy, never a mix.
+    policy: RwLock<Arc<NriPolicy>>,
+    /// Pod map and events (fixed at start; a reload does not move it).
+    state_dir: PathBuf,
     pods: Mutex<PodMap>,
+    /// CreateContainer's time per container ID, until its start.
+    create_us: Mutex<HashMap<String, u64>>,
 }
 
 /// The pod and container identity of an NRI pod and container.
@@ -180,6 +202,10 @@ pub fn adjustment(plan: &CreatePlan) -> api::ContainerAdjustment {
     adjust
 }
 
+fn micros(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
 fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -197,14 +223,66 @@ impl Agent {
         });
         Self {
             ctdev,
-            policy,
+            state_dir: policy.state_dir.clone(),
+            policy: RwLock::new(Arc::new(policy)),
             pods: Mutex::new(pods),
+            create_us: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The policy in use.
-    pub fn policy(&self) -> &NriPolicy {
-        &self.policy
+    /// The policy in use (a snapshot: a reload does not change it).
+    pub fn policy(&self) -> Arc<NriPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the policy file at `path` again. A valid file replaces the
+    /// policy for every later decision (containers already running keep
+    /// what they got); an invalid or missing one keeps the policy in use.
+    /// Either way an event says so. The state directory stays where it was.
+    pub fn reload(&self, path: &Path) -> Result<(), PolicyError> {
+        let who = path.display().to_string();
+        match NriPolicy::load(path) {
+            Ok(mut new) => {
+                if new.state_dir != self.state_dir {
+                    // Fixed at start (and possibly given by --state-dir).
+                    tracing::debug!(
+                        "state dir stays {} (the file says {})",
+                        self.state_dir.display(),
+                        new.state_dir.display()
+                    );
+                    new.state_dir = self.state_dir.clone();
+                }
+                let entries = new.entries.len();
+                *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+                tracing::info!(file = %who, entries, "NRI policy reloaded");
+                self.event(&Event {
+                    time: now(),
+                    took: None,
+                    event: "reloaded",
+                    container: String::new(),
+                    container_id: "",
+                    entry: None,
+                    detail: format!("{who}: {entries} entries"),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("NRI policy not reloaded, the previous one stays in use: {e}");
+                self.event(&Event {
+                    time: now(),
+                    took: None,
+                    event: "reload-failed",
+                    container: String::new(),
+                    container_id: "",
+                    entry: None,
+                    detail: format!("{e}; the previous policy stays in use"),
+                });
+                Err(e)
+            }
+        }
     }
 
     fn event(&self, event: &Event<'_>) {
@@ -212,8 +290,8 @@ impl Agent {
             Ok(l) => l,
             Err(_) => return,
         };
-        let path = self.policy.state_dir.join("events.jsonl");
-        let res = std::fs::create_dir_all(&self.policy.state_dir).and_then(|()| {
+        let path = self.state_dir.join("events.jsonl");
+        let res = std::fs::create_dir_all(&self.state_dir).and_then(|()| {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -226,20 +304,36 @@ impl Agent {
     }
 
     fn save(&self, map: &PodMap) {
-        if let Err(e) = map.save(&self.policy.state_dir) {
+        if let Err(e) = map.save(&self.state_dir) {
             tracing::warn!("cannot save the pod map: {e}");
         }
     }
 
     /// CreateContainer: the adjustment, or the refusal (already logged).
     pub fn create(&self, info: &PodInfo, container_id: &str) -> Result<CreatePlan, String> {
+        let t = Instant::now();
+        let plan = self.create_with(&self.policy(), info, container_id)?;
+        self.create_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(container_id.to_string(), micros(t));
+        Ok(plan)
+    }
+
+    fn create_with(
+        &self,
+        policy: &NriPolicy,
+        info: &PodInfo,
+        container_id: &str,
+    ) -> Result<CreatePlan, String> {
         let who = format!("{}/{}/{}", info.namespace, info.pod, info.container);
-        match self.policy.decide(info) {
+        match policy.decide(info) {
             Decision::Unmanaged => Ok(CreatePlan::default()),
             Decision::Refused { entry, reason } => {
                 tracing::warn!(container = %who, "refused: {reason}");
                 self.event(&Event {
                     time: now(),
+                    took: None,
                     event: "refused",
                     container: who,
                     container_id,
@@ -282,8 +376,16 @@ impl Agent {
         container_id: &str,
         cgroups_path: &str,
     ) -> Result<bool, String> {
+        let t = Instant::now();
+        let create_us = self
+            .create_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(container_id);
         let who = format!("{}/{}/{}", info.namespace, info.pod, info.container);
-        let entry = match self.policy.decide(info) {
+        // One policy for the whole start, even if a reload lands meanwhile.
+        let policy = self.policy();
+        let entry = match policy.decide(info) {
             Decision::Unmanaged => return Ok(false),
             Decision::Refused { reason, .. } => return Err(format!("ctdev: {reason}")),
             Decision::Managed { entry, .. } => entry,
@@ -292,6 +394,7 @@ impl Agent {
             tracing::error!(container = %who, "{detail}");
             self.event(&Event {
                 time: now(),
+                took: None,
                 event: "attach-failed",
                 container: who.clone(),
                 container_id,
@@ -305,9 +408,9 @@ impl Agent {
         };
         // The rules granted at create time are in the runtime's own state
         // (the adjustment), which `takeover` imports.
-        let plan = self.create(info, container_id)?;
+        let plan = self.create_with(&policy, info, container_id)?;
         let options = TakeoverOptions {
-            runtime_roots: self.policy.runtime_roots.clone(),
+            runtime_roots: policy.runtime_roots.clone(),
             ..Default::default()
         };
         let report = match takeover(
@@ -321,8 +424,15 @@ impl Agent {
         };
         tracing::info!(container = %who, cgroup = %cgroup.display(), policy_id = report.attach.policy_id,
             detached = report.detached.len(), "attached");
+        // create_us is absent for a container the plugin did not see
+        // created (taken over at Synchronize).
+        let took = create_us.map(|create_us| Took {
+            create_us,
+            start_us: micros(t),
+        });
         self.event(&Event {
             time: now(),
+            took,
             event: "attached",
             container: who,
             container_id,
@@ -377,6 +487,10 @@ impl Agent {
 
     /// RemoveContainer: forget it, detach its policy.
     pub fn remove(&self, container_id: &str) {
+        self.create_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(container_id);
         let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
         let Some(rec) = pods.remove(container_id) else {
             return;
@@ -391,6 +505,7 @@ impl Agent {
                 tracing::info!(container = %rec.name(), policy_id = rec.policy_id, "detached");
                 self.event(&Event {
                     time: now(),
+                    took: None,
                     event: "detached",
                     container: rec.name(),
                     container_id,

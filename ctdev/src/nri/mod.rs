@@ -7,6 +7,8 @@
 //! - [`mux`]: NRI's two logical connections over one socket;
 //! - [`policy`]: the policy file and the pure per-container decision;
 //! - [`agent`]: what happens at create, start, remove and synchronize;
+//! - [`reload`]: the policy file watched and reloaded on change;
+//! - [`section`]: the `[nri]` section of the daemon's policy file;
 //! - this module: the ttrpc service and the connect/register/reconnect loop.
 //!
 //! When the socket goes away (the runtime restarts, the plugin was
@@ -17,6 +19,8 @@ pub mod agent;
 pub mod mux;
 pub mod policy;
 pub mod proto;
+pub mod reload;
+pub mod section;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +30,9 @@ use async_trait::async_trait;
 use ttrpc::r#async::{Client, Server, TtrpcContext};
 
 use self::agent::{adjustment, pod_info, Agent};
+use self::policy::NriPolicy;
 use self::proto::{api, api_ttrpc};
+use crate::ops::Ctdev;
 
 /// Default NRI socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/nri/nri.sock";
@@ -34,6 +40,8 @@ pub const DEFAULT_SOCKET: &str = "/var/run/nri/nri.sock";
 pub const DEFAULT_NAME: &str = "ctdev";
 /// Default plugin index: two digits, as NRI requires.
 pub const DEFAULT_INDEX: &str = "10";
+/// Default NRI policy file.
+pub const DEFAULT_POLICY: &str = "/etc/ctdev/nri.toml";
 
 /// Why the plugin stopped.
 #[derive(Debug, thiserror::Error)]
@@ -192,13 +200,40 @@ impl api_ttrpc::Plugin for Service {
     }
 }
 
+/// Whether `index` is a valid plugin index (two digits).
+pub fn valid_index(index: &str) -> bool {
+    index.len() == 2 && index.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Runs the plugin with the policy read from `policy_path`, and watches
+/// that file: a change is reloaded without a restart ([`reload`]). This is
+/// what `ctdev nri` and `ctdev daemon` with an `[nri]` section run.
+pub async fn serve(
+    ctdev: Ctdev,
+    policy: NriPolicy,
+    policy_path: PathBuf,
+    options: NriOptions,
+) -> Result<(), NriError> {
+    let agent = Arc::new(Agent::new(ctdev, policy));
+    let watcher = tokio::spawn({
+        let agent = agent.clone();
+        async move {
+            if let Err(e) = reload::watch(agent, policy_path).await {
+                tracing::error!("{e}: policy changes need a restart of the plugin");
+            }
+        }
+    });
+    let res = run(agent, options).await;
+    watcher.abort();
+    res
+}
+
 /// Runs the plugin until the socket closes for good (or forever with
 /// `reconnect`).
-pub async fn run(agent: Agent, options: NriOptions) -> Result<(), NriError> {
-    if !(options.index.len() == 2 && options.index.bytes().all(|b| b.is_ascii_digit())) {
+pub async fn run(agent: Arc<Agent>, options: NriOptions) -> Result<(), NriError> {
+    if !valid_index(&options.index) {
         return Err(NriError::BadIndex(options.index));
     }
-    let agent = Arc::new(agent);
     loop {
         match session(agent.clone(), &options).await {
             Ok(reason) => {

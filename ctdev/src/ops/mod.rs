@@ -405,6 +405,7 @@ impl Ctdev {
             Ok(link) => {
                 crate::failpoint!("attach.after_pin");
                 tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, prog_id = link.info.prog_id, "attached");
+                crate::audit::names::record(self.grants.dir(), id, &cgroup.path);
                 Ok(AttachReport {
                     cgroup_dir: cgroup.dir,
                     policy_id: id,
@@ -719,6 +720,7 @@ impl Ctdev {
         crate::failpoint!("detach.after_entries");
         // Every grant of this container is void with its entries.
         self.grants.remove(id)?;
+        crate::audit::names::forget(self.grants.dir(), id);
         if let Some(mut counters) = Counters::open(&self.pins)? {
             counters.reset(id)?;
         }

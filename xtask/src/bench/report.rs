@@ -713,6 +713,58 @@ pub fn write(
              udevd's event, so udevd's processing is part of the total.\n"
         );
     }
+    if let Some(n) = &r.nri {
+        let _ = writeln!(d, "## 5. NRI plugin: time added to a container's start\n");
+        let _ = writeln!(
+            d,
+            "A real containerd 1.7.24 with NRI, driven through the CRI API; `ctdev nri` with a \
+             policy that manages one namespace. {} containers in a managed pod (each asks for \
+             /dev/loop-control by annotation: a node passed in at create, the container taken \
+             over at start) and as many in an unmanaged pod, interleaved, each removed before \
+             the next. The plugin's time is what it reports per container in its `attached` \
+             event: the CreateContainer and StartContainer handlers, which the runtime waits \
+             for (the NRI round trips are not in it; the CRI figures below include them). \
+             Reproduce: `cargo xtask bench --only nri` (or `target/release/nri-bench N` with \
+             `CTDEV_BIN` set).\n",
+            n.containers
+        );
+        let _ = writeln!(d, "| | median | p99 | max |\n|---|---|---|---|");
+        let _ = writeln!(
+            d,
+            "| plugin: create + start | {:.2} ms | {:.2} ms | {:.2} ms |",
+            n.plugin_median, n.plugin.p99, n.plugin.max
+        );
+        let _ = writeln!(
+            d,
+            "| plugin: CreateContainer | {:.2} ms | {:.2} ms | {:.2} ms |",
+            n.create.p50, n.create.p99, n.create.max
+        );
+        let _ = writeln!(
+            d,
+            "| plugin: StartContainer (takeover) | {:.2} ms | {:.2} ms | {:.2} ms |",
+            n.start.p50, n.start.p99, n.start.max
+        );
+        let _ = writeln!(
+            d,
+            "| CRI create + start, managed | {:.1} ms | {:.1} ms | {:.1} ms |",
+            n.managed_median, n.managed.p99, n.managed.max
+        );
+        let _ = writeln!(
+            d,
+            "| CRI create + start, unmanaged | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+            n.unmanaged_median, n.unmanaged.p99, n.unmanaged.max
+        );
+        let _ = writeln!(
+            d,
+            "Target: plugin p99 ≤ {} ms: **{}**.\n",
+            super::nri::TARGET_P99_MS,
+            if n.plugin.p99 <= super::nri::TARGET_P99_MS {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+    }
     let _ = writeln!(
         d,
         "## Iteration counts\n\n```json\n{}\n```",
