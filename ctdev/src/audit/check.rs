@@ -49,6 +49,14 @@ pub enum CheckError {
         #[source]
         source: std::io::Error,
     },
+    /// The target is frozen: a probe joining it would freeze too.
+    #[error("{cgroup} is frozen ({how}): a probe process there would never run; thaw it first (nothing was changed)")]
+    Frozen {
+        /// The cgroup directory.
+        cgroup: PathBuf,
+        /// Where the freeze was seen.
+        how: String,
+    },
     /// The probe failed.
     #[error(transparent)]
     Probe(#[from] ProbeError),
@@ -121,6 +129,7 @@ struct ProbeCgroup(PathBuf);
 
 impl Drop for ProbeCgroup {
     fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
         for _ in 0..100 {
             if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
                 return;
@@ -128,6 +137,70 @@ impl Drop for ProbeCgroup {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         tracing::warn!("could not remove probe cgroup {}", self.0.display());
+    }
+}
+
+/// Name prefix of the transient probe cgroups (and scratch dirs); the
+/// suffix is the checking process's pid.
+const PROBE_PREFIX: &str = "ctdev-check-";
+
+/// Whether `dir` (cgroup2; hierarchy path `path`) or an ancestor is frozen:
+/// `frozen 1` in `cgroup.events`, or `cgroup.freeze` set on the way up;
+/// also the v1 freezer of the same path on hybrid hosts.
+fn frozen(dir: &Path, path: &Path) -> Option<String> {
+    let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+    if events.lines().any(|l| l.trim() == "frozen 1") {
+        return Some(format!("{}: frozen 1", dir.join("cgroup.events").display()));
+    }
+    let mut d = Some(dir);
+    while let Some(cur) = d {
+        let f = cur.join("cgroup.freeze");
+        if std::fs::read_to_string(&f).is_ok_and(|v| v.trim() == "1") {
+            return Some(format!("{}: 1", f.display()));
+        }
+        d = cur
+            .parent()
+            .filter(|p| p.join("cgroup.freeze").exists() || p.join("cgroup.procs").exists());
+    }
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let v1 = Path::new("/sys/fs/cgroup/freezer")
+        .join(rel)
+        .join("freezer.state");
+    match std::fs::read_to_string(&v1) {
+        Ok(state) if state.trim() != "THAWED" => {
+            Some(format!("{}: {}", v1.display(), state.trim()))
+        }
+        _ => None,
+    }
+}
+
+/// Removes probe cgroups (and scratch dirs) a killed `check` left in `dir`:
+/// those whose pid is no longer alive. Their processes are killed first
+/// (`cgroup.kill` also ends frozen ones).
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PROBE_PREFIX))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = e.path();
+        let _ = std::fs::write(path.join("cgroup.kill"), "1");
+        drop(ProbeCgroup(path.clone()));
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&name));
+        tracing::info!(
+            "removed the probe cgroup {} left by a killed check",
+            path.display()
+        );
     }
 }
 
@@ -151,7 +224,14 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
         target: target.to_string(),
     })?;
 
-    let tag = format!("ctdev-check-{}", std::process::id());
+    if let Some(how) = frozen(&cgroup.dir, cgroup.path.as_path()) {
+        return Err(CheckError::Frozen {
+            cgroup: cgroup.dir,
+            how,
+        });
+    }
+    remove_leftovers(&cgroup.dir);
+    let tag = format!("{PROBE_PREFIX}{}", std::process::id());
     let probe_dir = cgroup.dir.join(&tag);
     std::fs::create_dir(&probe_dir).map_err(|source| CheckError::ProbeCgroup {
         path: probe_dir.clone(),
