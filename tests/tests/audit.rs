@@ -505,3 +505,68 @@ fn check_refuses_a_frozen_container_and_cleans_up_leftover_probes() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
+
+/// Issue #10 item 8: on this hybrid host a container can also be in a
+/// cgroup v1 `devices` cgroup that denies what ctdev allows; `check` joins
+/// it too, so it says DENIED exactly when a real open is EPERM.
+#[test]
+fn check_judges_with_the_v1_devices_cgroup_too() {
+    let env = TestEnv::new("check-v1");
+    let cg = env.cgroup("c");
+    let v1 = std::path::PathBuf::from("/sys/fs/cgroup/devices").join(&env.name);
+    assert!(
+        v1.parent().unwrap().join("devices.list").exists(),
+        "this host mounts the v1 devices controller at /sys/fs/cgroup/devices"
+    );
+    std::fs::create_dir(&v1).expect("create a v1 devices cgroup");
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+            for p in procs.lines() {
+                let _ = std::fs::write("/sys/fs/cgroup/devices/cgroup.procs", p);
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rm(v1.clone());
+    std::fs::write(v1.join("devices.deny"), "c 1:5 rwm").expect("v1 deny");
+    let mut sleeper = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && exec sleep 300",
+                cg.display(),
+                v1.display()
+            ),
+        ])
+        .spawn()
+        .expect("start a process in both cgroups");
+    std::thread::sleep(Duration::from_millis(300));
+    env.ok(&["attach", s(&cg), "--preset", "oci"]);
+    // A real open from a process in both cgroups is EPERM.
+    let real = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && exec cat /dev/zero | head -c1 >/dev/null",
+                cg.display(),
+                v1.display()
+            ),
+        ])
+        .output()
+        .expect("real open");
+    assert!(
+        String::from_utf8_lossy(&real.stderr).contains("not permitted"),
+        "the v1 cgroup denies /dev/zero: {real:?}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "check", s(&cg), "c 1:5 r"])).unwrap();
+    assert_eq!(report["allowed"], false, "{report}");
+    assert!(report["v1_devices_cgroup"].as_str().is_some(), "{report}");
+    let report: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "check", s(&cg), "c 1:3 r"])).unwrap();
+    assert_eq!(report["allowed"], true, "{report}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}

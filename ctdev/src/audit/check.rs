@@ -21,7 +21,7 @@ use crate::devname::device_names;
 use crate::kernel::attachment;
 use crate::kernel::policy_map::{PolicyMap, PolicyMapError};
 use crate::kernel::programs::{device_programs, DeviceProgram, Owner, ProgramsError};
-use crate::probe::{probe, ProbeError, ProbeOp};
+use crate::probe::{probe_in, ProbeError, ProbeOp};
 use crate::rule::{Access, DevNumber, Rule};
 use crate::target::Target;
 
@@ -120,6 +120,9 @@ pub struct CheckReport {
     pub ctdev: Option<CtdevPart>,
     /// Every device program that judges the target (nearest cgroup first).
     pub programs: Vec<DeviceProgram>,
+    /// The cgroup v1 `devices` cgroup the target's processes are also in
+    /// (hybrid hosts); the probe joined it, so the verdict includes it.
+    pub v1_devices_cgroup: Option<PathBuf>,
     /// One sentence saying who allowed or denied it.
     pub explanation: String,
 }
@@ -172,6 +175,53 @@ fn frozen(dir: &Path, path: &Path) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// The cgroup v1 `devices` directory the processes of the cgroup2
+/// directory `dir` are in, when it is not the v1 root (hybrid hosts):
+/// from `/proc/PID/cgroup` of a process in `dir` (or below) and the v1
+/// `devices` mount in `/proc/self/mountinfo`.
+fn v1_devices_dir(dir: &Path) -> Option<PathBuf> {
+    let pid = first_pid(dir, 0)?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "devices")
+            .then(|| path.to_string())
+    })?;
+    if path == "/" {
+        return None;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        let (fstype, _, opts) = (r.next()?, r.next()?, r.next()?);
+        (fstype == "cgroup" && opts.split(',').any(|o| o == "devices"))
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })?;
+    let full = mount.join(path.trim_start_matches('/'));
+    full.is_dir().then_some(full)
+}
+
+/// A process in `dir` or below (depth-first, bounded).
+fn first_pid(dir: &Path, depth: usize) -> Option<i32> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    if let Some(pid) = procs.lines().find_map(|l| l.trim().parse().ok()) {
+        return Some(pid);
+    }
+    if depth > 8 {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|e| first_pid(&e.path(), depth + 1))
 }
 
 /// Removes probe cgroups (and scratch dirs) a killed `check` left in `dir`:
@@ -231,6 +281,9 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
         });
     }
     remove_leftovers(&cgroup.dir);
+    // On hybrid hosts the container's processes may also be in a cgroup
+    // v1 `devices` cgroup, which judges too: the probe joins it as well.
+    let v1_devices = v1_devices_dir(&cgroup.dir);
     let tag = format!("{PROBE_PREFIX}{}", std::process::id());
     let probe_dir = cgroup.dir.join(&tag);
     std::fs::create_dir(&probe_dir).map_err(|source| CheckError::ProbeCgroup {
@@ -268,7 +321,7 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
             write,
             mknod,
         };
-        let verdict = probe(&probe_dir, &op);
+        let verdict = probe_in(&probe_dir, v1_devices.as_deref(), &op);
         let verdict = match verdict {
             Ok(v) => v,
             Err(e) => {
@@ -313,7 +366,13 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
             path: cgroup.dir.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    let explanation = explain(allowed, ctdev_part.as_ref(), &programs);
+    let mut explanation = explain(allowed, ctdev_part.as_ref(), &programs);
+    if let Some(v1) = &v1_devices {
+        explanation.push_str(&format!(
+            " (its processes are also in the cgroup v1 devices cgroup {}, which judges too; the probe joined it)",
+            v1.display()
+        ));
+    }
     Ok(CheckReport {
         target: target.to_string(),
         cgroup_dir: cgroup.dir,
@@ -335,6 +394,7 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
         results,
         ctdev: ctdev_part,
         programs,
+        v1_devices_cgroup: v1_devices,
         explanation,
     })
 }
