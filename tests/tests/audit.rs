@@ -560,8 +560,8 @@ fn check_judges_with_the_v1_devices_cgroup_too() {
         String::from_utf8_lossy(&real.stderr).contains("not permitted"),
         "the v1 cgroup denies /dev/zero: {real:?}"
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&env.ok(&["--json", "check", s(&cg), "c 1:5 r"])).unwrap();
+    let r = env.ctdev(&["--json", "check", s(&cg), "c 1:5 r"]);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(report["allowed"], false, "{report}");
     assert!(report["v1_devices_cgroup"].as_str().is_some(), "{report}");
     let report: serde_json::Value =

@@ -78,6 +78,7 @@ async fn watch(
         ctdev.pins().root().display()
     );
     let mut waiting_said = false;
+    let mut open_failures = 0u32;
     loop {
         // Wait for the maps: nothing attached yet, or all detached.
         let Some(identity) = ring_identity(ctdev) else {
@@ -94,19 +95,30 @@ async fn watch(
         };
         waiting_said = false;
         let ring = match open_ring(ctdev.pins()) {
-            Ok(r) => r,
-            // Removed or replaced between the stat and the open: look again.
-            Err(_) if ring_identity(ctdev) != Some(identity) => continue,
+            Ok(r) => {
+                open_failures = 0;
+                r
+            }
+            // Being created or replaced right now: look again shortly; a
+            // ring that stays unopenable is an error.
             Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context("cannot open the denial event ring buffer")
-                )
+                open_failures += 1;
+                if open_failures > 50 {
+                    return Err(
+                        anyhow::Error::new(e).context("cannot open the denial event ring buffer")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
         };
         match state.follow(ctdev, ring, identity).await {
             Ok(Some(code)) => return Ok(code),
             Ok(None) => {
-                eprintln!("ctdev monitor: the event maps were removed or recreated (detach / attach); following the new ones");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "ctdev monitor: the event maps were removed or recreated (detach / attach); following the new ones"
+                );
             }
             Err(e) if closed_pipe(&e) => return Ok(ExitCode::SUCCESS),
             Err(e) => return Err(e),
