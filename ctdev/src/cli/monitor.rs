@@ -83,7 +83,9 @@ async fn watch(
         // Wait for the maps: nothing attached yet, or all detached.
         let Some(identity) = ring_identity(ctdev) else {
             if !waiting_said {
-                eprintln!(
+                // Status lines never end the monitor (stderr may be closed).
+                let _ = writeln!(
+                    std::io::stderr(),
                     "ctdev monitor: no container is attached yet; waiting for the first attach"
                 );
                 waiting_said = true;
