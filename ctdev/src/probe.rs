@@ -124,7 +124,18 @@ fn cstr(p: &Path) -> Result<CString, ProbeError> {
 /// `Ok(Ok(()))`: the kernel allowed it; `Ok(Err(errno))`: it failed with
 /// errno (EPERM is the device controller's "denied").
 pub fn probe(cgroup_dir: &Path, op: &ProbeOp) -> Result<Result<(), Errno>, ProbeError> {
+    probe_in(cgroup_dir, None, op)
+}
+
+/// [`probe`], the process also joining the cgroup v1 directory `v1_dir`
+/// (a hybrid host's `devices` cgroup, which judges too) before the access.
+pub fn probe_in(
+    cgroup_dir: &Path,
+    v1_dir: Option<&Path>,
+    op: &ProbeOp,
+) -> Result<Result<(), Errno>, ProbeError> {
     let procs = cstr(&cgroup_dir.join("cgroup.procs"))?;
+    let v1_procs = v1_dir.map(|d| cstr(&d.join("cgroup.procs"))).transpose()?;
     // Everything the child needs is prepared before fork.
     enum Prepared {
         Open(CString, libc::c_int),
@@ -243,6 +254,13 @@ pub fn probe(cgroup_dir: &Path, op: &ProbeOp) -> Result<Result<(), Errno>, Probe
                     libc::_exit(EXIT_JOIN_FAILED);
                 }
                 libc::close(fd);
+                if let Some(v1) = &v1_procs {
+                    let fd = libc::open(v1.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        libc::_exit(EXIT_JOIN_FAILED);
+                    }
+                    libc::close(fd);
+                }
                 let ok = match &prepared {
                     Prepared::Open(path, flags) => {
                         let fd = libc::open(path.as_ptr(), *flags);

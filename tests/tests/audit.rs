@@ -404,3 +404,165 @@ fn drift_names_nodes_without_rules_and_rules_without_nodes() {
         serde_json::json!(["c 4000:1 rw"])
     );
 }
+
+/// Issue #10 item 8: `monitor` started before anything is attached waits
+/// for the maps; after the last detach and a new attach (maps recreated)
+/// it follows the new ring buffer; a closed output pipe ends it with 0.
+#[test]
+fn monitor_waits_follows_recreated_maps_and_exits_on_a_closed_pipe() {
+    let env = TestEnv::new("monitor-recreate");
+    let cg = env.cgroup("c");
+    let mon = Monitor::start(&env, &[]);
+    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let saw = |minor: u64| {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < end {
+            assert_denied(&env, &cg, ProbeOp::read("/dev/full"));
+            if let Some(v) = mon.next(Duration::from_millis(500)) {
+                if v["device"]["minor"] == minor {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    assert!(
+        saw(7),
+        "the waiting monitor sees the first attach's denials"
+    );
+    env.ok(&["detach", s(&cg)]);
+    assert!(!env.pin_root.join("CTDEV_EVENTS").exists(), "maps removed");
+    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    assert!(saw(7), "the monitor follows the recreated maps");
+
+    // A closed pipe: the reader goes away, the monitor exits 0.
+    let mut child = Command::new(ctdev_bin())
+        .arg("--pin-root")
+        .arg(&env.pin_root)
+        .args(["monitor"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ctdev monitor");
+    drop(child.stdout.take());
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        assert_denied(&env, &cg, ProbeOp::read("/dev/full"));
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "monitor kept running on a closed pipe"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "closed pipe ends the monitor cleanly: {status:?}"
+    );
+}
+
+/// Issue #10 item 8: `check` on a frozen container fails at once with a
+/// clear error instead of hanging, and leaves no probe cgroup; a probe
+/// cgroup a killed `check` left behind (dead pid) is removed by the next.
+#[test]
+fn check_refuses_a_frozen_container_and_cleans_up_leftover_probes() {
+    let env = TestEnv::new("check-frozen");
+    let cg = env.cgroup("c");
+    env.ok(&["attach", s(&cg), "--preset", "oci"]);
+    let mut sleeper = Command::new("sh")
+        .args([
+            "-c",
+            &format!("echo $$ > {}/cgroup.procs && exec sleep 300", cg.display()),
+        ])
+        .spawn()
+        .expect("start a process in the cgroup");
+    std::fs::write(cg.join("cgroup.freeze"), "1").expect("freeze");
+    let start = std::time::Instant::now();
+    let err = env.fails(&["check", s(&cg), "c 1:3 r"]);
+    assert!(err.contains("frozen"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(20), "check returned");
+    std::fs::write(cg.join("cgroup.freeze"), "0").expect("thaw");
+
+    // A leftover of a killed check (pid 999999 does not exist here).
+    let leftover = cg.join("ctdev-check-999999");
+    std::fs::create_dir(&leftover).expect("plant a leftover probe cgroup");
+    let out = env.ok(&["--json", "check", s(&cg), "c 1:3 r"]);
+    assert!(out.contains("\"allowed\": true"), "{out}");
+    assert!(!leftover.exists(), "the leftover probe cgroup was removed");
+    let left: Vec<_> = std::fs::read_dir(&cg)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ctdev-check-"))
+        .collect();
+    assert!(left.is_empty(), "no probe cgroup stays: {left:?}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+/// Issue #10 item 8: on this hybrid host a container can also be in a
+/// cgroup v1 `devices` cgroup that denies what ctdev allows; `check` joins
+/// it too, so it says DENIED exactly when a real open is EPERM.
+#[test]
+fn check_judges_with_the_v1_devices_cgroup_too() {
+    let env = TestEnv::new("check-v1");
+    let cg = env.cgroup("c");
+    let v1 = std::path::PathBuf::from("/sys/fs/cgroup/devices").join(&env.name);
+    assert!(
+        v1.parent().unwrap().join("devices.list").exists(),
+        "this host mounts the v1 devices controller at /sys/fs/cgroup/devices"
+    );
+    std::fs::create_dir(&v1).expect("create a v1 devices cgroup");
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+            for p in procs.lines() {
+                let _ = std::fs::write("/sys/fs/cgroup/devices/cgroup.procs", p);
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rm(v1.clone());
+    std::fs::write(v1.join("devices.deny"), "c 1:5 rwm").expect("v1 deny");
+    let mut sleeper = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && exec sleep 300",
+                cg.display(),
+                v1.display()
+            ),
+        ])
+        .spawn()
+        .expect("start a process in both cgroups");
+    std::thread::sleep(Duration::from_millis(300));
+    env.ok(&["attach", s(&cg), "--preset", "oci"]);
+    // A real open from a process in both cgroups is EPERM.
+    let real = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && exec cat /dev/zero | head -c1 >/dev/null",
+                cg.display(),
+                v1.display()
+            ),
+        ])
+        .output()
+        .expect("real open");
+    assert!(
+        String::from_utf8_lossy(&real.stderr).contains("not permitted"),
+        "the v1 cgroup denies /dev/zero: {real:?}"
+    );
+    let r = env.ctdev(&["--json", "check", s(&cg), "c 1:5 r"]);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["allowed"], false, "{report}");
+    assert!(report["v1_devices_cgroup"].as_str().is_some(), "{report}");
+    let report: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "check", s(&cg), "c 1:3 r"])).unwrap();
+    assert_eq!(report["allowed"], true, "{report}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}

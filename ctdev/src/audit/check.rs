@@ -21,7 +21,7 @@ use crate::kernel::attached::{device_programs, DeviceProgram, Owner, ProgramsErr
 use crate::kernel::attachment;
 use crate::kernel::policy_map::{PolicyMap, PolicyMapError};
 use crate::ops::{Ctdev, Error};
-use crate::probe::{probe, ProbeError, ProbeOp};
+use crate::probe::{probe_in, ProbeError, ProbeOp};
 use crate::rule::{Access, DevNumber, Rule};
 use crate::target::Target;
 
@@ -41,6 +41,14 @@ pub enum CheckError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// The target is frozen: a probe joining it would freeze too.
+    #[error("{cgroup} is frozen ({how}): a probe process there would never run; thaw it first (nothing was changed)")]
+    Frozen {
+        /// The cgroup directory.
+        cgroup: PathBuf,
+        /// Where the freeze was seen.
+        how: String,
     },
     /// The probe failed.
     #[error(transparent)]
@@ -105,6 +113,9 @@ pub struct CheckReport {
     pub ctdev: Option<CtdevPart>,
     /// Every device program that judges the target (nearest cgroup first).
     pub programs: Vec<DeviceProgram>,
+    /// The cgroup v1 `devices` cgroup the target's processes are also in
+    /// (hybrid hosts); the probe joined it, so the verdict includes it.
+    pub v1_devices_cgroup: Option<PathBuf>,
     /// One sentence saying who allowed or denied it.
     pub explanation: String,
     /// The Kubernetes pod container (from the pod map of the NRI plugin).
@@ -117,6 +128,7 @@ struct ProbeCgroup(PathBuf);
 
 impl Drop for ProbeCgroup {
     fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
         for _ in 0..100 {
             if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
                 return;
@@ -124,6 +136,117 @@ impl Drop for ProbeCgroup {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         tracing::warn!("could not remove probe cgroup {}", self.0.display());
+    }
+}
+
+/// Name prefix of the transient probe cgroups (and scratch dirs); the
+/// suffix is the checking process's pid.
+const PROBE_PREFIX: &str = "ctdev-check-";
+
+/// Whether `dir` (cgroup2; hierarchy path `path`) or an ancestor is frozen:
+/// `frozen 1` in `cgroup.events`, or `cgroup.freeze` set on the way up;
+/// also the v1 freezer of the same path on hybrid hosts.
+fn frozen(dir: &Path, path: &Path) -> Option<String> {
+    let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+    if events.lines().any(|l| l.trim() == "frozen 1") {
+        return Some(format!("{}: frozen 1", dir.join("cgroup.events").display()));
+    }
+    let mut d = Some(dir);
+    while let Some(cur) = d {
+        let f = cur.join("cgroup.freeze");
+        if std::fs::read_to_string(&f).is_ok_and(|v| v.trim() == "1") {
+            return Some(format!("{}: 1", f.display()));
+        }
+        d = cur
+            .parent()
+            .filter(|p| p.join("cgroup.freeze").exists() || p.join("cgroup.procs").exists());
+    }
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let v1 = Path::new("/sys/fs/cgroup/freezer")
+        .join(rel)
+        .join("freezer.state");
+    match std::fs::read_to_string(&v1) {
+        Ok(state) if state.trim() != "THAWED" => {
+            Some(format!("{}: {}", v1.display(), state.trim()))
+        }
+        _ => None,
+    }
+}
+
+/// The cgroup v1 `devices` directory the processes of the cgroup2
+/// directory `dir` are in, when it is not the v1 root (hybrid hosts):
+/// from `/proc/PID/cgroup` of a process in `dir` (or below) and the v1
+/// `devices` mount in `/proc/self/mountinfo`.
+fn v1_devices_dir(dir: &Path) -> Option<PathBuf> {
+    let pid = first_pid(dir, 0)?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "devices")
+            .then(|| path.to_string())
+    })?;
+    if path == "/" {
+        return None;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        let (fstype, _, opts) = (r.next()?, r.next()?, r.next()?);
+        (fstype == "cgroup" && opts.split(',').any(|o| o == "devices"))
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })?;
+    let full = mount.join(path.trim_start_matches('/'));
+    full.is_dir().then_some(full)
+}
+
+/// A process in `dir` or below (depth-first, bounded).
+fn first_pid(dir: &Path, depth: usize) -> Option<i32> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    if let Some(pid) = procs.lines().find_map(|l| l.trim().parse().ok()) {
+        return Some(pid);
+    }
+    if depth > 8 {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|e| first_pid(&e.path(), depth + 1))
+}
+
+/// Removes probe cgroups (and scratch dirs) a killed `check` left in `dir`:
+/// those whose pid is no longer alive. Their processes are killed first
+/// (`cgroup.kill` also ends frozen ones).
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PROBE_PREFIX))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = e.path();
+        let _ = std::fs::write(path.join("cgroup.kill"), "1");
+        drop(ProbeCgroup(path.clone()));
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&name));
+        tracing::info!(
+            "removed the probe cgroup {} left by a killed check",
+            path.display()
+        );
     }
 }
 
@@ -150,7 +273,17 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
         crate::runtimes::k8s::PodMap::load(&crate::runtimes::k8s::state_dir()).unwrap_or_default();
     let pod = super::names::pod_of(&pods, resolved.policy_id, Some(&cgroup.path));
 
-    let tag = format!("ctdev-check-{}", std::process::id());
+    if let Some(how) = frozen(&cgroup.dir, cgroup.path.as_path()) {
+        return Err(CheckError::Frozen {
+            cgroup: cgroup.dir,
+            how,
+        });
+    }
+    remove_leftovers(&cgroup.dir);
+    // On hybrid hosts the container's processes may also be in a cgroup
+    // v1 `devices` cgroup, which judges too: the probe joins it as well.
+    let v1_devices = v1_devices_dir(&cgroup.dir);
+    let tag = format!("{PROBE_PREFIX}{}", std::process::id());
     let probe_dir = cgroup.dir.join(&tag);
     std::fs::create_dir(&probe_dir).map_err(|source| CheckError::ProbeCgroup {
         path: probe_dir.clone(),
@@ -187,7 +320,7 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
             write,
             mknod,
         };
-        let verdict = probe(&probe_dir, &op);
+        let verdict = probe_in(&probe_dir, v1_devices.as_deref(), &op);
         let verdict = match verdict {
             Ok(v) => v,
             Err(e) => {
@@ -232,7 +365,13 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
             path: cgroup.dir.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    let explanation = explain(allowed, ctdev_part.as_ref(), &programs);
+    let mut explanation = explain(allowed, ctdev_part.as_ref(), &programs);
+    if let Some(v1) = &v1_devices {
+        explanation.push_str(&format!(
+            " (its processes are also in the cgroup v1 devices cgroup {}, which judges too; the probe joined it)",
+            v1.display()
+        ));
+    }
     Ok(CheckReport {
         target: target.to_string(),
         cgroup_dir: cgroup.dir,
@@ -254,6 +393,7 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
         results,
         ctdev: ctdev_part,
         programs,
+        v1_devices_cgroup: v1_devices,
         explanation,
         pod,
     })

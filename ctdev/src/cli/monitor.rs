@@ -1,4 +1,9 @@
 //! `ctdev monitor [TARGET] [--json] [--count N]`: denial events, live.
+//!
+//! It waits for the event maps when nothing is attached yet, follows the
+//! new maps when they are recreated (the last `detach` removes them, the
+//! next `attach` makes new ones at the same pins), and ends cleanly (exit
+//! 0) when its output pipe is closed.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -50,6 +55,22 @@ fn monotonic_now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Identity of the pinned event ring: a map recreated after the last
+/// detach and a new attach is pinned at the same path with a new inode.
+fn ring_identity(ctdev: &Ctdev) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(ctdev.pins().events_map())
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether an output error is a closed pipe (`ctdev monitor | head`):
+/// the reader is gone, so monitoring ends cleanly.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 async fn watch(
     ctdev: &Ctdev,
     sys_dev: std::path::PathBuf,
@@ -58,85 +79,169 @@ async fn watch(
     json: bool,
     since: Option<u64>,
 ) -> Result<ExitCode> {
-    let ring =
-        open_ring(ctdev.pins()).context("no denial events to watch: attach a container first")?;
-    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd
-    // holds it, and never swaps it for another.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| anyhow::anyhow!("cannot poll the event ring buffer: {e}"))?;
-    let mut enricher = Enricher::new(ctdev.cgroups(), sys_dev);
-    let mut dropped = drop_totals(ctdev);
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut seen = 0u64;
-    let mut skipped = 0u64;
-    let mut skipped_said = false;
-    let stdout = std::io::stdout();
+    let mut state = Watch {
+        enricher: Enricher::new(ctdev.cgroups(), sys_dev),
+        seen: 0,
+        only,
+        count,
+        json,
+        since,
+        skipped: 0,
+        skipped_said: false,
+    };
     eprintln!(
         "ctdev monitor: watching denials in {} (Ctrl-C to stop)",
         ctdev.pins().root().display()
     );
+    let mut waiting_said = false;
+    let mut open_failures = 0u32;
     loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("polling the event ring buffer")?;
-                while let Some(item) = guard.get_inner_mut().next() {
-                    let Some(event) = decode(&item) else { continue };
-                    if only.is_some_and(|o| o != event.policy_id) {
-                        continue;
-                    }
-                    if since.is_some_and(|t| event.ktime_ns < t) {
-                        skipped += 1;
-                        continue;
-                    }
-                    let view = enricher.denial(&event);
-                    let mut out = stdout.lock();
-                    if json {
-                        writeln!(out, "{}", serde_json::to_string(&view)?)?;
-                    } else {
-                        writeln!(out, "{}", render_denial(&view))?;
-                    }
-                    out.flush()?;
-                    seen += 1;
-                    if count.is_some_and(|c| seen >= c) {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                }
-                guard.clear_ready();
-                if skipped > 0 && !skipped_said {
-                    eprintln!("ctdev monitor: skipped {skipped} denial(s) buffered before monitor started (--replay shows them)");
-                    skipped_said = true;
-                }
+        // Wait for the maps: nothing attached yet, or all detached.
+        let Some(identity) = ring_identity(ctdev) else {
+            if !waiting_said {
+                // Status lines never end the monitor (stderr may be closed).
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "ctdev monitor: no container is attached yet; waiting for the first attach"
+                );
+                waiting_said = true;
             }
-            _ = ticker.tick() => {
-                // Drops are reported, never silently lost.
-                let now = drop_totals(ctdev);
-                for (id, total) in &now {
-                    let before = dropped.get(id).copied().unwrap_or(0);
-                    if *total > before && only.is_none_or(|o| o == *id) {
-                        let view = DroppedView {
-                            kind: "dropped",
-                            policy_id: *id,
-                            container: enricher.cgroup_path(*id),
-                            dropped: total - before,
-                            total: *total,
-                            pod: enricher.pod(*id),
-                        };
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            }
+        };
+        waiting_said = false;
+        let ring = match open_ring(ctdev.pins()) {
+            Ok(r) => {
+                open_failures = 0;
+                r
+            }
+            // Being created or replaced right now: look again shortly; a
+            // ring that stays unopenable is an error.
+            Err(e) => {
+                open_failures += 1;
+                if open_failures > 50 {
+                    return Err(
+                        anyhow::Error::new(e).context("cannot open the denial event ring buffer")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match state.follow(ctdev, ring, identity).await {
+            Ok(Some(code)) => return Ok(code),
+            Ok(None) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "ctdev monitor: the event maps were removed or recreated (detach / attach); following the new ones"
+                );
+            }
+            Err(e) if closed_pipe(&e) => return Ok(ExitCode::SUCCESS),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct Watch<'a> {
+    enricher: Enricher<'a>,
+    seen: u64,
+    only: Option<u64>,
+    count: Option<u64>,
+    json: bool,
+    /// Denials older than this (CLOCK_MONOTONIC ns) are skipped (no --replay).
+    since: Option<u64>,
+    skipped: u64,
+    skipped_said: bool,
+}
+
+impl Watch<'_> {
+    /// Prints the denials of one ring buffer; `Ok(None)` when its pin was
+    /// removed or replaced (the caller re-opens), `Ok(Some(code))` to stop.
+    async fn follow(
+        &mut self,
+        ctdev: &Ctdev,
+        ring: aya::maps::RingBuf<aya::maps::MapData>,
+        identity: (u64, u64),
+    ) -> Result<Option<ExitCode>> {
+        // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd
+        // holds it, and never swaps it for another.
+        let mut ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow::anyhow!("cannot poll the event ring buffer: {e}"))?;
+        let mut dropped = drop_totals(ctdev);
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let stdout = std::io::stdout();
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("polling the event ring buffer")?;
+                    while let Some(item) = guard.get_inner_mut().next() {
+                        let Some(event) = decode(&item) else { continue };
+                        if self.only.is_some_and(|o| o != event.policy_id) {
+                            continue;
+                        }
+                        if self.since.is_some_and(|t| event.ktime_ns < t) {
+                            self.skipped += 1;
+                            continue;
+                        }
+                        let view = self.enricher.denial(&event);
                         let mut out = stdout.lock();
-                        if json {
+                        if self.json {
                             writeln!(out, "{}", serde_json::to_string(&view)?)?;
                         } else {
-                            writeln!(out, "dropped {} denial event(s) of {}{} (rate limit), {} in total",
-                                view.dropped,
-                                view.container.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("policy {id}")),
-                                view.pod.as_ref().map(|p| format!(" (pod {})", p.name())).unwrap_or_default(),
-                                view.total)?;
+                            writeln!(out, "{}", render_denial(&view))?;
                         }
                         out.flush()?;
+                        self.seen += 1;
+                        if self.count.is_some_and(|c| self.seen >= c) {
+                            return Ok(Some(ExitCode::SUCCESS));
+                        }
+                    }
+                    guard.clear_ready();
+                    if self.skipped > 0 && !self.skipped_said {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "ctdev monitor: skipped {} denial(s) buffered before monitor started (--replay shows them)",
+                            self.skipped
+                        );
+                        self.skipped_said = true;
                     }
                 }
-                dropped = now;
+                _ = ticker.tick() => {
+                    if ring_identity(ctdev) != Some(identity) {
+                        return Ok(None);
+                    }
+                    // Drops are reported, never silently lost.
+                    let now = drop_totals(ctdev);
+                    for (id, total) in &now {
+                        let before = dropped.get(id).copied().unwrap_or(0);
+                        if *total > before && self.only.is_none_or(|o| o == *id) {
+                            let view = DroppedView {
+                                kind: "dropped",
+                                policy_id: *id,
+                                container: self.enricher.cgroup_path(*id),
+                                dropped: total - before,
+                                total: *total,
+                                pod: self.enricher.pod(*id),
+                            };
+                            let mut out = stdout.lock();
+                            if self.json {
+                                writeln!(out, "{}", serde_json::to_string(&view)?)?;
+                            } else {
+                                writeln!(out, "dropped {} denial event(s) of {}{} (rate limit), {} in total",
+                                    view.dropped,
+                                    view.container.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("policy {id}")),
+                                    view.pod.as_ref().map(|p| format!(" (pod {})", p.name())).unwrap_or_default(),
+                                    view.total)?;
+                            }
+                            out.flush()?;
+                        }
+                    }
+                    dropped = now;
+                }
+                _ = tokio::signal::ctrl_c() => return Ok(Some(ExitCode::SUCCESS)),
             }
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         }
     }
 }
