@@ -206,9 +206,14 @@ where
 /// Parses arguments, runs the command, prints errors; the process exit code.
 pub fn main() -> ExitCode {
     let cli = parse();
-    if !matches!(cli.command, Command::Daemon(_)) {
+    if !matches!(
+        cli.command,
+        Command::Daemon(_) | Command::Nri(_) | Command::Monitor(_)
+    ) {
         // `ctdev list | head` ends quietly like other tools, instead of a
-        // panic on EPIPE (the daemon keeps ignoring SIGPIPE).
+        // panic on EPIPE. The daemon and the NRI plugin keep ignoring
+        // SIGPIPE, and so does `monitor`: a closed stderr must not end it
+        // and a closed stdout ends it with exit 0 (it handles EPIPE).
         // SAFETY: restoring a signal's default disposition at start-up,
         // before any thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
