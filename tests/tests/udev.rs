@@ -128,6 +128,32 @@ fn udev_events_bring_udevs_owner_mode_and_names_and_a_replug_keeps_them() {
     );
     let now = rules(&env, &a);
     assert!(now.contains(&format!("b 7:{} rw", idx[1])), "{now:?}");
+    // `ctdev list` shows the device the daemon passed in, with the udev
+    // name it was selected by (JSON and text).
+    let state_dir = daemon.state_dir.to_str().unwrap().to_string();
+    let json: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "--json",
+        "list",
+        a.cgroup_str(),
+        "--state-dir",
+        &state_dir,
+    ]))
+    .unwrap();
+    let passed = &json["containers"][0]["passed_in"];
+    let by_id = format!("/dev/serial/by-id/usb-ctdev-test-{serial}");
+    assert!(
+        passed
+            .as_array()
+            .is_some_and(|p| p.iter().any(|d| d["dest"] == node.as_str()
+                && d["udev_name"] == by_id.as_str())),
+        "list --json passed_in: {passed:#}"
+    );
+    let text = env.ok(&["list", a.cgroup_str(), "--state-dir", &state_dir]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("passed in:") && l.contains(&node) && l.contains(&by_id)),
+        "list:\n{text}"
+    );
     assert!(!now.contains(&format!("b 7:{} rw", idx[0])), "{now:?}");
     let r = a.open_rw(&link);
     assert!(

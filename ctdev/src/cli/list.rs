@@ -1,5 +1,6 @@
 //! `ctdev list [TARGET] [--json]`: the audit dump.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use crate::cdi::apply::{annotate, DEFAULT_STATE_DIR};
 use crate::kernel::attached::DeviceProgram;
 use crate::ops::{Config, LinkState};
 use crate::runtimes::k8s::PodContainer;
+use super::status::PassedIn;
 use crate::target::Target;
 
 /// Arguments of `ctdev list`.
@@ -28,6 +30,10 @@ pub struct Args {
     /// name the CDI device each rule and node came from).
     #[arg(long, env = "CTDEV_CDI_STATE", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     pub cdi_state: PathBuf,
+    /// The daemon's state directory, read to show the devices the daemon
+    /// passed in and the udev name each was selected by.
+    #[arg(long, env = "CTDEV_STATE_DIR", value_name = "DIR", default_value = "/run/ctdev")]
+    pub state_dir: PathBuf,
 }
 
 pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
@@ -41,10 +47,34 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
             }
         }
     }
+    // Devices passed in (by the daemon, with the udev name each was
+    // selected by, and by `ctdev add`), per container.
+    let passed: BTreeMap<u64, Vec<PassedIn>> = dump
+        .containers
+        .iter()
+        .map(|c| {
+            let mut all = super::status::passed_in(&args.state_dir, c.policy_id);
+            all.extend(super::status::passed_in_by_cli(&ctdev, c.policy_id));
+            (c.policy_id, all)
+        })
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&dump)?);
+        let mut v = serde_json::to_value(&dump)?;
+        if let Some(cs) = v["containers"].as_array_mut() {
+            for c in cs {
+                let id = c["policy_id"].as_u64().unwrap_or_default();
+                if let Some(p) = passed.get(&id) {
+                    c["passed_in"] = serde_json::to_value(p)?;
+                }
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", render_styled(&dump, colour_on(&std::io::stdout())));
+        print!(
+            "{}",
+            render_with(&dump, colour_on(&std::io::stdout()), &passed)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -56,6 +86,13 @@ pub fn render(dump: &Dump) -> String {
 
 /// The human-readable dump; `colour` paints states and problems.
 pub fn render_styled(dump: &Dump, colour: bool) -> String {
+    render_with(dump, colour, &BTreeMap::new())
+}
+
+/// [`render_styled`] plus, under each container, the devices passed in
+/// (`passed`, by policy id): where, from which host node (and the udev
+/// name it was selected by), by whom.
+fn render_with(dump: &Dump, colour: bool, passed: &BTreeMap<u64, Vec<PassedIn>>) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     if let Some(map) = &dump.policy_map {
@@ -77,6 +114,9 @@ pub fn render_styled(dump: &Dump, colour: bool) -> String {
     }
     for c in &dump.containers {
         out.push_str(&render_container(c, colour));
+        for d in passed.get(&c.policy_id).into_iter().flatten() {
+            let _ = writeln!(out, "    passed in: {}", super::status::passed_in_line(d));
+        }
     }
     for o in &dump.orphaned {
         let _ = writeln!(

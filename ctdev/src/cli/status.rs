@@ -179,8 +179,21 @@ pub fn passed_in(state_dir: &Path, policy_id: u64) -> Vec<PassedIn> {
         .collect()
 }
 
+/// `from HOST` or `from HOST (UDEV NAME)`.
+fn from_text(d: &PassedIn) -> String {
+    match &d.udev_name {
+        Some(n) => format!("from {} ({n})", d.host),
+        None => format!("from {}", d.host),
+    }
+}
+
+/// One passed-in device as `ctdev list` shows it under its container.
+pub(super) fn passed_in_line(d: &PassedIn) -> String {
+    format!("{} {} by {}", d.dest, from_text(d), d.by)
+}
+
 /// Devices and interfaces `ctdev add` passed in (the grant records).
-fn passed_in_by_cli(ctdev: &Ctdev, policy_id: u64) -> Vec<PassedIn> {
+pub(super) fn passed_in_by_cli(ctdev: &Ctdev, policy_id: u64) -> Vec<PassedIn> {
     let Ok(ledger) = ctdev.grants().load(policy_id) else {
         return Vec::new();
     };
@@ -319,10 +332,7 @@ pub fn render(s: &Status, colour: bool) -> String {
         .map(|d| {
             vec![
                 d.dest.clone(),
-                match &d.udev_name {
-                    Some(n) => format!("from {} ({n})", d.host),
-                    None => format!("from {}", d.host),
-                },
+                from_text(d),
                 format!("by {}", d.by),
             ]
         })
