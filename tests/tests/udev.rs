@@ -142,10 +142,9 @@ fn udev_events_bring_udevs_owner_mode_and_names_and_a_replug_keeps_them() {
     let passed = &json["containers"][0]["passed_in"];
     let by_id = format!("/dev/serial/by-id/usb-ctdev-test-{serial}");
     assert!(
-        passed
-            .as_array()
-            .is_some_and(|p| p.iter().any(|d| d["dest"] == node.as_str()
-                && d["udev_name"] == by_id.as_str())),
+        passed.as_array().is_some_and(|p| p
+            .iter()
+            .any(|d| d["dest"] == node.as_str() && d["udev_name"] == by_id.as_str())),
         "list --json passed_in: {passed:#}"
     );
     let text = env.ok(&["list", a.cgroup_str(), "--state-dir", &state_dir]);

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use super::status::PassedIn;
 use super::style::{colour_on, paint, table, Paint};
 use super::{open, Cli};
 use crate::audit::view::{ContainerView, Dump, RuleView};
@@ -14,7 +15,6 @@ use crate::cdi::apply::{annotate, DEFAULT_STATE_DIR};
 use crate::kernel::attached::DeviceProgram;
 use crate::ops::{Config, LinkState};
 use crate::runtimes::k8s::PodContainer;
-use super::status::PassedIn;
 use crate::target::Target;
 
 /// Arguments of `ctdev list`.
@@ -32,7 +32,12 @@ pub struct Args {
     pub cdi_state: PathBuf,
     /// The daemon's state directory, read to show the devices the daemon
     /// passed in and the udev name each was selected by.
-    #[arg(long, env = "CTDEV_STATE_DIR", value_name = "DIR", default_value = "/run/ctdev")]
+    #[arg(
+        long,
+        env = "CTDEV_STATE_DIR",
+        value_name = "DIR",
+        default_value = "/run/ctdev"
+    )]
     pub state_dir: PathBuf,
 }
 

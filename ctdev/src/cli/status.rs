@@ -329,13 +329,7 @@ pub fn render(s: &Status, colour: bool) -> String {
     let rows: Vec<Vec<String>> = s
         .passed_in
         .iter()
-        .map(|d| {
-            vec![
-                d.dest.clone(),
-                from_text(d),
-                format!("by {}", d.by),
-            ]
-        })
+        .map(|d| vec![d.dest.clone(), from_text(d), format!("by {}", d.by)])
         .collect();
     for line in table(&rows, "    ") {
         let _ = writeln!(out, "{line}");
