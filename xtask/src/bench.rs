@@ -143,6 +143,34 @@ impl Device {
     }
 }
 
+/// Runs a measuring binary (`CTDEV_BIN` = the ctdev under test) that
+/// prints its figures as one JSON object line; its stderr is passed on.
+pub fn run_json_bin(mut cmd: std::process::Command, ctdev_bin: &Path) -> Result<serde_json::Value> {
+    let what = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .env("CTDEV_BIN", ctdev_bin)
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("{what} failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("{what} printed no result"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// The numbers of the JSON array `key` of `v` (empty when absent).
+pub fn json_samples(v: &serde_json::Value, key: &str) -> Vec<f64> {
+    v[key]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+        .unwrap_or_default()
+}
+
 /// What every scenario needs; everything it made is removed on drop.
 pub struct Env {
     pub plan: Plan,

@@ -9,7 +9,7 @@
 
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
 use super::Env;
 
@@ -83,26 +83,10 @@ pub fn run(env: &Env) -> Result<ChurnResults> {
         (env.plan.churn_containers, 100, 6, 50)
     };
     let bin = binary();
-    let out = Command::new(&bin)
-        .args([containers, live, loops, idle].map(|n| n.to_string()))
-        .env("CTDEV_BIN", &env.ctdev_bin)
-        .output()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        bail!("{} failed ({})", bin.display(), out.status);
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .context("churn-bench printed no result")?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    let samples = |k: &str| -> Vec<f64> {
-        v[k].as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
-            .unwrap_or_default()
-    };
+    let mut cmd = Command::new(&bin);
+    cmd.args([containers, live, loops, idle].map(|n| n.to_string()));
+    let v = super::run_json_bin(cmd, &env.ctdev_bin)?;
+    let samples = |k: &str| super::json_samples(&v, k);
     let waves = v["waves"].as_array().cloned().unwrap_or_default();
     let per_wave = |k: &str| -> Vec<u64> { waves.iter().filter_map(|w| w[k].as_u64()).collect() };
     Ok(ChurnResults {

@@ -10,7 +10,7 @@
 
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::stats::Summary;
 use super::Env;
@@ -92,30 +92,8 @@ fn measure(env: &Env, udev: bool) -> Result<(Vec<f64>, Vec<f64>)> {
     if udev {
         cmd.arg("--udev");
     }
-    let out = cmd
-        .env("CTDEV_BIN", &env.ctdev_bin)
-        .output()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({}): {}",
-            bin.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .context("hotplug-latency printed no samples")?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    let list = |key: &str| -> Vec<f64> {
-        v[key]
-            .as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
-            .unwrap_or_default()
-    };
+    let v = super::run_json_bin(cmd, &env.ctdev_bin)?;
+    let list = |key: &str| super::json_samples(&v, key);
     let samples_ms = list("samples_ms");
     if samples_ms.is_empty() {
         bail!("hotplug-latency measured nothing");

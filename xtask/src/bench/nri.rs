@@ -9,7 +9,7 @@
 
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::churn::Pct;
 use super::Env;
@@ -53,26 +53,10 @@ fn median(v: &[f64]) -> f64 {
 pub fn run(env: &Env) -> Result<NriResults> {
     let n = if env.plan.quick { 10 } else { 200 };
     let bin = binary();
-    let out = Command::new(&bin)
-        .arg(n.to_string())
-        .env("CTDEV_BIN", &env.ctdev_bin)
-        .output()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        bail!("{} failed ({})", bin.display(), out.status);
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .context("nri-bench printed no result")?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    let samples = |k: &str| -> Vec<f64> {
-        v[k].as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
-            .unwrap_or_default()
-    };
+    let mut cmd = Command::new(&bin);
+    cmd.arg(n.to_string());
+    let v = super::run_json_bin(cmd, &env.ctdev_bin)?;
+    let samples = |k: &str| super::json_samples(&v, k);
     let plugin = samples("plugin_ms");
     if plugin.is_empty() {
         bail!("nri-bench measured nothing");
