@@ -36,6 +36,9 @@ const TEST_PACKAGES: &[&str] = &[
     "tar",
     // The package test's clean root (tests/tests/dist.rs).
     "debootstrap",
+    // The tests' own udevd and udevadm (tests/tests/udev.rs, the hotplug
+    // bench on udevd's events).
+    "udev",
     // The NRI tests: jq in the runc wrapper, protoc for the CRI client (k8s-cri).
     "jq",
     "protobuf-compiler",
