@@ -112,6 +112,13 @@ fn fail(msg: String, daemon: &DaemonProc) -> ! {
     for l in tail.into_iter().rev() {
         eprintln!("{l}");
     }
+    // Every line of the whole log about the device the message names.
+    if let Some(dev) = msg.split_whitespace().find_map(|w| w.strip_prefix("/dev/")) {
+        eprintln!("--- daemon log lines naming {dev} ---");
+        for l in log.lines().filter(|l| l.contains(dev)) {
+            eprintln!("{l}");
+        }
+    }
     // A panic, not `exit`: unwinding drops the containers, the loop
     // devices, the daemon and the env (cgroups, pins), which `exit` would
     // leave behind, their processes holding the caller's output pipes.
