@@ -192,16 +192,8 @@ impl Ctdev {
             minor: DevNumber::from_kernel(key.minor),
             access: Access::from_bits(bits),
         });
-        RuleView {
-            rule: rule.to_string(),
-            dev_type: rule.dev_type,
-            major: rule.major,
-            minor: rule.minor,
-            access: rule.access,
-            devices: device_names(&self.config.sys_dev, rule.dev_type, rule.major, rule.minor),
-            hits: 0,
-            cdi: Vec::new(),
-        }
+        let devices = device_names(&self.config.sys_dev, rule.dev_type, rule.major, rule.minor);
+        RuleView::of(&rule, devices)
     }
 
     /// Compares the /dev of the container under `cgroup_dir` (read through

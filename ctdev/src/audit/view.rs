@@ -9,7 +9,7 @@ use crate::audit::drift::Drift;
 use crate::kernel::attached::DeviceProgram;
 use crate::kernel::counters::Stats;
 use crate::ops::LinkState;
-use crate::rule::{Access, DevNumber, DeviceType};
+use crate::rule::{Access, DevNumber, DeviceType, Rule};
 use crate::runtimes;
 
 /// One policy entry as shown to operators.
@@ -33,6 +33,23 @@ pub struct RuleView {
     /// CDI devices (`vendor/class=name`) whose `ctdev add` gave this entry.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cdi: Vec<String>,
+}
+
+impl RuleView {
+    /// The view of `rule` with the host nodes it covers, no hits and no
+    /// CDI source yet (`list` adds those).
+    pub fn of(rule: &Rule, devices: Vec<String>) -> Self {
+        RuleView {
+            rule: rule.to_string(),
+            dev_type: rule.dev_type,
+            major: rule.major,
+            minor: rule.minor,
+            access: rule.access,
+            devices,
+            hits: 0,
+            cdi: Vec::new(),
+        }
+    }
 }
 
 /// A container under policy, as `ctdev list` shows it.

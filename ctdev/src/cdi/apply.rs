@@ -760,16 +760,7 @@ mod tests {
             rules: crate::rule::parse_rules(rules)
                 .unwrap()
                 .into_iter()
-                .map(|r| crate::audit::view::RuleView {
-                    rule: r.to_string(),
-                    dev_type: r.dev_type,
-                    major: r.major,
-                    minor: r.minor,
-                    access: r.access,
-                    devices: vec![],
-                    hits: 0,
-                    cdi: vec![],
-                })
+                .map(|r| crate::audit::view::RuleView::of(&r, vec![]))
                 .collect(),
             stats: Default::default(),
             other_programs: vec![],
