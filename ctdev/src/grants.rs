@@ -220,6 +220,21 @@ pub struct Grant {
     pub pending: bool,
 }
 
+impl Grant {
+    /// A confirmed grant of `entries` only: no node, no directory (a rule,
+    /// or an interface, whose entries are none).
+    pub fn of_entries(owner: Owner, subject: Subject, entries: Vec<EntryGrant>) -> Self {
+        Grant {
+            owner,
+            subject,
+            entries,
+            nodes: Vec::new(),
+            dirs: Vec::new(),
+            pending: false,
+        }
+    }
+}
+
 /// A container's grants.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
@@ -686,16 +701,13 @@ mod tests {
         *entries = plan.result(entries);
         record(
             ledger,
-            Grant {
+            Grant::of_entries(
                 owner,
-                subject: Subject::Rule {
+                Subject::Rule {
                     rule: subject.into(),
                 },
-                entries: eg,
-                nodes: Vec::new(),
-                dirs: Vec::new(),
-                pending: false,
-            },
+                eg,
+            ),
         );
     }
 

@@ -549,17 +549,14 @@ pub fn add_as(
             let mut ledger = before_ledger.clone();
             grants::record(
                 &mut ledger,
-                Grant {
+                Grant::of_entries(
                     owner,
-                    subject: Subject::Interface {
+                    Subject::Interface {
                         host: name.clone(),
                         inside: new_name.clone(),
                     },
-                    entries: Vec::new(),
-                    nodes: Vec::new(),
-                    dirs: Vec::new(),
-                    pending: false,
-                },
+                    Vec::new(),
+                ),
             );
             save_ledger(ct, &ledger)?;
             let netns = init.open_netns()?;

@@ -317,17 +317,6 @@ struct Model {
     first: Files,
 }
 
-fn grant_of(owner: Owner, subject: Subject, entries: Vec<grants::EntryGrant>) -> Grant {
-    Grant {
-        owner,
-        subject,
-        entries,
-        nodes: Vec::new(),
-        dirs: Vec::new(),
-        pending: false,
-    }
-}
-
 fn check_first_kept(m: &Model, what: &str) {
     for (p, f) in &m.first {
         let now = m.files.get(p);
@@ -408,7 +397,7 @@ pub fn sequence(src: &mut impl Source, steps: usize) -> usize {
                     now = p.result(&now);
                     grants::record(
                         &mut m.ledger,
-                        grant_of(
+                        Grant::of_entries(
                             Owner::Operator,
                             Subject::Rule {
                                 rule: r.to_string(),
@@ -468,7 +457,7 @@ pub fn sequence(src: &mut impl Source, steps: usize) -> usize {
                 assert_eq!(narrowed(&entries, &after), None, "add {r} on {entries:?}");
                 let mut ledger = m.ledger.clone();
                 let fresh = ledger.find(owner, &subject).is_none();
-                let mut grant = grant_of(owner, subject.clone(), eg);
+                let mut grant = Grant::of_entries(owner, subject.clone(), eg);
                 grant.nodes = made.nodes;
                 grant.dirs = made.dirs;
                 grants::record(&mut ledger, grant);
@@ -602,7 +591,7 @@ fn add_then_del_of_every_small_policy_is_identity() {
             let mut l = Ledger::new(ID);
             grants::record(
                 &mut l,
-                grant_of(Owner::Cli, Subject::Rule { rule: "x".into() }, eg),
+                Grant::of_entries(Owner::Cli, Subject::Rule { rule: "x".into() }, eg),
             );
             let (back, _) = grants::plan_take_back(&after, &l, 0);
             assert_eq!(back.result(&after), e, "{r} on {e:?}");

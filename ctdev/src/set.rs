@@ -181,14 +181,7 @@ impl Ctdev {
             let (_, granted) = grants::plan_grant_into(&mut entries, id, rules);
             grants::record(
                 &mut ledger,
-                Grant {
-                    owner,
-                    subject: subject.clone(),
-                    entries: granted,
-                    nodes: Vec::new(),
-                    dirs: Vec::new(),
-                    pending: false,
-                },
+                Grant::of_entries(owner, subject.clone(), granted),
             );
         }
         let ahead = ledger.clone();

@@ -471,16 +471,13 @@ impl Ctdev {
                     );
                 }
             }
-            granted_all.push(Grant {
-                owner: GrantOwner::Operator,
-                subject: Subject::Rule {
+            granted_all.push(Grant::of_entries(
+                GrantOwner::Operator,
+                Subject::Rule {
                     rule: rule.to_string(),
                 },
-                entries: granted,
-                nodes: Vec::new(),
-                dirs: Vec::new(),
-                pending: false,
-            });
+                granted,
+            ));
         }
         grants::record_all(&mut ledger, granted_all);
         self.apply_plan(lock, &state, &total, Some(&ledger))?;
@@ -618,17 +615,7 @@ impl Ctdev {
         let state = self.container(target)?;
         let mut ledger = self.grants.load(state.policy_id)?;
         let (plan, granted) = plan_grant(&state.entries, state.policy_id, rules);
-        grants::record(
-            &mut ledger,
-            Grant {
-                owner,
-                subject,
-                entries: granted,
-                nodes: Vec::new(),
-                dirs: Vec::new(),
-                pending: false,
-            },
-        );
+        grants::record(&mut ledger, Grant::of_entries(owner, subject, granted));
         self.apply_plan(lock, &state, &plan, Some(&ledger))?;
         Ok(self.change_report(&state, &plan))
     }
