@@ -474,6 +474,20 @@ fn random_sequences_against_the_kernel() {
         .iter()
         .map(|m| env.node(&format!("n{m}"), DeviceType::Char, 1, *m))
         .collect();
+    // `del` of a kept add, in the kernel and in the model: never widens.
+    let del_kept = |(kmi, dest): (usize, String), model: &mut Entries, ledger: &mut Ledger| {
+        let before = model.clone();
+        let req = PassRequest::Node {
+            host: nodes[kmi].clone(),
+            dest: dest.into(),
+        };
+        passthrough::del(&ct, &target, &req).expect("del of the kept add");
+        let i = ledger.find(Owner::Cli, &req.subject()).expect("recorded");
+        let (p, after) = grants::plan_take_back(model, ledger, i);
+        *model = p.result(model);
+        *ledger = after;
+        assert_eq!(plan::widened(&before, model, id, &grid(id)), None);
+    };
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut ledger = Ledger::new(id);
     let mut model: Entries;
@@ -629,18 +643,8 @@ fn random_sequences_against_the_kernel() {
             }
             // A kept add goes at a random later step.
             if rng.below(3) == 0 {
-                if let Some((kmi, dest)) = kept.take() {
-                    let before = model.clone();
-                    let req = PassRequest::Node {
-                        host: nodes[kmi].clone(),
-                        dest: dest.into(),
-                    };
-                    passthrough::del(&ct, &target, &req).expect("del of the kept add");
-                    let i = ledger.find(Owner::Cli, &req.subject()).expect("recorded");
-                    let (p, after) = grants::plan_take_back(&model, &ledger, i);
-                    model = p.result(&model);
-                    ledger = after;
-                    assert_eq!(plan::widened(&before, &model, id, &grid(id)), None);
+                if let Some(k) = kept.take() {
+                    del_kept(k, &mut model, &mut ledger);
                 }
             }
             let state = ct.container(&target).expect("state");
@@ -678,18 +682,8 @@ fn random_sequences_against_the_kernel() {
                 names[i]
             );
         }
-        if let Some((kmi, dest)) = kept.take() {
-            let before = model.clone();
-            let req = PassRequest::Node {
-                host: nodes[kmi].clone(),
-                dest: dest.into(),
-            };
-            passthrough::del(&ct, &target, &req).expect("del at the end");
-            let i = ledger.find(Owner::Cli, &req.subject()).expect("recorded");
-            let (p, after) = grants::plan_take_back(&model, &ledger, i);
-            model = p.result(&model);
-            ledger = after;
-            assert_eq!(plan::widened(&before, &model, id, &grid(id)), None);
+        if let Some(k) = kept.take() {
+            del_kept(k, &mut model, &mut ledger);
             assert_eq!(ct.container(&target).unwrap().entries, model);
         }
     }
