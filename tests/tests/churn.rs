@@ -315,3 +315,76 @@ fn a_stopped_container_does_not_hold_back_another_containers_hotplug() {
     let log = daemon.log_text();
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+#[test]
+fn a_resync_that_changes_nothing_does_nothing_and_one_that_does_still_acts() {
+    let env = TestEnv::new("churn-noop");
+    let index = HotLoop::pick();
+    let cfg = churn_policy(&env, 0.2, &[index], "rules = [\"c 1:11 r\"]\n");
+    let mut daemon = DaemonProc::start(&env, &cfg);
+    let c = TestContainer::start(&env, "ct-a", false);
+    let dev = format!("/dev/loop{index}");
+    let is_node = || {
+        fs::symlink_metadata(c.host_path(&dev))
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+    };
+    let mut l = HotLoop::add(index);
+    wait_until(
+        Duration::from_secs(30),
+        "the device in the container",
+        || is_node().then_some(()),
+    );
+    c.open_rw(&dev).expect("hotplugged device usable");
+    let resyncs = |log: &str| log.matches("periodic resync done").count();
+    // Settled: one full resync after the device went in.
+    let n0 = resyncs(&daemon.log_text());
+    wait_until(Duration::from_secs(30), "a resync", || {
+        (resyncs(&daemon.log_text()) >= n0 + 2).then_some(())
+    });
+    let state = daemon.state_dir.join("state.json");
+    let written = fs::metadata(&state).and_then(|m| m.modified()).unwrap();
+    let log_before = daemon.log_text();
+    let n1 = resyncs(&log_before);
+
+    // 1. Five resyncs with nothing to do: no line above debug, the state
+    // file not rewritten, the device still there and usable.
+    wait_until(Duration::from_secs(30), "five more resyncs", || {
+        (resyncs(&daemon.log_text()) >= n1 + 5).then_some(())
+    });
+    let log = daemon.log_text();
+    let new_lines: Vec<&str> = log[log_before.len()..]
+        .lines()
+        .filter(|l| !l.contains("DEBUG"))
+        .collect();
+    assert!(
+        new_lines.is_empty(),
+        "a resync that changes nothing logged: {new_lines:#?}"
+    );
+    assert_eq!(
+        fs::metadata(&state).and_then(|m| m.modified()).unwrap(),
+        written,
+        "state file rewritten by resyncs that changed nothing"
+    );
+    assert!(is_node());
+    c.open_rw(&dev).expect("device still usable");
+
+    // 2. A change the events did not report (the node removed by hand
+    // inside): the next resync puts it back.
+    fs::remove_file(c.host_path(&dev)).expect("remove the node inside");
+    wait_until(Duration::from_secs(30), "the node back", || {
+        is_node().then_some(())
+    });
+    c.open_rw(&dev).expect("device usable again");
+
+    // 3. Unplugged: gone from the container, and nothing left.
+    l.remove();
+    wait_until(Duration::from_secs(30), "the device gone", || {
+        (!c.host_path(&dev).exists()).then_some(())
+    });
+    assert!(daemon.alive(), "{}", daemon.log_text());
+    assert!(
+        !daemon.log_text().contains("ERROR"),
+        "{}",
+        daemon.log_text()
+    );
+}

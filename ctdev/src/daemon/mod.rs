@@ -198,6 +198,10 @@ pub struct Daemon {
     failing: BTreeSet<(u64, String)>,
     /// Where device events come from now (udevd when it runs).
     source: Source,
+    /// Devices (policy id, dest) recorded ahead for the event being handled.
+    prerecorded: BTreeSet<(u64, String)>,
+    /// The state as last written.
+    saved: Option<State>,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -244,6 +248,8 @@ impl Daemon {
             marks: None,
             coexist: takeover::Coexist::default(),
             failing: BTreeSet::new(),
+            prerecorded: BTreeSet::new(),
+            saved: None,
             source: if uevent::udevd_running(&opts.udev_control) {
                 Source::Udev
             } else {
@@ -509,6 +515,28 @@ impl Daemon {
 
     /// Brings the container's devices to what the policy wants (all of
     /// them, or only the device at DEVPATH `only`).
+    /// Whether the container at `dir`, managed as `m` before this resync,
+    /// needs nothing from it but a device comparison: same entry, same
+    /// cgroup (not a re-created name), still linked, and its recorded rules
+    /// are the entry's rules.
+    fn unchanged(&self, dir: &Path, entry: usize, m: &Managed) -> bool {
+        if m.entry != entry || !self.ct.pins().link(m.policy_id).exists() {
+            return false;
+        }
+        if !fs::metadata(dir).is_ok_and(|md| md.ino() == m.policy_id) {
+            return false;
+        }
+        let Some(owned) = self.state.containers.get(&m.policy_id) else {
+            return false;
+        };
+        let wanted: Option<BTreeSet<String>> = self.policy.containers[entry]
+            .rules
+            .iter()
+            .map(|spec| spec.resolve().ok().map(|r| r.to_string()))
+            .collect();
+        owned.cgroup == dir && wanted.is_some_and(|w| w == owned.rules)
+    }
+
     fn sync_devices(&mut self, dir: &Path, only: Option<&str>) {
         let Some(m) = self.managed.get(dir).cloned() else {
             return;
@@ -592,16 +620,27 @@ impl Daemon {
         // Write-ahead, as for rules: recorded before it is passed in, so a
         // daemon killed mid-way takes it back on restart if it is no longer
         // wanted (removing a device that never got in is a no-op).
-        let recorded_before = self
-            .state
-            .containers
-            .get(&id)
-            .and_then(|s| s.devices.get(&o.dest))
-            .cloned();
-        if recorded_before.as_ref() != Some(o) {
-            if let Some(s) = self.state.containers.get_mut(&id) {
-                s.devices.insert(o.dest.clone(), o.clone());
-                self.save_state();
+        // Recorded ahead for the whole event ([`Daemon::prerecord`]): there
+        // was nothing at this dest before.
+        let pre = self.prerecorded.remove(&(id, o.dest.clone()));
+        let recorded_before = if pre {
+            None
+        } else {
+            self.state
+                .containers
+                .get(&id)
+                .and_then(|s| s.devices.get(&o.dest))
+                .cloned()
+        };
+        if !pre && recorded_before.as_ref() != Some(o) {
+            match self.state.containers.get_mut(&id) {
+                Some(s) => {
+                    s.devices.insert(o.dest.clone(), o.clone());
+                    self.save_state();
+                }
+                None => {
+                    tracing::warn!(container = %name, cgroup = %dir.display(), policy_id = id, device = %o.host, "no state record for the container: the device is not recorded")
+                }
             }
         }
         let start = Instant::now();
@@ -665,6 +704,34 @@ impl Daemon {
         }
     }
 
+    /// Records, ahead and in one state write, the device at DEVPATH
+    /// `devpath` in every container of `dirs` that wants it at a dest where
+    /// nothing is recorded yet (a dest holding another record is left to
+    /// [`Daemon::add_device`], after the old one is taken back).
+    fn prerecord(&mut self, dirs: &[PathBuf], devpath: &str) {
+        self.prerecorded.clear();
+        for dir in dirs {
+            let Some(m) = self.managed.get(dir).cloned() else {
+                continue;
+            };
+            for w in self.wanted_devices(m.entry, Some(devpath)) {
+                if w.owned.interface {
+                    continue;
+                }
+                let Some(s) = self.state.containers.get_mut(&m.policy_id) else {
+                    continue;
+                };
+                if !s.devices.contains_key(&w.owned.dest) {
+                    s.devices.insert(w.owned.dest.clone(), w.owned.clone());
+                    self.prerecorded.insert((m.policy_id, w.owned.dest));
+                }
+            }
+        }
+        if !self.prerecorded.is_empty() {
+            self.save_state();
+        }
+    }
+
     fn remove_device(&mut self, dir: &Path, id: u64, name: &str, o: &OwnedDevice) {
         if !o.links.is_empty() {
             self.sync_links(dir, name, o, false);
@@ -680,7 +747,9 @@ impl Daemon {
                 Ok(report) => {
                     tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, "device removed")
                 }
-                Err(PassthroughError::NotAdded { .. }) => {}
+                Err(PassthroughError::NotAdded { .. }) => {
+                    tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "no grant of the daemon for the device: its record is dropped");
+                }
                 Err(e) if !dir.exists() => {
                     tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, "container gone while taking its device back: {e}");
                 }
@@ -751,9 +820,21 @@ impl Daemon {
             .get(&id)
             .map(|o| o.entry.clone())
             .unwrap_or_default();
+        let cgroup = self
+            .state
+            .containers
+            .get(&id)
+            .map(|o| o.cgroup.display().to_string())
+            .unwrap_or_default();
+        let devices: Vec<String> = self
+            .state
+            .containers
+            .get(&id)
+            .map(|o| o.devices.keys().cloned().collect())
+            .unwrap_or_default();
         match self.ct.detach(&Target::PolicyId(id)) {
             Ok(r) => {
-                tracing::info!(container = %name, policy_id = id, entries = r.entries_removed, "detached ({why})")
+                tracing::info!(container = %name, policy_id = id, cgroup = %cgroup, devices = ?devices, entries = r.entries_removed, "detached ({why})")
             }
             Err(ControllerError::NotUnderPolicy { .. }) => {}
             Err(e) => {
@@ -934,9 +1015,18 @@ impl Daemon {
         }
     }
 
-    fn save_state(&self) {
-        if let Err(e) = self.state.save(&self.state_path) {
-            tracing::error!("{e}");
+    fn save_state(&mut self) {
+        // Nothing changed since the last write: nothing to write (a resync
+        // that changes nothing does nothing).
+        if self.saved.as_ref() == Some(&self.state) {
+            return;
+        }
+        match self.state.save(&self.state_path) {
+            Ok(()) => self.saved = Some(self.state.clone()),
+            Err(e) => {
+                self.saved = None;
+                tracing::error!("{e}");
+            }
         }
     }
 
@@ -958,7 +1048,7 @@ impl Daemon {
         if pruned > 0 {
             tracing::debug!(pruned, "dropped watches of cgroups that are gone");
         }
-        self.managed.clear();
+        let before = std::mem::take(&mut self.managed);
         self.pending.clear();
         // Parents come before children in the walk order of watch_tree? Not
         // guaranteed: sort so a container is seen before its sub-cgroups.
@@ -973,7 +1063,20 @@ impl Daemon {
             }
             if let Some(entry) = self.entry_for(&dir) {
                 watcher.watch_events(&dir);
-                self.apply_container(&dir, entry);
+                match before.get(&dir).filter(|m| self.unchanged(&dir, entry, m)) {
+                    // A resync that changes nothing does nothing: no attach
+                    // check, no rule swap, no log line; only the devices
+                    // are compared (cheap when nothing differs).
+                    Some(m) => {
+                        self.managed.insert(dir.clone(), m.clone());
+                        if m.ready {
+                            self.sync_devices(&dir, None);
+                        } else {
+                            self.pending.insert(dir.clone());
+                        }
+                    }
+                    None => self.apply_container(&dir, entry),
+                }
             }
         }
         self.take_cgroup_events(watcher);
@@ -1128,8 +1231,18 @@ impl Daemon {
                     .filter(|(_, m)| m.ready)
                     .map(|(d, _)| d.clone())
                     .collect();
+                // Write-ahead for the whole event in one state write (not
+                // one per container): every container the device is about
+                // to go to records it first.
+                self.prerecord(&dirs, &devpath);
                 for dir in dirs {
                     self.sync_devices(&dir, Some(&devpath));
+                }
+                // Records of adds that were not attempted go again.
+                for (id, dest) in std::mem::take(&mut self.prerecorded) {
+                    if let Some(s) = self.state.containers.get_mut(&id) {
+                        s.devices.remove(&dest);
+                    }
                 }
                 self.save_state();
             }
@@ -1158,6 +1271,7 @@ impl Daemon {
                     })
                     .flatten()
                     .collect();
+                tracing::debug!(devpath = %devpath, containers = owners.len(), managed = self.managed.len(), "device left the host: taking it back");
                 for (dir, id, name, o) in owners {
                     self.remove_device(&dir, id, &name, &o);
                 }
@@ -1181,6 +1295,9 @@ impl Daemon {
                 }
                 self.policy = p;
                 tracing::info!(file = %self.opts.config.display(), "policy reloaded");
+                // Every container is applied again in full: its entry's
+                // preset, rules or takeover mode may have changed.
+                self.managed.clear();
                 self.reconcile_all(watcher);
             }
             Err(e) => tracing::error!("policy rejected, keeping the running one: {e}"),

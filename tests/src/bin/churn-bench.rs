@@ -108,6 +108,17 @@ fn sample_loop(
 fn fail(msg: String, daemon: &DaemonProc) -> ! {
     eprintln!("churn-bench: {msg}\n--- daemon log (tail) ---");
     let log = daemon.log_text();
+    // The whole log, when asked for (`CTDEV_CHURN_LOG=FILE`): the env and
+    // its scratch directory are removed while unwinding.
+    if let Some(f) = std::env::var_os("CTDEV_CHURN_LOG") {
+        match fs::write(&f, &log) {
+            Ok(()) => eprintln!(
+                "churn-bench: daemon log saved to {}",
+                Path::new(&f).display()
+            ),
+            Err(e) => eprintln!("churn-bench: cannot save the daemon log: {e}"),
+        }
+    }
     let tail: Vec<&str> = log.lines().rev().take(40).collect();
     for l in tail.into_iter().rev() {
         eprintln!("{l}");
