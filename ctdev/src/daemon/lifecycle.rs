@@ -313,6 +313,11 @@ impl Watcher {
                     self.forget_tree(&path);
                     match self.watch_tree(&path) {
                         Ok(all) => out.extend(all.into_iter().map(CgroupEvent::Created)),
+                        // Removed again before it could be watched: a
+                        // race with a cgroup already gone, not news.
+                        Err(e) if !path.exists() => {
+                            tracing::debug!("{e}");
+                        }
                         Err(e) => {
                             // The directory still counts: it is handled
                             // (attached) without a watch; the periodic

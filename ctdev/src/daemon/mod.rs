@@ -478,6 +478,10 @@ impl Daemon {
                     tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %text, "revoked (gone from the policy)");
                 }
             }
+            Err(e) if !dir.exists() => {
+                tracing::debug!(container = %c.name, cgroup = %dir.display(), "cgroup gone before its rules could be applied: {e}");
+                return;
+            }
             Err(e) => {
                 tracing::error!(container = %c.name, cgroup = %dir.display(), "cannot apply the policy's rules: {e}")
             }
@@ -676,7 +680,7 @@ impl Daemon {
                     self.remove_device(dir, id, name, o);
                 }
             }
-            Err(e) if !self.still_present(o) || !dir.exists() => {
+            Err(e) if !self.still_present(o) || !dir.exists() || !self.is_ready(dir) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "device or container went while passing it in: {e}");
                 if let Some(s) = self.state.containers.get_mut(&id) {
                     match recorded_before {
