@@ -30,7 +30,7 @@ use crate::container::nodes::{
 };
 use crate::container::process::{InitProcess, ProcessError};
 use crate::grants::{self, Grant, Ledger, NodeChange, NodeGrant, Owner, Subject};
-use crate::kernel::attached::{device_programs, DeviceProgram};
+use crate::kernel::attached::{other_device_programs, DeviceProgram};
 use crate::kernel::pins::PinLock;
 use crate::ops::{ContainerState, Ctdev, Error as ControllerError, LinkState};
 use crate::plan::Plan;
@@ -408,13 +408,7 @@ fn attached(ct: &Ctdev, target: &Target) -> Result<Attached, PassthroughError> {
             })
         }
     };
-    let others = device_programs(ct.cgroups(), &cgroup)
-        .map(|all| {
-            all.into_iter()
-                .filter(|p| p.id != state.program_id)
-                .collect()
-        })
-        .unwrap_or_default();
+    let others = other_device_programs(ct.cgroups(), &cgroup, state.program_id).unwrap_or_default();
     Ok(Attached {
         state,
         cgroup,

@@ -6,6 +6,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use ctdev_tests::container::{LoopDevice, TestContainer, Veth};
+use ctdev_tests::foreign::ForeignProgram;
 use ctdev_tests::*;
 
 fn out(o: &std::process::Output) -> String {
@@ -383,4 +384,87 @@ fn other_device_programs_are_warned_about() {
     );
     // And indeed the other program still denies it.
     assert!(denied(c.open_rw("/dev/zz")));
+}
+
+/// Programs that are not ctdev's are named by `list`, `check` and `add`
+/// from their own kernel info (one read per program found on the cgroup
+/// chain, no listing of every program on the system): one on the
+/// container's cgroup, one on its parent.
+#[test]
+fn foreign_programs_are_named_by_list_check_and_add() {
+    let env = TestEnv::new("pt-names");
+    let c = TestContainer::start(&env, "c", false);
+    env.ok(&["attach", c.cgroup_str()]);
+    let here = ForeignProgram::deny_char(&c.cgroup, 1, 7);
+    let up = ForeignProgram::deny_char(&env.cgroup_parent, 1, 9);
+    let at_c = format!("/{}/c", env.name);
+    let at_parent = format!("/{}", env.name);
+
+    let v = env.list_json();
+    let others = v["containers"][0]["other_programs"].as_array().unwrap();
+    let named: Vec<(u64, &str, &str, &str)> = others
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_u64().unwrap(),
+                p["name"].as_str().unwrap(),
+                p["owner"].as_str().unwrap(),
+                p["attached_at"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (here.id.into(), "foreign_dev", "unknown", at_c.as_str()),
+            (up.id.into(), "foreign_dev", "unknown", at_parent.as_str()),
+        ],
+        "{others:?}"
+    );
+
+    let r = env.ctdev(&["--json", "check", c.cgroup_str(), "/dev/full", "r"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let why = report["explanation"].as_str().unwrap();
+    assert!(why.contains("foreign_dev"), "{why}");
+
+    let r = env.ctdev(&["add", c.cgroup_str(), "/dev/net/tun"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for (id, at) in [(here.id, &at_c), (up.id, &at_parent)] {
+        let want = format!("id {id} (foreign_dev) on {at}");
+        assert!(r.stderr.contains(&want), "{want}: {}", r.stderr);
+    }
+    env.ok(&["del", c.cgroup_str(), "/dev/net/tun"]);
+    assert!(!c.host_path("/dev/net/tun").exists());
+}
+
+/// `add` and `del` with many device programs loaded on the system, none on
+/// the container's cgroup chain: both work, none of them is named, and
+/// the node works (they do not decide for the container).
+#[test]
+fn add_and_del_with_many_unrelated_device_programs() {
+    let env = TestEnv::new("pt-many");
+    let c = TestContainer::start(&env, "c", false);
+    env.ok(&["attach", c.cgroup_str()]);
+    // Each denies the very device added, on a sibling cgroup.
+    let elsewhere: Vec<ForeignProgram> = (0..40)
+        .map(|i| ForeignProgram::deny_char(&env.cgroup(&format!("x{i}")), 10, 200))
+        .collect();
+
+    let r = env.ctdev(&["add", c.cgroup_str(), "/dev/net/tun"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    c.open_rw("/dev/net/tun")
+        .expect("tun opens: no unrelated program judges it");
+    let v = env.list_json();
+    assert_eq!(
+        v["containers"][0]["other_programs"],
+        serde_json::json!([]),
+        "{v}"
+    );
+    let r = env.ctdev(&["del", c.cgroup_str(), "/dev/net/tun"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!c.host_path("/dev/net/tun").exists(), "node removed");
+    assert!(!rules(&env).iter().any(|r| r.starts_with("c 10:200")));
+    drop(elsewhere);
 }

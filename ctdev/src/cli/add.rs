@@ -11,10 +11,10 @@ use crate::passthrough::{self, AddOptions, PassRequest, PassthroughReport};
 use crate::rule::Access;
 use crate::target::Target;
 
-/// Arguments of `ctdev add`.
+// Arguments of `ctdev add`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The container (must be under policy: `ctdev attach` first).
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Target,
     /// A host device node (/dev/net/tun), a directory of nodes (/dev/dri),
     /// a network interface name (eth1), or a CDI device (vendor.com/class=name).

@@ -8,10 +8,10 @@ use super::{open, print_change, rules_from_words, Cli};
 use crate::ops::Config;
 use crate::target::Target;
 
-/// Arguments of `ctdev allow`.
+// Arguments of `ctdev allow`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// cgroup path, pid:N, or id:N.
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Target,
     /// Rules: `TYPE MAJOR:MINOR [ACCESS]` (as one argument or several) or a /dev path.
     #[arg(required = true, num_args = 1..)]

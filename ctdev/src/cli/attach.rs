@@ -13,10 +13,10 @@ use crate::rule::parse_rules;
 use crate::takeover::{takeover, TakeoverOptions};
 use crate::target::Target;
 
-/// Arguments of `ctdev attach`.
+// Arguments of `ctdev attach`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// cgroup path (absolute, or inside the cgroup2 hierarchy), pid:N, RUNTIME:NAME or name.
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Target,
     /// Starting rules: `oci` (runc's default devices) or `none` (deny all).
     /// With --takeover, used only when there is nothing to import.

@@ -36,7 +36,7 @@ impl CdiFlags {
     }
 }
 
-/// Arguments of `ctdev cdi`.
+// Arguments of `ctdev cdi`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// What to do.

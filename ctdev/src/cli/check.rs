@@ -9,10 +9,10 @@ use crate::audit::check::check;
 use crate::ops::Config;
 use crate::target::Target;
 
-/// Arguments of `ctdev check`.
+// Arguments of `ctdev check`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The container: cgroup path, pid:N, RUNTIME:NAME or name.
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Target,
     /// One device: a /dev path or `TYPE MAJOR:MINOR`, with the access to
     /// check (default rwm), e.g. `/dev/net/tun rw` or `c 10:200 r`.

@@ -10,7 +10,7 @@ use crate::daemon::{self, config::DEFAULT_CONFIG, Options};
 use crate::nri::{self, policy::NriPolicy, section::NriSection};
 use crate::ops::Config;
 
-/// Arguments of `ctdev daemon`.
+// Arguments of `ctdev daemon`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The policy file (TOML; see /etc/ctdev/policy.example.toml). With an

@@ -9,9 +9,10 @@ use crate::ops::Config;
 use crate::passthrough;
 use crate::target::Target;
 
-/// Arguments of `ctdev del`.
+// Arguments of `ctdev del`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Target,
     /// The host device node, directory, or interface name given to `ctdev add`.
     pub device: String,

@@ -13,7 +13,7 @@ use crate::probe::{probe, ProbeOp};
 use crate::rule::{parse_rules, Rule};
 use crate::target::Target;
 
-/// Arguments of `ctdev demo`.
+// Arguments of `ctdev demo`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Device node the demo opens from inside the scratch cgroup.

@@ -8,10 +8,10 @@ use super::{open, Cli};
 use crate::ops::Config;
 use crate::target::Target;
 
-/// Arguments of `ctdev detach`.
+// Arguments of `ctdev detach`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// cgroup path, pid:N, or id:N (for a container whose cgroup is gone).
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Target,
     /// Print what would change (text, or --json) and change nothing.
     #[arg(long)]

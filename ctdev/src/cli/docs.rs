@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap_complete::Shell;
 
-/// Flags of `ctdev generate-docs`.
+// Flags of `ctdev generate-docs`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Directory to write `man/` and `completions/` into.

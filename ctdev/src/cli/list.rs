@@ -17,10 +17,10 @@ use crate::ops::{Config, LinkState};
 use crate::runtimes::k8s::PodContainer;
 use crate::target::Target;
 
-/// Arguments of `ctdev list`.
+// Arguments of `ctdev list`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only this container.
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Option<Target>,
     /// Also compare each container's /dev with its policy: nodes no rule
     /// allows, and rules for devices with no node.

@@ -4,8 +4,8 @@
 //! Parsing: options may come anywhere (`revoke T c 1:3 r --missing-ok`,
 //! `check T /dev/null r --json`); rule words are plain positional values, so
 //! a word starting with `--` is always an option (the empty access is `''`
-//! or `-`). Every TARGET argument gets the same help text ([`TARGET_HELP`]),
-//! set once in [`command`], which is also what the man pages and shell
+//! or `-`). Every TARGET argument gets the same help text ([`TARGET_HELP`],
+//! [`TARGET_LONG_HELP`]); [`command`] is also what the man pages and shell
 //! completions are generated from (`cargo xtask dist`).
 
 mod add;
@@ -74,6 +74,7 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Put a cgroup under a default-deny device policy (idempotent).
     Attach(attach::Args),
@@ -161,29 +162,12 @@ pub const TARGET_LONG_HELP: &str = "The container, one of:
   NAME       a bare word: a cgroup relative to the mount, or a container of any runtime.";
 
 /// The full command-line definition: what `main` parses and what man pages
-/// and shell completions are generated from.
+/// and shell completions are generated from. Each subcommand's arguments
+/// are built only when that subcommand is used (`defer`: start-up builds one
+/// verb's arguments, not all of them); [`clap::Command::build`] builds them
+/// all (docs, tests).
 pub fn command() -> clap::Command {
-    let mut cmd = Cli::command();
-    let with_target: Vec<String> = cmd
-        .get_subcommands()
-        .filter(|s| s.get_arguments().any(|a| a.get_id() == "target"))
-        .map(|s| s.get_name().to_string())
-        .collect();
-    for name in with_target {
-        // `mut_args` keeps the arguments' order (positional indices).
-        cmd = cmd.mut_subcommand(name, |s| {
-            s.mut_args(|a| {
-                if a.get_id() == "target" {
-                    a.help(TARGET_HELP)
-                        .long_help(TARGET_LONG_HELP)
-                        .value_name("TARGET")
-                } else {
-                    a
-                }
-            })
-        });
-    }
-    cmd
+    Cli::command()
 }
 
 /// Parses the process's arguments with [`command`] (exits on bad usage).
@@ -453,7 +437,8 @@ mod tests {
 
     #[test]
     fn every_target_has_the_same_help() {
-        let cmd = command();
+        let mut cmd = command();
+        cmd.build();
         let mut seen = 0;
         for sub in cmd.get_subcommands() {
             if let Some(t) = sub.get_arguments().find(|a| a.get_id() == "target") {
@@ -467,6 +452,18 @@ mod tests {
             }
         }
         assert!(seen >= 10, "{seen}");
+        // Built late (`defer`), an argument struct's doc comment would
+        // replace the subcommand's own summary.
+        for sub in cmd.get_subcommands() {
+            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(
+                !about.is_empty()
+                    && !about.starts_with("Arguments of")
+                    && !about.starts_with("Flags of"),
+                "{}: {about:?}",
+                sub.get_name()
+            );
+        }
         assert!(parse(&["show", "web"]).is_ok(), "status has the alias show");
     }
 }

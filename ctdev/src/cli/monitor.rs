@@ -19,10 +19,10 @@ use crate::kernel::counters::Counters;
 use crate::ops::{Config, Ctdev};
 use crate::target::Target;
 
-/// Arguments of `ctdev monitor`.
+// Arguments of `ctdev monitor`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only this container (events of others are consumed but not shown).
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Option<Target>,
     /// Stop after this many denials.
     #[arg(long)]

@@ -11,7 +11,7 @@ use crate::nri::policy::NriPolicy;
 use crate::nri::{self, NriOptions, DEFAULT_INDEX, DEFAULT_NAME, DEFAULT_POLICY, DEFAULT_SOCKET};
 use crate::ops::Config;
 
-/// Arguments of `ctdev nri`.
+// Arguments of `ctdev nri`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The runtime's NRI socket.

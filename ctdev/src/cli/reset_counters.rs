@@ -8,10 +8,10 @@ use super::{open, Cli};
 use crate::ops::Config;
 use crate::target::Target;
 
-/// Arguments of `ctdev reset-counters`.
+// Arguments of `ctdev reset-counters`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only this container (default: every container under policy).
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Option<Target>,
 }
 

@@ -8,10 +8,10 @@ use super::{open, print_change, rules_from_words, Cli};
 use crate::ops::Config;
 use crate::target::Target;
 
-/// Arguments of `ctdev revoke`.
+// Arguments of `ctdev revoke`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// cgroup path, pid:N, or id:N.
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Target,
     /// Rules to take away; their access bits are cleared (no ACCESS: all of them).
     #[arg(required = true, num_args = 1..)]

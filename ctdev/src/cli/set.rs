@@ -10,10 +10,10 @@ use super::{open, rules_from_words, Cli};
 use crate::ops::Config;
 use crate::target::Target;
 
-/// Arguments of `ctdev set`.
+// Arguments of `ctdev set`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// cgroup path, pid:N, or id:N.
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Target,
     /// The new rules: `TYPE MAJOR:MINOR [ACCESS]` (as one argument or several) or a /dev path.
     #[arg(num_args = 0.., allow_hyphen_values = true)]

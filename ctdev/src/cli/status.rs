@@ -22,9 +22,10 @@ use crate::kernel::attached::{device_programs, DeviceProgram};
 use crate::ops::{Config, Ctdev, Error as ControllerError, LinkState};
 use crate::target::Target;
 
-/// Arguments of `ctdev status`.
+// Arguments of `ctdev status`. (No doc comment: under `defer` it would replace the subcommand's about.)
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(help = super::TARGET_HELP, long_help = super::TARGET_LONG_HELP, value_name = "TARGET")]
     pub target: Target,
     /// Skip the comparison of the container's /dev with its policy.
     #[arg(long)]

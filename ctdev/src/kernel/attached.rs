@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -86,25 +87,36 @@ pub enum ProgramsError {
     Sys(#[from] SysError),
 }
 
-/// Names of loaded programs by id, read once per command (listing every
-/// loaded program is the expensive part of a query).
+/// Names of programs by id, each read when first asked for (two bpf()
+/// calls per program: `BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD`)
+/// and kept for the command. Nothing lists every program loaded on the
+/// system (that made every query O(programs on the system)), and aya's
+/// feature probes never run.
 #[derive(Debug, Default)]
-pub struct ProgramNames(HashMap<u32, String>);
+pub struct ProgramNames(Mutex<HashMap<u32, String>>);
 
 impl ProgramNames {
-    /// Reads the names of all loaded programs.
+    /// An empty cache; names are read on demand by [`ProgramNames::get`].
     pub fn load() -> Self {
-        Self(
-            aya::programs::loaded_programs()
-                .filter_map(Result::ok)
-                .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
-                .collect(),
-        )
+        Self::default()
     }
 
-    /// The name of program `id` (empty if unnamed or unknown).
+    /// The name of program `id` (empty if unnamed, or gone since it was
+    /// found: it is then `unknown` to [`Owner::from_name`]).
     pub fn get(&self, id: u32) -> String {
-        self.0.get(&id).cloned().unwrap_or_default()
+        let mut cache = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache
+            .entry(id)
+            .or_insert_with(|| {
+                sys::prog_name_by_id(id).unwrap_or_else(|e| {
+                    tracing::debug!(id, error = %e, "cannot read the program's name");
+                    String::new()
+                })
+            })
+            .clone()
     }
 }
 
@@ -146,6 +158,25 @@ pub fn device_programs_named(
         dir = d.parent();
     }
     Ok(out)
+}
+
+/// The device programs besides `own` that decide for `cgroup` (see
+/// [`device_programs`]). Asks the kernel for the cgroup's effective list
+/// first (one open and one bpf() call): when `own` is all there is, that is
+/// the answer; otherwise the chain is walked to say where each one sits.
+pub fn other_device_programs(
+    fs: &CgroupFs,
+    cgroup: &Cgroup,
+    own: u32,
+) -> Result<Vec<DeviceProgram>, ProgramsError> {
+    let fd = cgroup.open()?;
+    let effective = sys::query_device_programs(fd.as_fd(), true, &cgroup.dir)?;
+    if effective.iter().all(|id| *id == own) {
+        return Ok(Vec::new());
+    }
+    let mut all = device_programs(fs, cgroup)?;
+    all.retain(|p| p.id != own);
+    Ok(all)
 }
 
 #[cfg(test)]

@@ -152,6 +152,31 @@ pub fn prog_id(prog: BorrowedFd<'_>, what: &Path) -> Result<u32, SysError> {
     Ok(info[1])
 }
 
+/// Where `name` (`BPF_OBJ_NAME_LEN` bytes) sits in `struct bpf_prog_info`.
+const PROG_INFO_NAME: usize = offset_of!(uapi::bpf_prog_info, name);
+const PROG_INFO_NAME_LEN: usize = 16;
+const _: () = assert!(PROG_INFO_NAME + PROG_INFO_NAME_LEN <= 256);
+
+/// The name of the program with kernel id `id` (empty when it has none):
+/// two bpf() calls (`BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD`),
+/// whatever the number of programs loaded on the system.
+pub fn prog_name_by_id(id: u32) -> Result<String, SysError> {
+    let prog = prog_fd_by_id(id)?;
+    let mut info = [0u8; 256];
+    let mut attr = InfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: `attr` is the BPF_OBJ_GET_INFO_BY_FD prefix; `info` is a live,
+    // writable buffer of `info_len` bytes; `prog` is open (owned here).
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }
+        .map_err(|e| SysError::new("BPF_OBJ_GET_INFO_BY_FD", format!("program {id}"), e))?;
+    let name = &info[PROG_INFO_NAME..PROG_INFO_NAME + PROG_INFO_NAME_LEN];
+    let len = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+}
+
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
