@@ -402,7 +402,7 @@ impl Daemon {
         for spec in &c.rules {
             match spec.resolve() {
                 Ok(r) => {
-                    rule_texts.insert(r.to_string());
+                    rule_texts.insert(r);
                     rules.push(r);
                 }
                 Err(e) => {
@@ -458,7 +458,9 @@ impl Daemon {
             .collect();
         let take_back: Vec<GrantSubject> = stale
             .iter()
-            .map(|text| GrantSubject::Rule { rule: text.clone() })
+            .map(|text| GrantSubject::Rule {
+                rule: text.to_string(),
+            })
             .collect();
         match self
             .ct
@@ -999,7 +1001,9 @@ impl Daemon {
                 self.remove_device(&cgroup, id, &owned.entry, o);
             }
             for text in &owned.rules {
-                let subject = GrantSubject::Rule { rule: text.clone() };
+                let subject = GrantSubject::Rule {
+                    rule: text.to_string(),
+                };
                 if self
                     .ct
                     .take_back(&target_of(&cgroup), GrantOwner::Daemon, &subject)
