@@ -39,6 +39,7 @@ pub mod cgroup;
 pub mod container;
 pub mod daemon;
 pub(crate) mod devname;
+pub mod error;
 pub(crate) mod failpoint;
 pub mod grants;
 pub mod import;

@@ -9,29 +9,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::IoError;
 use crate::rule::{Rule, RuleSpec};
 
 /// Why the state file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// Reading or writing it failed.
-    #[error("daemon state file {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// Reading or writing it failed (the operation and the path named).
+    #[error("daemon state file: {0}")]
+    Io(#[from] IoError),
     /// It is not valid JSON of the expected shape.
     #[error("daemon state file {path} is corrupt: {message}")]
     Corrupt {
-        /// The file.
+        /// The state file's path.
         path: PathBuf,
         /// The parser's message.
         message: String,
@@ -161,12 +155,7 @@ impl State {
                     ..State::default()
                 })
             }
-            Err(source) => {
-                return Err(StateError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
+            Err(source) => return Err(IoError::new("read", path, source).into()),
         };
         let version = serde_json::from_str::<Version>(&text)
             .map_err(|e| corrupt(e.to_string()))?
@@ -190,14 +179,6 @@ impl State {
     /// survive. On a disk-backed /run an fsync per hotplug event cost
     /// milliseconds of the event's latency.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let io = |source| StateError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = path.with_extension("json.tmp");
         /// What is written: always the current version.
         #[derive(Serialize)]
         struct Current<'a> {
@@ -212,9 +193,7 @@ impl State {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        fs::rename(&tmp, path).map_err(io)
+        Ok(crate::error::write_atomic(path, text.as_bytes())?)
     }
 }
 

@@ -267,7 +267,7 @@ impl Ctdev {
         match self.pins.lock(self.config.lock_timeout) {
             Ok(l) => Ok(l),
             // The last container was detached while we waited.
-            Err(PinError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(PinError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(self.not_under_policy(target))
             }
             Err(e) => Err(e.into()),

@@ -11,10 +11,10 @@
 //! and checks each match with [`CgroupFs::cgroup`].
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::{Cgroup, CgroupFs};
+use crate::error::IoError;
 use crate::target::RuntimeKind;
 
 pub mod containerd;
@@ -50,14 +50,8 @@ pub enum RuntimeError {
     #[error("cgroup {0} has no process: is the container running?")]
     NoProcess(PathBuf),
     /// Reading /proc or the cgroup tree failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// One container a runtime resolver found.
@@ -160,11 +154,7 @@ where
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(source) if rel.as_os_str().is_empty() => {
-                return Err(RuntimeError::Io {
-                    op: "read directory",
-                    path: dir,
-                    source,
-                })
+                return Err(IoError::new("read directory", dir, source).into())
             }
             Err(e) => {
                 tracing::debug!("skipping {}: {e}", dir.display());
@@ -235,13 +225,7 @@ pub fn oldest_process(cgroup_dir: &Path) -> Result<Option<i32>, RuntimeError> {
                 tracing::debug!("skipping {}: {e}", procs.display());
                 continue;
             }
-            Err(source) => {
-                return Err(RuntimeError::Io {
-                    op: "read",
-                    path: procs,
-                    source,
-                })
-            }
+            Err(source) => return Err(IoError::new("read", procs, source).into()),
         };
         for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
             if let Some(start) = start_time(pid) {
