@@ -17,13 +17,13 @@ use crate::cgroup::{Cgroup, CgroupFs};
 use crate::error::IoError;
 use crate::target::RuntimeKind;
 
-pub mod containerd;
-pub mod crio;
-pub mod discover;
-pub mod docker;
+pub(crate) mod containerd;
+pub(crate) mod crio;
+test_support_mod!(discover);
+pub(crate) mod docker;
 pub mod k8s;
-pub mod lxc;
-pub mod podman;
+test_support_mod!(lxc);
+pub(crate) mod podman;
 
 /// Why a container could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -298,8 +298,17 @@ pub fn label(rel: &Path) -> Option<String> {
 /// Fixture trees of plain directories for the resolvers' unit tests.
 #[cfg(test)]
 pub(crate) mod fixture {
-    use super::RuntimeError;
-    use std::path::PathBuf;
+    use super::{RuntimeError, Visit};
+    use std::path::{Path, PathBuf};
+
+    /// What a resolver finds: (full ID, cgroup directory) pairs.
+    pub(crate) type Found = Result<Vec<(String, PathBuf)>, RuntimeError>;
+
+    /// What the resolver's `classify` finds under `root` for IDs starting
+    /// with `prefix`.
+    pub(crate) fn scan(root: &Path, prefix: &str, classify: fn(&Path, &str) -> Visit) -> Found {
+        super::walk(root, |rel| classify(rel, prefix))
+    }
 
     /// A temp dir holding the given directories (relative, `/`-separated).
     pub(crate) fn tree(dirs: &[&str]) -> tempfile::TempDir {
@@ -313,10 +322,7 @@ pub(crate) mod fixture {
     }
 
     /// Matches as sorted `name:relative/dir` strings.
-    pub(crate) fn names(
-        t: &tempfile::TempDir,
-        found: Result<Vec<(String, PathBuf)>, RuntimeError>,
-    ) -> Vec<String> {
+    pub(crate) fn names(t: &tempfile::TempDir, found: Found) -> Vec<String> {
         let mut v: Vec<String> = found
             .unwrap()
             .into_iter()
