@@ -23,19 +23,19 @@
 //! the uevent socket, inotify, signals and timers), so changes are applied
 //! in event order.
 
-pub mod cdi_watch;
+pub(crate) mod cdi_watch;
 pub mod check;
 pub mod config;
-pub mod devices;
+pub(crate) mod devices;
 mod event_loop;
-pub mod lifecycle;
-pub mod notify;
+pub(crate) mod lifecycle;
+pub(crate) mod notify;
 pub mod reconcile;
-pub mod scope;
+pub(crate) mod scope;
 pub mod selector;
-pub mod takeover;
-pub mod template;
-pub mod uevent;
+pub(crate) mod takeover;
+pub(crate) mod template;
+test_support_mod!(uevent);
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
