@@ -187,14 +187,23 @@ pub enum NodeChange {
 }
 
 /// One node a grant made.
+///
+/// Every grant with a node at one path records the same `change`: what was
+/// there before the first of them (the path's base). The node at the path
+/// is the one of the grant with the highest `seq` (the latest add); `del`
+/// of that grant puts back the node of the next one, and the last `del`
+/// puts back the base.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeGrant {
     /// Path in the container.
     pub dest: PathBuf,
     /// The node made.
     pub node: SavedNode,
-    /// What was there before.
+    /// What was at the path before any grant made a node there.
     pub change: NodeChange,
+    /// When the node was made, in the container's ledger (higher: later).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// One grant.
@@ -466,8 +475,13 @@ fn merge(g: &mut Grant, grant: Grant) {
         }
     }
     for n in grant.nodes {
-        if !g.nodes.iter().any(|x| x.dest == n.dest) {
-            g.nodes.push(n);
+        match g.nodes.iter_mut().find(|x| x.dest == n.dest) {
+            // Made again by the same grant: it is the latest at the path.
+            Some(x) => {
+                x.node = n.node;
+                x.seq = x.seq.max(n.seq);
+            }
+            None => g.nodes.push(n),
         }
     }
     for d in grant.dirs {
@@ -575,59 +589,62 @@ pub fn shared_dirs<'a>(ledger: &Ledger, dests: impl IntoIterator<Item = &'a Path
     out
 }
 
-/// What the grant of `ledger` that made `node` at `dest` recorded: a new
-/// grant finding that node already as it wants it shares it (with the same
-/// record), so the node stays until the last grant using it goes and that
-/// one puts back what was there first.
-pub fn shared_node(ledger: &Ledger, dest: &Path, node: &SavedNode) -> Option<NodeChange> {
+/// The base of `dest`: what was there before the first grant of `ledger`
+/// that made a node there (`None`: no grant has a node there). A new node
+/// at a path that has grants' nodes records the same base, so whichever
+/// grant goes last puts back what was there first.
+pub fn node_base(ledger: &Ledger, dest: &Path) -> Option<NodeChange> {
     ledger
         .grants
         .iter()
         .flat_map(|g| g.nodes.iter())
-        .find(|n| n.dest == dest && n.node == *node)
+        .find(|n| n.dest == dest)
         .map(|n| n.change)
 }
 
-/// The nodes of `grant` whose change `del` undoes in the container, with
-/// `after` the ledger without the grant (updated) and `current` the node
-/// now at a path: a node another grant shares (the same node with the same
-/// record: it found this grant's node as it wanted it) stays; a node a later grant
-/// replaced is no longer there, so that grant inherits this one's record
-/// (its `del` then removes its node, or puts back what was there before
-/// this grant); a node still there is undone.
+/// The sequence number of a node made now (after every recorded one).
+pub fn next_node_seq(ledger: &Ledger) -> u64 {
+    ledger
+        .grants
+        .iter()
+        .flat_map(|g| g.nodes.iter())
+        .map(|n| n.seq + 1)
+        .max()
+        .unwrap_or(1)
+}
+
+/// What `del` of `grant` does to its nodes, with `after` the ledger
+/// without the grant and `current` the node now at a path. Each returned
+/// record says: if the node at `dest` is still `node`, undo `change`.
+/// - No other grant has a node at the path: the base is put back (the node
+///   removed, or the node that was there first restored).
+/// - Other grants do and the node there is this grant's: the node of the
+///   latest of them is put back (nothing to do when it is the same node).
+/// - Otherwise (the node there is another grant's, or was changed outside
+///   ctdev) nothing is done.
 pub fn release_nodes(
     grant: &Grant,
-    after: &mut Ledger,
+    after: &Ledger,
     current: impl Fn(&Path) -> Option<SavedNode>,
 ) -> Vec<NodeGrant> {
     let mut out = Vec::new();
     for n in &grant.nodes {
-        let shared = after
+        let latest = after
             .grants
             .iter()
             .flat_map(|g| g.nodes.iter())
-            .any(|x| x == n);
-        if shared {
-            continue;
-        }
-        if current(&n.dest) != Some(n.node) {
-            let mut handed = false;
-            for x in after
-                .grants
-                .iter_mut()
-                .flat_map(|g| g.nodes.iter_mut())
-                .filter(|x| x.dest == n.dest)
-            {
-                if matches!(x.change, NodeChange::Replaced { old } if old == n.node) {
-                    x.change = n.change;
-                    handed = true;
-                }
+            .filter(|x| x.dest == n.dest)
+            .max_by_key(|x| x.seq);
+        match latest {
+            None => out.push(n.clone()),
+            Some(top) if top.node != n.node && current(&n.dest) == Some(n.node) => {
+                out.push(NodeGrant {
+                    change: NodeChange::Replaced { old: top.node },
+                    ..n.clone()
+                })
             }
-            if handed {
-                continue;
-            }
+            Some(_) => {}
         }
-        out.push(n.clone());
     }
     out
 }

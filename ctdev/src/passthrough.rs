@@ -526,6 +526,7 @@ pub fn add_as(
     let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
     let id = at.state.policy_id;
     let before_ledger = ct.grants().load(id).map_err(ControllerError::from)?;
+    let node_seq = grants::next_node_seq(&before_ledger);
     let nodes = match kind {
         Device::Interface(name, new_name) => {
             if opts.mode.is_some() || opts.uid.is_some() || opts.gid.is_some() {
@@ -612,27 +613,30 @@ pub fn add_as(
                     new_dirs.push(d);
                 }
             }
-            let change = match nodes::inspect(root, &dest)? {
-                Existing::Absent => Some(NodeChange::Created),
-                // Already as wanted: shared with the grant that made it, if any.
-                Existing::Device(found) if found == spec => {
-                    grants::shared_node(&before_ledger, &dest, &spec.into())
+            let existing = nodes::inspect(root, &dest)?;
+            if let Existing::Other(kind) = existing {
+                return Err(NodeError::Occupied {
+                    dest,
+                    root: root_path.clone(),
+                    kind,
                 }
-                Existing::Device(found) => Some(NodeChange::Replaced { old: found.into() }),
-                Existing::Other(kind) => {
-                    return Err(NodeError::Occupied {
-                        dest,
-                        root: root_path.clone(),
-                        kind,
-                    }
-                    .into())
-                }
+                .into());
+            }
+            // A path other grants made a node at keeps their base; else
+            // what is there now is the base (a node already as wanted
+            // that no grant made is the container's own: no record).
+            let change = match (grants::node_base(&before_ledger, &dest), existing) {
+                (Some(base), _) => Some(base),
+                (None, Existing::Device(found)) if found == spec => None,
+                (None, Existing::Device(found)) => Some(NodeChange::Replaced { old: found.into() }),
+                (None, _) => Some(NodeChange::Created),
             };
             if let Some(change) = change {
                 node_grants.push(NodeGrant {
                     dest: dest.clone(),
                     node: spec.into(),
                     change,
+                    seq: node_seq,
                 });
             }
         }
@@ -848,7 +852,7 @@ pub fn del_as(
     }
 
     // 1. Rules first (closing access is the safe direction).
-    let (plan, mut after) = grants::plan_take_back(&at.state.entries, &ledger, index);
+    let (plan, after) = grants::plan_take_back(&at.state.entries, &ledger, index);
     report.rules_changed = plan.changed_text();
     report.rules_unchanged = plan.unchanged_text(&at.state.entries);
     let rules_only = init.shares_host_ns("mnt")?;
@@ -861,11 +865,9 @@ pub fn del_as(
             fd: init.root(),
             path: &root_path,
         };
-        grants::release_nodes(&grant, &mut after, |dest| {
-            match nodes::inspect(root, dest) {
-                Ok(Existing::Device(found)) => Some(found.into()),
-                _ => None,
-            }
+        grants::release_nodes(&grant, &after, |dest| match nodes::inspect(root, dest) {
+            Ok(Existing::Device(found)) => Some(found.into()),
+            _ => None,
         })
     };
     if ct.config().dry_run {
