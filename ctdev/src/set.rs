@@ -94,7 +94,7 @@ impl Ctdev {
 
     /// [`Ctdev::set_rules`] under a lock the caller holds (the daemon's
     /// reload and `attach --takeover` hold it already).
-    pub fn set_rules_locked(
+    pub(crate) fn set_rules_locked(
         &self,
         lock: &PinLock,
         target: &Target,
