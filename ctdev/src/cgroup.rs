@@ -16,6 +16,8 @@ use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
 
+use crate::error::IoError;
+
 /// Why a cgroup could not be found or used.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -63,15 +65,8 @@ pub enum CgroupError {
         reason: String,
     },
     /// An I/O error on a cgroup directory.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The cgroup directory.
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// The cgroup2 hierarchy ctdev works on.
@@ -103,11 +98,7 @@ impl Cgroup {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| CgroupError::Io {
-            op: "open",
-            path: self.dir.clone(),
-            source: e.into(),
-        })
+        .map_err(|e| IoError::new("open", &self.dir, e.into()).into())
     }
 }
 
@@ -224,11 +215,7 @@ impl CgroupFs {
                 path: dir.clone(),
                 mount: self.mount.clone(),
             },
-            _ => CgroupError::Io {
-                op: "stat",
-                path: dir.clone(),
-                source: e,
-            },
+            _ => IoError::new("stat", &dir, e).into(),
         })?;
         if !meta.is_dir() || !is_cgroup2(&dir) {
             return Err(CgroupError::NotCgroup2 { path: dir });

@@ -15,12 +15,12 @@
 //! in-memory copy of the entries.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ctdev_common::{PolicyKey, WILDCARD};
 use serde::{Deserialize, Serialize};
 
+use crate::error::IoError;
 use crate::plan::{decide, fallbacks, inherited, merge_rules, Entries, Plan};
 use crate::rule::{DeviceType, Rule};
 
@@ -30,13 +30,9 @@ pub const DEFAULT_STATE_BASE: &str = "/run/ctdev/pinroots";
 /// Why the records could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
-    /// Reading or writing failed.
-    #[error("grant records {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Reading or writing failed (the operation and the path named).
+    #[error("grant records: {0}")]
+    Io(#[from] IoError),
     /// Not valid JSON of the expected shape.
     #[error("grant records {path} are corrupt: {message}")]
     Corrupt {
@@ -309,7 +305,7 @@ impl Store {
                 message: e.to_string(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ledger::new(policy_id)),
-            Err(source) => Err(GrantError::Io { path, source }),
+            Err(source) => Err(IoError::new("read", path, source).into()),
         }
     }
 
@@ -322,19 +318,11 @@ impl Store {
         if ledger.grants.is_empty() {
             return self.remove(ledger.policy_id);
         }
-        let io = |source| GrantError::Io {
-            path: path.clone(),
-            source,
-        };
-        fs::create_dir_all(&self.dir).map_err(io)?;
         let text = serde_json::to_string_pretty(ledger).map_err(|e| GrantError::Corrupt {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)
+        Ok(crate::error::write_atomic(&path, text.as_bytes())?)
     }
 
     /// Forgets every grant of `policy_id` (detach, or a fresh attach).
@@ -346,7 +334,7 @@ impl Store {
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(GrantError::Io { path, source }),
+            Err(source) => Err(IoError::new("remove", path, source).into()),
         }
     }
 }

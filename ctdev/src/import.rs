@@ -17,11 +17,11 @@ pub use semantics::{
 };
 
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::error::IoError;
 use crate::rule::{Access, DevNumber, DeviceType, Rule, RuleSpec, MAX_MAJOR, MAX_MINOR};
 
 /// How deep `lxc.include` may nest before the config is rejected (a loop).
@@ -30,13 +30,9 @@ pub const MAX_INCLUDE_DEPTH: usize = 16;
 /// Why a runtime's rules could not be imported.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// A file or directory could not be read.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// A JSON file is not valid JSON.
     #[error("{path} is not valid JSON: {source}")]
     Json {
@@ -128,10 +124,7 @@ pub fn effective_rules(specs: &[DeviceRuleSpec]) -> Result<Vec<Rule>, ModelError
 }
 
 fn read(path: &Path) -> Result<String, ImportError> {
-    std::fs::read_to_string(path).map_err(|source| ImportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(std::fs::read_to_string(path).map_err(IoError::at("read", path))?)
 }
 
 fn parse_json(text: &str, path: &Path) -> Result<Value, ImportError> {
@@ -485,10 +478,7 @@ fn lxc_include(
     };
     if target.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&target)
-            .map_err(|source| ImportError::Io {
-                path: target.clone(),
-                source,
-            })?
+            .map_err(IoError::at("read directory", &target))?
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "conf") && p.is_file())
@@ -916,7 +906,7 @@ mod tests {
         ));
         assert!(matches!(
             from_oci_config(Path::new("/nonexistent/config.json")),
-            Err(ImportError::Io { .. })
+            Err(ImportError::Io(_))
         ));
     }
 
@@ -1091,7 +1081,7 @@ mod tests {
         ));
         assert!(matches!(
             from_lxc_config(Path::new("/nonexistent/config")),
-            Err(ImportError::Io { .. })
+            Err(ImportError::Io(_))
         ));
     }
 }

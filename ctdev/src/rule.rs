@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use ctdev_common::{
     PolicyKey, ACCESS_ALL, ACCESS_MKNOD, ACCESS_READ, ACCESS_WRITE, DEV_BLOCK, DEV_CHAR, WILDCARD,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Largest major number the kernel can represent (12 bits).
 pub const MAX_MAJOR: u32 = (1 << 12) - 1;
@@ -84,7 +84,7 @@ pub enum RuleError {
 }
 
 /// Device type of a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DeviceType {
     /// `a`: block and character devices (stored as both).
     #[serde(rename = "a")]
@@ -180,8 +180,31 @@ impl Serialize for DevNumber {
     }
 }
 
+/// `"*"` or a number, as [`DevNumber`] serializes; the policy map's
+/// wildcard value is refused as a number.
+impl<'de> Deserialize<'de> for DevNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Number(u32),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Text(t) if t == "*" => Ok(DevNumber::Any),
+            Repr::Number(n) if n != WILDCARD => Ok(DevNumber::Exact(n)),
+            Repr::Number(n) => Err(serde::de::Error::custom(format!(
+                "device number {n} is the wildcard's encoding; write \"*\""
+            ))),
+            Repr::Text(t) => Err(serde::de::Error::custom(format!(
+                "device number {t:?}: expected a number or \"*\""
+            ))),
+        }
+    }
+}
+
 /// A set of access bits (`r`, `w`, `m`), in the kernel's encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct Access(u32);
 
 impl Access {
@@ -263,10 +286,25 @@ impl Serialize for Access {
     }
 }
 
+/// The letters [`Access`] serializes to (`""` is the empty set).
+impl<'de> Deserialize<'de> for Access {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Access::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("access {text:?}: expected letters of rwm"))
+        })
+    }
+}
+
 /// One device rule: type, major, minor and the access it grants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// Serialized typed (`{"type":"c","major":1,"minor":3,"access":"rw"}`, a
+/// wildcard number as `"*"`), as the daemon's state file stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Block, char, or both.
+    #[serde(rename = "type")]
     pub dev_type: DeviceType,
     /// Major number or `*`.
     pub major: DevNumber,
@@ -507,6 +545,28 @@ mod tests {
         match RuleSpec::parse(rule).expect(rule) {
             RuleSpec::Numbers(r) => r,
             other => panic!("{rule}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rules_serialize_typed_and_read_back() {
+        for text in ["c 1:3 rw", "b 8:* r", "a *:* m", "c 10:200 ''", "a"] {
+            let r = num(text);
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Rule>(&json).unwrap(), r, "{json}");
+        }
+        assert_eq!(
+            serde_json::to_string(&num("c 1:* rw")).unwrap(),
+            r#"{"type":"c","major":1,"minor":"*","access":"rw"}"#
+        );
+        for bad in [
+            r#"{"type":"x","major":1,"minor":3,"access":"rw"}"#,
+            r#"{"type":"c","major":"1","minor":3,"access":"rw"}"#,
+            r#"{"type":"c","major":1,"minor":3,"access":"rx"}"#,
+            r#"{"type":"c","major":4294967295,"minor":3,"access":"r"}"#,
+            r#"{"type":"c","major":1,"minor":3}"#,
+        ] {
+            assert!(serde_json::from_str::<Rule>(bad).is_err(), "{bad}");
         }
     }
 

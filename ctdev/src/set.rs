@@ -48,7 +48,7 @@ pub struct SetReport {
 }
 
 /// The entries `rules` make for `policy_id` (bits of rules on one key OR-ed).
-pub fn entries_for(policy_id: u64, rules: &[Rule]) -> BTreeMap<PolicyKey, u32> {
+pub(crate) fn entries_for(policy_id: u64, rules: &[Rule]) -> BTreeMap<PolicyKey, u32> {
     let mut out = BTreeMap::new();
     for rule in rules {
         for key in rule.keys(policy_id) {
@@ -59,7 +59,7 @@ pub fn entries_for(policy_id: u64, rules: &[Rule]) -> BTreeMap<PolicyKey, u32> {
 }
 
 /// Plans the report of replacing `before` by `after` (pure).
-pub fn plan(
+pub(crate) fn plan(
     before: &BTreeMap<PolicyKey, u32>,
     after: &BTreeMap<PolicyKey, u32>,
 ) -> (Vec<String>, Vec<String>, Vec<String>) {
@@ -94,7 +94,7 @@ impl Ctdev {
 
     /// [`Ctdev::set_rules`] under a lock the caller holds (the daemon's
     /// reload and `attach --takeover` hold it already).
-    pub fn set_rules_locked(
+    pub(crate) fn set_rules_locked(
         &self,
         lock: &PinLock,
         target: &Target,

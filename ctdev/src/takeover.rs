@@ -571,10 +571,8 @@ fn runtime_state(
 
 /// The format of an `--import` file, from its content.
 fn detect_format(file: &Path) -> Result<&'static str, TakeoverError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ImportError::Io {
-        path: file.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ImportError::from(crate::error::IoError::new("read", file, e)))?;
     if !text.trim_start().starts_with('{') {
         return Ok("lxc");
     }

@@ -200,6 +200,16 @@ impl TestEnv {
         r.stdout
     }
 
+    /// `ctdev attach CGROUP --preset none --rule R…` (exactly `rules`, no
+    /// preset); requires success and returns stdout.
+    pub fn attach_rules(&self, cgroup: &Path, rules: &[&str]) -> String {
+        let mut args = vec!["attach", s(cgroup), "--preset", "none"];
+        for r in rules {
+            args.extend(["--rule", r]);
+        }
+        self.ok(&args)
+    }
+
     /// Runs ctdev and requires failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let r = self.ctdev(args);

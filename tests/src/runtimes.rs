@@ -15,7 +15,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{cgroup_mount, unique};
 
@@ -73,20 +73,6 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
     out
 }
 
-/// Polls `f` every 20 ms for up to `timeout`.
-fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Kills every process in `dir` and its sub-cgroups and removes them
 /// (children first). Quietly does nothing when `dir` is gone.
 pub fn remove_cgroup_tree(dir: &Path) {
@@ -101,7 +87,7 @@ pub fn remove_cgroup_tree(dir: &Path) {
         }
     }
     let _ = fs::write(dir.join("cgroup.kill"), "1");
-    let gone = wait_for(Duration::from_secs(2), || {
+    let gone = crate::engines::poll(Duration::from_secs(2), || {
         (fs::remove_dir(dir).is_ok() || !dir.exists()).then_some(())
     });
     if gone.is_none() {
@@ -187,7 +173,7 @@ impl LxcContainer {
             .args(["-n", &c.name, "-d", "-l", "DEBUG", "-o"])
             .arg(&log);
         run_ok(&mut start, "lxc-start");
-        let pid = wait_for(Duration::from_secs(10), || c.lxc_info_pid());
+        let pid = crate::engines::poll(Duration::from_secs(10), || c.lxc_info_pid());
         let Some(pid) = pid else {
             panic!(
                 "LXC container {} did not start; log:\n{}",

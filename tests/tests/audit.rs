@@ -168,16 +168,7 @@ fn events_beyond_the_rate_limit_are_dropped_and_counted() {
 fn counters_count_allowed_and_denied_exactly_and_reset() {
     let env = TestEnv::new("counters");
     let cg = env.cgroup("c");
-    env.ok(&[
-        "attach",
-        s(&cg),
-        "--preset",
-        "none",
-        "--rule",
-        "c 1:3 r",
-        "--rule",
-        "c 1:* ''",
-    ]);
+    env.attach_rules(&cg, &["c 1:3 r", "c 1:* ''"]);
     shell_loop(&cg, 7, "true < /dev/null");
     shell_loop(&cg, 3, "true > /dev/null");
     shell_loop(&cg, 2, "true < /dev/zero");
@@ -255,20 +246,7 @@ fn check_agrees_with_real_opens_in_every_case() {
     let ancestor = env.cgroup("anc");
     let under_ancestor = env.cgroup("anc/c");
     for cg in [&plain, &with_foreign, &under_ancestor] {
-        env.ok(&[
-            "attach",
-            s(cg),
-            "--preset",
-            "none",
-            "--rule",
-            "c 1:3 rw",
-            "--rule",
-            "c 1:5 r",
-            "--rule",
-            "c 1:7 m",
-            "--rule",
-            "c 10:200 rwm",
-        ]);
+        env.attach_rules(cg, &["c 1:3 rw", "c 1:5 r", "c 1:7 m", "c 10:200 rwm"]);
     }
     // A second, non-ctdev program on the cgroup denies what ctdev allows,
     // and one on an ancestor denies too.

@@ -11,7 +11,8 @@
 use std::fs;
 use std::path::Path;
 
-use ctdev_tests::daemon::HotLoop;
+use ctdev_tests::container::TestContainer;
+use ctdev_tests::daemon::{write_policy, DaemonProc, HotLoop};
 use ctdev_tests::engines::{self, Engine, Podman, PodmanOptions};
 use ctdev_tests::{unique, TestEnv};
 
@@ -359,28 +360,43 @@ fn wait_until(what: &str, log: &Path, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A `ctdev daemon` killed on drop (also when the test panics).
-struct Daemon(std::process::Child);
+/// A container with a hot-added loop device, an empty share directory and
+/// an empty CDI spec directory, all in `env`'s scratch.
+struct Fixture {
+    c: TestContainer,
+    lo: LoopDev,
+    share: std::path::PathBuf,
+    specs: std::path::PathBuf,
+}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Fixture {
+    fn new(env: &TestEnv, userns: bool) -> Fixture {
+        let c = TestContainer::start(env, "a", userns);
+        let lo = LoopDev::new();
+        let share = env.scratch.join("share");
+        fs::create_dir_all(&share).unwrap();
+        let specs = env.scratch.join("cdi");
+        fs::create_dir_all(&specs).unwrap();
+        Fixture {
+            c,
+            lo,
+            share,
+            specs,
+        }
     }
 }
 
 #[test]
 fn daemon_keeps_cdi_devices_in_sync_with_the_spec() {
-    use ctdev_tests::container::TestContainer;
     let env = TestEnv::new("cdi-daemon");
     // A user namespace: the spec's uid/gid are ids inside it.
-    let c = TestContainer::start(&env, "a", true);
-    let lo = LoopDev::new();
-    let share = env.scratch.join("share");
-    fs::create_dir_all(&share).unwrap();
+    let Fixture {
+        c,
+        lo,
+        share,
+        specs,
+    } = Fixture::new(&env, true);
     fs::write(share.join("f"), "daemon share\n").unwrap();
-    let specs = env.scratch.join("cdi");
-    fs::create_dir_all(&specs).unwrap();
     let write_spec = |mode: &str| {
         fs::write(
             specs.join("d.json"),
@@ -396,36 +412,18 @@ fn daemon_keeps_cdi_devices_in_sync_with_the_spec() {
         .unwrap()
     };
     write_spec("416"); // 0o640
-    let config = env.scratch.join("policy.toml");
-    fs::write(
-        &config,
-        format!(
-            "scope = \"{}\"\nresync_interval = 0\ncdi_dirs = [\"{}\"]\n[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\ndevices = [{{ cdi = \"example.com/daemon=x\" }}]\n",
-            env.cgroup_parent.display(),
+    let config = write_policy(
+        &env,
+        "policy.toml",
+        0.0,
+        &format!(
+            "cdi_dirs = [\"{}\"]\n[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\ndevices = [{{ cdi = \"example.com/daemon=x\" }}]\n",
             specs.display(),
             c.cgroup.display()
         ),
-    )
-    .unwrap();
-    let log = env.scratch.join("daemon.log");
-    let ready = env.scratch.join("ready");
-    let daemon = Daemon(
-        std::process::Command::new(ctdev_tests::ctdev_bin())
-            .arg("--pin-root")
-            .arg(&env.pin_root)
-            .args(["daemon", "--config"])
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(env.scratch.join("state"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn ctdev daemon"),
     );
+    let daemon = DaemonProc::start(&env, &config);
+    let log = daemon.log.clone();
     let node = |c: &TestContainer| -> String {
         String::from_utf8_lossy(&c.sh("stat -c '%t:%T %a %u:%g' /dev/cdi-x 2>&1").stdout)
             .into_owned()
@@ -442,13 +440,7 @@ fn daemon_keeps_cdi_devices_in_sync_with_the_spec() {
 
     // The spec changes: the daemon re-applies it on SIGHUP.
     write_spec("384"); // 0o600
-    let hup = || {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(daemon.0.id() as i32),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .unwrap()
-    };
+    let hup = || daemon.signal(nix::sys::signal::Signal::SIGHUP);
     hup();
     wait_until("the changed spec applied", &log, || {
         node(&c) == format!("7:{:x} 600 5:6\n", lo.number)
@@ -467,14 +459,13 @@ fn daemon_keeps_cdi_devices_in_sync_with_the_spec() {
 /// neither names it any more.
 #[test]
 fn list_names_the_cdi_device_of_rules_and_nodes() {
-    use ctdev_tests::container::TestContainer;
     let env = TestEnv::new("cdi-source");
-    let c = TestContainer::start(&env, "a", false);
-    let lo = LoopDev::new();
-    let share = env.scratch.join("share");
-    fs::create_dir_all(&share).unwrap();
-    let specs = env.scratch.join("cdi");
-    fs::create_dir_all(&specs).unwrap();
+    let Fixture {
+        c,
+        lo,
+        share,
+        specs,
+    } = Fixture::new(&env, false);
     let class = format!("c{}", unique("").replace('-', ""));
     let name = format!("example.com/{class}=x");
     fs::write(

@@ -151,18 +151,7 @@ fn revoke_killed_mid_batch_converges() {
     ] {
         let env = TestEnv::new("crash-revoke");
         let cg = env.cgroup("c");
-        env.ok(&[
-            "attach",
-            s(&cg),
-            "--preset",
-            "none",
-            "--rule",
-            "c 1:5 r",
-            "--rule",
-            "c 1:7 r",
-            "--rule",
-            "c 1:8 r",
-        ]);
+        env.attach_rules(&cg, &["c 1:5 r", "c 1:7 r", "c 1:8 r"]);
         let args = ["revoke", s(&cg), "c 1:7", "c 1:8"];
         env.crash_at(step, &args);
         assert_denied(&env, &cg, ProbeOp::read("/dev/null"));

@@ -177,14 +177,7 @@ fn container_exited_before_and_during_add() {
     assert!(c.host_path("/dev/z").exists(), "node made before the stop");
     let _ = std::fs::write(c.cgroup.join("cgroup.kill"), "1");
     wait_until(|| !Path::new(&format!("/proc/{}", c.pid)).exists());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::SIGCONT,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = resume_failing(child);
     assert!(err.contains("container exited"), "{err}");
     assert_eq!(env.ctdev(&["list", "--json"]).stdout, before, "rule undone");
 }
@@ -204,14 +197,7 @@ fn cgroup_removed_mid_attach() {
     let pid = child.id();
     wait_stopped(pid);
     std::fs::remove_dir(&cg).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::SIGCONT,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = resume_failing(child);
     assert!(err.contains(s(&cg)), "names the cgroup: {err}");
     let dump = env.list_json();
     assert_eq!(dump["containers"], serde_json::json!([]), "{dump}");
@@ -228,6 +214,20 @@ fn wait_until(mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "condition not reached in 20 s");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Continues a ctdev stopped at a failpoint; it must fail with exit 2.
+/// Returns its stderr.
+fn resume_failing(child: std::process::Child) -> String {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGCONT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
 }
 
 fn wait_stopped(pid: u32) {

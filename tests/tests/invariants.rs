@@ -56,18 +56,7 @@ fn mknod(p: &Path, major: u32, minor: u32) {
 fn revoke_never_widens_and_deny_entries_stay() {
     let env = TestEnv::new("inv-revoke");
     let cg = env.cgroup("c");
-    env.ok(&[
-        "attach",
-        s(&cg),
-        "--preset",
-        "none",
-        "--rule",
-        "c *:* rwm",
-        "--rule",
-        "c 1:3 r",
-        "--rule",
-        "c 1:5 ''",
-    ]);
+    env.attach_rules(&cg, &["c *:* rwm", "c 1:3 r", "c 1:5 ''"]);
     assert_allowed(&env, &cg, ProbeOp::read("/dev/null"));
     assert_denied(&env, &cg, ProbeOp::write("/dev/null"));
     // The last bit of 1:3 goes: the entry stays as a deny (the wildcard
@@ -146,16 +135,7 @@ fn add_then_del_under_a_wildcard_with_a_deny_is_the_identity() {
     let env = TestEnv::new("inv-ident");
     let c = TestContainer::start(&env, "c", false);
     let cg = c.cgroup_str();
-    env.ok(&[
-        "attach",
-        cg,
-        "--preset",
-        "none",
-        "--rule",
-        "c *:* rwm",
-        "--rule",
-        "c 1:5 ''",
-    ]);
+    env.attach_rules(&c.cgroup, &["c *:* rwm", "c 1:5 ''"]);
     let before = rules_of(&env, &c.cgroup);
     let zero = env.node("zero", DeviceType::Char, 1, 5);
     env.ok(&["add", cg, s(&zero), "/dev/zero"]);

@@ -28,6 +28,30 @@ fn no_foreign_program(env: &TestEnv, c: &LxcContainer) -> bool {
         .is_some_and(|v| v["other_programs"] == serde_json::json!([]) && v["state"] == "enforcing")
 }
 
+/// Starts a daemon whose policy selects `c`, passes /dev/loop-control in,
+/// plus `more` policy lines; waits until it took over LXC's program and
+/// the node opens.
+fn start_daemon(env: &TestEnv, c: &LxcContainer, more: &str) -> DaemonProc {
+    let cfg = env.scratch.join("policy.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "resync_interval = 0\n\
+             [[container]]\nname = \"lxc\"\nselect = {{ target = \"lxc:{}\" }}\n\
+             devices = [{{ path = \"/dev/loop-control\" }}]\n{more}",
+            c.name
+        ),
+    )
+    .unwrap();
+    let daemon = DaemonProc::start(env, &cfg);
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon to take over LXC's program and pass /dev/loop-control in",
+        || (no_foreign_program(env, c) && opens(c, "/dev/loop-control")).then_some(()),
+    );
+    daemon
+}
+
 #[test]
 fn lxc_daemon_takes_over_and_passes_static_and_hotplugged_devices() {
     let env = TestEnv::new("lxc-dm");
@@ -41,23 +65,10 @@ fn lxc_daemon_takes_over_and_passes_static_and_hotplugged_devices() {
     );
 
     let index = HotLoop::pick();
-    let cfg = env.scratch.join("policy.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "resync_interval = 0\n\
-             [[container]]\nname = \"lxc\"\nselect = {{ target = \"lxc:{}\" }}\n\
-             devices = [{{ path = \"/dev/loop-control\" }}]\n\
-             [[container.hotplug]]\nsubsystem = \"block\"\ndevname = \"loop{index}\"\n",
-            c.name
-        ),
-    )
-    .unwrap();
-    let mut daemon = DaemonProc::start(&env, &cfg);
-    wait_until(
-        Duration::from_secs(10),
-        "the daemon to take over LXC's program and pass /dev/loop-control in",
-        || (no_foreign_program(&env, &c) && opens(&c, "/dev/loop-control")).then_some(()),
+    let mut daemon = start_daemon(
+        &env,
+        &c,
+        &format!("[[container.hotplug]]\nsubsystem = \"block\"\ndevname = \"loop{index}\"\n"),
     );
     let view = listed(&env, c.payload_cgroup()).unwrap();
     let rules: Vec<String> = view["rules"]
@@ -130,23 +141,7 @@ fn lxc_device(c: &LxcContainer, verb: &str, dev: &str) {
 fn lxc_daemon_takes_over_again_after_lxc_device_add() {
     let env = TestEnv::new("lxc-dev");
     let c = LxcContainer::start("dev");
-    let cfg = env.scratch.join("policy.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "resync_interval = 0\n\
-             [[container]]\nname = \"lxc\"\nselect = {{ target = \"lxc:{}\" }}\n\
-             devices = [{{ path = \"/dev/loop-control\" }}]\n",
-            c.name
-        ),
-    )
-    .unwrap();
-    let mut daemon = DaemonProc::start(&env, &cfg);
-    wait_until(
-        Duration::from_secs(10),
-        "the daemon to take over LXC's program",
-        || (no_foreign_program(&env, &c) && opens(&c, "/dev/loop-control")).then_some(()),
-    );
+    let mut daemon = start_daemon(&env, &c, "");
     let before = ctdev_rules(&env, &c);
     let took_over = |log: &str| log.matches("took over").count();
     assert_eq!(took_over(&daemon.log_text()), 1);

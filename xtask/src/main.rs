@@ -76,32 +76,35 @@ enum Cmd {
     },
     /// Build (release), then measure and write docs/BENCHMARKS.md.
     Bench {
-        /// A few seconds' smoke run (CI), same code paths, fewer iterations.
-        #[arg(long)]
-        quick: bool,
-        /// Run one section alone (cost, update, add, scale, hotplug, churn, nri),
-        /// without rewriting docs/BENCHMARKS.md (target/bench-only-SECTION/).
-        #[arg(long)]
-        only: Option<String>,
-        /// With --only: run it this many times in a row.
-        #[arg(long, default_value_t = 1)]
-        repeat: u32,
+        #[command(flatten)]
+        what: BenchWhat,
     },
     /// The bench itself, in the optimised xtask (re-executed by `bench`).
     #[command(hide = true)]
     BenchRun {
         #[arg(long)]
         ctdev: PathBuf,
-        #[arg(long)]
-        quick: bool,
-        #[arg(long)]
-        only: Option<String>,
-        #[arg(long, default_value_t = 1)]
-        repeat: u32,
+        #[command(flatten)]
+        what: BenchWhat,
     },
     /// The bench's measuring process (re-executed by `bench`, not for humans).
     #[command(hide = true)]
     BenchProbe(bench::probe::Args),
+}
+
+/// What `bench` measures (also passed on to the re-executed `bench-run`).
+#[derive(clap::Args, Debug)]
+struct BenchWhat {
+    /// A few seconds' smoke run (CI), same code paths, fewer iterations.
+    #[arg(long)]
+    quick: bool,
+    /// Run one section alone (cost, update, add, scale, hotplug, churn, nri),
+    /// without rewriting docs/BENCHMARKS.md (target/bench-only-SECTION/).
+    #[arg(long)]
+    only: Option<String>,
+    /// With --only: run it this many times in a row.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
 }
 
 fn main() -> Result<()> {
@@ -160,22 +163,15 @@ fn main() -> Result<()> {
             step(&format!("difftest: {cases} lists from seed {seed}"));
             test::difftest(cases, seed)?;
         }
-        Cmd::Bench {
-            quick,
-            only,
-            repeat,
-        } => {
+        Cmd::Bench { what } => {
             require_root("cargo xtask bench")?;
             setup::test_prerequisites()?;
             let ctdev = build(true, Features::Default)?;
-            bench::run(&ctdev, quick, only.as_deref(), repeat)?;
+            bench::run(&ctdev, what.quick, what.only.as_deref(), what.repeat)?;
         }
-        Cmd::BenchRun {
-            ctdev,
-            quick,
-            only,
-            repeat,
-        } => bench::run_here(&ctdev, quick, only.as_deref(), repeat)?,
+        Cmd::BenchRun { ctdev, what } => {
+            bench::run_here(&ctdev, what.quick, what.only.as_deref(), what.repeat)?
+        }
         Cmd::BenchProbe(args) => bench::probe::main(&args)?,
     }
     Ok(())

@@ -5,6 +5,6 @@
 pub mod check;
 pub mod drift;
 pub mod events;
-pub mod list;
-pub mod names;
+pub(crate) mod list;
+pub(crate) mod names;
 pub mod view;

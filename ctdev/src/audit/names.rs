@@ -18,7 +18,7 @@ fn file(dir: &Path, policy_id: u64) -> PathBuf {
 
 /// Remembers that `policy_id` is the container at `cgroup` (a path inside
 /// the hierarchy).
-pub fn record(dir: &Path, policy_id: u64, cgroup: &Path) {
+pub(crate) fn record(dir: &Path, policy_id: u64, cgroup: &Path) {
     let path = file(dir, policy_id);
     let tmp = path.with_extension("tmp");
     let res = fs::create_dir_all(dir)
@@ -30,14 +30,14 @@ pub fn record(dir: &Path, policy_id: u64, cgroup: &Path) {
 }
 
 /// The cgroup `policy_id` was attached to, if it was recorded.
-pub fn recorded(dir: &Path, policy_id: u64) -> Option<PathBuf> {
+pub(crate) fn recorded(dir: &Path, policy_id: u64) -> Option<PathBuf> {
     let bytes = fs::read(file(dir, policy_id)).ok()?;
     let text = String::from_utf8(bytes).ok()?;
     (!text.is_empty()).then(|| PathBuf::from(text))
 }
 
 /// Forgets the record of `policy_id` (detach).
-pub fn forget(dir: &Path, policy_id: u64) {
+pub(crate) fn forget(dir: &Path, policy_id: u64) {
     let _ = fs::remove_file(file(dir, policy_id));
     // The directory goes with its last file (as the grant records' does).
     let _ = fs::remove_dir(dir);
@@ -45,7 +45,7 @@ pub fn forget(dir: &Path, policy_id: u64) {
 
 /// The pod container of policy `policy_id` (or of the container at
 /// `cgroup`) in the NRI plugin's pod map.
-pub fn pod_of(map: &PodMap, policy_id: u64, cgroup: Option<&Path>) -> Option<PodContainer> {
+pub(crate) fn pod_of(map: &PodMap, policy_id: u64, cgroup: Option<&Path>) -> Option<PodContainer> {
     map.containers
         .iter()
         .find(|p| p.policy_id != 0 && p.policy_id == policy_id)

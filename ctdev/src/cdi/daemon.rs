@@ -20,7 +20,7 @@ use crate::target::Target;
 
 /// What [`sync`] did to one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SyncAction {
+pub(crate) enum SyncAction {
     /// Added.
     Added(String),
     /// Taken back (no longer named, or its spec is gone).
@@ -32,7 +32,7 @@ pub enum SyncAction {
 }
 
 /// What to do, from the records and the registry (pure).
-pub fn plan_sync(
+pub(crate) fn plan_sync(
     wanted: &[QualifiedName],
     recorded: &[(String, Option<super::spec::ContainerEdits>)],
     registry: &Registry,
@@ -63,7 +63,7 @@ pub fn plan_sync(
 
 /// Brings the CDI devices of the container `target` (policy `policy_id`)
 /// to `wanted`; logs every change and failure.
-pub fn sync(
+pub(crate) fn sync(
     ct: &Ctdev,
     target: &Target,
     policy_id: u64,

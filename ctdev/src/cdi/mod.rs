@@ -12,9 +12,9 @@
 //! - [`daemon`]: the daemon's `devices = [{ cdi = ... }]`, kept in sync.
 
 pub mod apply;
-pub mod daemon;
+pub(crate) mod daemon;
 pub mod generate;
-pub mod name;
+pub(crate) mod name;
 pub mod registry;
 pub mod spec;
 

@@ -173,7 +173,7 @@ fn check_class(class: &str) -> Result<(), String> {
 }
 
 /// Checks a device name (the part after `=`).
-pub fn check_device_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_device_name(name: &str) -> Result<(), String> {
     check_chars(
         name,
         |c| c.is_ascii_alphanumeric(),

@@ -42,7 +42,7 @@ pub enum LinkAction {
 /// The target of a symlink at `link` that points at `node`, relative to
 /// the link's directory (`/dev/serial/by-id/x`, `/dev/ttyUSB0` →
 /// `../../ttyUSB0`). Both paths are absolute and normalised.
-pub fn relative_target(link: &Path, node: &Path) -> PathBuf {
+pub(crate) fn relative_target(link: &Path, node: &Path) -> PathBuf {
     let dir: Vec<Component<'_>> = link
         .parent()
         .unwrap_or(Path::new("/"))
@@ -63,7 +63,11 @@ pub fn relative_target(link: &Path, node: &Path) -> PathBuf {
 /// Makes `link` in the container a symlink to the node at `node` (both
 /// container paths). A symlink pointing elsewhere is replaced (a re-plugged
 /// device's name moves to its new node); anything else at `link` is refused.
-pub fn ensure_link(root: Root<'_>, link: &Path, node: &Path) -> Result<LinkAction, NodeError> {
+pub(crate) fn ensure_link(
+    root: Root<'_>,
+    link: &Path,
+    node: &Path,
+) -> Result<LinkAction, NodeError> {
     check_dest(link)?;
     check_dest(node)?;
     let target = relative_target(link, node);
@@ -103,7 +107,11 @@ pub fn ensure_link(root: Root<'_>, link: &Path, node: &Path) -> Result<LinkActio
 
 /// Removes `link` from the container if it is a symlink to `node` (as
 /// [`ensure_link`] made it); anything else is left alone.
-pub fn remove_link(root: Root<'_>, link: &Path, node: &Path) -> Result<LinkAction, NodeError> {
+pub(crate) fn remove_link(
+    root: Root<'_>,
+    link: &Path,
+    node: &Path,
+) -> Result<LinkAction, NodeError> {
     check_dest(link)?;
     let target = relative_target(link, node);
     let parent_path = link.parent().unwrap_or(Path::new("/"));

@@ -9,10 +9,10 @@
 //! [`links`] makes udev's symlinks the same way; [`netdev`] moves
 //! interfaces with rtnetlink.
 
-pub mod links;
-pub mod mounts;
-pub mod netdev;
+pub(crate) mod links;
+pub(crate) mod mounts;
+pub(crate) mod netdev;
 pub mod nodes;
-pub mod process;
+pub(crate) mod process;
 
 pub use process::InitProcess;

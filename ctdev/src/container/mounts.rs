@@ -284,7 +284,7 @@ fn in_mntns<T: Send>(
 /// Bind-mounts host `source` at `dest` in the container of `init` with
 /// `opts`; creates missing directories (and an empty file for a file
 /// source) owned by `owner`. On failure whatever was created is removed.
-pub fn bind(
+pub(crate) fn bind(
     init: &InitProcess,
     source: &Path,
     dest: &Path,
@@ -546,7 +546,7 @@ fn remove_created(root: BorrowedFd<'_>, created: &[PathBuf]) -> Vec<String> {
 /// Takes a mount made by [`bind`] away again: lazily unmounts it (only if
 /// the mount at its target is still the one recorded) and removes the
 /// paths created for it. Returns what could not be removed.
-pub fn unbind(init: &InitProcess, m: &Mounted) -> Result<Vec<String>, MountError> {
+pub(crate) fn unbind(init: &InitProcess, m: &Mounted) -> Result<Vec<String>, MountError> {
     let fd = match resolve(init.root(), &m.dest, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
         Ok(fd) => Some(fd),
         Err(Errno::ENOENT) => None,

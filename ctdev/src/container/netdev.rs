@@ -61,7 +61,7 @@ pub enum NetdevError {
 }
 
 /// Checks an interface name as the kernel would (`dev_valid_name`).
-pub fn check_name(name: &str) -> Result<(), NetdevError> {
+pub(crate) fn check_name(name: &str) -> Result<(), NetdevError> {
     let bad = |reason| {
         Err(NetdevError::BadName {
             name: name.into(),
@@ -88,14 +88,14 @@ pub fn check_name(name: &str) -> Result<(), NetdevError> {
 
 /// Whether `name` is a network interface in ctdev's own network namespace
 /// (a name without `/` that `/sys/class/net` lists), as lxc-device decides.
-pub fn is_host_interface(name: &str) -> bool {
+pub(crate) fn is_host_interface(name: &str) -> bool {
     !name.starts_with('/')
         && check_name(name).is_ok()
         && Path::new("/sys/class/net").join(name).exists()
 }
 
 /// Opens the network namespace of the calling thread (to name it as a target).
-pub fn open_own_netns() -> Result<OwnedFd, NetdevError> {
+pub(crate) fn open_own_netns() -> Result<OwnedFd, NetdevError> {
     let path = "/proc/thread-self/ns/net";
     open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|errno| {
         NetdevError::Sys {
@@ -108,7 +108,11 @@ pub fn open_own_netns() -> Result<OwnedFd, NetdevError> {
 
 /// Moves interface `name` from ctdev's netns into the netns `target`,
 /// renamed to `new_name` when given.
-pub fn move_into(name: &str, target: BorrowedFd<'_>, new_name: &str) -> Result<(), NetdevError> {
+pub(crate) fn move_into(
+    name: &str,
+    target: BorrowedFd<'_>,
+    new_name: &str,
+) -> Result<(), NetdevError> {
     check_name(name)?;
     check_name(new_name)?;
     let target = dup(target)?;
@@ -123,7 +127,7 @@ pub fn move_into(name: &str, target: BorrowedFd<'_>, new_name: &str) -> Result<(
 
 /// From inside the netns `container`, moves interface `name` to the netns
 /// `host`, renamed to `host_name`.
-pub fn move_out(
+pub(crate) fn move_out(
     container: BorrowedFd<'_>,
     name: &str,
     host: BorrowedFd<'_>,
@@ -140,21 +144,6 @@ pub fn move_out(
         set_netns(&handle, index, host.as_raw_fd(), &name, &host_name).await
     })
     .map(|_| ())
-}
-
-/// Whether an interface `name` exists in the netns `netns`.
-pub fn exists_in(netns: BorrowedFd<'_>, name: &str) -> Result<bool, NetdevError> {
-    check_name(name)?;
-    let enter = dup(netns)?;
-    let name = name.to_string();
-    run_on_thread(Some(enter), move || async move {
-        let handle = connect()?;
-        match link_index(&handle, &name, "").await {
-            Ok(_) => Ok(true),
-            Err(NetdevError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    })
 }
 
 fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, NetdevError> {

@@ -246,7 +246,7 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd, ProcessError> {
 
 /// The outside id of `inside` in a `uid_map`/`gid_map` text
 /// (`INSIDE OUTSIDE COUNT` per line).
-pub fn outside_id_of(map: &str, inside: u32) -> Option<u32> {
+pub(crate) fn outside_id_of(map: &str, inside: u32) -> Option<u32> {
     map.lines().find_map(|line| {
         let mut f = line.split_whitespace().map(|t| t.parse::<u64>().ok());
         let (start, outside, count) = (f.next()??, f.next()??, f.next()??);

@@ -32,7 +32,7 @@ const SPEC_MASK: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE
     .union(AddWatchFlags::IN_ONLYDIR);
 
 /// One inotify instance on the policy's `cdi_dirs`.
-pub struct CdiWatcher {
+pub(crate) struct CdiWatcher {
     inotify: Inotify,
     /// Watched directories by watch descriptor.
     dirs: BTreeMap<PathBuf, WatchDescriptor>,
@@ -40,7 +40,7 @@ pub struct CdiWatcher {
 
 impl CdiWatcher {
     /// A non-blocking inotify instance; no directory watched yet.
-    pub fn new() -> Result<Self, LifecycleError> {
+    pub(crate) fn new() -> Result<Self, LifecycleError> {
         let inotify =
             Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|errno| {
                 LifecycleError::Inotify {
@@ -55,7 +55,8 @@ impl CdiWatcher {
     }
 
     /// Directories watched now.
-    pub fn count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> usize {
         self.dirs.len()
     }
 
@@ -63,7 +64,7 @@ impl CdiWatcher {
     /// the watches of directories no longer in `dirs` (a reloaded policy).
     /// Returns whether a directory was newly watched: its specs may have
     /// appeared while it was not, so the caller re-applies.
-    pub fn ensure(&mut self, dirs: &[PathBuf]) -> bool {
+    pub(crate) fn ensure(&mut self, dirs: &[PathBuf]) -> bool {
         let stale: Vec<PathBuf> = self
             .dirs
             .keys()
@@ -97,7 +98,7 @@ impl CdiWatcher {
     }
 
     /// Reads every pending event; whether a spec may have changed.
-    pub fn read(&mut self) -> bool {
+    pub(crate) fn read(&mut self) -> bool {
         let mut changed = false;
         loop {
             let events = match self.inotify.read_events() {

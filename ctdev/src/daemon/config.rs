@@ -30,16 +30,16 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read policy file {path}: {source}")]
     Read {
-        /// The file.
+        /// The policy file's path.
         path: PathBuf,
-        /// The error.
+        /// The OS's error.
         #[source]
         source: std::io::Error,
     },
     /// TOML syntax or a key/type the format does not have.
     #[error("{path}:{line}: {message}")]
     Syntax {
-        /// The file.
+        /// The policy file's path.
         path: PathBuf,
         /// 1-based line (0 when the parser gave no position).
         line: usize,
@@ -49,7 +49,7 @@ pub enum ConfigError {
     /// A value that parsed but is not valid.
     #[error("{path}:{line}: {key}: {message}")]
     Invalid {
-        /// The file.
+        /// The policy file's path.
         path: PathBuf,
         /// 1-based line.
         line: usize,

@@ -28,7 +28,7 @@ pub struct DeviceInfo {
 }
 
 impl DeviceInfo {
-    /// A property.
+    /// The value of property `key` (`SUBSYSTEM`, `ID_SERIAL`, …), if set.
     pub fn prop(&self, key: &str) -> Option<&String> {
         self.props.get(key)
     }

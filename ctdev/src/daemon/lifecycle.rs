@@ -27,17 +27,17 @@ pub enum LifecycleError {
     /// (`ENOSPC`: `fs.inotify.max_user_watches` reached).
     #[error("inotify on {path}: {errno}")]
     Inotify {
-        /// What was being watched.
+        /// The directory or `cgroup.events` file being watched.
         path: PathBuf,
-        /// The error.
+        /// The kernel's errno (`ENOSPC`: out of watches).
         errno: Errno,
     },
     /// A directory of the tree could not be listed.
     #[error("cannot list cgroup directory {path}: {source}")]
     List {
-        /// The directory.
+        /// The cgroup directory that could not be listed.
         path: PathBuf,
-        /// The error.
+        /// The OS's error.
         #[source]
         source: std::io::Error,
     },

@@ -23,19 +23,19 @@
 //! the uevent socket, inotify, signals and timers), so changes are applied
 //! in event order.
 
-pub mod cdi_watch;
+pub(crate) mod cdi_watch;
 pub mod check;
 pub mod config;
-pub mod devices;
+pub(crate) mod devices;
 mod event_loop;
-pub mod lifecycle;
-pub mod notify;
+pub(crate) mod lifecycle;
+pub(crate) mod notify;
 pub mod reconcile;
-pub mod scope;
+pub(crate) mod scope;
 pub mod selector;
-pub mod takeover;
-pub mod template;
-pub mod uevent;
+pub(crate) mod takeover;
+pub(crate) mod template;
+test_support_mod!(uevent);
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -86,18 +86,19 @@ pub enum DaemonError {
     Scope {
         /// The scope as configured.
         scope: PathBuf,
-        /// The policy file.
+        /// The policy file that names the scope.
         file: PathBuf,
-        /// Why.
+        /// Why the scope is no cgroup2 directory ctdev can use.
         #[source]
         source: crate::cgroup::CgroupError,
     },
     /// The tokio runtime or a signal handler could not be set up.
     #[error("{what}: {source}")]
     Runtime {
-        /// What.
+        /// The part being set up (`tokio runtime`, `SIGHUP handler`,
+        /// `uevent socket`, …).
         what: &'static str,
-        /// The error.
+        /// The OS's error.
         #[source]
         source: std::io::Error,
     },
@@ -112,7 +113,7 @@ impl From<ControllerError> for DaemonError {
 /// How the daemon is run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The policy file.
+    /// The policy file to apply (TOML, see `contrib/policy.example.toml`).
     pub config: PathBuf,
     /// State directory (overrides the file's `state_dir`).
     pub state_dir: Option<PathBuf>,
@@ -120,7 +121,8 @@ pub struct Options {
     pub ready_file: Option<PathBuf>,
     /// sysfs (for device scans and USB attributes).
     pub sys: PathBuf,
-    /// udev's database.
+    /// udev's database (`/run/udev/data`), read for ID_* properties and
+    /// tags of devices udevd processed.
     pub udev_data: PathBuf,
     /// udevd's control socket (whether udevd runs).
     pub udev_control: PathBuf,
@@ -408,7 +410,7 @@ impl Daemon {
         for spec in &c.rules {
             match spec.resolve() {
                 Ok(r) => {
-                    rule_texts.insert(r.to_string());
+                    rule_texts.insert(r);
                     rules.push(r);
                 }
                 Err(e) => {
@@ -464,7 +466,9 @@ impl Daemon {
             .collect();
         let take_back: Vec<GrantSubject> = stale
             .iter()
-            .map(|text| GrantSubject::Rule { rule: text.clone() })
+            .map(|text| GrantSubject::Rule {
+                rule: text.to_string(),
+            })
             .collect();
         match self
             .ct
@@ -925,11 +929,7 @@ impl Daemon {
             self.marks = DeferMarks::open(&pins)?;
         }
         let children: Vec<PathBuf> = std::fs::read_dir(&g.dir)
-            .map_err(|source| kscope::ScopeError::Io {
-                op: "list",
-                path: g.dir.clone(),
-                source,
-            })?
+            .map_err(crate::error::IoError::at("list", &g.dir))?
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .map(|e| e.path())
@@ -1106,7 +1106,9 @@ impl Daemon {
                 self.remove_device(&cgroup, id, &owned.entry, o);
             }
             for text in &owned.rules {
-                let subject = GrantSubject::Rule { rule: text.clone() };
+                let subject = GrantSubject::Rule {
+                    rule: text.to_string(),
+                };
                 if self
                     .ct
                     .take_back(&target_of(&cgroup), GrantOwner::Daemon, &subject)

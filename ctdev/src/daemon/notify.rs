@@ -7,7 +7,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 /// Tells the service manager the daemon is ready; failures are logged only
 /// (readiness is a courtesy, enforcement does not depend on it).
-pub fn ready() {
+pub(crate) fn ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };

@@ -9,27 +9,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::IoError;
+use crate::rule::{Rule, RuleSpec};
+
 /// Why the state file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// Reading or writing it failed.
-    #[error("daemon state file {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// Reading or writing it failed (the operation and the path named).
+    #[error("daemon state file: {0}")]
+    Io(#[from] IoError),
     /// It is not valid JSON of the expected shape.
     #[error("daemon state file {path} is corrupt: {message}")]
     Corrupt {
-        /// The file.
+        /// The state file's path.
         path: PathBuf,
         /// The parser's message.
         message: String,
@@ -63,37 +59,116 @@ pub struct Owned {
     pub cgroup: PathBuf,
     /// The `[[container]]` entry that selected it.
     pub entry: String,
-    /// Static rules it allowed, as rule text.
-    pub rules: BTreeSet<String>,
+    /// Static rules it allowed (typed; version 1 of the file had them as
+    /// rule text).
+    pub rules: BTreeSet<Rule>,
     /// Devices it passed in, by destination.
     pub devices: BTreeMap<String, OwnedDevice>,
 }
 
+/// The state file's format version this daemon writes: 2 stores rules
+/// typed ([`Rule`]'s serde form); 1 stored them as rule text and is still
+/// read, so a daemon upgraded in place keeps what it owns.
+pub const STATE_VERSION: u32 = 2;
+
 /// The daemon's state file: policy id → what it owns there.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    /// Format version.
+    /// Format version ([`STATE_VERSION`] once loaded or saved).
     pub version: u32,
     /// Per policy id.
     pub containers: BTreeMap<u64, Owned>,
 }
 
+/// Only the version of a state file, read first to pick its format.
+#[derive(Deserialize)]
+struct Version {
+    /// Files before versions were checked had 1.
+    #[serde(default = "version_1")]
+    version: u32,
+}
+
+fn version_1() -> u32 {
+    1
+}
+
+/// Version 1 of the state file: rules as text, otherwise as version 2.
+#[derive(Deserialize)]
+struct StateV1 {
+    containers: BTreeMap<u64, OwnedV1>,
+}
+
+/// Version 1 of [`Owned`].
+#[derive(Deserialize)]
+struct OwnedV1 {
+    cgroup: PathBuf,
+    entry: String,
+    rules: BTreeSet<String>,
+    devices: BTreeMap<String, OwnedDevice>,
+}
+
+impl StateV1 {
+    /// The same state with its rule texts parsed; a text that is not a
+    /// numeric rule (as version 1 wrote them) is named in the error.
+    fn upgrade(self) -> Result<State, String> {
+        let mut containers = BTreeMap::new();
+        for (id, o) in self.containers {
+            let rules = o
+                .rules
+                .iter()
+                .map(|text| match RuleSpec::parse(text) {
+                    Ok(RuleSpec::Numbers(r)) => Ok(r),
+                    Ok(_) => Err(format!("policy id {id}: rule {text:?} is not numeric")),
+                    Err(e) => Err(format!("policy id {id}: {e}")),
+                })
+                .collect::<Result<_, _>>()?;
+            containers.insert(
+                id,
+                Owned {
+                    cgroup: o.cgroup,
+                    entry: o.entry,
+                    rules,
+                    devices: o.devices,
+                },
+            );
+        }
+        Ok(State {
+            version: STATE_VERSION,
+            containers,
+        })
+    }
+}
+
 impl State {
-    /// Reads the state file; a missing file is an empty state.
+    /// Reads the state file, in either format version; a missing file is an
+    /// empty state. The state comes back as [`STATE_VERSION`].
     pub fn load(path: &Path) -> Result<State, StateError> {
-        match fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
-                version: 1,
-                ..State::default()
-            }),
-            Err(source) => Err(StateError::Io {
-                path: path.to_path_buf(),
-                source,
-            }),
+        let corrupt = |message: String| StateError::Corrupt {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(State {
+                    version: STATE_VERSION,
+                    ..State::default()
+                })
+            }
+            Err(source) => return Err(IoError::new("read", path, source).into()),
+        };
+        let version = serde_json::from_str::<Version>(&text)
+            .map_err(|e| corrupt(e.to_string()))?
+            .version;
+        match version {
+            1 => serde_json::from_str::<StateV1>(&text)
+                .map_err(|e| corrupt(e.to_string()))?
+                .upgrade()
+                .map_err(corrupt),
+            STATE_VERSION => serde_json::from_str(&text).map_err(|e| corrupt(e.to_string())),
+            v => Err(corrupt(format!(
+                "format version {v} is not known (this ctdev reads 1 and {STATE_VERSION})"
+            ))),
         }
     }
 
@@ -104,21 +179,21 @@ impl State {
     /// survive. On a disk-backed /run an fsync per hotplug event cost
     /// milliseconds of the event's latency.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let io = |source| StateError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io)?;
+        /// What is written: always the current version.
+        #[derive(Serialize)]
+        struct Current<'a> {
+            version: u32,
+            containers: &'a BTreeMap<u64, Owned>,
         }
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self).map_err(|e| StateError::Corrupt {
+        let current = Current {
+            version: STATE_VERSION,
+            containers: &self.containers,
+        };
+        let text = serde_json::to_string_pretty(&current).map_err(|e| StateError::Corrupt {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        fs::rename(&tmp, path).map_err(io)
+        Ok(crate::error::write_atomic(path, text.as_bytes())?)
     }
 }
 
@@ -182,8 +257,8 @@ pub fn plan_devices_for(
     plan
 }
 
-/// Plans static rules: owned rule texts the policy no longer has are revoked.
-pub fn plan_rules(owned: &BTreeSet<String>, wanted: &BTreeSet<String>) -> Vec<String> {
+/// Plans static rules: owned rules the policy no longer has are revoked.
+pub fn plan_rules(owned: &BTreeSet<Rule>, wanted: &BTreeSet<Rule>) -> Vec<Rule> {
     owned.difference(wanted).cloned().collect()
 }
 
@@ -200,6 +275,13 @@ mod tests {
             interface: false,
             links: Vec::new(),
             udev_name: None,
+        }
+    }
+
+    fn rule(text: &str) -> Rule {
+        match RuleSpec::parse(text).unwrap() {
+            RuleSpec::Numbers(r) => r,
+            other => panic!("{text}: {other:?}"),
         }
     }
 
@@ -270,12 +352,9 @@ mod tests {
 
     #[test]
     fn rule_plan_revokes_only_owned_rules_gone_from_the_policy() {
-        let owned: BTreeSet<String> = ["c 1:3 rw".into(), "c 10:200 rwm".into()].into();
-        let wanted: BTreeSet<String> = ["c 1:3 rw".into()].into();
-        assert_eq!(
-            plan_rules(&owned, &wanted),
-            vec!["c 10:200 rwm".to_string()]
-        );
+        let owned: BTreeSet<Rule> = [rule("c 1:3 rw"), rule("c 10:200 rwm")].into();
+        let wanted: BTreeSet<Rule> = [rule("c 1:3 rw")].into();
+        assert_eq!(plan_rules(&owned, &wanted), vec![rule("c 10:200 rwm")]);
         assert!(plan_rules(&wanted, &wanted).is_empty());
     }
 
@@ -285,7 +364,7 @@ mod tests {
         let path = t.path().join("sub/state.json");
         assert_eq!(State::load(&path).unwrap().containers.len(), 0);
         let mut s = State {
-            version: 1,
+            version: STATE_VERSION,
             ..Default::default()
         };
         s.containers.insert(
@@ -293,16 +372,75 @@ mod tests {
             Owned {
                 cgroup: "/sys/fs/cgroup/x".into(),
                 entry: "x".into(),
-                rules: ["c 1:3 rw".into()].into(),
+                rules: [rule("c 1:3 rw"), rule("b 7:* rwm")].into(),
                 devices: [("/dev/a".into(), dev("a", None))].into(),
             },
         );
         s.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap(), s);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""version": 2"#), "{text}");
+        assert!(text.contains(r#""minor": "*""#), "rules are typed: {text}");
         fs::write(&path, "{").unwrap();
         assert!(State::load(&path)
             .unwrap_err()
             .to_string()
             .contains("corrupt"));
+    }
+
+    /// A version 1 file, as the daemon before typed rules wrote it.
+    const STATE_V1: &str = r#"{
+  "version": 1,
+  "containers": {
+    "7": {
+      "cgroup": "/sys/fs/cgroup/x",
+      "entry": "x",
+      "rules": ["b 7:* rwm", "c 1:3 rw"],
+      "devices": {
+        "/dev/a": {"host": "/dev/a", "dest": "/dev/a", "devpath": null, "interface": false}
+      }
+    }
+  }
+}"#;
+
+    #[test]
+    fn a_version_1_file_is_read_and_saved_as_version_2() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("state.json");
+        fs::write(&path, STATE_V1).unwrap();
+        let s = State::load(&path).unwrap();
+        assert_eq!(s.version, STATE_VERSION);
+        let owned = &s.containers[&7];
+        assert_eq!(
+            owned.rules,
+            [rule("c 1:3 rw"), rule("b 7:* rwm")].into(),
+            "rule texts parsed"
+        );
+        assert_eq!(owned.devices["/dev/a"], dev("a", None));
+        // Saved again, it is version 2 and reads back the same.
+        s.save(&path).unwrap();
+        assert!(fs::read_to_string(&path)
+            .unwrap()
+            .contains(r#""version": 2"#));
+        assert_eq!(State::load(&path).unwrap(), s);
+    }
+
+    #[test]
+    fn bad_versions_and_bad_old_rules_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("state.json");
+        let err = |text: &str| {
+            fs::write(&path, text).unwrap();
+            State::load(&path).unwrap_err().to_string()
+        };
+        let e = err(r#"{"version": 3, "containers": {}}"#);
+        assert!(e.contains("format version 3"), "{e}");
+        let e = err(&STATE_V1.replace("c 1:3 rw", "c 1:x rw"));
+        assert!(e.contains("policy id 7") && e.contains("1:x"), "{e}");
+        let e = err(&STATE_V1.replace("c 1:3 rw", "/dev/null rw"));
+        assert!(e.contains("not numeric"), "{e}");
+        // A version 2 file with a rule as text is corrupt, not guessed at.
+        let e = err(&STATE_V1.replace(r#""version": 1"#, r#""version": 2"#));
+        assert!(e.contains("corrupt"), "{e}");
     }
 }

@@ -30,7 +30,7 @@ const GLOB_META: &[char] = &['*', '?', '[', ']', '{', '}', '\\'];
 
 /// The literal parent (inside the hierarchy) of the cgroups `select` picks,
 /// if it has one.
-pub fn selector_parent(select: &ContainerSelector) -> Option<PathBuf> {
+pub(crate) fn selector_parent(select: &ContainerSelector) -> Option<PathBuf> {
     let path = match select {
         ContainerSelector::Cgroup(g) => PathBuf::from(g.glob().glob()),
         ContainerSelector::Target(Target::Cgroup(p)) => p.clone(),
@@ -49,7 +49,7 @@ pub fn selector_parent(select: &ContainerSelector) -> Option<PathBuf> {
 /// never the root) with their default preset. Entries sharing a parent with
 /// different presets get `Preset::None` there: a default never widens
 /// beyond what every entry starts with.
-pub fn wanted_scopes(policy: &Policy) -> BTreeMap<PathBuf, Preset> {
+pub(crate) fn wanted_scopes(policy: &Policy) -> BTreeMap<PathBuf, Preset> {
     let mut out: BTreeMap<PathBuf, Preset> = BTreeMap::new();
     for c in &policy.containers {
         let Some(parent) = selector_parent(&c.select) else {

@@ -38,14 +38,14 @@ use super::config::TakeoverMode;
 use super::{target_of, Daemon};
 
 /// How often managed cgroups are checked for new foreign programs.
-pub const CHECK_INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a new runtime cgroup without any device program is left alone
 /// before the daemon attaches to it anyway.
-pub const RUNTIME_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const RUNTIME_GRACE: Duration = Duration::from_secs(1);
 
 /// What the daemon knows about device programs on the cgroups it manages.
 #[derive(Debug, Default)]
-pub struct Coexist {
+pub(crate) struct Coexist {
     /// Program ids last seen on each managed cgroup (after a takeover, only
     /// ctdev's).
     known: BTreeMap<PathBuf, BTreeSet<u32>>,
@@ -68,11 +68,11 @@ struct Failing {
 /// How long a takeover may fail before it is logged as an error: while a
 /// runtime creates a container its program is there before its state file
 /// (the rule source), so the first tries fail as a matter of course.
-pub const FAILURE_QUIET: Duration = Duration::from_secs(2);
+pub(crate) const FAILURE_QUIET: Duration = Duration::from_secs(2);
 
 /// The device programs attached to one cgroup itself: ctdev's and others.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct OnCgroup {
+pub(crate) struct OnCgroup {
     /// Every program id attached there.
     pub all: BTreeSet<u32>,
     /// The ones that are not ctdev's.
@@ -81,14 +81,14 @@ pub struct OnCgroup {
 
 impl OnCgroup {
     /// Whether ctdev's program is among them.
-    pub fn has_ctdev(&self) -> bool {
+    pub(crate) fn has_ctdev(&self) -> bool {
         self.all.len() > self.foreign.len()
     }
 }
 
 /// What to do with a cgroup an entry selects, before attaching to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Attach as usual (no runtime program, or takeover is off).
     Attach,
     /// A runtime's program is there: take it over, then attach as usual.
@@ -98,7 +98,7 @@ pub enum Decision {
 }
 
 /// Pure: what to do with a selected cgroup.
-pub fn decide(
+pub(crate) fn decide(
     mode: TakeoverMode,
     on: &OnCgroup,
     runtime_cgroup: bool,

@@ -37,7 +37,7 @@ pub struct DestTemplate {
 }
 
 /// The default: the device's own name under `/dev`.
-pub const DEFAULT_DEST: &str = "/dev/{devname}";
+pub(crate) const DEFAULT_DEST: &str = "/dev/{devname}";
 
 impl DestTemplate {
     /// Parses `text`; every `{KEY}` must be a property name or `devname`.

@@ -26,9 +26,9 @@ pub enum UeventError {
     /// Creating, configuring or binding the socket failed.
     #[error("uevent socket: {op}: {source}")]
     Socket {
-        /// The step.
+        /// The step that failed (`socket`, `SO_RCVBUF`, `bind`, …).
         op: &'static str,
-        /// The error.
+        /// The OS's error.
         #[source]
         source: std::io::Error,
     },

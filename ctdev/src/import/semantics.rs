@@ -180,6 +180,17 @@ struct Check {
 }
 
 impl Check {
+    /// The check a runtime compiles one rule of its list into.
+    fn of(s: &DeviceRuleSpec) -> Check {
+        Check {
+            dev_type: types_of(s.dev_type),
+            major: s.major.to_kernel(),
+            minor: s.minor.to_kernel(),
+            bits: s.access.bits(),
+            allow: s.allow,
+        }
+    }
+
     fn matches(&self, t: u32, major: u32, minor: u32, req: u32) -> bool {
         self.dev_type.is_none_or(|x| x == t)
             && (self.major == WILDCARD || self.major == major)
@@ -313,13 +324,7 @@ fn crun(specs: &[DeviceRuleSpec]) -> RuntimeModel {
         .map(|&(t, ma, mi, a)| default_spec(t, ma, mi, a));
     let checks = defaults
         .chain(specs.iter().rev().copied())
-        .map(|s| Check {
-            dev_type: types_of(s.dev_type),
-            major: s.major.to_kernel(),
-            minor: s.minor.to_kernel(),
-            bits: s.access.bits(),
-            allow: s.allow,
-        })
+        .map(|s| Check::of(&s))
         .collect();
     RuntimeModel {
         checks,
@@ -376,16 +381,7 @@ fn lxc(specs: &[DeviceRuleSpec]) -> RuntimeModel {
     let texts: Vec<String> = specs.iter().map(|s| s.access.to_string()).collect();
     let (deny_list, kept) = lxc_list(specs.iter().copied().zip(texts.iter().map(String::as_str)));
     RuntimeModel {
-        checks: kept
-            .iter()
-            .map(|s| Check {
-                dev_type: types_of(s.dev_type),
-                major: s.major.to_kernel(),
-                minor: s.minor.to_kernel(),
-                bits: s.access.bits(),
-                allow: s.allow,
-            })
-            .collect(),
+        checks: kept.iter().map(Check::of).collect(),
         default_allow: deny_list,
     }
 }
@@ -405,16 +401,16 @@ pub struct Narrowed {
     pub access: Access,
 }
 
+/// As the rule of the same fields (`c 1:* rw`).
 impl fmt::Display for Narrowed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}:{} {}",
-            self.dev_type.letter(),
-            self.major,
-            self.minor,
-            self.access
-        )
+        Rule {
+            dev_type: self.dev_type,
+            major: self.major,
+            minor: self.minor,
+            access: self.access,
+        }
+        .fmt(f)
     }
 }
 

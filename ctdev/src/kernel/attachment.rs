@@ -55,7 +55,7 @@ pub enum AttachmentError {
 
 /// A pinned link, opened.
 #[derive(Debug)]
-pub struct PinnedLink {
+pub(crate) struct PinnedLink {
     /// The link fd.
     pub fd: OwnedFd,
     /// Where it is pinned.
@@ -67,14 +67,14 @@ pub struct PinnedLink {
 impl PinnedLink {
     /// Whether the link still attaches a program to the cgroup `policy_id`.
     /// A link goes defunct when its cgroup is removed.
-    pub fn is_live_for(&self, policy_id: u64) -> bool {
+    pub(crate) fn is_live_for(&self, policy_id: u64) -> bool {
         self.info.prog_id != 0 && self.info.cgroup_id == policy_id
     }
 }
 
 /// Attaches `program` to `cgroup` and pins the link. If pinning fails the
 /// link is dropped, which detaches it: either both happen or neither.
-pub fn attach(
+pub(crate) fn attach(
     program: BorrowedFd<'_>,
     cgroup: &Cgroup,
     pins: &PinRoot,
@@ -118,7 +118,7 @@ pub fn attach(
 }
 
 /// Opens the link pinned for `policy_id`, if there is one.
-pub fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<PinnedLink>, AttachmentError> {
+pub(crate) fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<PinnedLink>, AttachmentError> {
     let pin = pins.link(policy_id);
     match std::fs::symlink_metadata(&pin) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -140,7 +140,7 @@ pub fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<PinnedLink>, Attach
 
 /// Detaches the program now (even if another process holds the link open)
 /// and removes the pin.
-pub fn detach(link: PinnedLink) -> Result<(), AttachmentError> {
+pub(crate) fn detach(link: PinnedLink) -> Result<(), AttachmentError> {
     // Before the container's program goes, a scope program above covers
     // the container again (fail-closed). The pin's name is the policy id.
     let policy_id = link
@@ -165,7 +165,7 @@ pub fn detach(link: PinnedLink) -> Result<(), AttachmentError> {
 }
 
 /// Removes a pin; a pin that is already gone is fine.
-pub fn remove_pin(pin: &std::path::Path) -> Result<(), AttachmentError> {
+pub(crate) fn remove_pin(pin: &std::path::Path) -> Result<(), AttachmentError> {
     match std::fs::remove_file(pin) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -320,7 +320,7 @@ impl Template {
 /// Removes the pinned program instances of earlier ctdev versions (one per
 /// cgroup depth; links hold what is still attached). A pin that is not
 /// ctdev's program is left alone and reported.
-pub fn remove_program_pins(pins: &PinRoot) -> Result<(), ProgramError> {
+pub(crate) fn remove_program_pins(pins: &PinRoot) -> Result<(), ProgramError> {
     let Ok(entries) = std::fs::read_dir(pins.programs_dir()) else {
         return Ok(());
     };

@@ -4,22 +4,12 @@
 //! (`attached`, formerly `programs`).
 
 pub mod attached;
-pub mod attachment;
-pub mod container_maps;
+pub(crate) mod attachment;
+test_support_mod!(container_maps);
 pub mod counters;
-pub mod loader;
+pub(crate) mod loader;
 pub mod pins;
-pub mod policy_map;
-#[cfg(feature = "test-support")]
-pub mod raw_program;
-// Public only for the tests and the bench (feature `test-support`), whose
-// test program builders are used nowhere else.
-#[cfg(not(feature = "test-support"))]
-#[allow(unreachable_pub, dead_code)]
-pub(crate) mod raw_program;
+test_support_mod!(policy_map);
+test_support_mod!(raw_program);
 pub mod scope;
-#[cfg(feature = "test-support")]
-pub mod sys;
-#[cfg(not(feature = "test-support"))]
-#[allow(unreachable_pub)]
-pub(crate) mod sys;
+test_support_mod!(sys);

@@ -27,6 +27,8 @@ use nix::sys::statfs::{statfs, BPF_FS_MAGIC};
 
 use ctdev_common::{EVENTS_MAP, HITS_MAP, POLICY_MAP, STATS_MAP};
 
+use crate::error::IoError;
+
 /// Default pin root.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ctdev";
 /// Where ctdev mounts bpffs when no bpffs holds the pin root.
@@ -56,22 +58,12 @@ pub enum PinError {
         waited: Duration,
     },
     /// A filesystem operation on the pin root failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PinError + 'a {
-    move |source| PinError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| PinError::Io(IoError::new(op, path, source))
 }
 
 /// The pin root directory and the paths inside it.
@@ -250,13 +242,7 @@ impl PinRoot {
                     file = f;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((_, e)) => {
-                    return Err(PinError::Io {
-                        op: "flock",
-                        path: self.root.clone(),
-                        source: e.into(),
-                    })
-                }
+                Err((_, e)) => return Err(io_err("flock", &self.root)(e.into())),
             }
         }
     }

@@ -50,6 +50,7 @@ use super::pins::PinRoot;
 use super::policy_map::{self, is_missing_key, Change, PolicyMap, PolicyMapError};
 use super::sys::{self, SysError, BPF_CGROUP_DEVICE, BPF_LINK_TYPE_CGROUP};
 use crate::cgroup::Cgroup;
+use crate::error::IoError;
 use crate::rule::Rule;
 
 pub use ctdev_common::{DEFER_NOT_SELECTED, DEFER_OWN_POLICY};
@@ -84,14 +85,8 @@ pub enum ScopeError {
         want: u64,
     },
     /// A pin directory or pin could not be made or removed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Pin of the scope default policies.
@@ -123,11 +118,7 @@ fn make_dirs(pins: &PinRoot) -> Result<(), ScopeError> {
     let mut b = DirBuilder::new();
     b.recursive(true).mode(0o700);
     for d in [programs_dir(pins), links_dir(pins)] {
-        b.create(&d).map_err(|source| ScopeError::Io {
-            op: "create directory",
-            path: d.clone(),
-            source,
-        })?;
+        b.create(&d).map_err(IoError::at("create directory", &d))?;
     }
     Ok(())
 }
@@ -179,11 +170,7 @@ pub fn program_for_level(
             Some(p) => return Ok(p),
             None => {
                 tracing::info!(pin = %pin.display(), "replacing a stale scope program pin");
-                std::fs::remove_file(&pin).map_err(|source| ScopeError::Io {
-                    op: "remove",
-                    path: pin.clone(),
-                    source,
-                })?;
+                std::fs::remove_file(&pin).map_err(IoError::at("remove", &pin))?;
             }
         }
     }
@@ -322,11 +309,7 @@ fn remove_pin(pin: &Path) -> Result<(), ScopeError> {
     match std::fs::remove_file(pin) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ScopeError::Io {
-            op: "remove",
-            path: pin.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(IoError::new("remove", pin, source).into()),
     }
 }
 

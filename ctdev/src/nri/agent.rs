@@ -48,7 +48,7 @@ pub struct CreatePlan {
 
 /// One line of `STATE_DIR/events.jsonl`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Event<'a> {
+pub(crate) struct Event<'a> {
     /// Unix time in seconds.
     pub time: f64,
     /// `refused`, `attached`, `attach-failed`, `detached`, `reloaded`,
@@ -71,7 +71,7 @@ pub struct Event<'a> {
 /// StartContainer (the runtime waits for both): what the plugin adds to
 /// the container's start, besides the two NRI round trips.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct Took {
+pub(crate) struct Took {
     /// CreateContainer: the decision and the adjustment.
     pub create_us: u64,
     /// StartContainer: the takeover (attach, verify, detach runc's program).
@@ -92,7 +92,7 @@ pub struct Agent {
 }
 
 /// The pod and container identity of an NRI pod and container.
-pub fn pod_info(pod: &api::PodSandbox, c: &api::Container) -> PodInfo {
+pub(crate) fn pod_info(pod: &api::PodSandbox, c: &api::Container) -> PodInfo {
     let mut annotations: BTreeMap<String, String> = c
         .annotations
         .iter()
@@ -116,7 +116,7 @@ pub fn pod_info(pod: &api::PodSandbox, c: &api::Container) -> PodInfo {
 /// The cgroup path (inside the hierarchy) of an NRI container: cgroupfs
 /// paths as given; the systemd driver's `SLICE:PREFIX:NAME` expanded to
 /// `/a.slice/a-b.slice/PREFIX-NAME.scope`.
-pub fn cgroup_path(cgroups_path: &str) -> Option<PathBuf> {
+pub(crate) fn cgroup_path(cgroups_path: &str) -> Option<PathBuf> {
     if cgroups_path.is_empty() {
         return None;
     }
@@ -156,7 +156,7 @@ fn device_type_letter(t: DeviceType) -> &'static str {
 }
 
 /// The NRI adjustment for a create plan.
-pub fn adjustment(plan: &CreatePlan) -> api::ContainerAdjustment {
+pub(crate) fn adjustment(plan: &CreatePlan) -> api::ContainerAdjustment {
     let mut linux = api::LinuxContainerAdjustment::new();
     for g in &plan.nodes {
         let mut d = api::LinuxDevice::new();

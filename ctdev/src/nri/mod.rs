@@ -15,11 +15,11 @@
 //! dropped), the plugin connects again and the runtime's Synchronize lets it
 //! catch up with everything that started meanwhile.
 
-pub mod agent;
-pub mod mux;
+pub(crate) mod agent;
+pub(crate) mod mux;
 pub mod policy;
-pub mod proto;
-pub mod reload;
+pub(crate) mod proto;
+pub(crate) mod reload;
 pub mod section;
 
 use std::path::PathBuf;

@@ -13,16 +13,16 @@ use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
 /// The connection carrying the plugin's service.
-pub const PLUGIN_CONN: u32 = 1;
+pub(crate) const PLUGIN_CONN: u32 = 1;
 /// The connection carrying the runtime's service.
-pub const RUNTIME_CONN: u32 = 2;
+pub(crate) const RUNTIME_CONN: u32 = 2;
 /// Largest frame accepted (NRI's own limit is well below).
 const MAX_FRAME: u32 = 16 << 20;
 /// Buffer of each in-memory side.
 const DUPLEX_BUF: usize = 1 << 20;
 
 /// The two logical connections of one NRI socket.
-pub struct Muxed {
+pub(crate) struct Muxed {
     /// ctdev's end of connection 1 (serve the plugin service on it).
     pub plugin: DuplexStream,
     /// ctdev's end of connection 2 (a ttrpc client of the runtime).
@@ -32,7 +32,7 @@ pub struct Muxed {
 }
 
 /// Splits `stream` into its two logical connections; spawns the pumps.
-pub fn split(stream: UnixStream) -> Muxed {
+pub(crate) fn split(stream: UnixStream) -> Muxed {
     let (mut rd, wr) = stream.into_split();
     let wr = Arc::new(Mutex::new(wr));
     let (plugin, plugin_far) = tokio::io::duplex(DUPLEX_BUF);

@@ -33,7 +33,7 @@ const MASK: AddWatchFlags = AddWatchFlags::IN_CREATE
 /// Why the file cannot be watched.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot watch the NRI policy file's directory {dir}: {errno}")]
-pub struct WatchError {
+pub(crate) struct WatchError {
     /// The directory.
     pub dir: PathBuf,
     /// The error.
@@ -41,7 +41,7 @@ pub struct WatchError {
 }
 
 /// An inotify watch on the directory of one file.
-pub struct FileWatch {
+pub(crate) struct FileWatch {
     inotify: Inotify,
 }
 
@@ -52,7 +52,7 @@ impl AsRawFd for FileWatch {
 }
 
 /// The directory whose events can change what `path` reads.
-pub fn watched_dir(path: &Path) -> PathBuf {
+pub(crate) fn watched_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -61,7 +61,7 @@ pub fn watched_dir(path: &Path) -> PathBuf {
 
 impl FileWatch {
     /// A non-blocking watch on the directory of `path`.
-    pub fn new(path: &Path) -> Result<Self, WatchError> {
+    pub(crate) fn new(path: &Path) -> Result<Self, WatchError> {
         let dir = watched_dir(path);
         let err = |errno| WatchError {
             dir: dir.clone(),
@@ -73,7 +73,7 @@ impl FileWatch {
     }
 
     /// Reads every pending event; how many there were.
-    pub fn drain(&self) -> usize {
+    pub(crate) fn drain(&self) -> usize {
         let mut n = 0;
         while let Ok(events) = self.inotify.read_events() {
             if events.is_empty() {
@@ -87,7 +87,7 @@ impl FileWatch {
 
 /// Whether the contents at `path` differ from `last` (a missing file counts
 /// as a change only once); the new contents.
-pub fn changed(path: &Path, last: &Option<Vec<u8>>) -> (bool, Option<Vec<u8>>) {
+pub(crate) fn changed(path: &Path, last: &Option<Vec<u8>>) -> (bool, Option<Vec<u8>>) {
     let now = std::fs::read(path).ok();
     (&now != last, now)
 }
@@ -95,7 +95,7 @@ pub fn changed(path: &Path, last: &Option<Vec<u8>>) -> (bool, Option<Vec<u8>>) {
 /// Watches the policy file at `path` and reloads `agent` when it changes.
 /// Runs until the task is dropped; returns early only if the watch cannot
 /// be set up (the plugin then keeps its policy until restarted).
-pub async fn watch(agent: Arc<Agent>, path: PathBuf) -> Result<(), WatchError> {
+pub(crate) async fn watch(agent: Arc<Agent>, path: PathBuf) -> Result<(), WatchError> {
     let watch = FileWatch::new(&path)?;
     let dir = watched_dir(&path);
     // SAFETY: the watch owns its inotify fd for its whole life and

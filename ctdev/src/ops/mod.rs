@@ -260,14 +260,14 @@ impl Ctdev {
     /// Takes the pin-root lock for a command that needs existing state
     /// (allow, revoke, detach, add, del): when the pin root does not exist,
     /// nothing is under policy and nothing is created.
-    pub fn lock_existing(&self, target: &Target) -> Result<PinLock, Error> {
+    pub(crate) fn lock_existing(&self, target: &Target) -> Result<PinLock, Error> {
         if !self.pins.exists() {
             return Err(self.not_under_policy(target));
         }
         match self.pins.lock(self.config.lock_timeout) {
             Ok(l) => Ok(l),
             // The last container was detached while we waited.
-            Err(PinError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(PinError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(self.not_under_policy(target))
             }
             Err(e) => Err(e.into()),
@@ -321,7 +321,7 @@ impl Ctdev {
     }
 
     /// [`Ctdev::attach`] of a resolved cgroup, under a lock the caller holds.
-    pub fn attach_locked(
+    pub(crate) fn attach_locked(
         &self,
         _lock: &PinLock,
         cgroup: Cgroup,
@@ -445,7 +445,7 @@ impl Ctdev {
     /// [`Ctdev::allow`] under a lock the caller holds. Each rule is
     /// recorded as an operator grant (so the daemon's take-back of the same
     /// rule leaves it).
-    pub fn allow_locked(
+    pub(crate) fn allow_locked(
         &self,
         lock: &PinLock,
         target: &Target,
@@ -487,7 +487,7 @@ impl Ctdev {
 
     /// Writes `plan` to the container's entries (nothing under `--dry-run`),
     /// the ledger first when one is given (write-ahead).
-    pub fn apply_plan(
+    pub(crate) fn apply_plan(
         &self,
         _lock: &PinLock,
         state: &ContainerState,
@@ -521,7 +521,7 @@ impl Ctdev {
     }
 
     /// A report of `plan` for `state`'s container.
-    pub fn change_report(&self, state: &ContainerState, plan: &Plan) -> ChangeReport {
+    pub(crate) fn change_report(&self, state: &ContainerState, plan: &Plan) -> ChangeReport {
         ChangeReport {
             cgroup_dir: state.cgroup.as_ref().map(|c| c.dir.clone()),
             policy_id: state.policy_id,
@@ -549,7 +549,7 @@ impl Ctdev {
     }
 
     /// [`Ctdev::revoke`] under a lock the caller holds.
-    pub fn revoke_locked(
+    pub(crate) fn revoke_locked(
         &self,
         lock: &PinLock,
         target: &Target,
@@ -575,7 +575,7 @@ impl Ctdev {
     /// Takes back the grant of `owner` for `subject` on the target's
     /// entries (rules only; nodes are the caller's). Returns the report and
     /// the grant taken back; [`Error::NotGranted`] if there is none.
-    pub fn take_back_locked(
+    pub(crate) fn take_back_locked(
         &self,
         lock: &PinLock,
         target: &Target,
@@ -604,7 +604,7 @@ impl Ctdev {
 
     /// Records and applies a grant of `rules` by `owner` for `subject`
     /// (write-ahead: the record is saved before the entries change).
-    pub fn grant_locked(
+    pub(crate) fn grant_locked(
         &self,
         lock: &PinLock,
         target: &Target,

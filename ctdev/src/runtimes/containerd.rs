@@ -6,13 +6,13 @@
 //! directory). Plain containerd namespaces (`<namespace>/<id>`) are not
 //! recognised: nothing in such a path says it is containerd's.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
-use super::{dir_name, id_matches, is_full_id, parent_name, scope_id, RuntimeError, Visit};
+use super::{dir_name, id_matches, is_full_id, parent_name, scope_id, Visit};
 
 /// What the containerd resolver makes of one directory (`rel`, relative to
 /// the cgroup2 root) when looking for IDs starting with `prefix`.
-pub fn classify(rel: &Path, prefix: &str) -> Visit {
+pub(crate) fn classify(rel: &Path, prefix: &str) -> Visit {
     let Some(dir) = dir_name(rel) else {
         return Visit::Descend;
     };
@@ -40,16 +40,14 @@ pub(crate) fn in_pod(rel: &Path) -> bool {
         })
 }
 
-/// Finds containerd containers whose ID starts with `prefix` under `root`:
-/// (full ID, cgroup directory) pairs.
-pub fn scan(root: &Path, prefix: &str) -> Result<Vec<(String, PathBuf)>, RuntimeError> {
-    super::walk(root, |rel| classify(rel, prefix))
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::fixture::{id, names, tree};
     use super::*;
+
+    fn scan(root: &Path, prefix: &str) -> super::super::fixture::Found {
+        super::super::fixture::scan(root, prefix, classify)
+    }
 
     const POD: &str = "pod8d3b6c2e-1f4a-4b7e-9c1d-2a3b4c5d6e7f";
 

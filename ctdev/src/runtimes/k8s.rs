@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::RuntimeError;
+use crate::error::IoError;
 
 /// Default directory of the pod map.
 pub const DEFAULT_STATE_DIR: &str = "/run/ctdev/nri";
@@ -73,41 +74,31 @@ impl PodMap {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PodMap::default()),
-            Err(source) => {
-                return Err(RuntimeError::Io {
-                    op: "read",
-                    path,
-                    source,
-                })
-            }
+            Err(source) => return Err(IoError::new("read", path, source).into()),
         };
-        serde_json::from_str(&text).map_err(|e| RuntimeError::Io {
-            op: "parse",
-            path,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        serde_json::from_str(&text).map_err(|e| {
+            IoError::new(
+                "parse",
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+            .into()
         })
     }
 
     /// Writes the map to `dir` atomically (temp file + rename).
     pub fn save(&self, dir: &Path) -> Result<(), RuntimeError> {
-        let io = |op, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RuntimeError::Io { op, path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+        std::fs::create_dir_all(dir).map_err(IoError::at("create directory", dir))?;
         let tmp = dir.join(format!(".{POD_MAP}.tmp"));
         let mut map = self.clone();
         map.version = 1;
-        let text = serde_json::to_vec_pretty(&map).map_err(|e| RuntimeError::Io {
-            op: "serialize",
-            path: tmp.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(&text).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("sync", &tmp))?;
+        let text = serde_json::to_vec_pretty(&map)
+            .map_err(|e| IoError::new("serialize", &tmp, std::io::Error::other(e)))?;
+        let mut f = std::fs::File::create(&tmp).map_err(IoError::at("create", &tmp))?;
+        f.write_all(&text).map_err(IoError::at("write", &tmp))?;
+        f.sync_all().map_err(IoError::at("sync", &tmp))?;
         let path = dir.join(POD_MAP);
-        std::fs::rename(&tmp, &path).map_err(io("rename", &path))
+        Ok(std::fs::rename(&tmp, &path).map_err(IoError::at("rename", &path))?)
     }
 
     /// Adds or replaces the record of a container (by container ID).

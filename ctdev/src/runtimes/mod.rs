@@ -11,19 +11,19 @@
 //! and checks each match with [`CgroupFs::cgroup`].
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::{Cgroup, CgroupFs};
+use crate::error::IoError;
 use crate::target::RuntimeKind;
 
-pub mod containerd;
-pub mod crio;
-pub mod discover;
-pub mod docker;
+pub(crate) mod containerd;
+pub(crate) mod crio;
+test_support_mod!(discover);
+pub(crate) mod docker;
 pub mod k8s;
-pub mod lxc;
-pub mod podman;
+test_support_mod!(lxc);
+pub(crate) mod podman;
 
 /// Why a container could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +50,8 @@ pub enum RuntimeError {
     #[error("cgroup {0} has no process: is the container running?")]
     NoProcess(PathBuf),
     /// Reading /proc or the cgroup tree failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// One container a runtime resolver found.
@@ -160,11 +154,7 @@ where
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(source) if rel.as_os_str().is_empty() => {
-                return Err(RuntimeError::Io {
-                    op: "read directory",
-                    path: dir,
-                    source,
-                })
+                return Err(IoError::new("read directory", dir, source).into())
             }
             Err(e) => {
                 tracing::debug!("skipping {}: {e}", dir.display());
@@ -235,13 +225,7 @@ pub fn oldest_process(cgroup_dir: &Path) -> Result<Option<i32>, RuntimeError> {
                 tracing::debug!("skipping {}: {e}", procs.display());
                 continue;
             }
-            Err(source) => {
-                return Err(RuntimeError::Io {
-                    op: "read",
-                    path: procs,
-                    source,
-                })
-            }
+            Err(source) => return Err(IoError::new("read", procs, source).into()),
         };
         for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
             if let Some(start) = start_time(pid) {
@@ -314,8 +298,17 @@ pub fn label(rel: &Path) -> Option<String> {
 /// Fixture trees of plain directories for the resolvers' unit tests.
 #[cfg(test)]
 pub(crate) mod fixture {
-    use super::RuntimeError;
-    use std::path::PathBuf;
+    use super::{RuntimeError, Visit};
+    use std::path::{Path, PathBuf};
+
+    /// What a resolver finds: (full ID, cgroup directory) pairs.
+    pub(crate) type Found = Result<Vec<(String, PathBuf)>, RuntimeError>;
+
+    /// What the resolver's `classify` finds under `root` for IDs starting
+    /// with `prefix`.
+    pub(crate) fn scan(root: &Path, prefix: &str, classify: fn(&Path, &str) -> Visit) -> Found {
+        super::walk(root, |rel| classify(rel, prefix))
+    }
 
     /// A temp dir holding the given directories (relative, `/`-separated).
     pub(crate) fn tree(dirs: &[&str]) -> tempfile::TempDir {
@@ -329,10 +322,7 @@ pub(crate) mod fixture {
     }
 
     /// Matches as sorted `name:relative/dir` strings.
-    pub(crate) fn names(
-        t: &tempfile::TempDir,
-        found: Result<Vec<(String, PathBuf)>, RuntimeError>,
-    ) -> Vec<String> {
+    pub(crate) fn names(t: &tempfile::TempDir, found: Found) -> Vec<String> {
         let mut v: Vec<String> = found
             .unwrap()
             .into_iter()

@@ -6,13 +6,13 @@
 //! manager). `libpod-conmon-<id>.scope` and `libpod_parent/conmon` hold
 //! Podman's monitor, not the container, and are ignored.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{dir_name, id_matches, scope_id, RuntimeError, Visit};
+use super::{dir_name, id_matches, scope_id, Visit};
 
 /// What the Podman resolver makes of one directory (`rel`, relative to the
 /// cgroup2 root) when looking for IDs starting with `prefix`.
-pub fn classify(rel: &Path, prefix: &str) -> Visit {
+pub(crate) fn classify(rel: &Path, prefix: &str) -> Visit {
     let Some(dir) = dir_name(rel) else {
         return Visit::Descend;
     };
@@ -33,16 +33,14 @@ pub fn classify(rel: &Path, prefix: &str) -> Visit {
     Visit::Descend
 }
 
-/// Finds Podman containers whose ID starts with `prefix` under `root`:
-/// (full ID, cgroup directory) pairs.
-pub fn scan(root: &Path, prefix: &str) -> Result<Vec<(String, PathBuf)>, RuntimeError> {
-    super::walk(root, |rel| classify(rel, prefix))
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::fixture::{id, names, tree};
     use super::*;
+
+    fn scan(root: &Path, prefix: &str) -> super::super::fixture::Found {
+        super::super::fixture::scan(root, prefix, classify)
+    }
 
     #[test]
     fn systemd_and_cgroupfs_layouts() {
