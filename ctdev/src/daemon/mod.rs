@@ -521,8 +521,6 @@ impl Daemon {
         }
     }
 
-    /// Brings the container's devices to what the policy wants (all of
-    /// them, or only the device at DEVPATH `only`).
     /// Whether the container at `dir`, managed as `m` before this resync,
     /// needs nothing from it but a device comparison: same entry, same
     /// cgroup (not a re-created name), still linked, and its recorded rules
@@ -537,14 +535,16 @@ impl Daemon {
         let Some(owned) = self.state.containers.get(&m.policy_id) else {
             return false;
         };
-        let wanted: Option<BTreeSet<String>> = self.policy.containers[entry]
+        let wanted: Option<BTreeSet<crate::rule::Rule>> = self.policy.containers[entry]
             .rules
             .iter()
-            .map(|spec| spec.resolve().ok().map(|r| r.to_string()))
+            .map(|spec| spec.resolve().ok())
             .collect();
         owned.cgroup == dir && wanted.is_some_and(|w| w == owned.rules)
     }
 
+    /// Brings the container's devices to what the policy wants (all of
+    /// them, or only the device at DEVPATH `only`).
     fn sync_devices(&mut self, dir: &Path, only: Option<&str>) {
         let Some(m) = self.managed.get(dir).cloned() else {
             return;
