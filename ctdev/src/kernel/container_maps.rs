@@ -51,13 +51,26 @@ sys::assert_abi! {
 }
 
 fn create_map(ty: u32, value_size: usize, flags: u32, name: &str) -> Result<OwnedFd, SysError> {
+    create_map_with(ty, 4, value_size, 1, flags, name)
+}
+
+/// `BPF_MAP_CREATE` of a map of type `ty` (the shared program's cgroup
+/// storage maps use it too: 8-byte key, no entries of their own).
+pub(crate) fn create_map_with(
+    ty: u32,
+    key_size: u32,
+    value_size: usize,
+    max_entries: u32,
+    flags: u32,
+    name: &str,
+) -> Result<OwnedFd, SysError> {
     let mut map_name = [0u8; 16];
     map_name[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
     let mut attr = MapCreateAttr {
         map_type: ty,
-        key_size: 4,
+        key_size,
         value_size: value_size as u32,
-        max_entries: 1,
+        max_entries,
         map_flags: flags,
         map_name,
         ..Default::default()

@@ -18,6 +18,7 @@ pub mod raw_program;
 #[allow(unreachable_pub, dead_code)]
 pub(crate) mod raw_program;
 pub mod scope;
+pub mod shared;
 #[cfg(feature = "test-support")]
 pub mod sys;
 #[cfg(not(feature = "test-support"))]
