@@ -383,7 +383,7 @@ pub const STATE_WRITTEN: u32 = 1 << 30;
 /// program keeps reading the buffer it got), so one table generation is
 /// enough: every decision sees the old value or the new one, never a mix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SharedTable {
     /// [`STATE_WRITTEN`] once written; [`STATE_LARGE`] when the policy
     /// lives in the shared hash map under the generation in bit 0.
@@ -399,19 +399,6 @@ pub struct SharedTable {
     pub _reserved: [u64; 3],
     /// The rule table (meaningless in large mode).
     pub table: Table,
-}
-
-impl Default for SharedTable {
-    fn default() -> Self {
-        Self {
-            state: 0,
-            _pad: 0,
-            policy_id: 0,
-            stats_base: [0; 3],
-            _reserved: [0; 3],
-            table: Table::default(),
-        }
-    }
 }
 
 /// The packed device numbers a table entry stores.

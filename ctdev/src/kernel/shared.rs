@@ -506,17 +506,23 @@ impl SharedProgram {
         Ok(ids)
     }
 
-    /// The containers this program serves: written storage and a link pin.
-    pub fn attached_ids(&self) -> Result<Vec<u64>, SharedError> {
+    /// The containers this program serves (written storage and a link
+    /// pin), with their tables: one lookup per container.
+    pub fn attached(&self) -> Result<Vec<(u64, SharedTable)>, SharedError> {
         let mut out = Vec::new();
         for id in self.storage_ids()? {
-            if self.link_pin(id).exists()
-                && self.read(id)?.is_some_and(|t| t.state & STATE_WRITTEN != 0)
-            {
-                out.push(id);
+            if let Some(t) = self.read(id)? {
+                if t.state & STATE_WRITTEN != 0 && self.link_pin(id).exists() {
+                    out.push((id, t));
+                }
             }
         }
         Ok(out)
+    }
+
+    /// The ids of [`Self::attached`].
+    pub fn attached_ids(&self) -> Result<Vec<u64>, SharedError> {
+        Ok(self.attached()?.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Attaches the shared program to `cgroup` with the policy `table`

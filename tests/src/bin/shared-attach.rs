@@ -71,10 +71,10 @@ fn main() {
             }
             let attach_s = t1.elapsed().as_secs_f64();
             let t2 = Instant::now();
-            let ids = shared.attached_ids().expect("list");
+            let ids = shared.attached().expect("list");
             let mut entries = 0;
-            for id in &ids {
-                entries += shared.entries_of(*id).expect("read").map_or(0, |e| e.len());
+            for (id, t) in &ids {
+                entries += ctdev_common::table_items(&t.table, *id).count();
             }
             let list_ms = t2.elapsed().as_secs_f64() * 1e3;
             assert_eq!(ids.len(), n);
