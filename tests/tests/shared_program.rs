@@ -263,3 +263,63 @@ fn shared_sigkill_at_every_step_leaves_fail_closed_state() {
         assert_denied(&env, &cg, read("/dev/zero"));
     }
 }
+
+/// Through the CLI with `CTDEV_SHARED_PROGRAM=1`: attach puts containers on
+/// the one program; list, allow, revoke, set and detach work on them as on
+/// a container of the per-container layout attached beside them (an older
+/// ctdev's layout keeps working); the last detach leaves no pins.
+#[test]
+fn shared_program_through_the_cli_beside_the_per_container_layout() {
+    let env = TestEnv::new("shared-cli");
+    let on = [("CTDEV_SHARED_PROGRAM", "1")];
+    let (a, b, old) = (env.cgroup("a"), env.cgroup("b"), env.cgroup("old"));
+    let attach = |cg: &Path, rule: &str, shared: bool| {
+        let args = ["attach", s(cg), "--preset", "none", "--rule", rule];
+        let r = if shared {
+            env.ctdev_env(&args, &on)
+        } else {
+            env.ctdev(&args)
+        };
+        assert_eq!(r.code, 0, "attach {}: {}", cg.display(), r.stderr);
+    };
+    attach(&a, "c 1:3 r", true);
+    attach(&b, "c 1:5 r", true);
+    attach(&old, "c 1:3 r", false);
+    let dump = env.list_json();
+    let prog = |cg: &Path| {
+        dump["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["policy_id"].as_u64() == Some(id_of(cg)))
+            .unwrap_or_else(|| panic!("{} not listed: {dump}", cg.display()))["program_id"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(prog(&a), prog(&b), "one program for both: {dump}");
+    assert_ne!(prog(&a), prog(&old), "the per-container one is its own");
+    assert_eq!(listed_rules(&env, &a).unwrap().1, ["c 1:3 r"]);
+    assert_eq!(listed_rules(&env, &b).unwrap().1, ["c 1:5 r"]);
+    assert_eq!(listed_rules(&env, &old).unwrap().1, ["c 1:3 r"]);
+    assert_allowed(&env, &a, read("/dev/null"));
+    assert_denied(&env, &a, read("/dev/zero"));
+    // allow / revoke / set on a shared container.
+    env.ok(&["allow", s(&a), "c 1:5 r"]);
+    assert_allowed(&env, &a, read("/dev/zero"));
+    env.ok(&["revoke", s(&a), "c 1:3 r"]);
+    assert_denied(&env, &a, read("/dev/null"));
+    env.ok(&["set", s(&a), "c 1:3 rw", "c 1:7 r"]);
+    assert_allowed(&env, &a, read("/dev/null"));
+    assert_denied(&env, &a, read("/dev/zero"));
+    let mut rules = listed_rules(&env, &a).unwrap().1;
+    rules.sort();
+    assert_eq!(rules, ["c 1:3 rw", "c 1:7 r"]);
+    // b never saw any of it.
+    assert_eq!(listed_rules(&env, &b).unwrap().1, ["c 1:5 r"]);
+    assert_denied(&env, &b, read("/dev/null"));
+    for cg in [&a, &b, &old] {
+        env.ok(&["detach", s(cg)]);
+        assert_allowed(&env, cg, read("/dev/zero"));
+    }
+    assert!(!env.pin_root.exists(), "pins left behind");
+}

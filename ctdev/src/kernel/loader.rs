@@ -155,7 +155,12 @@ impl ProgramObject {
             Some(m) => m,
             None => ContainerMaps::create(pins, policy_id)?,
         };
-        let fd = template.instance(maps.table_fd(), maps.counters_fd())?;
+        let Some((table, counters)) = maps.fds() else {
+            return Err(ProgramError::Missing(
+                "per-container maps (this container is on the shared program)",
+            ));
+        };
+        let fd = template.instance(table, counters)?;
         let id =
             sys::prog_id(fd.as_fd(), &pins.table(policy_id)).map_err(|e| ProgramError::Load {
                 source: Box::new(e),

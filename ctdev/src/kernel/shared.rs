@@ -280,7 +280,8 @@ impl SharedProgram {
         // The shared hash maps, ring buffer and hit counters (created and
         // pinned on first use, as for the per-container programs).
         object.template(pins)?;
-        std::fs::create_dir_all(dir.join("links")).map_err(io("creating", dir))?;
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        std::fs::create_dir_all(pins.links_dir()).map_err(io("creating", &pins.links_dir()))?;
         let storage = create_map_with(
             BPF_MAP_TYPE_CGROUP_STORAGE,
             8,
@@ -348,9 +349,11 @@ impl SharedProgram {
         &self.dir
     }
 
-    /// The link pin of `policy_id`.
+    /// The link pin of `policy_id`: in the pin root's `links/`, beside the
+    /// per-container programs' links, so `list`, `detach` and takeover find
+    /// every container the same way.
     pub fn link_pin(&self, policy_id: u64) -> PathBuf {
-        self.dir.join("links").join(policy_id.to_string())
+        PinRoot::new(self.dir.parent().unwrap_or(&self.dir)).link(policy_id)
     }
 
     /// The table holding `entries` (keys of any policy id) for `policy_id`,
@@ -585,9 +588,11 @@ impl SharedProgram {
             });
         }
         crate::failpoint!("shared.after_link");
+        crate::failpoint!("attach.after_link_create");
         // (4) Pinned: it outlives this process.
         sys::obj_pin(link.as_fd(), &pin)?;
         crate::failpoint!("shared.after_pin");
+        crate::failpoint!("attach.after_pin");
         // (5) The stub goes (closing its only link detaches it).
         drop(stub);
         // A scope program above may now leave the decision to this one.
@@ -632,6 +637,127 @@ impl SharedProgram {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.prog.as_fd()
     }
+}
+
+/// Whether `attach` puts new containers on the shared program
+/// (`CTDEV_SHARED_PROGRAM=1`; off by default until the whole suite has run
+/// with it). Containers attached either way are read, changed and
+/// detached alike.
+pub fn enabled() -> bool {
+    std::env::var_os("CTDEV_SHARED_PROGRAM").is_some_and(|v| v == "1")
+}
+
+/// Shared programs opened by this process, by pin directory.
+static OPENED: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<SharedProgram>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Every shared program pinned under `pins` (one per ctdev build that used
+/// this pin root), opened once per process.
+pub fn all(pins: &PinRoot) -> Result<Vec<std::sync::Arc<SharedProgram>>, SharedError> {
+    let mut dirs = Vec::new();
+    match std::fs::read_dir(pins.root()) {
+        Ok(entries) => {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if name.to_str().is_some_and(|n| n.starts_with("shared-"))
+                    && e.path().join("program").exists()
+                {
+                    dirs.push(e.path());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(SharedError::Io {
+                op: "reading",
+                path: pins.root().to_path_buf(),
+                source,
+            })
+        }
+    }
+    dirs.sort();
+    let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+    opened.retain(|(d, _)| d.join("program").exists());
+    let mut out = Vec::new();
+    for dir in dirs {
+        if let Some((_, p)) = opened.iter().find(|(d, _)| *d == dir) {
+            out.push(p.clone());
+            continue;
+        }
+        let p = std::sync::Arc::new(SharedProgram::open(&dir)?);
+        opened.push((dir, p.clone()));
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// The shared program whose storage holds `policy_id`'s written policy.
+pub fn find_for(
+    pins: &PinRoot,
+    policy_id: u64,
+) -> Result<Option<std::sync::Arc<SharedProgram>>, SharedError> {
+    for p in all(pins)? {
+        if p.read(policy_id)?
+            .is_some_and(|t| t.state & STATE_WRITTEN != 0)
+        {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// Clears `policy_id`'s storage in every shared program (after its detach).
+pub fn clear(pins: &PinRoot, policy_id: u64) -> Result<(), SharedError> {
+    for p in all(pins)? {
+        p.write(policy_id, &SharedTable::default())?;
+    }
+    Ok(())
+}
+
+/// The containers on any shared program under `pins`.
+pub fn attached_ids(pins: &PinRoot) -> Result<Vec<u64>, SharedError> {
+    let mut ids = Vec::new();
+    for p in all(pins)? {
+        ids.extend(p.attached_ids()?);
+    }
+    Ok(ids)
+}
+
+/// Removes the shared programs' pins (when no container uses them any more).
+pub fn remove_pins(pins: &PinRoot) -> Result<(), SharedError> {
+    let Ok(entries) = std::fs::read_dir(pins.root()) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if !e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("shared-"))
+        {
+            continue;
+        }
+        let dir = e.path();
+        for name in ["program", "stub", "counters", "storage"] {
+            let pin = dir.join(name);
+            match std::fs::remove_file(&pin) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(SharedError::Io {
+                        op: "removing",
+                        path: pin,
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
+        }
+        std::fs::remove_dir(&dir).map_err(|source| SharedError::Io {
+            op: "removing",
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    OPENED.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    Ok(())
 }
 
 /// The stub: `r1 = &storage map; r0 = 1; exit`. Referencing the map is
