@@ -381,6 +381,11 @@ impl Ctdev {
         if self.config.dry_run {
             return Ok(self.fresh_attach_report(cgroup, preset, rules));
         }
+        // Storage that a killed shared attach wrote but never linked:
+        // nothing decides with it; it must not look like a policy.
+        crate::kernel::shared::clear(&self.pins, id).map_err(|e| ProgramError::Load {
+            source: Box::new(e),
+        })?;
         if crate::kernel::shared::enabled() {
             if let Some(report) = self.attach_shared(&cgroup, object, preset, rules)? {
                 return Ok(report);
