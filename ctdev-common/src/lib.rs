@@ -360,6 +360,47 @@ pub struct ContainerCounters {
     pub stats: ContainerStats,
 }
 
+// ---- the shared program (one verified program, state in cgroup storage) ----
+
+/// Name of the shared cgroup/dev program in the object file: loaded and
+/// verified once per pin root and ctdev build, attached to every container,
+/// reading the container's [`SharedTable`] from cgroup local storage.
+pub const SHARED_PROGRAM_NAME: &str = "ctdev_shared";
+/// Name of the cgroup storage map (`BPF_MAP_TYPE_CGROUP_STORAGE`, keyed by
+/// the cgroup id, a `u64`) holding each container's [`SharedTable`].
+pub const STORAGE_MAP: &str = "CTDEV_STORAGE";
+/// Name of the per-CPU cgroup storage map holding each container's
+/// [`ContainerCounters`].
+pub const STORAGE_COUNTERS_MAP: &str = "CTDEV_STORAGE_CNT";
+/// Bit of [`SharedTable::state`]: userspace wrote this storage. The kernel
+/// allocates a container's storage zero-filled at attach, so a storage
+/// without it has no policy yet: the shared program denies everything.
+pub const STATE_WRITTEN: u32 = 1 << 30;
+
+/// A container's policy as the shared program reads it from cgroup local
+/// storage. Userspace replaces the whole value in one `BPF_MAP_UPDATE_ELEM`
+/// (the kernel copies it into a new buffer and swaps the pointer; a running
+/// program keeps reading the buffer it got), so one table generation is
+/// enough: every decision sees the old value or the new one, never a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SharedTable {
+    /// [`STATE_WRITTEN`] once written; [`STATE_LARGE`] when the policy
+    /// lives in the shared hash map under the generation in bit 0.
+    pub state: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// The container's policy id (its cgroup id).
+    pub policy_id: u64,
+    /// Userspace only: counter totals at the last counter reset
+    /// (denied, events, dropped).
+    pub stats_base: [u64; 3],
+    /// Userspace only: reserved, zero.
+    pub _reserved: [u64; 3],
+    /// The rule table (meaningless in large mode).
+    pub table: Table,
+}
+
 /// The packed device numbers a table entry stores.
 #[inline(always)]
 pub const fn pack(major: u32, minor: u32) -> u64 {
@@ -511,6 +552,9 @@ mod user {
     unsafe impl aya::Pod for super::DenyEvent {}
     // SAFETY: `#[repr(C)]`, only u64 fields.
     unsafe impl aya::Pod for super::ContainerStats {}
+    // SAFETY: `#[repr(C)]`, integer fields and arrays of integer-only
+    // structs with explicit padding fields: no implicit padding.
+    unsafe impl aya::Pod for super::SharedTable {}
 }
 
 #[cfg(test)]
@@ -535,6 +579,14 @@ mod tests {
         assert_eq!(core::mem::size_of::<PolicyKey>(), 24);
         assert_eq!(core::mem::align_of::<PolicyKey>(), 8);
         assert_eq!(core::mem::size_of::<PolicyValue>(), 4);
+    }
+
+    #[test]
+    fn shared_table_fits_cgroup_storage() {
+        // 64-byte header and one 6,160-byte table: one 8 KiB kmalloc
+        // buffer per container (cgroup storage allows up to ~64 KiB).
+        assert_eq!(core::mem::size_of::<SharedTable>(), 6224);
+        assert_eq!(core::mem::size_of::<ContainerCounters>(), 1072);
     }
 
     #[test]

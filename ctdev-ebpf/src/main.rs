@@ -31,10 +31,13 @@ use aya_ebpf::{
     programs::DeviceContext,
     Global,
 };
+#[allow(deprecated)]
+use aya_ebpf::btf_maps::{CgroupStorage, PerCpuCgroupStorage};
 use ctdev_common::{
     allows, evaluate, table_lookup, ContainerCounters, ContainerTable, DenyEvent, MatchKind, PolicyKey,
-    PolicyValue, EVENTS_PER_SECOND_PER_CPU, EVENTS_RING_BYTES, FOUND, NO_MATCH,
-    POLICY_MAP_CAPACITY, READ_ATTEMPTS, SCOPE_DEFER_CAPACITY, SCOPE_POLICY_CAPACITY, STATE_LARGE, TABLE_CAP,
+    PolicyValue, SharedTable, EVENTS_PER_SECOND_PER_CPU, EVENTS_RING_BYTES, FOUND, NO_MATCH,
+    POLICY_MAP_CAPACITY, READ_ATTEMPTS, SCOPE_DEFER_CAPACITY, SCOPE_POLICY_CAPACITY, STATE_LARGE,
+    STATE_WRITTEN, TABLE_CAP,
 };
 
 /// BPF_F_NO_PREALLOC: memory grows with the rules actually stored.
@@ -149,6 +152,91 @@ pub fn ctdev_device(ctx: DeviceContext) -> i32 {
         return 1;
     }
     // One call site: the verifier walks the report once per distinct state.
+    let (kind, bits) = if stable {
+        (kind, value & (FOUND - 1))
+    } else {
+        counters.stats.unstable += 1;
+        (NO_MATCH, 0)
+    };
+    report_denial(counters, policy_id, dev_type, dev.major, dev.minor, requested, kind, bits);
+    0
+}
+
+// ---- the shared program --------------------------------------------------------
+//
+// One program for every container, loaded and verified once: the container's
+// policy and counters are its cgroup local storage (allocated zero-filled by
+// the kernel when the program is attached to the container's cgroup, freed
+// with the cgroup). Userspace replaces the whole table in one map update
+// (the kernel swaps the buffer), so one read of the state word decides from
+// one published policy. A storage userspace never wrote (no STATE_WRITTEN)
+// denies everything.
+
+/// Each container's [`SharedTable`] (userspace creates the map with a
+/// `u64` key, the cgroup id, and relocates this program against it).
+#[allow(deprecated)]
+#[btf_map]
+static CTDEV_STORAGE: CgroupStorage<SharedTable> = CgroupStorage::new();
+
+/// Each container's per-CPU counters.
+#[allow(deprecated)]
+#[btf_map]
+static CTDEV_STORAGE_CNT: PerCpuCgroupStorage<ContainerCounters> = PerCpuCgroupStorage::new();
+
+#[cgroup_device]
+pub fn ctdev_shared(ctx: DeviceContext) -> i32 {
+    // SAFETY: the kernel passes a valid bpf_cgroup_dev_ctx for the program's lifetime.
+    let dev = unsafe { &*ctx.device };
+    let dev_type = dev.access_type & 0xffff;
+    let requested = dev.access_type >> 16;
+    #[allow(deprecated)]
+    let table = CTDEV_STORAGE.get_ptr_mut();
+    #[allow(deprecated)]
+    let counters = CTDEV_STORAGE_CNT.get_ptr_mut();
+    if table.is_null() || counters.is_null() {
+        return 0;
+    }
+    // SAFETY: the helper returns the attached cgroup's storage, valid for
+    // this run (a concurrent update swaps in a new buffer; this one is
+    // freed only after an RCU grace period).
+    let table: &SharedTable = unsafe { &*table };
+    // SAFETY: this CPU's slot of the per-CPU storage; migration is disabled.
+    let counters = unsafe { &mut *counters };
+    let state = table.state;
+    let policy_id = table.policy_id;
+    let mut stable = true;
+    let found = if state & STATE_WRITTEN == 0 {
+        (0, 0, NO_MATCH)
+    } else if state & STATE_LARGE != 0 {
+        let found = large_lookup(policy_id, state & 1, dev_type, dev.major, dev.minor);
+        // Large policies live in the shared hash map, where a whole-policy
+        // swap deletes the old generation after publishing the new one:
+        // re-read the (possibly new) storage and deny if it moved on.
+        #[allow(deprecated)]
+        let now = CTDEV_STORAGE.get_ptr_mut();
+        // SAFETY: as above.
+        if now.is_null() || unsafe { core::ptr::read_volatile(&(*now).state) } != state {
+            stable = false;
+        }
+        found
+    } else {
+        table_lookup(&table.table, dev_type, dev.major, dev.minor)
+    };
+    let (value, hit, kind) = found;
+    if stable && allows(value, requested) {
+        if state & STATE_LARGE != 0 {
+            let kind = match kind {
+                0 => MatchKind::Exact,
+                1 => MatchKind::AnyMinor,
+                2 => MatchKind::AnyMajor,
+                _ => MatchKind::Any,
+            };
+            count_large_hit(&kind.key(policy_id, dev_type, dev.major, dev.minor));
+        } else {
+            counters.hits[(hit as usize) & (TABLE_CAP - 1)] += 1;
+        }
+        return 1;
+    }
     let (kind, bits) = if stable {
         (kind, value & (FOUND - 1))
     } else {

@@ -38,6 +38,10 @@ pub(crate) const STEPS: &[&str] = &[
     "del.netdev.after_move",
     "daemon.attach.after_attach",
     "daemon.add.after_device",
+    "shared.after_stub",
+    "shared.after_write",
+    "shared.after_link",
+    "shared.after_pin",
 ];
 
 /// Kills the process with `SIGKILL` when `CTDEV_FAILPOINT` names `step`

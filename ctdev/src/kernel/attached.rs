@@ -43,7 +43,7 @@ impl Owner {
     /// Guesses the owner from a program name.
     pub fn from_name(name: &str) -> Self {
         match name {
-            "ctdev_device" | "ctdev_scope" => Owner::Ctdev,
+            "ctdev_device" | "ctdev_scope" | "ctdev_shared" => Owner::Ctdev,
             n if n.starts_with("sd_devices") => Owner::Systemd,
             n if n.contains("crun") => Owner::Crun,
             n if n.contains("lxc") => Owner::Lxc,

@@ -16,9 +16,12 @@ use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use ctdev_common::{ContainerCounters, ContainerTable, Table, STATE_LARGE};
+use ctdev_common::{
+    ContainerCounters, ContainerTable, SharedTable, Table, STATE_LARGE, STATE_WRITTEN,
+};
 
 use super::pins::PinRoot;
+use super::shared::SharedProgram;
 use super::sys::{self, SysError};
 use aya_obj::generated as uapi;
 
@@ -51,13 +54,26 @@ sys::assert_abi! {
 }
 
 fn create_map(ty: u32, value_size: usize, flags: u32, name: &str) -> Result<OwnedFd, SysError> {
+    create_map_with(ty, 4, value_size, 1, flags, name)
+}
+
+/// `BPF_MAP_CREATE` of a map of type `ty` (the shared program's cgroup
+/// storage maps use it too: 8-byte key, no entries of their own).
+pub(crate) fn create_map_with(
+    ty: u32,
+    key_size: u32,
+    value_size: usize,
+    max_entries: u32,
+    flags: u32,
+    name: &str,
+) -> Result<OwnedFd, SysError> {
     let mut map_name = [0u8; 16];
     map_name[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
     let mut attr = MapCreateAttr {
         map_type: ty,
-        key_size: 4,
+        key_size,
         value_size: value_size as u32,
-        max_entries: 1,
+        max_entries,
         map_flags: flags,
         map_name,
         ..Default::default()
@@ -98,6 +114,9 @@ pub enum ContainerMapsError {
         /// What was found.
         found: String,
     },
+    /// The container's cgroup storage (shared program) could not be used.
+    #[error(transparent)]
+    Storage(Box<super::shared::SharedError>),
     /// The counters could not be read.
     #[error("counters {path}: {source}")]
     Counters {
@@ -146,8 +165,8 @@ impl Snapshot {
     }
 }
 
-/// A container's table and counters, opened.
-pub struct ContainerMaps {
+/// A container's own table and counters (the per-container program's maps), opened.
+struct ArrayMaps {
     /// The container's policy id.
     pub policy_id: u64,
     table_fd: OwnedFd,
@@ -157,9 +176,9 @@ pub struct ContainerMaps {
     table_pin: PathBuf,
 }
 
-impl std::fmt::Debug for ContainerMaps {
+impl std::fmt::Debug for ArrayMaps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContainerMaps")
+        f.debug_struct("ArrayMaps")
             .field("policy_id", &self.policy_id)
             .field("table_pin", &self.table_pin)
             .finish()
@@ -234,10 +253,10 @@ fn check_pin(
     Ok(())
 }
 
-impl ContainerMaps {
+impl ArrayMaps {
     /// Creates and pins the maps of `policy_id` (an empty, small policy).
     /// Whatever was pinned for that id before is replaced.
-    pub fn create(pins: &PinRoot, policy_id: u64) -> Result<Self, ContainerMapsError> {
+    fn create(pins: &PinRoot, policy_id: u64) -> Result<Self, ContainerMapsError> {
         let table_fd = create_map(
             BPF_MAP_TYPE_ARRAY,
             std::mem::size_of::<ContainerTable>(),
@@ -281,7 +300,7 @@ impl ContainerMaps {
     }
 
     /// Opens the pinned maps of `policy_id`; `None` when there are none.
-    pub fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<Self>, ContainerMapsError> {
+    fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<Self>, ContainerMapsError> {
         let table_pin = pins.table(policy_id);
         let counters_pin = pins.counters(policy_id);
         if std::fs::symlink_metadata(&table_pin).is_err() {
@@ -320,7 +339,7 @@ impl ContainerMaps {
 
     /// Removes the pins of `policy_id` (the maps live on while a program
     /// still uses them).
-    pub fn unpin(pins: &PinRoot, policy_id: u64) -> std::io::Result<()> {
+    fn unpin(pins: &PinRoot, policy_id: u64) -> std::io::Result<()> {
         for pin in [pins.table(policy_id), pins.counters(policy_id)] {
             match std::fs::remove_file(&pin) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -331,12 +350,12 @@ impl ContainerMaps {
     }
 
     /// The table map's fd (for loading the program instance).
-    pub fn table_fd(&self) -> BorrowedFd<'_> {
+    fn table_fd(&self) -> BorrowedFd<'_> {
         self.table_fd.as_fd()
     }
 
     /// The counters map's fd (for loading the program instance).
-    pub fn counters_fd(&self) -> BorrowedFd<'_> {
+    fn counters_fd(&self) -> BorrowedFd<'_> {
         self.counters_fd.as_fd()
     }
 
@@ -347,7 +366,7 @@ impl ContainerMaps {
     }
 
     /// A consistent copy of the live table (retries while a writer publishes).
-    pub fn snapshot(&self) -> Snapshot {
+    fn snapshot(&self) -> Snapshot {
         loop {
             let state = self.state_word().load(Ordering::Acquire);
             // SAFETY: reading plain integers from the mapping; a concurrent
@@ -366,13 +385,13 @@ impl ContainerMaps {
     }
 
     /// Counter baselines (denied, events, dropped) at the last reset.
-    pub fn stats_base(&self) -> [u64; 3] {
+    fn stats_base(&self) -> [u64; 3] {
         // SAFETY: plain integers in the mapping, written only under the lock.
         unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*self.map.ptr.as_ptr()).stats_base)) }
     }
 
     /// Sets the counter baselines (caller holds the pin-root lock).
-    pub fn set_stats_base(&self, base: [u64; 3]) {
+    fn set_stats_base(&self, base: [u64; 3]) {
         // SAFETY: as above; only userspace reads these fields.
         unsafe {
             std::ptr::write_volatile(
@@ -384,7 +403,7 @@ impl ContainerMaps {
 
     /// Writes `table` into the generation that is not live. Nothing the
     /// program reads changes until [`ContainerMaps::publish`].
-    pub fn write_next(&self, table: &Table) {
+    fn write_next(&self, table: &Table) {
         let next = (self.state_word().load(Ordering::Acquire) & 1) ^ 1;
         // SAFETY: the generation that is not live is read by no decision
         // that will be kept (readers of an older publication re-check the
@@ -399,7 +418,7 @@ impl ContainerMaps {
 
     /// Publishes the generation that is not live, in table mode (`large`
     /// false) or hash mode: one store of the state word. Returns the new state.
-    pub fn publish(&self, large: bool) -> u32 {
+    fn publish(&self, large: bool) -> u32 {
         let old = self.state_word().load(Ordering::Acquire);
         let counter = (old & !STATE_LARGE).wrapping_add(1) & !STATE_LARGE;
         let new = counter | if large { STATE_LARGE } else { 0 };
@@ -408,7 +427,7 @@ impl ContainerMaps {
     }
 
     /// Per-CPU counters summed over CPUs.
-    pub fn counters(&self) -> Result<ContainerCounters, ContainerMapsError> {
+    fn counters(&self) -> Result<ContainerCounters, ContainerMapsError> {
         let values = self
             .counters
             .get(&0, 0)
@@ -433,8 +452,196 @@ impl ContainerMaps {
     }
 }
 
-/// Policy ids that have a table pin.
+/// A container's table and counters: its own maps (the per-container
+/// program) or its cgroup local storage (the shared program,
+/// [`super::shared`]).
+pub struct ContainerMaps {
+    /// The container's policy id.
+    pub policy_id: u64,
+    inner: Inner,
+}
+
+enum Inner {
+    Array(ArrayMaps),
+    Storage {
+        shared: std::sync::Arc<SharedProgram>,
+        /// The table [`ContainerMaps::write_next`] staged for the publish.
+        pending: std::cell::Cell<Option<Box<Table>>>,
+    },
+}
+
+impl std::fmt::Debug for ContainerMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.inner {
+            Inner::Array(a) => format!("{a:?}"),
+            Inner::Storage { shared, .. } => format!("storage in {}", shared.dir().display()),
+        };
+        f.debug_struct("ContainerMaps")
+            .field("policy_id", &self.policy_id)
+            .field("maps", &kind)
+            .finish()
+    }
+}
+
+/// The state bits a shared-program publish keeps as flags (the rest
+/// counts publishes; bit 0 is the large-mode generation).
+const FLAG_BITS: u32 = STATE_LARGE | STATE_WRITTEN;
+
+impl ContainerMaps {
+    /// Creates and pins the per-container maps of `policy_id` (an empty,
+    /// small policy). Whatever was pinned for that id before is replaced.
+    pub fn create(pins: &PinRoot, policy_id: u64) -> Result<Self, ContainerMapsError> {
+        Ok(Self {
+            policy_id,
+            inner: Inner::Array(ArrayMaps::create(pins, policy_id)?),
+        })
+    }
+
+    /// Opens the maps of `policy_id`: its own pinned maps, else its written
+    /// cgroup storage of a shared program; `None` when there are neither.
+    pub fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<Self>, ContainerMapsError> {
+        if let Some(a) = ArrayMaps::open(pins, policy_id)? {
+            return Ok(Some(Self {
+                policy_id,
+                inner: Inner::Array(a),
+            }));
+        }
+        let shared = super::shared::find_for(pins, policy_id).map_err(storage_err)?;
+        Ok(shared.map(|shared| Self {
+            policy_id,
+            inner: Inner::Storage {
+                shared,
+                pending: std::cell::Cell::new(None),
+            },
+        }))
+    }
+
+    /// Removes the pins of `policy_id` and clears its shared-program storage
+    /// (which outlives a detach) so nothing of its policy is left.
+    pub fn unpin(pins: &PinRoot, policy_id: u64) -> std::io::Result<()> {
+        ArrayMaps::unpin(pins, policy_id)?;
+        super::shared::clear(pins, policy_id).map_err(std::io::Error::other)
+    }
+
+    /// The table and counters map fds (for loading a per-container program
+    /// instance); `None` for a container on the shared program.
+    pub fn fds(&self) -> Option<(BorrowedFd<'_>, BorrowedFd<'_>)> {
+        match &self.inner {
+            Inner::Array(a) => Some((a.table_fd(), a.counters_fd())),
+            Inner::Storage { .. } => None,
+        }
+    }
+
+    fn read_storage(shared: &SharedProgram, policy_id: u64) -> SharedTable {
+        match shared.read(policy_id) {
+            Ok(Some(t)) => t,
+            Ok(None) => SharedTable::default(),
+            Err(e) => {
+                tracing::warn!(policy_id, "cannot read the container's storage: {e}");
+                SharedTable::default()
+            }
+        }
+    }
+
+    /// A consistent copy of the live table.
+    pub fn snapshot(&self) -> Snapshot {
+        match &self.inner {
+            Inner::Array(a) => a.snapshot(),
+            Inner::Storage { shared, .. } => {
+                let t = Self::read_storage(shared, self.policy_id);
+                Snapshot {
+                    state: t.state,
+                    table: t.table,
+                }
+            }
+        }
+    }
+
+    /// Counter baselines (denied, events, dropped) at the last reset.
+    pub fn stats_base(&self) -> [u64; 3] {
+        match &self.inner {
+            Inner::Array(a) => a.stats_base(),
+            Inner::Storage { shared, .. } => Self::read_storage(shared, self.policy_id).stats_base,
+        }
+    }
+
+    /// Sets the counter baselines (caller holds the pin-root lock).
+    pub fn set_stats_base(&self, base: [u64; 3]) {
+        match &self.inner {
+            Inner::Array(a) => a.set_stats_base(base),
+            Inner::Storage { shared, .. } => {
+                let mut t = Self::read_storage(shared, self.policy_id);
+                if t.state & STATE_WRITTEN == 0 {
+                    return;
+                }
+                t.stats_base = base;
+                if let Err(e) = shared.write(self.policy_id, &t) {
+                    tracing::warn!(policy_id = self.policy_id, "cannot reset counters: {e}");
+                }
+            }
+        }
+    }
+
+    /// Writes `table` into the generation that is not live (per-container
+    /// maps), or stages it for the publish (storage). Nothing the program
+    /// reads changes until [`ContainerMaps::publish`].
+    pub fn write_next(&self, table: &Table) {
+        match &self.inner {
+            Inner::Array(a) => a.write_next(table),
+            Inner::Storage { pending, .. } => pending.set(Some(Box::new(*table))),
+        }
+    }
+
+    /// Publishes what [`ContainerMaps::write_next`] wrote, in table mode
+    /// (`large` false) or hash mode: one store of the state word, or one
+    /// whole-value update of the storage. Returns the new state.
+    pub fn publish(&self, large: bool) -> Result<u32, ContainerMapsError> {
+        match &self.inner {
+            Inner::Array(a) => Ok(a.publish(large)),
+            Inner::Storage { shared, pending } => {
+                let mut t = Self::read_storage(shared, self.policy_id);
+                if let Some(table) = pending.take() {
+                    t.table = *table;
+                }
+                let counter = (t.state & !FLAG_BITS).wrapping_add(1) & !FLAG_BITS;
+                t.state = counter | STATE_WRITTEN | if large { STATE_LARGE } else { 0 };
+                t.policy_id = self.policy_id;
+                shared.write(self.policy_id, &t).map_err(storage_err)?;
+                Ok(t.state)
+            }
+        }
+    }
+
+    /// Per-CPU counters summed over CPUs.
+    pub fn counters(&self) -> Result<ContainerCounters, ContainerMapsError> {
+        match &self.inner {
+            Inner::Array(a) => a.counters(),
+            Inner::Storage { shared, .. } => Ok(shared
+                .counters(self.policy_id)
+                .map_err(storage_err)?
+                .unwrap_or(ContainerCounters {
+                    hits: [0; ctdev_common::TABLE_CAP],
+                    stats: Default::default(),
+                })),
+        }
+    }
+}
+
+fn storage_err(e: super::shared::SharedError) -> ContainerMapsError {
+    ContainerMapsError::Storage(Box::new(e))
+}
+
+/// Policy ids that have a table pin, or a written shared-program storage
+/// and a link pin.
 pub fn table_ids(pins: &PinRoot) -> std::io::Result<Vec<u64>> {
+    let mut ids = array_ids(pins)?;
+    ids.extend(super::shared::attached_ids(pins).map_err(std::io::Error::other)?);
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+fn array_ids(pins: &PinRoot) -> std::io::Result<Vec<u64>> {
     let mut ids = Vec::new();
     match std::fs::read_dir(pins.tables_dir()) {
         Ok(entries) => {

@@ -202,7 +202,7 @@ impl Counters {
                     .collect();
                 if let Some(table) = ctdev_common::build_table(&mut items) {
                     maps.write_next(&table);
-                    maps.publish(false);
+                    maps.publish(false)?;
                 }
             }
         }

@@ -155,7 +155,12 @@ impl ProgramObject {
             Some(m) => m,
             None => ContainerMaps::create(pins, policy_id)?,
         };
-        let fd = template.instance(maps.table_fd(), maps.counters_fd())?;
+        let Some((table, counters)) = maps.fds() else {
+            return Err(ProgramError::Missing(
+                "per-container maps (this container is on the shared program)",
+            ));
+        };
+        let fd = template.instance(table, counters)?;
         let id =
             sys::prog_id(fd.as_fd(), &pins.table(policy_id)).map_err(|e| ProgramError::Load {
                 source: Box::new(e),
@@ -220,6 +225,26 @@ impl ProgramObject {
     /// Parses the object and relocates it against the pinned shared maps,
     /// with placeholders for the container's own two.
     fn relocate(&self, pins: &PinRoot) -> Result<Template, ProgramError> {
+        self.relocate_program(
+            pins,
+            PROGRAM_NAME,
+            &[
+                (TABLE_MAP, TABLE_PLACEHOLDER),
+                (COUNTERS_MAP, COUNTERS_PLACEHOLDER),
+            ],
+        )
+    }
+
+    /// Parses the object and relocates the program `program` against the
+    /// pinned shared maps; the maps named in `own` get the given fds
+    /// (placeholders or real fds the caller keeps open), any other map the
+    /// program does not use an unusable placeholder.
+    pub(crate) fn relocate_program(
+        &self,
+        pins: &PinRoot,
+        program: &'static str,
+        own: &[(&str, i32)],
+    ) -> Result<Template, ProgramError> {
         let load_err =
             |e: Box<dyn std::error::Error + Send + Sync>| ProgramError::Load { source: e };
         let mut obj = aya_obj::Object::parse(&self.bytes).map_err(|e| load_err(Box::new(e)))?;
@@ -228,10 +253,9 @@ impl ProgramObject {
         let mut map_ids = Vec::new();
         let mut fds = Vec::new();
         for (name, _) in &maps {
-            let fd = match name.as_str() {
-                TABLE_MAP => TABLE_PLACEHOLDER,
-                COUNTERS_MAP => COUNTERS_PLACEHOLDER,
-                _ => {
+            let fd = match own.iter().find(|(n, _)| n == name) {
+                Some((_, fd)) => *fd,
+                None => {
                     let Some(pin) = pins
                         .map_pins()
                         .into_iter()
@@ -265,14 +289,15 @@ impl ProgramObject {
         .map_err(|e| load_err(Box::new(e)))?;
         obj.relocate_calls(&text_sections)
             .map_err(|e| load_err(Box::new(e)))?;
-        let program = obj
-            .programs
-            .get(PROGRAM_NAME)
-            .ok_or(ProgramError::Missing("cgroup/dev program ctdev_device"))?;
+        let program = obj.programs.get(program).ok_or(ProgramError::Missing(
+            "cgroup/dev program (ctdev_device or ctdev_shared)",
+        ))?;
         let function = obj
             .functions
             .get(&program.function_key())
-            .ok_or(ProgramError::Missing("cgroup/dev program ctdev_device"))?;
+            .ok_or(ProgramError::Missing(
+                "cgroup/dev program (ctdev_device or ctdev_shared)",
+            ))?;
         let insns = function
             .instructions
             .iter()
@@ -293,6 +318,11 @@ impl ProgramObject {
 }
 
 impl Template {
+    /// The relocated instructions and the object's license.
+    pub(crate) fn parts(&self) -> (&[super::raw_program::Insn], &std::ffi::CStr) {
+        (&self.insns, &self.license)
+    }
+
     /// Loads one instance with the container's maps patched in.
     pub fn instance(
         &self,

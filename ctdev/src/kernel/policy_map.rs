@@ -444,7 +444,7 @@ impl PolicyMap {
             let table = self.build(maps, snapshot, next)?;
             maps.write_next(&table);
             crate::failpoint!("set.after_write");
-            maps.publish(false);
+            maps.publish(false)?;
             crate::failpoint!("set.after_publish");
             if let Some(generation) = old_large {
                 self.drop_generation(policy_id, generation)?;
@@ -473,7 +473,7 @@ impl PolicyMap {
                 return Err(e);
             }
             crate::failpoint!("set.after_write");
-            maps.publish(true);
+            maps.publish(true)?;
             crate::failpoint!("set.after_publish");
             if let Some(old) = old_large {
                 self.drop_generation(policy_id, old)?;

@@ -129,11 +129,29 @@ pub fn load_device_program(
     insns: &[Insn],
     license: &std::ffi::CStr,
 ) -> Result<OwnedFd, SysError> {
+    load_program(
+        BPF_PROG_TYPE_CGROUP_DEVICE,
+        BPF_CGROUP_DEVICE,
+        name,
+        insns,
+        license,
+    )
+}
+
+/// Loads `insns` as a program of type `prog_type` for `expected_attach_type`
+/// ([`load_device_program`] for cgroup device programs).
+pub fn load_program(
+    prog_type: u32,
+    expected_attach_type: u32,
+    name: &str,
+    insns: &[Insn],
+    license: &std::ffi::CStr,
+) -> Result<OwnedFd, SysError> {
     let mut prog_name = [0u8; 16];
     let n = name.len().min(15);
     prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
     let attr = |log: &mut Vec<u8>| ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        prog_type,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
@@ -145,7 +163,7 @@ pub fn load_device_program(
             log.as_mut_ptr() as u64
         },
         prog_name,
-        expected_attach_type: BPF_CGROUP_DEVICE,
+        expected_attach_type,
         ..Default::default()
     };
     let mut none = Vec::new();

@@ -210,10 +210,21 @@ pub fn link_create_cgroup_device(
     cgroup: BorrowedFd<'_>,
     cgroup_desc: &Path,
 ) -> Result<OwnedFd, SysError> {
+    link_create_cgroup(prog, cgroup, BPF_CGROUP_DEVICE, cgroup_desc)
+}
+
+/// Attaches `prog` to the cgroup `cgroup` for `attach_type` through a new
+/// bpf link (multi mode).
+pub fn link_create_cgroup(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+    cgroup_desc: &Path,
+) -> Result<OwnedFd, SysError> {
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
         target_fd: cgroup.as_raw_fd() as u32,
-        attach_type: BPF_CGROUP_DEVICE,
+        attach_type,
         ..Default::default()
     };
     // SAFETY: `attr` is the BPF_LINK_CREATE prefix (no pointers); both fds

@@ -381,6 +381,16 @@ impl Ctdev {
         if self.config.dry_run {
             return Ok(self.fresh_attach_report(cgroup, preset, rules));
         }
+        // Storage that a killed shared attach wrote but never linked:
+        // nothing decides with it; it must not look like a policy.
+        crate::kernel::shared::clear(&self.pins, id).map_err(|e| ProgramError::Load {
+            source: Box::new(e),
+        })?;
+        if crate::kernel::shared::enabled() {
+            if let Some(report) = self.attach_shared(&cgroup, object, preset, rules)? {
+                return Ok(report);
+            }
+        }
         // The container's own program instance and maps (the shared maps
         // are created and pinned on first use).
         let program = object.program_for_container(id, &self.pins)?;
@@ -645,6 +655,53 @@ impl Ctdev {
     }
 
     /// What a fresh attach of `cgroup` would write (`--dry-run`).
+    /// A fresh attach on the shared program (`CTDEV_SHARED_PROGRAM=1`):
+    /// the policy fits a table and no entries of an earlier container with
+    /// this id are left, else `None` (the per-container program is used).
+    fn attach_shared(
+        &self,
+        cgroup: &Cgroup,
+        object: &ProgramObject,
+        preset: Preset,
+        rules: &[Rule],
+    ) -> Result<Option<AttachReport>, Error> {
+        use crate::kernel::shared::SharedProgram;
+        let id = cgroup.id;
+        let wanted = attach_entries(id, &preset.rules(), rules);
+        if wanted.len() > ctdev_common::TABLE_CAP {
+            return Ok(None);
+        }
+        let map = PolicyMap::open(&self.pins.policy_map());
+        if let Ok(map) = &map {
+            if !map.entries_of(id)?.is_empty() {
+                return Ok(None);
+            }
+        }
+        let shared_err = |e| ProgramError::Load {
+            source: Box::new(e),
+        };
+        let shared = SharedProgram::open_or_load(object, &self.pins).map_err(shared_err)?;
+        crate::failpoint!("attach.after_load");
+        let table = SharedProgram::table_for(id, &wanted, None).map_err(shared_err)?;
+        // Grants of an earlier container with this id are void.
+        self.grants.remove(id)?;
+        crate::failpoint!("attach.after_rules");
+        let link = shared
+            .attach(cgroup, &self.pins, &table)
+            .map_err(shared_err)?;
+        tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, prog_id = link.prog_id, "attached (shared program)");
+        crate::audit::names::record(self.grants.dir(), id, &cgroup.path);
+        Ok(Some(AttachReport {
+            cgroup_dir: cgroup.dir.clone(),
+            policy_id: id,
+            already_attached: false,
+            program_id: link.prog_id,
+            link_pin: link.pin,
+            changed: describe(&wanted),
+            dry_run: false,
+        }))
+    }
+
     fn fresh_attach_report(&self, cgroup: Cgroup, preset: Preset, rules: &[Rule]) -> AttachReport {
         let wanted = attach_entries(cgroup.id, &preset.rules(), rules);
         AttachReport {
@@ -763,6 +820,9 @@ impl Ctdev {
             attachment::remove_pin(&pin)?;
         }
         crate::kernel::loader::remove_program_pins(&self.pins)?;
+        crate::kernel::shared::remove_pins(&self.pins).map_err(|e| ProgramError::Load {
+            source: Box::new(e),
+        })?;
         self.pins.remove_if_empty();
         Ok(())
     }

@@ -263,6 +263,7 @@ pub fn run(env: &Env) -> Result<CostResults> {
         vec![dev_rule],
         Preset::Oci,
     ));
+    let shared_sets = ctdev_sets.clone();
     for (i, (scenario, n, rs, preset)) in ctdev_sets.into_iter().enumerate() {
         let cg = env.parent.child(&format!("ctdev-{i}-{n}"))?;
         let target = Target::Cgroup(cg.dir.clone());
@@ -274,6 +275,36 @@ pub fn run(env: &Env) -> Result<CostResults> {
         }
         add(&scenario, Some(n), cg.dir.clone());
         keep_ctdev.push(target);
+        keep_cgroups.push(cg);
+    }
+
+    // The shared program (one verified program for every container, each
+    // container's table in cgroup local storage), at the sizes its table
+    // holds; larger policies stay on the per-container program for now.
+    let object = ctdev::kernel::loader::ProgramObject::new(Some(&crate::ebpf_object()))?;
+    let shared = ctdev::kernel::shared::SharedProgram::open_or_load(&object, env.ct.pins())
+        .context("loading the shared program")?;
+    let mut keep_shared = Vec::new();
+    for (i, (scenario, n, rs, preset)) in shared_sets.into_iter().enumerate() {
+        if n > ctdev_common::TABLE_CAP {
+            continue;
+        }
+        let cg = env.parent.child(&format!("shared-{i}-{n}"))?;
+        let cgroup = env.cgroups.cgroup(&cg.dir)?;
+        let entries = ctdev::plan::attach_entries(cgroup.id, &preset.rules(), &rs);
+        let table = ctdev::kernel::shared::SharedProgram::table_for(cgroup.id, &entries, None)?;
+        shared
+            .attach(&cgroup, env.ct.pins(), &table)
+            .with_context(|| format!("shared attach with {n} rules"))?;
+        if i == 0 {
+            denial(env, "shared", &cg.dir, &mut res.denials)?;
+        }
+        add(
+            &scenario.replacen("ctdev", "shared", 1),
+            Some(n),
+            cg.dir.clone(),
+        );
+        keep_shared.push(cgroup.id);
         keep_cgroups.push(cg);
     }
 
@@ -327,6 +358,9 @@ pub fn run(env: &Env) -> Result<CostResults> {
     }
     res.points = live.into_iter().map(finish).collect();
     drop(containers);
+    for id in keep_shared {
+        let _ = shared.detach(env.ct.pins(), id);
+    }
     for t in &keep_ctdev {
         env.ct.detach(t)?;
     }

@@ -1,0 +1,810 @@
+//! The shared device program: ONE `ctdev_shared` program per pin root and
+//! ctdev build, loaded and verified once, pinned, and attached to every
+//! container's cgroup. Each container's policy and counters live in cgroup
+//! local storage (`BPF_MAP_TYPE_CGROUP_STORAGE` holding a
+//! [`SharedTable`], `BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE` holding
+//! [`ContainerCounters`]), keyed by the cgroup id (a `u64` key, so one
+//! storage per cgroup whatever the attach type).
+//!
+//! Layout under the pin root: `shared-<object hash>/` holds `program`,
+//! `storage`, `counters`, `stub` and `links/<policy id>`. The directory is
+//! named after a hash of the eBPF object, so an upgraded ctdev with another
+//! layout never mixes its program with an older one's maps.
+//!
+//! Kernel facts this relies on (kernel/bpf/local_storage.c, cgroup.c):
+//! - a cgroup's storage is allocated zero-filled when the first program
+//!   using the map is attached to it, found again by later attaches, and
+//!   freed only with the cgroup (not at detach);
+//! - userspace can update it only once it exists (ENOENT before); an
+//!   update allocates a new buffer, copies the value and swaps the pointer,
+//!   so a program run sees the old value or the new one, never a mix;
+//! - storage elements cannot be deleted.
+//!
+//! Attach sequence (no window in which the container runs with an empty
+//! policy, and no spurious EPERM while a runtime's program is still
+//! attached): (1) attach the `stub` (a `cgroup/sock_create` program that
+//! only references the storage map and allows every socket) through a
+//! link held by this process: the kernel allocates the container's
+//! storage; (2) write the container's table; (3) attach the shared device
+//! program through a link, which finds the storage already written;
+//! (4) pin the link; (5) close the stub's link (the kernel detaches it).
+//! A crash anywhere closes the stub link (the kernel detaches it with the
+//! process's fds); before (3) nothing of ctdev decides devices, after it
+//! the written policy does. A storage that was never written (someone
+//! attaches the pinned program by hand, or a future path skips (2))
+//! denies every access.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use ctdev_common::{
+    build_table, table_items, ContainerCounters, PolicyKey, SharedTable, TableItem,
+    SHARED_PROGRAM_NAME, STATE_WRITTEN, STORAGE_COUNTERS_MAP, STORAGE_MAP, TABLE_CAP,
+};
+
+use super::container_maps::create_map_with;
+use super::loader::{ProgramError, ProgramObject};
+use super::pins::PinRoot;
+use super::raw_program::{load_device_program, load_program, Insn};
+use super::sys::{self, SysError};
+use crate::cgroup::Cgroup;
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_TYPE_CGROUP_STORAGE: u32 = 19;
+const BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE: u32 = 21;
+const BPF_PROG_TYPE_CGROUP_SOCK: u32 = 9;
+/// `BPF_CGROUP_INET_SOCK_CREATE`: the stub's attach type.
+const BPF_CGROUP_INET_SOCK_CREATE: u32 = 2;
+/// `BPF_LD | BPF_DW | BPF_IMM` with `BPF_PSEUDO_MAP_FD`.
+const LD_IMM64: u8 = 0x18;
+const PSEUDO_MAP_FD: u8 = 1;
+
+/// Why the shared program could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    /// A bpf syscall failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// Loading or relocating the program failed.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// A pin under the shared directory is not what ctdev put there.
+    #[error("{path} is not ctdev's shared program ({found}); refusing to use it")]
+    Foreign {
+        /// The pin path.
+        path: PathBuf,
+        /// What was found.
+        found: String,
+    },
+    /// A file operation on the pin directory failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The policy does not fit a container table (large policies keep the
+    /// per-container program for now).
+    #[error("policy {policy_id} has {entries} entries; the shared program's table holds {cap}")]
+    TooLarge {
+        /// The container.
+        policy_id: u64,
+        /// Entries asked for.
+        entries: usize,
+        /// [`TABLE_CAP`].
+        cap: usize,
+    },
+    /// The kernel attached the link to another cgroup (should not happen).
+    #[error("link for {cgroup} reports cgroup id {got}, expected {want}")]
+    WrongCgroup {
+        /// The cgroup directory.
+        cgroup: PathBuf,
+        /// The id the kernel reported.
+        got: u64,
+        /// The id computed.
+        want: u64,
+    },
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    /// `value`, or `next_key` for `BPF_MAP_GET_NEXT_KEY`.
+    value: u64,
+    flags: u64,
+}
+sys::assert_attr!(ElemAttr);
+const _: () = {
+    assert!(std::mem::size_of::<ElemAttr>() == 32);
+    assert!(std::mem::offset_of!(ElemAttr, key) == 8);
+    assert!(std::mem::offset_of!(ElemAttr, value) == 16);
+    assert!(std::mem::offset_of!(ElemAttr, flags) == 24);
+};
+
+fn elem(
+    cmd: libc::c_long,
+    call: &'static str,
+    map: BorrowedFd<'_>,
+    key: Option<&u64>,
+    value: *mut u8,
+    what: &Path,
+) -> Result<bool, SysError> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.map(|k| k as *const u64 as u64).unwrap_or(0),
+        value: value as u64,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is the BPF_MAP_*_ELEM prefix; `key` points to a live
+    // u64 (the maps' key size) or is null (first key); `value` points to a
+    // live buffer of the map's value size (per-CPU: rounded size times the
+    // possible CPUs) for lookups and updates, or to a u64 for next-key;
+    // `map` is borrowed, so open.
+    match unsafe { sys::bpf(cmd, &mut attr) } {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(source) => Err(SysError {
+            call,
+            what: what.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// A stable 64-bit FNV-1a hash of the object: names the pin directory.
+fn object_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn possible_cpus() -> Result<usize, SharedError> {
+    aya::util::nr_cpus().map_err(|(what, source)| SharedError::Io {
+        op: "reading",
+        path: PathBuf::from(what),
+        source,
+    })
+}
+
+/// The shared program and its two storage maps, opened.
+#[derive(Debug)]
+pub struct SharedProgram {
+    dir: PathBuf,
+    prog: OwnedFd,
+    stub: OwnedFd,
+    storage: OwnedFd,
+    counters: OwnedFd,
+    /// Kernel id of the shared program (the same for every container).
+    pub prog_id: u32,
+    cpus: usize,
+}
+
+/// A container attached to the shared program.
+#[derive(Debug)]
+pub struct SharedLink {
+    /// The link pin.
+    pub pin: PathBuf,
+    /// The program id (the shared program's).
+    pub prog_id: u32,
+    /// Whether the container was attached already (only its table was written).
+    pub already_attached: bool,
+}
+
+impl SharedProgram {
+    /// The pin directory of `object`'s shared program under `pins`.
+    pub fn dir_for(object: &ProgramObject, pins: &PinRoot) -> PathBuf {
+        pins.root()
+            .join(format!("shared-{:016x}", object_hash(object.bytes())))
+    }
+
+    /// Opens the pinned shared program, or loads, verifies and pins it
+    /// (and creates its storage maps) when this pin root has none for this
+    /// object yet. The caller holds the pin-root lock.
+    pub fn open_or_load(object: &ProgramObject, pins: &PinRoot) -> Result<Self, SharedError> {
+        let dir = Self::dir_for(object, pins);
+        if dir.join("program").exists() {
+            return Self::open(&dir);
+        }
+        Self::load(object, pins, &dir)
+    }
+
+    /// Opens the shared program pinned in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, SharedError> {
+        let program = dir.join("program");
+        let info =
+            aya::programs::ProgramInfo::from_pin(&program).map_err(|e| SharedError::Foreign {
+                path: program.clone(),
+                found: e.to_string(),
+            })?;
+        if info.name_as_str() != Some(SHARED_PROGRAM_NAME) {
+            return Err(SharedError::Foreign {
+                path: program,
+                found: format!("program {:?}", info.name_as_str()),
+            });
+        }
+        for (name, ty, size) in [
+            (
+                "storage",
+                aya::maps::MapType::CgroupStorage,
+                std::mem::size_of::<SharedTable>(),
+            ),
+            (
+                "counters",
+                aya::maps::MapType::PerCpuCgroupStorage,
+                std::mem::size_of::<ContainerCounters>(),
+            ),
+        ] {
+            let pin = dir.join(name);
+            let info = aya::maps::MapInfo::from_pin(&pin).map_err(|e| SharedError::Foreign {
+                path: pin.clone(),
+                found: e.to_string(),
+            })?;
+            let found = info.map_type().map_err(|e| SharedError::Foreign {
+                path: pin.clone(),
+                found: e.to_string(),
+            })?;
+            if found != ty || info.value_size() as usize != size || info.key_size() != 8 {
+                return Err(SharedError::Foreign {
+                    path: pin,
+                    found: format!("{found:?} with {}-byte values", info.value_size()),
+                });
+            }
+        }
+        let prog = sys::obj_get(&program)?;
+        let prog_id = sys::prog_id(prog.as_fd(), &program)?;
+        Ok(Self {
+            prog,
+            prog_id,
+            stub: sys::obj_get(&dir.join("stub"))?,
+            storage: sys::obj_get(&dir.join("storage"))?,
+            counters: sys::obj_get(&dir.join("counters"))?,
+            dir: dir.to_path_buf(),
+            cpus: possible_cpus()?,
+        })
+    }
+
+    fn load(object: &ProgramObject, pins: &PinRoot, dir: &Path) -> Result<Self, SharedError> {
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SharedError::Io { op, path, source }
+        };
+        // The shared hash maps, ring buffer and hit counters (created and
+        // pinned on first use, as for the per-container programs).
+        object.template(pins)?;
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        std::fs::create_dir_all(pins.links_dir()).map_err(io("creating", &pins.links_dir()))?;
+        let storage = create_map_with(
+            BPF_MAP_TYPE_CGROUP_STORAGE,
+            8,
+            std::mem::size_of::<SharedTable>(),
+            0,
+            0,
+            "ctdev_storage",
+        )?;
+        let counters = create_map_with(
+            BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE,
+            8,
+            std::mem::size_of::<ContainerCounters>(),
+            0,
+            0,
+            "ctdev_st_cnt",
+        )?;
+        let template = object.relocate_program(
+            pins,
+            SHARED_PROGRAM_NAME,
+            &[
+                (STORAGE_MAP, storage.as_raw_fd()),
+                (STORAGE_COUNTERS_MAP, counters.as_raw_fd()),
+            ],
+        )?;
+        let (insns, license) = template.parts();
+        let prog = load_device_program(SHARED_PROGRAM_NAME, insns, license)?;
+        let stub = load_program(
+            BPF_PROG_TYPE_CGROUP_SOCK,
+            BPF_CGROUP_INET_SOCK_CREATE,
+            "ctdev_st_stub",
+            &stub_insns(storage.as_raw_fd()),
+            c"GPL",
+        )?;
+        // The program pin goes last: its presence says the set is complete.
+        for (fd, name) in [
+            (storage.as_fd(), "storage"),
+            (counters.as_fd(), "counters"),
+            (stub.as_fd(), "stub"),
+            (prog.as_fd(), "program"),
+        ] {
+            let pin = dir.join(name);
+            match std::fs::remove_file(&pin) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("removing", &pin)(e))
+                }
+                _ => {}
+            }
+            sys::obj_pin(fd, &pin)?;
+        }
+        let prog_id = sys::prog_id(prog.as_fd(), &dir.join("program"))?;
+        tracing::info!(prog_id, dir = %dir.display(), "loaded and pinned the shared device program");
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            prog,
+            stub,
+            storage,
+            counters,
+            prog_id,
+            cpus: possible_cpus()?,
+        })
+    }
+
+    /// The pin directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The link pin of `policy_id`: in the pin root's `links/`, beside the
+    /// per-container programs' links, so `list`, `detach` and takeover find
+    /// every container the same way.
+    pub fn link_pin(&self, policy_id: u64) -> PathBuf {
+        PinRoot::new(self.dir.parent().unwrap_or(&self.dir)).link(policy_id)
+    }
+
+    /// The table holding `entries` (keys of any policy id) for `policy_id`,
+    /// written and ready to store. Hit counters are numbered in key order;
+    /// `totals` (the container's current per-entry totals) become their bases.
+    pub fn table_for(
+        policy_id: u64,
+        entries: &BTreeMap<PolicyKey, u32>,
+        totals: Option<&[u64; TABLE_CAP]>,
+    ) -> Result<SharedTable, SharedError> {
+        let too_large = || SharedError::TooLarge {
+            policy_id,
+            entries: entries.len(),
+            cap: TABLE_CAP,
+        };
+        if entries.len() > TABLE_CAP {
+            return Err(too_large());
+        }
+        let mut items: Vec<TableItem> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| {
+                let base = totals.map(|t| t[i]).unwrap_or(0);
+                (*k, *v, i as u32, base)
+            })
+            .collect();
+        let table = build_table(&mut items).ok_or_else(too_large)?;
+        Ok(SharedTable {
+            state: STATE_WRITTEN,
+            policy_id,
+            table,
+            ..SharedTable::default()
+        })
+    }
+
+    /// Replaces the whole stored value of `policy_id` (one update: the
+    /// program sees the old value or this one). `Ok(false)`: the cgroup has
+    /// no storage (nothing of this program was ever attached to it).
+    pub fn write(&self, policy_id: u64, table: &SharedTable) -> Result<bool, SharedError> {
+        let mut value = *table;
+        Ok(elem(
+            BPF_MAP_UPDATE_ELEM,
+            "BPF_MAP_UPDATE_ELEM",
+            self.storage.as_fd(),
+            Some(&policy_id),
+            std::ptr::addr_of_mut!(value).cast(),
+            &self.dir.join("storage"),
+        )?)
+    }
+
+    /// The stored value of `policy_id`, if the cgroup has storage.
+    pub fn read(&self, policy_id: u64) -> Result<Option<SharedTable>, SharedError> {
+        let mut value = SharedTable::default();
+        let found = elem(
+            BPF_MAP_LOOKUP_ELEM,
+            "BPF_MAP_LOOKUP_ELEM",
+            self.storage.as_fd(),
+            Some(&policy_id),
+            std::ptr::addr_of_mut!(value).cast(),
+            &self.dir.join("storage"),
+        )?;
+        Ok(found.then_some(value))
+    }
+
+    /// The policy of `policy_id` as entries (`None`: no written storage).
+    pub fn entries_of(
+        &self,
+        policy_id: u64,
+    ) -> Result<Option<BTreeMap<PolicyKey, u32>>, SharedError> {
+        Ok(self
+            .read(policy_id)?
+            .filter(|t| t.state & STATE_WRITTEN != 0)
+            .map(|t| {
+                table_items(&t.table, policy_id)
+                    .map(|(k, a, _, _)| (k, a))
+                    .collect()
+            }))
+    }
+
+    fn counters_raw(&self, policy_id: u64) -> Result<Option<Vec<u64>>, SharedError> {
+        let per_cpu = std::mem::size_of::<ContainerCounters>().div_ceil(8);
+        let mut buf = vec![0u64; per_cpu * self.cpus];
+        let found = elem(
+            BPF_MAP_LOOKUP_ELEM,
+            "BPF_MAP_LOOKUP_ELEM",
+            self.counters.as_fd(),
+            Some(&policy_id),
+            buf.as_mut_ptr().cast(),
+            &self.dir.join("counters"),
+        )?;
+        Ok(found.then_some(buf))
+    }
+
+    /// The counters of `policy_id` summed over CPUs (`None`: no storage).
+    pub fn counters(&self, policy_id: u64) -> Result<Option<ContainerCounters>, SharedError> {
+        let Some(buf) = self.counters_raw(policy_id)? else {
+            return Ok(None);
+        };
+        let per_cpu = std::mem::size_of::<ContainerCounters>().div_ceil(8);
+        let mut total = ContainerCounters {
+            hits: [0; TABLE_CAP],
+            stats: Default::default(),
+        };
+        for cpu in buf.chunks_exact(per_cpu) {
+            for (t, h) in total.hits.iter_mut().zip(&cpu[..TABLE_CAP]) {
+                *t += h;
+            }
+            // ContainerStats: denied, events, dropped, window start, window events, unstable.
+            total.stats.denied += cpu[TABLE_CAP];
+            total.stats.events += cpu[TABLE_CAP + 1];
+            total.stats.dropped += cpu[TABLE_CAP + 2];
+            total.stats.unstable += cpu[TABLE_CAP + 5];
+        }
+        Ok(Some(total))
+    }
+
+    fn zero_counters(&self, policy_id: u64) -> Result<(), SharedError> {
+        let per_cpu = std::mem::size_of::<ContainerCounters>().div_ceil(8);
+        let mut buf = vec![0u64; per_cpu * self.cpus];
+        elem(
+            BPF_MAP_UPDATE_ELEM,
+            "BPF_MAP_UPDATE_ELEM",
+            self.counters.as_fd(),
+            Some(&policy_id),
+            buf.as_mut_ptr().cast(),
+            &self.dir.join("counters"),
+        )?;
+        Ok(())
+    }
+
+    /// Every cgroup id with storage in this program's map (a typed query of
+    /// the map's keys: no listing of the programs on the system).
+    pub fn storage_ids(&self) -> Result<Vec<u64>, SharedError> {
+        let mut ids = Vec::new();
+        let mut key: Option<u64> = None;
+        loop {
+            let mut next = 0u64;
+            let found = elem(
+                BPF_MAP_GET_NEXT_KEY,
+                "BPF_MAP_GET_NEXT_KEY",
+                self.storage.as_fd(),
+                key.as_ref(),
+                std::ptr::addr_of_mut!(next).cast(),
+                &self.dir.join("storage"),
+            )?;
+            if !found {
+                break;
+            }
+            ids.push(next);
+            key = Some(next);
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The containers this program serves (written storage and a link
+    /// pin), with their tables: one lookup per container.
+    pub fn attached(&self) -> Result<Vec<(u64, SharedTable)>, SharedError> {
+        let mut out = Vec::new();
+        for id in self.storage_ids()? {
+            if let Some(t) = self.read(id)? {
+                if t.state & STATE_WRITTEN != 0 && self.link_pin(id).exists() {
+                    out.push((id, t));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids of [`Self::attached`].
+    pub fn attached_ids(&self) -> Result<Vec<u64>, SharedError> {
+        Ok(self.attached()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Attaches the shared program to `cgroup` with the policy `table`
+    /// (see the module's attach sequence). On a cgroup this program is
+    /// attached to already, only the table is written.
+    pub fn attach(
+        &self,
+        cgroup: &Cgroup,
+        pins: &PinRoot,
+        table: &SharedTable,
+    ) -> Result<SharedLink, SharedError> {
+        let id = cgroup.id;
+        let mut table = *table;
+        table.policy_id = id;
+        table.state |= STATE_WRITTEN;
+        let pin = self.link_pin(id);
+        if let Ok(link) = sys::obj_get(&pin) {
+            let info = sys::link_info(link.as_fd(), &pin)?;
+            if info.prog_id == self.prog_id && info.cgroup_id == id {
+                self.write(id, &table)?;
+                return Ok(SharedLink {
+                    pin,
+                    prog_id: self.prog_id,
+                    already_attached: true,
+                });
+            }
+            // A defunct link (its cgroup was removed and the id reused).
+            let _ = sys::link_detach(link.as_fd(), &pin);
+            let _ = std::fs::remove_file(&pin);
+        }
+        let cgroup_fd = cgroup.open().map_err(|e| SysError {
+            call: "BPF_LINK_CREATE",
+            what: cgroup.dir.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        // (1) The stub makes the kernel allocate the container's storage.
+        let stub = sys::link_create_cgroup(
+            self.stub.as_fd(),
+            cgroup_fd.as_fd(),
+            BPF_CGROUP_INET_SOCK_CREATE,
+            &cgroup.dir,
+        )?;
+        crate::failpoint!("shared.after_stub");
+        // Counters left by an earlier attach to this cgroup start from zero.
+        if self.counters_raw(id)?.is_some() {
+            self.zero_counters(id)?;
+        }
+        // (2) The policy, before any program of ours decides.
+        self.write(id, &table)?;
+        crate::failpoint!("shared.after_write");
+        // (3) The shared program, finding its storage written.
+        let link =
+            sys::link_create_cgroup_device(self.prog.as_fd(), cgroup_fd.as_fd(), &cgroup.dir)?;
+        let info = sys::link_info(link.as_fd(), &cgroup.dir)?;
+        if info.cgroup_id != id {
+            return Err(SharedError::WrongCgroup {
+                cgroup: cgroup.dir.clone(),
+                got: info.cgroup_id,
+                want: id,
+            });
+        }
+        crate::failpoint!("shared.after_link");
+        crate::failpoint!("attach.after_link_create");
+        // (4) Pinned: it outlives this process.
+        sys::obj_pin(link.as_fd(), &pin)?;
+        crate::failpoint!("shared.after_pin");
+        crate::failpoint!("attach.after_pin");
+        // (5) The stub goes (closing its only link detaches it).
+        drop(stub);
+        // A scope program above may now leave the decision to this one.
+        if let Err(e) = super::scope::mark_own_policy(pins, id) {
+            tracing::warn!(cgroup = %cgroup.dir.display(), "scope default stays in force: {e}");
+        }
+        Ok(SharedLink {
+            pin,
+            prog_id: self.prog_id,
+            already_attached: false,
+        })
+    }
+
+    /// Detaches the shared program from the container `policy_id` and
+    /// clears its storage (so a later attach starts from nothing). A scope
+    /// program above covers the container again first. `Ok(false)`: it was
+    /// not attached.
+    pub fn detach(&self, pins: &PinRoot, policy_id: u64) -> Result<bool, SharedError> {
+        let pin = self.link_pin(policy_id);
+        let Ok(link) = sys::obj_get(&pin) else {
+            return Ok(false);
+        };
+        if let Err(e) = super::scope::unmark(pins, policy_id) {
+            tracing::warn!(policy_id, "cannot remove the scope mark: {e}");
+        }
+        if let Err(e) = sys::link_detach(link.as_fd(), &pin) {
+            if e.errno() != Some(libc::ENOLINK) {
+                return Err(e.into());
+            }
+        }
+        std::fs::remove_file(&pin).map_err(|source| SharedError::Io {
+            op: "removing",
+            path: pin.clone(),
+            source,
+        })?;
+        // Storage outlives the detach (the kernel frees it with the cgroup).
+        self.write(policy_id, &SharedTable::default())?;
+        Ok(true)
+    }
+
+    /// The program's fd (tests attach it by hand to check the zero storage).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+}
+
+/// Whether `attach` puts new containers on the shared program
+/// (`CTDEV_SHARED_PROGRAM=1`; off by default until the whole suite has run
+/// with it). Containers attached either way are read, changed and
+/// detached alike.
+pub fn enabled() -> bool {
+    std::env::var_os("CTDEV_SHARED_PROGRAM").is_some_and(|v| v == "1")
+}
+
+/// Shared programs opened by this process, by pin directory.
+static OPENED: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<SharedProgram>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Every shared program pinned under `pins` (one per ctdev build that used
+/// this pin root), opened once per process.
+pub fn all(pins: &PinRoot) -> Result<Vec<std::sync::Arc<SharedProgram>>, SharedError> {
+    let mut dirs = Vec::new();
+    match std::fs::read_dir(pins.root()) {
+        Ok(entries) => {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if name.to_str().is_some_and(|n| n.starts_with("shared-"))
+                    && e.path().join("program").exists()
+                {
+                    dirs.push(e.path());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(SharedError::Io {
+                op: "reading",
+                path: pins.root().to_path_buf(),
+                source,
+            })
+        }
+    }
+    dirs.sort();
+    let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+    opened.retain(|(d, _)| d.join("program").exists());
+    let mut out = Vec::new();
+    for dir in dirs {
+        if let Some((_, p)) = opened.iter().find(|(d, _)| *d == dir) {
+            out.push(p.clone());
+            continue;
+        }
+        let p = std::sync::Arc::new(SharedProgram::open(&dir)?);
+        opened.push((dir, p.clone()));
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// The shared program whose storage holds `policy_id`'s written policy.
+pub fn find_for(
+    pins: &PinRoot,
+    policy_id: u64,
+) -> Result<Option<std::sync::Arc<SharedProgram>>, SharedError> {
+    for p in all(pins)? {
+        if p.read(policy_id)?
+            .is_some_and(|t| t.state & STATE_WRITTEN != 0)
+        {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// Clears `policy_id`'s storage in every shared program (after its detach).
+pub fn clear(pins: &PinRoot, policy_id: u64) -> Result<(), SharedError> {
+    for p in all(pins)? {
+        p.write(policy_id, &SharedTable::default())?;
+    }
+    Ok(())
+}
+
+/// The containers on any shared program under `pins`.
+pub fn attached_ids(pins: &PinRoot) -> Result<Vec<u64>, SharedError> {
+    let mut ids = Vec::new();
+    for p in all(pins)? {
+        ids.extend(p.attached_ids()?);
+    }
+    Ok(ids)
+}
+
+/// Removes the shared programs' pins (when no container uses them any more).
+pub fn remove_pins(pins: &PinRoot) -> Result<(), SharedError> {
+    let Ok(entries) = std::fs::read_dir(pins.root()) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if !e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("shared-"))
+        {
+            continue;
+        }
+        let dir = e.path();
+        for name in ["program", "stub", "counters", "storage"] {
+            let pin = dir.join(name);
+            match std::fs::remove_file(&pin) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(SharedError::Io {
+                        op: "removing",
+                        path: pin,
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
+        }
+        std::fs::remove_dir(&dir).map_err(|source| SharedError::Io {
+            op: "removing",
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    OPENED.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    Ok(())
+}
+
+/// The stub: `r1 = &storage map; r0 = 1; exit`. Referencing the map is
+/// enough for the kernel to give the cgroup a storage at attach; returning
+/// 1 lets every socket be created, so it changes nothing for the container.
+fn stub_insns(storage_fd: i32) -> Vec<Insn> {
+    let mut insns = vec![
+        Insn {
+            code: LD_IMM64,
+            regs: (PSEUDO_MAP_FD << 4) | 1,
+            off: 0,
+            imm: storage_fd,
+        },
+        Insn {
+            code: 0,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+    insns.extend(Insn::ret(1));
+    insns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_hash_is_stable_and_distinguishes() {
+        assert_eq!(object_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_ne!(object_hash(b"a"), object_hash(b"b"));
+    }
+
+    #[test]
+    fn table_for_marks_written_and_refuses_too_many() {
+        let mut e = BTreeMap::new();
+        e.insert(PolicyKey::new(0, ctdev_common::DEV_CHAR, 1, 3), 6);
+        let t = SharedProgram::table_for(7, &e, None).expect("fits");
+        assert_eq!(t.state & STATE_WRITTEN, STATE_WRITTEN);
+        assert_eq!(t.policy_id, 7);
+        let big: BTreeMap<_, _> = (0..=TABLE_CAP as u32)
+            .map(|i| (PolicyKey::new(0, ctdev_common::DEV_CHAR, 1, i), 6))
+            .collect();
+        assert!(matches!(
+            SharedProgram::table_for(7, &big, None),
+            Err(SharedError::TooLarge { .. })
+        ));
+    }
+}
