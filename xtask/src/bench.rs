@@ -302,7 +302,7 @@ pub fn run(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> Result
 }
 
 /// Sections `--only` can name.
-pub const SECTIONS: [&str; 6] = ["cost", "update", "add", "scale", "hotplug", "churn"];
+pub const SECTIONS: [&str; 7] = ["cost", "update", "add", "scale", "hotplug", "churn", "nri"];
 
 /// The bench proper (in the optimised xtask).
 pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> Result<()> {
@@ -363,7 +363,9 @@ pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> R
         if let Some(c) = &results.churn {
             step(&churn::summary(c));
         }
-        results.nri = section("NRI plugin start cost", &mut errors, || nri::run(&env));
+        if want("nri") {
+            results.nri = section("NRI plugin start cost", &mut errors, || nri::run(&env));
+        }
         if let Some(n) = &results.nri {
             step(&nri::summary(n));
         }
