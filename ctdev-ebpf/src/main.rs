@@ -120,7 +120,6 @@ pub fn ctdev_device(ctx: DeviceContext) -> i32 {
         }
         attempt += 1;
     }
-    let (value, hit, kind) = found;
     let Some(counters) = CTDEV_COUNTERS.get_ptr_mut(0) else {
         return 0;
     };
@@ -135,31 +134,9 @@ pub fn ctdev_device(ctx: DeviceContext) -> i32 {
         dev.major,
         dev.minor,
         requested,
-        (stable && allows(value, requested)) as u32
+        (stable && allows(found.0, requested)) as u32
     );
-    if stable && allows(value, requested) {
-        if state & STATE_LARGE != 0 {
-            let kind = match kind {
-                0 => MatchKind::Exact,
-                1 => MatchKind::AnyMinor,
-                2 => MatchKind::AnyMajor,
-                _ => MatchKind::Any,
-            };
-            count_large_hit(&kind.key(policy_id, dev_type, dev.major, dev.minor));
-        } else {
-            counters.hits[(hit as usize) & (TABLE_CAP - 1)] += 1;
-        }
-        return 1;
-    }
-    // One call site: the verifier walks the report once per distinct state.
-    let (kind, bits) = if stable {
-        (kind, value & (FOUND - 1))
-    } else {
-        counters.stats.unstable += 1;
-        (NO_MATCH, 0)
-    };
-    report_denial(counters, policy_id, dev_type, dev.major, dev.minor, requested, kind, bits);
-    0
+    conclude(counters, policy_id, state, stable, found, dev_type, dev.major, dev.minor, requested)
 }
 
 // ---- the shared program --------------------------------------------------------
@@ -222,6 +199,27 @@ pub fn ctdev_shared(ctx: DeviceContext) -> i32 {
     } else {
         table_lookup(&table.table, dev_type, dev.major, dev.minor)
     };
+    conclude(counters, policy_id, state, stable, found, dev_type, dev.major, dev.minor, requested)
+}
+
+/// The end of every decision (both programs): an allowed access counts a
+/// hit on the entry that allowed it; anything else (denied, or a policy
+/// that moved on while it was read) is counted and reported as a denial.
+/// One call site per program: the verifier walks the report once per
+/// distinct state.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn conclude(
+    counters: &mut ContainerCounters,
+    policy_id: u64,
+    state: u32,
+    stable: bool,
+    found: (u32, u32, u32),
+    dev_type: u32,
+    major: u32,
+    minor: u32,
+    requested: u32,
+) -> i32 {
     let (value, hit, kind) = found;
     if stable && allows(value, requested) {
         if state & STATE_LARGE != 0 {
@@ -231,7 +229,7 @@ pub fn ctdev_shared(ctx: DeviceContext) -> i32 {
                 2 => MatchKind::AnyMajor,
                 _ => MatchKind::Any,
             };
-            count_large_hit(&kind.key(policy_id, dev_type, dev.major, dev.minor));
+            count_large_hit(&kind.key(policy_id, dev_type, major, minor));
         } else {
             counters.hits[(hit as usize) & (TABLE_CAP - 1)] += 1;
         }
@@ -243,7 +241,7 @@ pub fn ctdev_shared(ctx: DeviceContext) -> i32 {
         counters.stats.unstable += 1;
         (NO_MATCH, 0)
     };
-    report_denial(counters, policy_id, dev_type, dev.major, dev.minor, requested, kind, bits);
+    report_denial(counters, policy_id, dev_type, major, minor, requested, kind, bits);
     0
 }
 
