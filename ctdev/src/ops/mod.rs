@@ -688,7 +688,12 @@ impl Ctdev {
         crate::failpoint!("attach.after_rules");
         let link = shared
             .attach(cgroup, &self.pins, &table)
-            .map_err(shared_err)?;
+            .map_err(|e| match e {
+                crate::kernel::shared::SharedError::TooManyPrograms { cgroup, max } => {
+                    Error::from(AttachmentError::TooManyPrograms { cgroup, max })
+                }
+                e => shared_err(e).into(),
+            })?;
         tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, prog_id = link.prog_id, "attached (shared program)");
         crate::audit::names::record(self.grants.dir(), id, &cgroup.path);
         Ok(Some(AttachReport {
