@@ -452,15 +452,41 @@ fn nested_containers_are_each_judged_by_their_own_policy() {
     env.ok(&["revoke", s(&inner), "c 1:5"]);
     assert_denied(&env, &inner, ProbeOp::read("/dev/zero"));
     assert_allowed(&env, &beside, ProbeOp::read("/dev/zero"));
-    // Different depths, different program instances.
+    // Different depths: the per-container layout has a program instance
+    // per container; the shared layout one program attached at both, each
+    // attachment with its own policy. Either way the outer container's
+    // attachment is listed as another program deciding for the inner one.
     let dump = env.list_json();
-    let ids: std::collections::BTreeSet<u64> = dump["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["program_id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(ids.len(), 2, "{dump}");
+    let find = |cg: &std::path::Path| {
+        dump["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cgroup_dir"].as_str() == cg.to_str())
+            .unwrap_or_else(|| panic!("{} not listed: {dump}", cg.display()))
+            .clone()
+    };
+    let (o, i) = (find(&outer), find(&inner));
+    match (o["layout"].as_str(), i["layout"].as_str()) {
+        (Some("per_container"), Some("per_container")) => {
+            assert_ne!(o["program_id"], i["program_id"], "{dump}")
+        }
+        (Some("shared"), Some("shared")) => {
+            assert_eq!(o["program_id"], i["program_id"], "{dump}")
+        }
+        (a, b) => panic!("layouts {a:?} / {b:?}: {dump}"),
+    }
+    let others = i["other_programs"].as_array().unwrap();
+    assert!(
+        others
+            .iter()
+            .any(|p| p["id"] == o["program_id"] && p["attached_at"] == o["cgroup"]),
+        "the outer container's program decides for the inner one: {dump}"
+    );
+    assert!(
+        others.iter().all(|p| p["attached_at"] != i["cgroup"]),
+        "its own attachment is not another program: {dump}"
+    );
 }
 
 #[test]
@@ -478,19 +504,47 @@ fn containers_at_one_depth_have_their_own_programs_and_detach_leaves_no_pin() {
         ]);
     }
     let dump = env.list_json();
-    let ids: std::collections::BTreeSet<u64> = dump["containers"]
-        .as_array()
-        .unwrap()
+    let containers = dump["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 5, "{dump}");
+    let ids: std::collections::BTreeSet<u64> = containers
         .iter()
         .map(|c| c["program_id"].as_u64().unwrap())
         .collect();
-    // One program instance per container, each with its own rule table.
-    assert_eq!(ids.len(), 5, "one program instance per container: {dump}");
-    let tables: Vec<_> = std::fs::read_dir(env.pin_root.join("tables"))
-        .unwrap()
-        .flatten()
+    let layouts: std::collections::BTreeSet<&str> = containers
+        .iter()
+        .map(|c| c["layout"].as_str().unwrap())
         .collect();
-    assert_eq!(tables.len(), 5);
+    let tables = std::fs::read_dir(env.pin_root.join("tables"))
+        .map(|d| d.flatten().count())
+        .unwrap_or(0);
+    match layouts.into_iter().collect::<Vec<_>>()[..] {
+        // One program instance per container, each with its own rule table.
+        ["per_container"] => {
+            assert_eq!(ids.len(), 5, "one program instance per container: {dump}");
+            assert_eq!(tables, 5);
+        }
+        // One program for all, each container's policy in its own storage.
+        ["shared"] => {
+            assert_eq!(ids.len(), 1, "one shared program: {dump}");
+            assert_eq!(tables, 0);
+        }
+        ref l => panic!("layouts {l:?}: {dump}"),
+    }
+    // Either way each container lists its own rule, and none of the others
+    // (same depth: nothing else decides for it).
+    for (i, cg) in cgs.iter().enumerate() {
+        let c = containers
+            .iter()
+            .find(|c| c["cgroup_dir"].as_str() == cg.to_str())
+            .unwrap();
+        assert_eq!(c["rules"].as_array().unwrap().len(), 1, "{dump}");
+        assert_eq!(
+            c["rules"][0]["rule"],
+            format!("c 1:{} r", [3, 5, 7, 8, 9][i]),
+            "{dump}"
+        );
+        assert_eq!(c["other_programs"], serde_json::json!([]), "{dump}");
+    }
     assert_allowed(&env, &cgs[0], ProbeOp::read("/dev/null"));
     assert_denied(&env, &cgs[0], ProbeOp::read("/dev/zero"));
     assert_allowed(&env, &cgs[1], ProbeOp::read("/dev/zero"));

@@ -296,8 +296,34 @@ fn shared_program_through_the_cli_beside_the_per_container_layout() {
             .as_u64()
             .unwrap()
     };
+    let layout = |cg: &Path| {
+        dump["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["policy_id"].as_u64() == Some(id_of(cg)))
+            .unwrap()["layout"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(layout(&a), "shared", "{dump}");
+    assert_eq!(layout(&b), "shared", "{dump}");
     assert_eq!(prog(&a), prog(&b), "one program for both: {dump}");
-    assert_ne!(prog(&a), prog(&old), "the per-container one is its own");
+    // `old` is on the per-container layout unless CTDEV_SHARED_PROGRAM=1 is
+    // set for the whole run: then it shares the program too.
+    match layout(&old).as_str() {
+        "per_container" => {
+            assert_ne!(prog(&a), prog(&old), "the per-container one is its own");
+            assert!(env
+                .pin_root
+                .join("tables")
+                .join(id_of(&old).to_string())
+                .exists());
+        }
+        "shared" => assert_eq!(prog(&a), prog(&old), "{dump}"),
+        l => panic!("layout {l}: {dump}"),
+    }
     assert_eq!(listed_rules(&env, &a).unwrap().1, ["c 1:3 r"]);
     assert_eq!(listed_rules(&env, &b).unwrap().1, ["c 1:5 r"]);
     assert_eq!(listed_rules(&env, &old).unwrap().1, ["c 1:3 r"]);

@@ -365,7 +365,7 @@ pub fn check(ctdev: &Ctdev, target: &Target, rule: &Rule) -> Result<CheckReport,
             path: cgroup.dir.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    let mut explanation = explain(allowed, ctdev_part.as_ref(), &programs);
+    let mut explanation = explain(allowed, ctdev_part.as_ref(), &cgroup.path, &programs);
     if let Some(v1) = &v1_devices {
         explanation.push_str(&format!(
             " (its processes are also in the cgroup v1 devices cgroup {}, which judges too; the probe joined it)",
@@ -413,9 +413,18 @@ fn describe(p: &DeviceProgram) -> String {
 }
 
 /// Who decided, in one sentence.
-fn explain(allowed: bool, ctdev: Option<&CtdevPart>, programs: &[DeviceProgram]) -> String {
-    let own = ctdev.map(|c| c.program_id);
-    let others: Vec<&DeviceProgram> = programs.iter().filter(|p| Some(p.id) != own).collect();
+fn explain(
+    allowed: bool,
+    ctdev: Option<&CtdevPart>,
+    at: &std::path::Path,
+    programs: &[DeviceProgram],
+) -> String {
+    // Only the attachment at the container's own cgroup is its own: the
+    // shared program on an ancestor judges with the ancestor's policy.
+    let others: Vec<&DeviceProgram> = programs
+        .iter()
+        .filter(|p| !ctdev.is_some_and(|c| p.is_own(c.program_id, at)))
+        .collect();
     let ctdev_text = match ctdev {
         None => "the target is not under ctdev policy".to_string(),
         Some(c) => match (&c.matched, c.allowed) {
@@ -465,22 +474,49 @@ mod tests {
             allowed: true,
         };
         let progs = [prog(10, "ctdev_device"), prog(11, "")];
-        let e = explain(false, Some(&c), &progs);
+        let e = explain(false, Some(&c), std::path::Path::new("/x"), &progs);
         assert!(e.starts_with("denied by program 11 (unnamed) on /x"), "{e}");
         let denied = CtdevPart {
             allowed: false,
             ..c.clone()
         };
-        assert!(explain(false, Some(&denied), &progs)
-            .starts_with("denied: ctdev denies it (entry `c 1:3 r`"));
+        assert!(
+            explain(false, Some(&denied), std::path::Path::new("/x"), &progs)
+                .starts_with("denied: ctdev denies it (entry `c 1:3 r`")
+        );
         let none = CtdevPart {
             matched: None,
             allowed: false,
             ..c.clone()
         };
-        assert!(explain(false, Some(&none), &progs).contains("no entry matches"));
-        assert!(explain(true, Some(&c), &progs).starts_with("allowed: ctdev allows it"));
-        assert!(explain(false, None, &[prog(5, "sd_devices")])
-            .contains("program 5 (sd_devices, systemd)"));
+        assert!(
+            explain(false, Some(&none), std::path::Path::new("/x"), &progs)
+                .contains("no entry matches")
+        );
+        assert!(explain(true, Some(&c), std::path::Path::new("/x"), &progs)
+            .starts_with("allowed: ctdev allows it"));
+        assert!(explain(
+            false,
+            None,
+            std::path::Path::new("/x"),
+            &[prog(5, "sd_devices")]
+        )
+        .contains("program 5 (sd_devices, systemd)"));
+        // The same (shared) program on an ancestor judges with the
+        // ancestor's policy: it is another program, not the container's own.
+        let ancestor = DeviceProgram {
+            attached_at: "/".into(),
+            ..prog(10, "ctdev_shared")
+        };
+        let e = explain(
+            false,
+            Some(&c),
+            std::path::Path::new("/x"),
+            &[prog(10, "ctdev_shared"), ancestor],
+        );
+        assert!(
+            e.starts_with("denied by program 10 (ctdev_shared, ctdev) on /;"),
+            "{e}"
+        );
     }
 }

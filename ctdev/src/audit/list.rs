@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ctdev_common::PolicyKey;
 
 use crate::audit::drift::{self, Drift};
-use crate::audit::view::{ContainerView, Dump, MapView, OrphanView, RuleView};
+use crate::audit::view::{ContainerView, Dump, Layout, MapView, OrphanView, RuleView};
 use crate::devname::device_names;
 use crate::kernel::attached::{device_programs_named, Owner, ProgramNames};
 use crate::kernel::attachment::{self, AttachmentError};
@@ -94,6 +94,12 @@ impl Ctdev {
         };
         let linked: BTreeSet<u64> = ids.iter().copied().collect();
         let names = ProgramNames::load();
+        let shared_ids: Vec<u32> = crate::kernel::shared::all(&self.pins)
+            .map(|all| all.iter().map(|p| p.prog_id).collect())
+            .unwrap_or_else(|e| {
+                dump.problems.push(e.to_string());
+                Vec::new()
+            });
         // Pod names, where `ctdev nri` recorded them (a bad map names none).
         let pods = runtimes::k8s::PodMap::load(&runtimes::k8s::state_dir()).unwrap_or_default();
         for id in &ids {
@@ -131,6 +137,11 @@ impl Ctdev {
                 program_id: state.program_id,
                 link_id: link.info.id,
                 state: state.link,
+                layout: if shared_ids.contains(&link.info.prog_id) {
+                    Layout::Shared
+                } else {
+                    Layout::PerContainer
+                },
                 link_pin: link.pin,
                 rules: rule_views(&state.entries),
                 stats: stats.get(id).copied().unwrap_or_default(),
@@ -138,7 +149,7 @@ impl Ctdev {
                     Some(g) => device_programs_named(&self.cgroups, g, &names)
                         .map(|all| {
                             all.into_iter()
-                                .filter(|p| p.id != link.info.prog_id)
+                                .filter(|p| !p.is_own(link.info.prog_id, &g.path))
                                 .collect()
                         })
                         .unwrap_or_default(),

@@ -52,6 +52,16 @@ impl RuleView {
     }
 }
 
+/// Which program layout enforces a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// Its own program instance and maps (`tables/`, `counters/`).
+    PerContainer,
+    /// The shared program (`shared-*/`), its policy in cgroup storage.
+    Shared,
+}
+
 /// A container under policy, as `ctdev list` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ContainerView {
@@ -69,6 +79,8 @@ pub struct ContainerView {
     pub link_id: u32,
     /// Where the link is pinned.
     pub link_pin: PathBuf,
+    /// `per_container` or `shared`: which program the link attaches.
+    pub layout: Layout,
     /// `enforcing`; `detached` when the program is off but the pin is left
     /// (an interrupted detach: run `ctdev detach` again); or `defunct` when
     /// the cgroup was removed (detach with `id:N`).

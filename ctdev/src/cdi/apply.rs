@@ -756,6 +756,7 @@ mod tests {
             program_id: 1,
             link_id: 1,
             link_pin: PathBuf::new(),
+            layout: crate::audit::view::Layout::PerContainer,
             state: crate::ops::LinkState::Enforcing,
             rules: crate::rule::parse_rules(rules)
                 .unwrap()

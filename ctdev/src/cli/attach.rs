@@ -154,7 +154,7 @@ fn warn_other_programs(ctdev: &Ctdev, target: &Target, own: u32) {
     let Ok(programs) = device_programs(ctdev.cgroups(), &cgroup) else {
         return;
     };
-    for p in programs.iter().filter(|p| p.id != own) {
+    for p in programs.iter().filter(|p| !p.is_own(own, &cgroup.path)) {
         eprintln!(
             "ctdev: warning: device program {} ({}) on {} also decides for this container; \
              an access needs every program's allow (replace a runtime's program with --takeover)",

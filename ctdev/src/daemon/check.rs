@@ -241,6 +241,7 @@ mod tests {
             program_id: 1,
             link_id: 1,
             link_pin: PathBuf::new(),
+            layout: crate::audit::view::Layout::PerContainer,
             state: LinkState::Enforcing,
             pod: None,
             former_cgroup: None,

@@ -66,6 +66,14 @@ pub struct DeviceProgram {
 }
 
 impl DeviceProgram {
+    /// Whether this is the container's own program: program `own` attached
+    /// at the container's cgroup `at` (hierarchy path). The same program
+    /// attached to an ancestor (the shared program serves every container)
+    /// decides too, with the ancestor's policy: it is not the container's own.
+    pub fn is_own(&self, own: u32, at: &Path) -> bool {
+        self.id == own && self.attached_at == at
+    }
+
     /// Its name for messages: `unnamed` when the program has none.
     pub fn display_name(&self) -> &str {
         if self.name.is_empty() {
@@ -160,8 +168,8 @@ pub fn device_programs_named(
     Ok(out)
 }
 
-/// The device programs besides `own` that decide for `cgroup` (see
-/// [`device_programs`]). Asks the kernel for the cgroup's effective list
+/// The device programs besides `own` attached at `cgroup` itself that
+/// decide for `cgroup` (see [`device_programs`]). Asks the kernel for the cgroup's effective list
 /// first (one open and one bpf() call): when `own` is all there is, that is
 /// the answer; otherwise the chain is walked to say where each one sits.
 pub fn other_device_programs(
@@ -171,11 +179,13 @@ pub fn other_device_programs(
 ) -> Result<Vec<DeviceProgram>, ProgramsError> {
     let fd = cgroup.open()?;
     let effective = sys::query_device_programs(fd.as_fd(), true, &cgroup.dir)?;
-    if effective.iter().all(|id| *id == own) {
+    // `own` once is the container's own attachment; twice or more, an
+    // ancestor has the same (shared) program attached.
+    if effective.iter().all(|id| *id == own) && effective.len() <= 1 {
         return Ok(Vec::new());
     }
     let mut all = device_programs(fs, cgroup)?;
-    all.retain(|p| p.id != own);
+    all.retain(|p| !p.is_own(own, &cgroup.path));
     Ok(all)
 }
 

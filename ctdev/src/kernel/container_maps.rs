@@ -632,10 +632,11 @@ fn storage_err(e: super::shared::SharedError) -> ContainerMapsError {
 }
 
 /// Policy ids that have a table pin, or a written shared-program storage
-/// and a link pin.
+/// (with or without its link pin, as a table pin is: a policy without a
+/// link is reported as orphaned).
 pub fn table_ids(pins: &PinRoot) -> std::io::Result<Vec<u64>> {
     let mut ids = array_ids(pins)?;
-    ids.extend(super::shared::attached_ids(pins).map_err(std::io::Error::other)?);
+    ids.extend(super::shared::written_ids(pins).map_err(std::io::Error::other)?);
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)

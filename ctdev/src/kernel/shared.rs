@@ -110,6 +110,14 @@ pub enum SharedError {
         /// The id computed.
         want: u64,
     },
+    /// The cgroup already has the kernel's maximum of device programs.
+    #[error("{cgroup} already has {max} device programs attached, the kernel's limit per cgroup (BPF_CGROUP_MAX_PROGS): detach one (see `bpftool cgroup show {cgroup}`); nothing was attached or pinned")]
+    TooManyPrograms {
+        /// The cgroup directory.
+        cgroup: PathBuf,
+        /// The kernel's limit.
+        max: u32,
+    },
 }
 
 #[repr(C)]
@@ -523,6 +531,20 @@ impl SharedProgram {
         Ok(out)
     }
 
+    /// Every cgroup id with a written storage, linked or not: a storage
+    /// whose link pin is gone (removed by hand, or an attach killed before
+    /// the pin) still holds a policy nothing enforces, which `list` reports
+    /// as orphaned, as it does a per-container table without a link pin.
+    pub fn written_ids(&self) -> Result<Vec<u64>, SharedError> {
+        let mut out = Vec::new();
+        for id in self.storage_ids()? {
+            if self.read(id)?.is_some_and(|t| t.state & STATE_WRITTEN != 0) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// The ids of [`Self::attached`].
     pub fn attached_ids(&self) -> Result<Vec<u64>, SharedError> {
         Ok(self.attached()?.into_iter().map(|(id, _)| id).collect())
@@ -578,7 +600,24 @@ impl SharedProgram {
         crate::failpoint!("shared.after_write");
         // (3) The shared program, finding its storage written.
         let link =
-            sys::link_create_cgroup_device(self.prog.as_fd(), cgroup_fd.as_fd(), &cgroup.dir)?;
+            match sys::link_create_cgroup_device(self.prog.as_fd(), cgroup_fd.as_fd(), &cgroup.dir)
+            {
+                Ok(link) => link,
+                Err(e) => {
+                    // Nothing of ours decides: the written storage goes too,
+                    // so no policy without a link is left behind.
+                    if let Err(clear) = self.write(id, &SharedTable::default()) {
+                        tracing::warn!(cgroup = %cgroup.dir.display(), "cannot clear the storage: {clear}");
+                    }
+                    return Err(match e.errno() {
+                        Some(libc::E2BIG) => SharedError::TooManyPrograms {
+                            cgroup: cgroup.dir.clone(),
+                            max: 64,
+                        },
+                        _ => e.into(),
+                    });
+                }
+            };
         let info = sys::link_info(link.as_fd(), &cgroup.dir)?;
         if info.cgroup_id != id {
             return Err(SharedError::WrongCgroup {
@@ -719,6 +758,16 @@ pub fn attached_ids(pins: &PinRoot) -> Result<Vec<u64>, SharedError> {
     let mut ids = Vec::new();
     for p in all(pins)? {
         ids.extend(p.attached_ids()?);
+    }
+    Ok(ids)
+}
+
+/// The policy ids with a written storage in any shared program under
+/// `pins` (see [`SharedProgram::written_ids`]).
+pub fn written_ids(pins: &PinRoot) -> Result<Vec<u64>, SharedError> {
+    let mut ids = Vec::new();
+    for p in all(pins)? {
+        ids.extend(p.written_ids()?);
     }
     Ok(ids)
 }

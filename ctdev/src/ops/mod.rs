@@ -686,9 +686,23 @@ impl Ctdev {
         // Grants of an earlier container with this id are void.
         self.grants.remove(id)?;
         crate::failpoint!("attach.after_rules");
-        let link = shared
-            .attach(cgroup, &self.pins, &table)
-            .map_err(shared_err)?;
+        let link = match shared.attach(cgroup, &self.pins, &table) {
+            Ok(link) => link,
+            Err(e) => {
+                drop(shared);
+                // Program and maps this attach loaded for nobody are
+                // unpinned again, as on the per-container path.
+                if let Err(cleanup) = self.remove_pins_if_unused() {
+                    tracing::warn!("cannot remove unused pins after a failed attach: {cleanup}");
+                }
+                return Err(match e {
+                    crate::kernel::shared::SharedError::TooManyPrograms { cgroup, max } => {
+                        Error::from(AttachmentError::TooManyPrograms { cgroup, max })
+                    }
+                    e => shared_err(e).into(),
+                });
+            }
+        };
         tracing::info!(cgroup = %cgroup.dir.display(), policy_id = id, prog_id = link.prog_id, "attached (shared program)");
         crate::audit::names::record(self.grants.dir(), id, &cgroup.path);
         Ok(Some(AttachReport {
