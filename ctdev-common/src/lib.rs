@@ -360,6 +360,32 @@ pub struct ContainerCounters {
     pub stats: ContainerStats,
 }
 
+impl ContainerCounters {
+    /// All counters zero.
+    pub const ZERO: ContainerCounters = ContainerCounters {
+        hits: [0; TABLE_CAP],
+        stats: ContainerStats {
+            denied: 0,
+            events: 0,
+            dropped: 0,
+            window_start_ns: 0,
+            window_events: 0,
+            unstable: 0,
+        },
+    };
+
+    /// Adds one CPU's counters (the rate-limit window is per CPU: not summed).
+    pub fn add(&mut self, cpu: &ContainerCounters) {
+        for (t, h) in self.hits.iter_mut().zip(cpu.hits.iter()) {
+            *t += h;
+        }
+        self.stats.denied += cpu.stats.denied;
+        self.stats.events += cpu.stats.events;
+        self.stats.dropped += cpu.stats.dropped;
+        self.stats.unstable += cpu.stats.unstable;
+    }
+}
+
 // ---- the shared program (one verified program, state in cgroup storage) ----
 
 /// Name of the shared cgroup/dev program in the object file: loaded and

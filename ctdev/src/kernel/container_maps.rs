@@ -435,18 +435,9 @@ impl ArrayMaps {
                 path: self.table_pin.clone(),
                 source,
             })?;
-        let mut total = ContainerCounters {
-            hits: [0; ctdev_common::TABLE_CAP],
-            stats: Default::default(),
-        };
+        let mut total = ContainerCounters::ZERO;
         for cpu in values.iter() {
-            for (t, h) in total.hits.iter_mut().zip(cpu.hits.iter()) {
-                *t += h;
-            }
-            total.stats.denied += cpu.stats.denied;
-            total.stats.events += cpu.stats.events;
-            total.stats.dropped += cpu.stats.dropped;
-            total.stats.unstable += cpu.stats.unstable;
+            total.add(cpu);
         }
         Ok(total)
     }

@@ -441,9 +441,11 @@ impl SharedProgram {
             }))
     }
 
-    fn counters_raw(&self, policy_id: u64) -> Result<Option<Vec<u64>>, SharedError> {
-        let per_cpu = std::mem::size_of::<ContainerCounters>().div_ceil(8);
-        let mut buf = vec![0u64; per_cpu * self.cpus];
+    /// The counters of `policy_id` summed over CPUs (`None`: no storage).
+    pub fn counters(&self, policy_id: u64) -> Result<Option<ContainerCounters>, SharedError> {
+        // The kernel copies one value per possible CPU, each rounded up to
+        // 8 bytes: exactly an array of ContainerCounters (all u64, repr(C)).
+        let mut buf = vec![ContainerCounters::ZERO; self.cpus];
         let found = elem(
             BPF_MAP_LOOKUP_ELEM,
             "BPF_MAP_LOOKUP_ELEM",
@@ -452,35 +454,18 @@ impl SharedProgram {
             buf.as_mut_ptr().cast(),
             &self.dir.join("counters"),
         )?;
-        Ok(found.then_some(buf))
-    }
-
-    /// The counters of `policy_id` summed over CPUs (`None`: no storage).
-    pub fn counters(&self, policy_id: u64) -> Result<Option<ContainerCounters>, SharedError> {
-        let Some(buf) = self.counters_raw(policy_id)? else {
+        if !found {
             return Ok(None);
-        };
-        let per_cpu = std::mem::size_of::<ContainerCounters>().div_ceil(8);
-        let mut total = ContainerCounters {
-            hits: [0; TABLE_CAP],
-            stats: Default::default(),
-        };
-        for cpu in buf.chunks_exact(per_cpu) {
-            for (t, h) in total.hits.iter_mut().zip(&cpu[..TABLE_CAP]) {
-                *t += h;
-            }
-            // ContainerStats: denied, events, dropped, window start, window events, unstable.
-            total.stats.denied += cpu[TABLE_CAP];
-            total.stats.events += cpu[TABLE_CAP + 1];
-            total.stats.dropped += cpu[TABLE_CAP + 2];
-            total.stats.unstable += cpu[TABLE_CAP + 5];
+        }
+        let mut total = ContainerCounters::ZERO;
+        for cpu in &buf {
+            total.add(cpu);
         }
         Ok(Some(total))
     }
 
     fn zero_counters(&self, policy_id: u64) -> Result<(), SharedError> {
-        let per_cpu = std::mem::size_of::<ContainerCounters>().div_ceil(8);
-        let mut buf = vec![0u64; per_cpu * self.cpus];
+        let mut buf = vec![ContainerCounters::ZERO; self.cpus];
         elem(
             BPF_MAP_UPDATE_ELEM,
             "BPF_MAP_UPDATE_ELEM",
@@ -592,7 +577,7 @@ impl SharedProgram {
         )?;
         crate::failpoint!("shared.after_stub");
         // Counters left by an earlier attach to this cgroup start from zero.
-        if self.counters_raw(id)?.is_some() {
+        if self.counters(id)?.is_some() {
             self.zero_counters(id)?;
         }
         // (2) The policy, before any program of ours decides.
