@@ -288,18 +288,73 @@ pub fn loop_ctl(op: libc::c_ulong, index: u32) -> Result<(), nix::errno::Errno> 
     }
 }
 
-/// Loop device indices this process alone uses: `count` consecutive free
-/// ones in a range picked from the pid (none of them exists now).
-pub fn free_loop_indices(count: u32) -> Vec<u32> {
-    let base = 6000 + (std::process::id() % 400) * 16;
-    let out: Vec<u32> = (base..base + count).collect();
-    for i in &out {
-        assert!(
-            !Path::new(&format!("/sys/block/loop{i}")).exists(),
-            "loop{i} exists already"
-        );
+/// Consecutive loop indices reserved for one test or bench: none of them
+/// existed when reserved, no other process that reserves through
+/// [`reserve_loops`] gets them while this lives (an exclusive lock on a
+/// file per block), and every loop device left in the block is removed on
+/// drop (a probe that opens an absent loop node may make the kernel create it).
+pub struct LoopBlock {
+    indices: Vec<u32>,
+    _lock: fs::File,
+}
+
+impl std::ops::Deref for LoopBlock {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        &self.indices
     }
-    out
+}
+
+impl Drop for LoopBlock {
+    fn drop(&mut self) {
+        for &i in &self.indices {
+            if Path::new(&format!("/sys/block/loop{i}")).exists() {
+                let _ = loop_ctl(LOOP_CTL_REMOVE, i);
+            }
+        }
+    }
+}
+
+/// Loop indices are handed out in blocks of this many.
+const LOOP_BLOCK: u32 = 64;
+/// Where the per-block lock files live.
+const LOOP_LOCKS: &str = "/run/ctdev-tests/loops";
+
+/// Reserves `count` (at most 64) consecutive loop indices that no loop
+/// device uses now; see [`LoopBlock`]. Blocks whose devices were left behind
+/// by an earlier run are passed over, never reused.
+pub fn reserve_loops(count: u32) -> LoopBlock {
+    assert!(
+        count <= LOOP_BLOCK,
+        "at most {LOOP_BLOCK} loop indices at once"
+    );
+    fs::create_dir_all(LOOP_LOCKS).expect("create the loop lock directory");
+    // Blocks 100,000..612,000: below udev tests' old range and far above
+    // anything a host uses; the start depends on the pid to spread processes.
+    const BLOCKS: u32 = 8_000;
+    let first = std::process::id() % BLOCKS;
+    for k in 0..BLOCKS {
+        let base = 100_000 + ((first + k) % BLOCKS) * LOOP_BLOCK;
+        let lock_path = format!("{LOOP_LOCKS}/{base}");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .unwrap_or_else(|e| panic!("open {lock_path}: {e}"));
+        if lock.try_lock().is_err() {
+            continue;
+        }
+        let taken =
+            (base..base + LOOP_BLOCK).any(|i| Path::new(&format!("/sys/block/loop{i}")).exists());
+        if !taken {
+            return LoopBlock {
+                indices: (base..base + count).collect(),
+                _lock: lock,
+            };
+        }
+    }
+    panic!("no free block of {LOOP_BLOCK} loop indices between 100000 and 612000");
 }
 
 /// A loop device made with LOOP_CTL_ADD (a real `add` uevent) and removed
@@ -312,15 +367,21 @@ pub struct HotLoop {
 
 impl HotLoop {
     /// An index that is free now (not created yet) and that no other test
-    /// of this process picks.
+    /// of any process picks: one index of a block this process keeps.
     pub fn pick() -> u32 {
-        static N: AtomicU32 = AtomicU32::new(0);
-        loop {
-            let i = 4000 + (std::process::id() % 1000) * 50 + N.fetch_add(1, Ordering::SeqCst) % 50;
-            if !Path::new(&format!("/sys/block/loop{i}")).exists() {
-                return i;
-            }
+        // Blocks are kept for the whole process (a static is never dropped):
+        // an earlier pick's device may still be in use.
+        static BLOCKS: std::sync::Mutex<(Vec<LoopBlock>, u32)> =
+            std::sync::Mutex::new((Vec::new(), LOOP_BLOCK));
+        let mut held = BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        let (blocks, next) = &mut *held;
+        if *next >= LOOP_BLOCK {
+            blocks.push(reserve_loops(LOOP_BLOCK));
+            *next = 0;
         }
+        let block = blocks.last().expect("a block was just reserved");
+        *next += 1;
+        block[*next as usize - 1]
     }
 
     /// Adds loop device `index`.

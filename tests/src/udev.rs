@@ -12,7 +12,6 @@ use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::daemon::wait_until;
@@ -125,23 +124,6 @@ impl Drop for Udevd {
         }
         if self.made_run_udev && !udevd_running() {
             let _ = fs::remove_dir_all("/run/udev");
-        }
-    }
-}
-
-/// Loop device indices only the udev tests use (six digits starting with
-/// 9: the other suites pick below 60000), free now.
-pub fn loop_indices(count: u32) -> Vec<u32> {
-    static N: AtomicU32 = AtomicU32::new(0);
-    loop {
-        let base =
-            900_000 + (std::process::id() % 1000) * 64 + N.fetch_add(count, Ordering::SeqCst) % 64;
-        let out: Vec<u32> = (base..base + count).collect();
-        if out
-            .iter()
-            .all(|i| !Path::new(&format!("/sys/block/loop{i}")).exists())
-        {
-            return out;
         }
     }
 }

@@ -16,9 +16,7 @@ use ctdev_tests::churn::{
     churn_policy, settled_watches, under_policy as attached, wait_converged, Expect, Rng,
 };
 use ctdev_tests::container::TestContainer;
-use ctdev_tests::daemon::{
-    free_loop_indices, wait_until, DaemonProc, FirstOpen, HotLoop, OpenCounts,
-};
+use ctdev_tests::daemon::{reserve_loops, wait_until, DaemonProc, FirstOpen, HotLoop, OpenCounts};
 use ctdev_tests::*;
 use nix::sys::signal::Signal;
 
@@ -126,12 +124,13 @@ fn a_new_container_is_fail_closed_from_its_first_instruction_while_the_daemon_is
 #[test]
 fn churn_waves_leave_nothing_behind_and_keep_every_container_under_policy() {
     let env = TestEnv::new("churn");
-    let indices = free_loop_indices(3);
+    let block = reserve_loops(4);
+    let indices = &block[..3];
     // One never exists: its node is probed from inside (must be denied, and
     // must not make the kernel create it).
-    let never = indices[0] + 10;
+    let never = block[3];
     let never_node = env.node("never", DeviceType::Block, 7, never);
-    let cfg = churn_policy(&env, 1.0, &indices, "");
+    let cfg = churn_policy(&env, 1.0, indices, "");
     let mut daemon = DaemonProc::start(&env, &cfg);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ std::process::id() as u64);
     let mut live: BTreeMap<String, TestContainer> = BTreeMap::new();
@@ -182,7 +181,7 @@ fn churn_waves_leave_nothing_behind_and_keep_every_container_under_policy() {
             live.insert(name.clone(), TestContainer::start(&env, &name, false));
         }
         // Devices come and go at random.
-        for &i in &indices {
+        for &i in indices {
             if rng.next(2) == 0 {
                 match loops.remove(&i) {
                     Some(mut l) => l.remove(),
@@ -268,7 +267,6 @@ fn churn_waves_leave_nothing_behind_and_keep_every_container_under_policy() {
 #[test]
 fn a_stopped_container_does_not_hold_back_another_containers_hotplug() {
     let env = TestEnv::new("churn-stop");
-    // Not from free_loop_indices: the waves test of this process uses those.
     let index = HotLoop::pick();
     let cfg = churn_policy(&env, 0.0, &[index], "");
     let mut daemon = DaemonProc::start(&env, &cfg);

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ctdev_tests::container::TestContainer;
-use ctdev_tests::daemon::{wait_until, write_policy, DaemonProc, HotLoop};
-use ctdev_tests::udev::{loop_indices, Adapter, UdevRule, Udevd, GROUP_GID, MODE, OWNER_UID};
+use ctdev_tests::daemon::{reserve_loops, wait_until, write_policy, DaemonProc, HotLoop};
+use ctdev_tests::udev::{Adapter, UdevRule, Udevd, GROUP_GID, MODE, OWNER_UID};
 use ctdev_tests::*;
 
 fn rules(env: &TestEnv, a: &TestContainer) -> Vec<String> {
@@ -55,7 +55,7 @@ fn policy(env: &TestEnv, a: &TestContainer, tag: &str) -> PathBuf {
 fn udev_events_bring_udevs_owner_mode_and_names_and_a_replug_keeps_them() {
     let env = TestEnv::new("udev-hotplug");
     let _udevd = Udevd::start(&env.scratch);
-    let idx = loop_indices(3);
+    let idx = reserve_loops(3);
     let serial = unique("serial-a").replace('-', "_");
     let adapter = Adapter {
         indices: vec![idx[0], idx[1]],
@@ -177,10 +177,10 @@ fn udev_events_bring_udevs_owner_mode_and_names_and_a_replug_keeps_them() {
 fn a_daemon_started_with_devices_present_takes_them_from_udevs_database() {
     let env = TestEnv::new("udev-coldplug");
     let udevd = Udevd::start(&env.scratch);
-    let idx = loop_indices(1);
+    let idx = reserve_loops(1);
     let serial = unique("cold").replace('-', "_");
     let adapter = Adapter {
-        indices: idx.clone(),
+        indices: idx.to_vec(),
         serial: serial.clone(),
     };
     let rule = UdevRule::new(&[&adapter]);
@@ -212,7 +212,7 @@ fn kernel_events_without_udevd_and_udevs_once_it_starts() {
     let env = TestEnv::new("udev-kernel");
     let mut udevd = Udevd::start(&env.scratch);
     udevd.stop();
-    let idx = loop_indices(2);
+    let idx = reserve_loops(2);
     let a = TestContainer::start(&env, "a", false);
     let cfg = write_policy(
         &env,
@@ -264,10 +264,10 @@ fn kernel_events_without_udevd_and_udevs_once_it_starts() {
 fn ctdev_add_of_a_udev_name_with_links_and_del_takes_both_back() {
     let env = TestEnv::new("udev-cli");
     let udevd = Udevd::start(&env.scratch);
-    let idx = loop_indices(1);
+    let idx = reserve_loops(1);
     let serial = unique("cli").replace('-', "_");
     let adapter = Adapter {
-        indices: idx.clone(),
+        indices: idx.to_vec(),
         serial: serial.clone(),
     };
     let _rule = UdevRule::new(&[&adapter]);

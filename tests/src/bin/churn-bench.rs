@@ -25,7 +25,7 @@ use ctdev_tests::churn::{
     cgroup_count, churn_policy, kernel_watches, settled_watches, wait_converged, Expect, Rng,
 };
 use ctdev_tests::container::TestContainer;
-use ctdev_tests::daemon::{free_loop_indices, DaemonProc, FirstOpen, HotLoop};
+use ctdev_tests::daemon::{reserve_loops, DaemonProc, FirstOpen, HotLoop};
 use ctdev_tests::TestEnv;
 use nix::sys::signal::Signal;
 
@@ -150,11 +150,13 @@ fn main() {
     };
     let started = Instant::now();
     let env = TestEnv::new("churn-bench");
-    let indices = free_loop_indices(nloops + 1);
+    let block = reserve_loops(nloops + 2);
+    let indices = &block[..=nloops as usize];
     let (probe_index, churn_loops) = (indices[0], &indices[1..]);
-    let never = indices[0] + 12;
+    // Never plugged: its node is probed from inside and must stay denied.
+    let never = block[nloops as usize + 1];
     let never_node = env.node("never", ctdev_tests::DeviceType::Block, 7, never);
-    let cfg = churn_policy(&env, RESYNC_S, &indices, "");
+    let cfg = churn_policy(&env, RESYNC_S, indices, "");
     let mut daemon = DaemonProc::start(&env, &cfg);
     let reference = TestContainer::start(&env, "ct-ref", false);
     let ref_root = PathBuf::from(format!("/proc/{}/root", reference.pid));

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use ctdev::daemon::uevent::{Source, UeventSocket};
 use ctdev_tests::container::TestContainer;
-use ctdev_tests::daemon::{loop_ctl, LOOP_CTL_ADD, LOOP_CTL_REMOVE};
+use ctdev_tests::daemon::{loop_ctl, reserve_loops, LOOP_CTL_ADD, LOOP_CTL_REMOVE};
 use ctdev_tests::udev::{Adapter, UdevRule, Udevd};
 use ctdev_tests::{cgroup_mount, ctdev_bin, probe, Errno, ProbeOp, TestEnv};
 
@@ -47,11 +47,8 @@ fn main() {
         .unwrap_or(1000);
     let env = TestEnv::new("bench-hotplug");
     let c = TestContainer::start(&env, "c", false);
-    let index = if udev {
-        ctdev_tests::udev::loop_indices(1)[0]
-    } else {
-        4900 + std::process::id() % 90
-    };
+    let block = reserve_loops(1);
+    let index = block[0];
     // With --udev: udevd, the rule, and a monitor of udevd's events.
     let udevd = udev.then(|| Udevd::start(&env.scratch));
     let adapter = Adapter {
