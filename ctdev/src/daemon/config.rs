@@ -12,6 +12,7 @@ use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::error::IoError;
 use crate::passthrough::parse_mode;
 use crate::presets::Preset;
 use crate::rule::{Access, RuleSpec};
@@ -27,15 +28,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/ctdev/policy.toml";
 /// Why a policy file was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read policy file {path}: {source}")]
-    Read {
-        /// The policy file's path.
-        path: PathBuf,
-        /// The OS's error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file could not be read (its path named).
+    #[error("policy file: {0}")]
+    Read(#[from] IoError),
     /// TOML syntax or a key/type the format does not have.
     #[error("{path}:{line}: {message}")]
     Syntax {
@@ -315,10 +310,7 @@ impl Ctx<'_> {
 
 /// Reads and validates a policy file.
 pub fn load(path: &Path) -> Result<Policy, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = fs::read_to_string(path).map_err(IoError::at("read", path))?;
     parse(path, &text)
 }
 

@@ -32,15 +32,9 @@ pub enum LifecycleError {
         /// The kernel's errno (`ENOSPC`: out of watches).
         errno: Errno,
     },
-    /// A directory of the tree could not be listed.
-    #[error("cannot list cgroup directory {path}: {source}")]
-    List {
-        /// The cgroup directory that could not be listed.
-        path: PathBuf,
-        /// The OS's error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A directory of the tree could not be listed (the directory named).
+    #[error("cgroup tree: {0}")]
+    List(#[from] crate::error::IoError),
 }
 
 /// What happened in the cgroup tree.
@@ -190,18 +184,10 @@ impl Watcher {
                     self.forget_tree(&d);
                     continue;
                 }
-                Err(source) => return Err(LifecycleError::List { path: d, source }),
+                Err(source) => return Err(crate::error::IoError::new("list", d, source).into()),
             };
             for e in entries {
-                let e = match e {
-                    Ok(e) => e,
-                    Err(source) => {
-                        return Err(LifecycleError::List {
-                            path: d.clone(),
-                            source,
-                        })
-                    }
-                };
+                let e = e.map_err(crate::error::IoError::at("list", &d))?;
                 if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                     stack.push(e.path());
                 }

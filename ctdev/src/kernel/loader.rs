@@ -12,7 +12,6 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -38,12 +37,8 @@ pub enum ProgramError {
     #[error("this ctdev binary has no embedded eBPF object: build it with `cargo xtask build`, or pass --bpf-object / CTDEV_BPF_OBJECT")]
     NoObject,
     /// The object file could not be read.
-    #[error("cannot read eBPF object {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("eBPF object: {0}")]
+    Read(#[from] crate::error::IoError),
     /// aya refused the object or the kernel refused the program or a map.
     #[error("loading the ctdev program: {source}")]
     Load {
@@ -119,10 +114,7 @@ impl ProgramObject {
                 .map(|b| Self {
                     bytes: Cow::Owned(b),
                 })
-                .map_err(|source| ProgramError::Read {
-                    path: p.to_path_buf(),
-                    source,
-                }),
+                .map_err(|source| crate::error::IoError::new("read", p, source).into()),
             None if EMBEDDED.is_empty() => Err(ProgramError::NoObject),
             None => Ok(Self {
                 bytes: Cow::Borrowed(EMBEDDED),
