@@ -11,6 +11,6 @@ test_support_mod!(loader);
 pub mod pins;
 test_support_mod!(policy_map);
 test_support_mod!(raw_program);
-pub mod scope;
+test_support_mod!(scope);
 test_support_mod!(shared);
 test_support_mod!(sys);
