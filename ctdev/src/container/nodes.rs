@@ -221,6 +221,23 @@ pub(super) fn split(dest: &Path) -> (Vec<&OsStr>, &OsStr) {
 }
 
 /// Opens a directory of the container, resolving `path` with the container
+/// Checks DEST and opens its parent directory in the container: the
+/// parent's fd and DEST's own name, or `None` when the parent is missing
+/// (or not a directory).
+fn open_parent<'a>(
+    root: Root<'_>,
+    dest: &'a Path,
+) -> Result<Option<(OwnedFd, &'a OsStr)>, NodeError> {
+    check_dest(dest)?;
+    let parent_path = dest.parent().unwrap_or(Path::new("/"));
+    let (_, name) = split(dest);
+    match resolve_dir(root, parent_path) {
+        Ok(fd) => Ok(Some((fd, name))),
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => Ok(None),
+        Err(e) => Err(sys(root, "openat2", parent_path, e)),
+    }
+}
+
 /// root as `/` (absolute symlinks and `..` cannot leave it) and no magic links.
 pub(super) fn resolve_dir(root: Root<'_>, path: &Path) -> Result<OwnedFd, Errno> {
     openat2(
@@ -574,13 +591,8 @@ pub enum DirAction {
 /// (`unlinkat(AT_REMOVEDIR)` on its name in its resolved parent: a symlink
 /// planted there is never followed).
 pub fn remove_dir_if_empty(root: Root<'_>, dir: &Path) -> Result<DirAction, NodeError> {
-    check_dest(dir)?;
-    let parent_path = dir.parent().unwrap_or(Path::new("/"));
-    let (_, name) = split(dir);
-    let parent = match resolve_dir(root, parent_path) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(DirAction::Absent),
-        Err(e) => return Err(sys(root, "openat2", parent_path, e)),
+    let Some((parent, name)) = open_parent(root, dir)? else {
+        return Ok(DirAction::Absent);
     };
     match unlinkat(&parent, name, UnlinkatFlags::RemoveDir) {
         Ok(()) => Ok(DirAction::Removed),
@@ -592,13 +604,8 @@ pub fn remove_dir_if_empty(root: Root<'_>, dir: &Path) -> Result<DirAction, Node
 
 /// What is at DEST in the container (read-only: creates nothing).
 pub fn inspect(root: Root<'_>, dest: &Path) -> Result<Existing, NodeError> {
-    check_dest(dest)?;
-    let parent_path = dest.parent().unwrap_or(Path::new("/"));
-    let (_, name) = split(dest);
-    let parent = match resolve_dir(root, parent_path) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(Existing::Absent),
-        Err(e) => return Err(sys(root, "openat2", parent_path, e)),
+    let Some((parent, name)) = open_parent(root, dest)? else {
+        return Ok(Existing::Absent);
     };
     Ok(
         match lstat_at(parent.as_fd(), name).map_err(|e| sys(root, "fstatat", dest, e))? {
@@ -620,13 +627,8 @@ pub fn remove_node(
     expected: &NodeSpec,
     journal: &mut Journal,
 ) -> Result<NodeAction, NodeError> {
-    check_dest(dest)?;
-    let parent_path = dest.parent().unwrap_or(Path::new("/"));
-    let (_, name) = split(dest);
-    let parent = match resolve_dir(root, parent_path) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(NodeAction::Absent),
-        Err(e) => return Err(sys(root, "openat2", parent_path, e)),
+    let Some((parent, name)) = open_parent(root, dest)? else {
+        return Ok(NodeAction::Absent);
     };
     let Some(st) = lstat_at(parent.as_fd(), name).map_err(|e| sys(root, "fstatat", dest, e))?
     else {
@@ -671,13 +673,8 @@ pub fn restore_node(
     old: &NodeSpec,
     journal: &mut Journal,
 ) -> Result<NodeAction, NodeError> {
-    check_dest(dest)?;
-    let parent_path = dest.parent().unwrap_or(Path::new("/"));
-    let (_, name) = split(dest);
-    let parent = match resolve_dir(root, parent_path) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(NodeAction::Unchanged),
-        Err(e) => return Err(sys(root, "openat2", parent_path, e)),
+    let Some((parent, name)) = open_parent(root, dest)? else {
+        return Ok(NodeAction::Unchanged);
     };
     match lstat_at(parent.as_fd(), name).map_err(|e| sys(root, "fstatat", dest, e))? {
         None => {

@@ -201,6 +201,45 @@ pub fn id_matches(id: &str, prefix: &str) -> bool {
         && id.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
+/// The frame of the ID-prefix resolvers: a directory `<kind>-<id>.scope`
+/// (systemd driver) whose ID starts with `prefix` is a match; any other
+/// directory (its own name given) is left to `cgroupfs`.
+pub(crate) fn classify_id(
+    rel: &Path,
+    prefix: &str,
+    kind: &str,
+    cgroupfs: impl FnOnce(&str) -> Visit,
+) -> Visit {
+    let Some(dir) = dir_name(rel) else {
+        return Visit::Descend;
+    };
+    match scope_id(dir, kind, prefix) {
+        Some(id) => Visit::Match(id.to_string()),
+        None => cgroupfs(dir),
+    }
+}
+
+/// A cgroupfs-driver directory named by a full ID alone (`docker/<id>`,
+/// `pod<uid>/<id>`): a match when the ID starts with `prefix`; otherwise
+/// another container, whose sub-cgroups are its own (pruned).
+pub(crate) fn full_id_dir(dir: &str, prefix: &str) -> Visit {
+    if id_matches(dir, prefix) {
+        Visit::Match(dir.to_string())
+    } else {
+        Visit::Prune
+    }
+}
+
+/// A cgroupfs-driver directory `<kind>-<id>` (`crio-<id>`, `libpod-<id>`)
+/// where the runtime puts them (`in_place`): a match when the ID starts
+/// with `prefix`.
+pub(crate) fn kind_id_dir(dir: &str, kind: &str, prefix: &str, in_place: bool) -> Visit {
+    match dir.strip_prefix(kind).and_then(|d| d.strip_prefix('-')) {
+        Some(id) if in_place && id_matches(id, prefix) => Visit::Match(id.to_string()),
+        _ => Visit::Descend,
+    }
+}
+
 /// Matches `<kind>-<id>.scope` (systemd driver) against an ID prefix:
 /// `Some(id)` when the name has that form and the ID starts with `prefix`.
 pub(crate) fn scope_id<'a>(name: &'a str, kind: &str, prefix: &str) -> Option<&'a str> {
@@ -330,6 +369,27 @@ pub(crate) mod fixture {
             .collect();
         v.sort();
         v
+    }
+
+    /// Asserts, for each `(prefix, expected)`, what `classify` finds in a
+    /// tree of `dirs`; `expected` lists `id:relative/dir` (see [`hit`]).
+    pub(crate) fn expect(
+        classify: fn(&Path, &str) -> Visit,
+        dirs: &[String],
+        cases: &[(&str, Vec<String>)],
+    ) {
+        let t = tree(&dirs.iter().map(String::as_str).collect::<Vec<_>>());
+        for (prefix, want) in cases {
+            let mut want = want.clone();
+            want.sort();
+            let found = names(&t, scan(t.path(), prefix, classify));
+            assert_eq!(found, want, "prefix {prefix:?} in {dirs:?}");
+        }
+    }
+
+    /// A match as [`names`] shows it: `id:relative/dir`.
+    pub(crate) fn hit(id: &str, dir: &str) -> String {
+        format!("{id}:{dir}")
     }
 
     /// A fake 64-hex-digit ID starting with `start`.
