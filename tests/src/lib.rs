@@ -404,3 +404,38 @@ pub fn listed_rules(env: &TestEnv, cg: &Path) -> Option<(String, Vec<String>)> {
         })
     })
 }
+
+/// The rules `ctdev list --json` shows for the container at `cg`, in the
+/// listed order (empty when it is not listed).
+pub fn rules_of(env: &TestEnv, cg: &Path) -> Vec<String> {
+    listed_rules(env, cg).map(|(_, r)| r).unwrap_or_default()
+}
+
+/// Whether an open from inside failed with EPERM (the device policy's
+/// refusal, not a missing node).
+pub fn denied(r: &Result<(), String>) -> bool {
+    matches!(r, Err(e) if e.contains("Operation not permitted"))
+}
+
+/// Makes a character device node `major:minor` (mode 0666) at `p`.
+pub fn mknod(p: &Path, major: u32, minor: u32) {
+    nix::sys::stat::mknod(
+        p,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(major.into(), minor.into()),
+    )
+    .unwrap_or_else(|e| panic!("mknod {}: {e}", p.display()));
+}
+
+/// The node at `p` (not followed): (is a block device, major, minor).
+pub fn rdev(p: &Path) -> (bool, u64, u64) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let r = m.rdev();
+    (
+        m.file_type().is_block_device(),
+        libc::major(r) as u64,
+        libc::minor(r) as u64,
+    )
+}

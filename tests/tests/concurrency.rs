@@ -70,21 +70,12 @@ fn wait_all(children: Vec<Child>, deadline: Duration) {
     }
 }
 
-fn rules_of(env: &TestEnv, cg: &Path) -> Vec<String> {
-    let v = env.list_json();
-    let mut out: Vec<String> = v["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["cgroup_dir"].as_str() == Some(s(cg)))
-        .unwrap_or_else(|| panic!("{} not listed: {v}", cg.display()))["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["rule"].as_str().unwrap().to_string())
-        .collect();
-    out.sort();
-    out
+/// The rules listed for the container at `cg`, sorted (it must be listed).
+fn sorted_rules(env: &TestEnv, cg: &Path) -> Vec<String> {
+    let (_, mut rules) =
+        listed_rules(env, cg).unwrap_or_else(|| panic!("{} not listed", cg.display()));
+    rules.sort();
+    rules
 }
 
 fn w(v: &[&str]) -> Vec<String> {
@@ -121,7 +112,7 @@ fn sixteen_processes_on_one_container() {
         })
         .collect();
     want.sort();
-    assert_eq!(rules_of(&env, &cg), want);
+    assert_eq!(sorted_rules(&env, &cg), want);
     // The kernel agrees on a sample.
     let odd = env.node("odd", DeviceType::Char, 200, 3);
     let even = env.node("even", DeviceType::Char, 200, 4);
@@ -172,7 +163,7 @@ fn sixteen_processes_on_sixteen_containers() {
             format!("c 201:{i} rw"),
         ];
         want.sort();
-        assert_eq!(rules_of(&env, cg), want, "container {i}");
+        assert_eq!(sorted_rules(&env, cg), want, "container {i}");
         assert_denied(&env, cg, ProbeOp::read("/dev/full"));
     }
     assert_eq!(dump["policy_map"]["entries"], 24);
@@ -208,7 +199,7 @@ fn concurrent_add_del_and_allow_revoke_on_one_container() {
         .flat_map(|i| [format!("c 202:{i} rwm"), format!("c 203:{i} r")])
         .collect();
     want.sort();
-    assert_eq!(rules_of(&env, &c.cgroup), want);
+    assert_eq!(sorted_rules(&env, &c.cgroup), want);
     for i in 0..8 {
         let there = c.host_path(&format!("/dev/n{i}")).exists();
         assert_eq!(there, i % 2 == 1, "/dev/n{i}");
@@ -247,7 +238,7 @@ fn busy_only_when_the_lock_is_held_past_the_timeout() {
     std::thread::sleep(Duration::from_millis(300));
     drop(held);
     wait_all(vec![waiter], Duration::from_secs(30));
-    assert_eq!(rules_of(&env, &cg), ["c 1:3 r"]);
+    assert_eq!(sorted_rules(&env, &cg), ["c 1:3 r"]);
     // list takes no lock: it works while the lock is held.
     let dir = std::fs::File::open(&env.pin_root).unwrap();
     let _held = Flock::lock(dir, FlockArg::LockExclusive)

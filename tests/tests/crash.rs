@@ -11,24 +11,6 @@ use ctdev_tests::container::TestContainer;
 use ctdev_tests::foreign::ForeignProgram;
 use ctdev_tests::*;
 
-/// Rules of the container at `cg` in `list --json` (None: not listed).
-fn listed_rules(env: &TestEnv, cg: &Path) -> Option<(String, Vec<String>)> {
-    let v = env.list_json();
-    v["containers"].as_array()?.iter().find_map(|c| {
-        (c["cgroup_dir"].as_str() == Some(s(cg))).then(|| {
-            (
-                c["state"].as_str().unwrap_or("").to_string(),
-                c["rules"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| r["rule"].as_str().unwrap().to_string())
-                    .collect(),
-            )
-        })
-    })
-}
-
 /// Checks that what `list` says about the read bit of each `(major, minor)`
 /// char device (`/dev/null` 1:3, `/dev/zero` 1:5, `/dev/full` 1:7,
 /// `/dev/random` 1:8) is what the kernel does.

@@ -19,16 +19,6 @@ use ctdev_tests::daemon::{reserve_loops, wait_until, write_policy, DaemonProc, H
 use ctdev_tests::udev::{Adapter, UdevRule, Udevd, GROUP_GID, MODE, OWNER_UID};
 use ctdev_tests::*;
 
-fn rules(env: &TestEnv, a: &TestContainer) -> Vec<String> {
-    listed_rules(env, &a.cgroup)
-        .map(|(_, r)| r)
-        .unwrap_or_default()
-}
-
-fn denied(r: &Result<(), String>) -> bool {
-    matches!(r, Err(e) if e.contains("not permitted"))
-}
-
 /// The block device numbers of a node seen through the container's root.
 fn rdev(p: &Path) -> Option<(u64, u64)> {
     let m = fs::symlink_metadata(p).ok()?;
@@ -105,14 +95,14 @@ fn udev_events_bring_udevs_owner_mode_and_names_and_a_replug_keeps_them() {
     );
     let r = a.open_rw(&link);
     assert!(!denied(&r), "open through udev's name: {r:?}");
-    assert!(rules(&env, &a).contains(&format!("b 7:{} rw", idx[0])));
+    assert!(rules_of(&env, &a.cgroup).contains(&format!("b 7:{} rw", idx[0])));
 
     // Unplug: the rule closes, node and link go.
     first.remove();
     wait_until(Duration::from_secs(10), "node, link and rule to go", || {
         (fs::symlink_metadata(a.host_path(&link)).is_err()
             && fs::symlink_metadata(a.host_path(&node)).is_err()
-            && !rules(&env, &a).contains(&format!("b 7:{} rw", idx[0])))
+            && !rules_of(&env, &a.cgroup).contains(&format!("b 7:{} rw", idx[0])))
         .then_some(())
     });
 
@@ -126,7 +116,7 @@ fn udev_events_bring_udevs_owner_mode_and_names_and_a_replug_keeps_them() {
             fs::read_link(a.host_path(&link)).ok()
         },
     );
-    let now = rules(&env, &a);
+    let now = rules_of(&env, &a.cgroup);
     assert!(now.contains(&format!("b 7:{} rw", idx[1])), "{now:?}");
     // `ctdev list` shows the device the daemon passed in, with the udev
     // name it was selected by (JSON and text).
@@ -292,7 +282,7 @@ fn ctdev_add_of_a_udev_name_with_links_and_del_takes_both_back() {
     assert!(fs::symlink_metadata(a.host_path(&node)).is_err());
     let rule = format!("b 7:{} rw", idx[0]);
     assert!(
-        !rules(&env, &a)
+        !rules_of(&env, &a.cgroup)
             .iter()
             .any(|r| r.starts_with(&format!("b 7:{} ", idx[0]))),
         "{rule} closed"
