@@ -224,6 +224,68 @@ pub trait Engine {
     }
 }
 
+/// One container of a private engine in a fresh [`crate::TestEnv`]: where
+/// every engine test starts. Fields drop in order: the engine stops before
+/// the environment is cleaned up.
+pub struct OneContainer<E: Engine> {
+    /// The engine, started inside the environment's cgroup parent.
+    pub engine: E,
+    /// The test's environment.
+    pub env: crate::TestEnv,
+    /// The container's full ID.
+    pub id: String,
+    /// The container's name.
+    pub name: String,
+}
+
+impl<E: Engine> OneContainer<E> {
+    /// A [`crate::TestEnv`] named `label`, the engine `start` makes inside
+    /// its cgroup parent, and one container run by it.
+    pub fn start(label: &str, start: impl FnOnce(&Path) -> E) -> Self {
+        let env = crate::TestEnv::new(label);
+        let engine = start(&inside(&env.cgroup_parent));
+        let name = unique("c");
+        let id = engine.run(&name);
+        OneContainer {
+            engine,
+            env,
+            id,
+            name,
+        }
+    }
+
+    /// `attach --takeover` finds the runtime's state file in `root` (which
+    /// the runtime-root discovery lists) and reports it as its source.
+    /// Returns the report.
+    pub fn takeover_reads_state_in(&self, root: &Path) -> serde_json::Value {
+        let state = root.join(&self.id).join("state.json");
+        assert!(state.is_file(), "{}", state.display());
+        let roots = ctdev::runtimes::discover::runc_state_roots();
+        assert!(roots.iter().any(|r| r == root), "{roots:?}");
+        let target = self.engine.target(&self.id);
+        let out = self.env.ok(&["--json", "attach", &target, "--takeover"]);
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["source"], state.to_str().unwrap(), "{report}");
+        report
+    }
+}
+
+/// The engine tests every engine runs, one `#[test]` per row
+/// `NAME("label") => SCENARIO;` (or `=> SCENARIO(restarts N);` for
+/// [`daemon_takes_over_hotplugs_and_survives_restart`]): a fresh
+/// [`OneContainer`] of the engine `START` makes, then the shared scenario of
+/// this module on it.
+#[macro_export]
+macro_rules! engine_tests {
+    ($start:expr; $($test:ident($label:literal) => $scenario:ident $((restarts $n:expr))?;)+) => {$(
+        #[test]
+        fn $test() {
+            let one = $crate::engines::OneContainer::start($label, $start);
+            $crate::engines::$scenario(&one.env, &one.engine, &one.id $(, &one.name, $n)?);
+        }
+    )+};
+}
+
 /// Whether `dev` is a device node inside the container and opens O_RDWR.
 pub fn opens_in(engine: &dyn Engine, id: &str, dev: &str) -> bool {
     let o = engine.exec(
