@@ -20,19 +20,12 @@ const BUSYBOX: &str = "/usr/bin/busybox";
 
 /// The `userns-init` helper binary built with this crate.
 fn userns_helper() -> String {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/userns-init
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("userns-init"))
-        .expect("target dir");
-    assert!(
-        bin.is_file(),
-        "userns-init helper not found at {}: build with `cargo build -p ctdev-tests --bins`",
-        bin.display()
-    );
-    bin.display().to_string()
+    crate::built_binary(
+        "userns-init",
+        "build with `cargo build -p ctdev-tests --bins`",
+    )
+    .display()
+    .to_string()
 }
 
 /// A running test container.
@@ -187,6 +180,14 @@ impl TestContainer {
     /// `pid:N` target of the init.
     pub fn target(&self) -> String {
         format!("pid:{}", self.pid)
+    }
+
+    /// [`TestContainer::start`] without a user namespace, then attached by
+    /// ctdev with no rule at all (`attach --preset none`).
+    pub fn attached(env: &TestEnv, name: &str) -> Self {
+        let c = Self::start(env, name, false);
+        env.ok(&["attach", c.cgroup_str(), "--preset", "none"]);
+        c
     }
 
     /// The cgroup as a target path.

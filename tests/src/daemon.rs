@@ -176,24 +176,6 @@ impl Drop for DaemonProc {
     }
 }
 
-/// A helper binary built with this crate (`target/<profile>/NAME`).
-pub fn helper_bin(name: &str) -> PathBuf {
-    // A test binary lives in target/<profile>/deps, a bench binary (the
-    // churn bench) beside the helper in target/<profile>.
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().expect("target dir");
-    let bin = [dir.join(name), dir.join("..").join(name)]
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| dir.join(name));
-    assert!(
-        bin.is_file(),
-        "{name} helper not found at {}: build with `cargo build -p ctdev-tests --bins`",
-        bin.display()
-    );
-    bin
-}
-
 /// How often one path opened while probing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OpenCounts {
@@ -217,7 +199,10 @@ impl FirstOpen {
     pub fn start(cgroup: &Path, millis: u64, paths: &[&Path]) -> Self {
         let procs =
             CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).expect("cgroup path");
-        let mut cmd = Command::new(helper_bin("first-open"));
+        let mut cmd = Command::new(crate::built_binary(
+            "first-open",
+            "build with `cargo build -p ctdev-tests --bins`",
+        ));
         cmd.arg(millis.to_string())
             .args(paths)
             .stdin(Stdio::null())

@@ -149,18 +149,12 @@ fn make_nodes(root: &Path, grid: &[(u32, u32, u32)]) {
         if path.exists() {
             continue;
         }
-        let kind = if t == DEV_CHAR {
-            nix::sys::stat::SFlag::S_IFCHR
+        let dev_type = if t == DEV_CHAR {
+            DeviceType::Char
         } else {
-            nix::sys::stat::SFlag::S_IFBLK
+            DeviceType::Block
         };
-        nix::sys::stat::mknod(
-            &path,
-            kind,
-            nix::sys::stat::Mode::from_bits_truncate(0o666),
-            nix::sys::stat::makedev(u64::from(ma), u64::from(mi)),
-        )
-        .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
+        crate::make_node(&path, dev_type, ma, mi);
         let meta = std::fs::metadata(&path).expect("stat probe node");
         assert!(meta.file_type().is_char_device() || meta.file_type().is_block_device());
     }

@@ -55,16 +55,23 @@ pub fn ctdev_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CTDEV_BIN") {
         return PathBuf::from(p);
     }
+    built_binary("ctdev", "run the suite with `cargo xtask test`")
+}
+
+/// The binary `name` cargo built with this crate (`target/<profile>/NAME`):
+/// a test executable lives in `target/<profile>/deps`, a bench binary (the
+/// churn bench) beside it. Panics (fails the test) naming `how` to build it
+/// when there is none.
+pub fn built_binary(name: &str, how: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/ctdev
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("ctdev"))
-        .expect("target dir");
+    let dir = exe.parent().expect("target dir");
+    let bin = [dir.join(name), dir.join("..").join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| dir.join(name));
     assert!(
         bin.is_file(),
-        "ctdev binary not found at {}: run the suite with `cargo xtask test`",
+        "{name} binary not found at {}: {how}",
         bin.display()
     );
     bin
@@ -200,6 +207,16 @@ impl TestEnv {
         r.stdout
     }
 
+    /// A new environment (see [`TestEnv::new`]) with its cgroup `cgroup`
+    /// attached with exactly `rules` ([`TestEnv::attach_rules`]): the start
+    /// of most single-cgroup tests. Returns the environment and the cgroup.
+    pub fn with_attached(name: &str, cgroup: &str, rules: &[&str]) -> (Self, PathBuf) {
+        let env = Self::new(name);
+        let cg = env.cgroup(cgroup);
+        env.attach_rules(&cg, rules);
+        (env, cg)
+    }
+
     /// `ctdev attach CGROUP --preset none --rule R…` (exactly `rules`, no
     /// preset); requires success and returns stdout.
     pub fn attach_rules(&self, cgroup: &Path, rules: &[&str]) -> String {
@@ -208,6 +225,16 @@ impl TestEnv {
             args.extend(["--rule", r]);
         }
         self.ok(&args)
+    }
+
+    /// [`TestEnv::attach_rules`] with `--json`: the attach report.
+    pub fn attach_rules_json(&self, cgroup: &Path, rules: &[&str]) -> serde_json::Value {
+        let mut args = vec!["--json", "attach", s(cgroup), "--preset", "none"];
+        for r in rules {
+            args.extend(["--rule", r]);
+        }
+        let out = self.ok(&args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("attach --json: {e}: {out}"))
     }
 
     /// Runs ctdev and requires failure; returns stderr.
@@ -239,18 +266,7 @@ impl TestEnv {
     /// Creates a device node in the scratch dir (host side, outside any test cgroup).
     pub fn node(&self, name: &str, dev_type: DeviceType, major: u32, minor: u32) -> PathBuf {
         let path = self.scratch.join(name);
-        let kind = if dev_type == DeviceType::Block {
-            nix::sys::stat::SFlag::S_IFBLK
-        } else {
-            nix::sys::stat::SFlag::S_IFCHR
-        };
-        nix::sys::stat::mknod(
-            &path,
-            kind,
-            nix::sys::stat::Mode::from_bits_truncate(0o666),
-            nix::sys::stat::makedev(major.into(), minor.into()),
-        )
-        .expect("mknod scratch node");
+        make_node(&path, dev_type, major, minor);
         path
     }
 
@@ -419,9 +435,20 @@ pub fn denied(r: &Result<(), String>) -> bool {
 
 /// Makes a character device node `major:minor` (mode 0666) at `p`.
 pub fn mknod(p: &Path, major: u32, minor: u32) {
+    make_node(p, DeviceType::Char, major, minor);
+}
+
+/// Makes a device node `major:minor` of `dev_type` (a block node for
+/// [`DeviceType::Block`], else a character node; mode 0666) at `p`.
+pub fn make_node(p: &Path, dev_type: DeviceType, major: u32, minor: u32) {
+    let kind = if dev_type == DeviceType::Block {
+        nix::sys::stat::SFlag::S_IFBLK
+    } else {
+        nix::sys::stat::SFlag::S_IFCHR
+    };
     nix::sys::stat::mknod(
         p,
-        nix::sys::stat::SFlag::S_IFCHR,
+        kind,
         nix::sys::stat::Mode::from_bits_truncate(0o666),
         nix::sys::stat::makedev(major.into(), minor.into()),
     )

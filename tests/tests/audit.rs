@@ -90,9 +90,7 @@ fn container(dump: &serde_json::Value) -> &serde_json::Value {
 
 #[test]
 fn a_denied_open_gives_exactly_one_event_with_the_right_fields() {
-    let env = TestEnv::new("event");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none", "--rule", "c 1:3 r"]);
+    let (env, cg) = TestEnv::with_attached("event", "c", &["c 1:3 r"]);
     let mon = Monitor::start(&env, &[]);
     assert_denied(&env, &cg, ProbeOp::write("/dev/null"));
     assert_allowed(&env, &cg, ProbeOp::read("/dev/null"));
@@ -130,9 +128,7 @@ fn a_denied_open_gives_exactly_one_event_with_the_right_fields() {
 
 #[test]
 fn events_beyond_the_rate_limit_are_dropped_and_counted() {
-    let env = TestEnv::new("ratelimit");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let (env, cg) = TestEnv::with_attached("ratelimit", "c", &[]);
     let mon = Monitor::start(&env, &[]);
     // 300 denied opens from one process on one CPU, in far less than a second.
     shell_loop(&cg, 300, "true < /dev/zero");
@@ -166,9 +162,7 @@ fn events_beyond_the_rate_limit_are_dropped_and_counted() {
 
 #[test]
 fn counters_count_allowed_and_denied_exactly_and_reset() {
-    let env = TestEnv::new("counters");
-    let cg = env.cgroup("c");
-    env.attach_rules(&cg, &["c 1:3 r", "c 1:* ''"]);
+    let (env, cg) = TestEnv::with_attached("counters", "c", &["c 1:3 r", "c 1:* ''"]);
     shell_loop(&cg, 7, "true < /dev/null");
     shell_loop(&cg, 3, "true > /dev/null");
     shell_loop(&cg, 2, "true < /dev/zero");
@@ -310,9 +304,7 @@ fn check_agrees_with_real_opens_in_every_case() {
 
 #[test]
 fn check_rejects_what_is_not_one_device() {
-    let env = TestEnv::new("check-bad");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let (env, cg) = TestEnv::with_attached("check-bad", "c", &[]);
     let before = env.list_json();
     for (args, want) in [
         (vec!["check", s(&cg), "c 1:* r"], "wildcard"),
@@ -332,9 +324,7 @@ fn check_rejects_what_is_not_one_device() {
 
 #[test]
 fn monitor_started_after_the_fact_sees_new_events() {
-    let env = TestEnv::new("monitor-late");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let (env, cg) = TestEnv::with_attached("monitor-late", "c", &[]);
     // Programs are loaded and denying before any monitor exists.
     assert_denied(&env, &cg, ProbeOp::read("/dev/null"));
     let mon = Monitor::start(&env, &[]);

@@ -13,9 +13,7 @@ use ctdev_tests::*;
 
 #[test]
 fn options_after_rule_words_are_options() {
-    let env = TestEnv::new("cli-opts");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let (env, cg) = TestEnv::with_attached("cli-opts", "c", &[]);
     // --json after the rule words of allow.
     let out = env.ok(&[
         "allow",
@@ -166,7 +164,7 @@ fn status_shows_one_container_and_list_shows_other_programs() {
     let cg = env.cgroup("p/c");
     let parked = Parked::in_cgroup(&cg);
     env.ok(&["attach", s(&parent)]);
-    env.ok(&["attach", s(&cg), "--preset", "none", "--rule", "c 1:3 rw"]);
+    env.attach_rules(&cg, &["c 1:3 rw"]);
     assert_allowed(&env, &cg, ProbeOp::read("/dev/null"));
     assert_denied(&env, &cg, ProbeOp::read("/dev/zero"));
     let v: serde_json::Value =
@@ -201,9 +199,7 @@ fn status_shows_one_container_and_list_shows_other_programs() {
 
 #[test]
 fn monitor_skips_buffered_denials_unless_replay() {
-    let env = TestEnv::new("cli-monitor");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let (env, cg) = TestEnv::with_attached("cli-monitor", "c", &[]);
     // A denial nobody watched: --replay shows it, with `command` a string.
     assert_denied(&env, &cg, ProbeOp::read("/dev/zero"));
     let out = env.ok(&["--json", "monitor", "--replay", "--count", "1"]);

@@ -84,9 +84,7 @@ fn w(v: &[&str]) -> Vec<String> {
 
 #[test]
 fn sixteen_processes_on_one_container() {
-    let env = TestEnv::new("conc-one");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let (env, cg) = TestEnv::with_attached("conc-one", "c", &[]);
     let c = s(&cg).to_string();
     // Process i allows c 200:i rw and b 7:i r; the even ones then revoke
     // their char rule again.
@@ -172,8 +170,7 @@ fn sixteen_processes_on_sixteen_containers() {
 #[test]
 fn concurrent_add_del_and_allow_revoke_on_one_container() {
     let env = TestEnv::new("conc-add");
-    let c = TestContainer::start(&env, "c", false);
-    env.ok(&["attach", c.cgroup_str(), "--preset", "none"]);
+    let c = TestContainer::attached(&env, "c");
     let cg = c.cgroup_str().to_string();
     let mut children = Vec::new();
     for i in 0..8u32 {
@@ -209,9 +206,7 @@ fn concurrent_add_del_and_allow_revoke_on_one_container() {
 #[test]
 fn busy_only_when_the_lock_is_held_past_the_timeout() {
     use nix::fcntl::{Flock, FlockArg};
-    let env = TestEnv::new("conc-busy");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let (env, cg) = TestEnv::with_attached("conc-busy", "c", &[]);
     let before = env.list_json();
     // Hold the lock as another ctdev would.
     let dir = std::fs::File::open(&env.pin_root).unwrap();

@@ -106,9 +106,7 @@ fn attach_of_an_attached_container_killed_keeps_its_program() {
 #[test]
 fn allow_killed_mid_batch_converges() {
     for step in ["map.apply.after_first_write", "allow.after_write"] {
-        let env = TestEnv::new("crash-allow");
-        let cg = env.cgroup("c");
-        env.ok(&["attach", s(&cg), "--preset", "none", "--rule", "c 1:5 r"]);
+        let (env, cg) = TestEnv::with_attached("crash-allow", "c", &["c 1:5 r"]);
         let args = ["allow", s(&cg), "c 1:7 r", "c 1:8 r"];
         env.crash_at(step, &args);
         // Still enforcing, /dev/null (not named) still denied.
@@ -131,9 +129,8 @@ fn revoke_killed_mid_batch_converges() {
         "revoke.after_write",
         "revoke.after_counters",
     ] {
-        let env = TestEnv::new("crash-revoke");
-        let cg = env.cgroup("c");
-        env.attach_rules(&cg, &["c 1:5 r", "c 1:7 r", "c 1:8 r"]);
+        let (env, cg) =
+            TestEnv::with_attached("crash-revoke", "c", &["c 1:5 r", "c 1:7 r", "c 1:8 r"]);
         let args = ["revoke", s(&cg), "c 1:7", "c 1:8"];
         env.crash_at(step, &args);
         assert_denied(&env, &cg, ProbeOp::read("/dev/null"));
@@ -162,9 +159,7 @@ fn detach_killed_at_every_step_converges() {
         "detach.after_entries",
         "detach.after_counters",
     ] {
-        let env = TestEnv::new("crash-detach");
-        let cg = env.cgroup("c");
-        env.ok(&["attach", s(&cg), "--preset", "none", "--rule", "c 1:5 r"]);
+        let (env, cg) = TestEnv::with_attached("crash-detach", "c", &["c 1:5 r"]);
         env.crash_at(step, &["detach", s(&cg)]);
         // The program is off (the user asked for that), and list says so.
         assert_allowed(&env, &cg, ProbeOp::read("/dev/null"));
@@ -244,8 +239,7 @@ fn add_and_del_killed_at_every_step_converge() {
         "del.after_nodes",
     ] {
         let env = TestEnv::new("crash-add");
-        let c = TestContainer::start(&env, "c", false);
-        env.ok(&["attach", c.cgroup_str(), "--preset", "none"]);
+        let c = TestContainer::attached(&env, "c");
         let zero = env.node("zero", DeviceType::Char, 1, 5);
         // An older node at DEST, so `add` replaces it (temporary node + rename).
         nix::sys::stat::mknod(

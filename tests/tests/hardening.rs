@@ -35,9 +35,7 @@ fn refused(env: &TestEnv, args: &[&str], want: &[&str]) -> String {
 
 #[test]
 fn malformed_rules_name_the_bad_field() {
-    let env = TestEnv::new("hd-rules");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let (env, cg) = TestEnv::with_attached("hd-rules", "c", &[]);
     let c = s(&cg);
     for (rule, want) in [
         ("c 1 r", "invalid device numbers \"1\""),
@@ -59,8 +57,7 @@ fn malformed_rules_name_the_bad_field() {
 #[test]
 fn device_arguments_that_are_not_devices() {
     let env = TestEnv::new("hd-dev");
-    let c = TestContainer::start(&env, "c", false);
-    env.ok(&["attach", c.cgroup_str(), "--preset", "none"]);
+    let c = TestContainer::attached(&env, "c");
     let listing = c.listing("/dev");
     // A directory with no device nodes.
     let empty = env.scratch.join("empty-dir");
@@ -84,8 +81,7 @@ fn device_arguments_that_are_not_devices() {
 #[test]
 fn symlink_to_a_device_is_followed_and_said() {
     let env = TestEnv::new("hd-symlink");
-    let c = TestContainer::start(&env, "c", false);
-    env.ok(&["attach", c.cgroup_str(), "--preset", "none"]);
+    let c = TestContainer::attached(&env, "c");
     let link = env.scratch.join("zero-link");
     std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
     let out = env.ok(&["add", c.cgroup_str(), s(&link), "/dev/z"]);
@@ -101,8 +97,7 @@ fn symlink_to_a_device_is_followed_and_said() {
 #[test]
 fn dest_on_read_only_or_nodev_mount_is_refused() {
     let env = TestEnv::new("hd-mounts");
-    let c = TestContainer::start(&env, "c", false);
-    env.ok(&["attach", c.cgroup_str(), "--preset", "none"]);
+    let c = TestContainer::attached(&env, "c");
     // Mounts inside the container's mount namespace only.
     let mk = |dir: &str, opts: &str| {
         let o = Command::new("nsenter")
@@ -161,8 +156,7 @@ fn container_exited_before_and_during_add() {
 
     // The init exits between resolution and the rule: stop ctdev right
     // after it made the node, kill the container, let ctdev go on.
-    let c = TestContainer::start(&env, "c", false);
-    env.ok(&["attach", c.cgroup_str(), "--preset", "none"]);
+    let c = TestContainer::attached(&env, "c");
     let before = env.ctdev(&["list", "--json"]).stdout;
     let child = Command::new(ctdev_bin())
         .arg("--pin-root")
@@ -265,9 +259,7 @@ fn the_kernels_64_program_limit_is_a_clear_error() {
 
 #[test]
 fn without_root_or_capabilities_every_command_refuses() {
-    let env = TestEnv::new("hd-caps");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let (env, cg) = TestEnv::with_attached("hd-caps", "c", &[]);
     let before = env.list_json();
     let bin = ctdev_bin();
     for (who, pre) in [
@@ -339,9 +331,7 @@ fn no_cgroup2_and_no_bpffs_are_clear_errors() {
 
 #[test]
 fn map_pin_removed_by_hand_is_reported_and_refused() {
-    let env = TestEnv::new("hd-mappin");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none", "--rule", "c 1:5 r"]);
+    let (env, cg) = TestEnv::with_attached("hd-mappin", "c", &["c 1:5 r"]);
     std::fs::remove_file(env.pin_root.join("CTDEV_POLICY")).unwrap();
     // The program still enforces its (now unpinned) map.
     assert_denied(&env, &cg, ProbeOp::read("/dev/null"));
@@ -367,16 +357,7 @@ fn map_pin_removed_by_hand_is_reported_and_refused() {
 fn link_pin_removed_by_hand_is_reported_and_attach_repairs() {
     let env = TestEnv::new("hd-linkpin");
     let cg = env.cgroup("c");
-    let out = env.ok(&[
-        "--json",
-        "attach",
-        s(&cg),
-        "--preset",
-        "none",
-        "--rule",
-        "c 1:5 r",
-    ]);
-    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["policy_id"]
+    let id = env.attach_rules_json(&cg, &["c 1:5 r"])["policy_id"]
         .as_u64()
         .unwrap();
     std::fs::remove_file(env.pin_root.join("links").join(id.to_string())).unwrap();
@@ -392,7 +373,7 @@ fn link_pin_removed_by_hand_is_reported_and_attach_repairs() {
         &["allow", s(&cg), "c 1:3 r"],
         &["not under ctdev policy", "ctdev attach"],
     );
-    env.ok(&["attach", s(&cg), "--preset", "none", "--rule", "c 1:5 r"]);
+    env.attach_rules(&cg, &["c 1:5 r"]);
     assert_denied(&env, &cg, ProbeOp::read("/dev/null"));
     let dump = env.list_json();
     assert_eq!(dump["problems"], serde_json::json!([]), "{dump}");
@@ -446,9 +427,7 @@ fn foreign_objects_where_pins_should_be_are_never_touched() {
 
 #[test]
 fn policy_map_full_is_refused_whole() {
-    let env = TestEnv::new("hd-full");
-    let cg = env.cgroup("c");
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    let (env, cg) = TestEnv::with_attached("hd-full", "c", &[]);
     // 65,536 entries fill the map (its capacity, POLICY_MAP_CAPACITY).
     let mut args: Vec<String> = vec!["allow".into(), s(&cg).into()];
     for ma in 0..64 {
@@ -473,17 +452,7 @@ fn policy_map_full_is_refused_whole() {
 /// Runs the bpf-poke helper inside a user-namespaced container (its user,
 /// mount and net namespaces and its cgroup).
 fn poke(env: &TestEnv, c: &TestContainer, ops: &[String]) -> String {
-    let exe = std::env::current_exe().unwrap();
-    let helper = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("bpf-poke");
-    assert!(
-        helper.is_file(),
-        "bpf-poke helper missing at {}",
-        helper.display()
-    );
+    let helper = built_binary("bpf-poke", "build with `cargo build -p ctdev-tests --bins`");
     let copy = env.scratch.join("bpf-poke");
     std::fs::copy(&helper, &copy).unwrap();
     let script = format!(

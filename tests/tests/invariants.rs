@@ -12,9 +12,8 @@ use ctdev_tests::*;
 // Finding 1: revoke widened access; '' at attach was merged away.
 #[test]
 fn revoke_never_widens_and_deny_entries_stay() {
-    let env = TestEnv::new("inv-revoke");
-    let cg = env.cgroup("c");
-    env.attach_rules(&cg, &["c *:* rwm", "c 1:3 r", "c 1:5 ''"]);
+    let (env, cg) =
+        TestEnv::with_attached("inv-revoke", "c", &["c *:* rwm", "c 1:3 r", "c 1:5 ''"]);
     assert_allowed(&env, &cg, ProbeOp::read("/dev/null"));
     assert_denied(&env, &cg, ProbeOp::write("/dev/null"));
     // The last bit of 1:3 goes: the entry stays as a deny (the wildcard
@@ -108,9 +107,8 @@ fn add_then_del_under_a_wildcard_with_a_deny_is_the_identity() {
 #[test]
 fn del_of_a_directory_takes_back_the_recorded_nodes() {
     let env = TestEnv::new("inv-dir");
-    let c = TestContainer::start(&env, "c", false);
+    let c = TestContainer::attached(&env, "c");
     let cg = c.cgroup_str();
-    env.ok(&["attach", cg, "--preset", "none"]);
     let dir = env.scratch.join("hp");
     std::fs::create_dir(&dir).unwrap();
     mknod(&dir.join("urandom"), 1, 9);
@@ -134,9 +132,8 @@ fn del_of_a_directory_takes_back_the_recorded_nodes() {
 #[test]
 fn del_removes_the_directories_add_made_and_no_others() {
     let env = TestEnv::new("inv-dirs");
-    let c = TestContainer::start(&env, "c", false);
+    let c = TestContainer::attached(&env, "c");
     let cg = c.cgroup_str();
-    env.ok(&["attach", cg, "--preset", "none"]);
     let null = env.node("null", DeviceType::Char, 1, 3);
     let zero = env.node("zero", DeviceType::Char, 1, 5);
     std::fs::create_dir(c.host_path("/dev/pre")).unwrap();
@@ -196,9 +193,8 @@ fn del_removes_the_directories_add_made_and_no_others() {
 #[test]
 fn grants_sharing_a_node_path_keep_it_until_the_last_del() {
     let env = TestEnv::new("inv-share");
-    let c = TestContainer::start(&env, "c", false);
+    let c = TestContainer::attached(&env, "c");
     let cg = c.cgroup_str();
-    env.ok(&["attach", cg, "--preset", "none"]);
     let n1 = env.node("n1", DeviceType::Char, 1, 5);
     let n2 = env.node("n2", DeviceType::Char, 1, 5);
     let full = env.node("full", DeviceType::Char, 1, 7);

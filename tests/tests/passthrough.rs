@@ -62,9 +62,8 @@ fn char_device_add_then_del() {
 #[test]
 fn block_device_at_another_dest_reads_and_writes() {
     let env = TestEnv::new("pt-block");
-    let c = TestContainer::start(&env, "c", false);
+    let c = TestContainer::attached(&env, "c");
     let lo = LoopDevice::new(&env, "disk");
-    env.ok(&["attach", c.cgroup_str(), "--preset", "none"]);
 
     env.ok(&["add", c.cgroup_str(), lo.path_str(), "/dev/disks/d0"]);
     let node = c.host_path("/dev/disks/d0");
@@ -101,8 +100,7 @@ fn block_device_at_another_dest_reads_and_writes() {
 #[test]
 fn existing_node_is_replaced_and_repeated_add_converges() {
     let env = TestEnv::new("pt-replace");
-    let c = TestContainer::start(&env, "c", false);
-    env.ok(&["attach", c.cgroup_str(), "--preset", "none"]);
+    let c = TestContainer::attached(&env, "c");
     let full = env.node("full", DeviceType::Char, 1, 7);
     // The container already has a node there (zero, 1:5): it gets replaced.
     mknod(&c.host_path("/dev/x"), 1, 5);
@@ -168,8 +166,7 @@ fn something_else_at_dest_is_refused_and_nothing_changes() {
 #[test]
 fn directory_device_adds_every_node_all_or_nothing() {
     let env = TestEnv::new("pt-dir");
-    let c = TestContainer::start(&env, "c", false);
-    env.ok(&["attach", c.cgroup_str(), "--preset", "none"]);
+    let c = TestContainer::attached(&env, "c");
     let dir = env.scratch.join("devdir");
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     mknod(&dir.join("n1"), 1, 3);

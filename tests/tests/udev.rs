@@ -265,8 +265,7 @@ fn ctdev_add_of_a_udev_name_with_links_and_del_takes_both_back() {
     udevd.settle();
     let by_id = format!("/dev/serial/by-id/usb-ctdev-test-{serial}");
     assert!(Path::new(&by_id).exists(), "udev made {by_id}");
-    let a = TestContainer::start(&env, "a", false);
-    env.ok(&["attach", a.cgroup_str(), "--preset", "none"]);
+    let a = TestContainer::attached(&env, "a");
     let out = env.ok(&["add", a.cgroup_str(), &by_id, "--links"]);
     let node = format!("/dev/loop{}", idx[0]);
     assert_eq!(rdev(&a.host_path(&node)), Some((7, idx[0] as u64)), "{out}");
