@@ -36,7 +36,7 @@ pub(crate) fn in_pod(rel: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture::{expect, hit, id};
+    use super::super::fixture::{expect, hit, id, nothing};
     use super::*;
 
     const POD: &str = "pod8d3b6c2e-1f4a-4b7e-9c1d-2a3b4c5d6e7f";
@@ -66,7 +66,7 @@ mod tests {
             format!("kubepods/{a}"),
             format!("other/{POD}/{a}"),
         ];
-        expect(classify, &dirs, &[("a", vec![])]);
+        nothing(classify, &dirs, &["a"]);
     }
 
     #[test]
@@ -74,6 +74,7 @@ mod tests {
         let (a, b) = (id("ee1"), id("ee2"));
         let (pa, pb) = (format!("kubepods/{POD}/{a}"), format!("kubepods/{POD}/{b}"));
         let both = vec![hit(&a, &pa), hit(&b, &pb)];
-        expect(classify, &[pa, pb], &[("ee", both), ("ef", vec![])]);
+        expect(classify, &[pa.clone(), pb.clone()], &[("ee", both)]);
+        nothing(classify, &[pa, pb], &["ef"]);
     }
 }

@@ -28,28 +28,24 @@ mod tests {
 
     const POD: &str = "pod8d3b6c2e-1f4a-4b7e-9c1d-2a3b4c5d6e7f";
 
+    /// Both layouts; the conmon scopes beside them are ignored.
     #[test]
     fn systemd_and_cgroupfs_layouts() {
         let (a, b) = (id("a1"), id("b1"));
         let slice = "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod8d3b.slice";
         let sa = format!("{slice}/crio-{a}.scope");
         let pb = format!("kubepods/besteffort/{POD}/crio-{b}");
-        let dirs = [format!("{sa}/container"), pb.clone()];
+        let dirs = [
+            format!("{sa}/container"),
+            format!("{slice}/crio-conmon-{a}.scope"),
+            pb.clone(),
+            format!("kubepods/besteffort/{POD}/crio-conmon-{b}"),
+        ];
         expect(
             classify,
             &dirs,
             &[("a", vec![hit(&a, &sa)]), ("b1", vec![hit(&b, &pb)])],
         );
-    }
-
-    #[test]
-    fn conmon_scopes_are_ignored() {
-        let a = id("a1");
-        let dirs = [
-            format!("kubepods.slice/crio-conmon-{a}.scope"),
-            format!("kubepods/{POD}/crio-conmon-{a}"),
-        ];
-        expect(classify, &dirs, &[("a", vec![])]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub(crate) fn classify(rel: &Path, prefix: &str) -> Visit {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture::{expect, hit, id};
+    use super::super::fixture::{expect, hit, id, nothing};
     use super::*;
 
     #[test]
@@ -68,19 +68,25 @@ mod tests {
             format!("other/{a}"),
             format!("system.slice/libpod-{a}.scope"),
         ];
-        let none = ["cd", "xyz", ""].map(|p| (p, vec![]));
-        expect(classify, &dirs, &none);
+        nothing(classify, &dirs, &["cd", "xyz", ""]);
         expect(classify, &dirs, &[("a", vec![hit(&a, &sa)])]);
     }
 
     #[test]
     fn does_not_descend_into_a_container() {
         let (a, b) = (id("ab1"), id("ab2"));
-        let (sa, da) = (
-            format!("system.slice/docker-{a}.scope"),
+        let dirs = [
+            format!("system.slice/docker-{a}.scope/docker-{b}.scope"),
+            format!("docker/{a}/docker/{b}"),
+        ];
+        let outer = [
             format!("docker/{a}"),
+            format!("system.slice/docker-{a}.scope"),
+        ];
+        expect(
+            classify,
+            &dirs,
+            &[("ab", outer.map(|d| hit(&a, &d)).to_vec())],
         );
-        let dirs = [format!("{sa}/docker-{b}.scope"), format!("{da}/docker/{b}")];
-        expect(classify, &dirs, &[("ab", vec![hit(&a, &da), hit(&a, &sa)])]);
     }
 }

@@ -387,6 +387,13 @@ pub(crate) mod fixture {
         }
     }
 
+    /// Asserts that `classify` finds nothing in a tree of `dirs` for any of
+    /// `prefixes`.
+    pub(crate) fn nothing(classify: fn(&Path, &str) -> Visit, dirs: &[String], prefixes: &[&str]) {
+        let none: Vec<_> = prefixes.iter().map(|p| (*p, Vec::new())).collect();
+        expect(classify, dirs, &none);
+    }
+
     /// A match as [`names`] shows it: `id:relative/dir`.
     pub(crate) fn hit(id: &str, dir: &str) -> String {
         format!("{id}:{dir}")
