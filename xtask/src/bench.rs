@@ -308,8 +308,28 @@ pub const SECTIONS: [&str; 7] = ["cost", "update", "add", "scale", "hotplug", "c
 pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> Result<()> {
     match only {
         None => {}
-        Some("churn") => return run_churn_only(ctdev, quick, repeat),
-        Some("nri") => return run_nri_only(ctdev, quick, repeat),
+        Some("churn") => {
+            let churn = Repeated {
+                name: "churn",
+                label: "churn",
+                title: "daemon churn",
+                run: churn::run,
+                summary: churn::summary,
+                all: Some(churn::table),
+            };
+            return run_repeated(ctdev, quick, repeat, churn);
+        }
+        Some("nri") => {
+            let nri = Repeated {
+                name: "nri",
+                label: "NRI",
+                title: "NRI plugin start cost",
+                run: nri::run,
+                summary: nri::summary,
+                all: None,
+            };
+            return run_repeated(ctdev, quick, repeat, nri);
+        }
         Some(s) if SECTIONS.contains(&s) => {}
         Some(other) => bail!("--only {other}: the sections are {}", SECTIONS.join(", ")),
     }
@@ -385,55 +405,53 @@ pub fn run_here(ctdev: &Path, quick: bool, only: Option<&str>, repeat: u32) -> R
     Ok(())
 }
 
-/// `--only nri`: the NRI start-cost scenario alone, `repeat` times; the
-/// figures go to target/bench-nri/results.json (the doc is not rewritten).
-fn run_nri_only(ctdev: &Path, quick: bool, repeat: u32) -> Result<()> {
-    let env = Env::new(ctdev, Plan::new(quick))?;
-    let mut runs = Vec::new();
-    let mut errors = Vec::new();
-    for i in 0..repeat.max(1) {
-        if let Some(r) = section(
-            &format!("NRI plugin start cost, run {}", i + 1),
-            &mut errors,
-            || nri::run(&env),
-        ) {
-            step(&nri::summary(&r));
-            runs.push(r);
-        }
-    }
-    let dir = crate::root().join("target/bench-nri");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("results.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&runs)?)?;
-    step(&format!("bench: NRI figures in {}", path.display()));
-    if !errors.is_empty() {
-        bail!("{}", errors.join("; "));
-    }
-    Ok(())
+/// A section `--only` runs alone, `repeat` times in a row (`nri`, `churn`).
+struct Repeated<R> {
+    /// Its name in paths: the figures go to target/bench-NAME/results.json
+    /// (the doc is not rewritten).
+    name: &'static str,
+    /// Its name in messages.
+    label: &'static str,
+    /// The title of one run.
+    title: &'static str,
+    /// One run.
+    run: fn(&Env) -> Result<R>,
+    /// One run's summary, printed after it.
+    summary: fn(&R) -> String,
+    /// What is printed of all runs (when there are several to compare).
+    all: Option<fn(&[R]) -> String>,
 }
 
-/// `--only churn`: the churn scenario alone, `repeat` times in a row; the
-/// figures go to target/bench-churn/results.json (the doc is not rewritten).
-fn run_churn_only(ctdev: &Path, quick: bool, repeat: u32) -> Result<()> {
+/// Runs `section` alone `repeat` times; one failed run fails the whole, after
+/// the figures of the others are written.
+fn run_repeated<R: serde::Serialize>(
+    ctdev: &Path,
+    quick: bool,
+    repeat: u32,
+    only: Repeated<R>,
+) -> Result<()> {
     let env = Env::new(ctdev, Plan::new(quick))?;
     let mut runs = Vec::new();
     let mut errors = Vec::new();
     for i in 0..repeat.max(1) {
-        if let Some(r) = section(&format!("daemon churn, run {}", i + 1), &mut errors, || {
-            churn::run(&env)
-        }) {
-            step(&churn::summary(&r));
+        let title = format!("{}, run {}", only.title, i + 1);
+        if let Some(r) = section(&title, &mut errors, || (only.run)(&env)) {
+            step(&(only.summary)(&r));
             runs.push(r);
         }
     }
-    if !runs.is_empty() {
-        step(&format!("bench: churn, all runs\n{}", churn::table(&runs)));
+    if let (Some(all), false) = (only.all, runs.is_empty()) {
+        step(&format!("bench: {}, all runs\n{}", only.label, all(&runs)));
     }
-    let dir = crate::root().join("target/bench-churn");
+    let dir = crate::root().join(format!("target/bench-{}", only.name));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&runs)?)?;
-    step(&format!("bench: churn figures in {}", path.display()));
+    step(&format!(
+        "bench: {} figures in {}",
+        only.label,
+        path.display()
+    ));
     if !errors.is_empty() {
         bail!("{}", errors.join("; "));
     }

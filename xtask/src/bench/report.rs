@@ -272,7 +272,10 @@ fn f1(x: f64) -> String {
     format!("{x:.1}")
 }
 
-fn row(s: &Summary, fmt: fn(f64) -> String) -> String {
+/// How a table cell shows a figure.
+type Fmt = fn(f64) -> String;
+
+fn row(s: &Summary, fmt: Fmt) -> String {
     format!("{} | {} | {}", fmt(s.median), fmt(s.min), fmt(s.max))
 }
 
@@ -506,39 +509,33 @@ pub fn write(
             d,
             "| command | median ms | min ms | max ms |\n|---|---|---|---|"
         );
+        let f0 = |x: f64| format!("{x:.0}");
         let f2 = |x: f64| format!("{x:.2}");
-        let _ = writeln!(d, "| `ctdev add` | {} |", row(&a.ctdev_add_ms, f2));
-        let _ = writeln!(
-            d,
-            "| `lxc-device add` | {} |",
-            row(&a.lxc_device_add_ms, f2)
-        );
-        let _ = writeln!(
-            d,
-            "| `ctdev --version` (process start alone) | {} |",
-            row(&a.ctdev_version_ms, f2)
-        );
-        let _ = writeln!(
-            d,
-            "| `ctdev add` + `ctdev del` | {} |",
-            row(&a.ctdev_add_del_ms, f2)
-        );
-        let _ = writeln!(
-            d,
-            "| `lxc-device add` + `lxc-device del` | {} |",
-            row(&a.lxc_add_del_ms, f2)
-        );
-        let _ = writeln!(d, "| `/bin/true` | {} |", row(&a.true_ms, f2));
-        let _ = writeln!(
-            d,
-            "| `ctdev::passthrough::add` in process (µs) | {} |",
-            row(&a.inproc_add_us, |x| format!("{x:.0}"))
-        );
-        let _ = writeln!(
-            d,
-            "| `ctdev::passthrough::del` in process (µs) | {} |",
-            row(&a.inproc_del_us, |x| format!("{x:.0}"))
-        );
+        let rows: [(&str, &Summary, Fmt); 8] = [
+            ("`ctdev add`", &a.ctdev_add_ms, f2),
+            ("`lxc-device add`", &a.lxc_device_add_ms, f2),
+            (
+                "`ctdev --version` (process start alone)",
+                &a.ctdev_version_ms,
+                f2,
+            ),
+            ("`ctdev add` + `ctdev del`", &a.ctdev_add_del_ms, f2),
+            ("`lxc-device add` + `lxc-device del`", &a.lxc_add_del_ms, f2),
+            ("`/bin/true`", &a.true_ms, f2),
+            (
+                "`ctdev::passthrough::add` in process (µs)",
+                &a.inproc_add_us,
+                f0,
+            ),
+            (
+                "`ctdev::passthrough::del` in process (µs)",
+                &a.inproc_del_us,
+                f0,
+            ),
+        ];
+        for (what, stats, fmt) in rows {
+            let _ = writeln!(d, "| {what} | {} |", row(stats, fmt));
+        }
         let _ = writeln!(
             d,
             "\nRatio of medians: `lxc-device add`+`del` / `ctdev add`+`del` = {:.1}×; \
