@@ -187,6 +187,27 @@ fn json_array<'a>(path: &Path, v: &'a Value, where_: &str) -> Result<&'a [Value]
     }
 }
 
+/// Each entry of the list `v` (at `where_` in the file) read by `entry`; an
+/// entry it refuses is an error naming the file, `where_[i]` and the entry.
+fn json_entries<T>(
+    path: &Path,
+    v: &Value,
+    where_: &str,
+    entry: fn(&Value) -> Result<T, String>,
+) -> Result<Vec<T>, ImportError> {
+    json_array(path, v, where_)?
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            entry(e).map_err(|reason| ImportError::BadEntry {
+                path: path.to_path_buf(),
+                entry: format!("{where_}[{i}] = {e}"),
+                reason,
+            })
+        })
+        .collect()
+}
+
 /// The device rules of an OCI runtime `config.json`
 /// (`linux.resources.devices`: `{allow, type?, major?, minor?, access?}`;
 /// no type is `a`, no number is `*`, no access is none). A config without
@@ -201,17 +222,7 @@ pub fn parse_oci_config(text: &str, path: &Path) -> Result<Vec<DeviceRuleSpec>, 
     let Some(devices) = json.pointer("/linux/resources/devices") else {
         return Ok(Vec::new());
     };
-    json_array(path, devices, "linux.resources.devices")?
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            oci_entry(e).map_err(|reason| ImportError::BadEntry {
-                path: path.to_path_buf(),
-                entry: format!("linux.resources.devices[{i}] = {e}"),
-                reason,
-            })
-        })
-        .collect()
+    json_entries(path, devices, "linux.resources.devices", oci_entry)
 }
 
 /// The node paths of an OCI config's `linux.devices` (runc drops a default
@@ -254,13 +265,7 @@ fn oci_entry(e: &Value) -> Result<DeviceRuleSpec, String> {
         }
         Some(other) => return Err(format!("\"type\" {other} is not a string")),
     };
-    Ok(DeviceRuleSpec {
-        allow: json_allow(e.get("allow"))?,
-        dev_type,
-        major: json_number(e.get("major"), "\"major\"", MAX_MAJOR)?,
-        minor: json_number(e.get("minor"), "\"minor\"", MAX_MINOR)?,
-        access: json_access(e.get("access"), "\"access\"")?,
-    })
+    json_rule(e, dev_type, "access")
 }
 
 /// Where runc keeps the cgroup device rules in `state.json`: runc 1.0/1.1
@@ -291,17 +296,19 @@ pub fn parse_runc_state(text: &str, path: &Path) -> Result<Vec<DeviceRuleSpec>, 
             looked_for: "config.cgroups.devices, config.cgroups.resources.devices",
         })?;
     let where_ = where_.trim_start_matches('/').replace('/', ".");
-    json_array(path, devices, &where_)?
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            runc_entry(e).map_err(|reason| ImportError::BadEntry {
-                path: path.to_path_buf(),
-                entry: format!("{where_}[{i}] = {e}"),
-                reason,
-            })
-        })
-        .collect()
+    json_entries(path, devices, &where_, runc_entry)
+}
+
+/// The rule of a JSON entry of type `dev_type`: its `allow`, `major`,
+/// `minor`, and its access under the key `access`.
+fn json_rule(e: &Value, dev_type: DeviceType, access: &str) -> Result<DeviceRuleSpec, String> {
+    Ok(DeviceRuleSpec {
+        allow: json_allow(e.get("allow"))?,
+        dev_type,
+        major: json_number(e.get("major"), "\"major\"", MAX_MAJOR)?,
+        minor: json_number(e.get("minor"), "\"minor\"", MAX_MINOR)?,
+        access: json_access(e.get(access), &format!("{access:?}"))?,
+    })
 }
 
 fn runc_entry(e: &Value) -> Result<DeviceRuleSpec, String> {
@@ -322,13 +329,7 @@ fn runc_entry(e: &Value) -> Result<DeviceRuleSpec, String> {
         Some(other) => return Err(format!("\"type\" {other} is not a device type code")),
         None => return Err("\"type\" is missing".into()),
     };
-    Ok(DeviceRuleSpec {
-        allow: json_allow(e.get("allow"))?,
-        dev_type,
-        major: json_number(e.get("major"), "\"major\"", MAX_MAJOR)?,
-        minor: json_number(e.get("minor"), "\"minor\"", MAX_MINOR)?,
-        access: json_access(e.get("permissions"), "\"permissions\"")?,
-    })
+    json_rule(e, dev_type, "permissions")
 }
 
 const LXC_ALLOW: &str = "lxc.cgroup2.devices.allow";
@@ -825,6 +826,17 @@ mod tests {
         }
     }
 
+    /// Asserts `r` is an error whose message names `path` and says each of
+    /// `wants`.
+    #[track_caller]
+    fn refused<T: std::fmt::Debug>(r: Result<T, ImportError>, path: &Path, wants: &[&str]) {
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        for want in wants {
+            assert!(msg.contains(want), "{want:?} not in {msg}");
+        }
+    }
+
     fn fixture(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
@@ -894,20 +906,13 @@ mod tests {
                     r#"{{"linux": {{"resources": {{"devices": [{{"allow": false}}, {entry}]}}}}}}"#
                 ),
             );
-            let msg = from_oci_config(&path).unwrap_err().to_string();
-            assert!(msg.contains(why), "{entry}: {msg}");
-            assert!(msg.contains("linux.resources.devices[1]"), "{msg}");
-            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            refused(from_oci_config(&path), &path, &[why, "linux.resources.devices[1]"]);
         }
         let (_d, path) = fixture("config.json", "{not json");
-        assert!(matches!(
-            from_oci_config(&path),
-            Err(ImportError::Json { .. })
-        ));
-        assert!(matches!(
-            from_oci_config(Path::new("/nonexistent/config.json")),
-            Err(ImportError::Io(_))
-        ));
+        let not_json = from_oci_config(&path);
+        assert!(matches!(not_json, Err(ImportError::Json { .. })));
+        let missing = from_oci_config(Path::new("/nonexistent/config.json"));
+        assert!(matches!(missing, Err(ImportError::Io(_))));
     }
 
     /// Trimmed from a real runc 1.1.5 state.json.
@@ -1069,19 +1074,12 @@ mod tests {
             ("lxc.cgroup2.devices.deny = /dev/null", "not a path"),
         ] {
             let (_d, path) = fixture("config", &format!("lxc.uts.name = x\n{line}\n"));
-            let msg = from_lxc_config(&path).unwrap_err().to_string();
-            assert!(msg.contains(why), "{line}: {msg}");
-            assert!(msg.contains(&format!("line 2: {line}")), "{msg}");
-            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            refused(from_lxc_config(&path), &path, &[why, &format!("line 2: {line}")]);
         }
         let (_d, path) = fixture("config", "lxc.include = config\n");
-        assert!(matches!(
-            from_lxc_config(&path),
-            Err(ImportError::IncludeDepth { .. })
-        ));
-        assert!(matches!(
-            from_lxc_config(Path::new("/nonexistent/config")),
-            Err(ImportError::Io(_))
-        ));
+        let looped = from_lxc_config(&path);
+        assert!(matches!(looped, Err(ImportError::IncludeDepth { .. })));
+        let missing = from_lxc_config(Path::new("/nonexistent/config"));
+        assert!(matches!(missing, Err(ImportError::Io(_))));
     }
 }
