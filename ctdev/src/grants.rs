@@ -732,85 +732,101 @@ mod tests {
         *ledger = after;
     }
 
-    #[test]
-    fn add_of_an_already_allowed_device_then_del_keeps_it() {
-        let mut e = attach(&["c 1:5 rwm"]);
-        let start = e.clone();
-        let mut l = Ledger::new(ID);
-        grant(&mut e, &mut l, Owner::Cli, "zero", "c 1:5 rwm");
-        take_back(&mut e, &mut l, Owner::Cli, "zero");
-        assert_eq!(e, start);
+    /// One step of a grant scenario.
+    #[derive(Clone, Copy)]
+    enum Step {
+        /// A grant of `rule` by `owner` for the subject.
+        Grant(Owner, &'static str, &'static str),
+        /// Its take-back (which must widen nothing).
+        Back(Owner, &'static str),
+        /// The char entry `major:minor` has these access bits now.
+        Bits(u32, u32, u32),
     }
 
-    #[test]
-    fn add_under_a_wildcard_with_a_deny_then_del_is_the_identity() {
-        let mut e = attach(&["c *:* rwm", "c 1:5 ''"]);
-        let start = e.clone();
-        let mut l = Ledger::new(ID);
-        grant(&mut e, &mut l, Owner::Cli, "zero", "c 1:5 rwm");
-        take_back(&mut e, &mut l, Owner::Cli, "zero");
-        assert_eq!(e, start);
-        // Under a wildcard only: the new entry inherits, del removes it.
-        let mut e = attach(&["c *:* rw"]);
-        let start = e.clone();
-        grant(&mut e, &mut l, Owner::Cli, "zero", "c 1:5 m");
-        assert_eq!(e.get(&PolicyKey::new(ID, DEV_CHAR, 1, 5)), Some(&7));
-        take_back(&mut e, &mut l, Owner::Cli, "zero");
-        assert_eq!(e, start);
+    /// Runs `steps` from the entries `start` with a new ledger; returns the
+    /// entries at the end.
+    fn replay(start: &Entries, steps: &[Step]) -> Entries {
+        let (mut e, mut l) = (start.clone(), Ledger::new(ID));
+        for step in steps {
+            match *step {
+                Step::Grant(owner, subject, rule) => grant(&mut e, &mut l, owner, subject, rule),
+                Step::Back(owner, subject) => take_back(&mut e, &mut l, owner, subject),
+                Step::Bits(major, minor, bits) => {
+                    let key = PolicyKey::new(ID, DEV_CHAR, major, minor);
+                    assert_eq!(e.get(&key), Some(&bits), "{major}:{minor} in {steps:?}");
+                }
+            }
+        }
+        e
     }
 
-    #[test]
-    fn two_grants_of_one_device_are_separate() {
-        let mut e = attach(&[]);
-        let start = e.clone();
-        let mut l = Ledger::new(ID);
-        grant(&mut e, &mut l, Owner::Cli, "a", "c 1:5 rw");
-        grant(&mut e, &mut l, Owner::Cli, "b", "c 1:5 rw");
-        take_back(&mut e, &mut l, Owner::Cli, "a");
-        assert_eq!(e.get(&PolicyKey::new(ID, DEV_CHAR, 1, 5)), Some(&6));
-        take_back(&mut e, &mut l, Owner::Cli, "b");
-        assert_eq!(e, start);
+    impl std::fmt::Debug for Step {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                Step::Grant(o, subject, rule) => write!(f, "grant {o:?} {subject} {rule}"),
+                Step::Back(o, subject) => write!(f, "take back {o:?} {subject}"),
+                Step::Bits(ma, mi, bits) => write!(f, "{ma}:{mi} = {bits}"),
+            }
+        }
     }
 
+    /// Grants taken back leave the entries as they were: an already allowed
+    /// device; one under a wildcard with a deny; one under a wildcard only
+    /// (the new entry inherits, del removes it); two grants of one device
+    /// (separate); the daemon's and the operator's grant of one rule in both
+    /// orders (the daemon takes back only what it gave).
     #[test]
-    fn the_daemon_takes_back_only_what_it_gave() {
-        // Operator first, daemon second: the operator's rule stays.
-        let mut e = attach(&[]);
-        let mut l = Ledger::new(ID);
-        grant(
-            &mut e,
-            &mut l,
-            Owner::Operator,
-            "c 10:200 rw",
-            "c 10:200 rw",
-        );
-        grant(&mut e, &mut l, Owner::Daemon, "c 10:200 rw", "c 10:200 rw");
-        take_back(&mut e, &mut l, Owner::Daemon, "c 10:200 rw");
-        assert_eq!(e.get(&PolicyKey::new(ID, DEV_CHAR, 10, 200)), Some(&6));
-        // Daemon first, operator second: still stays.
-        let mut e = attach(&[]);
-        let mut l = Ledger::new(ID);
-        grant(&mut e, &mut l, Owner::Daemon, "c 10:200 rw", "c 10:200 rw");
-        grant(
-            &mut e,
-            &mut l,
-            Owner::Operator,
-            "c 10:200 rw",
-            "c 10:200 rw",
-        );
-        take_back(&mut e, &mut l, Owner::Daemon, "c 10:200 rw");
-        assert_eq!(e.get(&PolicyKey::new(ID, DEV_CHAR, 10, 200)), Some(&6));
+    fn grants_taken_back_are_the_identity() {
+        use Owner::{Cli, Daemon, Operator};
+        use Step::{Back, Bits, Grant};
+        const TUN: &str = "c 10:200 rw";
+        let (zero, a, b) = (Back(Cli, "zero"), Back(Cli, "a"), Back(Cli, "b"));
+        let cases: [(&[&str], &[Step]); 4] = [
+            (&["c 1:5 rwm"], &[Grant(Cli, "zero", "c 1:5 rwm"), zero]),
+            (
+                &["c *:* rwm", "c 1:5 ''"],
+                &[Grant(Cli, "zero", "c 1:5 rwm"), zero],
+            ),
+            (
+                &["c *:* rw"],
+                &[Grant(Cli, "zero", "c 1:5 m"), Bits(1, 5, 7), zero],
+            ),
+            (
+                &[],
+                &[
+                    Grant(Cli, "a", "c 1:5 rw"),
+                    Grant(Cli, "b", "c 1:5 rw"),
+                    a,
+                    Bits(1, 5, 6),
+                    b,
+                ],
+            ),
+        ];
+        for (attached, steps) in cases {
+            let start = attach(attached);
+            assert_eq!(replay(&start, steps), start, "{steps:?}");
+        }
+        // The daemon takes back only what it gave, whoever granted first.
+        for (first, second) in [(Operator, Daemon), (Daemon, Operator)] {
+            let steps = [
+                Grant(first, TUN, TUN),
+                Grant(second, TUN, TUN),
+                Back(Daemon, TUN),
+                Bits(10, 200, 6),
+                Back(Operator, TUN),
+            ];
+            assert_eq!(replay(&attach(&[]), &steps), attach(&[]), "{steps:?}");
+        }
         // A policy rule overlapping the preset leaves the preset's bits.
         let preset = crate::presets::Preset::Oci.rules();
         let AttachPlan::Fresh { wanted } = plan_attach(None, ID, &preset, &[]) else {
             panic!()
         };
-        let mut e = wanted;
-        let start = e.clone();
-        let mut l = Ledger::new(ID);
-        grant(&mut e, &mut l, Owner::Daemon, "c 1:3 rw", "c 1:3 rw");
-        take_back(&mut e, &mut l, Owner::Daemon, "c 1:3 rw");
-        assert_eq!(e, start);
+        let steps = [
+            Grant(Daemon, "c 1:3 rw", "c 1:3 rw"),
+            Back(Daemon, "c 1:3 rw"),
+        ];
+        assert_eq!(replay(&wanted, &steps), wanted);
     }
 
     #[test]
