@@ -190,6 +190,14 @@ impl TestContainer {
         c
     }
 
+    /// Makes the char node `major:minor` at `path` in the container behind
+    /// ctdev's back (from the host); whether an open of it inside is then
+    /// refused by the device policy (EPERM).
+    pub fn new_node_denied(&self, path: &str, major: u32, minor: u32) -> bool {
+        crate::mknod(&self.host_path(path), major, minor);
+        crate::denied(&self.open_rw(path))
+    }
+
     /// The cgroup as a target path.
     pub fn cgroup_str(&self) -> &str {
         self.cgroup.to_str().expect("utf-8 cgroup path")

@@ -173,18 +173,13 @@ state = "{d}/state"
             containerd_dir().join("usr/bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let child = in_cgroup2_ns(&[
+        let mut cmd = in_cgroup2_ns(&[
             bin("containerd").as_os_str(),
             "--config".as_ref(),
             self.dir.join("config.toml").as_os_str(),
-        ])
-        .env("PATH", path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log fd"))
-        .stderr(log)
-        .spawn()
-        .expect("start containerd");
-        self.child = Some(child);
+        ]);
+        cmd.env("PATH", path);
+        self.child = Some(crate::spawn_logged(&mut cmd, log, "containerd"));
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             if self.sock.exists() && self.nri_sock.exists() && self.version().is_ok() {

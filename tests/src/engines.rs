@@ -420,32 +420,26 @@ impl Docker {
             p: Private::new("docker", parent, "docker", &[]),
         };
         let log = fs::File::create(d.p.base.join("dockerd.log")).expect("dockerd log");
-        let child =
-            d.p.ns
-                .command("dockerd")
-                .arg("--data-root")
-                .arg(d.p.base.join("data"))
-                .arg("--exec-root")
-                .arg(d.exec_root())
-                .arg("-H")
-                .arg(format!("unix://{}", d.socket().display()))
-                .arg("--pidfile")
-                .arg(d.p.base.join("docker.pid"))
-                .arg("--cgroup-parent")
-                .arg(&d.p.cgroup_parent)
-                .args([
-                    "--bridge",
-                    "none",
-                    "--iptables=false",
-                    "--ip6tables=false",
-                    "--ip-masq=false",
-                ])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup log"))
-                .stderr(log)
-                .spawn()
-                .expect("spawn dockerd");
-        d.daemon = Some(child);
+        let mut cmd = d.p.ns.command("dockerd");
+        let dockerd = cmd
+            .arg("--data-root")
+            .arg(d.p.base.join("data"))
+            .arg("--exec-root")
+            .arg(d.exec_root())
+            .arg("-H")
+            .arg(format!("unix://{}", d.socket().display()))
+            .arg("--pidfile")
+            .arg(d.p.base.join("docker.pid"))
+            .arg("--cgroup-parent")
+            .arg(&d.p.cgroup_parent)
+            .args([
+                "--bridge",
+                "none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-masq=false",
+            ]);
+        d.daemon = Some(crate::spawn_logged(dockerd, log, "dockerd"));
         let up = poll(Duration::from_secs(60), || {
             if let Some(Ok(Some(_))) = d.daemon.as_mut().map(|c| c.try_wait()) {
                 return Some(false);

@@ -220,20 +220,12 @@ impl TestEnv {
     /// `ctdev attach CGROUP --preset none --rule R…` (exactly `rules`, no
     /// preset); requires success and returns stdout.
     pub fn attach_rules(&self, cgroup: &Path, rules: &[&str]) -> String {
-        let mut args = vec!["attach", s(cgroup), "--preset", "none"];
-        for r in rules {
-            args.extend(["--rule", r]);
-        }
-        self.ok(&args)
+        self.ok(&attach_args(cgroup, rules))
     }
 
     /// [`TestEnv::attach_rules`] with `--json`: the attach report.
     pub fn attach_rules_json(&self, cgroup: &Path, rules: &[&str]) -> serde_json::Value {
-        let mut args = vec!["--json", "attach", s(cgroup), "--preset", "none"];
-        for r in rules {
-            args.extend(["--rule", r]);
-        }
-        let out = self.ok(&args);
+        let out = self.ok(&[&["--json"][..], &attach_args(cgroup, rules)].concat());
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("attach --json: {e}: {out}"))
     }
 
@@ -279,25 +271,21 @@ impl TestEnv {
 /// Asserts the kernel allowed `op` in `cgroup`.
 #[track_caller]
 pub fn assert_allowed(env: &TestEnv, cgroup: &Path, op: ProbeOp) {
-    let got = env.try_op(cgroup, &op);
-    assert_eq!(
-        got,
-        Ok(()),
-        "expected {op:?} allowed in {}",
-        cgroup.display()
-    );
+    assert_verdict(env, cgroup, op, Ok(()), "allowed");
 }
 
 /// Asserts the device controller denied `op` in `cgroup` (EPERM).
 #[track_caller]
 pub fn assert_denied(env: &TestEnv, cgroup: &Path, op: ProbeOp) {
+    assert_verdict(env, cgroup, op, Err(Errno::EPERM), "denied");
+}
+
+/// Asserts the kernel's verdict for `op` in `cgroup` is `want` (`what` in
+/// the message).
+#[track_caller]
+fn assert_verdict(env: &TestEnv, cgroup: &Path, op: ProbeOp, want: Result<(), Errno>, what: &str) {
     let got = env.try_op(cgroup, &op);
-    assert_eq!(
-        got,
-        Err(Errno::EPERM),
-        "expected {op:?} denied in {}",
-        cgroup.display()
-    );
+    assert_eq!(got, want, "expected {op:?} {what} in {}", cgroup.display());
 }
 
 /// Asserts the device controller let `op` through (any result but EPERM:
@@ -465,4 +453,24 @@ pub fn rdev(p: &Path) -> (bool, u64, u64) {
         libc::major(r) as u64,
         libc::minor(r) as u64,
     )
+}
+
+/// Starts `cmd` with no stdin and its stdout and stderr going to `log` (the
+/// engines' and daemons' logs); panics naming `what` when it cannot start.
+pub fn spawn_logged(cmd: &mut Command, log: fs::File, what: &str) -> std::process::Child {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log fd"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"))
+}
+
+/// The words of `ctdev attach CGROUP --preset none --rule R…` (exactly
+/// `rules`, no preset).
+pub fn attach_args<'a>(cgroup: &'a Path, rules: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["attach", s(cgroup), "--preset", "none"];
+    for r in rules {
+        args.extend(["--rule", r]);
+    }
+    args
 }

@@ -77,14 +77,10 @@ impl Udevd {
         }
         self.made_run_udev |= !Path::new("/run/udev").exists();
         let log = fs::File::create(&self.log).expect("udevd log");
-        let child = Command::new("/lib/systemd/systemd-udevd")
-            .arg("--debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("start systemd-udevd (Debian package `udev`)");
-        self.child = Some(child);
+        let mut udevd = Command::new("/lib/systemd/systemd-udevd");
+        udevd.arg("--debug");
+        let what = "systemd-udevd (Debian package `udev`)";
+        self.child = Some(crate::spawn_logged(&mut udevd, log, what));
         wait_until(Duration::from_secs(10), "udevd's control socket", || {
             udevd_running().then_some(())
         });
@@ -134,6 +130,53 @@ pub struct Adapter {
     pub indices: Vec<u32>,
     /// Its ID_SERIAL.
     pub serial: String,
+}
+
+impl Adapter {
+    /// The adapter of the loop `indices`, with a serial unique to this run
+    /// that starts with `label`.
+    pub fn new(indices: &[u32], label: &str) -> Self {
+        Adapter {
+            indices: indices.to_vec(),
+            serial: crate::unique(label).replace('-', "_"),
+        }
+    }
+}
+
+/// A udevd of the test's own with one adapter of one reserved loop index
+/// plugged in and settled (udev's database has it). Fields drop in order:
+/// unplugged, its rule removed, the index freed, udevd stopped.
+pub struct Plugged {
+    /// The loop device, attached.
+    pub device: crate::daemon::HotLoop,
+    /// The adapter's udev rule.
+    pub rule: UdevRule,
+    /// The adapter.
+    pub adapter: Adapter,
+    /// The reserved index (`idx[0]`).
+    pub idx: crate::daemon::LoopBlock,
+    /// The udevd.
+    pub udevd: Udevd,
+}
+
+impl Plugged {
+    /// Starts udevd (state under `scratch`), makes the adapter (serial
+    /// starting with `label`) and plugs it in.
+    pub fn start(scratch: &Path, label: &str) -> Self {
+        let udevd = Udevd::start(scratch);
+        let idx = crate::daemon::reserve_loops(1);
+        let adapter = Adapter::new(&idx, label);
+        let rule = UdevRule::new(&[&adapter]);
+        let device = crate::daemon::HotLoop::add(idx[0]);
+        udevd.settle();
+        Plugged {
+            device,
+            rule,
+            adapter,
+            idx,
+            udevd,
+        }
+    }
 }
 
 /// A rule file in [`RULES_DIR`], removed (and udevd told) on drop.

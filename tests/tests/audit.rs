@@ -381,7 +381,7 @@ fn monitor_waits_follows_recreated_maps_and_exits_on_a_closed_pipe() {
     let env = TestEnv::new("monitor-recreate");
     let cg = env.cgroup("c");
     let mon = Monitor::start(&env, &[]);
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    env.attach_rules(&cg, &[]);
     let saw = |minor: u64| {
         let end = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < end {
@@ -400,7 +400,7 @@ fn monitor_waits_follows_recreated_maps_and_exits_on_a_closed_pipe() {
     );
     env.ok(&["detach", s(&cg)]);
     assert!(!env.pin_root.join("CTDEV_EVENTS").exists(), "maps removed");
-    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    env.attach_rules(&cg, &[]);
     assert!(saw(7), "the monitor follows the recreated maps");
 
     // A closed pipe: the reader goes away, the monitor exits 0.

@@ -58,7 +58,7 @@ fn attach_killed_at_every_step_converges() {
     ] {
         let env = TestEnv::new("crash-attach");
         let cg = env.cgroup("c");
-        let args = ["attach", s(&cg), "--preset", "none", "--rule", "c 1:5 r"];
+        let args = attach_args(&cg, &["c 1:5 r"]);
         env.crash_at(step, &args);
         // Either not under policy yet (all allowed, as before), or under the
         // complete policy: never a partial one.
@@ -88,10 +88,8 @@ fn attach_killed_at_every_step_converges() {
 
 #[test]
 fn attach_of_an_attached_container_killed_keeps_its_program() {
-    let env = TestEnv::new("crash-reattach");
-    let cg = env.cgroup("c");
-    let same = ["attach", s(&cg), "--preset", "none", "--rule", "c 1:5 r"];
-    env.ok(&same);
+    let (env, cg) = TestEnv::with_attached("crash-reattach", "c", &["c 1:5 r"]);
+    let same = attach_args(&cg, &["c 1:5 r"]);
     env.crash_at("attach.after_lock", &same);
     assert_denied(&env, &cg, ProbeOp::read("/dev/null"));
     list_matches_kernel(&env, &cg);

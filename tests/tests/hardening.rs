@@ -158,16 +158,11 @@ fn container_exited_before_and_during_add() {
     // after it made the node, kill the container, let ctdev go on.
     let c = TestContainer::attached(&env, "c");
     let before = env.ctdev(&["list", "--json"]).stdout;
-    let child = Command::new(ctdev_bin())
-        .arg("--pin-root")
-        .arg(&env.pin_root)
-        .args(["add", c.cgroup_str(), "/dev/zero", "/dev/z"])
-        .env("CTDEV_FAILPOINT", "add.after_nodes=stop")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    wait_stopped(pid);
+    let child = stopped_at(
+        &env,
+        "add.after_nodes",
+        &["add", c.cgroup_str(), "/dev/zero", "/dev/z"],
+    );
     assert!(c.host_path("/dev/z").exists(), "node made before the stop");
     let _ = std::fs::write(c.cgroup.join("cgroup.kill"), "1");
     wait_until(|| !Path::new(&format!("/proc/{}", c.pid)).exists());
@@ -180,16 +175,7 @@ fn container_exited_before_and_during_add() {
 fn cgroup_removed_mid_attach() {
     let env = TestEnv::new("hd-rmcg");
     let cg = env.cgroup("c");
-    let child = Command::new(ctdev_bin())
-        .arg("--pin-root")
-        .arg(&env.pin_root)
-        .args(["attach", s(&cg), "--preset", "none"])
-        .env("CTDEV_FAILPOINT", "attach.after_rules=stop")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    wait_stopped(pid);
+    let child = stopped_at(&env, "attach.after_rules", &attach_args(&cg, &[]));
     std::fs::remove_dir(&cg).unwrap();
     let err = resume_failing(child);
     assert!(err.contains(s(&cg)), "names the cgroup: {err}");
@@ -222,6 +208,21 @@ fn resume_failing(child: std::process::Child) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{err}");
     err
+}
+
+/// Starts ctdev with `args` and waits until it stops at the failpoint
+/// `step` (SIGSTOP); resume it with [`resume_failing`].
+fn stopped_at(env: &TestEnv, step: &str, args: &[&str]) -> std::process::Child {
+    let child = Command::new(ctdev_bin())
+        .arg("--pin-root")
+        .arg(&env.pin_root)
+        .args(args)
+        .env("CTDEV_FAILPOINT", format!("{step}=stop"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(child.id());
+    child
 }
 
 fn wait_stopped(pid: u32) {

@@ -99,8 +99,7 @@ fn add_then_del_under_a_wildcard_with_a_deny_is_the_identity() {
     c.open_rw("/dev/zero").expect("zero opens after add");
     env.ok(&["del", cg, s(&zero), "/dev/zero"]);
     assert_eq!(rules_of(&env, &c.cgroup), before);
-    mknod(&c.host_path("/dev/zero"), 1, 5);
-    assert!(denied(&c.open_rw("/dev/zero")), "zero denied again");
+    assert!(c.new_node_denied("/dev/zero", 1, 5), "zero denied again");
 }
 
 // Finding 3: del of a directory after the host directory changed.
@@ -122,8 +121,7 @@ fn del_of_a_directory_takes_back_the_recorded_nodes() {
     assert_eq!(rules_of(&env, &c.cgroup), Vec::<String>::new());
     assert!(!c.host_path("/dev/hp/urandom").exists());
     assert!(!c.host_path("/dev/hp/random").exists());
-    mknod(&c.host_path("/dev/u9"), 1, 9);
-    assert!(denied(&c.open_rw("/dev/u9")), "1:9 closed");
+    assert!(c.new_node_denied("/dev/u9", 1, 9), "1:9 closed");
 }
 
 // #10 (left item 1): `del` removes exactly the directories `add` made:
@@ -220,28 +218,16 @@ fn grants_sharing_a_node_path_keep_it_until_the_last_del() {
 // Finding 5: re-running attach with another policy changed meaning silently.
 #[test]
 fn attach_with_another_policy_is_refused() {
-    let env = TestEnv::new("inv-reattach");
-    let cg = env.cgroup("c");
-    let args = ["attach", s(&cg), "--preset", "none", "--rule", "c *:* rwm"];
-    env.ok(&args);
+    let (env, cg) = TestEnv::with_attached("inv-reattach", "c", &["c *:* rwm"]);
     let before = rules_of(&env, &cg);
-    let err = env.fails(&[
-        "attach",
-        s(&cg),
-        "--preset",
-        "none",
-        "--rule",
-        "c *:* rwm",
-        "--rule",
-        "c 10:200 ''",
-    ]);
+    let err = env.fails(&attach_args(&cg, &["c *:* rwm", "c 10:200 ''"]));
     assert!(
         err.contains("ctdev allow") && err.contains("revoke"),
         "{err}"
     );
     assert_eq!(rules_of(&env, &cg), before);
     // The same request is idempotent.
-    let out = env.ok(&args);
+    let out = env.attach_rules(&cg, &["c *:* rwm"]);
     assert!(out.contains("already attached"), "{out}");
     assert_eq!(rules_of(&env, &cg), before);
 }

@@ -55,8 +55,10 @@ fn char_device_add_then_del() {
     assert!(!rules(&env).iter().any(|r| r.starts_with("c 10:200")));
     // A node made behind ctdev's back is denied: the rule is gone.
     std::fs::create_dir(c.host_path("/dev/net")).unwrap();
-    mknod(&c.host_path("/dev/net/tun"), 10, 200);
-    assert!(denied(&c.open_rw("/dev/net/tun")), "EPERM after del");
+    assert!(
+        c.new_node_denied("/dev/net/tun", 10, 200),
+        "EPERM after del"
+    );
 }
 
 #[test]
@@ -104,14 +106,11 @@ fn existing_node_is_replaced_and_repeated_add_converges() {
     let full = env.node("full", DeviceType::Char, 1, 7);
     // The container already has a node there (zero, 1:5): it gets replaced.
     mknod(&c.host_path("/dev/x"), 1, 5);
-    let stdout = env.ok(&[
-        "add",
-        c.cgroup_str(),
-        full.to_str().unwrap(),
-        "/dev/x",
-        "--mode",
-        "0620",
-    ]);
+    let add_full = |extra: &[&str]| {
+        let args = ["add", c.cgroup_str(), s(&full), "/dev/x", "--mode", "0620"];
+        env.ok(&[&args[..], extra].concat())
+    };
+    let stdout = add_full(&[]);
     assert!(stdout.contains("replaced"), "{stdout}");
     assert_eq!(rdev(&c.host_path("/dev/x")), (false, 1, 7));
     let meta = std::fs::metadata(c.host_path("/dev/x")).unwrap();
@@ -124,15 +123,7 @@ fn existing_node_is_replaced_and_repeated_add_converges() {
     );
 
     let before = (rules(&env), c.listing("/dev"));
-    let again = env.ok(&[
-        "add",
-        c.cgroup_str(),
-        full.to_str().unwrap(),
-        "/dev/x",
-        "--mode",
-        "0620",
-        "--json",
-    ]);
+    let again = add_full(&["--json"]);
     let v: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(v["nodes"][0]["action"], "unchanged", "{again}");
     assert_eq!(v["rules_changed"].as_array().unwrap().len(), 0, "{again}");

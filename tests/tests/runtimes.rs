@@ -104,6 +104,28 @@ fn texts(rules: &[Rule]) -> Vec<String> {
     rules.iter().map(|r| r.to_string()).collect()
 }
 
+/// Asserts the imported `rules` hold each of `wants` and decide every one of
+/// [`CASES`] as `who`'s program does in the container (`exec` runs there).
+/// Returns the rules as text.
+#[track_caller]
+fn assert_imported(
+    who: &str,
+    rules: &[Rule],
+    wants: &[&str],
+    exec: impl Fn(&[&str]) -> std::process::Output,
+) -> Vec<String> {
+    let got = texts(rules);
+    for want in wants {
+        assert!(got.iter().any(|r| r == want), "{want} missing from {got:?}");
+    }
+    assert_eq!(
+        kernel_denies(exec, &CASES),
+        ctdev_denies(rules, &CASES),
+        "{who}'s program and the imported rules disagree on {CASES:?}\nrules: {got:?}"
+    );
+    got
+}
+
 #[test]
 fn lxc_container_resolves_to_its_payload_cgroup() {
     let c = LxcContainer::start("lxc-find");
@@ -169,8 +191,7 @@ fn lxc_config_import_matches_what_lxc_enforces() {
     let c = LxcContainer::start("lxc-import");
     let specs = from_lxc_config(&c.config_path()).expect("import LXC config");
     let rules = translate(Semantics::Lxc, &specs).expect("LXC rules").rules;
-    let got = texts(&rules);
-    for want in [
+    let wants = [
         "b *:* m",
         "c 1:3 rwm",
         "c 1:5 rwm",
@@ -178,15 +199,9 @@ fn lxc_config_import_matches_what_lxc_enforces() {
         "c 136:* rwm",
         "c 10:229 rwm",
         "c *:* m",
-    ] {
-        assert!(got.iter().any(|r| r == want), "{want} missing from {got:?}");
-    }
+    ];
+    let got = assert_imported("LXC", &rules, &wants, |cmd| c.exec(cmd));
     assert!(!got.iter().any(|r| r.starts_with("c 10:200")), "{got:?}");
-    assert_eq!(
-        kernel_denies(|cmd| c.exec(cmd), &CASES),
-        ctdev_denies(&rules, &CASES),
-        "LXC's program and the imported rules disagree on {CASES:?}\nrules: {got:?}"
-    );
 }
 
 #[test]
@@ -245,23 +260,16 @@ fn runc_state_rules_are_the_config_rules_plus_defaults() {
         "{defaults:?}"
     );
     let rules = effective_rules(&from_state).expect("runc accepted these rules");
-    let got = texts(&rules);
     // runc's default c 1:5 rwm comes after our deny of w.
-    for want in [
+    let wants = [
         "b 7:* rm",
         "c 1:3 rwm",
         "c 1:5 rwm",
         "c 10:229 rm",
         "c *:* m",
         "b *:* m",
-    ] {
-        assert!(got.iter().any(|r| r == want), "{want} missing from {got:?}");
-    }
-    assert_eq!(
-        kernel_denies(|cmd| c.exec(cmd), &CASES),
-        ctdev_denies(&rules, &CASES),
-        "runc's program and the imported rules disagree on {CASES:?}\nrules: {got:?}"
-    );
+    ];
+    assert_imported("runc", &rules, &wants, |cmd| c.exec(cmd));
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ctdev_tests::container::TestContainer;
 use ctdev_tests::daemon::{reserve_loops, wait_until, write_policy, DaemonProc, HotLoop};
-use ctdev_tests::udev::{Adapter, UdevRule, Udevd, GROUP_GID, MODE, OWNER_UID};
+use ctdev_tests::udev::{Adapter, Plugged, UdevRule, Udevd, GROUP_GID, MODE, OWNER_UID};
 use ctdev_tests::*;
 
 /// The block device numbers of a node seen through the container's root.
@@ -46,15 +46,9 @@ fn udev_events_bring_udevs_owner_mode_and_names_and_a_replug_keeps_them() {
     let env = TestEnv::new("udev-hotplug");
     let _udevd = Udevd::start(&env.scratch);
     let idx = reserve_loops(3);
-    let serial = unique("serial-a").replace('-', "_");
-    let adapter = Adapter {
-        indices: vec![idx[0], idx[1]],
-        serial: serial.clone(),
-    };
-    let other = Adapter {
-        indices: vec![idx[2]],
-        serial: unique("serial-b").replace('-', "_"),
-    };
+    let adapter = Adapter::new(&idx[..2], "serial-a");
+    let other = Adapter::new(&idx[2..], "serial-b");
+    let serial = adapter.serial.clone();
     let rule = UdevRule::new(&[&adapter, &other]);
     let a = TestContainer::start(&env, "a", false);
     let cfg = policy(&env, &a, &rule.tag);
@@ -166,22 +160,14 @@ fn udev_events_bring_udevs_owner_mode_and_names_and_a_replug_keeps_them() {
 #[test]
 fn a_daemon_started_with_devices_present_takes_them_from_udevs_database() {
     let env = TestEnv::new("udev-coldplug");
-    let udevd = Udevd::start(&env.scratch);
-    let idx = reserve_loops(1);
-    let serial = unique("cold").replace('-', "_");
-    let adapter = Adapter {
-        indices: idx.to_vec(),
-        serial: serial.clone(),
-    };
-    let rule = UdevRule::new(&[&adapter]);
-    let _lo = HotLoop::add(idx[0]);
-    udevd.settle();
+    let plugged = Plugged::start(&env.scratch, "cold");
+    let (idx, serial) = (&plugged.idx, &plugged.adapter.serial);
     let db = PathBuf::from(format!("/run/udev/data/b7:{}", idx[0]));
     let text = fs::read_to_string(&db).expect("udev's database has the device");
     assert!(text.contains(&format!("E:ID_SERIAL={serial}")), "{text}");
 
     let a = TestContainer::start(&env, "a", false);
-    let cfg = policy(&env, &a, &rule.tag);
+    let cfg = policy(&env, &a, &plugged.rule.tag);
     let mut daemon = DaemonProc::start(&env, &cfg);
     let node = format!("/dev/ctdev/{serial}");
     let link = format!("/dev/serial/by-id/usb-ctdev-test-{serial}");
@@ -253,16 +239,8 @@ fn kernel_events_without_udevd_and_udevs_once_it_starts() {
 #[test]
 fn ctdev_add_of_a_udev_name_with_links_and_del_takes_both_back() {
     let env = TestEnv::new("udev-cli");
-    let udevd = Udevd::start(&env.scratch);
-    let idx = reserve_loops(1);
-    let serial = unique("cli").replace('-', "_");
-    let adapter = Adapter {
-        indices: idx.to_vec(),
-        serial: serial.clone(),
-    };
-    let _rule = UdevRule::new(&[&adapter]);
-    let _lo = HotLoop::add(idx[0]);
-    udevd.settle();
+    let plugged = Plugged::start(&env.scratch, "cli");
+    let (idx, serial) = (&plugged.idx, &plugged.adapter.serial);
     let by_id = format!("/dev/serial/by-id/usb-ctdev-test-{serial}");
     assert!(Path::new(&by_id).exists(), "udev made {by_id}");
     let a = TestContainer::attached(&env, "a");
