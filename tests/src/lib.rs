@@ -443,6 +443,14 @@ pub fn make_node(p: &Path, dev_type: DeviceType, major: u32, minor: u32) {
     .unwrap_or_else(|e| panic!("mknod {}: {e}", p.display()));
 }
 
+/// The device numbers of the node at `p` (not followed), `None` when there
+/// is nothing there.
+pub fn node_numbers(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(p).ok()?;
+    Some((libc::major(m.rdev()) as u64, libc::minor(m.rdev()) as u64))
+}
+
 /// The node at `p` (not followed): (is a block device, major, minor).
 pub fn rdev(p: &Path) -> (bool, u64, u64) {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -473,4 +481,20 @@ pub fn attach_args<'a>(cgroup: &'a Path, rules: &[&'a str]) -> Vec<&'a str> {
         args.extend(["--rule", r]);
     }
     args
+}
+
+/// The string `field` of each object in the JSON list `list` (`list --json`
+/// rules, `check` nodes, `cdi list` devices); panics on another shape.
+pub fn field_strs<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    let items = list
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"));
+    items
+        .iter()
+        .map(|i| {
+            i[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {field}: {i}"))
+        })
+        .collect()
 }

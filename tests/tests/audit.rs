@@ -359,12 +359,7 @@ fn drift_names_nodes_without_rules_and_rules_without_nodes() {
     let drift = &dump["containers"][0]["drift"];
     assert_eq!(drift["init_pid"], parked.pid());
     // The parked process shares the host's /dev: /dev/zero has no rule.
-    let nodes: Vec<&str> = drift["nodes_without_rule"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["path"].as_str().unwrap())
-        .collect();
+    let nodes = field_strs(&drift["nodes_without_rule"], "path");
     assert!(nodes.contains(&"/dev/zero"), "{nodes:?}");
     assert!(!nodes.contains(&"/dev/null"), "{nodes:?}");
     assert_eq!(

@@ -14,7 +14,7 @@ use std::path::Path;
 use ctdev_tests::container::TestContainer;
 use ctdev_tests::daemon::{write_policy, DaemonProc, HotLoop};
 use ctdev_tests::engines::{self, Engine, Podman, PodmanOptions};
-use ctdev_tests::{unique, TestEnv};
+use ctdev_tests::{field_strs, unique, TestEnv};
 
 /// What a container shows of the CDI device (and of its /dev and mounts).
 #[derive(Debug, PartialEq, Eq)]
@@ -335,12 +335,7 @@ fn cdi_list_shows_devices_files_and_invalid_files() {
     ]);
     let json: serde_json::Value =
         serde_json::from_str(&env.ok(&["--json", "cdi", "list", "--cdi-dir", d])).unwrap();
-    let names: Vec<&str> = json["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["name"].as_str().unwrap())
-        .collect();
+    let names = field_strs(&json["devices"], "name");
     assert!(
         names.contains(&format!("example.com/gen={devname}").as_str()),
         "{names:?}"

@@ -221,12 +221,6 @@ fn takeover_killed_never_leaves_the_container_without_a_program() {
     }
 }
 
-fn rdev_of(p: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::symlink_metadata(p).ok()?;
-    Some((libc::major(m.rdev()) as u64, libc::minor(m.rdev()) as u64))
-}
-
 #[test]
 fn add_and_del_killed_at_every_step_converge() {
     for step in [
@@ -253,7 +247,7 @@ fn add_and_del_killed_at_every_step_converge() {
             env.ok(&add);
             env.crash_at(step, &del);
             // Access is closed first: a node left behind is denied.
-            if rdev_of(&c.host_path("/dev/z")).is_some() {
+            if node_numbers(&c.host_path("/dev/z")).is_some() {
                 assert!(c.open_rw("/dev/z").is_err(), "{step}");
             }
             let again = env.ctdev(&del);
@@ -263,9 +257,9 @@ fn add_and_del_killed_at_every_step_converge() {
             );
             // The node add replaced (1:7) is back.
             assert!(
-                rdev_of(&c.host_path("/dev/z")) == Some((1, 7)),
+                node_numbers(&c.host_path("/dev/z")) == Some((1, 7)),
                 "{step}: {:?} {:?} {}",
-                rdev_of(&c.host_path("/dev/z")),
+                node_numbers(&c.host_path("/dev/z")),
                 again,
                 c.listing("/dev")
             );
@@ -279,7 +273,7 @@ fn add_and_del_killed_at_every_step_converge() {
             let rules = listed_rules(&env, &c.cgroup).unwrap().1;
             assert!(rules.iter().all(|r| r == "c 1:5 rwm"), "{step}: {rules:?}");
             env.ok(&add);
-            assert_eq!(rdev_of(&c.host_path("/dev/z")), Some((1, 5)), "{step}");
+            assert_eq!(node_numbers(&c.host_path("/dev/z")), Some((1, 5)), "{step}");
             assert_eq!(listed_rules(&env, &c.cgroup).unwrap().1, ["c 1:5 rwm"]);
             c.open_rw("/dev/z").expect("added node opens");
             // No temporary node is left behind.

@@ -19,12 +19,6 @@ use ctdev_tests::daemon::{reserve_loops, wait_until, write_policy, DaemonProc, H
 use ctdev_tests::udev::{Adapter, Plugged, UdevRule, Udevd, GROUP_GID, MODE, OWNER_UID};
 use ctdev_tests::*;
 
-/// The block device numbers of a node seen through the container's root.
-fn rdev(p: &Path) -> Option<(u64, u64)> {
-    let m = fs::symlink_metadata(p).ok()?;
-    Some((libc::major(m.rdev()) as u64, libc::minor(m.rdev()) as u64))
-}
-
 /// A policy selecting `a` with one hotplug rule on the test rule's own
 /// property, nodes at `/dev/ctdev/{ID_SERIAL}`, udev's links recreated.
 fn policy(env: &TestEnv, a: &TestContainer, tag: &str) -> PathBuf {
@@ -68,7 +62,7 @@ fn udev_events_bring_udevs_owner_mode_and_names_and_a_replug_keeps_them() {
         Duration::from_secs(10),
         "the adapter's node and link in a",
         || {
-            (rdev(&a.host_path(&node))? == (7, idx[0] as u64)).then_some(())?;
+            (node_numbers(&a.host_path(&node))? == (7, idx[0] as u64)).then_some(())?;
             fs::read_link(a.host_path(&link)).ok()
         },
     );
@@ -106,7 +100,7 @@ fn udev_events_bring_udevs_owner_mode_and_names_and_a_replug_keeps_them() {
         Duration::from_secs(10),
         "the re-plugged adapter at the same names",
         || {
-            (rdev(&a.host_path(&node))? == (7, idx[1] as u64)).then_some(())?;
+            (node_numbers(&a.host_path(&node))? == (7, idx[1] as u64)).then_some(())?;
             fs::read_link(a.host_path(&link)).ok()
         },
     );
@@ -150,9 +144,9 @@ fn udev_events_bring_udevs_owner_mode_and_names_and_a_replug_keeps_them() {
     wait_until(
         Duration::from_secs(10),
         "the other adapter at its own name",
-        || (rdev(&a.host_path(&other_node))? == (7, idx[2] as u64)).then_some(()),
+        || (node_numbers(&a.host_path(&other_node))? == (7, idx[2] as u64)).then_some(()),
     );
-    assert_eq!(rdev(&a.host_path(&node)), Some((7, idx[1] as u64)));
+    assert_eq!(node_numbers(&a.host_path(&node)), Some((7, idx[1] as u64)));
     let log = daemon.kill();
     assert!(log.contains("device added"), "{log}");
 }
@@ -172,7 +166,7 @@ fn a_daemon_started_with_devices_present_takes_them_from_udevs_database() {
     let node = format!("/dev/ctdev/{serial}");
     let link = format!("/dev/serial/by-id/usb-ctdev-test-{serial}");
     wait_until(Duration::from_secs(10), "the present adapter in a", || {
-        (rdev(&a.host_path(&node))? == (7, idx[0] as u64)).then_some(())?;
+        (node_numbers(&a.host_path(&node))? == (7, idx[0] as u64)).then_some(())?;
         fs::read_link(a.host_path(&link)).ok()
     });
     let m = fs::symlink_metadata(a.host_path(&node)).unwrap();
@@ -213,7 +207,7 @@ fn kernel_events_without_udevd_and_udevs_once_it_starts() {
     wait_until(
         Duration::from_secs(10),
         "the device from the kernel's event",
-        || (rdev(&a.host_path(&dest))? == (7, idx[0] as u64)).then_some(()),
+        || (node_numbers(&a.host_path(&dest))? == (7, idx[0] as u64)).then_some(()),
     );
     let r = a.open_rw(&dest);
     assert!(!denied(&r), "{r:?}");
@@ -230,7 +224,7 @@ fn kernel_events_without_udevd_and_udevs_once_it_starts() {
     wait_until(
         Duration::from_secs(10),
         "the device from udev's event",
-        || (rdev(&a.host_path(&dest2))? == (7, idx[1] as u64)).then_some(()),
+        || (node_numbers(&a.host_path(&dest2))? == (7, idx[1] as u64)).then_some(()),
     );
     let log = daemon.kill();
     assert!(log.contains("device events now come from udevd"), "{log}");
@@ -246,7 +240,11 @@ fn ctdev_add_of_a_udev_name_with_links_and_del_takes_both_back() {
     let a = TestContainer::attached(&env, "a");
     let out = env.ok(&["add", a.cgroup_str(), &by_id, "--links"]);
     let node = format!("/dev/loop{}", idx[0]);
-    assert_eq!(rdev(&a.host_path(&node)), Some((7, idx[0] as u64)), "{out}");
+    assert_eq!(
+        node_numbers(&a.host_path(&node)),
+        Some((7, idx[0] as u64)),
+        "{out}"
+    );
     assert_eq!(
         fs::read_link(a.host_path(&by_id)).unwrap(),
         Path::new(&format!("../../loop{}", idx[0])),
