@@ -342,3 +342,49 @@ fn shared_program_through_the_cli_beside_the_per_container_layout() {
     }
     assert!(!env.pin_root.exists(), "pins left behind");
 }
+
+/// The per-container layout (`CTDEV_SHARED_PROGRAM=0`) keeps its crash
+/// guarantees now that the shared program is the default: an attach killed
+/// at each of its steps leaves either no policy (all allowed, as before) or
+/// the complete one; attaching again with the opt-out repairs it onto the
+/// per-container layout, where allow, revoke and detach keep working.
+#[test]
+fn per_container_opt_out_killed_at_every_step_converges() {
+    for step in [
+        "attach.after_load",
+        "attach.after_rules",
+        "attach.after_link_create",
+        "attach.after_pin",
+    ] {
+        let env = TestEnv::new("shared-optout-crash");
+        let cg = env.cgroup("c");
+        let args = ["attach", s(&cg), "--preset", "none", "--rule", "c 1:5 r"];
+        let r = env.ctdev_env(
+            &args,
+            &[("CTDEV_FAILPOINT", step), ("CTDEV_SHARED_PROGRAM", "0")],
+        );
+        assert_eq!(r.signal, Some(libc::SIGKILL), "{step}: {}", r.stderr);
+        match listed_rules(&env, &cg) {
+            None => assert_allowed(&env, &cg, read("/dev/null")),
+            Some((state, rules)) => {
+                assert_eq!(state, "enforcing", "{step}");
+                assert_eq!(rules, ["c 1:5 r"], "{step}");
+                assert_denied(&env, &cg, read("/dev/null"));
+            }
+        }
+        let r = env.ctdev_env(&args, &[("CTDEV_SHARED_PROGRAM", "0")]);
+        assert_eq!(r.code, 0, "{step}: {}", r.stderr);
+        let dump = env.list_json();
+        assert_eq!(dump["orphaned"], serde_json::json!([]), "{step}: {dump}");
+        let layout = dump["containers"][0]["layout"].as_str().unwrap_or_default();
+        assert_eq!(layout, "per_container", "{step}: {dump}");
+        assert_denied(&env, &cg, read("/dev/null"));
+        assert_allowed(&env, &cg, read("/dev/zero"));
+        env.ok(&["allow", s(&cg), "c 1:3 r"]);
+        env.ok(&["revoke", s(&cg), "c 1:5 r"]);
+        assert_allowed(&env, &cg, read("/dev/null"));
+        assert_denied(&env, &cg, read("/dev/zero"));
+        env.ok(&["detach", s(&cg)]);
+        assert_allowed(&env, &cg, read("/dev/zero"));
+    }
+}
