@@ -264,27 +264,26 @@ fn shared_sigkill_at_every_step_leaves_fail_closed_state() {
     }
 }
 
-/// Through the CLI with `CTDEV_SHARED_PROGRAM=1`: attach puts containers on
-/// the one program; list, allow, revoke, set and detach work on them as on
-/// a container of the per-container layout attached beside them (an older
-/// ctdev's layout keeps working); the last detach leaves no pins.
+/// Through the CLI: attach puts containers on the one shared program by
+/// default (and with `CTDEV_SHARED_PROGRAM=1`); list, allow, revoke, set and
+/// detach work on them as on a container of the per-container layout
+/// (`CTDEV_SHARED_PROGRAM=0`) attached beside them; the last detach leaves
+/// no pins.
 #[test]
 fn shared_program_through_the_cli_beside_the_per_container_layout() {
     let env = TestEnv::new("shared-cli");
-    let on = [("CTDEV_SHARED_PROGRAM", "1")];
     let (a, b, old) = (env.cgroup("a"), env.cgroup("b"), env.cgroup("old"));
-    let attach = |cg: &Path, rule: &str, shared: bool| {
+    let attach = |cg: &Path, rule: &str, layout: Option<&str>| {
         let args = ["attach", s(cg), "--preset", "none", "--rule", rule];
-        let r = if shared {
-            env.ctdev_env(&args, &on)
-        } else {
-            env.ctdev(&args)
+        let r = match layout {
+            Some(v) => env.ctdev_env(&args, &[("CTDEV_SHARED_PROGRAM", v)]),
+            None => env.ctdev(&args),
         };
         assert_eq!(r.code, 0, "attach {}: {}", cg.display(), r.stderr);
     };
-    attach(&a, "c 1:3 r", true);
-    attach(&b, "c 1:5 r", true);
-    attach(&old, "c 1:3 r", false);
+    attach(&a, "c 1:3 r", None);
+    attach(&b, "c 1:5 r", Some("1"));
+    attach(&old, "c 1:3 r", Some("0"));
     let dump = env.list_json();
     let prog = |cg: &Path| {
         dump["containers"]
@@ -310,20 +309,14 @@ fn shared_program_through_the_cli_beside_the_per_container_layout() {
     assert_eq!(layout(&a), "shared", "{dump}");
     assert_eq!(layout(&b), "shared", "{dump}");
     assert_eq!(prog(&a), prog(&b), "one program for both: {dump}");
-    // `old` is on the per-container layout unless CTDEV_SHARED_PROGRAM=1 is
-    // set for the whole run: then it shares the program too.
-    match layout(&old).as_str() {
-        "per_container" => {
-            assert_ne!(prog(&a), prog(&old), "the per-container one is its own");
-            assert!(env
-                .pin_root
-                .join("tables")
-                .join(id_of(&old).to_string())
-                .exists());
-        }
-        "shared" => assert_eq!(prog(&a), prog(&old), "{dump}"),
-        l => panic!("layout {l}: {dump}"),
-    }
+    // The opt-out: `old` has a program instance and maps of its own.
+    assert_eq!(layout(&old), "per_container", "{dump}");
+    assert_ne!(prog(&a), prog(&old), "the per-container one is its own");
+    assert!(env
+        .pin_root
+        .join("tables")
+        .join(id_of(&old).to_string())
+        .exists());
     assert_eq!(listed_rules(&env, &a).unwrap().1, ["c 1:3 r"]);
     assert_eq!(listed_rules(&env, &b).unwrap().1, ["c 1:5 r"]);
     assert_eq!(listed_rules(&env, &old).unwrap().1, ["c 1:3 r"]);
@@ -348,4 +341,50 @@ fn shared_program_through_the_cli_beside_the_per_container_layout() {
         assert_allowed(&env, cg, read("/dev/zero"));
     }
     assert!(!env.pin_root.exists(), "pins left behind");
+}
+
+/// The per-container layout (`CTDEV_SHARED_PROGRAM=0`) keeps its crash
+/// guarantees now that the shared program is the default: an attach killed
+/// at each of its steps leaves either no policy (all allowed, as before) or
+/// the complete one; attaching again with the opt-out repairs it onto the
+/// per-container layout, where allow, revoke and detach keep working.
+#[test]
+fn per_container_opt_out_killed_at_every_step_converges() {
+    for step in [
+        "attach.after_load",
+        "attach.after_rules",
+        "attach.after_link_create",
+        "attach.after_pin",
+    ] {
+        let env = TestEnv::new("shared-optout-crash");
+        let cg = env.cgroup("c");
+        let args = ["attach", s(&cg), "--preset", "none", "--rule", "c 1:5 r"];
+        let r = env.ctdev_env(
+            &args,
+            &[("CTDEV_FAILPOINT", step), ("CTDEV_SHARED_PROGRAM", "0")],
+        );
+        assert_eq!(r.signal, Some(libc::SIGKILL), "{step}: {}", r.stderr);
+        match listed_rules(&env, &cg) {
+            None => assert_allowed(&env, &cg, read("/dev/null")),
+            Some((state, rules)) => {
+                assert_eq!(state, "enforcing", "{step}");
+                assert_eq!(rules, ["c 1:5 r"], "{step}");
+                assert_denied(&env, &cg, read("/dev/null"));
+            }
+        }
+        let r = env.ctdev_env(&args, &[("CTDEV_SHARED_PROGRAM", "0")]);
+        assert_eq!(r.code, 0, "{step}: {}", r.stderr);
+        let dump = env.list_json();
+        assert_eq!(dump["orphaned"], serde_json::json!([]), "{step}: {dump}");
+        let layout = dump["containers"][0]["layout"].as_str().unwrap_or_default();
+        assert_eq!(layout, "per_container", "{step}: {dump}");
+        assert_denied(&env, &cg, read("/dev/null"));
+        assert_allowed(&env, &cg, read("/dev/zero"));
+        env.ok(&["allow", s(&cg), "c 1:3 r"]);
+        env.ok(&["revoke", s(&cg), "c 1:5 r"]);
+        assert_allowed(&env, &cg, read("/dev/null"));
+        assert_denied(&env, &cg, read("/dev/zero"));
+        env.ok(&["detach", s(&cg)]);
+        assert_allowed(&env, &cg, read("/dev/zero"));
+    }
 }

@@ -663,14 +663,6 @@ impl SharedProgram {
     }
 }
 
-/// Whether `attach` puts new containers on the shared program
-/// (`CTDEV_SHARED_PROGRAM=1`; off by default until the whole suite has run
-/// with it). Containers attached either way are read, changed and
-/// detached alike.
-pub fn enabled() -> bool {
-    std::env::var_os("CTDEV_SHARED_PROGRAM").is_some_and(|v| v == "1")
-}
-
 /// Shared programs opened by this process, by pin directory.
 static OPENED: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<SharedProgram>)>> =
     std::sync::Mutex::new(Vec::new());

@@ -17,6 +17,7 @@ use std::time::Duration;
 use ctdev_common::PolicyKey;
 use serde::Serialize;
 
+pub use crate::audit::view::Layout;
 use crate::cgroup::{Cgroup, CgroupError, CgroupFs};
 use crate::grants::plan_grant;
 use crate::grants::{self, Grant, GrantError, Ledger, Owner as GrantOwner, Store, Subject};
@@ -59,6 +60,28 @@ pub struct Config {
     pub dry_run: bool,
     /// Allow attaching the root cgroup or a cgroup holding PID 1.
     pub force_host: bool,
+    /// The program layout a fresh attach uses: the shared program (the
+    /// default) or a program instance of the container's own
+    /// (`CTDEV_SHARED_PROGRAM=0`, see [`layout_from_env`]). Containers
+    /// attached either way are read, changed and detached alike.
+    pub layout: Layout,
+}
+
+/// The program layout for new attachments, from the environment:
+/// `CTDEV_SHARED_PROGRAM=0` (or `false`, `no`, `off`) selects the
+/// per-container layout; unset or any other value the shared program.
+pub fn layout_from_env() -> Layout {
+    layout_from(std::env::var_os("CTDEV_SHARED_PROGRAM").as_deref())
+}
+
+/// [`layout_from_env`] for a given value of `CTDEV_SHARED_PROGRAM`.
+fn layout_from(value: Option<&std::ffi::OsStr>) -> Layout {
+    match value.and_then(|v| v.to_str()).map(str::trim) {
+        Some(v) if ["0", "false", "no", "off"].contains(&v.to_ascii_lowercase().as_str()) => {
+            Layout::PerContainer
+        }
+        _ => Layout::Shared,
+    }
 }
 
 impl Default for Config {
@@ -72,6 +95,7 @@ impl Default for Config {
             state_dir: None,
             dry_run: false,
             force_host: false,
+            layout: layout_from_env(),
         }
     }
 }
@@ -386,7 +410,7 @@ impl Ctdev {
         crate::kernel::shared::clear(&self.pins, id).map_err(|e| ProgramError::Load {
             source: Box::new(e),
         })?;
-        if crate::kernel::shared::enabled() {
+        if self.config.layout == Layout::Shared {
             if let Some(report) = self.attach_shared(&cgroup, object, preset, rules)? {
                 return Ok(report);
             }
@@ -655,7 +679,7 @@ impl Ctdev {
     }
 
     /// What a fresh attach of `cgroup` would write (`--dry-run`).
-    /// A fresh attach on the shared program (`CTDEV_SHARED_PROGRAM=1`):
+    /// A fresh attach on the shared program (the default layout):
     /// the policy fits a table and no entries of an earlier container with
     /// this id are left, else `None` (the per-container program is used).
     fn attach_shared(
@@ -872,4 +896,25 @@ impl Ctdev {
 
 fn describe(entries: &BTreeMap<PolicyKey, u32>) -> Vec<String> {
     entries.iter().map(|(k, v)| entry_text(k, *v)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{layout_from, Layout};
+    use std::ffi::OsStr;
+
+    #[test]
+    fn the_shared_program_is_the_default_and_0_opts_out() {
+        assert_eq!(layout_from(None), Layout::Shared);
+        for on in ["1", "", "yes", "shared"] {
+            assert_eq!(layout_from(Some(OsStr::new(on))), Layout::Shared, "{on:?}");
+        }
+        for off in ["0", "false", "No", " off "] {
+            assert_eq!(
+                layout_from(Some(OsStr::new(off))),
+                Layout::PerContainer,
+                "{off:?}"
+            );
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Check cost per access: ns per open()+close() of the device from inside a
-//! cgroup with no program, the allow-all floor, ctdev with N rules, and the
-//! linear programs runc and crun generate for the same N rules; plus the
-//! kernel's own per-program run time (bpf_stats_enabled).
+//! cgroup with no program, the allow-all floor, ctdev with N rules (its
+//! default layout, `ctdev`, and the per-container layout, `per-container`,
+//! where they differ), and the linear programs runc and crun generate for
+//! the same N rules; plus the kernel's own per-program run time
+//! (bpf_stats_enabled).
 
 use std::path::Path;
 
@@ -263,48 +265,37 @@ pub fn run(env: &Env) -> Result<CostResults> {
         vec![dev_rule],
         Preset::Oci,
     ));
-    let shared_sets = ctdev_sets.clone();
-    for (i, (scenario, n, rs, preset)) in ctdev_sets.into_iter().enumerate() {
+    // ctdev as a user gets it (the default layout: the shared program for
+    // policies that fit a container table, the per-container program for
+    // larger ones), and the per-container layout (`CTDEV_SHARED_PROGRAM=0`)
+    // at the sizes where the default differs from it.
+    let per_container = ctdev::Ctdev::new(ctdev::Config {
+        layout: ctdev::ops::Layout::PerContainer,
+        ..env.ct.config().clone()
+    })?;
+    let fits = |preset: Preset, rs: &[Rule]| {
+        ctdev::plan::attach_entries(0, &preset.rules(), rs).len() <= ctdev_common::TABLE_CAP
+    };
+    let mut sets: Vec<(String, usize, Vec<Rule>, Preset, &ctdev::Ctdev)> = Vec::new();
+    for (scenario, n, rs, preset) in ctdev_sets {
+        if fits(preset, &rs) {
+            let name = scenario.replacen("ctdev", "per-container", 1);
+            sets.push((name, n, rs.clone(), preset, &per_container));
+        }
+        sets.push((scenario, n, rs, preset, &env.ct));
+    }
+    let mut denied = std::collections::BTreeSet::new();
+    for (i, (scenario, n, rs, preset, ct)) in sets.into_iter().enumerate() {
         let cg = env.parent.child(&format!("ctdev-{i}-{n}"))?;
         let target = Target::Cgroup(cg.dir.clone());
-        env.ct
-            .attach(&target, preset, &rs)
-            .with_context(|| format!("ctdev attach with {n} rules"))?;
-        if i == 0 {
-            denial(env, "ctdev", &cg.dir, &mut res.denials)?;
+        ct.attach(&target, preset, &rs)
+            .with_context(|| format!("{scenario} attach with {n} rules"))?;
+        let layout = scenario.split('+').next().unwrap_or_default().to_string();
+        if denied.insert(layout.clone()) {
+            denial(env, &layout, &cg.dir, &mut res.denials)?;
         }
         add(&scenario, Some(n), cg.dir.clone());
         keep_ctdev.push(target);
-        keep_cgroups.push(cg);
-    }
-
-    // The shared program (one verified program for every container, each
-    // container's table in cgroup local storage), at the sizes its table
-    // holds; larger policies stay on the per-container program for now.
-    let object = ctdev::kernel::loader::ProgramObject::new(Some(&crate::ebpf_object()))?;
-    let shared = ctdev::kernel::shared::SharedProgram::open_or_load(&object, env.ct.pins())
-        .context("loading the shared program")?;
-    let mut keep_shared = Vec::new();
-    for (i, (scenario, n, rs, preset)) in shared_sets.into_iter().enumerate() {
-        if n > ctdev_common::TABLE_CAP {
-            continue;
-        }
-        let cg = env.parent.child(&format!("shared-{i}-{n}"))?;
-        let cgroup = env.cgroups.cgroup(&cg.dir)?;
-        let entries = ctdev::plan::attach_entries(cgroup.id, &preset.rules(), &rs);
-        let table = ctdev::kernel::shared::SharedProgram::table_for(cgroup.id, &entries, None)?;
-        shared
-            .attach(&cgroup, env.ct.pins(), &table)
-            .with_context(|| format!("shared attach with {n} rules"))?;
-        if i == 0 {
-            denial(env, "shared", &cg.dir, &mut res.denials)?;
-        }
-        add(
-            &scenario.replacen("ctdev", "shared", 1),
-            Some(n),
-            cg.dir.clone(),
-        );
-        keep_shared.push(cgroup.id);
         keep_cgroups.push(cg);
     }
 
@@ -358,9 +349,6 @@ pub fn run(env: &Env) -> Result<CostResults> {
     }
     res.points = live.into_iter().map(finish).collect();
     drop(containers);
-    for id in keep_shared {
-        let _ = shared.detach(env.ct.pins(), id);
-    }
     for t in &keep_ctdev {
         env.ct.detach(t)?;
     }

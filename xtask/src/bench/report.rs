@@ -575,13 +575,19 @@ pub fn write(
         let _ = writeln!(
             d,
             "{} cgroups, each attached through the library (`ctdev::Ctdev::attach`, one call \
-             per container: create and pin its table and counters, write {} rules, load its \
-             program instance from the relocated template (one `BPF_PROG_LOAD`), create and pin \
-             a link), `--preset none`. Memory is bpftool's `bytes_memlock`: the program \
-             instances plus every map they use (each container's table and counters, the shared \
-             maps), divided by the container count. Check cost: ns per open()+close() in \
+             per container, ctdev's default layout: write {} rules to the container's cgroup \
+             storage and link the shared program, verified once; {} of them ended on the \
+             shared program), `--preset none`. Memory is bpftool's `bytes_memlock` of the \
+             programs and every map they use, plus what the kernel allocates per container \
+             for its cgroup storage ({} B each: table buffer, storage records, per-CPU \
+             counters; `bytes_memlock` of a cgroup storage map counts only the map), divided \
+             by the container count. Check cost: ns per open()+close() in \
              the first container with only it attached, then with all {} attached.\n",
-            s.containers, s.rules_per_container, s.containers
+            s.containers,
+            s.rules_per_container,
+            s.shared_containers,
+            s.storage_bytes_per_container,
+            s.containers
         );
         let _ = writeln!(
             d,
@@ -874,7 +880,10 @@ fn write_cost(
          a 2-instruction allow-all program (`r0 = 1; exit`, loaded with raw bpf(2), attached \
          with `BPF_PROG_ATTACH` + `BPF_F_ALLOW_MULTI`): the floor; ctdev with N rules \
          (`--preset none`; `ctdev+oci`: runc's default device list plus the device's rule, \
-         what runc's own smallest program holds); and real runc and crun containers whose config.json \
+         what runc's own smallest program holds) in its default layout (the shared program \
+         while the policy fits its 128-entry table, a per-container program above), and \
+         `per-container` the same policies on the per-container layout \
+         (`CTDEV_SHARED_PROGRAM=0`) at the sizes where it differs; and real runc and crun containers whose config.json \
          `linux.resources.devices` holds the same N rules after a deny-all (the runtimes add \
          their default devices on top). The N rules are N−1 non-matching `c {}:i rwm` and \
          finally the device's own rule (for crun, which tests rules last to first, the device's \
