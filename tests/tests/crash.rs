@@ -255,6 +255,7 @@ fn rdev_of(p: &Path) -> Option<(u64, u64)> {
 #[test]
 fn add_and_del_killed_at_every_step_converge() {
     for step in [
+        "add.after_write_ahead",
         "add.after_nodes",
         "add.after_rules",
         "node.after_tmp_node",
