@@ -60,6 +60,17 @@ impl DaemonProc {
     /// Starts the daemon armed to SIGKILL itself at failpoint `step`
     /// (`CTDEV_FAILPOINT`; `cargo xtask test` builds them in).
     pub fn start_with_failpoint(env: &TestEnv, config: &Path, step: Option<&str>) -> Self {
+        Self::start_with_env(env, config, step, &[])
+    }
+
+    /// As [`DaemonProc::start_with_failpoint`], with more environment
+    /// variables (`CTDEV_TEST_HOLD_DIR`, …).
+    pub fn start_with_env(
+        env: &TestEnv,
+        config: &Path,
+        step: Option<&str>,
+        vars: &[(&str, &Path)],
+    ) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let ready = env.scratch.join(format!("ready-d{n}"));
@@ -68,6 +79,9 @@ impl DaemonProc {
         let mut cmd = Command::new(ctdev_bin());
         if let Some(step) = step {
             cmd.env("CTDEV_FAILPOINT", step);
+        }
+        for (k, v) in vars {
+            cmd.env(k, v);
         }
         let child = cmd
             .arg("--pin-root")

@@ -470,3 +470,124 @@ fn a_hotplugged_network_interface_moves_into_the_matching_container() {
     let log = daemon.kill();
     assert!(log.contains(&name), "the daemon logs the move: {log}");
 }
+
+/// The daemon's log lines about entry `name`'s device at `dest` that say
+/// how one of its jobs ended, in order: `add` or `del`.
+fn outcomes(log: &str, name: &str, dest: &str) -> Vec<&'static str> {
+    log.lines()
+        .filter(|l| l.contains(&format!("container={name} ")) && l.contains(dest))
+        .filter_map(|l| {
+            if l.contains("device added") || l.contains("went while passing it in") {
+                Some("add")
+            } else if l.contains("device removed") || l.contains("its record is dropped") {
+                Some("del")
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_held_container_does_not_delay_hotplug_into_another_and_keeps_its_own_order() {
+    let env = TestEnv::new("dm-lanes");
+    let slow = TestContainer::start(&env, "slow", false);
+    let fast = TestContainer::start(&env, "fast", false);
+    let index = HotLoop::pick();
+    let entry = |name: &str, c: &TestContainer| {
+        format!(
+            "[[container]]\nname = \"{name}\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\n\
+             [[container.hotplug]]\ndevname = \"loop{index}\"\n",
+            c.cgroup.display()
+        )
+    };
+    let cfg = write_config(
+        &env,
+        "policy.toml",
+        &format!("{}{}", entry("slow", &slow), entry("fast", &fast)),
+    );
+    let holds = env.scratch.join("holds");
+    fs::create_dir_all(&holds).unwrap();
+    let mut daemon = DaemonProc::start_with_env(
+        &env,
+        &cfg,
+        None,
+        &[("CTDEV_TEST_HOLD_DIR", holds.as_path())],
+    );
+    // `slow` is stuck: its init stopped, and its lane held (the test hook
+    // of a failpoints build) until the test lets it go.
+    let hold = holds.join(slow.cgroup.file_name().unwrap());
+    fs::write(&hold, "").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(slow.pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    struct Cont(i32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+    let _cont = Cont(slow.pid);
+    let rule = format!("b 7:{index} rwm");
+    let dest = format!("/dev/loop{index}");
+
+    // 1. Plugged: `fast` gets it while `slow`'s add waits in its lane.
+    let mut lo = HotLoop::add(index);
+    wait_until(Duration::from_secs(10), "the node in fast to open", || {
+        fast.host_path(&dest).exists().then_some(())?;
+        (!denied(&fast.open_rw(&dest))).then_some(())
+    });
+    assert!(
+        daemon.status()["jobs"].as_u64().unwrap() >= 1,
+        "slow's add queued"
+    );
+    assert!(!slow.host_path(&dest).exists(), "slow is held: no node yet");
+    assert!(!rules_of(&env, &slow.cgroup).unwrap().contains(&rule));
+
+    // 2. Unplugged: `fast` loses it; `slow`'s removal queues behind its add.
+    lo.remove();
+    wait_until(Duration::from_secs(10), "fast to lose the device", || {
+        (!fast.host_path(&dest).exists() && !rules_of(&env, &fast.cgroup).unwrap().contains(&rule))
+            .then_some(())
+    });
+    assert!(
+        daemon.status()["jobs"].as_u64().unwrap() >= 1,
+        "slow still held"
+    );
+    assert!(!rules_of(&env, &slow.cgroup).unwrap().contains(&rule));
+
+    // 3. Let go: `slow`'s add, then its removal, in that order; nothing is
+    // left (the removal was not overtaken by the older add).
+    fs::remove_file(&hold).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(slow.pid),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(10), "slow's lane to drain", || {
+        (daemon.status()["jobs"].as_u64() == Some(0)).then_some(())
+    });
+    assert!(!slow.host_path(&dest).exists(), "{}", daemon.log_text());
+    assert!(!rules_of(&env, &slow.cgroup).unwrap().contains(&rule));
+    let state = fs::read_to_string(daemon.state_dir.join("state.json")).unwrap();
+    assert!(!state.contains(&dest), "no record left: {state}");
+    let log = daemon.kill();
+    assert_eq!(outcomes(&log, "fast", &dest), ["add", "del"], "{log}");
+    assert_eq!(outcomes(&log, "slow", &dest), ["add", "del"], "{log}");
+    // fast's add was done before slow's add ended.
+    let first = |name: &str| {
+        log.lines()
+            .position(|l| {
+                l.contains(&format!("container={name} "))
+                    && (l.contains("device added") || l.contains("went while passing it in"))
+            })
+            .unwrap()
+    };
+    assert!(first("fast") < first("slow"), "{log}");
+    assert!(log.contains("lane held by"), "{log}");
+}

@@ -1,7 +1,9 @@
-//! The event loop: one thread multiplexing uevents, inotify, signals and
-//! timers, so changes are applied in event order.
+//! The event loop: one thread multiplexing uevents, inotify, signals,
+//! timers and the lanes' finished jobs, so changes are decided in event
+//! order (the device work itself runs in per-container lanes).
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,15 @@ use super::cdi_watch::CdiWatcher;
 use super::lifecycle::Watcher;
 use super::uevent::{self, Source, UeventSocket};
 use super::{notify, Daemon, DaemonError, Options};
+
+/// A file descriptor the reactor watches; owned elsewhere.
+struct Watched(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for Watched {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
 
 /// Runs the daemon until SIGTERM or SIGINT. Never detaches on exit: the
 /// pinned programs keep enforcing.
@@ -36,14 +47,29 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
     let mut int = sig(SignalKind::interrupt(), "SIGINT handler")?;
     let ready_file = opts.ready_file.clone();
     let mut daemon = Daemon::new(ct, opts)?;
+    let Some(mut done_rx) = daemon.done_rx.take() else {
+        return Err(DaemonError::Runtime {
+            what: "device lanes",
+            source: std::io::Error::other("lanes started twice"),
+        });
+    };
     // Events first, then the scan: nothing that happens during the scan is lost.
     let io = |what| move |source| DaemonError::Runtime { what, source };
+    // The kernel's uevents are read by the daemon itself (also between the
+    // steps of a long pass: a hotplug is not queued behind it); the
+    // reactor only watches the fd, which the daemon keeps open for longer
+    // than `uevents` lives (dropped first: declared after).
+    let kernel = UeventSocket::open()?;
+    let kernel_fd = Watched(kernel.as_raw_fd());
+    daemon.kernel_events = Some(kernel);
+    // SAFETY: the socket behind `kernel_fd` is owned by `daemon`, which
+    // outlives `uevents` (declared before it, so dropped after it): the fd
+    // stays open and the same for the registration's whole life.
+    let mut uevents = unsafe { AsyncFd::register_with_interest(kernel_fd, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .map_err(io("uevent socket"))?;
     // SAFETY: both wrappers own their fd (socket / inotify instance) for
     // their whole life and `as_raw_fd` always returns that same fd.
-    let mut uevents =
-        unsafe { AsyncFd::register_with_interest(UeventSocket::open()?, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .map_err(io("uevent socket"))?;
     // SAFETY: as above. udevd's events: read whether or not udevd runs now
     // (it may start later); used while it runs.
     let mut udev_events = unsafe {
@@ -84,21 +110,26 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
     let mut next_udev_check = Instant::now() + Duration::from_secs(1);
     loop {
         tokio::select! {
-            r = uevents.readable_mut() => {
-                let mut guard = r.map_err(io("uevent socket"))?;
-                match guard.get_inner_mut().read_all() {
-                    Ok(events) => {
-                        for ev in events {
-                            daemon.on_uevent(ev, Source::Kernel);
-                        }
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        tracing::warn!("uevents were lost (ENOBUFS): rescanning");
-                        daemon.reconcile_all(watcher.get_mut());
-                    }
-                    Err(e) => tracing::error!("reading uevents: {e}"),
+            // Device work finished in a container's lane: its records and
+            // logs (every outcome waiting now, then one state write).
+            Some(done) = done_rx.recv() => {
+                daemon.on_done(done);
+                while let Ok(done) = done_rx.try_recv() {
+                    daemon.on_done(done);
                 }
-                guard.clear_ready();
+                daemon.save_state();
+                daemon.write_status(watcher.get_ref());
+            }
+            r = uevents.readable_mut() => {
+                // Readiness cleared first, then read until empty: nothing
+                // that arrives meanwhile is missed.
+                r.map_err(io("uevent socket"))?.clear_ready();
+                daemon.take_uevents();
+                if std::mem::take(&mut daemon.lost_events) {
+                    tracing::warn!("uevents were lost (ENOBUFS): rescanning");
+                    daemon.reconcile_all(watcher.get_mut());
+                }
+                daemon.write_status(watcher.get_ref());
             }
             r = udev_events.readable_mut() => {
                 let mut guard = r.map_err(io("udev event socket"))?;
@@ -129,6 +160,8 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                 guard.clear_ready();
                 for ev in events {
                     daemon.on_cgroup_event(ev, watcher.get_mut());
+                    // Device events that came meanwhile go first.
+                    daemon.take_uevents();
                 }
                 daemon.write_status(watcher.get_ref());
             }
@@ -147,6 +180,10 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
+                if std::mem::take(&mut daemon.lost_events) {
+                    tracing::warn!("uevents were lost (ENOBUFS): rescanning");
+                    daemon.reconcile_all(watcher.get_mut());
+                }
                 let pending: Vec<PathBuf> = daemon.pending.iter().cloned().collect();
                 let mut changed = false;
                 for dir in pending {
@@ -186,6 +223,15 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
             }
         }
     }
+    // Jobs already queued finish (a kill here is a crash: the records
+    // written ahead cover it); their records are written.
+    while daemon.lanes.pending() > 0 {
+        match done_rx.recv().await {
+            Some(done) => daemon.on_done(done),
+            None => break,
+        }
+    }
+    daemon.save_state();
     tracing::info!("exiting; the pinned policy keeps being enforced");
     Ok(())
 }

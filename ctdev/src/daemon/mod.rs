@@ -19,15 +19,18 @@
 //!   device is recorded before it is given, so a daemon killed in between
 //!   still takes it back later.
 //!
-//! All work runs on one thread (a current-thread tokio runtime multiplexing
-//! the uevent socket, inotify, signals and timers), so changes are applied
-//! in event order.
+//! The event loop runs on one thread (a current-thread tokio runtime
+//! multiplexing the uevent socket, inotify, signals, timers and the lanes'
+//! outcomes): events are read, recorded and decided in event order. The
+//! device work of each container runs in its lane ([`lanes`]): in order for
+//! one container, concurrently across containers.
 
 pub(crate) mod cdi_watch;
 pub mod check;
 pub mod config;
 pub(crate) mod devices;
 mod event_loop;
+pub(crate) mod lanes;
 pub(crate) mod lifecycle;
 pub(crate) mod notify;
 pub mod reconcile;
@@ -41,7 +44,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
 
 use crate::grants::{Owner as GrantOwner, Subject as GrantSubject};
 use crate::kernel::loader::ProgramObject;
@@ -55,7 +58,7 @@ use config::{ConfigError, Policy};
 use lifecycle::{CgroupEvent, LifecycleError, Watcher};
 use reconcile::{OwnedDevice, State, StateError, WantedDevice};
 use selector::DeviceInfo;
-use uevent::{Source, Uevent, UeventError};
+use uevent::{Source, Uevent, UeventError, UeventSocket};
 
 pub use devices::device_present;
 pub use event_loop::run;
@@ -169,11 +172,13 @@ pub struct Status {
     pub scopes: usize,
     /// Where device events come from: `udev` or `kernel`.
     pub events: Source,
+    /// Device jobs queued or running in the containers' lanes.
+    pub jobs: usize,
 }
 
 /// The daemon's state while it runs.
 pub struct Daemon {
-    ct: Ctdev,
+    ct: Arc<Ctdev>,
     opts: Options,
     policy: Policy,
     scope_dir: PathBuf,
@@ -204,6 +209,14 @@ pub struct Daemon {
     prerecorded: BTreeSet<(u64, String)>,
     /// The state as last written.
     saved: Option<State>,
+    /// Device work per container, on worker threads ([`lanes`]).
+    lanes: lanes::Lanes,
+    /// The kernel's uevent socket (read by [`Daemon::take_uevents`]).
+    kernel_events: Option<UeventSocket>,
+    /// uevents were lost (ENOBUFS): the event loop rescans.
+    lost_events: bool,
+    /// Where the lanes' finished jobs arrive (taken by the event loop).
+    done_rx: Option<tokio::sync::mpsc::UnboundedReceiver<lanes::Done>>,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -233,7 +246,13 @@ impl Daemon {
         let own_root = fs::metadata("/")
             .map(|m| (m.dev(), m.ino()))
             .unwrap_or((0, 0));
+        let ct = Arc::new(ct);
+        let (lanes, done_rx) = lanes::Lanes::start(ct.clone());
         Ok(Self {
+            lanes,
+            done_rx: Some(done_rx),
+            kernel_events: None,
+            lost_events: false,
             ct,
             policy,
             scope_dir,
@@ -571,9 +590,14 @@ impl Daemon {
             .ok()
             .flatten()
             .map(|pid| PathBuf::from(format!("/proc/{pid}/root")));
+        // A device event with a job still queued at the dest (a removal of
+        // the same numbers just before): the new add goes behind it.
+        let event = only.is_some();
+        let lanes = &self.lanes;
         plan.add.retain(|w| {
             owned.get(&w.owned.dest) != Some(&w.owned)
                 || w.owned.interface
+                || (event && lanes.busy_at(m.policy_id, &w.owned.dest))
                 || !root.as_ref().is_some_and(|r| {
                     let inside = r.join(w.owned.dest.trim_start_matches('/'));
                     fs::symlink_metadata(inside).is_ok_and(|m| {
@@ -585,11 +609,18 @@ impl Daemon {
                     })
                 })
         });
+        // In a pass (not an event), a dest with a job queued or running is
+        // left to that job (its record is written ahead; the next pass
+        // sees how it ended). An event's jobs queue behind earlier ones.
         for o in plan.remove {
-            self.remove_device(dir, m.policy_id, &name, &o);
+            if event || !self.lanes.busy_at(m.policy_id, &o.dest) {
+                self.remove_device(dir, m.policy_id, &name, &o);
+            }
         }
         for w in plan.add {
-            self.add_device(dir, m.policy_id, &name, &w);
+            if event || !self.lanes.busy_at(m.policy_id, &w.owned.dest) {
+                self.add_device(dir, m.policy_id, &name, &w);
+            }
         }
         if only.is_none() {
             // CDI devices (`devices = [{ cdi = ... }]`), with their own records.
@@ -605,7 +636,6 @@ impl Daemon {
     }
 
     fn add_device(&mut self, dir: &Path, id: u64, name: &str, w: &WantedDevice) {
-        let target = target_of(dir);
         let o = &w.owned;
         if o.interface {
             // An interface is in one container at most: a moved one is no
@@ -651,34 +681,75 @@ impl Daemon {
                 }
             }
         }
-        let start = Instant::now();
-        let result = passthrough::add_as(
-            &self.ct,
-            GrantOwner::Daemon,
-            &target,
-            &passthrough::PassRequest::from_record(&o.host, &o.dest, o.interface),
-            &opts,
-        );
-        crate::failpoint!("daemon.add.after_device");
-        match result {
+        // The work itself runs in the container's lane (after its earlier
+        // jobs, beside other containers' jobs); [`Daemon::on_done`] finishes it.
+        let job = lanes::Job {
+            id,
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            work: lanes::Work::Add {
+                owned: o.clone(),
+                opts,
+                recorded_before,
+            },
+        };
+        self.submit(job);
+    }
+
+    /// Queues `job` in its container's lane (handled at once when there is
+    /// no worker thread).
+    fn submit(&mut self, job: lanes::Job) {
+        if let Some(done) = self.lanes.submit(&self.ct, job) {
+            self.on_done(done);
+        }
+    }
+
+    /// A job of a lane finished: records, logs and follow-ups on the event
+    /// loop's thread, in the lane's order.
+    pub(crate) fn on_done(&mut self, done: lanes::Done) {
+        self.lanes.finished(&done);
+        let lanes::Done { job, outcome, took } = done;
+        let (dir, id, name) = (job.dir.as_path(), job.id, job.name.as_str());
+        match job.work {
+            lanes::Work::Add {
+                owned: o,
+                recorded_before,
+                ..
+            } => self.added(dir, id, name, &o, recorded_before, outcome, took),
+            lanes::Work::Remove { owned: o } => self.removed(dir, id, name, &o, outcome),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn added(
+        &mut self,
+        dir: &Path,
+        id: u64,
+        name: &str,
+        o: &OwnedDevice,
+        recorded_before: Option<OwnedDevice>,
+        outcome: Result<Option<passthrough::PassthroughReport>, PassthroughError>,
+        took: std::time::Duration,
+    ) {
+        match outcome {
             Ok(report) => {
-                let changed = !report.rules_changed.is_empty()
-                    || report.interface.is_some()
-                    || report.nodes.iter().any(|n| {
-                        !matches!(n.action, crate::container::nodes::NodeAction::Unchanged)
-                    });
+                let changed = report.as_ref().is_some_and(|report| {
+                    !report.rules_changed.is_empty()
+                        || report.interface.is_some()
+                        || report.nodes.iter().any(|n| {
+                            !matches!(n.action, crate::container::nodes::NodeAction::Unchanged)
+                        })
+                });
                 if changed {
-                    tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, took_us = start.elapsed().as_micros() as u64, "device added");
+                    let rules = report.map(|r| r.rules_changed).unwrap_or_default();
+                    tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?rules, took_us = took.as_micros() as u64, "device added");
                 }
                 self.failing.remove(&(id, o.dest.clone()));
-                if !o.links.is_empty() {
-                    self.sync_links(dir, name, o, true);
-                }
                 if let Some(s) = self.state.containers.get_mut(&id) {
                     s.devices.insert(o.dest.clone(), o.clone());
                 }
                 // Left while it was being passed in: close it again now
-                // rather than at its `remove` event.
+                // (its `remove` event may have come before the record did).
                 if !o.interface && o.devpath.is_some() && !self.still_present(o) {
                     tracing::debug!(container = %name, device = %o.host, "device left while it was passed in: taking it back");
                     self.remove_device(dir, id, name, o);
@@ -740,38 +811,51 @@ impl Daemon {
         }
     }
 
+    /// Takes a device back: queued in the container's lane, behind any
+    /// `add` of it; its record goes when that is done ([`Daemon::removed`]).
     fn remove_device(&mut self, dir: &Path, id: u64, name: &str, o: &OwnedDevice) {
-        if !o.links.is_empty() {
-            self.sync_links(dir, name, o, false);
-        }
-        if !o.interface {
-            let target = target_of(dir);
-            match passthrough::del_as(
-                &self.ct,
-                GrantOwner::Daemon,
-                &target,
-                &passthrough::PassRequest::from_record(&o.host, &o.dest, false),
-            ) {
-                Ok(report) => {
-                    tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, "device removed")
-                }
-                Err(PassthroughError::NotAdded { .. }) => {
-                    tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "no grant of the daemon for the device: its record is dropped");
-                }
-                Err(e) if !dir.exists() => {
-                    tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, "container gone while taking its device back: {e}");
-                }
-                Err(e) => {
-                    tracing::error!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "cannot remove device: {e}");
-                    return;
-                }
+        let job = lanes::Job {
+            id,
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            work: lanes::Work::Remove { owned: o.clone() },
+        };
+        self.submit(job);
+    }
+
+    fn removed(
+        &mut self,
+        dir: &Path,
+        id: u64,
+        name: &str,
+        o: &OwnedDevice,
+        outcome: Result<Option<passthrough::PassthroughReport>, PassthroughError>,
+    ) {
+        match outcome {
+            Ok(Some(report)) => {
+                tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, "device removed")
             }
-        } else {
-            // Moving an interface in makes it leave the host: expected, not news.
-            tracing::debug!(container = %name, cgroup = %dir.display(), interface = %o.dest, "interface forgotten (gone from the host)");
+            Ok(None) => {
+                // Moving an interface in makes it leave the host: expected, not news.
+                tracing::debug!(container = %name, cgroup = %dir.display(), interface = %o.dest, "interface forgotten (gone from the host)");
+            }
+            Err(PassthroughError::NotAdded { .. }) => {
+                tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "no grant of the daemon for the device: its record is dropped");
+            }
+            Err(e) if !dir.exists() => {
+                tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, "container gone while taking its device back: {e}");
+            }
+            Err(e) => {
+                tracing::error!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "cannot remove device: {e}");
+                return;
+            }
         }
         if let Some(s) = self.state.containers.get_mut(&id) {
-            s.devices.remove(&o.dest);
+            // A newer add at the dest (queued after this removal) keeps
+            // its record, written ahead.
+            if !self.lanes.busy_at(id, &o.dest) {
+                s.devices.remove(&o.dest);
+            }
         }
         // A private node of a device that is gone goes too.
         if o.devpath.is_some()
@@ -780,27 +864,7 @@ impl Daemon {
         {
             let _ = fs::remove_file(&o.host);
         }
-    }
-
-    /// Makes (`make`) or removes the device's udev names in the container:
-    /// symlinks to its node there, with the nodes' path safety. Never in a
-    /// container that shares the host's mount namespace (that would be the
-    /// host's /dev). A failure is logged; the device stays passed in.
-    fn sync_links(&self, dir: &Path, name: &str, o: &OwnedDevice, make: bool) {
-        match crate::udev::sync_links(self.ct.cgroups(), dir, Path::new(&o.dest), &o.links, make) {
-            Ok(done) => {
-                for l in done {
-                    tracing::debug!(container = %name, link = %l.link, dest = %o.dest, action = ?l.action, "udev link");
-                }
-            }
-            Err(crate::udev::LinkError::HostMounts { .. }) => {}
-            Err(e) if !dir.exists() => {
-                tracing::debug!(container = %name, cgroup = %dir.display(), "container gone: {e}")
-            }
-            Err(e) => {
-                tracing::warn!(container = %name, cgroup = %dir.display(), dest = %o.dest, "udev links: {e}")
-            }
-        }
+        self.finish_unselected(id);
     }
 
     /// A cgroup the daemon managed was removed: detach its policy.
@@ -998,6 +1062,7 @@ impl Daemon {
             devices: self.devices.len(),
             scopes: self.scopes.len(),
             events: self.source,
+            jobs: self.lanes.pending(),
         }
     }
 
@@ -1034,6 +1099,40 @@ impl Daemon {
         }
     }
 
+    /// A running container no longer selected whose devices are all back
+    /// (no record, no job in its lane): the policy's rules are taken back
+    /// and its record goes. Anything else: nothing (not yet, or selected).
+    fn finish_unselected(&mut self, id: u64) {
+        let Some(owned) = self.state.containers.get(&id).cloned() else {
+            return;
+        };
+        if !owned.devices.is_empty()
+            || self.lanes.busy(id)
+            || self.managed.values().any(|m| m.policy_id == id)
+            || !self
+                .ct
+                .cgroups()
+                .cgroup(&owned.cgroup)
+                .is_ok_and(|g| g.id == id)
+        {
+            return;
+        }
+        for text in &owned.rules {
+            let subject = GrantSubject::Rule {
+                rule: text.to_string(),
+            };
+            if self
+                .ct
+                .take_back(&target_of(&owned.cgroup), GrantOwner::Daemon, &subject)
+                .is_ok()
+            {
+                tracing::info!(container = %owned.entry, cgroup = %owned.cgroup.display(), rule = %text, "revoked (no longer selected)");
+            }
+        }
+        self.state.containers.remove(&id);
+        tracing::info!(container = %owned.entry, cgroup = %owned.cgroup.display(), "no longer selected by the policy; left attached with its other rules");
+    }
+
     /// Compares everything with the policy and converges.
     pub fn reconcile_all(&mut self, watcher: &mut Watcher) {
         self.sync_scopes();
@@ -1062,6 +1161,8 @@ impl Daemon {
             // A container created meanwhile is attached now, not after the
             // whole pass (its processes may already run).
             self.take_cgroup_events(watcher);
+            // A device plugged meanwhile goes in now, not after the pass.
+            self.take_uevents();
             if !dir.exists() {
                 continue;
             }
@@ -1100,27 +1201,38 @@ impl Daemon {
                 continue;
             }
             // Still running but no longer selected: take back what the daemon
-            // gave; the container stays under policy (fail-closed).
+            // gave; the container stays under policy (fail-closed). Devices
+            // first (in its lane), then its rules once they are all back.
             let owned = self.state.containers.get(&id).cloned().unwrap_or_default();
             for o in owned.devices.values() {
-                self.remove_device(&cgroup, id, &owned.entry, o);
-            }
-            for text in &owned.rules {
-                let subject = GrantSubject::Rule {
-                    rule: text.to_string(),
-                };
-                if self
-                    .ct
-                    .take_back(&target_of(&cgroup), GrantOwner::Daemon, &subject)
-                    .is_ok()
-                {
-                    tracing::info!(container = %owned.entry, cgroup = %cgroup.display(), rule = %text, "revoked (no longer selected)");
+                if !self.lanes.busy_at(id, &o.dest) {
+                    self.remove_device(&cgroup, id, &owned.entry, o);
                 }
             }
-            self.state.containers.remove(&id);
-            tracing::info!(container = %owned.entry, cgroup = %cgroup.display(), "no longer selected by the policy; left attached with its other rules");
+            self.finish_unselected(id);
         }
         self.save_state();
+    }
+
+    /// Handles the kernel's device events waiting now (non-blocking): from
+    /// the event loop, and between the steps of a long pass or a burst of
+    /// new containers, so a hotplug does not wait for them. Lost events
+    /// set `lost_events` (the event loop rescans).
+    fn take_uevents(&mut self) {
+        // Taken out while its events are handled: a nested call reads nothing.
+        let Some(mut socket) = self.kernel_events.take() else {
+            return;
+        };
+        match socket.read_all() {
+            Ok(events) => {
+                for ev in events {
+                    self.on_uevent(ev, Source::Kernel);
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => self.lost_events = true,
+            Err(e) => tracing::error!("reading uevents: {e}"),
+        }
+        self.kernel_events = Some(socket);
     }
 
     /// Handles the cgroup events waiting now (non-blocking), during a long

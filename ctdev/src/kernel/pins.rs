@@ -75,7 +75,48 @@ pub struct PinRoot {
 /// An exclusive lock on the pin root, released on drop.
 #[derive(Debug)]
 pub struct PinLock {
+    // Dropped first: the flock is free before the next thread of this
+    // process is let in.
     _lock: Flock<File>,
+    _local: LocalTurn,
+}
+
+/// This process's turn at a pin root's lock. Threads of one process (the
+/// daemon's lanes) wait for each other here, woken at once, instead of
+/// polling the flock (which serialises processes).
+#[derive(Debug)]
+struct LocalTurn(PathBuf);
+
+/// Pin roots whose lock a thread of this process holds or is taking.
+static LOCAL_HELD: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+static LOCAL_FREE: std::sync::Condvar = std::sync::Condvar::new();
+
+impl LocalTurn {
+    /// Waits up to `timeout` for the other threads of the process.
+    fn take(root: &Path, timeout: Duration) -> Option<LocalTurn> {
+        let start = Instant::now();
+        let mut held = LOCAL_HELD.lock().unwrap_or_else(|p| p.into_inner());
+        while held.contains(root) {
+            let left = timeout.checked_sub(start.elapsed())?;
+            held = LOCAL_FREE
+                .wait_timeout(held, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        held.insert(root.to_path_buf());
+        Some(LocalTurn(root.to_path_buf()))
+    }
+}
+
+impl Drop for LocalTurn {
+    fn drop(&mut self) {
+        LOCAL_HELD
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+        LOCAL_FREE.notify_all();
+    }
 }
 
 impl PinRoot {
@@ -217,6 +258,11 @@ impl PinRoot {
     /// root, waiting up to `timeout` for another ctdev to finish.
     pub fn lock(&self, timeout: Duration) -> Result<PinLock, PinError> {
         let start = Instant::now();
+        let busy = || PinError::Busy {
+            root: self.root.clone(),
+            waited: timeout,
+        };
+        let local = LocalTurn::take(&self.root, timeout).ok_or_else(busy)?;
         let mut file = File::open(&self.root).map_err(io_err("open", &self.root))?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -226,7 +272,10 @@ impl PinRoot {
                     // directory that excludes nobody. Lock the root that is
                     // there now instead.
                     if same_inode(&lock, &self.root)? {
-                        return Ok(PinLock { _lock: lock });
+                        return Ok(PinLock {
+                            _lock: lock,
+                            _local: local,
+                        });
                     }
                     drop(lock);
                     file = File::open(&self.root).map_err(io_err("open", &self.root))?;
