@@ -59,6 +59,10 @@ pub struct Config {
     pub dry_run: bool,
     /// Allow attaching the root cgroup or a cgroup holding PID 1.
     pub force_host: bool,
+    /// Keep the loaded programs and shared maps pinned when the last
+    /// container is detached (a long-running agent, e.g. the NRI plugin:
+    /// its next container then does not load and verify them again).
+    pub keep_programs: bool,
 }
 
 impl Default for Config {
@@ -72,6 +76,7 @@ impl Default for Config {
             state_dir: None,
             dry_run: false,
             force_host: false,
+            keep_programs: false,
         }
     }
 }
@@ -816,6 +821,9 @@ impl Ctdev {
     /// Last container gone (no link pin, no foreign file, no entry): leaves
     /// nothing pinned. Called under the lock.
     fn remove_pins_if_unused(&self) -> Result<(), Error> {
+        if self.config.keep_programs {
+            return Ok(());
+        }
         let (ids, foreign) = self.pins.link_entries()?;
         if !ids.is_empty() || !foreign.is_empty() {
             return Ok(());
