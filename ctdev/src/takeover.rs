@@ -62,6 +62,11 @@ pub struct TakeoverOptions {
     /// The starting rules when there is nothing to import (`--preset`;
     /// `None` is [`Preset::Oci`]).
     pub preset: Option<Preset>,
+    /// The runtime's container ID, when the caller knows it (the NRI
+    /// plugin): its state under each runtime root is looked at first (and
+    /// still must have its init process in the cgroup), before a scan of
+    /// every container's.
+    pub container_id: Option<String>,
 }
 
 /// Why a takeover did not happen (or not completely).
@@ -170,6 +175,45 @@ pub struct TakeoverReport {
     pub kept: Vec<KeptProgram>,
     /// Other programs still deciding (on ancestors, or other ctdev roots).
     pub remaining: Vec<DeviceProgram>,
+    /// Time per step, in order (µs): what a takeover costs, and where.
+    pub steps: Steps,
+}
+
+/// Time per step of an operation (µs), in order.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(transparent)]
+pub struct Steps(pub Vec<(&'static str, u64)>);
+
+/// Measures consecutive steps: each [`StepTimer::mark`] records the time
+/// since the previous one.
+#[derive(Debug)]
+pub struct StepTimer {
+    last: std::time::Instant,
+    steps: Steps,
+}
+
+impl Default for StepTimer {
+    fn default() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            steps: Steps::default(),
+        }
+    }
+}
+
+impl StepTimer {
+    /// Ends the step `name`.
+    pub fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        let us = u64::try_from(now.duration_since(self.last).as_micros()).unwrap_or(u64::MAX);
+        self.steps.0.push((name, us));
+        self.last = now;
+    }
+
+    /// The steps so far.
+    pub fn finish(self) -> Steps {
+        self.steps
+    }
 }
 
 /// The rules found for a takeover.
@@ -266,15 +310,19 @@ pub fn takeover(
     options: &TakeoverOptions,
     extra: &[Rule],
 ) -> Result<TakeoverReport, TakeoverError> {
+    let mut timer = StepTimer::default();
     let resolved = ctdev.resolve(target)?;
     let cgroup = resolved.cgroup.ok_or_else(|| Error::NeedsCgroup {
         target: target.to_string(),
     })?;
     let is_runtime = |p: &DeviceProgram| p.attached_at == cgroup.path && p.owner != Owner::Ctdev;
+    timer.mark("resolve");
     let runtime_has_program = device_programs(ctdev.cgroups(), &cgroup)?
         .iter()
         .any(is_runtime);
+    timer.mark("list_programs");
     let imported = import_rules(ctdev, target, &cgroup, options, runtime_has_program)?;
+    timer.mark("import");
     if let Some(why) = &imported.started_from_preset {
         tracing::warn!(cgroup = %cgroup.dir.display(), "{why}");
     }
@@ -306,11 +354,17 @@ pub fn takeover(
         })?;
     }
 
+    timer.mark("current_policy");
+
     // One critical section: attach, verify, keep and detach the runtime's.
     let object = ProgramObject::new(ctdev.config().bpf_object.as_deref()).map_err(Error::from)?;
+    timer.mark("object");
     let lock = ctdev.lock()?;
+    timer.mark("lock");
     let before = device_programs(ctdev.cgroups(), &cgroup)?;
+    timer.mark("list_programs_locked");
     let attach = ctdev.attach_locked(&lock, cgroup.clone(), &object, Preset::None, &rules)?;
+    timer.mark("attach");
     crate::failpoint!("takeover.after_attach");
 
     // Verify: the kernel lists ctdev's program on the cgroup itself.
@@ -328,6 +382,7 @@ pub fn takeover(
         });
     }
 
+    timer.mark("verify");
     let flags =
         sys::device_attach_flags(fd.as_fd(), &cgroup.dir).map_err(|e| TakeoverError::Detach {
             program_id: attach.program_id,
@@ -354,6 +409,7 @@ pub fn takeover(
             program_id: prog.id,
             source,
         })?;
+        timer.mark("keep");
         crate::failpoint!("takeover.after_keep");
         sys::prog_detach_device(fd.as_fd(), prog_fd.as_fd(), &cgroup.dir).map_err(|source| {
             TakeoverError::Detach {
@@ -368,6 +424,7 @@ pub fn takeover(
             attach_flags: flags,
         });
         detached.push(prog);
+        timer.mark("detach_runtime");
     }
     crate::failpoint!("takeover.after_detach_runtime");
     drop(lock);
@@ -375,6 +432,7 @@ pub fn takeover(
         .into_iter()
         .filter(|p| p.id != attach.program_id)
         .collect();
+    timer.mark("list_remaining");
     Ok(TakeoverReport {
         attach,
         source: imported.source,
@@ -386,6 +444,7 @@ pub fn takeover(
         detached,
         kept,
         remaining,
+        steps: timer.finish(),
     })
 }
 
@@ -520,6 +579,17 @@ fn find_source(
     } else {
         options.runtime_roots.clone()
     };
+    let hint = options
+        .container_id
+        .as_deref()
+        .filter(|id| !id.is_empty() && !id.contains('/') && *id != "." && *id != "..");
+    if let Some(id) = hint {
+        for root in &roots {
+            if let Some(found) = runtime_state(ctdev, &root.join(id), cgroup) {
+                return Ok(found);
+            }
+        }
+    }
     for root in &roots {
         looked.push(format!("{}/*/state.json", root.display()));
         let Ok(entries) = std::fs::read_dir(root) else {

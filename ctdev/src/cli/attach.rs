@@ -61,6 +61,7 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
             lxcpath: args.lxcpath.clone(),
             runtime_roots: args.runtime_roots.clone(),
             preset: Some(args.preset),
+            container_id: None,
         };
         let report = takeover(&ctdev, &args.target, &options, &rules)?;
         if cli.json {

@@ -56,7 +56,11 @@ fn spawn_nri(config: Config, section: NriSection) -> Result<std::thread::JoinHan
     if let Some(dir) = &section.state_dir {
         policy.state_dir = dir.clone();
     }
-    let ct = open(config)?;
+    // The agent outlives its containers: the program stays loaded.
+    let ct = open(Config {
+        keep_programs: true,
+        ..config
+    })?;
     let options = section.options();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -73,7 +73,11 @@ pub(super) fn run(_cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
             args.reconnect_interval
         );
     }
-    let ct = open(config)?;
+    // The agent outlives its containers: the program stays loaded.
+    let ct = open(Config {
+        keep_programs: true,
+        ..config
+    })?;
     let options = NriOptions {
         socket: args.socket.clone(),
         name: args.name.clone(),

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::ops::Ctdev;
 use crate::rule::{Access, DeviceNode, DeviceType, Rule};
 use crate::runtimes::k8s::{PodContainer, PodMap};
-use crate::takeover::{takeover, TakeoverOptions};
+use crate::takeover::{takeover, StepTimer, Steps, TakeoverOptions};
 use crate::target::Target;
 
 use super::policy::{Decision, NriPolicy, PodInfo, PolicyError};
@@ -70,12 +70,14 @@ pub(crate) struct Event<'a> {
 /// Time the plugin spent in a container's CreateContainer and
 /// StartContainer (the runtime waits for both): what the plugin adds to
 /// the container's start, besides the two NRI round trips.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct Took {
     /// CreateContainer: the decision and the adjustment.
     pub create_us: u64,
     /// StartContainer: the takeover (attach, verify, detach runc's program).
     pub start_us: u64,
+    /// StartContainer's steps (µs), the takeover's among them.
+    pub steps: Steps,
 }
 
 /// The plugin's state: ctdev, the policy, the pod map.
@@ -230,6 +232,34 @@ impl Agent {
         }
     }
 
+    /// Loads (or opens) the shared program when attaches use it, so that
+    /// the first container's start does not pay for its verification. The
+    /// plugin's `Ctdev` keeps it pinned when its last container goes
+    /// ([`crate::ops::Config::keep_programs`]). A failure is only logged:
+    /// the first start then loads it, or fails closed.
+    pub fn preload(&self) {
+        if self.ctdev.config().layout != crate::ops::Layout::Shared {
+            return;
+        }
+        let res = (|| -> Result<u32, String> {
+            let object = crate::kernel::loader::ProgramObject::new(
+                self.ctdev.config().bpf_object.as_deref(),
+            )
+            .map_err(|e| e.to_string())?;
+            let _lock = self.ctdev.lock().map_err(|e| e.to_string())?;
+            let shared =
+                crate::kernel::shared::SharedProgram::open_or_load(&object, self.ctdev.pins())
+                    .map_err(|e| e.to_string())?;
+            Ok(shared.prog_id)
+        })();
+        match res {
+            Ok(id) => tracing::debug!(program = id, "shared program loaded before the first start"),
+            Err(e) => {
+                tracing::warn!("shared program not preloaded (the first start loads it): {e}")
+            }
+        }
+    }
+
     /// The policy in use (a snapshot: a reload does not change it).
     pub fn policy(&self) -> Arc<NriPolicy> {
         self.policy
@@ -377,6 +407,7 @@ impl Agent {
         cgroups_path: &str,
     ) -> Result<bool, String> {
         let t = Instant::now();
+        let mut timer = StepTimer::default();
         let create_us = self
             .create_us
             .lock()
@@ -390,6 +421,7 @@ impl Agent {
             Decision::Refused { reason, .. } => return Err(format!("ctdev: {reason}")),
             Decision::Managed { entry, .. } => entry,
         };
+        timer.mark("decide");
         let fail = |detail: String| {
             tracing::error!(container = %who, "{detail}");
             self.event(&Event {
@@ -409,8 +441,10 @@ impl Agent {
         // The rules granted at create time are in the runtime's own state
         // (the adjustment), which `takeover` imports.
         let plan = self.create_with(&policy, info, container_id)?;
+        timer.mark("plan");
         let options = TakeoverOptions {
             runtime_roots: policy.runtime_roots.clone(),
+            container_id: Some(container_id.to_string()),
             ..Default::default()
         };
         let report = match takeover(
@@ -422,13 +456,34 @@ impl Agent {
             Ok(r) => r,
             Err(e) => return fail(format!("takeover of {} failed: {e}", cgroup.display())),
         };
+        timer.mark("takeover");
         tracing::info!(container = %who, cgroup = %cgroup.display(), policy_id = report.attach.policy_id,
             detached = report.detached.len(), "attached");
+        {
+            let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+            pods.upsert(PodContainer {
+                namespace: info.namespace.clone(),
+                pod: info.pod.clone(),
+                pod_uid: pod_uid.into(),
+                container: info.container.clone(),
+                container_id: container_id.into(),
+                cgroup: cgroup.clone(),
+                policy_id: report.attach.policy_id,
+                entry: entry.clone(),
+            });
+            self.save(&pods);
+        }
+        timer.mark("pod_map");
         // create_us is absent for a container the plugin did not see
         // created (taken over at Synchronize).
+        let mut steps = timer.finish();
+        steps
+            .0
+            .extend(report.steps.0.iter().map(|(name, us)| (*name, *us)));
         let took = create_us.map(|create_us| Took {
             create_us,
             start_us: micros(t),
+            steps,
         });
         self.event(&Event {
             time: now(),
@@ -450,18 +505,6 @@ impl Agent {
                     .join(", ")
             ),
         });
-        let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        pods.upsert(PodContainer {
-            namespace: info.namespace.clone(),
-            pod: info.pod.clone(),
-            pod_uid: pod_uid.into(),
-            container: info.container.clone(),
-            container_id: container_id.into(),
-            cgroup,
-            policy_id: report.attach.policy_id,
-            entry,
-        });
-        self.save(&pods);
         Ok(true)
     }
 

@@ -223,6 +223,13 @@ pub async fn serve(
             }
         }
     });
+    // Before the first container: no start pays for loading and verifying
+    // the program.
+    let _ = blocking({
+        let agent = agent.clone();
+        move || agent.preload()
+    })
+    .await;
     let res = run(agent, options).await;
     watcher.abort();
     res

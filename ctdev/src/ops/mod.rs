@@ -65,6 +65,10 @@ pub struct Config {
     /// (`CTDEV_SHARED_PROGRAM=0`, see [`layout_from_env`]). Containers
     /// attached either way are read, changed and detached alike.
     pub layout: Layout,
+    /// Keep the loaded programs and shared maps pinned when the last
+    /// container is detached (a long-running agent, e.g. the NRI plugin:
+    /// its next container then does not load and verify them again).
+    pub keep_programs: bool,
 }
 
 /// The program layout for new attachments, from the environment:
@@ -96,6 +100,7 @@ impl Default for Config {
             dry_run: false,
             force_host: false,
             layout: layout_from_env(),
+            keep_programs: false,
         }
     }
 }
@@ -840,6 +845,9 @@ impl Ctdev {
     /// Last container gone (no link pin, no foreign file, no entry): leaves
     /// nothing pinned. Called under the lock.
     fn remove_pins_if_unused(&self) -> Result<(), Error> {
+        if self.config.keep_programs {
+            return Ok(());
+        }
         let (ids, foreign) = self.pins.link_entries()?;
         if !ids.is_empty() || !foreign.is_empty() {
             return Ok(());

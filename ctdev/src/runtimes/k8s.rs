@@ -95,8 +95,10 @@ impl PodMap {
         let text = serde_json::to_vec_pretty(&map)
             .map_err(|e| IoError::new("serialize", &tmp, std::io::Error::other(e)))?;
         let mut f = std::fs::File::create(&tmp).map_err(IoError::at("create", &tmp))?;
+        // No fsync: the map only names containers, and the plugin's
+        // Synchronize records every container again after a crash; a lost
+        // or empty file costs nothing but that (it sat on every start).
         f.write_all(&text).map_err(IoError::at("write", &tmp))?;
-        f.sync_all().map_err(IoError::at("sync", &tmp))?;
         let path = dir.join(POD_MAP);
         Ok(std::fs::rename(&tmp, &path).map_err(IoError::at("rename", &path))?)
     }

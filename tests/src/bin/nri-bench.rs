@@ -13,7 +13,9 @@
 //!   handlers; the runtime waits for both);
 //! - `managed_ms` / `unmanaged_ms`: CRI CreateContainer + StartContainer as
 //!   the kubelet sees it, for context (the difference of the medians is
-//!   the plugin's cost including the NRI round trips).
+//!   the plugin's cost including the NRI round trips);
+//! - `steps`: StartContainer's steps (the plugin's and the takeover's),
+//!   p50/p99/max each, in ms.
 //!
 //! Prints one JSON line; exits 1 when a container fails to start or is not
 //! taken over.
@@ -90,6 +92,8 @@ fn main() {
     let mut plugin_ms = Vec::new();
     let mut create_ms = Vec::new();
     let mut start_ms = Vec::new();
+    // StartContainer's steps, in the order first seen: name → samples (ms).
+    let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
     for line in events.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -103,11 +107,28 @@ fn main() {
         ) else {
             continue;
         };
+        for step in v["took"]["steps"].as_array().into_iter().flatten() {
+            let (Some(name), Some(us)) = (step[0].as_str(), step[1].as_u64()) else {
+                continue;
+            };
+            match steps.iter_mut().find(|(n, _)| n == name) {
+                Some((_, s)) => s.push(us as f64 / 1000.0),
+                None => steps.push((name.to_string(), vec![us as f64 / 1000.0])),
+            }
+        }
         create_ms.push(c as f64 / 1000.0);
         start_ms.push(s as f64 / 1000.0);
         plugin_ms.push((c + s) as f64 / 1000.0);
     }
     let attached = plugin_ms.len();
+    let steps: Vec<serde_json::Value> = steps
+        .into_iter()
+        .map(|(name, mut s)| {
+            s.sort_by(f64::total_cmp);
+            let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+            serde_json::json!({"step": name, "n": s.len(), "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": at(1.0)})
+        })
+        .collect();
     println!(
         "{}",
         serde_json::json!({
@@ -119,6 +140,7 @@ fn main() {
             "start_ms": start_ms,
             "managed_ms": managed_ms,
             "unmanaged_ms": unmanaged_ms,
+            "steps": steps,
         })
     );
     drop(plugin);

@@ -55,6 +55,13 @@ pub fn run(env: &Env) -> Result<NriResults> {
     let bin = binary();
     let mut cmd = Command::new(&bin);
     cmd.arg(n.to_string());
+    // The takeover on the shared, verified-once program (the per-container
+    // program is loaded and verified at every start); `CTDEV_SHARED_PROGRAM=0`
+    // measures that instead.
+    cmd.env(
+        "CTDEV_SHARED_PROGRAM",
+        std::env::var("CTDEV_SHARED_PROGRAM").unwrap_or_else(|_| "1".into()),
+    );
     let v = super::run_json_bin(cmd, &env.ctdev_bin)?;
     let samples = |k: &str| super::json_samples(&v, k);
     let plugin = samples("plugin_ms");
@@ -95,7 +102,30 @@ pub fn summary(r: &NriResults) -> String {
             r.managed_median, r.managed.p99, r.unmanaged_median, r.unmanaged.p99
         ),
     ]
+    .into_iter()
+    .chain(steps_summary(&r.raw))
+    .collect::<Vec<_>>()
     .join("\n")
+}
+
+/// StartContainer's steps as `nri-bench` reports them, one line.
+fn steps_summary(raw: &serde_json::Value) -> Option<String> {
+    let steps = raw["steps"].as_array().filter(|s| !s.is_empty())?;
+    let parts: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:.2}/{:.2}",
+                s["step"].as_str().unwrap_or("?"),
+                s["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                s["p99_ms"].as_f64().unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    Some(format!(
+        "nri: StartContainer steps, p50/p99 ms: {}",
+        parts.join(", ")
+    ))
 }
 
 #[cfg(test)]
