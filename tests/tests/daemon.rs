@@ -13,22 +13,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ctdev_tests::container::TestContainer;
-use ctdev_tests::daemon::{wait_until, DaemonProc, HotLoop};
+use ctdev_tests::daemon::{wait_until, write_policy, DaemonProc, HotLoop};
 use ctdev_tests::*;
 
 /// The cgroup path inside the hierarchy of a directory under the mount.
 fn inside(dir: &Path) -> String {
     format!("/{}", dir.strip_prefix(cgroup_mount()).unwrap().display())
-}
-
-fn write_config(env: &TestEnv, name: &str, text: &str) -> PathBuf {
-    let path = env.scratch.join(name);
-    let full = format!(
-        "scope = \"{}\"\nresync_interval = 0\n{text}",
-        env.cgroup_parent.display()
-    );
-    fs::write(&path, full).expect("write policy file");
-    path
 }
 
 /// A running container "a" under `--preset none` and a policy file that
@@ -37,9 +27,10 @@ fn write_config(env: &TestEnv, name: &str, text: &str) -> PathBuf {
 fn container_with_loop_hotplug(env: &TestEnv) -> (TestContainer, u32, PathBuf) {
     let a = TestContainer::start(env, "a", false);
     let index = HotLoop::pick();
-    let cfg = write_config(
+    let cfg = write_policy(
         env,
         "policy.toml",
+        0.0,
         &format!(
             "[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\n\
              [[container.hotplug]]\ndevname = \"loop{index}\"\n",
@@ -77,9 +68,9 @@ fn hotplug_reaches_the_matching_container_only_and_goes_away_on_remove() {
     let b = TestContainer::start(&env, "b", false);
     env.ok(&["attach", b.cgroup_str()]);
     let index = HotLoop::pick();
-    let cfg = write_config(
+    let cfg = write_policy(
         &env,
-        "policy.toml",
+        "policy.toml", 0.0,
         &format!(
             "[[container]]\nname = \"a\"\nselect = {{ cgroup = \"{}\" }}\n\
              [[container.hotplug]]\nsubsystem = \"block\"\ndevname = \"loop{index}\"\ndest = \"/dev/hot/{{devname}}\"\naccess = \"rw\"\n",
@@ -127,9 +118,10 @@ fn hotplug_reaches_the_matching_container_only_and_goes_away_on_remove() {
 #[test]
 fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
     let env = TestEnv::new("dm-lifecycle");
-    let cfg = write_config(
+    let cfg = write_policy(
         &env,
         "policy.toml",
+        0.0,
         &format!(
             "[[container]]\nname = \"web\"\nselect = {{ cgroup = \"{}/web-*\" }}\n\
              rules = [\"c 42:7 rw\"]\n\
@@ -281,13 +273,13 @@ fn killed_between_attaching_and_saving_state_still_revokes_dropped_rules() {
             inside(&env.cgroup_parent)
         )
     };
-    let cfg = write_config(&env, "policy.toml", &text("c 42:7 rw"));
+    let cfg = write_policy(&env, "policy.toml", 0.0, &text("c 42:7 rw"));
     let daemon = DaemonProc::start_with_failpoint(&env, &cfg, Some("daemon.attach.after_attach"));
     let c1 = env.cgroup("c-1");
     daemon.wait_killed_at_failpoint();
     assert_eq!(rules_of(&env, &c1).unwrap(), ["c 42:7 rw"]);
 
-    write_config(&env, "policy.toml", &text("c 42:9 r"));
+    write_policy(&env, "policy.toml", 0.0, &text("c 42:9 r"));
     let mut daemon = DaemonProc::start(&env, &cfg);
     assert_eq!(rules_of(&env, &c1).unwrap(), ["c 42:9 r"]);
     let log = daemon.kill();
@@ -303,12 +295,13 @@ fn sighup_with_a_bad_file_keeps_the_running_policy() {
             inside(&env.cgroup_parent)
         )
     };
-    let cfg = write_config(&env, "policy.toml", &text("c 42:7 rw"));
+    let cfg = write_policy(&env, "policy.toml", 0.0, &text("c 42:7 rw"));
     let mut daemon = DaemonProc::start(&env, &cfg);
 
-    write_config(
+    write_policy(
         &env,
         "policy.toml",
+        0.0,
         &(text("c 42:7 rw") + "bogus_key = 1\n"),
     );
     daemon.signal(nix::sys::signal::Signal::SIGHUP);
@@ -330,7 +323,7 @@ fn sighup_with_a_bad_file_keeps_the_running_policy() {
     });
 
     // A good file is taken, and applied to the running containers.
-    write_config(&env, "policy.toml", &text("c 42:9 r"));
+    write_policy(&env, "policy.toml", 0.0, &text("c 42:9 r"));
     daemon.signal(nix::sys::signal::Signal::SIGHUP);
     wait_until(Duration::from_secs(5), "the new rule after reload", || {
         // The take-back is logged after its record is saved: wait for it too.
@@ -352,9 +345,10 @@ fn sighup_with_a_bad_file_keeps_the_running_policy() {
 #[test]
 fn check_config_prints_the_resolved_policy_or_names_the_error() {
     let env = TestEnv::new("dm-check");
-    let good = write_config(
+    let good = write_policy(
         &env,
         "good.toml",
+        0.0,
         "[[container]]\nname = \"x\"\nselect = { runtime = \"lxc\", name = \"ha-*\" }\n\
          [[container.hotplug]]\nsubsystem = \"tty\"\nid_vendor_id = \"0403\"\n",
     );
@@ -366,9 +360,10 @@ fn check_config_prints_the_resolved_policy_or_names_the_error() {
     ]);
     assert!(out.contains("lxc containers named ha-*"), "{out}");
     assert!(out.contains("SUBSYSTEM=tty,ID_VENDOR_ID=0403"), "{out}");
-    let bad = write_config(
+    let bad = write_policy(
         &env,
         "bad.toml",
+        0.0,
         "[[container]]\nname = \"x\"\nselect = { runtime = \"lxc\" }\nrules = [\"c 1:x\"]\n",
     );
     let err = env.fails(&[
@@ -432,9 +427,9 @@ fn a_hotplugged_network_interface_moves_into_the_matching_container() {
     let name = format!("ctdh{}", std::process::id() % 100_000);
     // The peer's name must not start with `name` (the selector is a prefix).
     let peer = format!("ctdp{}", std::process::id() % 100_000);
-    let cfg = write_config(
+    let cfg = write_policy(
         &env,
-        "policy.toml",
+        "policy.toml", 0.0,
         &format!(
             "[[container]]\nname = \"a\"\nselect = {{ cgroup = \"{}\" }}\n\
              [[container.hotplug]]\nsubsystem = \"net\"\ndevpath_prefix = \"/devices/virtual/net/{name}\"\n",
@@ -501,9 +496,10 @@ fn a_held_container_does_not_delay_hotplug_into_another_and_keeps_its_own_order(
             c.cgroup.display()
         )
     };
-    let cfg = write_config(
+    let cfg = write_policy(
         &env,
         "policy.toml",
+        0.0,
         &format!("{}{}", entry("slow", &slow), entry("fast", &fast)),
     );
     let holds = env.scratch.join("holds");
