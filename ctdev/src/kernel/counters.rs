@@ -133,26 +133,7 @@ impl Counters {
 
     /// Allowed accesses per policy entry, summed over CPUs.
     pub fn hits(&self) -> Result<BTreeMap<PolicyKey, u64>, PolicyMapError> {
-        let mut out = match batch_per_cpu::<PolicyKey, u64, u64>(
-            self.hits_raw.as_fd(),
-            &self.hits_pin,
-            |t, v| *t += v,
-            || 0,
-        )? {
-            Some(all) => all,
-            None => {
-                let mut out = BTreeMap::new();
-                for item in self.hits.iter() {
-                    let (key, per_cpu) = item.map_err(|e| PolicyMapError::Op {
-                        path: self.hits_pin.clone(),
-                        op: "iterate",
-                        source: e,
-                    })?;
-                    out.insert(key, per_cpu.iter().sum());
-                }
-                out
-            }
-        };
+        let mut out = self.large_hits()?;
         for id in self.ids()? {
             let Some(maps) = ContainerMaps::open(&self.pins, id)? else {
                 continue;
@@ -168,6 +149,33 @@ impl Counters {
             }
         }
         Ok(out)
+    }
+
+    /// The hits of large-policy entries (the shared hit map), summed over
+    /// CPUs: no container's own table is read.
+    fn large_hits(&self) -> Result<BTreeMap<PolicyKey, u64>, PolicyMapError> {
+        Ok(
+            match batch_per_cpu::<PolicyKey, u64, u64>(
+                self.hits_raw.as_fd(),
+                &self.hits_pin,
+                |t, v| *t += v,
+                || 0,
+            )? {
+                Some(all) => all,
+                None => {
+                    let mut out = BTreeMap::new();
+                    for item in self.hits.iter() {
+                        let (key, per_cpu) = item.map_err(|e| PolicyMapError::Op {
+                            path: self.hits_pin.clone(),
+                            op: "iterate",
+                            source: e,
+                        })?;
+                        out.insert(key, per_cpu.iter().sum());
+                    }
+                    out
+                }
+            },
+        )
     }
 
     /// Statistics of every container, summed over CPUs.
@@ -186,8 +194,11 @@ impl Counters {
     /// its entries start again from zero (after `reset-counters`, or when an
     /// earlier container had its id).
     pub fn reset(&mut self, policy_id: u64) -> Result<(), PolicyMapError> {
+        // Only the shared hit map holds keys to forget (a small policy's
+        // hits live in its own table, rebased below); reading every
+        // container's table here made each detach O(containers).
         let keys: Vec<PolicyKey> = self
-            .hits()?
+            .large_hits()?
             .into_keys()
             .filter(|k| k.policy_id == policy_id)
             .collect();
