@@ -348,9 +348,9 @@ pub(crate) fn remove_program_pins(pins: &PinRoot) -> Result<(), ProgramError> {
     };
     for entry in entries.flatten() {
         let pin = entry.path();
-        let ours = aya::programs::ProgramInfo::from_pin(&pin)
-            .ok()
-            .is_some_and(|i| i.name_as_str() == Some(PROGRAM_NAME));
+        let ours = sys::obj_get(&pin)
+            .and_then(|fd| sys::prog_id_and_name(fd.as_fd(), &pin.display().to_string()))
+            .is_ok_and(|(_, name)| name == PROGRAM_NAME);
         if !ours {
             return Err(ProgramError::Foreign { path: pin });
         }

@@ -228,15 +228,16 @@ impl SharedProgram {
     /// Opens the shared program pinned in `dir`.
     pub fn open(dir: &Path) -> Result<Self, SharedError> {
         let program = dir.join("program");
-        let info =
-            aya::programs::ProgramInfo::from_pin(&program).map_err(|e| SharedError::Foreign {
+        let prog = sys::obj_get(&program)?;
+        let (prog_id, name) = sys::prog_id_and_name(prog.as_fd(), &program.display().to_string())
+            .map_err(|e| SharedError::Foreign {
                 path: program.clone(),
                 found: e.to_string(),
             })?;
-        if info.name_as_str() != Some(SHARED_PROGRAM_NAME) {
+        if name != SHARED_PROGRAM_NAME {
             return Err(SharedError::Foreign {
                 path: program,
-                found: format!("program {:?}", info.name_as_str()),
+                found: format!("program {name:?}"),
             });
         }
         for (name, ty, size) in [
@@ -267,8 +268,6 @@ impl SharedProgram {
                 });
             }
         }
-        let prog = sys::obj_get(&program)?;
-        let prog_id = sys::prog_id(prog.as_fd(), &program)?;
         Ok(Self {
             prog,
             prog_id,

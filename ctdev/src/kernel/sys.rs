@@ -138,30 +138,20 @@ pub(crate) unsafe fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<Ow
 
 /// The kernel id of the program behind `prog`.
 pub fn prog_id(prog: BorrowedFd<'_>, what: &Path) -> Result<u32, SysError> {
-    // `struct bpf_prog_info` starts with `type`, then `id`.
-    let mut info = [0u32; 64];
-    let mut attr = InfoAttr {
-        bpf_fd: prog.as_raw_fd() as u32,
-        info_len: std::mem::size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: `attr` is the BPF_OBJ_GET_INFO_BY_FD prefix; `info` is a live,
-    // writable buffer of `info_len` bytes; `prog` is open (borrowed).
-    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }
-        .map_err(|e| SysError::new("BPF_OBJ_GET_INFO_BY_FD", what.display().to_string(), e))?;
-    Ok(info[1])
+    prog_id_and_name(prog, &what.display().to_string()).map(|(id, _)| id)
 }
 
-/// Where `name` (`BPF_OBJ_NAME_LEN` bytes) sits in `struct bpf_prog_info`.
+/// Where `id` and `name` (`BPF_OBJ_NAME_LEN` bytes) sit in `struct bpf_prog_info`.
+const PROG_INFO_ID: usize = offset_of!(uapi::bpf_prog_info, id);
 const PROG_INFO_NAME: usize = offset_of!(uapi::bpf_prog_info, name);
 const PROG_INFO_NAME_LEN: usize = 16;
 const _: () = assert!(PROG_INFO_NAME + PROG_INFO_NAME_LEN <= 256);
 
-/// The name of the program with kernel id `id` (empty when it has none):
-/// two bpf() calls (`BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD`),
-/// whatever the number of programs loaded on the system.
-pub fn prog_name_by_id(id: u32) -> Result<String, SysError> {
-    let prog = prog_fd_by_id(id)?;
+/// The kernel id and the name (empty when it has none) of the program
+/// behind `prog`: one `BPF_OBJ_GET_INFO_BY_FD`. (aya's `ProgramInfo` would
+/// first run its feature probes, a dozen program and BTF loads, to learn
+/// whether the kernel names programs; every kernel ctdev runs on does.)
+pub fn prog_id_and_name(prog: BorrowedFd<'_>, what: &str) -> Result<(u32, String), SysError> {
     let mut info = [0u8; 256];
     let mut attr = InfoAttr {
         bpf_fd: prog.as_raw_fd() as u32,
@@ -169,12 +159,25 @@ pub fn prog_name_by_id(id: u32) -> Result<String, SysError> {
         info: info.as_mut_ptr() as u64,
     };
     // SAFETY: `attr` is the BPF_OBJ_GET_INFO_BY_FD prefix; `info` is a live,
-    // writable buffer of `info_len` bytes; `prog` is open (owned here).
+    // writable buffer of `info_len` bytes; `prog` is open (borrowed).
     unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }
-        .map_err(|e| SysError::new("BPF_OBJ_GET_INFO_BY_FD", format!("program {id}"), e))?;
+        .map_err(|e| SysError::new("BPF_OBJ_GET_INFO_BY_FD", what, e))?;
+    let mut id = [0u8; 4];
+    id.copy_from_slice(&info[PROG_INFO_ID..PROG_INFO_ID + 4]);
     let name = &info[PROG_INFO_NAME..PROG_INFO_NAME + PROG_INFO_NAME_LEN];
     let len = name.iter().position(|b| *b == 0).unwrap_or(name.len());
-    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+    Ok((
+        u32::from_ne_bytes(id),
+        String::from_utf8_lossy(&name[..len]).into_owned(),
+    ))
+}
+
+/// The name of the program with kernel id `id` (empty when it has none):
+/// two bpf() calls (`BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD`),
+/// whatever the number of programs loaded on the system.
+pub fn prog_name_by_id(id: u32) -> Result<String, SysError> {
+    let prog = prog_fd_by_id(id)?;
+    prog_id_and_name(prog.as_fd(), &format!("program {id}")).map(|(_, name)| name)
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
