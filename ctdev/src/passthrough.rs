@@ -427,6 +427,23 @@ fn attached(ct: &Ctdev, target: &Target) -> Result<Attached, PassthroughError> {
 
 /// The process whose namespaces are used: N for `pid:N`, else the oldest
 /// process of the cgroup.
+/// The container `target` as add and del first need it (without the
+/// pin-root lock): under policy and enforcing, its init, and an empty
+/// report naming both.
+fn look_up(
+    ct: &Ctdev,
+    owner: Owner,
+    target: &Target,
+) -> Result<(Attached, InitProcess, PassthroughReport), PassthroughError> {
+    if !ct.pins().exists() {
+        return Err(ct.not_under_policy(target).into());
+    }
+    let at = attached(ct, target)?;
+    let init = init_of(ct, target, &at.cgroup)?;
+    let report = PassthroughReport::empty(ct, target, &at, &init, owner);
+    Ok((at, init, report))
+}
+
 fn init_of(ct: &Ctdev, target: &Target, cgroup: &Cgroup) -> Result<InitProcess, ProcessError> {
     match target {
         Target::Pid(pid) => InitProcess::of_process(ct.cgroups(), *pid, cgroup),
@@ -527,12 +544,7 @@ pub fn add_as(
     // and write the rule and the final record. Looking the container up
     // and making its nodes (its mount namespace) run outside it, so a slow
     // container holds up no other container's add or del.
-    if !ct.pins().exists() {
-        return Err(ct.not_under_policy(target).into());
-    }
-    let at = attached(ct, target)?;
-    let init = init_of(ct, target, &at.cgroup)?;
-    let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
+    let (at, init, mut report) = look_up(ct, owner, target)?;
     let id = at.state.policy_id;
     let nodes = match kind {
         Device::Interface(name, new_name) => {
@@ -922,12 +934,7 @@ pub fn del_as(
     // As in `add_as`: the lock is held (1) to close the rule and (2) to
     // write the record; the container is looked up and its nodes removed
     // outside it.
-    if !ct.pins().exists() {
-        return Err(ct.not_under_policy(target).into());
-    }
-    let at = attached(ct, target)?;
-    let init = init_of(ct, target, &at.cgroup)?;
-    let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
+    let (at, init, mut report) = look_up(ct, owner, target)?;
     let id = at.state.policy_id;
     let subject = req.subject();
     let not_added = |ledger: &Ledger| {

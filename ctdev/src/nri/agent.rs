@@ -461,16 +461,14 @@ impl Agent {
             detached = report.detached.len(), "attached");
         {
             let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-            pods.upsert(PodContainer {
-                namespace: info.namespace.clone(),
-                pod: info.pod.clone(),
-                pod_uid: pod_uid.into(),
-                container: info.container.clone(),
-                container_id: container_id.into(),
-                cgroup: cgroup.clone(),
-                policy_id: report.attach.policy_id,
-                entry: entry.clone(),
-            });
+            pods.upsert(pod_record(
+                info,
+                pod_uid,
+                container_id,
+                cgroup.clone(),
+                report.attach.policy_id,
+                entry.clone(),
+            ));
             self.save(&pods);
         }
         timer.mark("pod_map");
@@ -515,16 +513,14 @@ impl Agent {
             return;
         };
         let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        pods.upsert(PodContainer {
-            namespace: info.namespace.clone(),
-            pod: info.pod.clone(),
-            pod_uid: pod_uid.into(),
-            container: info.container.clone(),
-            container_id: container_id.into(),
+        pods.upsert(pod_record(
+            info,
+            pod_uid,
+            container_id,
             cgroup,
-            policy_id: 0,
-            entry: String::new(),
-        });
+            0,
+            String::new(),
+        ));
         self.save(&pods);
     }
 
@@ -599,6 +595,28 @@ impl Agent {
                 Err(e) => tracing::error!("synchronize: {e}"),
             }
         }
+    }
+}
+
+/// The pod map's record of one container (`policy_id` 0 and no `entry`:
+/// one the policy leaves alone).
+fn pod_record(
+    info: &PodInfo,
+    pod_uid: &str,
+    container_id: &str,
+    cgroup: PathBuf,
+    policy_id: u64,
+    entry: String,
+) -> PodContainer {
+    PodContainer {
+        namespace: info.namespace.clone(),
+        pod: info.pod.clone(),
+        pod_uid: pod_uid.into(),
+        container: info.container.clone(),
+        container_id: container_id.into(),
+        cgroup,
+        policy_id,
+        entry,
     }
 }
 
