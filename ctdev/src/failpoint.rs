@@ -29,7 +29,6 @@ pub(crate) const STEPS: &[&str] = &[
     "takeover.after_attach",
     "takeover.after_keep",
     "takeover.after_detach_runtime",
-    "add.after_write_ahead",
     "add.after_nodes",
     "add.after_rules",
     "node.after_tmp_node",

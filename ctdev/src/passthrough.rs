@@ -80,15 +80,6 @@ pub enum PassthroughError {
         /// The state `list` reports.
         state: String,
     },
-    /// The container changed between looking it up and writing its rule
-    /// (its cgroup was re-created): nothing was left.
-    #[error("{target} changed while the device was being passed in ({what}): nothing was changed")]
-    Changed {
-        /// The target as given.
-        target: String,
-        /// What changed.
-        what: String,
-    },
     /// `del` of something that was never added (by this owner).
     #[error("{device} was not added to {target} by {owner} (no record of such an add; nothing changed){}", if other_owners.is_empty() { String::new() } else { format!("; it was added by: {other_owners}") })]
     NotAdded {
@@ -427,23 +418,6 @@ fn attached(ct: &Ctdev, target: &Target) -> Result<Attached, PassthroughError> {
 
 /// The process whose namespaces are used: N for `pid:N`, else the oldest
 /// process of the cgroup.
-/// The container `target` as add and del first need it (without the
-/// pin-root lock): under policy and enforcing, its init, and an empty
-/// report naming both.
-fn look_up(
-    ct: &Ctdev,
-    owner: Owner,
-    target: &Target,
-) -> Result<(Attached, InitProcess, PassthroughReport), PassthroughError> {
-    if !ct.pins().exists() {
-        return Err(ct.not_under_policy(target).into());
-    }
-    let at = attached(ct, target)?;
-    let init = init_of(ct, target, &at.cgroup)?;
-    let report = PassthroughReport::empty(ct, target, &at, &init, owner);
-    Ok((at, init, report))
-}
-
 fn init_of(ct: &Ctdev, target: &Target, cgroup: &Cgroup) -> Result<InitProcess, ProcessError> {
     match target {
         Target::Pid(pid) => InitProcess::of_process(ct.cgroups(), *pid, cgroup),
@@ -538,14 +512,15 @@ pub fn add_as(
     let kind = classify_for_add(req)?;
     let device = req.device();
     let device = device.as_str();
-    // The pin-root lock (one for every container of the pin root) is held
-    // only where the policy and the grant records are read and written:
-    // (1) to write the grant ahead, (2) to re-read the container's state
-    // and write the rule and the final record. Looking the container up
-    // and making its nodes (its mount namespace) run outside it, so a slow
-    // container holds up no other container's add or del.
-    let (at, init, mut report) = look_up(ct, owner, target)?;
+    // One critical section: no other ctdev changes the policy between
+    // reading the entries and writing the rule.
+    let lock = ct.lock_existing(target)?;
+    let at = attached(ct, target)?;
+    let init = init_of(ct, target, &at.cgroup)?;
+    let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
     let id = at.state.policy_id;
+    let before_ledger = ct.grants().load(id).map_err(ControllerError::from)?;
+    let node_seq = grants::next_node_seq(&before_ledger);
     let nodes = match kind {
         Device::Interface(name, new_name) => {
             if opts.mode.is_some() || opts.uid.is_some() || opts.gid.is_some() {
@@ -566,9 +541,6 @@ pub fn add_as(
             if ct.config().dry_run {
                 return Ok(report);
             }
-            // One critical section: an interface moves in one call.
-            let _lock = ct.lock_existing(target)?;
-            let before_ledger = ct.grants().load(id).map_err(ControllerError::from)?;
             let mut ledger = before_ledger.clone();
             grants::record(
                 &mut ledger,
@@ -609,9 +581,11 @@ pub fn add_as(
         fd: init.root(),
         path: &root_path,
     };
-    // The rules: exact entries (one per device).
-    let mut rules: Vec<Rule> = Vec::new();
-    let mut specs = Vec::new();
+    let mut plan_nodes = Vec::new();
+    let mut node_grants = Vec::new();
+    // Directories this add will create (recorded ahead; the final record
+    // has the ones it did create).
+    let mut new_dirs: Vec<PathBuf> = Vec::new();
     for (host, rel) in nodes {
         let spec = NodeSpec {
             dev_type: host.dev_type,
@@ -623,24 +597,6 @@ pub fn add_as(
         };
         let dest = dest_of(&base, &rel);
         nodes::check_dest(&dest)?;
-        let r = exact_rule(&spec, opts.access);
-        if !rules.contains(&r) {
-            rules.push(r);
-        }
-        specs.push((host, dest, spec));
-    }
-
-    // (1) Under the lock: what is at each DEST and which grants made it,
-    // then the grant written ahead.
-    let lock = ct.lock_existing(target)?;
-    let before_ledger = ct.grants().load(id).map_err(ControllerError::from)?;
-    let node_seq = grants::next_node_seq(&before_ledger);
-    let mut plan_nodes = Vec::new();
-    let mut node_grants = Vec::new();
-    // Directories this add will create (recorded ahead; the final record
-    // has the ones it did create).
-    let mut new_dirs: Vec<PathBuf> = Vec::new();
-    for (host, dest, spec) in specs {
         let resolved = host
             .via_symlink
             .then(|| fs::canonicalize(&host.path).ok())
@@ -687,8 +643,15 @@ pub fn add_as(
         report.rules_only = true;
         report.warnings.push(NO_ROOT.into());
     }
-    // Planned from the state looked up without the lock; planned again
-    // from the state re-read in (2) before anything is written.
+
+    // The rules: exact entries, starting from what each device had.
+    let mut rules: Vec<Rule> = Vec::new();
+    for (_, _, _, spec) in &plan_nodes {
+        let r = exact_rule(spec, opts.access);
+        if !rules.contains(&r) {
+            rules.push(r);
+        }
+    }
     let (plan, granted) = grants::plan_grant(&at.state.entries, id, &rules);
     report.rules_changed = plan.changed_text();
     report.rules_unchanged = plan.unchanged_text(&at.state.entries);
@@ -709,15 +672,17 @@ pub fn add_as(
         device: device.into(),
         dest: base.display().to_string(),
     };
-    let grant = |entries: Vec<grants::EntryGrant>, dirs: Vec<PathBuf>| Grant {
-        owner,
-        subject: subject.clone(),
-        entries,
-        nodes: node_grants.clone(),
-        dirs,
-        pending: true,
-    };
-    grants::record(&mut ledger, grant(granted, grant_dirs(&new_dirs)));
+    grants::record(
+        &mut ledger,
+        Grant {
+            owner,
+            subject: subject.clone(),
+            entries: granted,
+            nodes: node_grants,
+            dirs: grant_dirs(&new_dirs),
+            pending: true,
+        },
+    );
     if ct.config().dry_run {
         for (device, resolved, dest, spec) in plan_nodes {
             report.nodes.push(NodeReport {
@@ -737,21 +702,16 @@ pub fn add_as(
     // Written ahead: a crash from here on leaves a record whose take-back
     // removes at most what this add made.
     save_ledger(ct, &ledger)?;
-    drop(lock);
-    crate::failpoint!("add.after_write_ahead");
-    let undo = UndoAdd {
-        ct,
-        target,
-        id,
-        owner,
-        subject: &subject,
-        before: before_ledger
-            .find(owner, &subject)
-            .map(|i| before_ledger.grants[i].clone()),
-    };
 
-    // Nodes (journaled), outside the lock.
+    // 1. Nodes (journaled).
     let mut journal = Journal::new();
+    let fail = |e: PassthroughError, journal: Journal| {
+        let mut failures = journal.rollback();
+        if let Err(e) = save_ledger(ct, &before_ledger) {
+            failures.push(e.to_string());
+        }
+        with_undo(e, failures)
+    };
     if !rules_only {
         for (device, resolved, dest, spec) in &plan_nodes {
             match nodes::ensure_node(root, dest, spec, &mut journal) {
@@ -762,59 +722,25 @@ pub fn add_as(
                     node: *spec,
                     action,
                 }),
-                Err(e) => return Err(undo.fail(e.into(), journal, None)),
+                Err(e) => return Err(fail(e.into(), journal)),
             }
         }
     }
     crate::failpoint!("add.after_nodes");
 
-    // (2) Under the lock again: the container must still be the one we
-    // looked at; its state is re-read (another container's or command's
-    // change meanwhile is kept), the record corrected, then the rules.
-    let lock = match ct.lock_existing(target) {
-        Ok(l) => l,
-        Err(e) => return Err(undo.fail(e.into(), journal, None)),
-    };
-    let state = match ct.container(target) {
-        Ok(s) if s.policy_id == id => s,
-        Ok(s) => {
-            let e = PassthroughError::Changed {
-                target: target.to_string(),
-                what: format!("policy {id} is now policy {}", s.policy_id),
-            };
-            return Err(undo.fail(e, journal, Some(&lock)));
-        }
-        Err(e) => return Err(undo.fail(e.into(), journal, Some(&lock))),
-    };
-    let at = Attached { state, ..at };
+    // 2. The container must still be the one we looked at, then the rules.
     if let Err(e) = init.check_alive() {
-        return Err(undo.fail(e.into(), journal, Some(&lock)));
-    }
-    let (plan, granted) = grants::plan_grant(&at.state.entries, id, &rules);
-    report.rules_changed = plan.changed_text();
-    report.rules_unchanged = plan.unchanged_text(&at.state.entries);
-    let mut ledger = match ct.grants().load(id) {
-        Ok(l) => l,
-        Err(e) => return Err(undo.fail(ControllerError::from(e).into(), journal, Some(&lock))),
-    };
-    let written = ledger.clone();
-    undo.put_back(&mut ledger);
-    grants::record(&mut ledger, grant(granted, grant_dirs(&new_dirs)));
-    // The entries this grant adds changed since (1): written ahead again.
-    if ledger != written {
-        if let Err(e) = save_ledger(ct, &ledger) {
-            return Err(undo.fail(e, journal, Some(&lock)));
-        }
+        return Err(fail(e.into(), journal));
     }
     if let Err(e) = ct.apply_plan(&lock, &at.state, &plan, None) {
-        return Err(undo.fail(e.into(), journal, Some(&lock)));
+        return Err(fail(e.into(), journal));
     }
     crate::failpoint!("add.after_rules");
     // The init died while the rule was written: undo everything.
     if let Err(e) = init.check_alive() {
         let mut failures = undo_plan(ct, &lock, &at, &plan);
         failures.extend(journal.rollback());
-        if let Err(e) = undo.restore(&lock) {
+        if let Err(e) = save_ledger(ct, &before_ledger) {
             failures.push(e.to_string());
         }
         return Err(with_undo(e.into(), failures));
@@ -829,73 +755,14 @@ pub fn add_as(
                 g.dirs.push(d);
             }
         }
-        g.pending = false;
     }
     report.dirs = made;
+    for g in ledger.grants.iter_mut() {
+        g.pending = false;
+    }
     save_ledger(ct, &ledger)?;
-    drop(lock);
     tracing::debug!(target = %target, nodes = plan_nodes.len(), "device passthrough added");
     Ok(report)
-}
-
-/// How an `add` whose grant was written ahead is undone.
-struct UndoAdd<'a> {
-    ct: &'a Ctdev,
-    target: &'a Target,
-    id: u64,
-    owner: Owner,
-    subject: &'a Subject,
-    /// The grant of the same owner and subject before this add (a re-add).
-    before: Option<Grant>,
-}
-
-impl UndoAdd<'_> {
-    /// Puts the grant in `ledger` back to what it was before this add.
-    fn put_back(&self, ledger: &mut Ledger) {
-        match (ledger.find(self.owner, self.subject), &self.before) {
-            (Some(i), Some(b)) => ledger.grants[i] = b.clone(),
-            (Some(i), None) => {
-                ledger.grants.remove(i);
-            }
-            (None, Some(b)) => ledger.grants.push(b.clone()),
-            (None, None) => {}
-        }
-    }
-
-    /// The record back as it was, re-read under `lock` (other grants
-    /// written since stay).
-    fn restore(&self, _lock: &PinLock) -> Result<(), PassthroughError> {
-        let mut ledger = self
-            .ct
-            .grants()
-            .load(self.id)
-            .map_err(ControllerError::from)?;
-        self.put_back(&mut ledger);
-        save_ledger(self.ct, &ledger)
-    }
-
-    /// The nodes made so far removed and the record put back (under
-    /// `lock`, or a lock taken now); `e` with what could not be undone.
-    fn fail(
-        &self,
-        e: PassthroughError,
-        journal: Journal,
-        lock: Option<&PinLock>,
-    ) -> PassthroughError {
-        let mut failures = journal.rollback();
-        let restored = match lock {
-            Some(l) => self.restore(l),
-            None => self
-                .ct
-                .lock_existing(self.target)
-                .map_err(PassthroughError::from)
-                .and_then(|l| self.restore(&l)),
-        };
-        if let Err(e) = restored {
-            failures.push(e.to_string());
-        }
-        with_undo(e, failures)
-    }
 }
 
 /// Takes a CLI grant back (see [`del_as`]).
@@ -924,6 +791,12 @@ pub fn del_as(
 ) -> Result<PassthroughReport, PassthroughError> {
     let device = req.device();
     let device = device.as_str();
+    let lock = ct.lock_existing(target)?;
+    let at = attached(ct, target)?;
+    let init = init_of(ct, target, &at.cgroup)?;
+    let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
+    let id = at.state.policy_id;
+    let ledger = ct.grants().load(id).map_err(ControllerError::from)?;
     match req {
         PassRequest::Interface { host, name } => {
             netdev::check_name(host)?;
@@ -931,33 +804,24 @@ pub fn del_as(
         }
         PassRequest::Node { dest, .. } => nodes::check_dest(dest)?,
     }
-    // As in `add_as`: the lock is held (1) to close the rule and (2) to
-    // write the record; the container is looked up and its nodes removed
-    // outside it.
-    let (at, init, mut report) = look_up(ct, owner, target)?;
-    let id = at.state.policy_id;
     let subject = req.subject();
-    let not_added = |ledger: &Ledger| {
+    let Some(index) = ledger.find(owner, &subject) else {
         let others: Vec<&str> = ledger
             .grants
             .iter()
             .filter(|g| g.subject == subject)
             .map(|g| g.owner.as_str())
             .collect();
-        PassthroughError::NotAdded {
+        return Err(PassthroughError::NotAdded {
             device: device.into(),
             target: target.to_string(),
             owner: owner.as_str(),
             other_owners: others.join(", "),
-        }
+        });
     };
+    let grant = ledger.grants[index].clone();
 
     if let Subject::Interface { host, inside } = &subject {
-        let _lock = ct.lock_existing(target)?;
-        let ledger = ct.grants().load(id).map_err(ControllerError::from)?;
-        let Some(index) = ledger.find(owner, &subject) else {
-            return Err(not_added(&ledger));
-        };
         if init.shares_host_ns("net")? {
             return Err(PassthroughError::NoContainerNetns {
                 target: target.to_string(),
@@ -980,63 +844,59 @@ pub fn del_as(
         save_ledger(ct, &after)?;
         return Ok(report);
     }
-    let rules_only = init.shares_host_ns("mnt")?;
-    let root_path = init.root_path();
-    let root = Root {
-        fd: init.root(),
-        path: &root_path,
-    };
 
-    // (1) Under the lock, the state re-read: rules first (closing access
-    // is the safe direction).
-    let lock = ct.lock_existing(target)?;
-    let state = ct.container(target)?;
-    if state.policy_id != id {
-        return Err(PassthroughError::Changed {
-            target: target.to_string(),
-            what: format!("policy {id} is now policy {}", state.policy_id),
-        });
-    }
-    let at = Attached { state, ..at };
-    let ledger = ct.grants().load(id).map_err(ControllerError::from)?;
-    let Some(index) = ledger.find(owner, &subject) else {
-        return Err(not_added(&ledger));
-    };
-    let grant = ledger.grants[index].clone();
+    // 1. Rules first (closing access is the safe direction).
     let (plan, after) = grants::plan_take_back(&at.state.entries, &ledger, index);
     report.rules_changed = plan.changed_text();
     report.rules_unchanged = plan.unchanged_text(&at.state.entries);
+    let rules_only = init.shares_host_ns("mnt")?;
+    let root_path = init.root_path();
+    // The nodes to undo (shared ones stay; replaced ones pass their record on).
+    let undo_nodes = if rules_only {
+        Vec::new()
+    } else {
+        let root = Root {
+            fd: init.root(),
+            path: &root_path,
+        };
+        grants::release_nodes(&grant, &after, |dest| match nodes::inspect(root, dest) {
+            Ok(Existing::Device(found)) => Some(found.into()),
+            _ => None,
+        })
+    };
     if ct.config().dry_run {
         if !rules_only {
             report.dirs = grants::dirs_to_remove(&grant, &after);
-            for n in release(&grant, &after, root) {
-                report.nodes.push(NodeReport {
-                    device: PathBuf::from(device),
-                    resolved: None,
-                    dest: n.dest.clone(),
-                    node: n.node.spec(),
-                    action: match n.change {
-                        NodeChange::Created => NodeAction::Removed,
-                        NodeChange::Replaced { .. } => NodeAction::Replaced,
-                    },
-                });
-            }
+        }
+        for n in &undo_nodes {
+            report.nodes.push(NodeReport {
+                device: PathBuf::from(device),
+                resolved: None,
+                dest: n.dest.clone(),
+                node: n.node.spec(),
+                action: match n.change {
+                    NodeChange::Created => NodeAction::Removed,
+                    NodeChange::Replaced { .. } => NodeAction::Replaced,
+                },
+            });
         }
         return Ok(report);
     }
     init.check_alive()?;
     ct.apply_plan(&lock, &at.state, &plan, None)?;
-    drop(lock);
     crate::failpoint!("del.after_revoke");
 
-    // Nodes, outside the lock: only the ones this grant made, only if they
-    // are still its (shared ones stay; replaced ones pass their record on).
+    // 2. Nodes: only the ones this grant made, only if they are still its.
     let mut journal = Journal::new();
     if rules_only {
         report.rules_only = true;
         report.warnings.push(NO_ROOT.into());
     } else {
-        for n in &release(&grant, &after, root) {
+        let root = Root {
+            fd: init.root(),
+            path: &root_path,
+        };
+        for n in &undo_nodes {
             let spec = n.node.spec();
             let result = match n.change {
                 NodeChange::Created => match nodes::remove_node(root, &n.dest, &spec, &mut journal)
@@ -1065,20 +925,20 @@ pub fn del_as(
                 }),
                 Err(e) => {
                     let mut failures = journal.rollback();
-                    // The rules back as they were (the grant is still recorded).
-                    match ct.lock_existing(target) {
-                        Ok(lock) => failures.extend(undo_plan(ct, &lock, &at, &plan)),
-                        Err(e) => failures.push(format!("cannot restore the rules: {e}")),
-                    }
+                    failures.extend(undo_plan(ct, &lock, &at, &plan));
                     return Err(with_undo(e.into(), failures));
                 }
             }
         }
     }
     crate::failpoint!("del.after_nodes");
-    // Directories this grant created that no other grant lists, deepest
+    // 3. Directories this grant created that no other grant lists, deepest
     // first, each only if empty (the container's own files keep it).
     if !rules_only {
+        let root = Root {
+            fd: init.root(),
+            path: &root_path,
+        };
         for dir in grants::dirs_to_remove(&grant, &after) {
             match nodes::remove_dir_if_empty(root, &dir) {
                 Ok(DirAction::Removed) => report.dirs.push(dir),
@@ -1093,23 +953,9 @@ pub fn del_as(
             }
         }
     }
-
-    // (2) Under the lock again: the record goes, planned from the records
-    // and state as they are now (a grant written meanwhile that asks for
-    // the same access keeps it; one taken back meanwhile no longer does).
-    let lock = ct.lock_existing(target)?;
-    let ledger = ct.grants().load(id).map_err(ControllerError::from)?;
-    let Some(index) = ledger.find(owner, &subject) else {
-        // Taken back by someone else meanwhile: nothing left to write.
-        return Ok(report);
-    };
-    let state = ct.container(target)?;
-    let (plan, after) = grants::plan_take_back(&state.entries, &ledger, index);
-    ct.apply_plan(&lock, &state, &plan, None)?;
     save_ledger(ct, &after)?;
-    drop(lock);
     // Wildcards that still let the device through.
-    let now = plan.result(&state.entries);
+    let now = plan.result(&at.state.entries);
     let all: Vec<Rule> = now
         .iter()
         .filter_map(|(k, v)| Rule::from_entry(k, *v))
@@ -1135,15 +981,6 @@ pub fn del_as(
     }
     tracing::debug!(target = %target, nodes = grant.nodes.len(), "device passthrough removed");
     Ok(report)
-}
-
-/// The nodes `del` of `grant` undoes (`after`: the records without it),
-/// looking at what is at each DEST now.
-fn release(grant: &Grant, after: &Ledger, root: Root<'_>) -> Vec<NodeGrant> {
-    grants::release_nodes(grant, after, |dest| match nodes::inspect(root, dest) {
-        Ok(Existing::Device(found)) => Some(found.into()),
-        _ => None,
-    })
 }
 
 /// A wildcard entry that still grants read or write on `node`, if any.

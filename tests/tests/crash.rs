@@ -224,7 +224,6 @@ fn takeover_killed_never_leaves_the_container_without_a_program() {
 #[test]
 fn add_and_del_killed_at_every_step_converge() {
     for step in [
-        "add.after_write_ahead",
         "add.after_nodes",
         "add.after_rules",
         "node.after_tmp_node",

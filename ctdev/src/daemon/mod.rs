@@ -731,6 +731,7 @@ impl Daemon {
         outcome: Result<Option<passthrough::PassthroughReport>, PassthroughError>,
         took: std::time::Duration,
     ) {
+        let newer = self.lanes.busy_at(id, &o.dest);
         match outcome {
             Ok(report) => {
                 let changed = report.as_ref().is_some_and(|report| {
@@ -745,8 +746,12 @@ impl Daemon {
                     tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?rules, took_us = took.as_micros() as u64, "device added");
                 }
                 self.failing.remove(&(id, o.dest.clone()));
-                if let Some(s) = self.state.containers.get_mut(&id) {
-                    s.devices.insert(o.dest.clone(), o.clone());
+                // A newer job at this dest (queued behind this one) wrote
+                // its own record ahead: it is not this older job's to replace.
+                if !newer {
+                    if let Some(s) = self.state.containers.get_mut(&id) {
+                        s.devices.insert(o.dest.clone(), o.clone());
+                    }
                 }
                 // Left while it was being passed in: close it again now
                 // (its `remove` event may have come before the record did).
@@ -757,7 +762,7 @@ impl Daemon {
             }
             Err(e) if !self.still_present(o) || !dir.exists() || !self.is_ready(dir) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "device or container went while passing it in: {e}");
-                if let Some(s) = self.state.containers.get_mut(&id) {
+                if let Some(s) = self.state.containers.get_mut(&id).filter(|_| !newer) {
                     match recorded_before {
                         Some(before) => s.devices.insert(o.dest.clone(), before),
                         None => s.devices.remove(&o.dest),
@@ -773,7 +778,7 @@ impl Daemon {
                     tracing::debug!(container = %name, device = %o.host, dest = %o.dest, "still cannot add device: {e}");
                 }
                 // `add` undid its own steps: the record goes back to what it was.
-                if let Some(s) = self.state.containers.get_mut(&id) {
+                if let Some(s) = self.state.containers.get_mut(&id).filter(|_| !newer) {
                     match recorded_before {
                         Some(before) => s.devices.insert(o.dest.clone(), before),
                         None => s.devices.remove(&o.dest),
