@@ -285,27 +285,17 @@ fn shared_program_through_the_cli_beside_the_per_container_layout() {
     attach(&b, "c 1:5 r", Some("1"));
     attach(&old, "c 1:3 r", Some("0"));
     let dump = env.list_json();
-    let prog = |cg: &Path| {
+    let entry = |cg: &Path| {
         dump["containers"]
             .as_array()
             .unwrap()
             .iter()
             .find(|c| c["policy_id"].as_u64() == Some(id_of(cg)))
-            .unwrap_or_else(|| panic!("{} not listed: {dump}", cg.display()))["program_id"]
-            .as_u64()
-            .unwrap()
+            .unwrap_or_else(|| panic!("{} not listed: {dump}", cg.display()))
+            .clone()
     };
-    let layout = |cg: &Path| {
-        dump["containers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["policy_id"].as_u64() == Some(id_of(cg)))
-            .unwrap()["layout"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let prog = |cg: &Path| entry(cg)["program_id"].as_u64().unwrap();
+    let layout = |cg: &Path| entry(cg)["layout"].as_str().unwrap().to_string();
     assert_eq!(layout(&a), "shared", "{dump}");
     assert_eq!(layout(&b), "shared", "{dump}");
     assert_eq!(prog(&a), prog(&b), "one program for both: {dump}");
