@@ -32,6 +32,7 @@ use crate::container::process::{InitProcess, ProcessError};
 use crate::grants::{self, Grant, Ledger, NodeChange, NodeGrant, Owner, Subject};
 use crate::kernel::attached::{other_device_programs, DeviceProgram};
 use crate::kernel::pins::PinLock;
+use crate::kernel::policy_map::PolicyMap;
 use crate::ops::{ContainerState, Ctdev, Error as ControllerError, LinkState};
 use crate::plan::Plan;
 use crate::rule::{Access, DevNumber, DeviceNode, DeviceType, Rule, RuleError};
@@ -397,8 +398,12 @@ impl PassthroughReport {
 
 /// The container's state (one typed query, its entries only), required
 /// live and enforcing.
-fn attached(ct: &Ctdev, target: &Target) -> Result<Attached, PassthroughError> {
-    let state = ct.container(target)?;
+fn attached(
+    ct: &Ctdev,
+    target: &Target,
+    map: &mut Option<PolicyMap>,
+) -> Result<Attached, PassthroughError> {
+    let state = ct.container_in(target, map)?;
     let cgroup = match (&state.cgroup, state.link) {
         (Some(c), LinkState::Enforcing) => c.clone(),
         (_, link) => {
@@ -462,12 +467,18 @@ fn with_undo(error: PassthroughError, failures: Vec<String>) -> PassthroughError
 }
 
 /// Puts the entries `plan` changed back as they were (under the lock).
-fn undo_plan(ct: &Ctdev, lock: &PinLock, at: &Attached, plan: &Plan) -> Vec<String> {
+fn undo_plan(
+    ct: &Ctdev,
+    lock: &PinLock,
+    map: &mut Option<PolicyMap>,
+    at: &Attached,
+    plan: &Plan,
+) -> Vec<String> {
     let mut back = Plan::default();
     for c in plan.changes.iter().rev() {
         back.record(c.key, c.after, c.before);
     }
-    match ct.apply_plan(lock, &at.state, &back, None) {
+    match ct.apply_plan_in(lock, map.as_mut(), &at.state, &back, None) {
         Ok(()) => Vec::new(),
         Err(e) => vec![format!("cannot restore the rules: {e}")],
     }
@@ -515,7 +526,9 @@ pub fn add_as(
     // One critical section: no other ctdev changes the policy between
     // reading the entries and writing the rule.
     let lock = ct.lock_existing(target)?;
-    let at = attached(ct, target)?;
+    // The policy map, opened once for the whole command.
+    let mut map: Option<PolicyMap> = None;
+    let at = attached(ct, target, &mut map)?;
     let init = init_of(ct, target, &at.cgroup)?;
     let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
     let id = at.state.policy_id;
@@ -732,13 +745,13 @@ pub fn add_as(
     if let Err(e) = init.check_alive() {
         return Err(fail(e.into(), journal));
     }
-    if let Err(e) = ct.apply_plan(&lock, &at.state, &plan, None) {
+    if let Err(e) = ct.apply_plan_in(&lock, map.as_mut(), &at.state, &plan, None) {
         return Err(fail(e.into(), journal));
     }
     crate::failpoint!("add.after_rules");
     // The init died while the rule was written: undo everything.
     if let Err(e) = init.check_alive() {
-        let mut failures = undo_plan(ct, &lock, &at, &plan);
+        let mut failures = undo_plan(ct, &lock, &mut map, &at, &plan);
         failures.extend(journal.rollback());
         if let Err(e) = save_ledger(ct, &before_ledger) {
             failures.push(e.to_string());
@@ -792,7 +805,9 @@ pub fn del_as(
     let device = req.device();
     let device = device.as_str();
     let lock = ct.lock_existing(target)?;
-    let at = attached(ct, target)?;
+    // The policy map, opened once for the whole command.
+    let mut map: Option<PolicyMap> = None;
+    let at = attached(ct, target, &mut map)?;
     let init = init_of(ct, target, &at.cgroup)?;
     let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
     let id = at.state.policy_id;
@@ -883,7 +898,7 @@ pub fn del_as(
         return Ok(report);
     }
     init.check_alive()?;
-    ct.apply_plan(&lock, &at.state, &plan, None)?;
+    ct.apply_plan_in(&lock, map.as_mut(), &at.state, &plan, None)?;
     crate::failpoint!("del.after_revoke");
 
     // 2. Nodes: only the ones this grant made, only if they are still its.
@@ -925,7 +940,7 @@ pub fn del_as(
                 }),
                 Err(e) => {
                     let mut failures = journal.rollback();
-                    failures.extend(undo_plan(ct, &lock, &at, &plan));
+                    failures.extend(undo_plan(ct, &lock, &mut map, &at, &plan));
                     return Err(with_undo(e.into(), failures));
                 }
             }

@@ -2,14 +2,15 @@
 //! rules, counters and the other device programs that decide for it, read
 //! from the pinned links and the policy map. Reads only.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ctdev_common::PolicyKey;
 
 use crate::audit::drift::{self, Drift};
 use crate::audit::view::{ContainerView, Dump, Layout, MapView, OrphanView, RuleView};
 use crate::devname::device_names;
-use crate::kernel::attached::{device_programs_named, Owner, ProgramNames};
+use crate::kernel::attached::{device_programs_cached, AttachedAt, Owner, ProgramNames};
 use crate::kernel::attachment::{self, AttachmentError};
 use crate::kernel::counters::Counters;
 use crate::kernel::policy_map::PolicyMap;
@@ -18,6 +19,9 @@ use crate::plan::Entries;
 use crate::rule::{Access, DevNumber, DeviceType, Rule};
 use crate::runtimes;
 use crate::target::Target;
+
+/// Host device names per rule's device numbers, for one command.
+type DeviceNames = HashMap<(DeviceType, DevNumber, DevNumber), Vec<String>>;
 
 impl Ctdev {
     /// The audit dump: every container under policy (or only `target`) with
@@ -45,18 +49,28 @@ impl Ctdev {
         let (ids, foreign) = self.pins.link_entries()?;
         dump.foreign_pins = foreign;
         let map_pin = self.pins.policy_map();
-        let entries = if map_pin.exists() {
+        // Every container's entries, hits and statistics in one pass.
+        let counters = Counters::open(&self.pins)?;
+        let (entries, hits, stats) = if map_pin.exists() {
             let map = PolicyMap::open(&map_pin)?;
-            let entries = map.entries()?;
+            let large_hits = match &counters {
+                Some(c) => c.large_hits()?,
+                None => BTreeMap::new(),
+            };
+            let all = map.read_all(&large_hits)?;
             dump.policy_map = Some(MapView {
                 pin: map_pin,
                 map_id: map.id(),
-                entries: entries.len(),
+                entries: all.entries.len(),
                 capacity: map.capacity(),
             });
-            entries
+            (all.entries, all.hits, all.stats)
         } else {
-            BTreeMap::new()
+            let (hits, stats) = match &counters {
+                Some(c) => (c.hits()?, c.stats()?),
+                None => Default::default(),
+            };
+            (BTreeMap::new(), hits, stats)
         };
         if let Err(e) = self.check_map_pin() {
             dump.problems.push(e.to_string());
@@ -71,10 +85,6 @@ impl Ctdev {
             }
         }
         let cgroups = self.cgroups.find_ids(&ids);
-        let (hits, stats) = match Counters::open(&self.pins)? {
-            Some(c) => (c.hits()?, c.stats()?),
-            None => Default::default(),
-        };
         let mut by_id: BTreeMap<u64, Entries> = BTreeMap::new();
         for (key, bits) in entries {
             if only.is_some_and(|o| o != key.policy_id) {
@@ -82,11 +92,14 @@ impl Ctdev {
             }
             by_id.entry(key.policy_id).or_default().insert(key, bits);
         }
+        // Host names per device number, read from /sys/dev once per command
+        // (containers mostly share their rules).
+        let names_cache: RefCell<DeviceNames> = RefCell::default();
         let rule_views = |entries: &Entries| -> Vec<RuleView> {
             entries
                 .iter()
                 .map(|(key, bits)| {
-                    let mut view = self.rule_view(key, *bits);
+                    let mut view = self.rule_view(key, *bits, &names_cache);
                     view.hits = hits.get(key).copied().unwrap_or(0);
                     view
                 })
@@ -94,6 +107,7 @@ impl Ctdev {
         };
         let linked: BTreeSet<u64> = ids.iter().copied().collect();
         let names = ProgramNames::load();
+        let attached_at = AttachedAt::default();
         let shared_ids: Vec<u32> = crate::kernel::shared::all(&self.pins)
             .map(|all| all.iter().map(|p| p.prog_id).collect())
             .unwrap_or_else(|e| {
@@ -146,7 +160,7 @@ impl Ctdev {
                 rules: rule_views(&state.entries),
                 stats: stats.get(id).copied().unwrap_or_default(),
                 other_programs: match cg {
-                    Some(g) => device_programs_named(&self.cgroups, g, &names)
+                    Some(g) => device_programs_cached(&self.cgroups, g, &names, &attached_at)
                         .map(|all| {
                             all.into_iter()
                                 .filter(|p| !p.is_own(link.info.prog_id, &g.path))
@@ -196,14 +210,20 @@ impl Ctdev {
         Ok(dump)
     }
 
-    fn rule_view(&self, key: &PolicyKey, bits: u32) -> RuleView {
+    fn rule_view(&self, key: &PolicyKey, bits: u32, names: &RefCell<DeviceNames>) -> RuleView {
         let rule = Rule::from_entry(key, bits).unwrap_or(Rule {
             dev_type: DeviceType::All,
             major: DevNumber::from_kernel(key.major),
             minor: DevNumber::from_kernel(key.minor),
             access: Access::from_bits(bits),
         });
-        let devices = device_names(&self.config.sys_dev, rule.dev_type, rule.major, rule.minor);
+        let devices = names
+            .borrow_mut()
+            .entry((rule.dev_type, rule.major, rule.minor))
+            .or_insert_with(|| {
+                device_names(&self.config.sys_dev, rule.dev_type, rule.major, rule.minor)
+            })
+            .clone();
         RuleView::of(&rule, devices)
     }
 

@@ -143,21 +143,54 @@ pub fn device_programs_named(
     cgroup: &Cgroup,
     names: &ProgramNames,
 ) -> Result<Vec<DeviceProgram>, ProgramsError> {
+    device_programs_cached(fs, cgroup, names, &AttachedAt::default())
+}
+
+/// The programs attached at each cgroup directory asked about so far, for
+/// one command that asks about many cgroups (`list`): containers share
+/// their ancestors, so each ancestor is queried once (one `BPF_PROG_QUERY`
+/// per cgroup instead of one per cgroup and level).
+#[derive(Debug, Default)]
+pub struct AttachedAt(Mutex<HashMap<PathBuf, (PathBuf, Vec<u32>)>>);
+
+impl AttachedAt {
+    /// The hierarchy path of the cgroup at `dir` and the programs attached
+    /// there (not inherited), queried when first asked for.
+    fn get(&self, fs: &CgroupFs, dir: &Path) -> Result<(PathBuf, Vec<u32>), ProgramsError> {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = cache.get(dir) {
+            return Ok(hit.clone());
+        }
+        let here = fs.cgroup(dir)?;
+        let fd = here.open()?;
+        let ids = sys::query_device_programs(fd.as_fd(), false, &here.dir)?;
+        let out = (here.path, ids);
+        cache.insert(dir.to_path_buf(), out.clone());
+        Ok(out)
+    }
+}
+
+/// [`device_programs_named`] with ancestors' queries kept in `cache`.
+pub fn device_programs_cached(
+    fs: &CgroupFs,
+    cgroup: &Cgroup,
+    names: &ProgramNames,
+    cache: &AttachedAt,
+) -> Result<Vec<DeviceProgram>, ProgramsError> {
     let mut out = Vec::new();
     let mut dir: Option<&Path> = Some(&cgroup.dir);
     while let Some(d) = dir {
         if !d.starts_with(fs.mount()) {
             break;
         }
-        let here = fs.cgroup(d)?;
-        let fd = here.open()?;
-        for id in sys::query_device_programs(fd.as_fd(), false, &here.dir)? {
+        let (path, ids) = cache.get(fs, d)?;
+        for id in ids {
             let name = names.get(id);
             out.push(DeviceProgram {
                 id,
                 owner: Owner::from_name(&name),
                 name,
-                attached_at: here.path.clone(),
+                attached_at: path.clone(),
             });
         }
         if d == fs.mount() {

@@ -153,7 +153,7 @@ impl Counters {
 
     /// The hits of large-policy entries (the shared hit map), summed over
     /// CPUs: no container's own table is read.
-    fn large_hits(&self) -> Result<BTreeMap<PolicyKey, u64>, PolicyMapError> {
+    pub fn large_hits(&self) -> Result<BTreeMap<PolicyKey, u64>, PolicyMapError> {
         Ok(
             match batch_per_cpu::<PolicyKey, u64, u64>(
                 self.hits_raw.as_fd(),

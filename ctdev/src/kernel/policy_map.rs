@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use aya::maps::{HashMap, Map, MapData, MapError, MapType};
+use aya::maps::{HashMap, IterableMap, Map, MapData, MapError, MapType};
 use ctdev_common::{build_table, table_items, PolicyKey, PolicyValue, TableItem, TABLE_CAP};
 
 use super::container_maps::{ContainerMaps, ContainerMapsError, Snapshot};
@@ -134,13 +134,58 @@ impl From<ContainerMapsError> for PolicyMapError {
 pub struct PolicyMap {
     path: PathBuf,
     pins: PinRoot,
-    capacity: u32,
-    id: u32,
+    /// Kernel id and capacity, read when first asked for (one bpf() call).
+    info: std::cell::OnceCell<(u32, u32)>,
     map: HashMap<MapData, PolicyKey, PolicyValue>,
     /// A second fd on the map, for batch reads (aya does not expose its own).
     raw: OwnedFd,
     /// Entries read per container since the last write.
     cache: RefCell<BTreeMap<u64, BTreeMap<PolicyKey, u32>>>,
+}
+
+/// Every container's policy and counters, read in one pass
+/// ([`PolicyMap::read_all`]).
+#[derive(Debug, Default)]
+pub struct AllPolicies {
+    /// Every entry of every container (and orphaned entries), sorted.
+    pub entries: BTreeMap<PolicyKey, u32>,
+    /// Allowed accesses per entry since its creation or the last reset.
+    pub hits: BTreeMap<PolicyKey, u64>,
+    /// Statistics per container (policy id).
+    pub stats: BTreeMap<u64, super::counters::Stats>,
+}
+
+impl AllPolicies {
+    /// Adds one container from its live table, counter totals and counter
+    /// baselines; a large policy's generation goes to `large` (its entries
+    /// are in the shared hash map).
+    fn add(
+        &mut self,
+        id: u64,
+        snap: Snapshot,
+        totals: Option<ctdev_common::ContainerCounters>,
+        base: [u64; 3],
+        large: &mut BTreeMap<u64, u32>,
+    ) {
+        let totals = totals.unwrap_or(ctdev_common::ContainerCounters::ZERO);
+        self.stats.insert(
+            id,
+            super::counters::Stats {
+                denied: totals.stats.denied.saturating_sub(base[0]),
+                events: totals.stats.events.saturating_sub(base[1]),
+                events_dropped: totals.stats.dropped.saturating_sub(base[2]),
+            },
+        );
+        if snap.large() {
+            large.insert(id, snap.generation());
+            return;
+        }
+        for (key, access, hit, hit_base) in table_items(&snap.table, id) {
+            self.entries.insert(key, access);
+            let total = totals.hits[hit as usize % totals.hits.len()];
+            self.hits.insert(key, total.saturating_sub(hit_base));
+        }
+    }
 }
 
 /// One planned change to an entry: the value to set, or removal.
@@ -165,33 +210,62 @@ fn canonical(mut key: PolicyKey) -> PolicyKey {
 }
 
 impl PolicyMap {
-    /// Opens the map pinned at `path` (the pin root is its directory).
+    /// Opens the map pinned at `path` (the pin root is its directory), in
+    /// two bpf() calls (`BPF_OBJ_GET`, `BPF_OBJ_GET_INFO_BY_FD`): the type
+    /// and the key and value sizes are checked from that one info query
+    /// (aya refuses another map type or size), the batch-read fd is a
+    /// duplicate of the same fd, and the id and capacity are read only when
+    /// asked for. Commands open it once and pass it down.
     pub fn open(path: &Path) -> Result<Self, PolicyMapError> {
         if !path.exists() {
             return Err(PolicyMapError::Missing {
                 path: path.to_path_buf(),
             });
         }
-        let info = verify_pin(path)?;
-        let op = |op, source| PolicyMapError::Op {
+        let foreign = |found: String| PolicyMapError::Foreign {
             path: path.to_path_buf(),
-            op,
-            source,
+            found,
         };
-        let data = MapData::from_pin(path).map_err(|e| op("open", e))?;
-        let map = HashMap::try_from(Map::HashMap(data)).map_err(|e| op("open", e))?;
-        let raw = sys::obj_get(path).map_err(|e| PolicyMapError::Foreign {
-            path: path.to_path_buf(),
-            found: e.to_string(),
+        let data = MapData::from_pin(path).map_err(|e| foreign(e.to_string()))?;
+        let raw = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| foreign(e.to_string()))?;
+        let map = match Map::from_map_data(data).map_err(|e| foreign(e.to_string()))? {
+            Map::HashMap(data) => data,
+            other => {
+                let kind = format!("{other:?}");
+                let kind = kind.split(['(', ' ', '{']).next().unwrap_or("another");
+                return Err(foreign(format!("a {kind} map, expected a Hash map")));
+            }
+        };
+        // Other key or value sizes: say which (the pin's info is read again
+        // on this error path only).
+        let map = HashMap::try_from(Map::HashMap(map)).map_err(|e| {
+            foreign(match verify_pin(path) {
+                Err(PolicyMapError::Foreign { found, .. }) => found,
+                _ => e.to_string(),
+            })
         })?;
         Ok(Self {
             path: path.to_path_buf(),
             pins: PinRoot::new(path.parent().unwrap_or(Path::new("/"))),
-            capacity: info.max_entries(),
-            id: info.id(),
+            info: std::cell::OnceCell::new(),
             map,
             raw,
             cache: RefCell::new(BTreeMap::new()),
+        })
+    }
+
+    /// Kernel id and capacity (read once, on first use).
+    fn id_and_capacity(&self) -> (u32, u32) {
+        *self.info.get_or_init(|| match self.map.map().info() {
+            Ok(info) => (info.id(), info.max_entries()),
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), "cannot read the policy map's info: {e}");
+                (0, 0)
+            }
         })
     }
 
@@ -203,12 +277,12 @@ impl PolicyMap {
     /// Maximum number of entries of large policies (more than
     /// `TABLE_CAP` entries) across all containers.
     pub fn capacity(&self) -> u32 {
-        self.capacity
+        self.id_and_capacity().1
     }
 
     /// Kernel map id (for `bpftool map dump id N`).
     pub fn id(&self) -> u32 {
-        self.id
+        self.id_and_capacity().0
     }
 
     /// Every raw entry of the shared hash map (keys with their generation).
@@ -273,6 +347,90 @@ impl PolicyMap {
             }
         }
         Ok(out)
+    }
+
+    /// Every container's policy with its counters, in one pass (for
+    /// `list`): each per-container table is mapped once, each cgroup
+    /// storage of a shared program is read with one lookup of its table
+    /// and one of its counters, and the shared hash map is read once (one
+    /// batch). `large_hits` are the hit counts of large-policy entries
+    /// (the shared hit map). The entries are those of
+    /// [`PolicyMap::entries`]; the hits and statistics those of
+    /// `Counters::hits` and `Counters::stats`.
+    pub fn read_all(
+        &self,
+        large_hits: &BTreeMap<PolicyKey, u64>,
+    ) -> Result<AllPolicies, PolicyMapError> {
+        let hash = self.hash_entries()?;
+        let mut all = AllPolicies::default();
+        let mut large: BTreeMap<u64, u32> = BTreeMap::new();
+        // Containers with their own program: their own maps (these win
+        // over a shared storage of the same id, as in `ContainerMaps::open`).
+        let mut array_ids: Vec<u64> = Vec::new();
+        match std::fs::read_dir(self.pins.tables_dir()) {
+            Ok(dir) => {
+                for e in dir.flatten() {
+                    if let Some(id) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                        array_ids.push(id);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io_err(e)),
+        }
+        array_ids.sort_unstable();
+        for id in &array_ids {
+            let Some(maps) = ContainerMaps::open(&self.pins, *id)? else {
+                continue;
+            };
+            let snap = maps.snapshot();
+            let totals = maps.counters()?;
+            all.add(*id, snap, Some(totals), maps.stats_base(), &mut large);
+        }
+        // Containers on a shared program: one table lookup and one counters
+        // lookup each (the first program whose storage is written wins, as
+        // in `shared::find_for`).
+        let shared = super::shared::all(&self.pins)
+            .map_err(|e| PolicyMapError::from(ContainerMapsError::Storage(Box::new(e))))?;
+        let storage = |e| PolicyMapError::from(ContainerMapsError::Storage(Box::new(e)));
+        for p in shared {
+            for id in p.storage_ids().map_err(storage)? {
+                if all.stats.contains_key(&id) {
+                    continue;
+                }
+                let Some(t) = p.read(id).map_err(storage)? else {
+                    continue;
+                };
+                if t.state & ctdev_common::STATE_WRITTEN == 0 {
+                    continue;
+                }
+                let totals = p.counters(id).map_err(storage)?;
+                let snap = Snapshot {
+                    state: t.state,
+                    table: t.table,
+                };
+                all.add(id, snap, totals, t.stats_base, &mut large);
+            }
+        }
+        for (key, access) in hash {
+            let canon = canonical(key);
+            match large.get(&key.policy_id) {
+                Some(generation) if *generation == key._pad => {
+                    all.entries.insert(canon, access);
+                    all.hits
+                        .insert(canon, large_hits.get(&canon).copied().unwrap_or(0));
+                }
+                Some(_) => {}
+                // Entries of no table: left by a crash (reported as orphans).
+                None if !all.stats.contains_key(&key.policy_id) => {
+                    all.entries.insert(canon, access);
+                    all.hits
+                        .insert(canon, large_hits.get(&canon).copied().unwrap_or(0));
+                }
+                None => {}
+            }
+        }
+        Ok(all)
     }
 
     fn io_err(&self, e: std::io::Error) -> PolicyMapError {
@@ -610,7 +768,7 @@ impl PolicyMap {
             MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
                 PolicyMapError::Full {
                     path: self.path.clone(),
-                    capacity: self.capacity,
+                    capacity: self.capacity(),
                 }
             }
             _ => PolicyMapError::Op {

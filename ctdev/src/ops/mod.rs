@@ -528,7 +528,20 @@ impl Ctdev {
     /// the ledger first when one is given (write-ahead).
     pub(crate) fn apply_plan(
         &self,
+        lock: &PinLock,
+        state: &ContainerState,
+        plan: &Plan,
+        ledger: Option<&Ledger>,
+    ) -> Result<(), Error> {
+        self.apply_plan_in(lock, None, state, plan, ledger)
+    }
+
+    /// [`Ctdev::apply_plan`] through a policy map the caller opened for
+    /// the command (`None`: opened here when there is something to write).
+    pub(crate) fn apply_plan_in(
+        &self,
         _lock: &PinLock,
+        map: Option<&mut PolicyMap>,
         state: &ContainerState,
         plan: &Plan,
         ledger: Option<&Ledger>,
@@ -542,7 +555,14 @@ impl Ctdev {
         if plan.changes.is_empty() {
             return Ok(());
         }
-        let mut map = PolicyMap::open(&self.pins.policy_map())?;
+        let mut opened;
+        let map = match map {
+            Some(m) => m,
+            None => {
+                opened = PolicyMap::open(&self.pins.policy_map())?;
+                &mut opened
+            }
+        };
         map.apply(&plan.writes())?;
         let removed: Vec<PolicyKey> = plan
             .changes

@@ -68,17 +68,41 @@ impl Ctdev {
     /// One container's state (link and entries), without reading any other
     /// container's. Fails with [`Error::NotUnderPolicy`] when it has no link.
     pub fn container(&self, target: &Target) -> Result<ContainerState, Error> {
+        self.container_in(target, &mut None)
+    }
+
+    /// The policy map, opened once for a command that passes it down
+    /// (`None` when it is not pinned; fails when links are pinned but the
+    /// map pin is gone, see [`Ctdev::check_map_pin`]).
+    pub(crate) fn open_policy_map(&self) -> Result<Option<PolicyMap>, Error> {
+        self.check_map_pin()?;
+        let map_pin = self.pins.policy_map();
+        if map_pin.exists() {
+            Ok(Some(PolicyMap::open(&map_pin)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// [`Ctdev::container`] reading the entries through `map`: the map the
+    /// command opened already, or (`None`) opened here and left in `map`
+    /// for the command's later steps.
+    pub(crate) fn container_in(
+        &self,
+        target: &Target,
+        map: &mut Option<PolicyMap>,
+    ) -> Result<ContainerState, Error> {
         let (resolved, link) = self.require_attached(target)?;
         let link_state = LinkState::of(
             resolved.cgroup.is_some(),
             link.is_live_for(resolved.policy_id),
         );
-        self.check_map_pin()?;
-        let map_pin = self.pins.policy_map();
-        let entries = if map_pin.exists() {
-            PolicyMap::open(&map_pin)?.entries_of(resolved.policy_id)?
-        } else {
-            Entries::new()
+        if map.is_none() {
+            *map = self.open_policy_map()?;
+        }
+        let entries = match map {
+            Some(map) => map.entries_of(resolved.policy_id)?,
+            None => Entries::new(),
         };
         Ok(ContainerState {
             cgroup: resolved.cgroup,

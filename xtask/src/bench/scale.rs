@@ -59,8 +59,16 @@ pub struct ScaleResults {
     pub attach_rate: f64,
 }
 
+/// Overrides the plan's container count (for profiling a shorter run).
+const CONTAINERS_ENV: &str = "CTDEV_BENCH_SCALE_CONTAINERS";
+
 pub fn run(env: &Env) -> Result<ScaleResults> {
-    let n = env.plan.containers;
+    let n = match std::env::var(CONTAINERS_ENV) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{CONTAINERS_ENV}={v:?}: expected a count"))?,
+        Err(_) => env.plan.containers,
+    };
     let k = env.plan.scale_rules;
     let rules: Vec<Rule> = cost::rules(&env.device, k)
         .into_iter()
