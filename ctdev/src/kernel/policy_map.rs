@@ -287,6 +287,14 @@ impl PolicyMap {
 
     /// Every raw entry of the shared hash map (keys with their generation).
     fn hash_entries(&self) -> Result<BTreeMap<PolicyKey, u32>, PolicyMapError> {
+        // Mostly empty (every policy fits its table): one
+        // BPF_MAP_GET_NEXT_KEY says so, where a batch read walks every
+        // bucket of the map under its bucket locks.
+        match self.map.keys().next() {
+            None => return Ok(BTreeMap::new()),
+            Some(Err(e)) if is_missing_key(&e) => return Ok(BTreeMap::new()),
+            _ => {}
+        }
         let (ks, vs) = (
             std::mem::size_of::<PolicyKey>(),
             std::mem::size_of::<PolicyValue>(),
