@@ -659,7 +659,8 @@ fn an_attach_held_in_its_lane_comes_before_its_devices_and_a_container_removed_m
     assert!(!live.host_path(&dest).exists(), "held: no node yet");
     fs::remove_file(holds.join("h-live")).unwrap();
     wait_until(Duration::from_secs(10), "the device in h-live", || {
-        (!denied(&live.open_rw(&dest))).then_some(())
+        live.host_path(&dest).exists().then_some(())?;
+        live.open_rw(&dest).ok()
     });
     let log = daemon.log_text();
     let at = |what: &str| {

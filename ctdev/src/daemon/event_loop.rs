@@ -146,6 +146,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                 daemon.take_uevents();
                 if std::mem::take(&mut daemon.lost_events) {
                     tracing::warn!("uevents were lost (ENOBUFS): rescanning");
+                    daemon.rescan = true;
                     daemon.reconcile_all(watcher.get_mut());
                 }
                 daemon.write_status(watcher.get_ref());
@@ -165,6 +166,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                     Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                         if daemon.source == Source::Udev {
                             tracing::warn!("udev events were lost (ENOBUFS): rescanning");
+                            daemon.rescan = true;
                             daemon.reconcile_all(watcher.get_mut());
                         }
                     }
@@ -201,6 +203,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
             _ = tick.tick() => {
                 if std::mem::take(&mut daemon.lost_events) {
                     tracing::warn!("uevents were lost (ENOBUFS): rescanning");
+                    daemon.rescan = true;
                     daemon.reconcile_all(watcher.get_mut());
                 }
                 let pending: Vec<PathBuf> = daemon.pending.iter().cloned().collect();

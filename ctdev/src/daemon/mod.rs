@@ -223,6 +223,12 @@ pub struct Daemon {
     /// The policy's generation (one more per reload): an attach queued
     /// before a reload is applied again once it is done.
     generation: u64,
+    /// The next pass reads every device in sysfs again (start, reload, lost
+    /// events, a new event source); otherwise only when the host's device
+    /// list differs from `sys_listing`.
+    rescan: bool,
+    /// The device directories in sysfs as the last full scan saw them.
+    sys_listing: Option<BTreeSet<std::ffi::OsString>>,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -259,6 +265,8 @@ impl Daemon {
             done_rx: Some(done_rx),
             attaching: BTreeMap::new(),
             generation: 0,
+            rescan: true,
+            sys_listing: None,
             kernel_events: None,
             lost_events: false,
             ct,
@@ -530,9 +538,11 @@ impl Daemon {
             }
             return;
         }
+        // Gone, or its name re-created as another cgroup already.
+        let gone = !fs::metadata(dir).is_ok_and(|m| m.ino() == job.id);
         let report = match attach {
             Ok(r) => r,
-            Err(e) if !dir.exists() => {
+            Err(e) if gone => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup gone before it could be attached: {e}");
                 return;
             }
@@ -555,7 +565,7 @@ impl Daemon {
                     }
                 }
             }
-            Some(Err(e)) if !dir.exists() => {
+            Some(Err(e)) if gone || !dir.exists() => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup gone before its rules could be applied: {e}");
                 return;
             }
@@ -1038,11 +1048,33 @@ impl Daemon {
         let wanted = scope::wanted_scopes(&self.policy);
         let mut now = BTreeMap::new();
         let mut object = None;
+        let linked: BTreeSet<u64> = kscope::linked_scopes(self.ct.pins()).into_iter().collect();
         for (inside, preset) in &wanted {
             let Ok(g) = self.ct.cgroups().cgroup(inside) else {
                 tracing::debug!(scope = %inside.display(), "scope cgroup not there yet");
                 continue;
             };
+            if self.scopes.get(&g.dir) == Some(&g.id) && linked.contains(&g.id) {
+                // Covered already (a reload starts over): only children
+                // that came without an event (an overflow) are marked.
+                let children: Vec<PathBuf> = fs::read_dir(&g.dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .filter(|c| {
+                        !self.skipped.contains_key(c)
+                            && !self.managed.contains_key(c)
+                            && !self.attaching.contains_key(c)
+                    })
+                    .collect();
+                for child in children {
+                    self.mark_child(&child);
+                }
+                now.insert(g.dir.clone(), g.id);
+                continue;
+            }
             let object = match &object {
                 Some(o) => o,
                 None => {
@@ -1220,6 +1252,7 @@ impl Daemon {
         if !owned.devices.is_empty()
             || self.lanes.busy(id)
             || self.managed.values().any(|m| m.policy_id == id)
+            || self.attaching.values().any(|a| *a == id)
             || !self
                 .ct
                 .cgroups()
@@ -1422,6 +1455,7 @@ impl Daemon {
             }
             CgroupEvent::Overflow => {
                 tracing::warn!("inotify queue overflowed: rescanning");
+                self.rescan = true;
                 self.reconcile_all(watcher);
             }
         }
@@ -1443,6 +1477,7 @@ impl Daemon {
             }
         );
         self.source = to;
+        self.rescan = true;
         self.reconcile_all(watcher);
     }
 
@@ -1539,6 +1574,9 @@ impl Daemon {
                 }
                 self.policy = p;
                 self.generation += 1;
+                // Every scope is set up again (its preset may have changed).
+                self.scopes.clear();
+                self.rescan = true;
                 tracing::info!(file = %self.opts.config.display(), "policy reloaded");
                 // Every container is applied again in full: its entry's
                 // preset, rules or takeover mode may have changed.
