@@ -162,11 +162,14 @@ fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
         "the stopped container to be detached",
         || {
             let v = env.list_json();
+            // The detach runs in the container's lane; its line is logged
+            // once the event loop has its outcome.
             (!v["containers"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|c| c["policy_id"].as_u64() == Some(id)))
+                .any(|c| c["policy_id"].as_u64() == Some(id))
+                && daemon.log_text().contains("detached (cgroup removed)"))
             .then_some(())
         },
     );
