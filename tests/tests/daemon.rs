@@ -162,11 +162,14 @@ fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
         "the stopped container to be detached",
         || {
             let v = env.list_json();
+            // The detach runs in the container's lane; its line is logged
+            // once the event loop has its outcome.
             (!v["containers"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|c| c["policy_id"].as_u64() == Some(id)))
+                .any(|c| c["policy_id"].as_u64() == Some(id))
+                && daemon.log_text().contains("detached (cgroup removed)"))
             .then_some(())
         },
     );
@@ -586,4 +589,100 @@ fn a_held_container_does_not_delay_hotplug_into_another_and_keeps_its_own_order(
     };
     assert!(first("fast") < first("slow"), "{log}");
     assert!(log.contains("lane held by"), "{log}");
+}
+
+#[test]
+fn an_attach_held_in_its_lane_comes_before_its_devices_and_a_container_removed_meanwhile_leaves_nothing(
+) {
+    let env = TestEnv::new("dm-attach-lane");
+    let index = HotLoop::pick();
+    let dest = format!("/dev/loop{index}");
+    let cfg = write_policy(
+        &env,
+        "policy.toml",
+        0.0,
+        &format!(
+            "[[container]]\nname = \"held\"\nselect = {{ cgroup = \"{}/h-*\" }}\npreset = \"none\"\n\
+             [[container.hotplug]]\ndevname = \"loop{index}\"\n",
+            inside(&env.cgroup_parent)
+        ),
+    );
+    let holds = env.scratch.join("holds");
+    fs::create_dir_all(&holds).unwrap();
+    let mut daemon = DaemonProc::start_with_env(
+        &env,
+        &cfg,
+        None,
+        &[("CTDEV_TEST_HOLD_DIR", holds.as_path())],
+    );
+    let jobs = |d: &DaemonProc| d.status()["jobs"].as_u64().unwrap_or(0);
+
+    // 1. A container created and removed while its attach is held in its
+    // lane: once let go, nothing of it is left (pin, state, list).
+    let gone_hold = holds.join("h-gone");
+    fs::write(&gone_hold, "").unwrap();
+    let gone = env.cgroup("h-gone");
+    let gone_id = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&gone).unwrap().ino()
+    };
+    wait_until(Duration::from_secs(10), "h-gone's attach queued", || {
+        (jobs(&daemon) >= 1).then_some(())
+    });
+    let link = env.pin_root.join("links").join(gone_id.to_string());
+    assert!(!link.exists(), "held: not attached yet");
+    fs::remove_dir(&gone).unwrap();
+    fs::remove_file(&gone_hold).unwrap();
+    let state_file = daemon.state_dir.join("state.json");
+    wait_until(Duration::from_secs(10), "h-gone's lane to drain", || {
+        let state = fs::read_to_string(&state_file).unwrap_or_default();
+        (jobs(&daemon) == 0 && !state.contains(&format!("\"{gone_id}\""))).then_some(())
+    });
+    assert!(!link.exists(), "no link pin left\n{}", daemon.log_text());
+    assert!(
+        !env.list_json()["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["policy_id"].as_u64() == Some(gone_id)),
+        "not listed"
+    );
+
+    // 2. A device plugged while a container's attach is held: it arrives
+    // only after that attach (the container is covered by the scope
+    // program meanwhile, never handed a device before its own program).
+    fs::write(holds.join("h-live"), "").unwrap();
+    let live = TestContainer::start(&env, "h-live", false);
+    wait_until(Duration::from_secs(10), "h-live's attach queued", || {
+        (jobs(&daemon) >= 1).then_some(())
+    });
+    let mut lo = HotLoop::add(index);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rules_of(&env, &live.cgroup).is_none(), "held: not attached");
+    assert!(!live.host_path(&dest).exists(), "held: no node yet");
+    fs::remove_file(holds.join("h-live")).unwrap();
+    wait_until(Duration::from_secs(10), "the device in h-live", || {
+        live.host_path(&dest).exists().then_some(())?;
+        live.open_rw(&dest).ok()
+    });
+    let log = daemon.log_text();
+    let at = |what: &str| {
+        log.lines().position(|l| {
+            l.contains("container=held ")
+                && l.contains(&*live.cgroup.to_string_lossy())
+                && l.contains(what)
+        })
+    };
+    let (attached, added) = (at(" attached"), at("device added"));
+    assert!(
+        attached.is_some() && added.is_some() && attached < added,
+        "attach, then the device:\n{log}"
+    );
+    lo.remove();
+    wait_until(
+        Duration::from_secs(10),
+        "the device to leave h-live",
+        || (!live.host_path(&dest).exists()).then_some(()),
+    );
+    let _ = daemon.kill();
 }

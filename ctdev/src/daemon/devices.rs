@@ -185,8 +185,20 @@ impl Daemon {
     /// Every device with a node (`/sys/dev/{block,char}`) or an interface
     /// (`/sys/class/net`) present now.
     pub(super) fn scan_devices(&mut self) {
-        let mut found = BTreeMap::new();
         let sys = self.opts.sys.clone();
+        // A periodic pass on a host whose device list is the one the last
+        // scan read needs no scan (the events kept `devices` current): an
+        // idle resync costs three directory reads here, not a sysfs walk.
+        let listing: BTreeSet<std::ffi::OsString> = ["dev/block", "dev/char", "class/net"]
+            .iter()
+            .filter_map(|d| fs::read_dir(sys.join(d)).ok())
+            .flat_map(|entries| entries.flatten().map(|e| e.path().into_os_string()))
+            .collect();
+        if !std::mem::take(&mut self.rescan) && self.sys_listing.as_ref() == Some(&listing) {
+            return;
+        }
+        self.sys_listing = Some(listing);
+        let mut found = BTreeMap::new();
         for kind in ["block", "char"] {
             let Ok(entries) = fs::read_dir(sys.join("dev").join(kind)) else {
                 continue;

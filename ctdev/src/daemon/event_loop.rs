@@ -90,6 +90,25 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
     cdi_watch.get_mut().ensure(&daemon.policy.cdi_dirs);
     tracing::info!(file = %daemon.opts.config.display(), scope = %daemon.scope_dir.display(), state = %daemon.state_path.display(), events = daemon.source.as_str(), "starting: reconciling");
     daemon.reconcile_all(watcher.get_mut());
+    // The start-up pass is done once its lanes are (attaches, then devices):
+    // "ready" means converged. Bounded: a container whose lane hangs does
+    // not keep the daemon from serving the others.
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        while daemon.lanes.pending() > 0 {
+            match done_rx.recv().await {
+                Some(done) => daemon.on_done(done),
+                None => break,
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            jobs = daemon.lanes.pending(),
+            "start-up jobs still running after 30 s: ready without them"
+        );
+    }
+    daemon.save_state();
     tracing::info!(
         containers = daemon.managed.len(),
         devices = daemon.devices.len(),
@@ -127,6 +146,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                 daemon.take_uevents();
                 if std::mem::take(&mut daemon.lost_events) {
                     tracing::warn!("uevents were lost (ENOBUFS): rescanning");
+                    daemon.rescan = true;
                     daemon.reconcile_all(watcher.get_mut());
                 }
                 daemon.write_status(watcher.get_ref());
@@ -146,6 +166,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                     Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                         if daemon.source == Source::Udev {
                             tracing::warn!("udev events were lost (ENOBUFS): rescanning");
+                            daemon.rescan = true;
                             daemon.reconcile_all(watcher.get_mut());
                         }
                     }
@@ -182,6 +203,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
             _ = tick.tick() => {
                 if std::mem::take(&mut daemon.lost_events) {
                     tracing::warn!("uevents were lost (ENOBUFS): rescanning");
+                    daemon.rescan = true;
                     daemon.reconcile_all(watcher.get_mut());
                 }
                 let pending: Vec<PathBuf> = daemon.pending.iter().cloned().collect();

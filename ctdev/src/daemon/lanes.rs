@@ -1,7 +1,18 @@
-//! Per-container lanes: the device work of the daemon (`add`/`del` of a
-//! device into one container: finding its init, the nodes in its mount
-//! namespace, the rule, the grant record, its udev links) runs on a small
-//! set of worker threads, one container at a time per worker.
+//! Per-container lanes: the kernel work of the daemon for one container
+//! (its attach and the policy's rules, `add`/`del` of a device into it:
+//! finding its init, the nodes in its mount namespace, the rule, the grant
+//! record, its udev links; its CDI devices; its detach once its cgroup is
+//! gone) runs on a small set of worker threads, one container at a time per
+//! worker.
+//!
+//! - A container's attach comes first in its lane, then its device jobs,
+//!   then its detach: a device never goes into a container before its own
+//!   program is attached (until then the scope program covers it), and a
+//!   container removed while its attach is queued or running is detached
+//!   after that attach, so nothing of it is left.
+//! - An attach jumps the line of containers waiting for a worker: a new
+//!   container is never queued behind other containers' device work (a
+//!   resync's, a burst's).
 //!
 //! - Jobs of ONE container run in the order they were submitted, one after
 //!   the other (a lane): a device's removal is never overtaken by an older
@@ -23,9 +34,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use crate::grants::Owner as GrantOwner;
-use crate::ops::Ctdev;
+use crate::cdi::QualifiedName;
+use crate::grants::{Owner as GrantOwner, Subject as GrantSubject};
+use crate::ops::{AttachReport, ChangeReport, Ctdev, DetachReport, Error as ControllerError};
 use crate::passthrough::{self, AddOptions, PassRequest, PassthroughError, PassthroughReport};
+use crate::presets::Preset;
+use crate::rule::Rule;
 use crate::target::Target;
 
 use super::reconcile::OwnedDevice;
@@ -64,15 +78,62 @@ pub(crate) enum Work {
         /// The record of the device.
         owned: OwnedDevice,
     },
+    /// Attach the container with its entry's preset (unless it is attached
+    /// already), then grant the policy's rules and take back those gone
+    /// from it, in one swap. Its rules were recorded ahead.
+    Attach {
+        /// The policy entry (index) as it was when the job was queued.
+        entry: usize,
+        /// The daemon's policy generation then (a reload makes it stale).
+        generation: u64,
+        /// The entry's preset.
+        preset: Preset,
+        /// The policy's rules, as the daemon's grants.
+        grant: Vec<(GrantSubject, Vec<Rule>)>,
+        /// Rules the daemon granted before and the entry no longer has.
+        take_back: Vec<GrantSubject>,
+    },
+    /// Detach policy `id` (its cgroup is gone): after every earlier job.
+    Detach {
+        /// Why (for the log line).
+        why: &'static str,
+    },
+    /// Bring the container's CDI devices to what its entry wants.
+    Cdi {
+        /// The entry's CDI devices.
+        wanted: Vec<QualifiedName>,
+        /// The CDI spec directories.
+        dirs: Vec<PathBuf>,
+        /// Where the CDI records are.
+        records: PathBuf,
+    },
 }
 
 impl Work {
-    /// The record the job is about.
-    pub(crate) fn owned(&self) -> &OwnedDevice {
+    /// The device record the job is about (device jobs only).
+    pub(crate) fn owned(&self) -> Option<&OwnedDevice> {
         match self {
-            Work::Add { owned, .. } | Work::Remove { owned } => owned,
+            Work::Add { owned, .. } | Work::Remove { owned } => Some(owned),
+            Work::Attach { .. } | Work::Detach { .. } | Work::Cdi { .. } => None,
         }
     }
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// What `add`/`del` said (`Ok(None)`: nothing to call, an interface
+    /// forgotten).
+    Device(Result<Option<PassthroughReport>, PassthroughError>),
+    /// The attach, and (when it worked) the rules' swap.
+    Attach {
+        attach: Result<AttachReport, ControllerError>,
+        rules: Option<Result<ChangeReport, ControllerError>>,
+    },
+    /// The detach.
+    Detach(Result<DetachReport, ControllerError>),
+    /// The CDI sync (it logs its own changes).
+    Cdi,
 }
 
 /// A finished job, back on the event loop.
@@ -80,9 +141,8 @@ impl Work {
 pub(crate) struct Done {
     /// The job.
     pub(crate) job: Job,
-    /// What `add`/`del` said (`Ok(None)`: nothing to call, an interface
-    /// forgotten).
-    pub(crate) outcome: Result<Option<PassthroughReport>, PassthroughError>,
+    /// How it ended.
+    pub(crate) outcome: Outcome,
     /// How long the job ran (not counting its wait in the lane).
     pub(crate) took: Duration,
 }
@@ -157,20 +217,26 @@ impl Lanes {
     /// Queues `job` behind the container's earlier jobs. Without any
     /// worker thread it runs now and its outcome is returned at once.
     pub(crate) fn submit(&mut self, ct: &Ctdev, job: Job) -> Option<Done> {
-        *self
-            .in_flight
-            .entry((job.id, job.work.owned().dest.clone()))
-            .or_default() += 1;
+        if let Some(o) = job.work.owned() {
+            *self.in_flight.entry((job.id, o.dest.clone())).or_default() += 1;
+        }
         *self.per_container.entry(job.id).or_default() += 1;
         if self.workers.is_empty() {
             return Some(run(ct, job));
         }
         let mut q = self.shared.queue();
         let id = job.id;
+        let first = matches!(job.work, Work::Attach { .. });
         let lane = q.lanes.entry(id).or_default();
         lane.push_back(job);
         if lane.len() == 1 && !q.running.contains(&id) {
-            q.ready.push_back(id);
+            // A new container's attach goes before containers waiting with
+            // device work.
+            if first {
+                q.ready.push_front(id);
+            } else {
+                q.ready.push_back(id);
+            }
         }
         drop(q);
         self.shared.wake.notify_one();
@@ -179,11 +245,13 @@ impl Lanes {
 
     /// Counts `done` as finished (call once per [`Done`] received).
     pub(crate) fn finished(&mut self, done: &Done) {
-        let key = (done.job.id, done.job.work.owned().dest.clone());
-        if let Some(n) = self.in_flight.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.in_flight.remove(&key);
+        if let Some(o) = done.job.work.owned() {
+            let key = (done.job.id, o.dest.clone());
+            if let Some(n) = self.in_flight.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.in_flight.remove(&key);
+                }
             }
         }
         if let Some(n) = self.per_container.get_mut(&done.job.id) {
@@ -299,20 +367,46 @@ fn run(ct: &Ctdev, job: Job) -> Done {
             if r.is_ok() && !owned.links.is_empty() {
                 links(ct, &job, owned, true);
             }
-            r.map(Some)
+            Outcome::Device(r.map(Some))
         }
-        Work::Remove { owned } if owned.interface => Ok(None),
+        Work::Remove { owned } if owned.interface => Outcome::Device(Ok(None)),
         Work::Remove { owned } => {
             if !owned.links.is_empty() {
                 links(ct, &job, owned, false);
             }
-            passthrough::del_as(
-                ct,
-                GrantOwner::Daemon,
-                &target,
-                &PassRequest::from_record(&owned.host, &owned.dest, false),
+            Outcome::Device(
+                passthrough::del_as(
+                    ct,
+                    GrantOwner::Daemon,
+                    &target,
+                    &PassRequest::from_record(&owned.host, &owned.dest, false),
+                )
+                .map(Some),
             )
-            .map(Some)
+        }
+        Work::Attach {
+            preset,
+            grant,
+            take_back,
+            ..
+        } => {
+            // The preset at attach; the policy's rules are daemon grants,
+            // so taking one back leaves what the preset or an operator gave.
+            let attach = ct.ensure_attached(&target, *preset);
+            let rules = attach
+                .is_ok()
+                .then(|| ct.regrant(&target, GrantOwner::Daemon, grant, take_back));
+            crate::failpoint!("daemon.attach.after_attach");
+            Outcome::Attach { attach, rules }
+        }
+        Work::Detach { .. } => Outcome::Detach(ct.detach(&Target::PolicyId(job.id))),
+        Work::Cdi {
+            wanted,
+            dirs,
+            records,
+        } => {
+            crate::cdi::daemon::sync(ct, &target, job.id, wanted, dirs, records);
+            Outcome::Cdi
         }
     };
     Done {

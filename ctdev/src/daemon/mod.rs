@@ -217,6 +217,18 @@ pub struct Daemon {
     lost_events: bool,
     /// Where the lanes' finished jobs arrive (taken by the event loop).
     done_rx: Option<tokio::sync::mpsc::UnboundedReceiver<lanes::Done>>,
+    /// Containers whose attach is queued or running in their lane:
+    /// directory → policy id (their cgroup's id).
+    attaching: BTreeMap<PathBuf, u64>,
+    /// The policy's generation (one more per reload): an attach queued
+    /// before a reload is applied again once it is done.
+    generation: u64,
+    /// The next pass reads every device in sysfs again (start, reload, lost
+    /// events, a new event source); otherwise only when the host's device
+    /// list differs from `sys_listing`.
+    rescan: bool,
+    /// The device directories in sysfs as the last full scan saw them.
+    sys_listing: Option<BTreeSet<std::ffi::OsString>>,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -251,6 +263,10 @@ impl Daemon {
         Ok(Self {
             lanes,
             done_rx: Some(done_rx),
+            attaching: BTreeMap::new(),
+            generation: 0,
+            rescan: true,
+            sys_listing: None,
             kernel_events: None,
             lost_events: false,
             ct,
@@ -300,6 +316,7 @@ impl Daemon {
         if self
             .managed
             .keys()
+            .chain(self.attaching.keys())
             .any(|m| dir != m.as_path() && dir.starts_with(m))
         {
             return None;
@@ -416,14 +433,25 @@ impl Daemon {
         }
     }
 
-    /// Attaches the container and applies its static rules; its devices
-    /// follow when it is ready.
+    /// Attaches the container and applies its static rules, in its lane;
+    /// its devices follow when that is done and it is ready
+    /// ([`Daemon::attached`]). Until then the scope program covers it.
     fn apply_container(&mut self, dir: &Path, entry: usize) {
         if !self.coexist_before_attach(dir, entry) {
             return;
         }
         let c = self.policy.containers[entry].clone();
-        let target = target_of(dir);
+        let g = match self.ct.cgroups().cgroup(dir) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(container = %c.name, cgroup = %dir.display(), "cgroup gone before it could be attached: {e}");
+                return;
+            }
+        };
+        // Its attach is queued or running already (a repeated event).
+        if self.attaching.get(dir) == Some(&g.id) {
+            return;
+        }
         let mut rules = Vec::new();
         let mut rule_texts = BTreeSet::new();
         for spec in &c.rules {
@@ -440,41 +468,19 @@ impl Daemon {
         // Write-ahead: what the daemon is about to allow is recorded as its
         // own before it is allowed, so a daemon killed between the two still
         // knows to take it back (a record of a rule never written only costs
-        // a no-op revoke later).
-        if let Ok(g) = self.ct.cgroups().cgroup(dir) {
-            let owned = self.state.containers.entry(g.id).or_default();
-            if !rule_texts.is_subset(&owned.rules) || owned.cgroup != dir {
-                owned.cgroup = dir.to_path_buf();
-                owned.entry = c.name.clone();
-                owned.rules.extend(rule_texts.iter().cloned());
-                self.save_state();
-            }
-        }
-        // The preset at attach; the policy's rules are daemon grants, so
-        // taking one back leaves what the preset or an operator gave.
-        let report = match self.ct.ensure_attached(&target, c.preset) {
-            Ok(r) => r,
-            Err(e) if !dir.exists() => {
-                tracing::debug!(container = %c.name, cgroup = %dir.display(), "cgroup gone before it could be attached: {e}");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(container = %c.name, cgroup = %dir.display(), "cannot attach: {e}");
-                return;
-            }
-        };
-        if !report.already_attached {
-            tracing::info!(container = %c.name, cgroup = %dir.display(), policy_id = report.policy_id, rules = report.changed.len(), "attached");
+        // a no-op revoke later). The record also makes a container removed
+        // while its attach is queued known to `container_gone`.
+        let owned = self.state.containers.entry(g.id).or_default();
+        let owned_rules = owned.rules.clone();
+        if !rule_texts.is_subset(&owned.rules) || owned.cgroup != dir {
+            owned.cgroup = dir.to_path_buf();
+            owned.entry = c.name.clone();
+            owned.rules.extend(rule_texts.iter().cloned());
+            self.save_state();
         }
         // The policy's rules granted and the ones gone from it taken back
         // in one atomic swap (`Ctdev::regrant`): a reload never shows the
         // container a mix of its old and new rules.
-        let owned_rules = self
-            .state
-            .containers
-            .get(&report.policy_id)
-            .map(|o| o.rules.clone())
-            .unwrap_or_default();
         let stale = reconcile::plan_rules(&owned_rules, &rule_texts);
         let grant: Vec<(GrantSubject, Vec<crate::rule::Rule>)> = rules
             .iter()
@@ -489,37 +495,100 @@ impl Daemon {
                 rule: text.to_string(),
             })
             .collect();
-        match self
-            .ct
-            .regrant(&target, GrantOwner::Daemon, &grant, &take_back)
-        {
-            Ok(ch) => {
-                for line in &ch.changed {
-                    tracing::info!(container = %c.name, cgroup = %dir.display(), change = %line, "policy entry changed");
-                }
-                for text in &stale {
-                    tracing::info!(container = %c.name, cgroup = %dir.display(), rule = %text, "revoked (gone from the policy)");
-                }
+        self.attaching.insert(dir.to_path_buf(), g.id);
+        self.submit(lanes::Job {
+            id: g.id,
+            dir: dir.to_path_buf(),
+            name: c.name.clone(),
+            work: lanes::Work::Attach {
+                entry,
+                generation: self.generation,
+                preset: c.preset,
+                grant,
+                take_back,
+            },
+        });
+    }
+
+    /// A container's attach finished in its lane: the outcome logged, the
+    /// scope program told to defer to it, its record and its devices.
+    #[allow(clippy::too_many_arguments)]
+    fn attached(
+        &mut self,
+        job: &lanes::Job,
+        entry: usize,
+        generation: u64,
+        take_back: &[GrantSubject],
+        attach: Result<crate::ops::AttachReport, ControllerError>,
+        rules: Option<Result<crate::ops::ChangeReport, ControllerError>>,
+        took: std::time::Duration,
+    ) {
+        let (dir, name) = (job.dir.as_path(), job.name.as_str());
+        if self.attaching.get(dir) != Some(&job.id) {
+            // Removed (or re-created under its name) meanwhile: its detach
+            // is queued behind this attach (`container_gone`).
+            tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup went while it was being attached");
+            return;
+        }
+        self.attaching.remove(dir);
+        if generation != self.generation {
+            // Queued before a reload: applied again with the policy now.
+            if let Some(entry) = self.entry_for(dir) {
+                self.apply_container(dir, entry);
             }
-            Err(e) if !dir.exists() => {
-                tracing::debug!(container = %c.name, cgroup = %dir.display(), "cgroup gone before its rules could be applied: {e}");
+            return;
+        }
+        // Gone, or its name re-created as another cgroup already.
+        let gone = !fs::metadata(dir).is_ok_and(|m| m.ino() == job.id);
+        let report = match attach {
+            Ok(r) => r,
+            Err(e) if gone => {
+                tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup gone before it could be attached: {e}");
                 return;
             }
             Err(e) => {
-                tracing::error!(container = %c.name, cgroup = %dir.display(), "cannot apply the policy's rules: {e}")
+                tracing::error!(container = %name, cgroup = %dir.display(), "cannot attach: {e}");
+                return;
             }
+        };
+        if !report.already_attached {
+            tracing::info!(container = %name, cgroup = %dir.display(), policy_id = report.policy_id, rules = report.changed.len(), took_us = took.as_micros() as u64, "attached");
         }
-        crate::failpoint!("daemon.attach.after_attach");
+        match rules {
+            Some(Ok(ch)) => {
+                for line in &ch.changed {
+                    tracing::info!(container = %name, cgroup = %dir.display(), change = %line, "policy entry changed");
+                }
+                for text in take_back {
+                    if let GrantSubject::Rule { rule } = text {
+                        tracing::info!(container = %name, cgroup = %dir.display(), rule = %rule, "revoked (gone from the policy)");
+                    }
+                }
+            }
+            Some(Err(e)) if gone || !dir.exists() => {
+                tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup gone before its rules could be applied: {e}");
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::error!(container = %name, cgroup = %dir.display(), "cannot apply the policy's rules: {e}")
+            }
+            None => {}
+        }
         let id = report.policy_id;
         // Attached and verified: the scope program may defer to it.
         if let Some(m) = &mut self.marks {
             if let Err(e) = m.mark(id, DEFER_OWN_POLICY) {
-                tracing::warn!(container = %c.name, cgroup = %dir.display(), "scope default stays in force: {e}");
+                tracing::warn!(container = %name, cgroup = %dir.display(), "scope default stays in force: {e}");
             }
         }
+        let rule_texts: BTreeSet<crate::rule::Rule> = self.policy.containers[entry]
+            .rules
+            .iter()
+            .filter_map(|spec| spec.resolve().ok())
+            .collect();
         let owned = self.state.containers.entry(id).or_default();
         owned.cgroup = dir.to_path_buf();
-        owned.entry = c.name.clone();
+        owned.entry = name.to_string();
         owned.rules = rule_texts;
         let was_ready = self
             .managed
@@ -624,15 +693,30 @@ impl Daemon {
         }
         if only.is_none() {
             // CDI devices (`devices = [{ cdi = ... }]`), with their own records.
-            crate::cdi::daemon::sync(
-                &self.ct,
-                &target_of(dir),
-                m.policy_id,
-                &self.policy.containers[m.entry].cdi,
-                &self.policy.cdi_dirs,
-                &self.state_path.with_file_name("cdi"),
-            );
+            self.sync_cdi(dir, m.policy_id, m.entry);
         }
+    }
+
+    /// Queues the container's CDI sync in its lane, when its entry names
+    /// CDI devices or it has CDI records (nothing to do otherwise: an idle
+    /// resync costs one stat here).
+    fn sync_cdi(&mut self, dir: &Path, id: u64, entry: usize) {
+        let c = &self.policy.containers[entry];
+        let records = self.state_path.with_file_name("cdi");
+        if c.cdi.is_empty() && !records.join(id.to_string()).exists() {
+            return;
+        }
+        let job = lanes::Job {
+            id,
+            dir: dir.to_path_buf(),
+            name: c.name.clone(),
+            work: lanes::Work::Cdi {
+                wanted: c.cdi.clone(),
+                dirs: self.policy.cdi_dirs.clone(),
+                records,
+            },
+        };
+        self.submit(job);
     }
 
     fn add_device(&mut self, dir: &Path, id: u64, name: &str, w: &WantedDevice) {
@@ -710,13 +794,29 @@ impl Daemon {
         self.lanes.finished(&done);
         let lanes::Done { job, outcome, took } = done;
         let (dir, id, name) = (job.dir.as_path(), job.id, job.name.as_str());
-        match job.work {
-            lanes::Work::Add {
-                owned: o,
-                recorded_before,
-                ..
-            } => self.added(dir, id, name, &o, recorded_before, outcome, took),
-            lanes::Work::Remove { owned: o } => self.removed(dir, id, name, &o, outcome),
+        match (&job.work, outcome) {
+            (
+                lanes::Work::Add {
+                    owned: o,
+                    recorded_before,
+                    ..
+                },
+                lanes::Outcome::Device(outcome),
+            ) => self.added(dir, id, name, o, recorded_before.clone(), outcome, took),
+            (lanes::Work::Remove { owned: o }, lanes::Outcome::Device(outcome)) => {
+                self.removed(dir, id, name, o, outcome)
+            }
+            (
+                lanes::Work::Attach {
+                    entry,
+                    generation,
+                    take_back,
+                    ..
+                },
+                lanes::Outcome::Attach { attach, rules },
+            ) => self.attached(&job, *entry, *generation, take_back, attach, rules, took),
+            (lanes::Work::Detach { why }, lanes::Outcome::Detach(r)) => self.detached(id, why, r),
+            _ => {}
         }
     }
 
@@ -872,7 +972,8 @@ impl Daemon {
         self.finish_unselected(id);
     }
 
-    /// A cgroup the daemon managed was removed: detach its policy.
+    /// A cgroup the daemon managed was removed: detach its policy (in its
+    /// lane, after its attach or device jobs still queued).
     fn container_gone(&mut self, dir: &Path) {
         let ids: Vec<u64> = self
             .state
@@ -883,33 +984,45 @@ impl Daemon {
             .collect();
         self.managed.retain(|d, _| !d.starts_with(dir));
         self.pending.retain(|d| !d.starts_with(dir));
+        self.attaching.retain(|d, _| !d.starts_with(dir));
         self.coexist_forget(dir);
         for id in ids {
             self.forget(id, "cgroup removed");
         }
     }
 
-    /// Detaches policy `id` (its cgroup is gone) and forgets it.
-    fn forget(&mut self, id: u64, why: &str) {
-        let name = self
-            .state
-            .containers
-            .get(&id)
-            .map(|o| o.entry.clone())
-            .unwrap_or_default();
-        let cgroup = self
-            .state
-            .containers
-            .get(&id)
-            .map(|o| o.cgroup.display().to_string())
-            .unwrap_or_default();
-        let devices: Vec<String> = self
-            .state
-            .containers
-            .get(&id)
-            .map(|o| o.devices.keys().cloned().collect())
-            .unwrap_or_default();
-        match self.ct.detach(&Target::PolicyId(id)) {
+    /// Detaches policy `id` (its cgroup is gone) and forgets it: queued in
+    /// its lane, so a running attach or device job of it ends first; its
+    /// record goes when the detach is done ([`Daemon::detached`]).
+    fn forget(&mut self, id: u64, why: &'static str) {
+        let Some(o) = self.state.containers.get(&id) else {
+            return;
+        };
+        let job = lanes::Job {
+            id,
+            dir: o.cgroup.clone(),
+            name: o.entry.clone(),
+            work: lanes::Work::Detach { why },
+        };
+        self.submit(job);
+    }
+
+    /// A detach finished in its lane: its record goes (unless it failed).
+    fn detached(
+        &mut self,
+        id: u64,
+        why: &str,
+        r: Result<crate::ops::DetachReport, ControllerError>,
+    ) {
+        let (name, cgroup, devices) = match self.state.containers.get(&id) {
+            Some(o) => (
+                o.entry.clone(),
+                o.cgroup.display().to_string(),
+                o.devices.keys().cloned().collect::<Vec<_>>(),
+            ),
+            None => Default::default(),
+        };
+        match r {
             Ok(r) => {
                 tracing::info!(container = %name, policy_id = id, cgroup = %cgroup, devices = ?devices, entries = r.entries_removed, "detached ({why})")
             }
@@ -918,6 +1031,9 @@ impl Daemon {
                 tracing::error!(container = %name, policy_id = id, "cannot detach: {e}");
                 return;
             }
+        }
+        if let Some(m) = &mut self.marks {
+            let _ = m.unmark(id);
         }
         self.state.containers.remove(&id);
     }
@@ -932,11 +1048,33 @@ impl Daemon {
         let wanted = scope::wanted_scopes(&self.policy);
         let mut now = BTreeMap::new();
         let mut object = None;
+        let linked: BTreeSet<u64> = kscope::linked_scopes(self.ct.pins()).into_iter().collect();
         for (inside, preset) in &wanted {
             let Ok(g) = self.ct.cgroups().cgroup(inside) else {
                 tracing::debug!(scope = %inside.display(), "scope cgroup not there yet");
                 continue;
             };
+            if self.scopes.get(&g.dir) == Some(&g.id) && linked.contains(&g.id) {
+                // Covered already (a reload starts over): only children
+                // that came without an event (an overflow) are marked.
+                let children: Vec<PathBuf> = fs::read_dir(&g.dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .filter(|c| {
+                        !self.skipped.contains_key(c)
+                            && !self.managed.contains_key(c)
+                            && !self.attaching.contains_key(c)
+                    })
+                    .collect();
+                for child in children {
+                    self.mark_child(&child);
+                }
+                now.insert(g.dir.clone(), g.id);
+                continue;
+            }
             let object = match &object {
                 Some(o) => o,
                 None => {
@@ -1114,6 +1252,7 @@ impl Daemon {
         if !owned.devices.is_empty()
             || self.lanes.busy(id)
             || self.managed.values().any(|m| m.policy_id == id)
+            || self.attaching.values().any(|a| *a == id)
             || !self
                 .ct
                 .cgroups()
@@ -1173,6 +1312,14 @@ impl Daemon {
             }
             if let Some(entry) = self.entry_for(&dir) {
                 watcher.watch_events(&dir);
+                if self.attaching.contains_key(&dir) {
+                    // Its attach is in its lane: that job finishes it (and
+                    // applies it again if the policy changed meanwhile).
+                    if let Some(m) = before.get(&dir) {
+                        self.managed.insert(dir.clone(), m.clone());
+                    }
+                    continue;
+                }
                 match before.get(&dir).filter(|m| self.unchanged(&dir, entry, m)) {
                     // A resync that changes nothing does nothing: no attach
                     // check, no rule swap, no log line; only the devices
@@ -1191,12 +1338,19 @@ impl Daemon {
         }
         self.take_cgroup_events(watcher);
         // What the daemon gave earlier and nothing selects any more.
-        let live: BTreeSet<u64> = self.managed.values().map(|m| m.policy_id).collect();
+        let live: BTreeSet<u64> = self
+            .managed
+            .values()
+            .map(|m| m.policy_id)
+            .chain(self.attaching.values().copied())
+            .collect();
         let stale: Vec<(u64, PathBuf)> = self
             .state
             .containers
             .iter()
-            .filter(|(id, _)| !live.contains(id))
+            // A container with a job in its lane is left to that job (a
+            // detach queued, an attach finishing): the next pass sees it.
+            .filter(|(id, _)| !live.contains(id) && !self.lanes.busy(**id))
             .map(|(id, o)| (*id, o.cgroup.clone()))
             .collect();
         for (id, cgroup) in stale {
@@ -1301,6 +1455,7 @@ impl Daemon {
             }
             CgroupEvent::Overflow => {
                 tracing::warn!("inotify queue overflowed: rescanning");
+                self.rescan = true;
                 self.reconcile_all(watcher);
             }
         }
@@ -1322,6 +1477,7 @@ impl Daemon {
             }
         );
         self.source = to;
+        self.rescan = true;
         self.reconcile_all(watcher);
     }
 
@@ -1417,6 +1573,10 @@ impl Daemon {
                     }
                 }
                 self.policy = p;
+                self.generation += 1;
+                // Every scope is set up again (its preset may have changed).
+                self.scopes.clear();
+                self.rescan = true;
                 tracing::info!(file = %self.opts.config.display(), "policy reloaded");
                 // Every container is applied again in full: its entry's
                 // preset, rules or takeover mode may have changed.
