@@ -348,6 +348,33 @@ impl Candidate {
     }
 }
 
+impl Candidate {
+    /// Whether [`Candidate::decide`] is an error when the runtime has a
+    /// program on the cgroup.
+    fn fails_with_runtime_program(&self) -> bool {
+        match &self.read {
+            Err(_) => true,
+            Ok(r) => matches!(r.translated, Some(Err(_))),
+        }
+    }
+}
+
+/// The rules, decided before the lock (an error found early) or after the
+/// listing under it.
+enum Rules {
+    Decided(Imported),
+    Pending(Candidate),
+}
+
+impl Rules {
+    fn decide(self, runtime_has_program: bool) -> Result<Imported, TakeoverError> {
+        match self {
+            Rules::Decided(i) => Ok(i),
+            Rules::Pending(c) => c.decide(runtime_has_program),
+        }
+    }
+}
+
 fn preset_name(p: Preset) -> &'static str {
     match p {
         Preset::Oci => "oci",
@@ -379,6 +406,20 @@ pub fn takeover(
     let is_runtime = |p: &DeviceProgram| p.attached_at == cgroup.path && p.owner != Owner::Ctdev;
     timer.mark("resolve");
     let candidate = read_rules(ctdev, target, &cgroup, options);
+    // Errors are reported before the lock (which creates the pin root), so
+    // nothing changes: a rule file that cannot be read, or none found (or
+    // rules runc would not take) while the runtime has a program (a listing
+    // without the lock, only on this path).
+    let found = if candidate.fails_with_runtime_program()
+        && (matches!(&candidate.read, Err(e) if !matches!(e, TakeoverError::NoSource { .. }))
+            || device_programs(ctdev.cgroups(), &cgroup)?
+                .iter()
+                .any(is_runtime))
+    {
+        Rules::Decided(candidate.decide(true)?)
+    } else {
+        Rules::Pending(candidate)
+    };
     timer.mark("import");
     let object = ProgramObject::new(ctdev.config().bpf_object.as_deref()).map_err(Error::from)?;
     timer.mark("object");
@@ -389,7 +430,7 @@ pub fn takeover(
     timer.mark("lock");
     let mut before = device_programs(ctdev.cgroups(), &cgroup)?;
     timer.mark("list_programs");
-    let imported = candidate.decide(before.iter().any(is_runtime))?;
+    let imported = found.decide(before.iter().any(is_runtime))?;
     // Already under ctdev's policy (a plain attach before, a takeover
     // interrupted after its attach, or a runtime that attached its program
     // again): the imported rules are added with `allow` (which never
