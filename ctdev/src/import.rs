@@ -1031,7 +1031,7 @@ mod tests {
     #[test]
     fn runc_state_read_once() {
         let path = Path::new("state.json");
-        let with_pid = RUNC_STATE.replacen('{', r#"{"init_process_pid": 4242, "#, 1);
+        let with_pid = RUNC_STATE.replace(r#""init_process_pid": 1"#, r#""init_process_pid": 4242"#);
         let st = RuncState::parse(&with_pid, path).unwrap();
         assert_eq!(st.init_pid, Some(4242));
         assert_eq!(st.rules.unwrap().len(), 5);
