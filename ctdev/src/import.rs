@@ -287,11 +287,88 @@ pub fn from_runc_state(path: &Path) -> Result<Vec<DeviceRuleSpec>, ImportError> 
 
 /// [`from_runc_state`] on the file's text; `path` only names it in errors.
 pub fn parse_runc_state(text: &str, path: &Path) -> Result<Vec<DeviceRuleSpec>, ImportError> {
-    let json = parse_json(text, path)?;
-    let (where_, devices) = RUNC_RULE_PATHS
-        .iter()
-        .find_map(|p| json.pointer(p).map(|v| (*p, v)))
-        .ok_or_else(|| ImportError::NoRules {
+    RuncState::parse(text, path)?.rules
+}
+
+/// runc's `state.json` read once: its init process (to tell whose state it
+/// is) and its device rules. A container's start reads it once for both.
+#[derive(Debug)]
+pub struct RuncState {
+    /// `init_process_pid`, when it is an integer.
+    pub init_pid: Option<i64>,
+    /// The device rules, or why they cannot be read ([`parse_runc_state`]).
+    pub rules: Result<Vec<DeviceRuleSpec>, ImportError>,
+}
+
+impl RuncState {
+    /// Parses the text of a `state.json` (`path` only names it in errors):
+    /// only the fields needed are kept (the rest, most of the file, is
+    /// skipped, not built); a file of another shape than runc writes is
+    /// read the general way, with the same result.
+    pub fn parse(text: &str, path: &Path) -> Result<RuncState, ImportError> {
+        if let Ok(doc) = serde_json::from_str::<RuncStateDoc>(text) {
+            let devices = doc.config.and_then(|c| c.cgroups).and_then(|c| {
+                c.devices
+                    .map(|d| (RUNC_RULE_PATHS[0], d))
+                    .or_else(|| c.resources?.devices.map(|d| (RUNC_RULE_PATHS[1], d)))
+            });
+            return Ok(RuncState {
+                init_pid: doc.init_process_pid,
+                rules: runc_rules(path, devices.as_ref().map(|(w, d)| (*w, d))),
+            });
+        }
+        let json = parse_json(text, path)?;
+        let devices = RUNC_RULE_PATHS
+            .iter()
+            .find_map(|p| json.pointer(p).map(|v| (*p, v)));
+        Ok(RuncState {
+            init_pid: json["init_process_pid"].as_i64(),
+            rules: runc_rules(path, devices),
+        })
+    }
+}
+
+/// The fields of runc's `state.json` a takeover reads.
+#[derive(serde::Deserialize)]
+struct RuncStateDoc {
+    #[serde(default)]
+    init_process_pid: Option<i64>,
+    #[serde(default)]
+    config: Option<RuncConfigDoc>,
+}
+
+#[derive(serde::Deserialize)]
+struct RuncConfigDoc {
+    #[serde(default)]
+    cgroups: Option<RuncCgroupsDoc>,
+}
+
+#[derive(serde::Deserialize)]
+struct RuncCgroupsDoc {
+    #[serde(default, deserialize_with = "present")]
+    devices: Option<Value>,
+    #[serde(default)]
+    resources: Option<RuncResourcesDoc>,
+}
+
+#[derive(serde::Deserialize)]
+struct RuncResourcesDoc {
+    #[serde(default, deserialize_with = "present")]
+    devices: Option<Value>,
+}
+
+/// A key that is present is `Some`, even with `null` (as a JSON pointer
+/// finds it); only a missing key is `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    <Value as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// runc's rule list found at `devices` (its JSON pointer and value).
+fn runc_rules(
+    path: &Path,
+    devices: Option<(&str, &Value)>,
+) -> Result<Vec<DeviceRuleSpec>, ImportError> {
+    let (where_, devices) = devices.ok_or_else(|| ImportError::NoRules {
             path: path.to_path_buf(),
             looked_for: "config.cgroups.devices, config.cgroups.resources.devices",
         })?;
@@ -949,6 +1026,33 @@ mod tests {
             .replace(r#"], "memory": 0}}}"#, r#"]}}}}"#);
         let (_d, path) = fixture("state.json", &nested);
         assert_eq!(from_runc_state(&path).unwrap(), specs);
+    }
+
+    #[test]
+    fn runc_state_read_once() {
+        let path = Path::new("state.json");
+        let with_pid = RUNC_STATE.replace(r#""init_process_pid": 1"#, r#""init_process_pid": 4242"#);
+        let st = RuncState::parse(&with_pid, path).unwrap();
+        assert_eq!(st.init_pid, Some(4242));
+        assert_eq!(st.rules.unwrap().len(), 5);
+        // Shapes the typed reader does not take are read the general way,
+        // with what a JSON pointer finds: same answers.
+        for (text, pid, rules) in [
+            (r#"{"init_process_pid": "7", "config": {"cgroups": {"devices": []}}}"#, None, Some(0)),
+            (r#"{"init_process_pid": 7, "config": 5}"#, Some(7), None),
+            (r#"{"init_process_pid": 7, "config": {"cgroups": {"devices": null}}}"#, Some(7), Some(0)),
+            (r#"{"config": {"cgroups": {"devices": null, "resources": {"devices": [{}]}}}}"#, None, Some(0)),
+            (r#"{"config": {"cgroups": {"resources": {"devices": []}}}}"#, None, Some(0)),
+            (r#"{"init_process_pid": 1, "init_process_pid": 2}"#, Some(2), None),
+        ] {
+            let st = RuncState::parse(text, path).unwrap();
+            assert_eq!(st.init_pid, pid, "{text}");
+            assert_eq!(st.rules.ok().map(|r| r.len()), rules, "{text}");
+        }
+        assert!(matches!(
+            RuncState::parse("{", path),
+            Err(ImportError::Json { .. })
+        ));
     }
 
     #[test]

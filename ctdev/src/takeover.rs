@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cgroup::Cgroup;
-use crate::import::{self, ImportError, ModelError, Semantics};
+use crate::import::{self, DeviceRuleSpec, ImportError, ModelError, Semantics};
 use crate::kernel::attached::{device_programs, DeviceProgram, Owner, ProgramsError};
 use crate::kernel::attachment::AttachmentError;
 use crate::kernel::loader::ProgramObject;
@@ -226,74 +226,153 @@ struct Imported {
     started_from_preset: Option<String>,
 }
 
-/// Reads and translates the runtime's rules; falls back to the preset when
-/// there is nothing to import.
-fn import_rules(
+/// Where the runtime's rules come from, found before the lock.
+struct Source {
+    path: PathBuf,
+    format: &'static str,
+    semantics: Semantics,
+    /// The rules when the file was read already (runc's state.json, read
+    /// once to find whose it is and what it allows).
+    specs: Option<Result<Vec<DeviceRuleSpec>, ImportError>>,
+}
+
+/// The runtime's rules read and translated before the lock: whether they
+/// are used depends on whether the runtime attached a program, which the
+/// one listing under the lock tells ([`Candidate::decide`]).
+struct Candidate {
+    preset: Preset,
+    read: Result<Read, TakeoverError>,
+}
+
+/// A rule file read (and translated, when it had rules).
+struct Read {
+    source: PathBuf,
+    format: &'static str,
+    semantics: Semantics,
+    /// `None`: the file has no device rules.
+    translated: Option<Result<import::Translation, TakeoverError>>,
+}
+
+/// Reads and translates the runtime's rules (no lock needed: files only).
+fn read_rules(
     ctdev: &Ctdev,
     target: &Target,
     cgroup: &Cgroup,
     options: &TakeoverOptions,
-    runtime_has_program: bool,
-) -> Result<Imported, TakeoverError> {
-    let preset = options.preset.unwrap_or(Preset::Oci);
-    let fallback = |source, format, semantics, why: String| Imported {
-        source,
-        format,
-        semantics,
-        rules: preset.rules(),
-        narrowed: Vec::new(),
-        started_from_preset: Some(format!(
-            "{why}: nothing to import, started from preset {}",
-            preset_name(preset)
-        )),
-    };
-    let found = match find_source(ctdev, target, cgroup, options) {
-        Ok(found) => found,
-        Err(TakeoverError::NoSource { .. }) if !runtime_has_program => {
+) -> Candidate {
+    let read = (|| {
+        let found = find_source(ctdev, target, cgroup, options)?;
+        let specs = match found.specs {
+            Some(specs) => specs?,
+            None => match (found.format, found.semantics) {
+                ("runc-state", _) => import::from_runc_state(&found.path)?,
+                ("oci", Semantics::Crun) => import::from_oci_config(&found.path)?,
+                ("oci", _) => import::oci_config_for_runc(&found.path)?,
+                _ => import::from_lxc_config(&found.path)?,
+            },
+        };
+        let translated = (!specs.is_empty()).then(|| {
+            import::translate(found.semantics, &specs).map_err(|error| TakeoverError::Model {
+                file: found.path.clone(),
+                error,
+            })
+        });
+        Ok(Read {
+            source: found.path,
+            format: found.format,
+            semantics: found.semantics,
+            translated,
+        })
+    })();
+    Candidate {
+        preset: options.preset.unwrap_or(Preset::Oci),
+        read,
+    }
+}
+
+impl Candidate {
+    /// The rules to take over with: the runtime's, or the preset when
+    /// there is nothing to import (no rule file and no runtime program, a
+    /// file without device rules, or no runtime program on the cgroup).
+    fn decide(self, runtime_has_program: bool) -> Result<Imported, TakeoverError> {
+        let preset = self.preset;
+        let fallback = |source, format, semantics, why: String| Imported {
+            source,
+            format,
+            semantics,
+            rules: preset.rules(),
+            narrowed: Vec::new(),
+            started_from_preset: Some(format!(
+                "{why}: nothing to import, started from preset {}",
+                preset_name(preset)
+            )),
+        };
+        let read = match self.read {
+            Ok(read) => read,
+            Err(TakeoverError::NoSource { .. }) if !runtime_has_program => {
+                return Ok(fallback(
+                    None,
+                    "none",
+                    Semantics::Runc,
+                    "no runtime device program on the cgroup and no rule file found".into(),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(translated) = read.translated else {
+            let why = format!("{} has no device rules", read.source.display());
             return Ok(fallback(
-                None,
-                "none",
-                Semantics::Runc,
-                "no runtime device program on the cgroup and no rule file found".into(),
-            ))
+                Some(read.source),
+                read.format,
+                read.semantics,
+                why,
+            ));
+        };
+        if !runtime_has_program {
+            return Ok(fallback(
+                Some(read.source),
+                read.format,
+                read.semantics,
+                "the runtime attached no device program to the cgroup".into(),
+            ));
         }
-        Err(e) => return Err(e),
-    };
-    let (source, format, semantics) = found;
-    let specs = match (format, semantics) {
-        ("runc-state", _) => import::from_runc_state(&source)?,
-        ("oci", Semantics::Crun) => import::from_oci_config(&source)?,
-        ("oci", _) => import::oci_config_for_runc(&source)?,
-        _ => import::from_lxc_config(&source)?,
-    };
-    if specs.is_empty() {
-        return Ok(fallback(
-            Some(source.clone()),
-            format,
-            semantics,
-            format!("{} has no device rules", source.display()),
-        ));
+        let tr = translated?;
+        Ok(Imported {
+            source: Some(read.source),
+            format: read.format,
+            semantics: read.semantics,
+            rules: tr.rules,
+            narrowed: tr.narrowed.iter().map(|n| n.to_string()).collect(),
+            started_from_preset: None,
+        })
     }
-    if !runtime_has_program {
-        return Ok(fallback(
-            Some(source),
-            format,
-            semantics,
-            "the runtime attached no device program to the cgroup".into(),
-        ));
+}
+
+impl Candidate {
+    /// Whether [`Candidate::decide`] is an error when the runtime has a
+    /// program on the cgroup.
+    fn fails_with_runtime_program(&self) -> bool {
+        match &self.read {
+            Err(_) => true,
+            Ok(r) => matches!(r.translated, Some(Err(_))),
+        }
     }
-    let tr = import::translate(semantics, &specs).map_err(|error| TakeoverError::Model {
-        file: source.clone(),
-        error,
-    })?;
-    Ok(Imported {
-        source: Some(source),
-        format,
-        semantics,
-        rules: tr.rules,
-        narrowed: tr.narrowed.iter().map(|n| n.to_string()).collect(),
-        started_from_preset: None,
-    })
+}
+
+/// The rules, decided before the lock (an error found early) or after the
+/// listing under it.
+enum Rules {
+    Decided(Imported),
+    Pending(Candidate),
+}
+
+impl Rules {
+    fn decide(self, runtime_has_program: bool) -> Result<Imported, TakeoverError> {
+        match self {
+            Rules::Decided(i) => Ok(i),
+            Rules::Pending(c) => c.decide(runtime_has_program),
+        }
+    }
 }
 
 fn preset_name(p: Preset) -> &'static str {
@@ -304,6 +383,15 @@ fn preset_name(p: Preset) -> &'static str {
 }
 
 /// Replaces the runtime's device program on `target` by ctdev's.
+///
+/// The cgroup's programs are listed once, under the pin-root lock (other
+/// ctdev commands cannot attach or detach meanwhile); that listing decides
+/// which programs are the runtime's and is what gets detached. The rule
+/// file is read before the lock (files only). A program that shows up
+/// between the listing and ctdev's attach (only a runtime could attach
+/// one) is never detached: the query that verifies ctdev's attach lists
+/// the cgroup's programs again, and any id the listing did not have is
+/// left attached (it can only narrow access) and reported in `remaining`.
 pub fn takeover(
     ctdev: &Ctdev,
     target: &Target,
@@ -317,26 +405,53 @@ pub fn takeover(
     })?;
     let is_runtime = |p: &DeviceProgram| p.attached_at == cgroup.path && p.owner != Owner::Ctdev;
     timer.mark("resolve");
-    let runtime_has_program = device_programs(ctdev.cgroups(), &cgroup)?
-        .iter()
-        .any(is_runtime);
-    timer.mark("list_programs");
-    let imported = import_rules(ctdev, target, &cgroup, options, runtime_has_program)?;
+    let candidate = read_rules(ctdev, target, &cgroup, options);
+    // Errors are reported before the lock (which creates the pin root), so
+    // nothing changes: a rule file that cannot be read, or none found (or
+    // rules runc would not take) while the runtime has a program (a listing
+    // without the lock, only on this path).
+    let found = if candidate.fails_with_runtime_program()
+        && (matches!(&candidate.read, Err(e) if !matches!(e, TakeoverError::NoSource { .. }))
+            || device_programs(ctdev.cgroups(), &cgroup)?
+                .iter()
+                .any(is_runtime))
+    {
+        Rules::Decided(candidate.decide(true)?)
+    } else {
+        Rules::Pending(candidate)
+    };
     timer.mark("import");
+    let object = ProgramObject::new(ctdev.config().bpf_object.as_deref()).map_err(Error::from)?;
+    timer.mark("object");
+
+    // One critical section: list, attach, verify, keep and detach the
+    // runtime's.
+    let mut lock = ctdev.lock()?;
+    timer.mark("lock");
+    let mut before = device_programs(ctdev.cgroups(), &cgroup)?;
+    timer.mark("list_programs");
+    let imported = found.decide(before.iter().any(is_runtime))?;
+    // Already under ctdev's policy (a plain attach before, a takeover
+    // interrupted after its attach, or a runtime that attached its program
+    // again): the imported rules are added with `allow` (which never
+    // narrows) below, and the policy then is what the attach must find.
+    // Only asked when a ctdev program is on the cgroup.
+    let already = before
+        .iter()
+        .any(|p| p.attached_at == cgroup.path && p.owner == Owner::Ctdev)
+        && ctdev
+            .container(target)
+            .ok()
+            .is_some_and(|s| s.link == crate::ops::LinkState::Enforcing);
     if let Some(why) = &imported.started_from_preset {
         tracing::warn!(cgroup = %cgroup.dir.display(), "{why}");
     }
     let mut rules = imported.rules.clone();
     rules.extend_from_slice(extra);
-    // Already under ctdev's policy (a plain attach before, a takeover
-    // interrupted after its attach, or a runtime that attached its program
-    // again): the imported rules are added with `allow` (which never
-    // narrows), and the policy then is what the attach below must find.
-    let attached = ctdev
-        .container(target)
-        .ok()
-        .filter(|s| s.link == crate::ops::LinkState::Enforcing);
-    if attached.is_some() {
+    if already {
+        // `allow` takes the lock itself: a rare path (a takeover of a
+        // container ctdev enforces on already), so it lists again.
+        drop(lock);
         tracing::info!(cgroup = %cgroup.dir.display(), "already under ctdev policy: adding the runtime's rules to it");
         if !rules.is_empty() {
             ctdev.allow(target, &rules).map_err(Box::new)?;
@@ -352,17 +467,10 @@ pub fn takeover(
             cgroup: cgroup.dir.clone(),
             error: e.to_string(),
         })?;
+        lock = ctdev.lock()?;
+        before = device_programs(ctdev.cgroups(), &cgroup)?;
+        timer.mark("current_policy");
     }
-
-    timer.mark("current_policy");
-
-    // One critical section: attach, verify, keep and detach the runtime's.
-    let object = ProgramObject::new(ctdev.config().bpf_object.as_deref()).map_err(Error::from)?;
-    timer.mark("object");
-    let lock = ctdev.lock()?;
-    timer.mark("lock");
-    let before = device_programs(ctdev.cgroups(), &cgroup)?;
-    timer.mark("list_programs_locked");
     let attach = ctdev.attach_locked(&lock, cgroup.clone(), &object, Preset::None, &rules)?;
     timer.mark("attach");
     crate::failpoint!("takeover.after_attach");
@@ -381,7 +489,14 @@ pub fn takeover(
             cgroup: cgroup.dir.clone(),
         });
     }
-
+    // Programs on the cgroup that the listing did not have: left attached
+    // (never detached unkept), named below.
+    let appeared = attached.iter().any(|id| {
+        *id != attach.program_id
+            && !before
+                .iter()
+                .any(|p| p.id == *id && p.attached_at == cgroup.path)
+    });
     timer.mark("verify");
     let flags =
         sys::device_attach_flags(fd.as_fd(), &cgroup.dir).map_err(|e| TakeoverError::Detach {
@@ -390,10 +505,15 @@ pub fn takeover(
         })?;
     let mut detached = Vec::new();
     let mut kept = Vec::new();
-    for prog in before
-        .into_iter()
-        .filter(|p| is_runtime(p) && p.id != attach.program_id)
-    {
+    let mut remaining = Vec::new();
+    for prog in before.into_iter().filter(|p| p.id != attach.program_id) {
+        // Only what is still attached here is the runtime's to detach.
+        if !is_runtime(&prog) || !attached.contains(&prog.id) {
+            if !is_runtime(&prog) {
+                remaining.push(prog);
+            }
+            continue;
+        }
         let prog_fd = sys::prog_fd_by_id(prog.id).map_err(|source| TakeoverError::Detach {
             program_id: prog.id,
             source,
@@ -428,11 +548,15 @@ pub fn takeover(
     }
     crate::failpoint!("takeover.after_detach_runtime");
     drop(lock);
-    let remaining = device_programs(ctdev.cgroups(), &cgroup)?
-        .into_iter()
-        .filter(|p| p.id != attach.program_id)
-        .collect();
-    timer.mark("list_remaining");
+    if appeared {
+        // Rare: list again to say what they are and where.
+        remaining = device_programs(ctdev.cgroups(), &cgroup)?
+            .into_iter()
+            .filter(|p| p.id != attach.program_id)
+            .collect();
+        tracing::warn!(cgroup = %cgroup.dir.display(), "a device program was attached to the cgroup during the takeover: left attached (it only narrows)");
+        timer.mark("list_remaining");
+    }
     Ok(TakeoverReport {
         attach,
         source: imported.source,
@@ -535,7 +659,7 @@ fn find_source(
     target: &Target,
     cgroup: &Cgroup,
     options: &TakeoverOptions,
-) -> Result<(PathBuf, &'static str, Semantics), TakeoverError> {
+) -> Result<Source, TakeoverError> {
     if let Some(file) = &options.import {
         let format = detect_format(file)?;
         let semantics = if format == "lxc" {
@@ -543,7 +667,12 @@ fn find_source(
         } else {
             Semantics::Runc
         };
-        return Ok((file.clone(), format, semantics));
+        return Ok(Source {
+            path: file.clone(),
+            format,
+            semantics,
+            specs: None,
+        });
     }
     let mut looked = Vec::new();
     let lxc_name = match target {
@@ -564,7 +693,12 @@ fn find_source(
             .unwrap_or_else(|| PathBuf::from(DEFAULT_LXCPATH));
         let config = lxcpath.join(&name).join("config");
         if config.is_file() {
-            return Ok((config, "lxc", Semantics::Lxc));
+            return Ok(Source {
+                path: config,
+                format: "lxc",
+                semantics: Semantics::Lxc,
+                specs: None,
+            });
         }
         looked.push(config.display().to_string());
     }
@@ -608,13 +742,10 @@ fn find_source(
     })
 }
 
-/// The rule file of the runc (`state.json`) or crun (`status` → bundle's
-/// `config.json`) container in `dir`, if its init process is in `cgroup`.
-fn runtime_state(
-    ctdev: &Ctdev,
-    dir: &Path,
-    cgroup: &Cgroup,
-) -> Option<(PathBuf, &'static str, Semantics)> {
+/// The rule file of the runc (`state.json`, read once: its rules come
+/// along) or crun (`status` → bundle's `config.json`) container in `dir`,
+/// if its init process is in `cgroup`.
+fn runtime_state(ctdev: &Ctdev, dir: &Path, cgroup: &Cgroup) -> Option<Source> {
     let in_cgroup = |pid: i64| {
         i32::try_from(pid)
             .ok()
@@ -623,9 +754,14 @@ fn runtime_state(
     };
     let state = dir.join("state.json");
     if let Ok(text) = std::fs::read_to_string(&state) {
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        if v["init_process_pid"].as_i64().is_some_and(in_cgroup) {
-            return Some((state, "runc-state", Semantics::Runc));
+        let parsed = import::RuncState::parse(&text, &state).ok()?;
+        if parsed.init_pid.is_some_and(in_cgroup) {
+            return Some(Source {
+                path: state,
+                format: "runc-state",
+                semantics: Semantics::Runc,
+                specs: Some(parsed.rules),
+            });
         }
         return None;
     }
@@ -634,7 +770,12 @@ fn runtime_state(
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     if v["pid"].as_i64().is_some_and(in_cgroup) {
         let config = Path::new(v["bundle"].as_str()?).join("config.json");
-        return config.is_file().then_some((config, "oci", Semantics::Crun));
+        return config.is_file().then_some(Source {
+            path: config,
+            format: "oci",
+            semantics: Semantics::Crun,
+            specs: None,
+        });
     }
     None
 }

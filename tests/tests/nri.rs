@@ -159,6 +159,15 @@ fn nri_pod_gets_its_requested_device_at_start() {
         .run_container(&pod, "work")
         .unwrap_or_else(|e| panic!("{e}\nplugin:\n{}", plugin.log()));
 
+    // The pod map is written after the reply to containerd, before the
+    // `attached` event line.
+    assert!(
+        eventually(Duration::from_secs(10), || w
+            .events()
+            .contains("\"attached\"")),
+        "no attached event:\n{}",
+        plugin.log()
+    );
     // The node is there and opens; nothing else does; ctdev alone decides.
     assert_eq!(w.containerd.open_rw(&id, "/dev/loop-control"), Ok(()));
     w.assert_denies_others(&id);
@@ -282,8 +291,11 @@ fn nri_plugin_restart_keeps_pods_enforced_and_catches_up() {
 
     // ...until the plugin is back: Synchronize takes it over.
     let plugin = w.plugin();
+    // Attached, and named in the pod map (written just after).
     assert!(
-        eventually(Duration::from_secs(20), || w.listed(&b_id).is_some()),
+        eventually(Duration::from_secs(20), || w
+            .listed(&b_id)
+            .is_some_and(|c| c["pod"]["pod"] == "b")),
         "pod b not attached after the plugin came back:\n{}",
         plugin.log()
     );
@@ -482,6 +494,14 @@ fn nri_runs_inside_the_daemon_and_pods_show_in_monitor_and_check() {
         .run_container(&pod, "work")
         .unwrap_or_else(|e| panic!("{e}\ndaemon:\n{}", daemon.log_text()));
     assert_eq!(w.containerd.open_rw(&id, "/dev/loop-control"), Ok(()));
+    // The pod map is written just after the reply, before the event line.
+    assert!(
+        eventually(Duration::from_secs(10), || w
+            .events()
+            .contains("\"attached\"")),
+        "no attached event:\n{}",
+        daemon.log_text()
+    );
     let c = w.assert_enforced(&id);
     assert_eq!(c["pod"]["pod"], "d", "{c:#}");
 

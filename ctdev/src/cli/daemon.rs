@@ -131,6 +131,10 @@ pub(super) fn run(_cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
     let mut opts = Options::new(args.config.clone());
     opts.state_dir = args.state_dir.clone();
     opts.ready_file = args.ready_file.clone();
-    daemon::run(ct, opts)?;
+    let res = daemon::run(ct, opts);
+    // The NRI plugin's thread is not joined: what its journal queued is
+    // written now.
+    nri::flush_all();
+    res?;
     Ok(ExitCode::SUCCESS)
 }

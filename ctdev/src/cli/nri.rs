@@ -89,7 +89,7 @@ pub(super) fn run(_cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let path = args.config.clone();
-    rt.block_on(async move {
+    let res = rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot watch SIGTERM")?;
         tokio::select! {
@@ -97,6 +97,9 @@ pub(super) fn run(_cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
             _ = term.recv() => { tracing::info!("SIGTERM: exiting"); Ok(()) }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: exiting"); Ok(()) }
         }
-    })?;
+    });
+    // The pod map and events queued by the last handlers.
+    nri::flush_all();
+    res?;
     Ok(ExitCode::SUCCESS)
 }

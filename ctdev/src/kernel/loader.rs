@@ -128,6 +128,12 @@ impl ProgramObject {
         &self.bytes
     }
 
+    /// Whether this is the object the binary carries (the same bytes for
+    /// the whole process).
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.bytes, Cow::Borrowed(_))
+    }
+
     /// Whether this binary carries the object.
     pub fn embedded() -> bool {
         !EMBEDDED.is_empty()

@@ -12,7 +12,6 @@
 //! - remove: the container's policy and pins go, and so does its record.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -25,6 +24,7 @@ use crate::runtimes::k8s::{PodContainer, PodMap};
 use crate::takeover::{takeover, StepTimer, Steps, TakeoverOptions};
 use crate::target::Target;
 
+use super::journal::Journal;
 use super::policy::{Decision, NriPolicy, PodInfo, PolicyError};
 use super::proto::api;
 
@@ -86,11 +86,21 @@ pub struct Agent {
     /// Swapped as a whole on reload: each decision sees the old or the new
     /// policy, never a mix.
     policy: RwLock<Arc<NriPolicy>>,
-    /// Pod map and events (fixed at start; a reload does not move it).
-    state_dir: PathBuf,
-    pods: Mutex<PodMap>,
-    /// CreateContainer's time per container ID, until its start.
-    create_us: Mutex<HashMap<String, u64>>,
+    /// Pod map and events, written off the start path (its directory is
+    /// fixed at start; a reload does not move it).
+    journal: Journal,
+    /// What CreateContainer did per container ID, until its start.
+    created: Mutex<HashMap<String, Created>>,
+}
+
+/// A container's CreateContainer, kept for its StartContainer.
+struct Created {
+    /// Time spent in it (µs).
+    us: u64,
+    /// The policy it decided with, and the plan given to the runtime:
+    /// the start reuses the plan when the policy is still the same one.
+    policy: Arc<NriPolicy>,
+    plan: CreatePlan,
 }
 
 /// The pod and container identity of an NRI pod and container.
@@ -225,10 +235,9 @@ impl Agent {
         });
         Self {
             ctdev,
-            state_dir: policy.state_dir.clone(),
+            journal: Journal::new(policy.state_dir.clone(), pods),
             policy: RwLock::new(Arc::new(policy)),
-            pods: Mutex::new(pods),
-            create_us: Mutex::new(HashMap::new()),
+            created: Mutex::new(HashMap::new()),
         }
     }
 
@@ -276,14 +285,14 @@ impl Agent {
         let who = path.display().to_string();
         match NriPolicy::load(path) {
             Ok(mut new) => {
-                if new.state_dir != self.state_dir {
+                if new.state_dir != self.journal.dir() {
                     // Fixed at start (and possibly given by --state-dir).
                     tracing::debug!(
                         "state dir stays {} (the file says {})",
-                        self.state_dir.display(),
+                        self.journal.dir().display(),
                         new.state_dir.display()
                     );
-                    new.state_dir = self.state_dir.clone();
+                    new.state_dir = self.journal.dir().to_path_buf();
                 }
                 let entries = new.entries.len();
                 *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
@@ -315,38 +324,41 @@ impl Agent {
         }
     }
 
+    /// Writes an event (and what the journal has queued) now.
     fn event(&self, event: &Event<'_>) {
-        let line = match serde_json::to_string(event) {
-            Ok(l) => l,
-            Err(_) => return,
-        };
-        let path = self.state_dir.join("events.jsonl");
-        let res = std::fs::create_dir_all(&self.state_dir).and_then(|()| {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
-            writeln!(f, "{line}")
-        });
-        if let Err(e) = res {
-            tracing::warn!("cannot write {}: {e}", path.display());
+        self.event_later(event);
+        self.journal.flush();
+    }
+
+    /// Queues an event: written after the reply to the runtime.
+    fn event_later(&self, event: &Event<'_>) {
+        if let Ok(line) = serde_json::to_string(event) {
+            self.journal.event(line);
         }
     }
 
-    fn save(&self, map: &PodMap) {
-        if let Err(e) = map.save(&self.state_dir) {
-            tracing::warn!("cannot save the pod map: {e}");
-        }
+    /// Writes the pod map and events queued (for a clean exit: dropping the
+    /// agent does too).
+    pub fn flush(&self) {
+        self.journal.flush();
     }
 
     /// CreateContainer: the adjustment, or the refusal (already logged).
     pub fn create(&self, info: &PodInfo, container_id: &str) -> Result<CreatePlan, String> {
         let t = Instant::now();
-        let plan = self.create_with(&self.policy(), info, container_id)?;
-        self.create_us
+        let policy = self.policy();
+        let plan = self.create_with(&policy, info, container_id)?;
+        self.created
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(container_id.to_string(), micros(t));
+            .insert(
+                container_id.to_string(),
+                Created {
+                    us: micros(t),
+                    policy,
+                    plan: plan.clone(),
+                },
+            );
         Ok(plan)
     }
 
@@ -408,8 +420,8 @@ impl Agent {
     ) -> Result<bool, String> {
         let t = Instant::now();
         let mut timer = StepTimer::default();
-        let create_us = self
-            .create_us
+        let created = self
+            .created
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(container_id);
@@ -439,8 +451,14 @@ impl Agent {
             return fail(format!("cannot use cgroups path {cgroups_path:?}"));
         };
         // The rules granted at create time are in the runtime's own state
-        // (the adjustment), which `takeover` imports.
-        let plan = self.create_with(&policy, info, container_id)?;
+        // (the adjustment), which `takeover` imports; they are added as
+        // given. The create's plan when it was made with this policy (no
+        // second stat of the nodes), else the plan again.
+        let create_us = created.as_ref().map(|c| c.us);
+        let plan = match created {
+            Some(c) if Arc::ptr_eq(&c.policy, &policy) => c.plan,
+            _ => self.create_with(&policy, info, container_id)?,
+        };
         timer.mark("plan");
         let options = TakeoverOptions {
             runtime_roots: policy.runtime_roots.clone(),
@@ -459,8 +477,8 @@ impl Agent {
         timer.mark("takeover");
         tracing::info!(container = %who, cgroup = %cgroup.display(), policy_id = report.attach.policy_id,
             detached = report.detached.len(), "attached");
-        {
-            let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        // The pod map is saved after the reply (it only names containers).
+        self.journal.change(|pods| {
             pods.upsert(pod_record(
                 info,
                 pod_uid,
@@ -468,10 +486,9 @@ impl Agent {
                 cgroup.clone(),
                 report.attach.policy_id,
                 entry.clone(),
-            ));
-            self.save(&pods);
-        }
-        timer.mark("pod_map");
+            ))
+        });
+        timer.mark("record");
         // create_us is absent for a container the plugin did not see
         // created (taken over at Synchronize).
         let mut steps = timer.finish();
@@ -483,7 +500,7 @@ impl Agent {
             start_us: micros(t),
             steps,
         });
-        self.event(&Event {
+        self.event_later(&Event {
             time: now(),
             took,
             event: "attached",
@@ -512,30 +529,27 @@ impl Agent {
         let Some(cgroup) = cgroup_path(cgroups_path) else {
             return;
         };
-        let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        pods.upsert(pod_record(
-            info,
-            pod_uid,
-            container_id,
-            cgroup,
-            0,
-            String::new(),
-        ));
-        self.save(&pods);
+        self.journal.change(|pods| {
+            pods.upsert(pod_record(
+                info,
+                pod_uid,
+                container_id,
+                cgroup,
+                0,
+                String::new(),
+            ))
+        });
     }
 
     /// RemoveContainer: forget it, detach its policy.
     pub fn remove(&self, container_id: &str) {
-        self.create_us
+        self.created
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(container_id);
-        let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(rec) = pods.remove(container_id) else {
+        let Some(rec) = self.journal.change(|pods| pods.remove(container_id)) else {
             return;
         };
-        self.save(&pods);
-        drop(pods);
         if rec.policy_id == 0 {
             return;
         }
@@ -563,14 +577,13 @@ impl Agent {
         let by_id: std::collections::HashMap<&str, &api::PodSandbox> =
             pods.iter().map(|p| (p.id.as_str(), p)).collect();
         let live: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
-        let gone: Vec<String> = {
-            let map = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = self.journal.read(|map| {
             map.containers
                 .iter()
                 .filter(|c| !live.contains(c.container_id.as_str()))
                 .map(|c| c.container_id.clone())
                 .collect()
-        };
+        });
         for id in gone {
             self.remove(&id);
         }

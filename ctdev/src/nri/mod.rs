@@ -7,6 +7,7 @@
 //! - [`mux`]: NRI's two logical connections over one socket;
 //! - [`policy`]: the policy file and the pure per-container decision;
 //! - [`agent`]: what happens at create, start, remove and synchronize;
+//! - [`journal`]: the pod map and events, written after the replies;
 //! - [`reload`]: the policy file watched and reloaded on change;
 //! - [`section`]: the `[nri]` section of the daemon's policy file;
 //! - this module: the ttrpc service and the connect/register/reconnect loop.
@@ -16,6 +17,7 @@
 //! catch up with everything that started meanwhile.
 
 pub(crate) mod agent;
+pub(crate) mod journal;
 pub(crate) mod mux;
 pub mod policy;
 pub(crate) mod proto;
@@ -33,6 +35,8 @@ use self::agent::{adjustment, pod_info, Agent};
 use self::policy::NriPolicy;
 use self::proto::{api, api_ttrpc};
 use crate::ops::Ctdev;
+
+pub use self::journal::flush_all;
 
 /// Default NRI socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/nri/nri.sock";
