@@ -170,21 +170,9 @@ fn elem(
 
 /// A stable 64-bit FNV-1a hash of the object: names the pin directory.
 fn object_hash(bytes: &[u8]) -> u64 {
-    // The last object hashed and its hash: every attach of a process asks
-    // for the same object, and comparing it is far cheaper than hashing it
-    // byte by byte again (about 0.2 ms for a 170 KB object).
-    static LAST: std::sync::Mutex<Option<(Vec<u8>, u64)>> = std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((b, h)) = last.as_ref() {
-        if b.as_slice() == bytes {
-            return *h;
-        }
-    }
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    *last = Some((bytes.to_vec(), h));
-    h
+    })
 }
 
 fn possible_cpus() -> Result<usize, SharedError> {
