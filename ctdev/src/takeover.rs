@@ -467,8 +467,13 @@ pub fn takeover(
             cgroup: cgroup.dir.clone(),
             error: e.to_string(),
         })?;
+        // The rules were decided from the first listing: a program that
+        // came while the lock was dropped is not detached (it is left
+        // attached and named below, as one appearing after the listing).
+        let first: Vec<u32> = before.iter().map(|p| p.id).collect();
         lock = ctdev.lock()?;
         before = device_programs(ctdev.cgroups(), &cgroup)?;
+        before.retain(|p| first.contains(&p.id));
         timer.mark("current_policy");
     }
     let attach = ctdev.attach_locked(&lock, cgroup.clone(), &object, Preset::None, &rules)?;

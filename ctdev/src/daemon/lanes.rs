@@ -134,6 +134,9 @@ pub(crate) enum Outcome {
     Detach(Result<DetachReport, ControllerError>),
     /// The CDI sync (it logs its own changes).
     Cdi,
+    /// Not run: the job's cgroup is gone, or its name is another cgroup
+    /// now (a re-created container is not the one the job was for).
+    Gone,
 }
 
 /// A finished job, back on the event loop.
@@ -155,6 +158,10 @@ struct Queue {
     ready: VecDeque<u64>,
     /// Containers with a job running now.
     running: HashSet<u64>,
+    /// How many containers at the front of `ready` are there for a new
+    /// container's attach: attaches go before device work, in the order
+    /// they came (first in, first out among themselves).
+    attaches_first: usize,
     closed: bool,
 }
 
@@ -233,7 +240,9 @@ impl Lanes {
             // A new container's attach goes before containers waiting with
             // device work.
             if first {
-                q.ready.push_front(id);
+                let at = q.attaches_first.min(q.ready.len());
+                q.ready.insert(at, id);
+                q.attaches_first = at + 1;
             } else {
                 q.ready.push_back(id);
             }
@@ -297,6 +306,7 @@ fn worker(shared: &Shared, ct: &Ctdev, tx: &UnboundedSender<Done>) {
             let mut q = shared.queue();
             loop {
                 if let Some(id) = q.ready.pop_front() {
+                    q.attaches_first = q.attaches_first.saturating_sub(1);
                     let job = q.lanes.get_mut(&id).and_then(VecDeque::pop_front);
                     if let Some(job) = job {
                         q.running.insert(id);
@@ -350,11 +360,21 @@ fn hold(dir: &Path) {
     }
 }
 
+/// Whether `dir` is still the cgroup whose id (inode) is `id`.
+pub(crate) fn is_cgroup(dir: &Path, id: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.ino() == id)
+}
+
 /// Runs one job (no state of the daemon is touched here).
 fn run(ct: &Ctdev, job: Job) -> Done {
     let start = Instant::now();
     let target = Target::Cgroup(job.dir.clone());
     let outcome = match &job.work {
+        // Jobs name their cgroup by path: one queued behind a removal must
+        // not land on a container re-created under that name.
+        Work::Detach { .. } => Outcome::Detach(ct.detach(&Target::PolicyId(job.id))),
+        _ if !is_cgroup(&job.dir, job.id) => Outcome::Gone,
         Work::Add { owned, opts, .. } => {
             let r = passthrough::add_as(
                 ct,
@@ -399,7 +419,6 @@ fn run(ct: &Ctdev, job: Job) -> Done {
             crate::failpoint!("daemon.attach.after_attach");
             Outcome::Attach { attach, rules }
         }
-        Work::Detach { .. } => Outcome::Detach(ct.detach(&Target::PolicyId(job.id))),
         Work::Cdi {
             wanted,
             dirs,

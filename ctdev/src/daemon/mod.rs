@@ -539,8 +539,14 @@ impl Daemon {
             return;
         }
         // Gone, or its name re-created as another cgroup already.
-        let gone = !fs::metadata(dir).is_ok_and(|m| m.ino() == job.id);
+        let gone = !lanes::is_cgroup(dir, job.id);
         let report = match attach {
+            Ok(r) if r.policy_id != job.id => {
+                // The name was re-created between the job's check and its
+                // attach: not this job's container to mark or record.
+                tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup re-created while it was being attached");
+                return;
+            }
             Ok(r) => r,
             Err(e) if gone => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup gone before it could be attached: {e}");
@@ -816,6 +822,16 @@ impl Daemon {
                 lanes::Outcome::Attach { attach, rules },
             ) => self.attached(&job, *entry, *generation, take_back, attach, rules, took),
             (lanes::Work::Detach { why }, lanes::Outcome::Detach(r)) => self.detached(id, why, r),
+            (work, lanes::Outcome::Gone) => {
+                tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup gone before its job ran: skipped");
+                match work {
+                    lanes::Work::Attach { .. } if self.attaching.get(dir) == Some(&id) => {
+                        self.attaching.remove(dir);
+                    }
+                    lanes::Work::Remove { owned: o } => self.removed(dir, id, name, o, Ok(None)),
+                    _ => {}
+                }
+            }
             _ => {}
         }
     }

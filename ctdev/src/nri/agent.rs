@@ -587,6 +587,12 @@ impl Agent {
         for id in gone {
             self.remove(&id);
         }
+        // Plans of creates whose container the runtime no longer lists (a
+        // RemoveContainer missed across a reconnect) are dropped.
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| live.contains(id.as_str()));
         for c in containers {
             let Some(pod) = by_id.get(c.pod_sandbox_id.as_str()) else {
                 continue;
