@@ -633,7 +633,7 @@ pub fn table_ids(pins: &PinRoot) -> std::io::Result<Vec<u64>> {
     Ok(ids)
 }
 
-fn array_ids(pins: &PinRoot) -> std::io::Result<Vec<u64>> {
+pub(crate) fn array_ids(pins: &PinRoot) -> std::io::Result<Vec<u64>> {
     let mut ids = Vec::new();
     match std::fs::read_dir(pins.tables_dir()) {
         Ok(entries) => {

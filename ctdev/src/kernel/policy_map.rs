@@ -374,19 +374,8 @@ impl PolicyMap {
         let mut large: BTreeMap<u64, u32> = BTreeMap::new();
         // Containers with their own program: their own maps (these win
         // over a shared storage of the same id, as in `ContainerMaps::open`).
-        let mut array_ids: Vec<u64> = Vec::new();
-        match std::fs::read_dir(self.pins.tables_dir()) {
-            Ok(dir) => {
-                for e in dir.flatten() {
-                    if let Some(id) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
-                        array_ids.push(id);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(self.io_err(e)),
-        }
-        array_ids.sort_unstable();
+        let array_ids =
+            super::container_maps::array_ids(&self.pins).map_err(|e| self.io_err(e))?;
         for id in &array_ids {
             let Some(maps) = ContainerMaps::open(&self.pins, *id)? else {
                 continue;
