@@ -684,5 +684,59 @@ fn an_attach_held_in_its_lane_comes_before_its_devices_and_a_container_removed_m
         "the device to leave h-live",
         || (!live.host_path(&dest).exists()).then_some(()),
     );
+
+    // 3. A container removed and re-created under its name while its
+    // attach is held: the old attach does not land on the new cgroup (jobs
+    // name their cgroup by path), the new one is attached by its own job
+    // and stays attached when the old one's removal is handled.
+    let ino = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(p).unwrap().ino()
+    };
+    let again_hold = holds.join("h-again");
+    fs::write(&again_hold, "").unwrap();
+    let again = env.cgroup("h-again");
+    let old_id = ino(&again);
+    wait_until(Duration::from_secs(10), "h-again's attach queued", || {
+        (jobs(&daemon) >= 1).then_some(())
+    });
+    fs::remove_dir(&again).unwrap();
+    let again = env.cgroup("h-again");
+    let new_id = ino(&again);
+    assert_ne!(old_id, new_id);
+    wait_until(Duration::from_secs(10), "both attaches queued", || {
+        (jobs(&daemon) >= 2).then_some(())
+    });
+    fs::remove_file(&again_hold).unwrap();
+    let listed = |id: u64| {
+        env.list_json()["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["policy_id"].as_u64() == Some(id))
+    };
+    wait_until(Duration::from_secs(10), "the new h-again attached", || {
+        let state = fs::read_to_string(&state_file).unwrap_or_default();
+        (jobs(&daemon) == 0
+            && listed(new_id)
+            && state.contains(&format!("\"{new_id}\""))
+            && !state.contains(&format!("\"{old_id}\"")))
+        .then_some(())
+    });
+    // Settled: a resync pass later, the new container is still attached and
+    // the old one left nothing.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = daemon.log_text();
+    assert!(listed(new_id), "the new h-again stays attached\n{log}");
+    assert!(
+        env.pin_root.join("links").join(new_id.to_string()).exists(),
+        "{log}"
+    );
+    assert!(!listed(old_id), "the old h-again is not listed\n{log}");
+    assert!(
+        !env.pin_root.join("links").join(old_id.to_string()).exists(),
+        "{log}"
+    );
+    fs::remove_dir(&again).unwrap();
     let _ = daemon.kill();
 }
