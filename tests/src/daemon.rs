@@ -63,6 +63,21 @@ impl DaemonProc {
         Self::start_with_env(env, config, step, &[])
     }
 
+    /// Starts the daemon with `CTDEV_TEST_HOLD_DIR` set to a new `holds`
+    /// folder of the test's scratch dir (returned): a file named after a
+    /// cgroup there holds that container's lane.
+    pub fn start_held(env: &TestEnv, config: &Path) -> (Self, PathBuf) {
+        let holds = env.scratch.join("holds");
+        fs::create_dir_all(&holds).expect("create the holds folder");
+        let daemon = Self::start_with_env(
+            env,
+            config,
+            None,
+            &[("CTDEV_TEST_HOLD_DIR", holds.as_path())],
+        );
+        (daemon, holds)
+    }
+
     /// As [`DaemonProc::start_with_failpoint`], with more environment
     /// variables (`CTDEV_TEST_HOLD_DIR`, …).
     pub fn start_with_env(

@@ -505,14 +505,7 @@ fn a_held_container_does_not_delay_hotplug_into_another_and_keeps_its_own_order(
         0.0,
         &format!("{}{}", entry("slow", &slow), entry("fast", &fast)),
     );
-    let holds = env.scratch.join("holds");
-    fs::create_dir_all(&holds).unwrap();
-    let mut daemon = DaemonProc::start_with_env(
-        &env,
-        &cfg,
-        None,
-        &[("CTDEV_TEST_HOLD_DIR", holds.as_path())],
-    );
+    let (mut daemon, holds) = DaemonProc::start_held(&env, &cfg);
     // `slow` is stuck: its init stopped, and its lane held (the test hook
     // of a failpoints build) until the test lets it go.
     let hold = holds.join(slow.cgroup.file_name().unwrap());
@@ -607,14 +600,7 @@ fn an_attach_held_in_its_lane_comes_before_its_devices_and_a_container_removed_m
             inside(&env.cgroup_parent)
         ),
     );
-    let holds = env.scratch.join("holds");
-    fs::create_dir_all(&holds).unwrap();
-    let mut daemon = DaemonProc::start_with_env(
-        &env,
-        &cfg,
-        None,
-        &[("CTDEV_TEST_HOLD_DIR", holds.as_path())],
-    );
+    let (mut daemon, holds) = DaemonProc::start_held(&env, &cfg);
     let jobs = |d: &DaemonProc| d.status()["jobs"].as_u64().unwrap_or(0);
 
     // 1. A container created and removed while its attach is held in its
