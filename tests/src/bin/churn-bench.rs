@@ -327,11 +327,13 @@ fn main() {
             _ => {}
         }
     }
-    let errors = daemon
-        .log_text()
-        .lines()
-        .filter(|l| l.contains("ERROR"))
-        .count();
+    let log = daemon.log_text();
+    let error_lines: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    // Named, not only counted: the log goes with the run's scratch dir.
+    for line in error_lines.iter().take(20) {
+        eprintln!("churn-bench: daemon {line}");
+    }
+    let errors = error_lines.len();
     drop(live);
     drop(loops);
     println!(
