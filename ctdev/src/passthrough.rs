@@ -421,6 +421,40 @@ fn attached(
     })
 }
 
+/// What `add` and `del` start from, all under one pin-root lock held for
+/// the whole command (no other ctdev changes the policy between reading
+/// the entries and writing the rule): the container's state (live and
+/// enforcing), its init process, the report, its grants, and the policy
+/// map, opened once for the whole command.
+struct Begun {
+    lock: PinLock,
+    map: Option<PolicyMap>,
+    at: Attached,
+    init: InitProcess,
+    report: PassthroughReport,
+    id: u64,
+    ledger: Ledger,
+}
+
+fn begin(ct: &Ctdev, owner: Owner, target: &Target) -> Result<Begun, PassthroughError> {
+    let lock = ct.lock_existing(target)?;
+    let mut map = None;
+    let at = attached(ct, target, &mut map)?;
+    let init = init_of(ct, target, &at.cgroup)?;
+    let report = PassthroughReport::empty(ct, target, &at, &init, owner);
+    let id = at.state.policy_id;
+    let ledger = ct.grants().load(id).map_err(ControllerError::from)?;
+    Ok(Begun {
+        lock,
+        map,
+        at,
+        init,
+        report,
+        id,
+        ledger,
+    })
+}
+
 /// The process whose namespaces are used: N for `pid:N`, else the oldest
 /// process of the cgroup.
 fn init_of(ct: &Ctdev, target: &Target, cgroup: &Cgroup) -> Result<InitProcess, ProcessError> {
@@ -523,16 +557,15 @@ pub fn add_as(
     let kind = classify_for_add(req)?;
     let device = req.device();
     let device = device.as_str();
-    // One critical section: no other ctdev changes the policy between
-    // reading the entries and writing the rule.
-    let lock = ct.lock_existing(target)?;
-    // The policy map, opened once for the whole command.
-    let mut map: Option<PolicyMap> = None;
-    let at = attached(ct, target, &mut map)?;
-    let init = init_of(ct, target, &at.cgroup)?;
-    let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
-    let id = at.state.policy_id;
-    let before_ledger = ct.grants().load(id).map_err(ControllerError::from)?;
+    let Begun {
+        lock,
+        mut map,
+        at,
+        init,
+        mut report,
+        id,
+        ledger: before_ledger,
+    } = begin(ct, owner, target)?;
     let node_seq = grants::next_node_seq(&before_ledger);
     let nodes = match kind {
         Device::Interface(name, new_name) => {
@@ -804,14 +837,15 @@ pub fn del_as(
 ) -> Result<PassthroughReport, PassthroughError> {
     let device = req.device();
     let device = device.as_str();
-    let lock = ct.lock_existing(target)?;
-    // The policy map, opened once for the whole command.
-    let mut map: Option<PolicyMap> = None;
-    let at = attached(ct, target, &mut map)?;
-    let init = init_of(ct, target, &at.cgroup)?;
-    let mut report = PassthroughReport::empty(ct, target, &at, &init, owner);
-    let id = at.state.policy_id;
-    let ledger = ct.grants().load(id).map_err(ControllerError::from)?;
+    let Begun {
+        lock,
+        mut map,
+        at,
+        init,
+        mut report,
+        id,
+        ledger,
+    } = begin(ct, owner, target)?;
     match req {
         PassRequest::Interface { host, name } => {
             netdev::check_name(host)?;
