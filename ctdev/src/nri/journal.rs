@@ -189,19 +189,11 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtimes::k8s::tests::rec as record;
     use crate::runtimes::k8s::PodContainer;
 
     fn rec(id: &str) -> PodContainer {
-        PodContainer {
-            namespace: "ns".into(),
-            pod: "p".into(),
-            pod_uid: String::new(),
-            container: id.into(),
-            container_id: id.into(),
-            cgroup: PathBuf::from(format!("/k/{id}")),
-            policy_id: 0,
-            entry: String::new(),
-        }
+        record("p", id, id)
     }
 
     #[test]

@@ -165,10 +165,11 @@ pub fn state_dir() -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rec(pod: &str, c: &str, id: &str) -> PodContainer {
+    /// A pod map record in namespace `ns` (unit tests).
+    pub(crate) fn rec(pod: &str, c: &str, id: &str) -> PodContainer {
         PodContainer {
             namespace: "ns".into(),
             pod: pod.into(),
