@@ -371,8 +371,6 @@ fn exact_rule(node: &NodeSpec, access: Access) -> Rule {
 struct Attached {
     state: ContainerState,
     cgroup: Cgroup,
-    /// Device programs besides ctdev's on the cgroup and its ancestors.
-    others: Vec<DeviceProgram>,
 }
 
 impl PassthroughReport {
@@ -413,12 +411,7 @@ fn attached(
             })
         }
     };
-    let others = other_device_programs(ct.cgroups(), &cgroup, state.program_id).unwrap_or_default();
-    Ok(Attached {
-        state,
-        cgroup,
-        others,
-    })
+    Ok(Attached { state, cgroup })
 }
 
 /// What `add` and `del` start from, all under one pin-root lock held for
@@ -465,13 +458,16 @@ fn init_of(ct: &Ctdev, target: &Target, cgroup: &Cgroup) -> Result<InitProcess, 
 }
 
 /// A warning when device programs besides ctdev's (attached to the cgroup
-/// or an ancestor) may still deny the device.
-fn foreign_warning(at: &Attached, target: &Target) -> Option<String> {
-    if at.others.is_empty() {
+/// or an ancestor) may still deny the device. Only `add` warns: one
+/// effective-list query of the cgroup, and the walk up the ancestors only
+/// when someone else's program is in it.
+fn foreign_warning(ct: &Ctdev, at: &Attached, target: &Target) -> Option<String> {
+    let others: Vec<DeviceProgram> =
+        other_device_programs(ct.cgroups(), &at.cgroup, at.state.program_id).unwrap_or_default();
+    if others.is_empty() {
         return None;
     }
-    let names: Vec<String> = at
-        .others
+    let names: Vec<String> = others
         .iter()
         .map(|p| {
             format!(
@@ -682,7 +678,7 @@ pub fn add_as(
         }
         plan_nodes.push((host.path, resolved, dest, spec));
     }
-    if let Some(w) = foreign_warning(&at, target) {
+    if let Some(w) = foreign_warning(ct, &at, target) {
         report.warnings.push(w);
     }
     if rules_only {

@@ -529,3 +529,46 @@ fn check_judges_with_the_v1_devices_cgroup_too() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
+
+#[test]
+fn list_json_streamed_from_typed_views_is_the_value_tree_document_on_a_real_policy() {
+    use ctdev::audit::view::{dump_json_via_value, write_dump_json};
+    use ctdev::ops::{Config, Ctdev};
+    use std::collections::BTreeMap;
+
+    let env = TestEnv::new("list-json");
+    let a = env.cgroup("a");
+    let b = env.cgroup("b");
+    let d = env.cgroup("c/d");
+    env.attach_rules(&a, &["c 1:3 rw", "c 1:5 r", "b 7:* m"]);
+    env.attach_rules(&b, &["c 1:3 r"]);
+    env.attach_rules(&d, &["c 1:* rwm", "c 1:3 ''"]);
+    shell_loop(&a, 3, "true < /dev/null");
+    // Another program above one container: its `other_programs` is not empty.
+    let _foreign = ForeignProgram::deny_char(&env.cgroup("c"), 250, 1);
+    let ct = Ctdev::new(Config {
+        pin_root: env.pin_root.clone(),
+        ..Config::default()
+    })
+    .expect("open ctdev");
+    let dump = ct.list(None).expect("list");
+    assert_eq!(dump.containers.len(), 3);
+    assert!(dump.containers.iter().any(|c| !c.other_programs.is_empty()));
+    let none: BTreeMap<u64, Vec<serde_json::Value>> = BTreeMap::new();
+    let old = dump_json_via_value(&dump, &none).unwrap();
+    let mut streamed = Vec::new();
+    write_dump_json(&dump, &none, &mut streamed).unwrap();
+    assert_eq!(String::from_utf8(streamed).unwrap(), old);
+    // The CLI streams the same document (no device passed in, no CDI
+    // record: both read from this test's own scratch directories).
+    let scratch = env.scratch.display().to_string();
+    let cli = env.ok(&[
+        "list",
+        "--json",
+        "--state-dir",
+        &scratch,
+        "--cdi-state",
+        &scratch,
+    ]);
+    assert_eq!(cli, format!("{old}\n"));
+}

@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::status::PassedIn;
 use super::style::{colour_on, paint, table, Paint};
 use super::{open, Cli};
-use crate::audit::view::{ContainerView, Dump, RuleView};
+use crate::audit::view::{write_dump_json, ContainerView, Dump, RuleView};
 use crate::cdi::apply::CdiSource;
 use crate::cdi::apply::{annotate, DEFAULT_STATE_DIR};
 use crate::kernel::attached::DeviceProgram;
@@ -65,16 +65,13 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
         .filter(|(_, v)| !v.is_empty())
         .collect();
     if cli.json {
-        let mut v = serde_json::to_value(&dump)?;
-        if let Some(cs) = v["containers"].as_array_mut() {
-            for c in cs {
-                let id = c["policy_id"].as_u64().unwrap_or_default();
-                if let Some(p) = passed.get(&id) {
-                    c["passed_in"] = serde_json::to_value(p)?;
-                }
-            }
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        // Streamed from the typed views (the same bytes as through a
+        // `serde_json::Value` tree, without building one).
+        use std::io::Write;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        write_dump_json(&dump, &passed, &mut out)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
     } else {
         print!(
             "{}",

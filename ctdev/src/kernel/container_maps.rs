@@ -456,6 +456,11 @@ enum Inner {
     Array(ArrayMaps),
     Storage {
         shared: std::sync::Arc<SharedProgram>,
+        /// The stored value as read at open (or as last written through
+        /// this handle): the table part changes only through ctdev's own
+        /// writes, under the pin-root lock the caller holds, so one lookup
+        /// serves the snapshot, the baselines and the next publish.
+        stored: std::cell::Cell<SharedTable>,
         /// The table [`ContainerMaps::write_next`] staged for the publish.
         pending: std::cell::Cell<Option<Box<Table>>>,
     },
@@ -497,11 +502,12 @@ impl ContainerMaps {
                 inner: Inner::Array(a),
             }));
         }
-        let shared = super::shared::find_for(pins, policy_id).map_err(storage_err)?;
-        Ok(shared.map(|shared| Self {
+        let shared = super::shared::find_written(pins, policy_id).map_err(storage_err)?;
+        Ok(shared.map(|(shared, stored)| Self {
             policy_id,
             inner: Inner::Storage {
                 shared,
+                stored: std::cell::Cell::new(stored),
                 pending: std::cell::Cell::new(None),
             },
         }))
@@ -523,23 +529,12 @@ impl ContainerMaps {
         }
     }
 
-    fn read_storage(shared: &SharedProgram, policy_id: u64) -> SharedTable {
-        match shared.read(policy_id) {
-            Ok(Some(t)) => t,
-            Ok(None) => SharedTable::default(),
-            Err(e) => {
-                tracing::warn!(policy_id, "cannot read the container's storage: {e}");
-                SharedTable::default()
-            }
-        }
-    }
-
     /// A consistent copy of the live table.
     pub fn snapshot(&self) -> Snapshot {
         match &self.inner {
             Inner::Array(a) => a.snapshot(),
-            Inner::Storage { shared, .. } => {
-                let t = Self::read_storage(shared, self.policy_id);
+            Inner::Storage { stored, .. } => {
+                let t = stored.get();
                 Snapshot {
                     state: t.state,
                     table: t.table,
@@ -552,7 +547,7 @@ impl ContainerMaps {
     pub fn stats_base(&self) -> [u64; 3] {
         match &self.inner {
             Inner::Array(a) => a.stats_base(),
-            Inner::Storage { shared, .. } => Self::read_storage(shared, self.policy_id).stats_base,
+            Inner::Storage { stored, .. } => stored.get().stats_base,
         }
     }
 
@@ -560,14 +555,17 @@ impl ContainerMaps {
     pub fn set_stats_base(&self, base: [u64; 3]) {
         match &self.inner {
             Inner::Array(a) => a.set_stats_base(base),
-            Inner::Storage { shared, .. } => {
-                let mut t = Self::read_storage(shared, self.policy_id);
+            Inner::Storage { shared, stored, .. } => {
+                let mut t = stored.get();
                 if t.state & STATE_WRITTEN == 0 {
                     return;
                 }
                 t.stats_base = base;
-                if let Err(e) = shared.write(self.policy_id, &t) {
-                    tracing::warn!(policy_id = self.policy_id, "cannot reset counters: {e}");
+                match shared.write(self.policy_id, &t) {
+                    Ok(_) => stored.set(t),
+                    Err(e) => {
+                        tracing::warn!(policy_id = self.policy_id, "cannot reset counters: {e}")
+                    }
                 }
             }
         }
@@ -589,8 +587,12 @@ impl ContainerMaps {
     pub fn publish(&self, large: bool) -> Result<u32, ContainerMapsError> {
         match &self.inner {
             Inner::Array(a) => Ok(a.publish(large)),
-            Inner::Storage { shared, pending } => {
-                let mut t = Self::read_storage(shared, self.policy_id);
+            Inner::Storage {
+                shared,
+                stored,
+                pending,
+            } => {
+                let mut t = stored.get();
                 if let Some(table) = pending.take() {
                     t.table = *table;
                 }
@@ -598,6 +600,7 @@ impl ContainerMaps {
                 t.state = counter | STATE_WRITTEN | if large { STATE_LARGE } else { 0 };
                 t.policy_id = self.policy_id;
                 shared.write(self.policy_id, &t).map_err(storage_err)?;
+                stored.set(t);
                 Ok(t.state)
             }
         }

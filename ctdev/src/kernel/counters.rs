@@ -100,17 +100,33 @@ impl Counters {
         if !hits_pin.exists() {
             return Ok(None);
         }
-        verify_any(pins, &hits_pin)?;
-        let op_err = |source| PolicyMapError::Op {
+        // One BPF_OBJ_GET and one BPF_OBJ_GET_INFO_BY_FD (inside
+        // `MapData::from_fd`): the type and the key and value sizes are
+        // checked from that info (as `verify_any` would, which opens the
+        // pin again), the batch-read fd is a duplicate.
+        let foreign = |found: String| PolicyMapError::Foreign {
             path: hits_pin.clone(),
-            op: "open",
-            source,
+            found,
         };
-        let hits = MapData::from_pin(&hits_pin).map_err(op_err)?;
-        let hits = PerCpuHashMap::try_from(Map::PerCpuHashMap(hits)).map_err(op_err)?;
-        let hits_raw = sys::obj_get(&hits_pin).map_err(|e| PolicyMapError::Foreign {
-            path: hits_pin.clone(),
-            found: e.to_string(),
+        let fd = sys::obj_get(&hits_pin).map_err(|e| foreign(e.to_string()))?;
+        let hits_raw = fd
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| foreign(e.to_string()))?;
+        let data = MapData::from_fd(fd).map_err(|e| foreign(e.to_string()))?;
+        let hits = match Map::from_map_data(data).map_err(|e| foreign(e.to_string()))? {
+            Map::PerCpuHashMap(data) => data,
+            other => {
+                let kind = format!("{other:?}");
+                let kind = kind.split(['(', ' ', '{']).next().unwrap_or("another");
+                return Err(foreign(format!("a {kind} map, expected a PerCpuHash map")));
+            }
+        };
+        let hits = PerCpuHashMap::try_from(Map::PerCpuHashMap(hits)).map_err(|e| {
+            foreign(match verify_any(pins, &hits_pin) {
+                Err(PolicyMapError::Foreign { found, .. }) => found,
+                _ => e.to_string(),
+            })
         })?;
         Ok(Some(Self {
             pins: pins.clone(),

@@ -188,7 +188,7 @@ fn possible_cpus() -> Result<usize, SharedError> {
 pub struct SharedProgram {
     dir: PathBuf,
     prog: OwnedFd,
-    stub: OwnedFd,
+    stub: std::sync::OnceLock<OwnedFd>,
     storage: OwnedFd,
     counters: OwnedFd,
     /// Kernel id of the shared program (the same for every container).
@@ -213,10 +213,23 @@ impl SharedProgram {
         // The embedded object is hashed once per process: hashing its
         // ~170 KB took ~0.3 ms of every attach (the NRI plugin's starts).
         static EMBEDDED_HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        // An object read from a file (`--bpf-object`) is read again by
+        // every attach; the hash of the last one is kept with its bytes
+        // (comparing them is ~20 times faster than hashing them again).
+        static FILE_HASH: std::sync::Mutex<Option<(Vec<u8>, u64)>> =
+            std::sync::Mutex::new(None);
         let hash = if object.is_embedded() {
             *EMBEDDED_HASH.get_or_init(|| object_hash(object.bytes()))
         } else {
-            object_hash(object.bytes())
+            let mut last = FILE_HASH.lock().unwrap_or_else(|p| p.into_inner());
+            match &*last {
+                Some((bytes, hash)) if bytes.as_slice() == object.bytes() => *hash,
+                _ => {
+                    let hash = object_hash(object.bytes());
+                    *last = Some((object.bytes().to_vec(), hash));
+                    hash
+                }
+            }
         };
         pins.root().join(format!("shared-{hash:016x}"))
     }
@@ -247,43 +260,54 @@ impl SharedProgram {
                 found: format!("program {name:?}"),
             });
         }
-        for (name, ty, size) in [
-            (
-                "storage",
-                aya::maps::MapType::CgroupStorage,
-                std::mem::size_of::<SharedTable>(),
-            ),
-            (
-                "counters",
-                aya::maps::MapType::PerCpuCgroupStorage,
-                std::mem::size_of::<ContainerCounters>(),
-            ),
-        ] {
+        // Each map pin is opened once; its type and sizes are checked on
+        // that fd (one BPF_OBJ_GET and one BPF_OBJ_GET_INFO_BY_FD each).
+        let open_map = |name: &str, ty: u32, size: usize| -> Result<OwnedFd, SharedError> {
             let pin = dir.join(name);
-            let info = aya::maps::MapInfo::from_pin(&pin).map_err(|e| SharedError::Foreign {
+            let foreign = |found: String| SharedError::Foreign {
                 path: pin.clone(),
-                found: e.to_string(),
-            })?;
-            let found = info.map_type().map_err(|e| SharedError::Foreign {
-                path: pin.clone(),
-                found: e.to_string(),
-            })?;
-            if found != ty || info.value_size() as usize != size || info.key_size() != 8 {
-                return Err(SharedError::Foreign {
-                    path: pin,
-                    found: format!("{found:?} with {}-byte values", info.value_size()),
-                });
+                found,
+            };
+            let fd = sys::obj_get(&pin).map_err(|e| foreign(e.to_string()))?;
+            let info = sys::map_info(fd.as_fd(), &pin).map_err(|e| foreign(e.to_string()))?;
+            if info.map_type != ty || info.value_size as usize != size || info.key_size != 8 {
+                return Err(foreign(format!(
+                    "map type {} with {}-byte values",
+                    info.map_type, info.value_size
+                )));
             }
-        }
+            Ok(fd)
+        };
+        let storage = open_map(
+            "storage",
+            BPF_MAP_TYPE_CGROUP_STORAGE,
+            std::mem::size_of::<SharedTable>(),
+        )?;
+        let counters = open_map(
+            "counters",
+            BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE,
+            std::mem::size_of::<ContainerCounters>(),
+        )?;
         Ok(Self {
             prog,
             prog_id,
-            stub: sys::obj_get(&dir.join("stub"))?,
-            storage: sys::obj_get(&dir.join("storage"))?,
-            counters: sys::obj_get(&dir.join("counters"))?,
+            // Opened by the first attach (reading and writing policies
+            // never needs it).
+            stub: std::sync::OnceLock::new(),
+            storage,
+            counters,
             dir: dir.to_path_buf(),
             cpus: possible_cpus()?,
         })
+    }
+
+    /// The stub program (see [`Self::attach`]), opened on first use.
+    fn stub(&self) -> Result<BorrowedFd<'_>, SharedError> {
+        if let Some(fd) = self.stub.get() {
+            return Ok(fd.as_fd());
+        }
+        let fd = sys::obj_get(&self.dir.join("stub"))?;
+        Ok(self.stub.get_or_init(|| fd).as_fd())
     }
 
     fn load(object: &ProgramObject, pins: &PinRoot, dir: &Path) -> Result<Self, SharedError> {
@@ -350,7 +374,7 @@ impl SharedProgram {
         Ok(Self {
             dir: dir.to_path_buf(),
             prog,
-            stub,
+            stub: std::sync::OnceLock::from(stub),
             storage,
             counters,
             prog_id,
@@ -576,7 +600,7 @@ impl SharedProgram {
         })?;
         // (1) The stub makes the kernel allocate the container's storage.
         let stub = sys::link_create_cgroup(
-            self.stub.as_fd(),
+            self.stub()?,
             cgroup_fd.as_fd(),
             BPF_CGROUP_INET_SOCK_CREATE,
             &cgroup.dir,
@@ -669,9 +693,62 @@ impl SharedProgram {
     }
 }
 
+/// The identity of a program pin (device and inode of the pin file): a
+/// program unpinned and loaded again at the same path gets a new inode, so
+/// a cached open of the old one is never used for it.
+fn pin_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir.join("program"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// One cached open: the pin directory, the program pin's identity when it
+/// was opened, and the open program.
+type Opened = (PathBuf, (u64, u64), std::sync::Arc<SharedProgram>);
+
 /// Shared programs opened by this process, by pin directory.
-static OPENED: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<SharedProgram>)>> =
-    std::sync::Mutex::new(Vec::new());
+static OPENED: std::sync::Mutex<Vec<Opened>> = std::sync::Mutex::new(Vec::new());
+
+/// The shared program pinned in `dir`, opened once per process while its
+/// program pin stays the same file (one stat per call after the first
+/// open, instead of six bpf() calls); `None` when nothing is pinned there.
+fn opened(dir: &Path) -> Result<Option<std::sync::Arc<SharedProgram>>, SharedError> {
+    let Some(identity) = pin_identity(dir) else {
+        return Ok(None);
+    };
+    let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, _, p)) = opened.iter().find(|(d, i, _)| d == dir && *i == identity) {
+        return Ok(Some(p.clone()));
+    }
+    opened.retain(|(d, _, _)| d != dir);
+    let p = std::sync::Arc::new(SharedProgram::open(dir)?);
+    opened.push((dir.to_path_buf(), identity, p.clone()));
+    Ok(Some(p))
+}
+
+impl SharedProgram {
+    /// [`SharedProgram::open_or_load`] through the per-process cache: a
+    /// caller attaching many containers (the library, the daemon, the NRI
+    /// plugin) opens the pinned program once. The caller holds the
+    /// pin-root lock.
+    pub fn cached(
+        object: &ProgramObject,
+        pins: &PinRoot,
+    ) -> Result<std::sync::Arc<Self>, SharedError> {
+        let dir = Self::dir_for(object, pins);
+        if let Some(p) = opened(&dir)? {
+            return Ok(p);
+        }
+        let p = std::sync::Arc::new(Self::load(object, pins, &dir)?);
+        if let Some(identity) = pin_identity(&dir) {
+            let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+            opened.retain(|(d, _, _)| *d != dir);
+            opened.push((dir, identity, p.clone()));
+        }
+        Ok(p)
+    }
+}
 
 /// Every shared program pinned under `pins` (one per ctdev build that used
 /// this pin root), opened once per process.
@@ -681,9 +758,7 @@ pub fn all(pins: &PinRoot) -> Result<Vec<std::sync::Arc<SharedProgram>>, SharedE
         Ok(entries) => {
             for e in entries.flatten() {
                 let name = e.file_name();
-                if name.to_str().is_some_and(|n| n.starts_with("shared-"))
-                    && e.path().join("program").exists()
-                {
+                if name.to_str().is_some_and(|n| n.starts_with("shared-")) {
                     dirs.push(e.path());
                 }
             }
@@ -698,17 +773,11 @@ pub fn all(pins: &PinRoot) -> Result<Vec<std::sync::Arc<SharedProgram>>, SharedE
         }
     }
     dirs.sort();
-    let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
-    opened.retain(|(d, _)| d.join("program").exists());
     let mut out = Vec::new();
     for dir in dirs {
-        if let Some((_, p)) = opened.iter().find(|(d, _)| *d == dir) {
-            out.push(p.clone());
-            continue;
+        if let Some(p) = opened(&dir)? {
+            out.push(p);
         }
-        let p = std::sync::Arc::new(SharedProgram::open(&dir)?);
-        opened.push((dir, p.clone()));
-        out.push(p);
     }
     Ok(out)
 }
@@ -718,11 +787,20 @@ pub fn find_for(
     pins: &PinRoot,
     policy_id: u64,
 ) -> Result<Option<std::sync::Arc<SharedProgram>>, SharedError> {
+    Ok(find_written(pins, policy_id)?.map(|(p, _)| p))
+}
+
+/// [`find_for`] with the stored value it found (one lookup: callers that
+/// read the policy next use this copy).
+pub fn find_written(
+    pins: &PinRoot,
+    policy_id: u64,
+) -> Result<Option<(std::sync::Arc<SharedProgram>, SharedTable)>, SharedError> {
     for p in all(pins)? {
-        if p.read(policy_id)?
-            .is_some_and(|t| t.state & STATE_WRITTEN != 0)
-        {
-            return Ok(Some(p));
+        if let Some(t) = p.read(policy_id)? {
+            if t.state & STATE_WRITTEN != 0 {
+                return Ok(Some((p, t)));
+            }
         }
     }
     Ok(None)

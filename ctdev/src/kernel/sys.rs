@@ -718,3 +718,41 @@ pub fn prog_attach_device(
 ) -> Result<(), SysError> {
     prog_attach_cmd(BPF_PROG_ATTACH, cgroup, Some(prog), flags, what)
 }
+
+/// What one `BPF_OBJ_GET_INFO_BY_FD` says about a map (the fields ctdev
+/// checks before it uses a pinned map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapInfoLite {
+    /// `BPF_MAP_TYPE_*`.
+    pub map_type: u32,
+    /// Kernel map id.
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// The type, id and sizes of the map behind `map`: one
+/// `BPF_OBJ_GET_INFO_BY_FD` on an fd the caller already holds (aya's
+/// `MapInfo::from_pin` opens the pin again for it).
+pub fn map_info(map: BorrowedFd<'_>, what: &Path) -> Result<MapInfoLite, SysError> {
+    // SAFETY: `bpf_map_info` is plain integers and arrays of them; all
+    // zeroes is a valid value (what the kernel expects in unused fields).
+    let mut info: uapi::bpf_map_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: map.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<uapi::bpf_map_info>() as u32,
+        info: std::ptr::addr_of_mut!(info) as u64,
+    };
+    // SAFETY: `attr` is the BPF_OBJ_GET_INFO_BY_FD prefix; `info` is a live,
+    // writable `bpf_map_info` of `info_len` bytes; `map` is open (borrowed).
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }
+        .map_err(|e| SysError::new("BPF_OBJ_GET_INFO_BY_FD", what.display().to_string(), e))?;
+    Ok(MapInfoLite {
+        map_type: info.type_,
+        id: info.id,
+        key_size: info.key_size,
+        value_size: info.value_size,
+        max_entries: info.max_entries,
+    })
+}

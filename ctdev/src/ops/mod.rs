@@ -729,7 +729,9 @@ impl Ctdev {
         let shared_err = |e| ProgramError::Load {
             source: Box::new(e),
         };
-        let shared = SharedProgram::open_or_load(object, &self.pins).map_err(shared_err)?;
+        // Opened once per process (a library caller attaching many
+        // containers pays the six bpf() calls of the open once).
+        let shared = SharedProgram::cached(object, &self.pins).map_err(shared_err)?;
         crate::failpoint!("attach.after_load");
         let table = SharedProgram::table_for(id, &wanted, None).map_err(shared_err)?;
         // Grants of an earlier container with this id are void.
