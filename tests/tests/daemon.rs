@@ -724,5 +724,46 @@ fn an_attach_held_in_its_lane_comes_before_its_devices_and_a_container_removed_m
         "{log}"
     );
     fs::remove_dir(&again).unwrap();
+
+    // 4. The same, with the old attach's outcome back on the event loop
+    // before the daemon reads the removal and the re-creation (its cgroup
+    // events held): the old attach finds its cgroup gone and does nothing
+    // (`lanes::is_cgroup`); it does not attach the new cgroup, which gets
+    // its own attach once the events are read.
+    let third_hold = holds.join("h-third");
+    fs::write(&third_hold, "").unwrap();
+    let third = env.cgroup("h-third");
+    let old_id = ino(&third);
+    wait_until(Duration::from_secs(10), "h-third's attach queued", || {
+        (jobs(&daemon) >= 1).then_some(())
+    });
+    let events_hold = holds.join("@inotify");
+    fs::write(&events_hold, "").unwrap();
+    fs::remove_dir(&third).unwrap();
+    let third = env.cgroup("h-third");
+    let new_id = ino(&third);
+    assert_ne!(old_id, new_id);
+    fs::remove_file(&third_hold).unwrap();
+    wait_until(Duration::from_secs(10), "the old h-third's attach done", || {
+        (jobs(&daemon) == 0).then_some(())
+    });
+    let link = |id: u64| env.pin_root.join("links").join(id.to_string());
+    assert!(
+        !link(new_id).exists() && !listed(new_id),
+        "the old attach landed on the re-created h-third\n{}",
+        daemon.log_text()
+    );
+    assert!(!link(old_id).exists(), "{}", daemon.log_text());
+    fs::remove_file(&events_hold).unwrap();
+    wait_until(Duration::from_secs(10), "the new h-third attached", || {
+        let state = fs::read_to_string(&state_file).unwrap_or_default();
+        (jobs(&daemon) == 0
+            && link(new_id).exists()
+            && state.contains(&format!("\"{new_id}\""))
+            && !state.contains(&format!("\"{old_id}\"")))
+        .then_some(())
+    });
+    assert!(!listed(old_id), "{}", daemon.log_text());
+    fs::remove_dir(&third).unwrap();
     let _ = daemon.kill();
 }

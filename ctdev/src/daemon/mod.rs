@@ -1446,6 +1446,9 @@ impl Daemon {
     /// Handles the cgroup events waiting now (non-blocking), during a long
     /// pass. An overflow is left to the pass itself (it rescans anyway).
     fn take_cgroup_events(&mut self, watcher: &mut Watcher) {
+        if event_loop::inotify_held() {
+            return;
+        }
         let events = watcher.read();
         let any = !events.is_empty();
         for ev in events {
