@@ -486,7 +486,7 @@ fn links(ct: &Ctdev, job: &Job, o: &OwnedDevice, make: bool) {
             }
         }
         Err(crate::udev::LinkError::HostMounts { .. }) => {}
-        Err(e) if !dir.exists() => {
+        Err(e) if !is_cgroup(dir, job.id) => {
             tracing::debug!(container = %name, cgroup = %dir.display(), "container gone: {e}")
         }
         Err(e) => {

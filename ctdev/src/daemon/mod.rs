@@ -579,7 +579,7 @@ impl Daemon {
                     }
                 }
             }
-            Some(Err(e)) if gone || !dir.exists() => {
+            Some(Err(e)) if gone || !lanes::is_cgroup(dir, job.id) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup gone before its rules could be applied: {e}");
                 return;
             }
@@ -909,7 +909,11 @@ impl Daemon {
                     self.remove_device(dir, id, name, o);
                 }
             }
-            Err(e) if !self.still_present(o) || !dir.exists() || !self.is_ready(dir) => {
+            // A race with the device or the container already gone (or its
+            // name re-created as another cgroup): not news.
+            Err(e)
+                if !self.still_present(o) || !lanes::is_cgroup(dir, id) || !self.is_ready(dir) =>
+            {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "device or container went while passing it in: {e}");
                 if let Some(s) = self.state.containers.get_mut(&id).filter(|_| !newer) {
                     match recorded_before {
@@ -996,7 +1000,7 @@ impl Daemon {
             Err(PassthroughError::NotAdded { .. }) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "no grant of the daemon for the device: its record is dropped");
             }
-            Err(e) if !dir.exists() => {
+            Err(e) if !lanes::is_cgroup(dir, id) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, "container gone while taking its device back: {e}");
             }
             Err(e) => {
