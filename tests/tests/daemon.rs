@@ -724,5 +724,146 @@ fn an_attach_held_in_its_lane_comes_before_its_devices_and_a_container_removed_m
         "{log}"
     );
     fs::remove_dir(&again).unwrap();
+
+    // 4. The same, with the old attach's outcome back on the event loop
+    // before the daemon reads the removal and the re-creation (its cgroup
+    // events held): the old attach finds its cgroup gone and does nothing
+    // (`lanes::is_cgroup`); it does not attach the new cgroup, which gets
+    // its own attach once the events are read.
+    let third_hold = holds.join("h-third");
+    fs::write(&third_hold, "").unwrap();
+    let third = env.cgroup("h-third");
+    let old_id = ino(&third);
+    wait_until(Duration::from_secs(10), "h-third's attach queued", || {
+        (jobs(&daemon) >= 1).then_some(())
+    });
+    let events_hold = holds.join("@inotify");
+    fs::write(&events_hold, "").unwrap();
+    fs::remove_dir(&third).unwrap();
+    let third = env.cgroup("h-third");
+    let new_id = ino(&third);
+    assert_ne!(old_id, new_id);
+    fs::remove_file(&third_hold).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the old h-third's attach done",
+        || (jobs(&daemon) == 0).then_some(()),
+    );
+    let link = |id: u64| env.pin_root.join("links").join(id.to_string());
+    assert!(
+        !link(new_id).exists() && !listed(new_id),
+        "the old attach landed on the re-created h-third\n{}",
+        daemon.log_text()
+    );
+    assert!(!link(old_id).exists(), "{}", daemon.log_text());
+    fs::remove_file(&events_hold).unwrap();
+    wait_until(Duration::from_secs(10), "the new h-third attached", || {
+        let state = fs::read_to_string(&state_file).unwrap_or_default();
+        (jobs(&daemon) == 0
+            && link(new_id).exists()
+            && state.contains(&format!("\"{new_id}\""))
+            && !state.contains(&format!("\"{old_id}\"")))
+        .then_some(())
+    });
+    assert!(!listed(old_id), "{}", daemon.log_text());
+    fs::remove_dir(&third).unwrap();
+    let _ = daemon.kill();
+}
+
+/// The device programs attached to the cgroup `dir` itself.
+fn programs_on(dir: &Path) -> Vec<u32> {
+    use std::os::fd::AsFd;
+    let fd = fs::File::open(dir).expect("open the cgroup");
+    ctdev::kernel::sys::query_device_programs(fd.as_fd(), false, dir).expect("query programs")
+}
+
+#[test]
+fn a_takeover_runs_in_the_containers_lane_after_its_attach_and_not_on_a_removed_cgroup() {
+    let env = TestEnv::new("dm-takeover-lane");
+    let cfg = write_policy(
+        &env,
+        "policy.toml",
+        0.0,
+        &format!(
+            "[[container]]\nname = \"tk\"\nselect = {{ cgroup = \"{}/t-*\" }}\npreset = \"none\"\n\
+             takeover = \"replace\"\nrules = [\"c 1:3 rwm\"]\n",
+            inside(&env.cgroup_parent)
+        ),
+    );
+    let (mut daemon, holds) = DaemonProc::start_held(&env, &cfg);
+    let jobs = |d: &DaemonProc| d.status()["jobs"].as_u64().unwrap_or(0);
+    let linked = |dir: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(dir).is_ok_and(|m| {
+            env.pin_root
+                .join("links")
+                .join(m.ino().to_string())
+                .exists()
+        })
+    };
+
+    // 1. A managed container gets a runtime's program; its takeover is
+    // queued in its lane (held there): the program stays until the lane
+    // goes on, and meanwhile the event loop attaches another container.
+    let a = env.cgroup("t-a");
+    wait_until(Duration::from_secs(10), "t-a attached", || {
+        (linked(&a) && jobs(&daemon) == 0).then_some(())
+    });
+    fs::write(holds.join("t-a"), "").unwrap();
+    let runtime = ctdev_tests::foreign::ForeignProgram::deny_char(&a, 1, 5);
+    wait_until(Duration::from_secs(10), "t-a's takeover queued", || {
+        (jobs(&daemon) >= 1).then_some(())
+    });
+    let b = env.cgroup("t-b");
+    wait_until(Duration::from_secs(10), "t-b attached meanwhile", || {
+        linked(&b).then_some(())
+    });
+    assert!(
+        programs_on(&a).contains(&runtime.id),
+        "held: the runtime's program is still there\n{}",
+        daemon.log_text()
+    );
+    fs::remove_file(holds.join("t-a")).unwrap();
+    wait_until(Duration::from_secs(10), "t-a taken over", || {
+        (!programs_on(&a).contains(&runtime.id) && jobs(&daemon) == 0).then_some(())
+    });
+    assert!(linked(&a), "ctdev's program stays on t-a");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("took over from the runtime's device program"),
+        "{log}"
+    );
+
+    // 2. A container removed while its takeover is held: once let go, the
+    // takeover does nothing (its cgroup is gone) and nothing of it is left.
+    fs::write(holds.join("t-b"), "").unwrap();
+    let runtime_b = ctdev_tests::foreign::ForeignProgram::deny_char(&b, 1, 5);
+    wait_until(Duration::from_secs(10), "t-b's takeover queued", || {
+        (jobs(&daemon) >= 1).then_some(())
+    });
+    let b_id = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&b).unwrap().ino()
+    };
+    drop(runtime_b);
+    fs::remove_dir(&b).unwrap();
+    fs::remove_file(holds.join("t-b")).unwrap();
+    let state_file = daemon.state_dir.join("state.json");
+    wait_until(Duration::from_secs(10), "t-b's lane to drain", || {
+        let state = fs::read_to_string(&state_file).unwrap_or_default();
+        (jobs(&daemon) == 0 && !state.contains(&format!("\"{b_id}\""))).then_some(())
+    });
+    let log = daemon.log_text();
+    assert!(
+        !env.pin_root.join("links").join(b_id.to_string()).exists(),
+        "no link pin left\n{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("t-b")),
+        "a removed container is no error\n{log}"
+    );
+    drop(runtime);
+    fs::remove_dir(&a).unwrap();
     let _ = daemon.kill();
 }

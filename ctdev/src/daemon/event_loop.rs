@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::ops::Ctdev;
 
 use super::cdi_watch::CdiWatcher;
-use super::lifecycle::Watcher;
+use super::lifecycle::{CgroupEvent, Watcher};
 use super::uevent::{self, Source, UeventSocket};
 use super::{notify, Daemon, DaemonError, Options};
 
@@ -127,6 +127,8 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
     let resync = daemon.policy.resync_interval;
     let mut next_resync = Instant::now() + Duration::from_secs_f64(resync.max(1.0));
     let mut next_udev_check = Instant::now() + Duration::from_secs(1);
+    // cgroup events left unread while a test held them ([`inotify_held`]).
+    let mut inotify_unread = false;
     loop {
         tokio::select! {
             // Device work finished in a container's lane: its records and
@@ -177,14 +179,15 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
             }
             r = watcher.readable_mut() => {
                 let mut guard = r.map_err(io("inotify"))?;
+                if inotify_held() {
+                    // Read by the tick once the test lets go.
+                    guard.clear_ready();
+                    inotify_unread = true;
+                    continue;
+                }
                 let events = guard.get_inner_mut().read();
                 guard.clear_ready();
-                for ev in events {
-                    daemon.on_cgroup_event(ev, watcher.get_mut());
-                    // Device events that came meanwhile go first.
-                    daemon.take_uevents();
-                }
-                daemon.write_status(watcher.get_ref());
+                cgroup_events(&mut daemon, watcher.get_mut(), events);
             }
             r = cdi_watch.readable_mut() => {
                 let mut guard = r.map_err(io("CDI inotify"))?;
@@ -201,6 +204,11 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
+                if inotify_unread && !inotify_held() {
+                    inotify_unread = false;
+                    let events = watcher.get_mut().read();
+                    cgroup_events(&mut daemon, watcher.get_mut(), events);
+                }
                 if std::mem::take(&mut daemon.lost_events) {
                     tracing::warn!("uevents were lost (ENOBUFS): rescanning");
                     daemon.rescan = true;
@@ -256,4 +264,36 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
     daemon.save_state();
     tracing::info!("exiting; the pinned policy keeps being enforced");
     Ok(())
+}
+
+/// Handles cgroup events read from the watcher.
+fn cgroup_events(daemon: &mut Daemon, watcher: &mut Watcher, events: Vec<CgroupEvent>) {
+    for ev in events {
+        daemon.on_cgroup_event(ev, watcher);
+        // Device events that came meanwhile go first.
+        daemon.take_uevents();
+    }
+    daemon.write_status(watcher);
+}
+
+/// The test hook's file that holds the cgroup events: `@inotify` in
+/// `$CTDEV_TEST_HOLD_DIR` (the folder of the lanes' holds).
+#[cfg(feature = "failpoints")]
+const INOTIFY_HOLD: &str = "@inotify";
+
+/// Test hook (only in a `failpoints` build): while the file
+/// `$CTDEV_TEST_HOLD_DIR/@inotify` exists, the event loop reads no cgroup
+/// (inotify) events; everything else (device events, the lanes' outcomes,
+/// timers) goes on. Lets a test make a lane's outcome reach the event loop
+/// before the removal or re-creation of its cgroup does, without timing.
+#[cfg(feature = "failpoints")]
+pub(crate) fn inotify_held() -> bool {
+    std::env::var_os("CTDEV_TEST_HOLD_DIR")
+        .is_some_and(|d| std::path::Path::new(&d).join(INOTIFY_HOLD).exists())
+}
+
+/// Without the `failpoints` feature, never held.
+#[cfg(not(feature = "failpoints"))]
+pub(crate) fn inotify_held() -> bool {
+    false
 }

@@ -26,7 +26,7 @@
 //!   is written (and saved) before its job is submitted; the record of a
 //!   removal is dropped only when its job is done.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -42,6 +42,7 @@ use crate::presets::Preset;
 use crate::rule::Rule;
 use crate::target::Target;
 
+use super::config::TakeoverMode;
 use super::reconcile::OwnedDevice;
 
 /// Worker threads: containers whose device work runs at the same time.
@@ -80,8 +81,12 @@ pub(crate) enum Work {
     },
     /// Attach the container with its entry's preset (unless it is attached
     /// already), then grant the policy's rules and take back those gone
-    /// from it, in one swap. Its rules were recorded ahead.
+    /// from it, in one swap. Its rules were recorded ahead. With
+    /// `takeover`, a runtime's device program on the cgroup is replaced
+    /// first (fail-closed: ctdev's program is there before it goes).
     Attach {
+        /// The runtime's programs to take over first, and how.
+        takeover: Option<TakeOver>,
         /// The policy entry (index) as it was when the job was queued.
         entry: usize,
         /// The daemon's policy generation then (a reload makes it stale).
@@ -109,6 +114,18 @@ pub(crate) enum Work {
     },
 }
 
+/// A takeover of a runtime's device program, done in the container's lane
+/// as the first step of its attach ([`super::takeover`]).
+#[derive(Debug, Clone)]
+pub(crate) struct TakeOver {
+    /// `import` or `replace`.
+    pub(crate) mode: TakeoverMode,
+    /// The entry's preset and rules (what ctdev's program allows).
+    pub(crate) rules: Vec<Rule>,
+    /// The foreign programs seen on the cgroup when it was queued.
+    pub(crate) foreign: BTreeSet<u32>,
+}
+
 impl Work {
     /// The device record the job is about (device jobs only).
     pub(crate) fn owned(&self) -> Option<&OwnedDevice> {
@@ -125,8 +142,10 @@ pub(crate) enum Outcome {
     /// What `add`/`del` said (`Ok(None)`: nothing to call, an interface
     /// forgotten).
     Device(Result<Option<PassthroughReport>, PassthroughError>),
-    /// The attach, and (when it worked) the rules' swap.
+    /// The takeover (when asked: what it did, or why not), the attach,
+    /// and (when it worked) the rules' swap.
     Attach {
+        takeover: Option<Result<String, String>>,
         attach: Result<AttachReport, ControllerError>,
         rules: Option<Result<ChangeReport, ControllerError>>,
     },
@@ -148,12 +167,16 @@ pub(crate) struct Done {
     pub(crate) outcome: Outcome,
     /// How long the job ran (not counting its wait in the lane).
     pub(crate) took: Duration,
+    /// How long it waited in its lane (submitted → started).
+    pub(crate) waited: Duration,
+    /// When it finished (its outcome then waits for the event loop).
+    pub(crate) finished: Instant,
 }
 
 #[derive(Default)]
 struct Queue {
-    /// Jobs waiting, per container.
-    lanes: HashMap<u64, VecDeque<Job>>,
+    /// Jobs waiting, per container, with when each was submitted.
+    lanes: HashMap<u64, VecDeque<(Job, Instant)>>,
     /// Containers with waiting jobs and no job running.
     ready: VecDeque<u64>,
     /// Containers with a job running now.
@@ -229,13 +252,13 @@ impl Lanes {
         }
         *self.per_container.entry(job.id).or_default() += 1;
         if self.workers.is_empty() {
-            return Some(run(ct, job));
+            return Some(run(ct, job, Instant::now()));
         }
         let mut q = self.shared.queue();
         let id = job.id;
         let first = matches!(job.work, Work::Attach { .. });
         let lane = q.lanes.entry(id).or_default();
-        lane.push_back(job);
+        lane.push_back((job, Instant::now()));
         if lane.len() == 1 && !q.running.contains(&id) {
             // A new container's attach goes before containers waiting with
             // device work.
@@ -302,7 +325,7 @@ impl Drop for Lanes {
 /// line if it has more.
 fn worker(shared: &Shared, ct: &Ctdev, tx: &UnboundedSender<Done>) {
     loop {
-        let job = {
+        let (job, submitted) = {
             let mut q = shared.queue();
             loop {
                 if let Some(id) = q.ready.pop_front() {
@@ -326,7 +349,7 @@ fn worker(shared: &Shared, ct: &Ctdev, tx: &UnboundedSender<Done>) {
         hold(&job.dir);
         // Sent before the lane is free again: a lane's outcomes arrive in
         // its order.
-        let _ = tx.send(run(ct, job));
+        let _ = tx.send(run(ct, job, submitted));
         let mut q = shared.queue();
         q.running.remove(&id);
         if q.lanes.get(&id).is_some_and(|l| !l.is_empty()) {
@@ -366,8 +389,9 @@ pub(crate) fn is_cgroup(dir: &Path, id: u64) -> bool {
     std::fs::metadata(dir).is_ok_and(|m| m.ino() == id)
 }
 
-/// Runs one job (no state of the daemon is touched here).
-fn run(ct: &Ctdev, job: Job) -> Done {
+/// Runs one job (no state of the daemon is touched here), submitted at
+/// `submitted`.
+fn run(ct: &Ctdev, job: Job, submitted: Instant) -> Done {
     let start = Instant::now();
     let target = Target::Cgroup(job.dir.clone());
     let outcome = match &job.work {
@@ -405,11 +429,18 @@ fn run(ct: &Ctdev, job: Job) -> Done {
             )
         }
         Work::Attach {
+            takeover,
             preset,
             grant,
             take_back,
             ..
         } => {
+            // A runtime's program first: ctdev's with the entry's rules
+            // (and the runtime's, with `import`) replaces it; if that
+            // fails both stay, and the attach below goes on as usual.
+            let takeover = takeover
+                .as_ref()
+                .map(|t| super::takeover::take_over(ct, &job.dir, *preset, t));
             // The preset at attach; the policy's rules are daemon grants,
             // so taking one back leaves what the preset or an operator gave.
             let attach = ct.ensure_attached(&target, *preset);
@@ -417,7 +448,11 @@ fn run(ct: &Ctdev, job: Job) -> Done {
                 .is_ok()
                 .then(|| ct.regrant(&target, GrantOwner::Daemon, grant, take_back));
             crate::failpoint!("daemon.attach.after_attach");
-            Outcome::Attach { attach, rules }
+            Outcome::Attach {
+                takeover,
+                attach,
+                rules,
+            }
         }
         Work::Cdi {
             wanted,
@@ -428,10 +463,13 @@ fn run(ct: &Ctdev, job: Job) -> Done {
             Outcome::Cdi
         }
     };
+    let finished = Instant::now();
     Done {
         job,
         outcome,
-        took: start.elapsed(),
+        took: finished - start,
+        waited: start - submitted,
+        finished,
     }
 }
 
@@ -448,7 +486,7 @@ fn links(ct: &Ctdev, job: &Job, o: &OwnedDevice, make: bool) {
             }
         }
         Err(crate::udev::LinkError::HostMounts { .. }) => {}
-        Err(e) if !dir.exists() => {
+        Err(e) if !is_cgroup(dir, job.id) => {
             tracing::debug!(container = %name, cgroup = %dir.display(), "container gone: {e}")
         }
         Err(e) => {

@@ -38,6 +38,7 @@ pub(crate) mod scope;
 pub mod selector;
 pub(crate) mod takeover;
 pub(crate) mod template;
+pub(crate) mod timing;
 test_support_mod!(uevent);
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -229,6 +230,8 @@ pub struct Daemon {
     rescan: bool,
     /// The device directories in sysfs as the last full scan saw them.
     sys_listing: Option<BTreeSet<std::ffi::OsString>>,
+    /// Device events being handled, for the timing lines ([`timing`]).
+    timings: timing::Timings,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -267,6 +270,7 @@ impl Daemon {
             generation: 0,
             rescan: true,
             sys_listing: None,
+            timings: timing::Timings::default(),
             kernel_events: None,
             lost_events: false,
             ct,
@@ -437,9 +441,6 @@ impl Daemon {
     /// its devices follow when that is done and it is ready
     /// ([`Daemon::attached`]). Until then the scope program covers it.
     fn apply_container(&mut self, dir: &Path, entry: usize) {
-        if !self.coexist_before_attach(dir, entry) {
-            return;
-        }
         let c = self.policy.containers[entry].clone();
         let g = match self.ct.cgroups().cgroup(dir) {
             Ok(g) => g,
@@ -452,6 +453,12 @@ impl Daemon {
         if self.attaching.get(dir) == Some(&g.id) {
             return;
         }
+        // A runtime's program is taken over in the lane, first thing.
+        let takeover = match self.coexist_before_attach(dir, entry) {
+            takeover::Before::Wait => return,
+            takeover::Before::Attach => None,
+            takeover::Before::TakeOver(foreign) => Some(self.takeover_job(entry, foreign)),
+        };
         let mut rules = Vec::new();
         let mut rule_texts = BTreeSet::new();
         for spec in &c.rules {
@@ -501,6 +508,7 @@ impl Daemon {
             dir: dir.to_path_buf(),
             name: c.name.clone(),
             work: lanes::Work::Attach {
+                takeover,
                 entry,
                 generation: self.generation,
                 preset: c.preset,
@@ -571,7 +579,7 @@ impl Daemon {
                     }
                 }
             }
-            Some(Err(e)) if gone || !dir.exists() => {
+            Some(Err(e)) if gone || !lanes::is_cgroup(dir, job.id) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup gone before its rules could be applied: {e}");
                 return;
             }
@@ -798,7 +806,13 @@ impl Daemon {
     /// loop's thread, in the lane's order.
     pub(crate) fn on_done(&mut self, done: lanes::Done) {
         self.lanes.finished(&done);
-        let lanes::Done { job, outcome, took } = done;
+        let lanes::Done {
+            job,
+            outcome,
+            took,
+            waited,
+            finished,
+        } = done;
         let (dir, id, name) = (job.dir.as_path(), job.id, job.name.as_str());
         match (&job.work, outcome) {
             (
@@ -808,19 +822,38 @@ impl Daemon {
                     ..
                 },
                 lanes::Outcome::Device(outcome),
-            ) => self.added(dir, id, name, o, recorded_before.clone(), outcome, took),
+            ) => {
+                if let Some(devpath) = &o.devpath {
+                    self.timings.added(devpath, name, waited, took, finished);
+                }
+                self.added(dir, id, name, o, recorded_before.clone(), outcome, took)
+            }
             (lanes::Work::Remove { owned: o }, lanes::Outcome::Device(outcome)) => {
                 self.removed(dir, id, name, o, outcome)
             }
             (
                 lanes::Work::Attach {
+                    takeover,
                     entry,
                     generation,
                     take_back,
                     ..
                 },
-                lanes::Outcome::Attach { attach, rules },
-            ) => self.attached(&job, *entry, *generation, take_back, attach, rules, took),
+                lanes::Outcome::Attach {
+                    takeover: took_over,
+                    attach,
+                    rules,
+                },
+            ) => {
+                if let (Some(t), Some(r)) = (takeover, took_over) {
+                    if self.attaching.get(dir) == Some(&id) {
+                        self.took_over(dir, name, t, r);
+                    } else if let Err(e) = r {
+                        tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup went while its runtime's program was being taken over: {e}");
+                    }
+                }
+                self.attached(&job, *entry, *generation, take_back, attach, rules, took)
+            }
             (lanes::Work::Detach { why }, lanes::Outcome::Detach(r)) => self.detached(id, why, r),
             (work, lanes::Outcome::Gone) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup gone before its job ran: skipped");
@@ -876,7 +909,11 @@ impl Daemon {
                     self.remove_device(dir, id, name, o);
                 }
             }
-            Err(e) if !self.still_present(o) || !dir.exists() || !self.is_ready(dir) => {
+            // A race with the device or the container already gone (or its
+            // name re-created as another cgroup): not news.
+            Err(e)
+                if !self.still_present(o) || !lanes::is_cgroup(dir, id) || !self.is_ready(dir) =>
+            {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "device or container went while passing it in: {e}");
                 if let Some(s) = self.state.containers.get_mut(&id).filter(|_| !newer) {
                     match recorded_before {
@@ -963,7 +1000,7 @@ impl Daemon {
             Err(PassthroughError::NotAdded { .. }) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "no grant of the daemon for the device: its record is dropped");
             }
-            Err(e) if !dir.exists() => {
+            Err(e) if !lanes::is_cgroup(dir, id) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, "container gone while taking its device back: {e}");
             }
             Err(e) => {
@@ -1413,6 +1450,9 @@ impl Daemon {
     /// Handles the cgroup events waiting now (non-blocking), during a long
     /// pass. An overflow is left to the pass itself (it rescans anyway).
     fn take_cgroup_events(&mut self, watcher: &mut Watcher) {
+        if event_loop::inotify_held() {
+            return;
+        }
         let events = watcher.read();
         let any = !events.is_empty();
         for ev in events {
@@ -1518,6 +1558,7 @@ impl Daemon {
         }
         match action {
             "add" => {
+                self.timings.read(&devpath);
                 let info = DeviceInfo::new(ev.props, &self.opts.sys, &self.opts.udev_data);
                 self.devices.insert(devpath.clone(), info);
                 let dirs: Vec<PathBuf> = self
@@ -1540,8 +1581,10 @@ impl Daemon {
                     }
                 }
                 self.save_state();
+                self.timings.queued(&devpath);
             }
             "remove" => {
+                self.timings.forget(&devpath);
                 if let Some(dev) = self.devices.remove(&devpath) {
                     // Its private node goes whoever had it.
                     if let Some((t, major, minor)) = dev.numbers() {

@@ -14,6 +14,12 @@
 //!   step fails, both programs stay (an access needs both allows), the error
 //!   is logged once, the next check tries again, and `ctdev list` reports
 //!   the foreign program under `problems`.
+//! - **Where**: the event loop only decides (one `BPF_PROG_QUERY`); the
+//!   takeover itself runs in the container's lane as the first step of its
+//!   attach job ([`super::lanes`]), so it keeps the attach's order (before
+//!   the container's devices, first in first out among attaches, not run
+//!   on a cgroup gone or re-created under its name) and never holds up the
+//!   event loop.
 //! - **New runtime cgroups**: a runtime (runc 1.1) that finds exactly one
 //!   program on a cgroup asks the kernel to *replace* it, which fails for a
 //!   program attached through a link such as ctdev's, and the container
@@ -31,10 +37,12 @@ use std::time::{Duration, Instant};
 use crate::cgroup::Cgroup;
 use crate::kernel::attached::{Owner, ProgramNames};
 use crate::kernel::sys;
+use crate::ops::Ctdev;
 use crate::rule::Rule;
 use crate::takeover::{self, TakeoverOptions};
 
 use super::config::TakeoverMode;
+use super::lanes::TakeOver;
 use super::{target_of, Daemon};
 
 /// How often managed cgroups are checked for new foreign programs.
@@ -143,21 +151,101 @@ fn programs_on(cgroup: &Cgroup, known: Option<&BTreeSet<u32>>) -> Option<OnCgrou
     Some(on)
 }
 
+/// What to do with a selected cgroup before its attach is queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Before {
+    /// Leave it to its runtime for now (do not attach yet).
+    Wait,
+    /// Attach as usual.
+    Attach,
+    /// Take over these foreign programs in its lane, then attach.
+    TakeOver(BTreeSet<u32>),
+}
+
+/// Replaces the foreign programs on `dir` by ctdev's (fail-closed), as
+/// `t` says. Runs in the container's lane (the first step of its attach
+/// job); what it did, or why not, goes back to the event loop.
+pub(crate) fn take_over(
+    ct: &Ctdev,
+    dir: &Path,
+    preset: crate::presets::Preset,
+    t: &TakeOver,
+) -> Result<String, String> {
+    let target = target_of(dir);
+    match t.mode {
+        TakeoverMode::Import => {
+            takeover::takeover(ct, &target, &TakeoverOptions::default(), &t.rules)
+                .map(|r| {
+                    format!(
+                        "imported {} rule(s) from {} ({}), detached {:?}",
+                        r.imported.len(),
+                        r.source
+                            .as_deref()
+                            .map_or_else(|| "nowhere".to_string(), |p| p.display().to_string()),
+                        r.format,
+                        r.detached.iter().map(|p| p.id).collect::<Vec<_>>()
+                    )
+                })
+                .map_err(|e| e.to_string())
+        }
+        TakeoverMode::Replace => replace(ct, dir, preset, &t.rules),
+        TakeoverMode::Off => Err("takeover is off for this entry".to_string()),
+    }
+}
+
+/// `takeover = "replace"`: ctdev attached with the entry's rules only,
+/// verified, then every other program on the cgroup itself detached.
+fn replace(
+    ct: &Ctdev,
+    dir: &Path,
+    preset: crate::presets::Preset,
+    rules: &[Rule],
+) -> Result<String, String> {
+    let target = target_of(dir);
+    let report = ct
+        .attach(&target, preset, rules)
+        .map_err(|e| e.to_string())?;
+    let cgroup = ct.cgroups().cgroup(dir).map_err(|e| e.to_string())?;
+    let _lock = ct.lock().map_err(|e| e.to_string())?;
+    let fd = cgroup.open().map_err(|e| e.to_string())?;
+    let ids = sys::query_device_programs(fd.as_fd(), false, dir).map_err(|e| e.to_string())?;
+    if !ids.contains(&report.program_id) {
+        return Err(format!(
+            "ctdev's program {} is not attached to {} after attach; the runtime's program was left in place",
+            report.program_id,
+            dir.display()
+        ));
+    }
+    let names = ProgramNames::load();
+    let mut detached = Vec::new();
+    for id in ids
+        .into_iter()
+        .filter(|id| *id != report.program_id && Owner::from_name(&names.get(*id)) != Owner::Ctdev)
+    {
+        let prog = sys::prog_fd_by_id(id).map_err(|e| e.to_string())?;
+        sys::prog_detach_device(fd.as_fd(), prog.as_fd(), dir).map_err(|e| {
+            format!("ctdev is attached, but the runtime's program {id} could not be detached (both now apply): {e}")
+        })?;
+        detached.push(id);
+    }
+    Ok(format!("replaced, detached {detached:?}"))
+}
+
 impl Daemon {
-    /// Before attaching the cgroup `dir` for `entry`: takes over a runtime's
-    /// program if one is there. Returns `false` when the cgroup is left to
-    /// its runtime for now (the caller does not attach yet).
-    pub(super) fn coexist_before_attach(&mut self, dir: &Path, entry: usize) -> bool {
+    /// Before attaching the cgroup `dir` for `entry`: whether a runtime's
+    /// program is there to take over (in the attach job), or the cgroup is
+    /// left to its runtime for now.
+    pub(super) fn coexist_before_attach(&mut self, dir: &Path, entry: usize) -> Before {
         let c = &self.policy.containers[entry];
         let mode = c.takeover;
         if mode == TakeoverMode::Off {
-            return true;
+            return Before::Attach;
         }
         let Ok(cgroup) = self.ct.cgroups().cgroup(dir) else {
-            return true;
+            return Before::Attach;
         };
         let Some(on) = programs_on(&cgroup, None) else {
-            return true;
+            return Before::Attach;
         };
         let inside = self.inside(dir);
         let rel = inside.strip_prefix("/").unwrap_or(&inside);
@@ -171,7 +259,7 @@ impl Daemon {
         match decide(mode, &on, runtime_cgroup, waited) {
             Decision::Attach => {
                 self.coexist.waiting.remove(dir);
-                true
+                Before::Attach
             }
             Decision::Wait => {
                 if waited.is_none() {
@@ -180,46 +268,50 @@ impl Daemon {
                         .waiting
                         .insert(dir.to_path_buf(), (entry, Instant::now()));
                 }
-                false
+                Before::Wait
             }
             Decision::TakeOver => {
                 self.coexist.waiting.remove(dir);
-                self.take_over(dir, entry, &on.foreign);
-                true
+                Before::TakeOver(on.foreign)
             }
         }
     }
 
-    /// Replaces the foreign programs on `dir` by ctdev's (fail-closed).
-    fn take_over(&mut self, dir: &Path, entry: usize, foreign: &BTreeSet<u32>) -> bool {
-        let c = self.policy.containers[entry].clone();
-        let target = target_of(dir);
+    /// What a takeover for `entry` on `dir` is to do with `foreign`.
+    pub(super) fn takeover_job(&self, entry: usize, foreign: BTreeSet<u32>) -> TakeOver {
+        let c = &self.policy.containers[entry];
         let mut rules: Vec<Rule> = c.preset.rules();
         rules.extend(c.rules.iter().filter_map(|s| s.resolve().ok()));
-        let result = match c.takeover {
-            TakeoverMode::Import => {
-                takeover::takeover(&self.ct, &target, &TakeoverOptions::default(), &rules)
-                    .map(|r| {
-                        format!(
-                            "imported {} rule(s) from {} ({}), detached {:?}",
-                            r.imported.len(),
-                            r.source
-                                .as_deref()
-                                .map_or_else(|| "nowhere".to_string(), |p| p.display().to_string()),
-                            r.format,
-                            r.detached.iter().map(|p| p.id).collect::<Vec<_>>()
-                        )
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            TakeoverMode::Replace => self.replace(dir, c.preset, &rules),
-            TakeoverMode::Off => return false,
-        };
+        TakeOver {
+            mode: c.takeover,
+            rules,
+            foreign,
+        }
+    }
+
+    /// A takeover done in the lane of `dir` (still the container it was
+    /// for): logged, failures counted (an error once it keeps failing past
+    /// [`FAILURE_QUIET`]), and what is on the cgroup now remembered.
+    pub(super) fn took_over(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        t: &TakeOver,
+        result: Result<String, String>,
+    ) {
+        let foreign = &t.foreign;
         match result {
             Ok(what) => {
                 self.coexist.failed.remove(dir);
-                tracing::info!(container = %c.name, cgroup = %dir.display(), mode = c.takeover.as_str(), "took over from the runtime's device program: {what}");
-                true
+                tracing::info!(container = %name, cgroup = %dir.display(), mode = t.mode.as_str(), "took over from the runtime's device program: {what}");
+                if self.managed.contains_key(dir) {
+                    if let Ok(cgroup) = self.ct.cgroups().cgroup(dir) {
+                        let after = programs_on(&cgroup, None)
+                            .map(|o| o.all)
+                            .unwrap_or_default();
+                        self.coexist.known.insert(dir.to_path_buf(), after);
+                    }
+                }
             }
             Err(e) => {
                 let f = self
@@ -237,51 +329,12 @@ impl Daemon {
                 }
                 if !f.reported && f.since.elapsed() >= FAILURE_QUIET {
                     f.reported = true;
-                    tracing::error!(container = %c.name, cgroup = %dir.display(), programs = ?foreign, "cannot take over from the runtime's device program (both stay; retrying): {e}");
+                    tracing::error!(container = %name, cgroup = %dir.display(), programs = ?foreign, "cannot take over from the runtime's device program (both stay; retrying): {e}");
                 } else {
-                    tracing::debug!(container = %c.name, cgroup = %dir.display(), "takeover not done yet (both programs stay; retrying): {e}");
+                    tracing::debug!(container = %name, cgroup = %dir.display(), "takeover not done yet (both programs stay; retrying): {e}");
                 }
-                false
             }
         }
-    }
-
-    /// `takeover = "replace"`: ctdev attached with the entry's rules only,
-    /// verified, then every other program on the cgroup itself detached.
-    fn replace(
-        &self,
-        dir: &Path,
-        preset: crate::presets::Preset,
-        rules: &[Rule],
-    ) -> Result<String, String> {
-        let target = target_of(dir);
-        let report = self
-            .ct
-            .attach(&target, preset, rules)
-            .map_err(|e| e.to_string())?;
-        let cgroup = self.ct.cgroups().cgroup(dir).map_err(|e| e.to_string())?;
-        let _lock = self.ct.lock().map_err(|e| e.to_string())?;
-        let fd = cgroup.open().map_err(|e| e.to_string())?;
-        let ids = sys::query_device_programs(fd.as_fd(), false, dir).map_err(|e| e.to_string())?;
-        if !ids.contains(&report.program_id) {
-            return Err(format!(
-                "ctdev's program {} is not attached to {} after attach; the runtime's program was left in place",
-                report.program_id,
-                dir.display()
-            ));
-        }
-        let names = ProgramNames::load();
-        let mut detached = Vec::new();
-        for id in ids.into_iter().filter(|id| {
-            *id != report.program_id && Owner::from_name(&names.get(*id)) != Owner::Ctdev
-        }) {
-            let prog = sys::prog_fd_by_id(id).map_err(|e| e.to_string())?;
-            sys::prog_detach_device(fd.as_fd(), prog.as_fd(), dir).map_err(|e| {
-                format!("ctdev is attached, but the runtime's program {id} could not be detached (both now apply): {e}")
-            })?;
-            detached.push(id);
-        }
-        Ok(format!("replaced, detached {detached:?}"))
     }
 
     /// The periodic check: runtime cgroups that waited long enough (or got
@@ -335,6 +388,11 @@ impl Daemon {
                 continue;
             }
             if !on.foreign.is_empty() {
+                if self.attaching.contains_key(&dir) {
+                    // Its attach (a takeover perhaps) is queued or running:
+                    // the next check sees how it ended.
+                    continue;
+                }
                 let name = self.policy.containers[entry].name.clone();
                 let retry = self
                     .coexist
@@ -344,17 +402,12 @@ impl Daemon {
                 if !retry {
                     tracing::info!(container = %name, cgroup = %dir.display(), programs = ?on.foreign, "a runtime attached a device program: taking over");
                 }
-                if !self.take_over(&dir, entry, &on.foreign) {
-                    continue;
-                }
-                changed = true;
-                // Keep what the daemon gave: rules and devices come back if
-                // the runtime's program replaced anything of ours.
+                // The takeover, then the attach with the policy's rules (and
+                // its devices: they come back if the runtime's program
+                // replaced anything of ours), in the container's lane; what
+                // is on the cgroup is remembered when it is done.
                 self.apply_container(&dir, entry);
-                let after = programs_on(&cgroup, None)
-                    .map(|o| o.all)
-                    .unwrap_or_default();
-                self.coexist.known.insert(dir, after);
+                changed |= self.attaching.contains_key(&dir);
             } else {
                 self.coexist.known.insert(dir, on.all);
             }
