@@ -60,7 +60,7 @@ fn lock_dir_left(env: &TestEnv, id: u64) -> bool {
 /// processes and from threads of this process: each container ends exactly
 /// as its own commands leave it in any serial order.
 #[test]
-fn adds_and_dels_on_two_containers_race_to_each_ones_serial_result() {
+fn lock_two_containers_adds_and_dels_race_to_each_ones_serial_result() {
     let env = TestEnv::new("lock-two");
     let a = TestContainer::attached(&env, "a");
     let b = TestContainer::attached(&env, "b");
@@ -130,7 +130,7 @@ fn adds_and_dels_on_two_containers_race_to_each_ones_serial_result() {
 /// (b): `add` on A racing `detach` of A (B keeps the root): the detach
 /// always succeeds, and the add either ran before it or found nothing.
 #[test]
-fn an_add_racing_the_detach_of_its_container_ends_serially() {
+fn lock_an_add_racing_the_detach_of_its_container_ends_serially() {
     let env = TestEnv::new("lock-detach");
     let a = TestContainer::start(&env, "a", false);
     let b = TestContainer::attached(&env, "b");
@@ -169,7 +169,7 @@ fn an_add_racing_the_detach_of_its_container_ends_serially() {
 /// pin root: the root is gone afterwards whichever ran first (a waiting
 /// add never creates it again), and nothing is left in the state.
 #[test]
-fn an_add_racing_the_detach_of_the_last_container_leaves_no_pin_root() {
+fn lock_an_add_racing_the_detach_of_the_last_container_leaves_no_pin_root() {
     let env = TestEnv::new("lock-last");
     let a = TestContainer::start(&env, "a", false);
     let node = env.node("n", DeviceType::Char, 202, 7);
@@ -203,7 +203,7 @@ fn an_add_racing_the_detach_of_the_last_container_leaves_no_pin_root() {
 /// takeover of C (both global changes): A ends as its serial result, B and
 /// C are attached with their rules.
 #[test]
-fn adds_racing_an_attach_and_a_takeover_end_serially() {
+fn lock_adds_racing_an_attach_and_a_takeover_end_serially() {
     let env = TestEnv::new("lock-attach");
     let a = TestContainer::attached(&env, "a");
     let node = env.node("n", DeviceType::Char, 202, 7);
@@ -264,7 +264,7 @@ fn adds_racing_an_attach_and_a_takeover_end_serially() {
 /// busy and change nothing; while it holds the root lock, B's `add` is busy
 /// too. Released, all of them work.
 #[test]
-fn a_held_container_lock_holds_up_its_own_container_and_global_changes_only() {
+fn lock_held_for_one_container_holds_up_it_and_global_changes_only() {
     let env = TestEnv::new("lock-held");
     let a = TestContainer::attached(&env, "a");
     let b = TestContainer::attached(&env, "b");
