@@ -316,7 +316,16 @@ impl Store {
     pub fn save(&self, ledger: &Ledger) -> Result<(), GrantError> {
         let path = self.path(ledger.policy_id);
         if ledger.grants.is_empty() {
-            return self.remove(ledger.policy_id);
+            // Only the file: the directory is shared by every container,
+            // and this runs under one container's lock while others may be
+            // writing theirs; it goes with `remove` (attach, detach: root
+            // lock).
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(IoError::new("remove", path, e).into())
+                }
+                _ => Ok(()),
+            };
         }
         let text = serde_json::to_string_pretty(ledger).map_err(|e| GrantError::Corrupt {
             path: path.clone(),

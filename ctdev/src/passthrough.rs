@@ -31,7 +31,7 @@ use crate::container::nodes::{
 use crate::container::process::{InitProcess, ProcessError};
 use crate::grants::{self, Grant, Ledger, NodeChange, NodeGrant, Owner, Subject};
 use crate::kernel::attached::{other_device_programs, DeviceProgram};
-use crate::kernel::pins::PinLock;
+use crate::kernel::pins::{ContainerLock, PinLock};
 use crate::kernel::policy_map::PolicyMap;
 use crate::ops::{ContainerState, Ctdev, Error as ControllerError, LinkState};
 use crate::plan::Plan;
@@ -414,13 +414,16 @@ fn attached(
     Ok(Attached { state, cgroup })
 }
 
-/// What `add` and `del` start from, all under one pin-root lock held for
-/// the whole command (no other ctdev changes the policy between reading
-/// the entries and writing the rule): the container's state (live and
-/// enforcing), its init process, the report, its grants, and the policy
-/// map, opened once for the whole command.
+/// What `add` and `del` start from, all under the container's lock held
+/// for the whole command (no other ctdev changes this container's policy
+/// between reading the entries and writing the rule; other containers'
+/// adds and dels run meanwhile, global changes such as attach or detach
+/// do not): the container's state (live and enforcing, resolved under the
+/// lock and checked to be the container locked), its init process, the
+/// report, its grants, and the policy map, opened once for the whole
+/// command.
 struct Begun {
-    lock: PinLock,
+    lock: ContainerLock,
     map: Option<PolicyMap>,
     at: Attached,
     init: InitProcess,
@@ -430,12 +433,13 @@ struct Begun {
 }
 
 fn begin(ct: &Ctdev, owner: Owner, target: &Target) -> Result<Begun, PassthroughError> {
-    let lock = ct.lock_existing(target)?;
+    let lock = ct.lock_container(target)?;
     let mut map = None;
     let at = attached(ct, target, &mut map)?;
+    let id = at.state.policy_id;
+    ct.check_lock(&lock, target, id)?;
     let init = init_of(ct, target, &at.cgroup)?;
     let report = PassthroughReport::empty(ct, target, &at, &init, owner);
-    let id = at.state.policy_id;
     let ledger = ct.grants().load(id).map_err(ControllerError::from)?;
     Ok(Begun {
         lock,

@@ -88,7 +88,7 @@ pub(crate) fn plan(
 impl Ctdev {
     /// Replaces the target's whole rule set with `rules`, atomically.
     pub fn set_rules(&self, target: &Target, rules: &[Rule]) -> Result<SetReport, Error> {
-        let lock = self.lock_existing(target)?;
+        let lock = self.lock_container(target)?;
         self.set_rules_locked(&lock, target, rules)
     }
 
@@ -102,6 +102,7 @@ impl Ctdev {
     ) -> Result<SetReport, Error> {
         let resolved = self.resolve(target)?;
         let id = resolved.policy_id;
+        self.check_lock(lock, target, id)?;
         let not_under = || self.not_under_policy(target);
         attachment::open(self.pins(), id)?.ok_or_else(not_under)?;
         let mut map = PolicyMap::open(&self.pins().policy_map())?;
@@ -120,7 +121,6 @@ impl Ctdev {
             counters.forget_hits(&gone)?;
         }
         // The set's rules are the operator's now: no grant owns a bit of them.
-        let _ = lock;
         let ledger = self.grants().load(id)?;
         let superseded = ledger
             .grants
@@ -160,14 +160,14 @@ impl Ctdev {
         grant: &[(Subject, Vec<Rule>)],
         take_back: &[Subject],
     ) -> Result<ChangeReport, Error> {
-        let lock = self.lock_existing(target)?;
+        let lock = self.lock_container(target)?;
         self.regrant_locked(&lock, target, owner, grant, take_back)
     }
 
     /// [`Ctdev::regrant`] under a lock the caller holds.
     pub fn regrant_locked(
         &self,
-        _lock: &PinLock,
+        lock: &PinLock,
         target: &Target,
         owner: GrantOwner,
         grant: &[(Subject, Vec<Rule>)],
@@ -175,6 +175,7 @@ impl Ctdev {
     ) -> Result<ChangeReport, Error> {
         let state = self.container(target)?;
         let id = state.policy_id;
+        self.check_lock(lock, target, id)?;
         let mut ledger = self.grants().load(id)?;
         let mut entries = state.entries.clone();
         for (subject, rules) in grant {

@@ -18,6 +18,8 @@ pub mod difftest;
 /// Real Docker and Podman engines (Podman also with crun and with a
 /// private CDI spec directory).
 pub mod engines;
+/// Commands raced as separate processes, and the grants they leave.
+pub mod race;
 /// Real LXC and runc containers for the runtime tests.
 pub mod runtimes;
 /// A udevd of the tests' own and rule files standing in for USB adapters.

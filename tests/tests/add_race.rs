@@ -3,81 +3,21 @@
 //! destinations, many rounds. After each round the rules, the nodes and the
 //! grant records must be exactly what one serial order of the two commands
 //! gives, and never wider: no rule is open without a recorded grant that
-//! asked for it. (The commands serialise on the pin-root lock, each holding
-//! it for its whole sequence.) No timing is asserted.
+//! asked for it. (The commands serialise on the container's lock, each
+//! holding it for its whole sequence.) No timing is asserted.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
-use ctdev::grants::{Owner, Store, Subject};
 use ctdev_tests::container::TestContainer;
+use ctdev_tests::race::{finish, spawn, state};
 use ctdev_tests::*;
 
 const ROUNDS: usize = 12;
 const RULE: &str = "c 202:7 rwm";
-
-/// `ctdev --pin-root ROOT ARGS` started now (not waited for).
-fn spawn(env: &TestEnv, args: &[&str]) -> Child {
-    Command::new(ctdev_bin())
-        .arg("--pin-root")
-        .arg(&env.pin_root)
-        .args(["--lock-timeout", "60"])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ctdev")
-}
-
-/// Exit success and stderr of a started ctdev.
-fn finish(child: Child) -> (bool, String) {
-    let out = child.wait_with_output().expect("wait for ctdev");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// The container's policy id (from `list --json`).
 fn policy_id(env: &TestEnv) -> u64 {
     env.list_json()["containers"][0]["policy_id"]
         .as_u64()
         .expect("policy id listed")
-}
-
-/// The CLI grants recorded for `node` at each of `dests`.
-fn granted(env: &TestEnv, id: u64, node: &Path, dests: &[&str]) -> Vec<bool> {
-    let ledger = Store::new(&env.pin_root, None)
-        .load(id)
-        .expect("grant records readable");
-    dests
-        .iter()
-        .map(|d| {
-            let subject = Subject::Device {
-                device: s(node).to_string(),
-                dest: d.to_string(),
-            };
-            ledger.find(Owner::Cli, &subject).is_some()
-        })
-        .collect()
-}
-
-/// The state after a round: the container's rules, which of `dests` hold
-/// a node, and which have a grant.
-fn state(
-    env: &TestEnv,
-    c: &TestContainer,
-    id: u64,
-    node: &Path,
-    dests: &[&str],
-) -> (Vec<String>, Vec<bool>, Vec<bool>) {
-    let nodes = dests.iter().map(|d| c.host_path(d).exists()).collect();
-    (
-        rules_of(env, &c.cgroup),
-        nodes,
-        granted(env, id, node, dests),
-    )
 }
 
 #[test]

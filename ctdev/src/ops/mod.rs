@@ -24,7 +24,7 @@ use crate::grants::{self, Grant, GrantError, Ledger, Owner as GrantOwner, Store,
 use crate::kernel::attachment::{self, AttachmentError};
 use crate::kernel::counters::Counters;
 use crate::kernel::loader::{ProgramError, ProgramObject};
-use crate::kernel::pins::{PinError, PinLock, PinRoot};
+use crate::kernel::pins::{ContainerLock, PinError, PinLock, PinRoot, RootLock};
 use crate::kernel::policy_map::{Change, PolicyMap, PolicyMapError};
 use crate::plan::{
     attach_entries, entry_text, key_text, plan_attach, plan_revoke, AttachPlan, Plan, RevokeError,
@@ -182,6 +182,18 @@ pub enum Error {
         /// What was looked for.
         subject: String,
     },
+    /// The target named another container under its lock than when the
+    /// lock was taken (its cgroup was removed and created again while the
+    /// command waited): nothing was changed.
+    #[error("{target} changed while waiting for its lock (it was policy {locked}, now it is policy {found}: its cgroup was created again); nothing was changed, retry")]
+    Replaced {
+        /// The target as given.
+        target: String,
+        /// The policy id whose lock is held.
+        locked: u64,
+        /// The policy id the target names now.
+        found: u64,
+    },
     /// `id:N` was given where a live cgroup is needed.
     #[error("target {target} names a policy id; this command needs a cgroup path or pid:N")]
     NeedsCgroup {
@@ -277,25 +289,72 @@ impl Ctdev {
         &self.grants
     }
 
-    /// Takes the pin-root lock for a command that may create the pin root
-    /// (attach): mounts bpffs and creates the directories when missing.
-    /// Every change to the policy holds this lock for its whole sequence;
-    /// the `*_locked` operations take it as a witness.
-    pub fn lock(&self) -> Result<PinLock, Error> {
+    /// Takes the root-exclusive lock for a command that may create the pin
+    /// root (attach): mounts bpffs and creates the directories when
+    /// missing. Global changes (attach, detach, takeover, cleanup) hold it
+    /// for their whole sequence; the functions that need it take a
+    /// `&RootLock` as a witness.
+    pub fn lock(&self) -> Result<RootLock, Error> {
         self.pins.prepare()?;
         Ok(self.pins.lock(self.config.lock_timeout)?)
     }
 
-    /// Takes the pin-root lock for a command that needs existing state
-    /// (allow, revoke, detach, add, del): when the pin root does not exist,
-    /// nothing is under policy and nothing is created.
-    pub(crate) fn lock_existing(&self, target: &Target) -> Result<PinLock, Error> {
+    /// Takes the root-exclusive lock for a command that needs existing
+    /// state (detach, resetting every container's counters): when the pin
+    /// root does not exist, nothing is under policy and nothing is created.
+    pub(crate) fn lock_existing(&self, target: &Target) -> Result<RootLock, Error> {
         if !self.pins.exists() {
             return Err(self.not_under_policy(target));
         }
-        match self.pins.lock(self.config.lock_timeout) {
+        self.gone_is_not_under_policy(target, self.pins.lock(self.config.lock_timeout))
+    }
+
+    /// Takes the lock of one container (the root shared, the container's
+    /// own lock exclusive) for a change of that container only (allow,
+    /// revoke, set, grant, take-back, add, del, its counters): changes of
+    /// other containers run meanwhile, global changes do not. The target is
+    /// resolved here only to name the lock; the operation resolves it again
+    /// under the lock and checks with [`Ctdev::check_lock`] that it is
+    /// still this container (a name re-created meanwhile is refused).
+    pub fn lock_container(&self, target: &Target) -> Result<ContainerLock, Error> {
+        if !self.pins.exists() {
+            return Err(self.not_under_policy(target));
+        }
+        let policy_id = self.resolve(target)?.policy_id;
+        self.gone_is_not_under_policy(
+            target,
+            self.pins
+                .lock_container(policy_id, self.config.lock_timeout),
+        )
+    }
+
+    /// Checks that `lock` lets its holder change the container `policy_id`
+    /// that the operation resolved under it.
+    pub(crate) fn check_lock(
+        &self,
+        lock: &PinLock,
+        target: &Target,
+        policy_id: u64,
+    ) -> Result<(), Error> {
+        match lock.policy_id() {
+            Some(locked) if locked != policy_id => Err(Error::Replaced {
+                target: target.to_string(),
+                locked,
+                found: policy_id,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The last container was detached (and the root removed) while we
+    /// waited: the target is not under policy.
+    fn gone_is_not_under_policy<L>(
+        &self,
+        target: &Target,
+        taken: Result<L, PinError>,
+    ) -> Result<L, Error> {
+        match taken {
             Ok(l) => Ok(l),
-            // The last container was detached while we waited.
             Err(PinError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(self.not_under_policy(target))
             }
@@ -352,7 +411,7 @@ impl Ctdev {
     /// [`Ctdev::attach`] of a resolved cgroup, under a lock the caller holds.
     pub(crate) fn attach_locked(
         &self,
-        _lock: &PinLock,
+        lock: &RootLock,
         cgroup: Cgroup,
         object: &ProgramObject,
         preset: Preset,
@@ -416,7 +475,7 @@ impl Ctdev {
             source: Box::new(e),
         })?;
         if self.config.layout == Layout::Shared {
-            if let Some(report) = self.attach_shared(&cgroup, object, preset, rules)? {
+            if let Some(report) = self.attach_shared(lock, &cgroup, object, preset, rules)? {
                 return Ok(report);
             }
         }
@@ -467,7 +526,7 @@ impl Ctdev {
                 drop(map);
                 drop(program);
                 // Maps this attach created for nobody are unpinned again.
-                if let Err(cleanup) = self.remove_pins_if_unused() {
+                if let Err(cleanup) = self.remove_pins_if_unused(lock) {
                     tracing::warn!("cannot remove unused pins after a failed attach: {cleanup}");
                 }
                 Err(e.into())
@@ -477,7 +536,7 @@ impl Ctdev {
 
     /// Adds access to the target's policy (bits are OR-ed into existing entries).
     pub fn allow(&self, target: &Target, rules: &[Rule]) -> Result<ChangeReport, Error> {
-        let lock = self.lock_existing(target)?;
+        let lock = self.lock_container(target)?;
         self.allow_locked(&lock, target, rules)
     }
 
@@ -491,6 +550,7 @@ impl Ctdev {
         rules: &[Rule],
     ) -> Result<ChangeReport, Error> {
         let state = self.container(target)?;
+        self.check_lock(lock, target, state.policy_id)?;
         let mut ledger = self.grants.load(state.policy_id)?;
         let mut entries = state.entries.clone();
         let mut total = Plan::default();
@@ -540,12 +600,13 @@ impl Ctdev {
     /// the command (`None`: opened here when there is something to write).
     pub(crate) fn apply_plan_in(
         &self,
-        _lock: &PinLock,
+        lock: &PinLock,
         map: Option<&mut PolicyMap>,
         state: &ContainerState,
         plan: &Plan,
         ledger: Option<&Ledger>,
     ) -> Result<(), Error> {
+        self.check_lock(lock, &Target::PolicyId(state.policy_id), state.policy_id)?;
         if self.config.dry_run {
             return Ok(());
         }
@@ -603,7 +664,7 @@ impl Ctdev {
         rules: &[Rule],
         missing_ok: bool,
     ) -> Result<ChangeReport, Error> {
-        let lock = self.lock_existing(target)?;
+        let lock = self.lock_container(target)?;
         self.revoke_locked(&lock, target, rules, missing_ok)
     }
 
@@ -616,6 +677,7 @@ impl Ctdev {
         missing_ok: bool,
     ) -> Result<ChangeReport, Error> {
         let state = self.container(target)?;
+        self.check_lock(lock, target, state.policy_id)?;
         let plan = plan_revoke(&state.entries, state.policy_id, rules, missing_ok).map_err(
             |RevokeError::NotPresent(rule)| Error::RuleNotPresent {
                 rule,
@@ -642,6 +704,7 @@ impl Ctdev {
         subject: &Subject,
     ) -> Result<(ChangeReport, Grant), Error> {
         let state = self.container(target)?;
+        self.check_lock(lock, target, state.policy_id)?;
         let ledger = self.grants.load(state.policy_id)?;
         let index = ledger
             .find(owner, subject)
@@ -672,6 +735,7 @@ impl Ctdev {
         rules: &[Rule],
     ) -> Result<ChangeReport, Error> {
         let state = self.container(target)?;
+        self.check_lock(lock, target, state.policy_id)?;
         let mut ledger = self.grants.load(state.policy_id)?;
         let (plan, granted) = plan_grant(&state.entries, state.policy_id, rules);
         grants::record(&mut ledger, Grant::of_entries(owner, subject, granted));
@@ -687,7 +751,7 @@ impl Ctdev {
         subject: Subject,
         rules: &[Rule],
     ) -> Result<ChangeReport, Error> {
-        let lock = self.lock_existing(target)?;
+        let lock = self.lock_container(target)?;
         self.grant_locked(&lock, target, owner, subject, rules)
     }
 
@@ -698,7 +762,7 @@ impl Ctdev {
         owner: GrantOwner,
         subject: &Subject,
     ) -> Result<ChangeReport, Error> {
-        let lock = self.lock_existing(target)?;
+        let lock = self.lock_container(target)?;
         self.take_back_locked(&lock, target, owner, subject)
             .map(|(r, _)| r)
     }
@@ -709,6 +773,7 @@ impl Ctdev {
     /// this id are left, else `None` (the per-container program is used).
     fn attach_shared(
         &self,
+        lock: &RootLock,
         cgroup: &Cgroup,
         object: &ProgramObject,
         preset: Preset,
@@ -743,7 +808,7 @@ impl Ctdev {
                 drop(shared);
                 // Program and maps this attach loaded for nobody are
                 // unpinned again, as on the per-container path.
-                if let Err(cleanup) = self.remove_pins_if_unused() {
+                if let Err(cleanup) = self.remove_pins_if_unused(lock) {
                     tracing::warn!("cannot remove unused pins after a failed attach: {cleanup}");
                 }
                 return Err(match e {
@@ -785,7 +850,7 @@ impl Ctdev {
     pub fn detach(&self, target: &Target) -> Result<DetachReport, Error> {
         let resolved = self.resolve(target)?;
         let id = resolved.policy_id;
-        let _lock = self.lock_existing(target)?;
+        let lock = self.lock_existing(target)?;
         let link = attachment::open(&self.pins, id)?;
         let map_pin = self.pins.policy_map();
         let mut map = if map_pin.exists() {
@@ -801,7 +866,7 @@ impl Ctdev {
             // A detach killed after deleting the entries left the map pins
             // of an otherwise empty root: finish that cleanup, then say so.
             drop(map);
-            self.remove_pins_if_unused()?;
+            self.remove_pins_if_unused(&lock)?;
             return Err(self.not_under_policy(target));
         }
         if self.config.dry_run {
@@ -838,7 +903,7 @@ impl Ctdev {
         }
         crate::failpoint!("detach.after_counters");
         drop(map);
-        self.remove_pins_if_unused()?;
+        self.remove_pins_if_unused(&lock)?;
         Ok(DetachReport {
             policy_id: id,
             link_pin,
@@ -865,8 +930,8 @@ impl Ctdev {
     }
 
     /// Last container gone (no link pin, no foreign file, no entry): leaves
-    /// nothing pinned. Called under the lock.
-    fn remove_pins_if_unused(&self) -> Result<(), Error> {
+    /// nothing pinned. Called under the root lock (it may remove the root).
+    fn remove_pins_if_unused(&self, _lock: &RootLock) -> Result<(), Error> {
         if self.config.keep_programs {
             return Ok(());
         }
@@ -904,16 +969,20 @@ impl Ctdev {
                 None => Ok(Vec::new()),
             };
         }
-        let _lock = match target {
-            Some(t) => self.lock_existing(t)?,
-            None => self.lock()?,
-        };
+        // One container's counters under its lock; every container's
+        // under the root lock (the set of containers is global).
+        let (_root_lock, one_lock);
         let ids = match target {
             Some(t) => {
+                one_lock = self.lock_container(t)?;
                 let (resolved, _link) = self.require_attached(t)?;
+                self.check_lock(&one_lock, t, resolved.policy_id)?;
                 vec![resolved.policy_id]
             }
-            None => self.pins.link_entries()?.0,
+            None => {
+                _root_lock = self.lock()?;
+                self.pins.link_entries()?.0
+            }
         };
         if let Some(mut counters) = Counters::open(&self.pins)? {
             for id in &ids {
