@@ -460,7 +460,7 @@ enum Inner {
         /// this handle): the table part changes only through ctdev's own
         /// writes, under the pin-root lock the caller holds, so one lookup
         /// serves the snapshot, the baselines and the next publish.
-        stored: std::cell::Cell<SharedTable>,
+        stored: Box<std::cell::Cell<SharedTable>>,
         /// The table [`ContainerMaps::write_next`] staged for the publish.
         pending: std::cell::Cell<Option<Box<Table>>>,
     },
@@ -507,7 +507,7 @@ impl ContainerMaps {
             policy_id,
             inner: Inner::Storage {
                 shared,
-                stored: std::cell::Cell::new(stored),
+                stored: Box::new(std::cell::Cell::new(stored)),
                 pending: std::cell::Cell::new(None),
             },
         }))
