@@ -31,7 +31,11 @@ fn main() {
             );
         }
     }
-    nri_protocol();
+    // The plugin (feature `nri`, on by default) needs NRI's protocol; the
+    // xtask builds the library without it, before its setup unpacked it.
+    if std::env::var_os("CARGO_FEATURE_NRI").is_some() {
+        nri_protocol();
+    }
 }
 
 fn nri_proto() -> PathBuf {

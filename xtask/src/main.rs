@@ -292,8 +292,9 @@ fn link_static(features: Features) -> Result<()> {
 /// Builds everything; returns the ctdev binary.
 fn build(release: bool, features: Features) -> Result<PathBuf> {
     build_ebpf()?;
-    // ctdev's NRI plugin is generated from NRI's api.proto (a package's file).
-    setup::nri_protocol()?;
+    // ctdev's NRI plugin is generated from NRI's api.proto (a package's
+    // file); the tests' CRI client needs protoc.
+    setup::build_prerequisites()?;
     step(&format!(
         "building ctdev ({})",
         if release { "release" } else { "debug" }

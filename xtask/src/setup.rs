@@ -39,10 +39,13 @@ const TEST_PACKAGES: &[&str] = &[
     // The tests' own udevd and udevadm (tests/tests/udev.rs, the hotplug
     // bench on udevd's events).
     "udev",
-    // The NRI tests: jq in the runc wrapper, protoc for the CRI client (k8s-cri).
+    // The NRI tests: jq in the runc wrapper.
     "jq",
-    "protobuf-compiler",
 ];
+
+/// Debian packages building the workspace needs: protoc for the tests'
+/// CRI client (k8s-cri's build script).
+const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
 
 fn home_cargo_bin(name: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
@@ -141,6 +144,13 @@ pub fn bpf_toolchain() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// What building the workspace needs besides the BPF toolchain: protoc and
+/// NRI's protocol file (a fresh machine has neither).
+pub fn build_prerequisites() -> Result<()> {
+    apt_install(BUILD_PACKAGES)?;
+    nri_protocol()
 }
 
 /// What the integration tests need besides the toolchain.
