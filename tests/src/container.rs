@@ -51,7 +51,11 @@ impl TestContainer {
         for d in ["bin", "dev", "proc", "etc", "tmp"] {
             fs::create_dir_all(root.join(d)).expect("create container root dirs");
         }
-        fs::copy(BUSYBOX, root.join("bin/busybox")).expect("copy busybox-static into the root");
+        // busybox is bind-mounted (in the container's own mount namespace)
+        // over an empty file, never copied: a copy is open for writing
+        // while other test threads fork, and a child holding that fd until
+        // its exec makes the init's exec fail with ETXTBSY (exit 126).
+        fs::File::create(root.join("bin/busybox")).expect("create the busybox mount point");
         std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("symlink sh");
         // The init joins the cgroup itself (it must be alone there), mounts
         // its /proc and a private /dev; with a user namespace, a helper
@@ -60,17 +64,20 @@ impl TestContainer {
         // so they stay usable for device nodes.
         let script = if userns {
             format!(
-                "set -e; mount -t proc proc \"$2/proc\"; \
+                "set -e; mount --bind {BUSYBOX} \"$2/bin/busybox\"; \
+                 mount -t proc proc \"$2/proc\"; \
                  mount -t tmpfs -o mode=755 ctdev-test-dev \"$2/dev\"; \
                  exec {} \"$1\" \"$2\" 100000",
                 userns_helper()
             )
         } else {
-            "set -e; echo 0 > \"$1/cgroup.procs\"; \
-             mount -t proc proc \"$2/proc\"; \
-             mount -t tmpfs -o mode=755 ctdev-test-dev \"$2/dev\"; \
-             exec chroot \"$2\" /bin/busybox sleep 1000000"
-                .to_string()
+            format!(
+                "set -e; echo 0 > \"$1/cgroup.procs\"; \
+                 mount --bind {BUSYBOX} \"$2/bin/busybox\"; \
+                 mount -t proc proc \"$2/proc\"; \
+                 mount -t tmpfs -o mode=755 ctdev-test-dev \"$2/dev\"; \
+                 exec chroot \"$2\" /bin/busybox sleep 1000000"
+            )
         };
         let wrapper = Command::new("unshare")
             .args([

@@ -362,7 +362,18 @@ fn link_pin_removed_by_hand_is_reported_and_attach_repairs() {
         .as_u64()
         .unwrap();
     std::fs::remove_file(env.pin_root.join("links").join(id.to_string())).unwrap();
-    // The last reference is gone: the kernel detached the program.
+    // The last reference is gone: the kernel detaches the program, from a
+    // workqueue (bpf_link_put defers the release), so not always before
+    // the next open.
+    ctdev_tests::daemon::wait_until(
+        Duration::from_secs(5),
+        "the kernel to release the unpinned link",
+        || {
+            env.try_op(&cg, &ProbeOp::read("/dev/null"))
+                .is_ok()
+                .then_some(())
+        },
+    );
     assert_allowed(&env, &cg, ProbeOp::read("/dev/null"));
     let dump = env.list_json();
     assert!(
