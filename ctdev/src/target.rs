@@ -65,6 +65,16 @@ pub enum Target {
     /// A Kubernetes pod container (`k8s:NAMESPACE/POD[/CONTAINER]`), found in
     /// the pod map of `ctdev nri` (see [`crate::runtimes::k8s`]).
     Pod(String),
+    /// The cgroup directory `dir` only while it is still the cgroup whose
+    /// id is `id` (a program's target, never parsed from text: the daemon's
+    /// jobs, so that one queued behind a removal never lands on a container
+    /// created again under the name). Shown as the path.
+    CgroupOf {
+        /// The cgroup directory.
+        dir: PathBuf,
+        /// The cgroup id (policy id) it must still have.
+        id: u64,
+    },
 }
 
 /// Why a TARGET was not understood.
@@ -140,6 +150,7 @@ impl fmt::Display for Target {
             Target::Runtime(k, n) => write!(f, "{}:{n}", k.prefix()),
             Target::Name(n) => f.write_str(n),
             Target::Pod(p) => write!(f, "k8s:{p}"),
+            Target::CgroupOf { dir, .. } => write!(f, "{}", dir.display()),
         }
     }
 }

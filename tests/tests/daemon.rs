@@ -867,3 +867,51 @@ fn a_takeover_runs_in_the_containers_lane_after_its_attach_and_not_on_a_removed_
     fs::remove_dir(&a).unwrap();
     let _ = daemon.kill();
 }
+
+#[test]
+fn a_rule_dropped_by_a_reload_is_taken_back_from_a_container_taken_over() {
+    // The takeover attaches with the preset only; the entry's rules are the
+    // daemon's grants, so a reload that drops one takes it back (attached
+    // as base entries they stayed until detach).
+    let env = TestEnv::new("dm-takeover-reload");
+    let entry = |rules: &str| {
+        format!(
+            "[[container]]\nname = \"tk\"\nselect = {{ cgroup = \"{}/t-*\" }}\npreset = \"none\"\n\
+             takeover = \"replace\"\nrules = [{rules}]\n",
+            inside(&env.cgroup_parent)
+        )
+    };
+    let cfg = write_policy(&env, "policy.toml", 0.0, &entry("\"c 1:3 r\", \"c 1:5 r\""));
+    let mut daemon = DaemonProc::start(&env, &cfg);
+    let a = env.cgroup("t-a");
+    wait_until(Duration::from_secs(10), "t-a attached", || {
+        env.try_op(&a, &ProbeOp::read("/dev/zero"))
+            .is_ok()
+            .then_some(())
+    });
+    let runtime = ctdev_tests::foreign::ForeignProgram::deny_char(&a, 1, 5);
+    wait_until(Duration::from_secs(10), "t-a taken over", || {
+        (!programs_on(&a).contains(&runtime.id)
+            && env.try_op(&a, &ProbeOp::read("/dev/zero")).is_ok())
+        .then_some(())
+    });
+    write_policy(&env, "policy.toml", 0.0, &entry("\"c 1:3 r\""));
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until(
+        Duration::from_secs(10),
+        "c 1:5 taken back after the reload",
+        || {
+            (env.try_op(&a, &ProbeOp::read("/dev/zero")) == Err(nix::errno::Errno::EPERM))
+                .then_some(())
+        },
+    );
+    assert_allowed(&env, &a, ProbeOp::read("/dev/null"));
+    let log = daemon.log_text();
+    assert!(
+        log.contains("took over from the runtime's device program"),
+        "{log}"
+    );
+    drop(runtime);
+    let _ = daemon.kill();
+    fs::remove_dir(&a).unwrap();
+}

@@ -65,12 +65,16 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
         .filter(|(_, v)| !v.is_empty())
         .collect();
     if cli.json {
-        // Streamed from the typed views (the same bytes as through a
-        // `serde_json::Value` tree, without building one).
+        // Serialized from the typed views (the same bytes as through a
+        // `serde_json::Value` tree, without building one) into memory
+        // first: a serialization error (a path that is not UTF-8) prints
+        // nothing rather than half a document.
         use std::io::Write;
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-        write_dump_json(&dump, &passed, &mut out)?;
-        out.write_all(b"\n")?;
+        let mut doc = Vec::with_capacity(1 << 16);
+        write_dump_json(&dump, &passed, &mut doc)?;
+        doc.push(b'\n');
+        let mut out = std::io::stdout().lock();
+        out.write_all(&doc)?;
         out.flush()?;
     } else {
         print!(

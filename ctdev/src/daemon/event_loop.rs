@@ -237,7 +237,6 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                     };
                     if to != daemon.source {
                         daemon.switch_source(to, watcher.get_mut());
-                        daemon.write_status(watcher.get_ref());
                     }
                 }
                 if changed {
@@ -247,9 +246,12 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                 if resync > 0.0 && Instant::now() >= next_resync {
                     daemon.reconcile_all(watcher.get_mut());
                     tracing::debug!(watches = watcher.get_ref().count(), containers = daemon.managed.len(), "periodic resync done");
-                    daemon.write_status(watcher.get_ref());
                     next_resync = Instant::now() + Duration::from_secs_f64(resync);
                 }
+                // What the tick did (a takeover queued, a pending container
+                // synced, the event source switched, a resync) shows in
+                // status.json; unchanged, nothing is written.
+                daemon.write_status(watcher.get_ref());
             }
         }
     }

@@ -393,7 +393,12 @@ pub(crate) fn is_cgroup(dir: &Path, id: u64) -> bool {
 /// `submitted`.
 fn run(ct: &Ctdev, job: Job, submitted: Instant) -> Done {
     let start = Instant::now();
-    let target = Target::Cgroup(job.dir.clone());
+    // Every operation re-checks, under its lock, that the path is still
+    // this job's cgroup (the check below is only the cheap early exit).
+    let target = Target::CgroupOf {
+        dir: job.dir.clone(),
+        id: job.id,
+    };
     let outcome = match &job.work {
         // Jobs name their cgroup by path: one queued behind a removal must
         // not land on a container re-created under that name.
@@ -435,12 +440,12 @@ fn run(ct: &Ctdev, job: Job, submitted: Instant) -> Done {
             take_back,
             ..
         } => {
-            // A runtime's program first: ctdev's with the entry's rules
+            // A runtime's program first: ctdev's with the entry's preset
             // (and the runtime's, with `import`) replaces it; if that
             // fails both stay, and the attach below goes on as usual.
             let takeover = takeover
                 .as_ref()
-                .map(|t| super::takeover::take_over(ct, &job.dir, *preset, t));
+                .map(|t| super::takeover::take_over(ct, &job.dir, &target, *preset, t));
             // The preset at attach; the policy's rules are daemon grants,
             // so taking one back leaves what the preset or an operator gave.
             let attach = ct.ensure_attached(&target, *preset);

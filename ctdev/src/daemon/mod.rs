@@ -1314,17 +1314,29 @@ impl Daemon {
         {
             return;
         }
+        let mut failed = false;
         for text in &owned.rules {
             let subject = GrantSubject::Rule {
                 rule: text.to_string(),
             };
-            if self
+            match self
                 .ct
                 .take_back(&target_of(&owned.cgroup), GrantOwner::Daemon, &subject)
-                .is_ok()
             {
-                tracing::info!(container = %owned.entry, cgroup = %owned.cgroup.display(), rule = %text, "revoked (no longer selected)");
+                Ok(_) => {
+                    tracing::info!(container = %owned.entry, cgroup = %owned.cgroup.display(), rule = %text, "revoked (no longer selected)");
+                }
+                Err(crate::ops::Error::NotGranted { .. }) => {}
+                Err(e) => {
+                    // The record stays: the next resync takes it back again
+                    // (dropping it would leave the grant for good).
+                    failed = true;
+                    tracing::warn!(container = %owned.entry, cgroup = %owned.cgroup.display(), rule = %text, "cannot take back a rule no longer selected (retried at the next resync): {e}");
+                }
             }
+        }
+        if failed {
+            return;
         }
         self.state.containers.remove(&id);
         tracing::info!(container = %owned.entry, cgroup = %owned.cgroup.display(), "no longer selected by the policy; left attached with its other rules");

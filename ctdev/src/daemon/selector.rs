@@ -241,7 +241,9 @@ impl ContainerSelector {
                     })
                     .unwrap_or(false)
             }
-            ContainerSelector::Target(Target::Pid(_) | Target::PolicyId(_)) => false,
+            ContainerSelector::Target(
+                Target::Pid(_) | Target::PolicyId(_) | Target::CgroupOf { .. },
+            ) => false,
         }
     }
 }

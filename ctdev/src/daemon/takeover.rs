@@ -43,7 +43,7 @@ use crate::takeover::{self, TakeoverOptions};
 
 use super::config::TakeoverMode;
 use super::lanes::TakeOver;
-use super::{target_of, Daemon};
+use super::Daemon;
 
 /// How often managed cgroups are checked for new foreign programs.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -165,16 +165,18 @@ pub(crate) enum Before {
 /// Replaces the foreign programs on `dir` by ctdev's (fail-closed), as
 /// `t` says. Runs in the container's lane (the first step of its attach
 /// job); what it did, or why not, goes back to the event loop.
+/// `target` names the cgroup `dir` by its id too
+/// ([`crate::target::Target::CgroupOf`]).
 pub(crate) fn take_over(
     ct: &Ctdev,
     dir: &Path,
+    target: &crate::target::Target,
     preset: crate::presets::Preset,
     t: &TakeOver,
 ) -> Result<String, String> {
-    let target = target_of(dir);
     match t.mode {
         TakeoverMode::Import => {
-            takeover::takeover(ct, &target, &TakeoverOptions::default(), &t.rules)
+            takeover::takeover(ct, target, &TakeoverOptions::default(), &t.rules)
                 .map(|r| {
                     format!(
                         "imported {} rule(s) from {} ({}), detached {:?}",
@@ -188,28 +190,42 @@ pub(crate) fn take_over(
                 })
                 .map_err(|e| e.to_string())
         }
-        TakeoverMode::Replace => replace(ct, dir, preset, &t.rules),
+        TakeoverMode::Replace => replace(ct, dir, target, preset, &t.rules),
         TakeoverMode::Off => Err("takeover is off for this entry".to_string()),
     }
 }
 
-/// `takeover = "replace"`: ctdev attached with the entry's rules only,
+/// `takeover = "replace"`: ctdev attached with the entry's preset only,
 /// verified, then every other program on the cgroup itself detached.
 fn replace(
     ct: &Ctdev,
     dir: &Path,
+    target: &crate::target::Target,
     preset: crate::presets::Preset,
     rules: &[Rule],
 ) -> Result<String, String> {
-    let target = target_of(dir);
     let report = ct
-        .attach(&target, preset, rules)
+        .attach(target, preset, rules)
         .map_err(|e| e.to_string())?;
-    let cgroup = ct.cgroups().cgroup(dir).map_err(|e| e.to_string())?;
     let _lock = ct.lock().map_err(|e| e.to_string())?;
+    // Under the lock: the cgroup at `dir` is still the one attached (not
+    // created again under its name meanwhile), and its own link is live
+    // (the program id alone is every container's on the shared program).
+    let cgroup = ct.cgroups().cgroup(dir).map_err(|e| e.to_string())?;
+    if cgroup.id != report.policy_id {
+        return Err(format!(
+            "{} was created again while it was taken over (policy {} attached, now {}); its runtime's program was left in place",
+            dir.display(),
+            report.policy_id,
+            cgroup.id
+        ));
+    }
+    let live = crate::kernel::attachment::open(ct.pins(), report.policy_id)
+        .map_err(|e| e.to_string())?
+        .is_some_and(|l| l.is_live_for(report.policy_id));
     let fd = cgroup.open().map_err(|e| e.to_string())?;
     let ids = sys::query_device_programs(fd.as_fd(), false, dir).map_err(|e| e.to_string())?;
-    if !ids.contains(&report.program_id) {
+    if !live || !ids.contains(&report.program_id) {
         return Err(format!(
             "ctdev's program {} is not attached to {} after attach; the runtime's program was left in place",
             report.program_id,
@@ -277,11 +293,14 @@ impl Daemon {
         }
     }
 
-    /// What a takeover for `entry` on `dir` is to do with `foreign`.
+    /// What a takeover for `entry` on `dir` is to do with `foreign`. It
+    /// attaches with the preset's rules only: the entry's own rules come
+    /// with the attach job's `regrant`, as the daemon's grants, so that a
+    /// reload that drops one takes it back (attached as base entries they
+    /// could never be taken back).
     pub(super) fn takeover_job(&self, entry: usize, foreign: BTreeSet<u32>) -> TakeOver {
         let c = &self.policy.containers[entry];
-        let mut rules: Vec<Rule> = c.preset.rules();
-        rules.extend(c.rules.iter().filter_map(|s| s.resolve().ok()));
+        let rules: Vec<Rule> = c.preset.rules();
         TakeOver {
             mode: c.takeover,
             rules,

@@ -715,6 +715,9 @@ static OPENED: std::sync::Mutex<Vec<Opened>> = std::sync::Mutex::new(Vec::new())
 /// open, instead of six bpf() calls); `None` when nothing is pinned there.
 fn opened(dir: &Path) -> Result<Option<std::sync::Arc<SharedProgram>>, SharedError> {
     let Some(identity) = pin_identity(dir) else {
+        // Unpinned: the cached open (which keeps the program and its maps
+        // alive in the kernel) goes too.
+        forget_opened(|d| d == dir);
         return Ok(None);
     };
     let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
@@ -725,6 +728,14 @@ fn opened(dir: &Path) -> Result<Option<std::sync::Arc<SharedProgram>>, SharedErr
     let p = std::sync::Arc::new(SharedProgram::open(dir)?);
     opened.push((dir.to_path_buf(), identity, p.clone()));
     Ok(Some(p))
+}
+
+/// Drops the cached opens whose pin directory `gone` says is gone.
+fn forget_opened(gone: impl Fn(&Path) -> bool) {
+    OPENED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|(d, _, _)| !gone(d));
 }
 
 impl SharedProgram {
@@ -763,7 +774,10 @@ pub fn all(pins: &PinRoot) -> Result<Vec<std::sync::Arc<SharedProgram>>, SharedE
                 }
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            forget_opened(|d| d.starts_with(pins.root()));
+            return Ok(Vec::new());
+        }
         Err(source) => {
             return Err(SharedError::Io {
                 op: "reading",
@@ -773,6 +787,8 @@ pub fn all(pins: &PinRoot) -> Result<Vec<std::sync::Arc<SharedProgram>>, SharedE
         }
     }
     dirs.sort();
+    // Programs of this root no longer pinned are not kept open.
+    forget_opened(|d| d.parent() == Some(pins.root()) && dirs.binary_search_by(|x| x.as_path().cmp(d)).is_err());
     let mut out = Vec::new();
     for dir in dirs {
         if let Some(p) = opened(&dir)? {

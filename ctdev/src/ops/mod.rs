@@ -194,6 +194,17 @@ pub enum Error {
         /// The policy id the target names now.
         found: u64,
     },
+    /// The cgroup was removed and created again under its path since the
+    /// caller named it by id ([`Target::CgroupOf`]): nothing was changed.
+    #[error("{target} is no longer the cgroup it was (policy {expected}; the cgroup there now is policy {found}): nothing was changed")]
+    Recreated {
+        /// The cgroup directory.
+        target: String,
+        /// The policy id the caller meant.
+        expected: u64,
+        /// The policy id of the cgroup there now.
+        found: u64,
+    },
     /// `id:N` was given where a live cgroup is needed.
     #[error("target {target} names a policy id; this command needs a cgroup path or pid:N")]
     NeedsCgroup {

@@ -64,6 +64,17 @@ impl Ctdev {
                 let found = map.find(spec)?;
                 self.cgroups.cgroup(&found.cgroup)?
             }
+            Target::CgroupOf { dir, id } => {
+                let cgroup = self.cgroups.cgroup(dir)?;
+                if cgroup.id != *id {
+                    return Err(Error::Recreated {
+                        target: target.to_string(),
+                        expected: *id,
+                        found: cgroup.id,
+                    });
+                }
+                cgroup
+            }
         };
         Ok(Resolved {
             policy_id: cgroup.id,
