@@ -11,7 +11,7 @@
 //! <root>/tables/<cgroup id>    a container's rule table (two generations)
 //! <root>/counters/<cgroup id>  a container's per-CPU counters
 //! <root>/links/<cgroup id>     one bpf link per container under policy
-//! <root>/locks                 the readers' lock (flock; see [`PinRoot::lock`])
+//! <root>/locks                 the turnstile (flock; see [`PinRoot::lock`])
 //! <root>/locks/<policy id>     a container's lock, while it is held
 //! ```
 //!
@@ -121,9 +121,9 @@ impl PinLock {
 #[derive(Debug)]
 pub struct RootLock {
     witness: PinLock,
-    // Dropped in this order: the readers' lock, then the gate, then this
+    // Dropped in this order: the turnstile, then the gate, then this
     // process's turn (the flocks are free before the next thread is let in).
-    _readers: Flock<File>,
+    _turnstile: Flock<File>,
     _gate: Flock<File>,
     _local: LocalTurn,
 }
@@ -135,15 +135,15 @@ impl std::ops::Deref for RootLock {
     }
 }
 
-/// A container's lock: the root shared (no root-exclusive operation runs)
-/// and the container's own lock exclusive (no other change of this
-/// container runs). Changes of different containers run in parallel.
-/// Released on drop.
+/// A container's lock: the gate shared (no root-exclusive operation, and
+/// no older ctdev, runs) and the container's own lock exclusive (no other
+/// change of this container runs). Changes of different containers run in
+/// parallel. Released on drop (its own lock first).
 #[derive(Debug)]
 pub struct ContainerLock {
     witness: PinLock,
     _own: OwnLock,
-    _readers: Flock<File>,
+    _gate: Flock<File>,
     _local: LocalTurn,
 }
 
@@ -442,22 +442,29 @@ impl PinRoot {
     }
 
     /// Directory of the lock hierarchy's own directories: `locks` itself is
-    /// the readers' lock (shared by container locks, exclusive under the
-    /// root lock), `locks/<policy id>` a container's lock while held.
+    /// the turnstile (exclusive under the root lock, shared by a container
+    /// lock while it takes the gate), `locks/<policy id>` a container's
+    /// lock while held.
     pub fn locks_dir(&self) -> PathBuf {
         self.root.join("locks")
     }
 
-    /// The gate: the exclusive flock on the root directory itself (the
-    /// lock every ctdev took before the hierarchy, so older binaries are
-    /// still excluded by root locks). A root lock holds it for its whole
-    /// operation; a container lock only while it takes the readers' lock,
-    /// so a waiting root lock keeps new container locks out (no starvation).
-    fn gate(&self, deadline: Instant, timeout: Duration) -> Result<Flock<File>, PinError> {
+    /// The gate: the flock on the root directory itself, the lock every
+    /// ctdev took (exclusive) before the hierarchy. A root lock holds it
+    /// exclusive and a container lock shared, each for its whole operation,
+    /// so an older binary still running (a daemon not yet restarted after
+    /// an upgrade) is excluded by both, and excludes both. `arg` is
+    /// [`FlockArg::LockExclusiveNonblock`] or [`FlockArg::LockSharedNonblock`].
+    fn gate(
+        &self,
+        arg: FlockArg,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Flock<File>, PinError> {
         loop {
             let file = File::open(&self.root).map_err(io_err("open", &self.root))?;
-            let lock = flock_until(file, FlockArg::LockExclusiveNonblock, &self.root, deadline)?
-                .ok_or_else(|| self.busy(timeout))?;
+            let lock =
+                flock_until(file, arg, &self.root, deadline)?.ok_or_else(|| self.busy(timeout))?;
             // The last detach removes the root directory; a waiter that
             // opened it before then holds a lock on a removed directory
             // that excludes nobody. Lock the root that is there now instead.
@@ -470,6 +477,21 @@ impl PinRoot {
         }
     }
 
+    /// The turnstile: the flock on `<root>/locks`, exclusive for a root
+    /// lock's whole operation, shared by a container lock only while it
+    /// takes the gate.
+    fn turnstile(
+        &self,
+        arg: FlockArg,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Flock<File>, PinError> {
+        let dir = self.locks_dir();
+        ensure_dir(&dir)?;
+        let file = File::open(&dir).map_err(io_err("open", &dir))?;
+        flock_until(file, arg, &dir, deadline)?.ok_or_else(|| self.busy(timeout))
+    }
+
     fn busy(&self, timeout: Duration) -> PinError {
         PinError::Busy {
             root: self.root.clone(),
@@ -478,32 +500,30 @@ impl PinRoot {
     }
 
     /// Takes the root-exclusive lock: every change to this pin root waits
-    /// (the gate, then the readers' lock exclusive, after the container
-    /// locks held now are released), waiting up to `timeout` in all.
+    /// (the turnstile, then the gate exclusive once the container locks
+    /// held now are released), waiting up to `timeout` in all.
     pub fn lock(&self, timeout: Duration) -> Result<RootLock, PinError> {
         let deadline = Instant::now() + timeout;
         let local =
             LocalTurn::take(&self.root, None, deadline).ok_or_else(|| self.busy(timeout))?;
-        let gate = self.gate(deadline, timeout)?;
-        let dir = self.locks_dir();
-        ensure_dir(&dir)?;
-        let file = File::open(&dir).map_err(io_err("open", &dir))?;
-        let readers = flock_until(file, FlockArg::LockExclusiveNonblock, &dir, deadline)?
-            .ok_or_else(|| self.busy(timeout))?;
+        // The turnstile first: from now on no new container lock gets in,
+        // then the gate once the container locks held now are released.
+        let turnstile = self.turnstile(FlockArg::LockExclusiveNonblock, deadline, timeout)?;
+        let gate = self.gate(FlockArg::LockExclusiveNonblock, deadline, timeout)?;
         Ok(RootLock {
             witness: PinLock {
                 root: self.root.clone(),
                 policy_id: None,
             },
-            _readers: readers,
+            _turnstile: turnstile,
             _gate: gate,
             _local: local,
         })
     }
 
-    /// Takes the lock of the container `policy_id`: the readers' lock
-    /// shared (taken through the gate, so after any root lock waiting or
-    /// held), then the container's own lock exclusive, waiting up to
+    /// Takes the lock of the container `policy_id`: the gate shared (taken
+    /// through the turnstile, so after any root lock waiting or held), then
+    /// the container's own lock exclusive, waiting up to
     /// `timeout` in all. Always in this order (root, then container), and
     /// a holder never takes a second lock, so locks cannot deadlock.
     pub fn lock_container(
@@ -514,15 +534,13 @@ impl PinRoot {
         let deadline = Instant::now() + timeout;
         let local = LocalTurn::take(&self.root, Some(policy_id), deadline)
             .ok_or_else(|| self.busy(timeout))?;
-        let readers = {
-            let _gate = self.gate(deadline, timeout)?;
-            let dir = self.locks_dir();
-            ensure_dir(&dir)?;
-            let file = File::open(&dir).map_err(io_err("open", &dir))?;
-            // Free at once: root locks hold the gate for as long as they
-            // hold this exclusively.
-            flock_until(file, FlockArg::LockSharedNonblock, &dir, deadline)?
-                .ok_or_else(|| self.busy(timeout))?
+        let gate = {
+            // Through the turnstile (held exclusive by a root lock from
+            // before it waits for the gate until it is done: a waiting root
+            // lock is not starved by a stream of container locks), then
+            // the gate shared, kept.
+            let _turnstile = self.turnstile(FlockArg::LockSharedNonblock, deadline, timeout)?;
+            self.gate(FlockArg::LockSharedNonblock, deadline, timeout)?
         };
         let path = self.locks_dir().join(policy_id.to_string());
         let own = loop {
@@ -550,7 +568,7 @@ impl PinRoot {
                 path,
                 lock: Some(own),
             },
-            _readers: readers,
+            _gate: gate,
             _local: local,
         })
     }
@@ -685,16 +703,32 @@ mod tests {
         assert!(busy(pins.lock_container(1, SHORT)));
         assert!(busy(pins.lock(SHORT)));
         drop(gate);
-        // Another process's container lock of 1: the readers' lock shared
-        // and its own directory exclusive.
+        // Another process's container lock of 1: the gate shared and its
+        // own directory exclusive.
         fs::create_dir_all(dir.path().join("locks/1")).unwrap();
-        let readers = raw_flock(&dir.path().join("locks"), FlockArg::LockShared);
+        let shared = raw_flock(dir.path(), FlockArg::LockShared);
         let own = raw_flock(&dir.path().join("locks/1"), FlockArg::LockExclusive);
         assert!(busy(pins.lock_container(1, SHORT)));
         assert!(busy(pins.lock(SHORT)));
         drop(pins.lock_container(2, SHORT).unwrap());
-        drop((readers, own));
+        drop((shared, own));
         drop(pins.lock(SHORT).unwrap());
+        // An older ctdev (the gate exclusive, nothing else) cannot get in
+        // while this process holds a container lock, nor a root lock.
+        let older = || {
+            Flock::lock(
+                File::open(dir.path()).unwrap(),
+                FlockArg::LockExclusiveNonblock,
+            )
+            .is_err()
+        };
+        let one = pins.lock_container(1, SHORT).unwrap();
+        assert!(older(), "a container lock excludes an older binary");
+        drop(one);
+        let root = pins.lock(SHORT).unwrap();
+        assert!(older(), "the root lock excludes an older binary");
+        drop(root);
+        assert!(!older());
     }
 
     #[test]
