@@ -105,7 +105,8 @@ impl Cgroup {
 impl CgroupFs {
     /// Finds the cgroup2 mount from `/proc/self/mountinfo`.
     pub fn discover() -> Result<Self, CgroupError> {
-        let text = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+        let text =
+            crate::error::read_small("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
         let (mount, root) = cgroup2_mount_entry(&text).ok_or(CgroupError::NoCgroup2)?;
         Ok(Self {
             mount,
@@ -122,7 +123,8 @@ impl CgroupFs {
                 path: mount.to_path_buf(),
             });
         }
-        let text = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+        let text =
+            crate::error::read_small("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
         let real = fs::canonicalize(mount).unwrap_or_else(|_| mount.to_path_buf());
         let root_depth =
             mount_root_depth(&text, &real).ok_or_else(|| CgroupError::NotMountRoot {
@@ -178,7 +180,7 @@ impl CgroupFs {
         if !meta.is_dir() || !is_cgroup2(given) {
             return None;
         }
-        let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let text = crate::error::read_small("/proc/self/mountinfo").ok()?;
         let (mount, root) = cgroup2_mount_entries(&text)
             .into_iter()
             .filter(|(m, _)| given.starts_with(m))
@@ -229,15 +231,16 @@ impl CgroupFs {
 
     /// The cgroup a process is in, from `/proc/PID/cgroup`.
     pub fn cgroup_of_pid(&self, pid: i32) -> Result<Cgroup, CgroupError> {
-        let text =
-            fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| CgroupError::Pid {
+        let text = crate::error::read_small(format!("/proc/{pid}/cgroup")).map_err(|e| {
+            CgroupError::Pid {
                 pid,
                 reason: if e.kind() == io::ErrorKind::NotFound {
                     "no such process".into()
                 } else {
                     e.to_string()
                 },
-            })?;
+            }
+        })?;
         let path = unified_path_from_proc_cgroup(&text).ok_or_else(|| CgroupError::Pid {
             pid,
             reason: "it has no cgroup2 (\"0::\") entry".into(),

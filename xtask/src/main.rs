@@ -274,6 +274,13 @@ impl Features {
 /// (`cargo rustc -- …`): as a workspace-wide flag it would also reach the
 /// proc-macro crates, which cannot be static. Debug and test builds stay
 /// dynamic.
+///
+/// Relative relocations are packed (`-z pack-relative-relocs`, DT_RELR:
+/// binutils ≥ 2.38, glibc ≥ 2.36, static-pie included): the start-up code
+/// applies the ~17,800 relocations of `.data.rel.ro` and the GOT from a
+/// 5 KB bitmap instead of walking 426 KB of `Elf64_Rela` entries. `ctdev
+/// --version` (`perf stat -r 100`, three interleaved rounds): task-clock
+/// 0.74–1.03 → 0.66–0.99 ms, page faults 180 → 167.
 fn link_static(features: Features) -> Result<()> {
     step("linking the release ctdev binary statically (static-pie)");
     let mut cmd = Command::new("cargo");
@@ -285,7 +292,13 @@ fn link_static(features: Features) -> Result<()> {
         // that library instead of compiling it again (~4 min).
         .args(["--features", "ctdev/test-support"])
         .args(features.args())
-        .args(["--", "-C", "target-feature=+crt-static"]);
+        .args([
+            "--",
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+            "link-arg=-Wl,-z,pack-relative-relocs",
+        ]);
     run_checked(&mut cmd)
 }
 
