@@ -127,6 +127,30 @@ fn lock_two_containers_adds_and_dels_race_to_each_ones_serial_result() {
     }
 }
 
+/// One round of the (b) races: `a` attached, then `add` of `node` at
+/// `dest` and `detach` of `a` started together. The detach always
+/// succeeds; the add either succeeded or found nothing under policy.
+/// Returns whether the add succeeded.
+fn race_add_and_detach(
+    env: &TestEnv,
+    a: &TestContainer,
+    node: &Path,
+    dest: &str,
+    round: usize,
+) -> bool {
+    env.ok(&["attach", a.cgroup_str(), "--preset", "none"]);
+    let add = spawn(env, &["add", a.cgroup_str(), s(node), dest]);
+    let detach = spawn(env, &["detach", a.cgroup_str()]);
+    let (add_ok, add_err) = finish(add);
+    let (detach_ok, detach_err) = finish(detach);
+    assert!(detach_ok, "round {round}: detach: {detach_err}");
+    assert!(
+        add_ok || add_err.contains("not under ctdev policy"),
+        "round {round}: add failed otherwise: {add_err}"
+    );
+    add_ok
+}
+
 /// (b): `add` on A racing `detach` of A (B keeps the root): the detach
 /// always succeeds, and the add either ran before it or found nothing.
 #[test]
@@ -139,16 +163,7 @@ fn lock_an_add_racing_the_detach_of_its_container_ends_serially() {
     let id = policy_id(&a.cgroup);
     let mut orders = [0usize; 2];
     for round in 0..ROUNDS {
-        env.ok(&["attach", a.cgroup_str(), "--preset", "none"]);
-        let add = spawn(&env, &["add", a.cgroup_str(), s(&node), dest]);
-        let detach = spawn(&env, &["detach", a.cgroup_str()]);
-        let (add_ok, add_err) = finish(add);
-        let (detach_ok, detach_err) = finish(detach);
-        assert!(detach_ok, "round {round}: detach: {detach_err}");
-        assert!(
-            add_ok || add_err.contains("not under ctdev policy"),
-            "round {round}: add failed otherwise: {add_err}"
-        );
+        let add_ok = race_add_and_detach(&env, &a, &node, dest, round);
         // Nothing of A is left in the policy, the grants or the locks.
         assert!(listed_rules(&env, &a.cgroup).is_none(), "round {round}");
         assert_eq!(granted(&env, id, &node, &[dest]), [false], "round {round}");
@@ -176,16 +191,7 @@ fn lock_an_add_racing_the_detach_of_the_last_container_leaves_no_pin_root() {
     let dest = "/dev/lk-l";
     let id = policy_id(&a.cgroup);
     for round in 0..ROUNDS {
-        env.ok(&["attach", a.cgroup_str(), "--preset", "none"]);
-        let add = spawn(&env, &["add", a.cgroup_str(), s(&node), dest]);
-        let detach = spawn(&env, &["detach", a.cgroup_str()]);
-        let (add_ok, add_err) = finish(add);
-        let (detach_ok, detach_err) = finish(detach);
-        assert!(detach_ok, "round {round}: detach: {detach_err}");
-        assert!(
-            add_ok || add_err.contains("not under ctdev policy"),
-            "round {round}: add failed otherwise: {add_err}"
-        );
+        let add_ok = race_add_and_detach(&env, &a, &node, dest, round);
         assert!(
             !env.pin_root.exists(),
             "round {round}: pin root left after the last detach (add ok {add_ok})"
