@@ -305,8 +305,11 @@ pub struct Table {
     pub seed: u64,
     /// Entries stored.
     pub count: u32,
-    /// Always zero.
-    pub _pad: u32,
+    /// Match kinds no entry of this table has, one bit per [`MatchKind`]
+    /// (`1 << kind`): [`table_lookup`] skips their probes. Set by
+    /// [`build_table`]; zero (a table written before this field existed,
+    /// or by hand) probes every kind, as before.
+    pub absent: u32,
     /// The slots, bucket after bucket.
     pub entries: [TableEntry; SLOTS],
 }
@@ -316,7 +319,7 @@ impl Default for Table {
         Self {
             seed: 0,
             count: 0,
-            _pad: 0,
+            absent: 0,
             entries: [TableEntry::default(); SLOTS],
         }
     }
@@ -483,9 +486,29 @@ pub const FOUND: u32 = 1 << 16;
 /// verdict. The result is plain integers loaded from the table, so the
 /// verifier does not tell the paths that found an entry apart and walks
 /// what follows once; the unit tests hold it to [`evaluate`].
+///
+/// Kinds in [`Table::absent`] are not probed: for real device numbers (no
+/// [`WILDCARD`] among them) a probe of one kind can only find an entry of
+/// that kind, so skipping a kind the table has no entry of changes no
+/// verdict. Numbers equal to [`WILDCARD`] (never from the kernel) probe
+/// every kind, so the result is [`evaluate`]'s for every input.
 #[inline(always)]
 pub fn table_lookup(table: &Table, dev_type: u32, major: u32, minor: u32) -> (u32, u32, u32) {
-    for kind in LOOKUP_ORDER {
+    // The exact probe first, unconditionally: the allowed path of a
+    // device rule reads nothing else (the absent kinds' word included).
+    let [first, rest @ ..] = LOOKUP_ORDER;
+    if let Some((bits, hit)) = table_find(table, &first.key(0, dev_type, major, minor)) {
+        return (FOUND | bits, hit, first as u32);
+    }
+    let absent = if major == WILDCARD || minor == WILDCARD {
+        0
+    } else {
+        table.absent
+    };
+    for kind in rest {
+        if absent & (1 << kind as u32) != 0 {
+            continue;
+        }
         if let Some((bits, hit)) = table_find(table, &kind.key(0, dev_type, major, minor)) {
             return (FOUND | bits, hit, kind as u32);
         }
@@ -504,6 +527,18 @@ pub const fn allows(found: u32, requested: u32) -> bool {
 /// bits, hit-counter index, counter base.
 pub type TableItem = (PolicyKey, u32, u32, u64);
 
+/// The [`MatchKind`] of a stored key: which probe of [`table_lookup`]
+/// finds it (for real device numbers).
+#[inline(always)]
+pub const fn kind_of(major: u32, minor: u32) -> MatchKind {
+    match (major == WILDCARD, minor == WILDCARD) {
+        (false, false) => MatchKind::Exact,
+        (false, true) => MatchKind::AnyMinor,
+        (true, false) => MatchKind::AnyMajor,
+        (true, true) => MatchKind::Any,
+    }
+}
+
 /// Builds a table from `items` in any order (sorts them in place). `None`
 /// when there are more than [`TABLE_CAP`] items, a key's type is neither
 /// block nor char, access bits do not fit, or no seed among the first
@@ -520,11 +555,15 @@ pub fn build_table(items: &mut [TableItem]) -> Option<Table> {
         }
     }
     items.sort_unstable_by_key(|it| (it.0.dev_type, pack(it.0.major, it.0.minor)));
+    let present = items.iter().fold(0u32, |m, it| {
+        m | 1 << kind_of(it.0.major, it.0.minor) as u32
+    });
     'seeds: for attempt in 0..MAX_SEEDS {
         let seed = attempt.wrapping_mul(0xD6E8_FEB8_6659_FD93);
         let mut table = Table {
             seed,
             count: items.len() as u32,
+            absent: !present & 0xf,
             ..Table::default()
         };
         let mut fill = [0usize; BUCKETS];
@@ -656,15 +695,22 @@ mod tests {
             let back: BTreeMap<PolicyKey, u32> =
                 table_items(&table, 7).map(|(k, a, _, _)| (k, a)).collect();
             assert_eq!(back, p);
+            // The same table without its absent kinds (as written before
+            // the field existed) probes every kind: same verdicts.
+            let unmasked = Table { absent: 0, ..table };
+            // Real numbers, and WILDCARD (never from the kernel, where a
+            // probe could find an entry of another kind).
+            let numbers = || (0..6).chain([WILDCARD]);
             for t in [0, DEV_BLOCK, DEV_CHAR, 3] {
-                for ma in 0..6 {
-                    for mi in 0..6 {
+                for ma in numbers() {
+                    for mi in numbers() {
                         for req in 0..8 {
                             let want = decide(&p, t, ma, mi, req);
                             let got =
                                 evaluate(7, t, ma, mi, req, |k| table_find(&table, k).map(|f| f.0));
                             assert_eq!(got, want, "{t} {ma}:{mi} {req} {p:?}");
-                            let (v, _, kind) = table_lookup(&table, t, ma, mi);
+                            let (v, hit, kind) = table_lookup(&table, t, ma, mi);
+                            assert_eq!(table_lookup(&unmasked, t, ma, mi), (v, hit, kind));
                             assert_eq!(allows(v, req), want.allowed);
                             match want.matched {
                                 Some((k, bits)) => {
@@ -716,6 +762,18 @@ mod tests {
                 assert_eq!(table_find(&t, k), Some(((i % 8) as u32, i as u32)));
             }
         }
+    }
+
+    #[test]
+    fn absent_kinds_are_the_kinds_without_entries() {
+        let key = |ma, mi| (PolicyKey::new(1, DEV_CHAR, ma, mi), ACCESS_READ, 0, 0);
+        let absent = |items: &mut [TableItem]| build_table(items).unwrap().absent;
+        assert_eq!(absent(&mut []), 0b1111);
+        assert_eq!(absent(&mut [key(1, 3)]), 0b1110);
+        assert_eq!(absent(&mut [key(1, WILDCARD)]), 0b1101);
+        assert_eq!(absent(&mut [key(WILDCARD, 3)]), 0b1011);
+        assert_eq!(absent(&mut [key(WILDCARD, WILDCARD), key(1, 3)]), 0b0110);
+        assert_eq!(Table::default().absent, 0);
     }
 
     #[test]

@@ -34,8 +34,8 @@ use aya_ebpf::{
 #[allow(deprecated)]
 use aya_ebpf::btf_maps::{CgroupStorage, PerCpuCgroupStorage};
 use ctdev_common::{
-    allows, evaluate, table_lookup, ContainerCounters, ContainerTable, DenyEvent, MatchKind, PolicyKey,
-    PolicyValue, SharedTable, EVENTS_PER_SECOND_PER_CPU, EVENTS_RING_BYTES, FOUND, NO_MATCH,
+    allows, evaluate, table_find, table_lookup, ContainerCounters, ContainerTable, DenyEvent, MatchKind,
+    PolicyKey, PolicyValue, SharedTable, EVENTS_PER_SECOND_PER_CPU, EVENTS_RING_BYTES, FOUND, NO_MATCH,
     POLICY_MAP_CAPACITY, READ_ATTEMPTS, SCOPE_DEFER_CAPACITY, SCOPE_POLICY_CAPACITY, STATE_LARGE,
     STATE_WRITTEN, TABLE_CAP,
 };
@@ -168,15 +168,51 @@ pub fn ctdev_shared(ctx: DeviceContext) -> i32 {
     let requested = dev.access_type >> 16;
     #[allow(deprecated)]
     let table = CTDEV_STORAGE.get_ptr_mut();
-    #[allow(deprecated)]
-    let counters = CTDEV_STORAGE_CNT.get_ptr_mut();
-    if table.is_null() || counters.is_null() {
+    if table.is_null() {
         return 0;
     }
     // SAFETY: the helper returns the attached cgroup's storage, valid for
     // this run (a concurrent update swaps in a new buffer; this one is
     // freed only after an RCU grace period).
     let table: &SharedTable = unsafe { &*table };
+    // The fast path: a written table whose exact entry for the device
+    // allows the access (the first probe of `table_lookup`, which decides
+    // alone when it finds an entry). Only then the counters; no spills, no
+    // denial bookkeeping on this path: it is most accesses of a container,
+    // and each instruction and helper call of it shows in the check cost.
+    // Everything else (no exact entry, an exact entry that denies,
+    // unwritten storage, large policies) decides in `shared_slow`, from
+    // the same buffer, exactly as before.
+    let state = table.state;
+    if state & (STATE_WRITTEN | STATE_LARGE) == STATE_WRITTEN {
+        let exact = MatchKind::Exact.key(0, dev_type, dev.major, dev.minor);
+        if let Some((bits, hit)) = table_find(&table.table, &exact) {
+            if allows(FOUND | bits, requested) {
+                #[allow(deprecated)]
+                let counters = CTDEV_STORAGE_CNT.get_ptr_mut();
+                if counters.is_null() {
+                    return 0;
+                }
+                // SAFETY: this CPU's slot of the per-CPU storage; migration is disabled.
+                let counters = unsafe { &mut *counters };
+                counters.hits[(hit as usize) & (TABLE_CAP - 1)] += 1;
+                return 1;
+            }
+        }
+    }
+    shared_slow(table, dev_type, dev.major, dev.minor, requested)
+}
+
+/// The rest of `ctdev_shared`'s decisions. Inlined: as a BPF subprogram
+/// (`#[inline(never)]`) the allowed path cost the same but a denial cost
+/// the call, +15–20 ns.
+#[inline(always)]
+fn shared_slow(table: &SharedTable, dev_type: u32, major: u32, minor: u32, requested: u32) -> i32 {
+    #[allow(deprecated)]
+    let counters = CTDEV_STORAGE_CNT.get_ptr_mut();
+    if counters.is_null() {
+        return 0;
+    }
     // SAFETY: this CPU's slot of the per-CPU storage; migration is disabled.
     let counters = unsafe { &mut *counters };
     let state = table.state;
@@ -185,7 +221,7 @@ pub fn ctdev_shared(ctx: DeviceContext) -> i32 {
     let found = if state & STATE_WRITTEN == 0 {
         (0, 0, NO_MATCH)
     } else if state & STATE_LARGE != 0 {
-        let found = large_lookup(policy_id, state & 1, dev_type, dev.major, dev.minor);
+        let found = large_lookup(policy_id, state & 1, dev_type, major, minor);
         // Large policies live in the shared hash map, where a whole-policy
         // swap deletes the old generation after publishing the new one:
         // re-read the (possibly new) storage and deny if it moved on.
@@ -197,9 +233,9 @@ pub fn ctdev_shared(ctx: DeviceContext) -> i32 {
         }
         found
     } else {
-        table_lookup(&table.table, dev_type, dev.major, dev.minor)
+        table_lookup(&table.table, dev_type, major, minor)
     };
-    conclude(counters, policy_id, state, stable, found, dev_type, dev.major, dev.minor, requested)
+    conclude(counters, policy_id, state, stable, found, dev_type, major, minor, requested)
 }
 
 /// The end of every decision (both programs): an allowed access counts a
