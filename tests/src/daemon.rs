@@ -29,6 +29,30 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
+impl DaemonProc {
+    /// [`wait_until`], with the daemon's log in the failure message.
+    #[track_caller]
+    pub fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// Writes a policy file with the env's parent cgroup as scope.
 pub fn write_policy(env: &TestEnv, name: &str, resync: f64, entries: &str) -> PathBuf {
     let path = env.scratch.join(name);

@@ -757,7 +757,7 @@ fn an_attach_held_in_its_lane_comes_before_its_devices_and_a_container_removed_m
     );
     assert!(!link(old_id).exists(), "{}", daemon.log_text());
     fs::remove_file(&events_hold).unwrap();
-    wait_until(Duration::from_secs(10), "the new h-third attached", || {
+    daemon.wait_until(Duration::from_secs(10), "the new h-third attached", || {
         let state = fs::read_to_string(&state_file).unwrap_or_default();
         (jobs(&daemon) == 0
             && link(new_id).exists()
