@@ -115,6 +115,22 @@ pub enum PassthroughError {
     },
 }
 
+impl PassthroughError {
+    /// Whether it failed because the container has stopped: its cgroup
+    /// has no process, or its init went during the operation (a race with
+    /// a container going away, not a fault).
+    pub fn container_stopped(&self) -> bool {
+        matches!(
+            self,
+            PassthroughError::Process(
+                ProcessError::NoProcess(_)
+                    | ProcessError::Exited { .. }
+                    | ProcessError::Runtime(crate::runtimes::RuntimeError::NoProcess(_))
+            )
+        )
+    }
+}
+
 impl From<ControllerError> for PassthroughError {
     fn from(e: ControllerError) -> Self {
         PassthroughError::Controller(Box::new(e))

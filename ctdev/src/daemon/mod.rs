@@ -1003,6 +1003,13 @@ impl Daemon {
             Err(e) if !lanes::is_cgroup(dir, id) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, "container gone while taking its device back: {e}");
             }
+            Err(e) if e.container_stopped() => {
+                // Its processes are gone and its cgroup is going: a race,
+                // not a fault. The record stays (the cgroup's removal, or
+                // the next resync if it runs again, takes the device back).
+                tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "container stopped while taking its device back: {e}");
+                return;
+            }
             Err(e) => {
                 tracing::error!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "cannot remove device: {e}");
                 return;
