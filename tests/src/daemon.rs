@@ -15,7 +15,18 @@ use crate::{ctdev_bin, TestEnv};
 
 /// Polls `f` every 10 ms until it returns `Some`, failing the test after `timeout`.
 #[track_caller]
-pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll(timeout, what, f, String::new)
+}
+
+/// [`wait_until`], with `context()` in the failure message.
+#[track_caller]
+fn poll<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -23,7 +34,8 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         }
         assert!(
             start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            context()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -32,24 +44,8 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 impl DaemonProc {
     /// [`wait_until`], with the daemon's log in the failure message.
     #[track_caller]
-    pub fn wait_until<T>(
-        &self,
-        timeout: Duration,
-        what: &str,
-        mut f: impl FnMut() -> Option<T>,
-    ) -> T {
-        let start = Instant::now();
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "timed out after {timeout:?} waiting for {what}\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    pub fn wait_until<T>(&self, timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        poll(timeout, what, f, || self.log_text())
     }
 }
 
