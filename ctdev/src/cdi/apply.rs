@@ -444,6 +444,11 @@ fn write_record(path: &Path, record: &CdiRecord) -> Result<(), CdiError> {
 struct Live {
     policy_id: u64,
     cgroup_dir: PathBuf,
+    /// The target pinned to the cgroup resolved once: every step of a CDI
+    /// add or del acts on this cgroup, and fails (`Recreated`) if the path
+    /// was removed and created again between two steps, so rules, nodes and
+    /// the record never land on different containers.
+    pinned: Target,
     init: InitProcess,
     exact: BTreeMap<(DeviceType, u32, u32), Access>,
 }
@@ -467,6 +472,10 @@ fn live(ct: &Ctdev, target: &Target) -> Result<Live, CdiError> {
     let init = InitProcess::of_cgroup(ct.cgroups(), &cgroup)?;
     Ok(Live {
         policy_id: state.policy_id,
+        pinned: Target::CgroupOf {
+            dir: cgroup.dir.clone(),
+            id: cgroup.id,
+        },
         cgroup_dir: cgroup.dir,
         init,
         exact,
@@ -550,7 +559,7 @@ pub fn add(
         edits: Some(device.edits.clone()),
     };
     let undo_all = |rec: &CdiRecord, e: CdiError| -> CdiError {
-        let failures = undo(ct, target, &lv.init, rec);
+        let failures = undo(ct, &lv.pinned, &lv.init, rec);
         if failures.is_empty() {
             e
         } else {
@@ -576,7 +585,7 @@ pub fn add(
             host: n.host.clone(),
             dest: n.dest.clone(),
         };
-        match passthrough::add(ct, target, &req, &add_opts) {
+        match passthrough::add(ct, &lv.pinned, &req, &add_opts) {
             Ok(report) => {
                 for w in report.warnings {
                     if !rec.warnings.contains(&w) {
@@ -621,7 +630,7 @@ pub fn add(
             host: host.clone(),
             name: inside.clone(),
         };
-        match passthrough::add(ct, target, &req, &AddOptions::default()) {
+        match passthrough::add(ct, &lv.pinned, &req, &AddOptions::default()) {
             Ok(_) => rec.netdevs.push(NetdevRecord {
                 host_name: host.clone(),
                 container_name: inside.clone(),
@@ -723,7 +732,7 @@ pub fn del(
             ),
         });
     }
-    let failures = undo(ct, target, &lv.init, &rec);
+    let failures = undo(ct, &lv.pinned, &lv.init, &rec);
     if !failures.is_empty() {
         return Err(CdiError::Record {
             path,
