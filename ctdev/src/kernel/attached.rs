@@ -157,26 +157,31 @@ impl AttachedAt {
     /// The hierarchy path of the cgroup at `dir` and the programs attached
     /// there (not inherited), queried when first asked for.
     fn get(&self, fs: &CgroupFs, dir: &Path) -> Result<(PathBuf, Vec<u32>), ProgramsError> {
-        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hit) = cache.get(dir) {
-            return Ok(hit.clone());
+        let cached = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(dir)
+            .cloned();
+        if let Some(hit) = cached {
+            return Ok(hit);
         }
-        let here = fs.cgroup(dir)?;
-        drop(cache);
-        self.query(&here)
+        self.query(&fs.cgroup(dir)?)
     }
 
     /// The programs attached at `cgroup` (already resolved: no stat of its
     /// directory again), queried when first asked for.
     fn query(&self, cgroup: &Cgroup) -> Result<(PathBuf, Vec<u32>), ProgramsError> {
-        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hit) = cache.get(&cgroup.dir) {
+        let lock = || self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = lock().get(&cgroup.dir) {
             return Ok(hit.clone());
         }
+        // Not locked while the kernel answers (`list` asks from several
+        // threads; two may ask about the same ancestor once each).
         let fd = cgroup.open()?;
         let ids = sys::query_device_programs(fd.as_fd(), false, &cgroup.dir)?;
         let out = (cgroup.path.clone(), ids);
-        cache.insert(cgroup.dir.clone(), out.clone());
+        lock().insert(cgroup.dir.clone(), out.clone());
         Ok(out)
     }
 }
