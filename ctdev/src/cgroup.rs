@@ -8,12 +8,14 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use nix::fcntl::{open, OFlag};
-use nix::sys::stat::Mode;
+use nix::dir::{Dir, Type};
+use nix::fcntl::{open, AtFlags, OFlag};
+use nix::sys::stat::{fstatat, Mode};
 use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
 
 use crate::error::IoError;
@@ -250,33 +252,80 @@ impl CgroupFs {
 
     /// Maps cgroup ids to their cgroups by walking the hierarchy once.
     /// Only the ids asked for are returned; missing ones are simply absent.
+    ///
+    /// The walk opens and reads only directories that have subdirectories,
+    /// and stats each cgroup once relative to its open parent (no path
+    /// walk from the mount): its inode number is the cgroup id, and on
+    /// cgroup2 (kernfs) a directory's link count is 2 plus its
+    /// subdirectories, so a leaf (most containers' cgroups) is never
+    /// opened. At 10,000 cgroups that is about 10,000 system calls where a
+    /// stat, an open, an fstat, two `getdents64` and a close per cgroup
+    /// made 60,000.
     pub fn find_ids(&self, ids: &[u64]) -> HashMap<u64, Cgroup> {
         let mut wanted: std::collections::HashSet<u64> = ids.iter().copied().collect();
         let mut found = HashMap::new();
+        let at = |dir: &Path, id: u64| {
+            let inside = dir.strip_prefix(&self.mount).unwrap_or(Path::new(""));
+            Cgroup {
+                path: Path::new("/").join(inside),
+                dir: dir.to_path_buf(),
+                id,
+            }
+        };
+        if let Ok(meta) = fs::metadata(&self.mount) {
+            if wanted.remove(&meta.ino()) {
+                found.insert(meta.ino(), at(&self.mount, meta.ino()));
+            }
+        }
         let mut stack = vec![self.mount.clone()];
         while let Some(dir) = stack.pop() {
             if wanted.is_empty() {
                 break;
             }
-            let Ok(meta) = fs::metadata(&dir) else {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            let Ok(mut handle) = Dir::open(&dir, flags, Mode::empty()) else {
                 continue;
             };
-            if wanted.remove(&meta.ino()) {
-                let inside = dir.strip_prefix(&self.mount).unwrap_or(Path::new(""));
-                found.insert(
-                    meta.ino(),
-                    Cgroup {
-                        path: Path::new("/").join(inside),
-                        dir: dir.clone(),
-                        id: meta.ino(),
-                    },
+            // Subdirectories: name, inode (= cgroup id), whether the entry
+            // said it is a directory (`None`: the file system did not say).
+            let subdirs: Vec<(std::ffi::CString, u64, Option<bool>)> = handle
+                .iter()
+                .flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_bytes();
+                    n != b"." && n != b".."
+                })
+                .filter_map(|e| match e.file_type() {
+                    Some(Type::Directory) => Some((e.file_name().to_owned(), e.ino(), Some(true))),
+                    None => Some((e.file_name().to_owned(), e.ino(), None)),
+                    Some(_) => None,
+                })
+                .collect();
+            for (name, ino, is_dir) in subdirs {
+                let st = fstatat(
+                    handle.as_fd(),
+                    name.as_c_str(),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
                 );
-            }
-            if let Ok(entries) = fs::read_dir(&dir) {
-                for entry in entries.flatten() {
-                    if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        stack.push(entry.path());
-                    }
+                let (ino, is_dir, leaf) = match (&st, is_dir) {
+                    (Ok(st), _) => (
+                        st.st_ino,
+                        st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+                        st.st_nlink == 2,
+                    ),
+                    // Gone since the read, or unreadable: as the entry said.
+                    (Err(_), Some(true)) => (ino, true, false),
+                    (Err(_), _) => continue,
+                };
+                if !is_dir {
+                    continue;
+                }
+                let child = dir.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+                if wanted.remove(&ino) {
+                    found.insert(ino, at(&child, ino));
+                }
+                if !leaf {
+                    stack.push(child);
                 }
             }
         }

@@ -293,7 +293,13 @@ impl Store {
     }
 
     fn path(&self, policy_id: u64) -> PathBuf {
-        self.dir.join(format!("grants-{policy_id}.json"))
+        self.dir.join(Self::file_name(policy_id))
+    }
+
+    /// The name of `policy_id`'s ledger file in [`Self::dir`] (`list`
+    /// reads the directory once instead of trying each container's file).
+    pub fn file_name(policy_id: u64) -> String {
+        format!("grants-{policy_id}.json")
     }
 
     /// The ledger of `policy_id` (empty when there is none).

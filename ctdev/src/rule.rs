@@ -259,6 +259,23 @@ impl Access {
         }
         Some(Access(bits))
     }
+
+    /// The letters of the set in `rwm` order, in `buf` (no allocation:
+    /// `list --json` writes 200,000 of them at 10,000 containers).
+    fn letters(self, buf: &mut [u8; 3]) -> &str {
+        let mut n = 0;
+        for (bit, ch) in [
+            (ACCESS_READ, b'r'),
+            (ACCESS_WRITE, b'w'),
+            (ACCESS_MKNOD, b'm'),
+        ] {
+            if self.0 & bit != 0 {
+                buf[n] = ch;
+                n += 1;
+            }
+        }
+        std::str::from_utf8(&buf[..n]).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for Access {
@@ -266,23 +283,14 @@ impl fmt::Display for Access {
         if self.0 == 0 {
             return f.write_str("''");
         }
-        for (bit, ch) in [(ACCESS_READ, 'r'), (ACCESS_WRITE, 'w'), (ACCESS_MKNOD, 'm')] {
-            if self.0 & bit != 0 {
-                write!(f, "{ch}")?;
-            }
-        }
-        Ok(())
+        f.write_str(self.letters(&mut [0; 3]))
     }
 }
 
 impl Serialize for Access {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // "" rather than "''" in JSON: the empty set.
-        if self.0 == 0 {
-            s.serialize_str("")
-        } else {
-            s.serialize_str(&self.to_string())
-        }
+        s.serialize_str(self.letters(&mut [0; 3]))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::audit::view::{ContainerView, Dump, Layout, MapView, OrphanView, RuleV
 use crate::devname::device_names;
 use crate::kernel::attached::{device_programs_cached, AttachedAt, Owner, ProgramNames};
 use crate::kernel::attachment::{self, AttachmentError};
-use crate::kernel::counters::Counters;
+use crate::kernel::counters::{Counters, Stats};
 use crate::kernel::policy_map::PolicyMap;
 use crate::ops::{ContainerState, Ctdev, Error, LinkState};
 use crate::plan::Entries;
@@ -20,8 +20,23 @@ use crate::rule::{Access, DevNumber, DeviceType, Rule};
 use crate::runtimes;
 use crate::target::Target;
 
+/// What [`Ctdev::read_policies`] reads: the policy map's summary, every
+/// entry, its hits, and each container's statistics.
+type Policies = (
+    Option<MapView>,
+    BTreeMap<PolicyKey, u32>,
+    BTreeMap<PolicyKey, u64>,
+    BTreeMap<u64, Stats>,
+);
+
 /// Host device names per rule's device numbers, for one command.
 type DeviceNames = HashMap<(DeviceType, DevNumber, DevNumber), Vec<String>>;
+
+/// The view of each distinct entry (key without its policy id, access
+/// bits) built so far, for one command: containers mostly share their
+/// rules, and formatting each of 200,000 entries again showed at 10,000
+/// containers.
+type EntryViews = HashMap<(u32, u32, u32, u32), RuleView>;
 
 impl Ctdev {
     /// The audit dump: every container under policy (or only `target`) with
@@ -48,43 +63,35 @@ impl Ctdev {
         }
         let (ids, foreign) = self.pins.link_entries()?;
         dump.foreign_pins = foreign;
-        let map_pin = self.pins.policy_map();
-        // Every container's entries, hits and statistics in one pass.
-        let counters = Counters::open(&self.pins)?;
-        let (entries, hits, stats) = if map_pin.exists() {
-            let map = PolicyMap::open(&map_pin)?;
-            let large_hits = match &counters {
-                Some(c) => c.large_hits()?,
-                None => BTreeMap::new(),
-            };
-            let all = map.read_all(&large_hits)?;
-            dump.policy_map = Some(MapView {
-                pin: map_pin,
-                map_id: map.id(),
-                entries: all.entries.len(),
-                capacity: map.capacity(),
-            });
-            (all.entries, all.hits, all.stats)
-        } else {
-            let (hits, stats) = match &counters {
-                Some(c) => (c.hits()?, c.stats()?),
-                None => Default::default(),
-            };
-            (BTreeMap::new(), hits, stats)
-        };
-        if let Err(e) = self.check_map_pin() {
-            dump.problems.push(e.to_string());
-        }
         let ids: Vec<u64> = ids
             .into_iter()
             .filter(|i| only.is_none_or(|o| o == *i))
             .collect();
+        // The cgroup walk and the policy reads do not depend on each other:
+        // at 10,000 containers each takes a good part of the command, so
+        // they run side by side (a short list is not worth a thread).
+        let (policies, cgroups) = if ids.len() < PARALLEL_FROM {
+            (self.read_policies(), self.cgroups.find_ids(&ids))
+        } else {
+            std::thread::scope(|s| {
+                let walk = s.spawn(|| self.cgroups.find_ids(&ids));
+                let policies = self.read_policies();
+                let cgroups = walk
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (policies, cgroups)
+            })
+        };
+        let (map_view, entries, hits, stats) = policies?;
+        dump.policy_map = map_view;
+        if let Err(e) = self.check_map_pin() {
+            dump.problems.push(e.to_string());
+        }
         if let Some(o) = only {
             if ids.is_empty() {
                 return Err(self.not_under_policy(&target.cloned().unwrap_or(Target::PolicyId(o))));
             }
         }
-        let cgroups = self.cgroups.find_ids(&ids);
         let mut by_id: BTreeMap<u64, Entries> = BTreeMap::new();
         for (key, bits) in entries {
             if only.is_some_and(|o| o != key.policy_id) {
@@ -95,11 +102,16 @@ impl Ctdev {
         // Host names per device number, read from /sys/dev once per command
         // (containers mostly share their rules).
         let names_cache: RefCell<DeviceNames> = RefCell::default();
+        let views_cache: RefCell<EntryViews> = RefCell::default();
         let rule_views = |entries: &Entries| -> Vec<RuleView> {
             entries
                 .iter()
                 .map(|(key, bits)| {
-                    let mut view = self.rule_view(key, *bits, &names_cache);
+                    let mut view = views_cache
+                        .borrow_mut()
+                        .entry((key.dev_type, key.major, key.minor, *bits))
+                        .or_insert_with(|| self.rule_view(key, *bits, &names_cache))
+                        .clone();
                     view.hits = hits.get(key).copied().unwrap_or(0);
                     view
                 })
@@ -116,8 +128,23 @@ impl Ctdev {
             });
         // Pod names, where `ctdev nri` recorded them (a bad map names none).
         let pods = runtimes::k8s::PodMap::load(&runtimes::k8s::state_dir()).unwrap_or_default();
-        for id in &ids {
-            let link = match attachment::open(&self.pins, *id) {
+        // Each container's link and the programs on its cgroup: three
+        // system calls each, on every CPU (up to 4) for a long list.
+        let probed = in_parallel(&ids, |id| {
+            let link = attachment::open(&self.pins, id);
+            let programs = match (&link, cgroups.get(&id)) {
+                (Ok(Some(_)), Some(g)) => Some(device_programs_cached(
+                    &self.cgroups,
+                    g,
+                    &names,
+                    &attached_at,
+                )),
+                _ => None,
+            };
+            (link, programs)
+        });
+        for (id, (link, programs)) in ids.iter().zip(probed) {
+            let link = match link {
                 Ok(Some(l)) => l,
                 Ok(None) => continue,
                 Err(AttachmentError::Foreign { path }) => {
@@ -159,15 +186,15 @@ impl Ctdev {
                 link_pin: link.pin,
                 rules: rule_views(&state.entries),
                 stats: stats.get(id).copied().unwrap_or_default(),
-                other_programs: match cg {
-                    Some(g) => device_programs_cached(&self.cgroups, g, &names, &attached_at)
+                other_programs: match (cg, programs) {
+                    (Some(g), Some(programs)) => programs
                         .map(|all| {
                             all.into_iter()
                                 .filter(|p| !p.is_own(link.info.prog_id, &g.path))
                                 .collect()
                         })
                         .unwrap_or_default(),
-                    None => Vec::new(),
+                    _ => Vec::new(),
                 },
                 drift: None,
             });
@@ -208,6 +235,34 @@ impl Ctdev {
             ));
         }
         Ok(dump)
+    }
+
+    /// Every container's entries, hits and statistics in one pass, and the
+    /// policy map's summary when it exists.
+    fn read_policies(&self) -> Result<Policies, Error> {
+        let map_pin = self.pins.policy_map();
+        let counters = Counters::open(&self.pins)?;
+        if map_pin.exists() {
+            let map = PolicyMap::open(&map_pin)?;
+            let large_hits = match &counters {
+                Some(c) => c.large_hits()?,
+                None => BTreeMap::new(),
+            };
+            let all = map.read_all(&large_hits)?;
+            let view = MapView {
+                pin: map_pin,
+                map_id: map.id(),
+                entries: all.entries.len(),
+                capacity: map.capacity(),
+            };
+            Ok((Some(view), all.entries, all.hits, all.stats))
+        } else {
+            let (hits, stats) = match &counters {
+                Some(c) => (c.hits()?, c.stats()?),
+                None => Default::default(),
+            };
+            Ok((None, BTreeMap::new(), hits, stats))
+        }
     }
 
     fn rule_view(&self, key: &PolicyKey, bits: u32, names: &RefCell<DeviceNames>) -> RuleView {
@@ -259,4 +314,33 @@ impl Ctdev {
         out.rules_without_node = no_node;
         out
     }
+}
+
+/// Containers from which `list` reads on several threads.
+const PARALLEL_FROM: usize = 256;
+
+/// `f` of each of `ids`, in order, spread over up to 4 scoped threads
+/// (one per CPU) when there are many (each call is a few system calls).
+fn in_parallel<T: Send>(ids: &[u64], f: impl Fn(u64) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4);
+    if threads < 2 || ids.len() < PARALLEL_FROM {
+        return ids.iter().map(|id| f(*id)).collect();
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let parts: Vec<_> = ids
+            .chunks(ids.len().div_ceil(threads))
+            .map(|part| s.spawn(move || part.iter().map(|id| f(*id)).collect::<Vec<T>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| {
+                p.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }

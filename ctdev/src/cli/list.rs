@@ -54,12 +54,22 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
     }
     // Devices passed in (by the daemon, with the udev name each was
     // selected by, and by `ctdev add`), per container.
+    // Each record store is read once for the command: the daemon's state
+    // file, and the names in the grants directory (a container without a
+    // ledger file has nothing passed in by `ctdev add`).
+    let daemon = super::status::daemon_state(&args.state_dir);
+    let ledgers = file_names(ctdev.grants().dir());
     let passed: BTreeMap<u64, Vec<PassedIn>> = dump
         .containers
         .iter()
         .map(|c| {
-            let mut all = super::status::passed_in(&args.state_dir, c.policy_id);
-            all.extend(super::status::passed_in_by_cli(&ctdev, c.policy_id));
+            let mut all = match &daemon {
+                Some(state) => super::status::passed_in_by_daemon(state, c.policy_id),
+                None => Vec::new(),
+            };
+            if ledgers.contains(&crate::grants::Store::file_name(c.policy_id)) {
+                all.extend(super::status::passed_in_by_cli(&ctdev, c.policy_id));
+            }
             (c.policy_id, all)
         })
         .filter(|(_, v)| !v.is_empty())
@@ -83,6 +93,17 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The names of the files in `dir` (none when it cannot be read).
+fn file_names(dir: &std::path::Path) -> std::collections::HashSet<String> {
+    std::fs::read_dir(dir)
+        .map(|all| {
+            all.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The human-readable dump, without colour.

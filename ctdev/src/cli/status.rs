@@ -162,9 +162,20 @@ fn gather(ctdev: &Ctdev, args: &Args) -> Result<Status> {
 /// ledger) and CDI injections are read here too once they exist, each with
 /// its own `by`.
 pub fn passed_in(state_dir: &Path, policy_id: u64) -> Vec<PassedIn> {
-    let Ok(state) = State::load(&state_dir.join("state.json")) else {
-        return Vec::new();
-    };
+    match daemon_state(state_dir) {
+        Some(state) => passed_in_by_daemon(&state, policy_id),
+        None => Vec::new(),
+    }
+}
+
+/// The daemon's state file under `state_dir`, if there is a readable one
+/// (read once per command: `list` asks about every container).
+pub(super) fn daemon_state(state_dir: &Path) -> Option<State> {
+    State::load(&state_dir.join("state.json")).ok()
+}
+
+/// The devices the daemon's `state` says it passed into `policy_id`.
+pub(super) fn passed_in_by_daemon(state: &State, policy_id: u64) -> Vec<PassedIn> {
     let Some(owned) = state.containers.get(&policy_id) else {
         return Vec::new();
     };

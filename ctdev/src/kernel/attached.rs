@@ -157,15 +157,31 @@ impl AttachedAt {
     /// The hierarchy path of the cgroup at `dir` and the programs attached
     /// there (not inherited), queried when first asked for.
     fn get(&self, fs: &CgroupFs, dir: &Path) -> Result<(PathBuf, Vec<u32>), ProgramsError> {
-        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hit) = cache.get(dir) {
+        let cached = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(dir)
+            .cloned();
+        if let Some(hit) = cached {
+            return Ok(hit);
+        }
+        self.query(&fs.cgroup(dir)?)
+    }
+
+    /// The programs attached at `cgroup` (already resolved: no stat of its
+    /// directory again), queried when first asked for.
+    fn query(&self, cgroup: &Cgroup) -> Result<(PathBuf, Vec<u32>), ProgramsError> {
+        let lock = || self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = lock().get(&cgroup.dir) {
             return Ok(hit.clone());
         }
-        let here = fs.cgroup(dir)?;
-        let fd = here.open()?;
-        let ids = sys::query_device_programs(fd.as_fd(), false, &here.dir)?;
-        let out = (here.path, ids);
-        cache.insert(dir.to_path_buf(), out.clone());
+        // Not locked while the kernel answers (`list` asks from several
+        // threads; two may ask about the same ancestor once each).
+        let fd = cgroup.open()?;
+        let ids = sys::query_device_programs(fd.as_fd(), false, &cgroup.dir)?;
+        let out = (cgroup.path.clone(), ids);
+        lock().insert(cgroup.dir.clone(), out.clone());
         Ok(out)
     }
 }
@@ -183,7 +199,13 @@ pub fn device_programs_cached(
         if !d.starts_with(fs.mount()) {
             break;
         }
-        let (path, ids) = cache.get(fs, d)?;
+        // The container's own cgroup is resolved already; its ancestors
+        // are resolved (and cached) by directory.
+        let (path, ids) = if d == cgroup.dir {
+            cache.query(cgroup)?
+        } else {
+            cache.get(fs, d)?
+        };
         for id in ids {
             let name = names.get(id);
             out.push(DeviceProgram {
