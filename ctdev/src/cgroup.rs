@@ -108,7 +108,7 @@ impl CgroupFs {
     /// Finds the cgroup2 mount from `/proc/self/mountinfo`.
     pub fn discover() -> Result<Self, CgroupError> {
         let text =
-            crate::error::read_small("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+            crate::fsio::read_small("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
         let (mount, root) = cgroup2_mount_entry(&text).ok_or(CgroupError::NoCgroup2)?;
         Ok(Self {
             mount,
@@ -126,7 +126,7 @@ impl CgroupFs {
             });
         }
         let text =
-            crate::error::read_small("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+            crate::fsio::read_small("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
         let real = fs::canonicalize(mount).unwrap_or_else(|_| mount.to_path_buf());
         let root_depth =
             mount_root_depth(&text, &real).ok_or_else(|| CgroupError::NotMountRoot {
@@ -182,7 +182,7 @@ impl CgroupFs {
         if !meta.is_dir() || !is_cgroup2(given) {
             return None;
         }
-        let text = crate::error::read_small("/proc/self/mountinfo").ok()?;
+        let text = crate::fsio::read_small("/proc/self/mountinfo").ok()?;
         let (mount, root) = cgroup2_mount_entries(&text)
             .into_iter()
             .filter(|(m, _)| given.starts_with(m))
@@ -233,7 +233,7 @@ impl CgroupFs {
 
     /// The cgroup a process is in, from `/proc/PID/cgroup`.
     pub fn cgroup_of_pid(&self, pid: i32) -> Result<Cgroup, CgroupError> {
-        let text = crate::error::read_small(format!("/proc/{pid}/cgroup")).map_err(|e| {
+        let text = crate::fsio::read_small(format!("/proc/{pid}/cgroup")).map_err(|e| {
             CgroupError::Pid {
                 pid,
                 reason: if e.kind() == io::ErrorKind::NotFound {
@@ -286,37 +286,34 @@ impl CgroupFs {
             let Ok(mut handle) = Dir::open(&dir, flags, Mode::empty()) else {
                 continue;
             };
-            // Subdirectories: name, inode (= cgroup id), whether the entry
-            // said it is a directory (`None`: the file system did not say).
-            let subdirs: Vec<(std::ffi::CString, u64, Option<bool>)> = handle
+            // Subdirectories (entries the file system says are directories,
+            // or says nothing about); the stat below decides.
+            let subdirs: Vec<std::ffi::CString> = handle
                 .iter()
-                .flatten()
+                // A read error ends this directory (nix's iterator would
+                // return the same error again and again).
+                .map_while(Result::ok)
                 .filter(|e| {
                     let n = e.file_name().to_bytes();
                     n != b"." && n != b".."
                 })
-                .filter_map(|e| match e.file_type() {
-                    Some(Type::Directory) => Some((e.file_name().to_owned(), e.ino(), Some(true))),
-                    None => Some((e.file_name().to_owned(), e.ino(), None)),
-                    Some(_) => None,
-                })
+                .filter(|e| matches!(e.file_type(), Some(Type::Directory) | None))
+                .map(|e| e.file_name().to_owned())
                 .collect();
-            for (name, ino, is_dir) in subdirs {
+            for name in subdirs {
                 let st = fstatat(
                     handle.as_fd(),
                     name.as_c_str(),
                     AtFlags::AT_SYMLINK_NOFOLLOW,
                 );
-                let (ino, is_dir, leaf) = match (&st, is_dir) {
-                    (Ok(st), _) => (
-                        st.st_ino,
-                        st.st_mode & libc::S_IFMT == libc::S_IFDIR,
-                        st.st_nlink == 2,
-                    ),
-                    // Gone since the read, or unreadable: as the entry said.
-                    (Err(_), Some(true)) => (ino, true, false),
-                    (Err(_), _) => continue,
-                };
+                // Gone since the read (or unreadable): not a cgroup that is
+                // there, so not reported as present.
+                let Ok(st) = st else { continue };
+                let (ino, is_dir, leaf) = (
+                    st.st_ino,
+                    st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+                    st.st_nlink == 2,
+                );
                 if !is_dir {
                     continue;
                 }

@@ -337,7 +337,7 @@ impl Store {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        Ok(crate::error::write_atomic(&path, text.as_bytes())?)
+        Ok(crate::fsio::write_atomic(&path, text.as_bytes())?)
     }
 
     /// Forgets every grant of `policy_id` (detach, or a fresh attach).

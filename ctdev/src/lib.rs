@@ -58,6 +58,7 @@ pub mod daemon;
 pub(crate) mod devname;
 pub mod error;
 pub(crate) mod failpoint;
+pub mod fsio;
 pub mod grants;
 test_support_mod!(import);
 pub mod kernel;

@@ -470,7 +470,11 @@ fn begin(ct: &Ctdev, owner: Owner, target: &Target) -> Result<Begun, Passthrough
 
 /// The process whose namespaces are used: N for `pid:N`, else the oldest
 /// process of the cgroup.
-fn init_of(ct: &Ctdev, target: &Target, cgroup: &Cgroup) -> Result<InitProcess, ProcessError> {
+pub(crate) fn init_of(
+    ct: &Ctdev,
+    target: &Target,
+    cgroup: &Cgroup,
+) -> Result<InitProcess, ProcessError> {
     match target {
         Target::Pid(pid) => InitProcess::of_process(ct.cgroups(), *pid, cgroup),
         _ => InitProcess::of_cgroup(ct.cgroups(), cgroup),

@@ -572,3 +572,33 @@ fn list_json_streamed_from_typed_views_is_the_value_tree_document_on_a_real_poli
     ]);
     assert_eq!(cli, format!("{old}\n"));
 }
+
+/// `list` holds a bounded number of descriptors however many containers
+/// there are (RLIMIT_NOFILE is often 1024): 300 containers, which `list`
+/// reads on several threads, are listed under a limit of 64.
+#[test]
+fn list_of_many_containers_needs_few_file_descriptors() {
+    let env = TestEnv::new("list-fds");
+    let n = 300;
+    for i in 0..n {
+        let cg = env.cgroup(&format!("c{i}"));
+        env.attach_rules(&cg, &["c 1:3 rw"]);
+    }
+    let out = Command::new("prlimit")
+        .arg("--nofile=64")
+        .arg("--")
+        .arg(ctdev_bin())
+        .arg("--pin-root")
+        .arg(&env.pin_root)
+        .args(["--json", "list"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run prlimit (util-linux)");
+    assert!(
+        out.status.success(),
+        "list under RLIMIT_NOFILE 64 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");
+    assert_eq!(v["containers"].as_array().map(Vec::len), Some(n), "{v:#}");
+}

@@ -14,7 +14,7 @@ use std::path::Path;
 use ctdev_tests::container::TestContainer;
 use ctdev_tests::daemon::{write_policy, DaemonProc, HotLoop};
 use ctdev_tests::engines::{self, Engine, Podman, PodmanOptions};
-use ctdev_tests::{field_strs, unique, TestEnv};
+use ctdev_tests::{field_strs, unique, Parked, TestEnv};
 
 /// What a container shows of the CDI device (and of its /dev and mounts).
 #[derive(Debug, PartialEq, Eq)]
@@ -522,4 +522,49 @@ fn list_names_the_cdi_device_of_rules_and_nodes() {
     env.ok(&["del", target, &name, "--cdi-state", s]);
     let after = env.ok(&["--json", "list", target, "--cdi-state", s]);
     assert!(!after.contains(&name), "{after}");
+}
+
+/// A CDI device with mounts is refused for a target whose process shares
+/// the host's mount namespace (a bind mount there would change the host),
+/// before anything changes: no rule, no record, nothing mounted.
+#[test]
+fn cdi_mounts_are_refused_for_a_target_in_the_hosts_mount_namespace() {
+    let env = TestEnv::new("cdi-hostmnt");
+    let cg = env.cgroup("c");
+    let parked = Parked::in_cgroup(&cg);
+    let target = format!("pid:{}", parked.pid());
+    let specs = env.scratch.join("cdi");
+    fs::create_dir_all(&specs).unwrap();
+    let share = env.scratch.join("share");
+    fs::create_dir_all(&share).unwrap();
+    let dest = format!("/ctdev-never-{}", unique("m"));
+    let class = format!("c{}", unique("").replace('-', ""));
+    let name = format!("example.com/{class}=x");
+    fs::write(
+        specs.join("s.json"),
+        format!(
+            r#"{{"cdiVersion":"0.5.0","kind":"example.com/{class}","devices":[{{"name":"x","containerEdits":{{
+            "deviceNodes":[{{"path":"/dev/null"}}],
+            "mounts":[{{"hostPath":"{}","containerPath":"{dest}","options":["rbind","ro"]}}]}}}}]}}"#,
+            share.display()
+        ),
+    )
+    .unwrap();
+    let state = env.scratch.join("cdi-state");
+    let (d, s) = (specs.to_str().unwrap(), state.to_str().unwrap());
+    env.ok(&["attach", &target, "--preset", "none"]);
+    let before = env.ok(&["--json", "list", &target]);
+    let err = env.fails(&["add", &target, &name, "--cdi-dir", d, "--cdi-state", s]);
+    assert!(
+        err.contains("shares the host's mount namespace") && err.contains(&dest),
+        "{err}"
+    );
+    assert!(!Path::new(&dest).exists(), "{dest} was created on the host");
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&dest), "{mountinfo}");
+    assert_eq!(env.ok(&["--json", "list", &target]), before);
+    assert!(
+        !state.exists() || fs::read_dir(&state).unwrap().next().is_none(),
+        "a record was written"
+    );
 }

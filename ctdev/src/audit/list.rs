@@ -74,11 +74,17 @@ impl Ctdev {
             (self.read_policies(), self.cgroups.find_ids(&ids))
         } else {
             std::thread::scope(|s| {
-                let walk = s.spawn(|| self.cgroups.find_ids(&ids));
+                // No thread to be had (pids.max, RLIMIT_NPROC): one after the other.
+                let walk = std::thread::Builder::new()
+                    .spawn_scoped(s, || self.cgroups.find_ids(&ids))
+                    .ok();
                 let policies = self.read_policies();
-                let cgroups = walk
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                let cgroups = match walk {
+                    Some(walk) => walk
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    None => self.cgroups.find_ids(&ids),
+                };
                 (policies, cgroups)
             })
         };
@@ -130,8 +136,11 @@ impl Ctdev {
         let pods = runtimes::k8s::PodMap::load(&runtimes::k8s::state_dir()).unwrap_or_default();
         // Each container's link and the programs on its cgroup: three
         // system calls each, on every CPU (up to 4) for a long list.
+        // Only what the view needs leaves the worker: the link's fd is
+        // closed there, so the command holds O(1) descriptors however many
+        // containers there are (RLIMIT_NOFILE is often 1024).
         let probed = in_parallel(&ids, |id| {
-            let link = attachment::open(&self.pins, id);
+            let link = attachment::open(&self.pins, id).map(|l| l.map(|l| (l.pin, l.info)));
             let programs = match (&link, cgroups.get(&id)) {
                 (Ok(Some(_)), Some(g)) => Some(device_programs_cached(
                     &self.cgroups,
@@ -144,7 +153,7 @@ impl Ctdev {
             (link, programs)
         });
         for (id, (link, programs)) in ids.iter().zip(probed) {
-            let link = match link {
+            let (link_pin, link) = match link {
                 Ok(Some(l)) => l,
                 Ok(None) => continue,
                 Err(AttachmentError::Foreign { path }) => {
@@ -160,7 +169,7 @@ impl Ctdev {
                 policy_id: *id,
                 // A removed cgroup lingers in the kernel while the link holds it.
                 link: LinkState::of(cg.is_some(), link.is_live_for(*id)),
-                program_id: link.info.prog_id,
+                program_id: link.prog_id,
                 entries: by_id.remove(id).unwrap_or_default(),
             };
             let pod = crate::audit::names::pod_of(&pods, *id, cg.map(|c| c.path.as_path()));
@@ -174,23 +183,23 @@ impl Ctdev {
                 policy_id: state.policy_id,
                 cgroup: state.cgroup.as_ref().map(|c| c.path.clone()),
                 cgroup_dir: state.cgroup.as_ref().map(|c| c.dir.clone()),
-                cgroup_id: link.info.cgroup_id,
+                cgroup_id: link.cgroup_id,
                 program_id: state.program_id,
-                link_id: link.info.id,
+                link_id: link.id,
                 state: state.link,
-                layout: if shared_ids.contains(&link.info.prog_id) {
+                layout: if shared_ids.contains(&link.prog_id) {
                     Layout::Shared
                 } else {
                     Layout::PerContainer
                 },
-                link_pin: link.pin,
+                link_pin,
                 rules: rule_views(&state.entries),
                 stats: stats.get(id).copied().unwrap_or_default(),
                 other_programs: match (cg, programs) {
                     (Some(g), Some(programs)) => programs
                         .map(|all| {
                             all.into_iter()
-                                .filter(|p| !p.is_own(link.info.prog_id, &g.path))
+                                .filter(|p| !p.is_own(link.prog_id, &g.path))
                                 .collect()
                         })
                         .unwrap_or_default(),
@@ -329,17 +338,24 @@ fn in_parallel<T: Send>(ids: &[u64], f: impl Fn(u64) -> T + Sync) -> Vec<T> {
     if threads < 2 || ids.len() < PARALLEL_FROM {
         return ids.iter().map(|id| f(*id)).collect();
     }
-    let f = &f;
+    let run = |part: &[u64]| part.iter().map(|id| f(*id)).collect::<Vec<T>>();
+    let run = &run;
     std::thread::scope(|s| {
         let parts: Vec<_> = ids
             .chunks(ids.len().div_ceil(threads))
-            .map(|part| s.spawn(move || part.iter().map(|id| f(*id)).collect::<Vec<T>>()))
+            .map(|part| {
+                let thread = std::thread::Builder::new().spawn_scoped(s, move || run(part));
+                (part, thread)
+            })
             .collect();
         parts
             .into_iter()
-            .flat_map(|p| {
-                p.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .flat_map(|(part, thread)| match thread {
+                Ok(t) => t
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to be had (pids.max, RLIMIT_NPROC): this part here.
+                Err(_) => run(part),
             })
             .collect()
     })

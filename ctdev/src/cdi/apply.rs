@@ -74,6 +74,14 @@ pub enum CdiError {
     /// The container is under policy but not running.
     #[error("{0} is not running (its cgroup is gone)")]
     NotRunning(String),
+    /// The target's process is in the host's mount namespace: a bind mount
+    /// there would change the host, so none is made.
+    #[error("CDI device {name} has mounts ({}), but {target} shares the host's mount namespace: ctdev never mounts on the host; nothing was changed", dests.join(", "))]
+    HostMounts {
+        name: String,
+        target: String,
+        dests: Vec<String>,
+    },
     /// Already added.
     #[error("CDI device {name} was already added to {target} (record {}); `ctdev del` it first", record.display())]
     AlreadyAdded {
@@ -399,13 +407,7 @@ pub fn annotate(dump: &mut crate::audit::view::Dump, state_dir: &Path) {
     // The directory is read once: only containers with a record directory
     // are looked at (at 10,000 containers, one read instead of 10,000
     // failed opens).
-    let with_records: std::collections::HashSet<String> = fs::read_dir(state_dir)
-        .map(|all| {
-            all.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let with_records = crate::fsio::file_names(state_dir);
     for c in &mut dump.containers {
         if !with_records.contains(&c.policy_id.to_string()) {
             annotate_container(c, &[]);
@@ -458,10 +460,11 @@ fn write_record(path: &Path, record: &CdiRecord) -> Result<(), CdiError> {
 struct Live {
     policy_id: u64,
     cgroup_dir: PathBuf,
-    /// The target pinned to the cgroup resolved once: every step of a CDI
-    /// add or del acts on this cgroup, and fails (`Recreated`) if the path
-    /// was removed and created again between two steps, so rules, nodes and
-    /// the record never land on different containers.
+    /// The target pinned to the cgroup resolved once (or `pid:N` itself):
+    /// every step of a CDI add or del acts on this cgroup, and fails
+    /// (`Recreated`) if the path was removed and created again between two
+    /// steps, so rules, nodes and the record never land on different
+    /// containers.
     pinned: Target,
     init: InitProcess,
     exact: BTreeMap<(DeviceType, u32, u32), Access>,
@@ -483,12 +486,18 @@ fn live(ct: &Ctdev, target: &Target) -> Result<Live, CdiError> {
             exact.insert((r.dev_type, ma, mi), r.access);
         }
     }
-    let init = InitProcess::of_cgroup(ct.cgroups(), &cgroup)?;
+    // The process `passthrough` uses too: N for `pid:N`, else the oldest.
+    let init = passthrough::init_of(ct, target, &cgroup)?;
     Ok(Live {
         policy_id: state.policy_id,
-        pinned: Target::CgroupOf {
-            dir: cgroup.dir.clone(),
-            id: cgroup.id,
+        // `pid:N` stays itself (its namespaces are N's, as for `ctdev add`);
+        // anything else is pinned to the cgroup resolved here.
+        pinned: match target {
+            Target::Pid(_) => target.clone(),
+            _ => Target::CgroupOf {
+                dir: cgroup.dir.clone(),
+                id: cgroup.id,
+            },
         },
         cgroup_dir: cgroup.dir,
         init,
@@ -558,6 +567,17 @@ pub fn add(
         nodes.push((n, host, uid, gid));
     }
     let owner = lv.init.root_ids()?;
+    if !plan.mounts.is_empty() && lv.init.shares_host_ns("mnt")? {
+        return Err(CdiError::HostMounts {
+            name: name.to_string(),
+            target: target.to_string(),
+            dests: plan
+                .mounts
+                .iter()
+                .map(|m| m.dest.display().to_string())
+                .collect(),
+        });
+    }
 
     let mut rec = CdiRecord {
         name: name.to_string(),

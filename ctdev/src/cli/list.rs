@@ -58,7 +58,7 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
     // file, and the names in the grants directory (a container without a
     // ledger file has nothing passed in by `ctdev add`).
     let daemon = super::status::daemon_state(&args.state_dir);
-    let ledgers = file_names(ctdev.grants().dir());
+    let ledgers = ctdev::fsio::file_names(ctdev.grants().dir());
     let passed: BTreeMap<u64, Vec<PassedIn>> = dump
         .containers
         .iter()
@@ -93,17 +93,6 @@ pub(super) fn run(cli: &Cli, config: Config, args: &Args) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The names of the files in `dir` (none when it cannot be read).
-fn file_names(dir: &std::path::Path) -> std::collections::HashSet<String> {
-    std::fs::read_dir(dir)
-        .map(|all| {
-            all.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The human-readable dump, without colour.

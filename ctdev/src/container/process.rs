@@ -186,7 +186,7 @@ impl InitProcess {
     pub fn root_ids(&self) -> Result<(u32, u32), ProcessError> {
         let read = |file: &str| -> Result<u32, ProcessError> {
             let path = PathBuf::from(format!("/proc/{}/{file}", self.pid));
-            let text = crate::error::read_small(&path).map_err(|source| ProcessError::Read {
+            let text = crate::fsio::read_small(&path).map_err(|source| ProcessError::Read {
                 path: path.clone(),
                 source,
             })?;

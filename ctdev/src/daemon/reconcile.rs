@@ -193,7 +193,7 @@ impl State {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        Ok(crate::error::write_atomic(path, text.as_bytes())?)
+        Ok(crate::fsio::write_atomic(path, text.as_bytes())?)
     }
 }
 

@@ -68,7 +68,7 @@ impl PinnedLink {
     /// Whether the link still attaches a program to the cgroup `policy_id`.
     /// A link goes defunct when its cgroup is removed.
     pub(crate) fn is_live_for(&self, policy_id: u64) -> bool {
-        self.info.prog_id != 0 && self.info.cgroup_id == policy_id
+        self.info.is_live_for(policy_id)
     }
 }
 

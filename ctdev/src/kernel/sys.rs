@@ -369,6 +369,14 @@ pub struct LinkInfo {
     pub attach_type: u32,
 }
 
+impl LinkInfo {
+    /// Whether the link still attaches a program to the cgroup `policy_id`.
+    /// A link goes defunct when its cgroup is removed.
+    pub fn is_live_for(&self, policy_id: u64) -> bool {
+        self.prog_id != 0 && self.cgroup_id == policy_id
+    }
+}
+
 /// Reads link info from a link fd.
 pub fn link_info(link: BorrowedFd<'_>, what: &Path) -> Result<LinkInfo, SysError> {
     let mut raw = RawLinkInfo::default();

@@ -257,7 +257,7 @@ pub fn oldest_process(cgroup_dir: &Path) -> Result<Option<i32>, RuntimeError> {
     let mut stack = vec![cgroup_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let procs = dir.join("cgroup.procs");
-        let text = match crate::error::read_small(&procs) {
+        let text = match crate::fsio::read_small(&procs) {
             Ok(t) => t,
             // A sub-cgroup removed while we walk, or a threaded cgroup.
             Err(e) if dir != cgroup_dir => {
@@ -286,7 +286,7 @@ pub fn oldest_process(cgroup_dir: &Path) -> Result<Option<i32>, RuntimeError> {
 
 /// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat).
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = crate::error::read_small(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::fsio::read_small(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields follow the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
