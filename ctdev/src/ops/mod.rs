@@ -339,6 +339,14 @@ impl Ctdev {
         if !self.pins.exists() {
             return Err(self.not_under_policy(target));
         }
+        // Resolved from scratch: a result an earlier lock of this target
+        // left unused (its operation failed before resolving) is dropped.
+        drop(
+            self.locked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take_if(|(t, _)| t == target),
+        );
         let resolved = self.resolve(target)?;
         let lock = self.gone_is_not_under_policy(
             target,
