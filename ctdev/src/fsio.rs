@@ -17,13 +17,21 @@ use crate::error::IoError;
 /// outlive a reboot, and the swap is atomic for every crash of the
 /// process).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(IoError::at("create directory", dir))?;
-    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = fs::File::create(&tmp).map_err(IoError::at("create", &tmp))?;
+    // The directory is made only when it is missing (the first write):
+    // `create_dir_all` first costs a `mkdir` and a `statx` on every write.
+    let mut f = match fs::File::create(&tmp) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).map_err(IoError::at("create directory", dir))?;
+            }
+            fs::File::create(&tmp)
+        }
+        other => other,
+    }
+    .map_err(IoError::at("create", &tmp))?;
     f.write_all(bytes).map_err(IoError::at("write", &tmp))?;
     drop(f);
     replace(&tmp, path)

@@ -89,7 +89,7 @@ fn shared_zero_storage_denies_everything_until_written() {
     );
     // The pinned program attached by hand, its storage never written.
     let dir = std::fs::File::open(&cg).unwrap();
-    let link = sys::link_create_cgroup_device(shared.fd(), dir.as_fd(), &cg).unwrap();
+    let link = sys::link_create_cgroup_device(shared.fd().unwrap(), dir.as_fd(), &cg).unwrap();
     let zero = shared
         .read(id)
         .unwrap()
@@ -121,7 +121,11 @@ fn shared_two_containers_one_program_each_its_own_policy() {
     let pb = attach_ok(&env, &b, &["c 1:5 rw"]);
     assert_eq!(pa, pb, "both containers run the one pinned program");
     let (pins, shared) = open_shared(&env);
-    assert_eq!(shared.prog_id, pa, "a third opener finds the same program");
+    assert_eq!(
+        shared.prog_id().unwrap(),
+        pa,
+        "a third opener finds the same program"
+    );
     assert_allowed(&env, &a, read("/dev/null"));
     assert_denied(&env, &a, read("/dev/zero"));
     assert_denied(&env, &b, read("/dev/null"));

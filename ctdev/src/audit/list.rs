@@ -126,12 +126,18 @@ impl Ctdev {
         let linked: BTreeSet<u64> = ids.iter().copied().collect();
         let names = ProgramNames::load();
         let attached_at = AttachedAt::default();
-        let shared_ids: Vec<u32> = crate::kernel::shared::all(&self.pins)
-            .map(|all| all.iter().map(|p| p.prog_id).collect())
-            .unwrap_or_else(|e| {
-                dump.problems.push(e.to_string());
-                Vec::new()
-            });
+        let mut shared_ids: Vec<u32> = Vec::new();
+        match crate::kernel::shared::all(&self.pins) {
+            Ok(all) => {
+                for p in all {
+                    match p.prog_id() {
+                        Ok(id) => shared_ids.push(id),
+                        Err(e) => dump.problems.push(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => dump.problems.push(e.to_string()),
+        }
         // Pod names, where `ctdev nri` recorded them (a bad map names none).
         let pods = runtimes::k8s::PodMap::load(&runtimes::k8s::state_dir()).unwrap_or_default();
         // Each container's link and the programs on its cgroup: three

@@ -496,13 +496,37 @@ impl ContainerMaps {
     /// Opens the maps of `policy_id`: its own pinned maps, else its written
     /// cgroup storage of a shared program; `None` when there are neither.
     pub fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<Self>, ContainerMapsError> {
+        Self::open_hinted(pins, policy_id, None)
+    }
+
+    /// [`ContainerMaps::open`] trying first `hint`, the shared program in
+    /// whose storage this policy was found before (one lookup, where
+    /// finding it lists the pin root and checks every shared program's
+    /// pin): used when its storage still holds a written policy of
+    /// `policy_id`, else the search runs as without a hint.
+    pub(crate) fn open_hinted(
+        pins: &PinRoot,
+        policy_id: u64,
+        hint: Option<&std::sync::Arc<SharedProgram>>,
+    ) -> Result<Option<Self>, ContainerMapsError> {
         if let Some(a) = ArrayMaps::open(pins, policy_id)? {
             return Ok(Some(Self {
                 policy_id,
                 inner: Inner::Array(a),
             }));
         }
-        let shared = super::shared::find_written(pins, policy_id).map_err(storage_err)?;
+        let hinted = match hint {
+            Some(p) => p
+                .read(policy_id)
+                .map_err(storage_err)?
+                .filter(|t| t.state & STATE_WRITTEN != 0)
+                .map(|t| (p.clone(), t)),
+            None => None,
+        };
+        let shared = match hinted {
+            Some(found) => Some(found),
+            None => super::shared::find_written(pins, policy_id).map_err(storage_err)?,
+        };
         Ok(shared.map(|(shared, stored)| Self {
             policy_id,
             inner: Inner::Storage {
@@ -511,6 +535,15 @@ impl ContainerMaps {
                 pending: std::cell::Cell::new(None),
             },
         }))
+    }
+
+    /// The shared program whose storage holds this policy (`None` for
+    /// per-container maps).
+    pub(crate) fn shared(&self) -> Option<&std::sync::Arc<SharedProgram>> {
+        match &self.inner {
+            Inner::Array(_) => None,
+            Inner::Storage { shared, .. } => Some(shared),
+        }
     }
 
     /// Removes the pins of `policy_id` and clears its shared-program storage

@@ -19,6 +19,7 @@ use ctdev_common::{build_table, table_items, PolicyKey, PolicyValue, TableItem, 
 
 use super::container_maps::{ContainerMaps, ContainerMapsError, Snapshot};
 use super::pins::PinRoot;
+use super::shared::SharedProgram;
 use super::sys;
 
 /// Why the policy map could not be used.
@@ -141,6 +142,10 @@ pub struct PolicyMap {
     raw: OwnedFd,
     /// Entries read per container since the last write.
     cache: RefCell<BTreeMap<u64, BTreeMap<PolicyKey, u32>>>,
+    /// The shared program each container's policy was found in (tried
+    /// first by the next read of that container, see
+    /// [`ContainerMaps::open_hinted`]).
+    found_in: RefCell<BTreeMap<u64, std::sync::Arc<SharedProgram>>>,
 }
 
 /// Every container's policy and counters, read in one pass
@@ -255,6 +260,7 @@ impl PolicyMap {
             map,
             raw,
             cache: RefCell::new(BTreeMap::new()),
+            found_in: RefCell::new(BTreeMap::new()),
         })
     }
 
@@ -443,7 +449,12 @@ impl PolicyMap {
 
     /// Reads one container's policy as it is now.
     fn current(&self, policy_id: u64) -> Result<Current, PolicyMapError> {
-        let maps = ContainerMaps::open(&self.pins, policy_id)?;
+        let hint = self.found_in.borrow().get(&policy_id).cloned();
+        let maps = ContainerMaps::open_hinted(&self.pins, policy_id, hint.as_ref())?;
+        match maps.as_ref().and_then(ContainerMaps::shared) {
+            Some(p) => self.found_in.borrow_mut().insert(policy_id, p.clone()),
+            None => self.found_in.borrow_mut().remove(&policy_id),
+        };
         let snapshot = maps.as_ref().map(ContainerMaps::snapshot);
         let entries = match snapshot {
             Some(s) if !s.large() => table_items(&s.table, policy_id)

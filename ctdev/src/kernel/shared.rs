@@ -187,12 +187,13 @@ fn possible_cpus() -> Result<usize, SharedError> {
 #[derive(Debug)]
 pub struct SharedProgram {
     dir: PathBuf,
-    prog: OwnedFd,
+    /// The program and its kernel id (the same for every container),
+    /// opened and checked on first use: reading and writing policies needs
+    /// only the storage maps (two bpf() calls fewer per command).
+    prog: std::sync::OnceLock<(OwnedFd, u32)>,
     stub: std::sync::OnceLock<OwnedFd>,
     storage: OwnedFd,
     counters: OwnedFd,
-    /// Kernel id of the shared program (the same for every container).
-    pub prog_id: u32,
     cpus: usize,
 }
 
@@ -245,21 +246,10 @@ impl SharedProgram {
         Self::load(object, pins, &dir)
     }
 
-    /// Opens the shared program pinned in `dir`.
+    /// Opens the shared program pinned in `dir`: its storage maps, checked
+    /// now; the program itself is opened and checked when first needed
+    /// ([`SharedProgram::prog_id`], attach).
     pub fn open(dir: &Path) -> Result<Self, SharedError> {
-        let program = dir.join("program");
-        let prog = sys::obj_get(&program)?;
-        let (prog_id, name) = sys::prog_id_and_name(prog.as_fd(), &program.display().to_string())
-            .map_err(|e| SharedError::Foreign {
-                path: program.clone(),
-                found: e.to_string(),
-            })?;
-        if name != SHARED_PROGRAM_NAME {
-            return Err(SharedError::Foreign {
-                path: program,
-                found: format!("program {name:?}"),
-            });
-        }
         // Each map pin is opened once; its type and sizes are checked on
         // that fd (one BPF_OBJ_GET and one BPF_OBJ_GET_INFO_BY_FD each).
         let open_map = |name: &str, ty: u32, size: usize| -> Result<OwnedFd, SharedError> {
@@ -289,8 +279,7 @@ impl SharedProgram {
             std::mem::size_of::<ContainerCounters>(),
         )?;
         Ok(Self {
-            prog,
-            prog_id,
+            prog: std::sync::OnceLock::new(),
             // Opened by the first attach (reading and writing policies
             // never needs it).
             stub: std::sync::OnceLock::new(),
@@ -299,6 +288,34 @@ impl SharedProgram {
             dir: dir.to_path_buf(),
             cpus: possible_cpus()?,
         })
+    }
+
+    /// The program pinned as `program` and its id, opened on first use and
+    /// refused when it is not ctdev's shared program.
+    fn program(&self) -> Result<(BorrowedFd<'_>, u32), SharedError> {
+        if let Some((fd, id)) = self.prog.get() {
+            return Ok((fd.as_fd(), *id));
+        }
+        let program = self.dir.join("program");
+        let prog = sys::obj_get(&program)?;
+        let (prog_id, name) = sys::prog_id_and_name(prog.as_fd(), &program.display().to_string())
+            .map_err(|e| SharedError::Foreign {
+                path: program.clone(),
+                found: e.to_string(),
+            })?;
+        if name != SHARED_PROGRAM_NAME {
+            return Err(SharedError::Foreign {
+                path: program,
+                found: format!("program {name:?}"),
+            });
+        }
+        let (fd, id) = self.prog.get_or_init(|| (prog, prog_id));
+        Ok((fd.as_fd(), *id))
+    }
+
+    /// Kernel id of the shared program (the same for every container).
+    pub fn prog_id(&self) -> Result<u32, SharedError> {
+        Ok(self.program()?.1)
     }
 
     /// The stub program (see [`Self::attach`]), opened on first use.
@@ -373,11 +390,10 @@ impl SharedProgram {
         tracing::info!(prog_id, dir = %dir.display(), "loaded and pinned the shared device program");
         Ok(Self {
             dir: dir.to_path_buf(),
-            prog,
+            prog: std::sync::OnceLock::from((prog, prog_id)),
             stub: std::sync::OnceLock::from(stub),
             storage,
             counters,
-            prog_id,
             cpus: possible_cpus()?,
         })
     }
@@ -575,17 +591,18 @@ impl SharedProgram {
         table: &SharedTable,
     ) -> Result<SharedLink, SharedError> {
         let id = cgroup.id;
+        let (prog, prog_id) = self.program()?;
         let mut table = *table;
         table.policy_id = id;
         table.state |= STATE_WRITTEN;
         let pin = self.link_pin(id);
         if let Ok(link) = sys::obj_get(&pin) {
             let info = sys::link_info(link.as_fd(), &pin)?;
-            if info.prog_id == self.prog_id && info.cgroup_id == id {
+            if info.prog_id == prog_id && info.cgroup_id == id {
                 self.write(id, &table)?;
                 return Ok(SharedLink {
                     pin,
-                    prog_id: self.prog_id,
+                    prog_id,
                     already_attached: true,
                 });
             }
@@ -615,7 +632,7 @@ impl SharedProgram {
         crate::failpoint!("shared.after_write");
         // (3) The shared program, finding its storage written.
         let link =
-            match sys::link_create_cgroup_device(self.prog.as_fd(), cgroup_fd.as_fd(), &cgroup.dir)
+            match sys::link_create_cgroup_device(prog, cgroup_fd.as_fd(), &cgroup.dir)
             {
                 Ok(link) => link,
                 Err(e) => {
@@ -655,7 +672,7 @@ impl SharedProgram {
         }
         Ok(SharedLink {
             pin,
-            prog_id: self.prog_id,
+            prog_id,
             already_attached: false,
         })
     }
@@ -688,8 +705,8 @@ impl SharedProgram {
     }
 
     /// The program's fd (tests attach it by hand to check the zero storage).
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.prog.as_fd()
+    pub fn fd(&self) -> Result<BorrowedFd<'_>, SharedError> {
+        Ok(self.program()?.0)
     }
 }
 

@@ -259,7 +259,7 @@ impl Agent {
             let shared =
                 crate::kernel::shared::SharedProgram::open_or_load(&object, self.ctdev.pins())
                     .map_err(|e| e.to_string())?;
-            Ok(shared.prog_id)
+            shared.prog_id().map_err(|e| e.to_string())
         })();
         match res {
             Ok(id) => tracing::debug!(program = id, "shared program loaded before the first start"),

@@ -266,6 +266,10 @@ pub struct Ctdev {
     pub(crate) pins: PinRoot,
     pub(crate) cgroups: CgroupFs,
     pub(crate) grants: Store,
+    /// The target [`Ctdev::lock_container`] resolved to name the lock it
+    /// took, for the operation's resolution under that lock (taken once,
+    /// checked again there: see [`Ctdev::resolve`]).
+    pub(crate) locked: std::sync::Mutex<Option<(Target, Resolved)>>,
 }
 
 impl Ctdev {
@@ -277,6 +281,7 @@ impl Ctdev {
             grants: Store::new(&config.pin_root, config.state_dir.as_deref()),
             cgroups,
             config,
+            locked: std::sync::Mutex::new(None),
         })
     }
 
@@ -324,19 +329,35 @@ impl Ctdev {
     /// own lock exclusive) for a change of that container only (allow,
     /// revoke, set, grant, take-back, add, del, its counters): changes of
     /// other containers run meanwhile, global changes do not. The target is
-    /// resolved here only to name the lock; the operation resolves it again
+    /// resolved here to name the lock; the operation resolves it again
     /// under the lock and checks with [`Ctdev::check_lock`] that it is
-    /// still this container (a name re-created meanwhile is refused).
+    /// still this container (a name re-created meanwhile is refused). That
+    /// second resolution reuses this one when the cgroup found here is
+    /// still there (same directory, same id: one `statx`) instead of
+    /// walking the runtimes' cgroups again; see [`Ctdev::resolve`].
     pub fn lock_container(&self, target: &Target) -> Result<ContainerLock, Error> {
         if !self.pins.exists() {
             return Err(self.not_under_policy(target));
         }
-        let policy_id = self.resolve(target)?.policy_id;
-        self.gone_is_not_under_policy(
+        // Resolved from scratch: a result an earlier lock of this target
+        // left unused (its operation failed before resolving) is dropped.
+        drop(
+            self.locked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take_if(|(t, _)| t == target),
+        );
+        let resolved = self.resolve(target)?;
+        let lock = self.gone_is_not_under_policy(
             target,
             self.pins
-                .lock_container(policy_id, self.config.lock_timeout),
-        )
+                .lock_container(resolved.policy_id, self.config.lock_timeout),
+        )?;
+        if resolved.cgroup.is_some() {
+            *self.locked.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((target.clone(), resolved));
+        }
+        Ok(lock)
     }
 
     /// Checks that `lock` lets its holder change the container `policy_id`

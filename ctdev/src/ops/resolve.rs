@@ -47,7 +47,29 @@ impl Ctdev {
     }
 
     /// Resolves a target to its policy id (and cgroup, when it exists).
+    ///
+    /// The first resolution of the target [`Ctdev::lock_container`] just
+    /// resolved (the operation's, under the lock) takes that result when
+    /// its cgroup directory still has the same id (one `statx`; cgroup ids
+    /// are inode numbers, never reused): the name then still leads to the
+    /// container locked, as when the command started. If the cgroup is
+    /// gone or was re-created, the target is resolved from scratch as
+    /// before (and [`Ctdev::check_lock`] refuses a different container).
     pub fn resolve(&self, target: &Target) -> Result<Resolved, Error> {
+        let locked = self
+            .locked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_if(|(t, _)| t == target);
+        if let Some((_, resolved)) = locked {
+            use std::os::unix::fs::MetadataExt;
+            let same = resolved.cgroup.as_ref().is_some_and(|c| {
+                std::fs::metadata(&c.dir).is_ok_and(|m| m.is_dir() && m.ino() == c.id)
+            });
+            if same {
+                return Ok(resolved);
+            }
+        }
         let cgroup = match target {
             Target::Cgroup(p) => self.cgroups.cgroup(p)?,
             Target::Pid(pid) => self.cgroups.cgroup_of_pid(*pid)?,

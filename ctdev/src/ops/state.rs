@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{Ctdev, Error};
 use crate::cgroup::Cgroup;
-use crate::kernel::policy_map::PolicyMap;
+use crate::kernel::policy_map::{PolicyMap, PolicyMapError};
 use crate::plan::Entries;
 use crate::target::Target;
 
@@ -75,12 +75,13 @@ impl Ctdev {
     /// (`None` when it is not pinned; fails when links are pinned but the
     /// map pin is gone, see [`Ctdev::check_map_pin`]).
     pub(crate) fn open_policy_map(&self) -> Result<Option<PolicyMap>, Error> {
-        self.check_map_pin()?;
-        let map_pin = self.pins.policy_map();
-        if map_pin.exists() {
-            Ok(Some(PolicyMap::open(&map_pin)?))
-        } else {
-            Ok(None)
+        match PolicyMap::open(&self.pins.policy_map()) {
+            Ok(map) => Ok(Some(map)),
+            Err(PolicyMapError::Missing { .. }) => {
+                self.check_map_pin()?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

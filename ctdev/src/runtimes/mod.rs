@@ -286,7 +286,26 @@ pub fn oldest_process(cgroup_dir: &Path) -> Result<Option<i32>, RuntimeError> {
 
 /// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat).
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = crate::fsio::read_small(format!("/proc/{pid}/stat")).ok()?;
+    use std::io::Read;
+    // One `read` into a buffer larger than any stat line: the file is one
+    // record that procfs hands out whole, so a read that does not fill the
+    // buffer got all of it (`read_small` reads again to see the end: one
+    // syscall more per process of the container, and a heap buffer).
+    let mut buf = [0u8; 2048];
+    let mut file = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = loop {
+        match file.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => break other.ok()?,
+        }
+    };
+    let owned;
+    let stat = if n < buf.len() {
+        std::str::from_utf8(&buf[..n]).ok()?
+    } else {
+        owned = crate::fsio::read_small(format!("/proc/{pid}/stat")).ok()?;
+        owned.as_str()
+    };
     // The command name may contain spaces and parentheses: fields follow the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
