@@ -1006,8 +1006,14 @@ impl Daemon {
             // name re-created as another cgroup): not news.
             // (`left`: it was pulled while the add was queued or running,
             // even if it is back by now.)
+            // A hotplugged device's host node already gone: it is leaving
+            // (the kernel removes the node before its sysfs entry, and the
+            // `remove` event may not be read yet).
             Err(e)
                 if left
+                    || (o.devpath.is_some()
+                        && !o.interface
+                        && fs::symlink_metadata(&o.host).is_err())
                     || !self.still_present(o)
                     || !lanes::is_cgroup(dir, id)
                     || !self.is_ready(dir) =>
@@ -1504,7 +1510,13 @@ impl Daemon {
         if pruned > 0 {
             tracing::debug!(pruned, "dropped watches of cgroups that are gone");
         }
-        let before = std::mem::take(&mut self.managed);
+        // `managed` stays whole while the pass runs: a device event read
+        // between its steps goes to every container, also those the pass
+        // has not reached yet (it used to go only to those already seen,
+        // and the rest got the device from the pass, one state write
+        // each). Those the walk no longer finds selected go at the end.
+        let before = self.managed.clone();
+        let mut seen: BTreeSet<PathBuf> = BTreeSet::new();
         self.pending.clear();
         *self.pass_wanted.get_mut() = Some(BTreeMap::new());
         // Parents come before children in the walk order of watch_tree? Not
@@ -1522,12 +1534,10 @@ impl Daemon {
             }
             if let Some(entry) = self.entry_for(&dir) {
                 watcher.watch_events(&dir);
+                seen.insert(dir.clone());
                 if self.attaching.contains_key(&dir) {
                     // Its attach is in its lane: that job finishes it (and
                     // applies it again if the policy changed meanwhile).
-                    if let Some(m) = before.get(&dir) {
-                        self.managed.insert(dir.clone(), m.clone());
-                    }
                     continue;
                 }
                 match before.get(&dir).filter(|m| self.unchanged(&dir, entry, m)) {
@@ -1535,19 +1545,29 @@ impl Daemon {
                     // check, no rule swap, no log line; only the devices
                     // are compared (cheap when nothing differs).
                     Some(m) => {
-                        self.managed.insert(dir.clone(), m.clone());
-                        if m.ready {
+                        // As it is now (an event during the pass may have
+                        // made it ready).
+                        let ready = self
+                            .managed
+                            .entry(dir.clone())
+                            .or_insert_with(|| m.clone())
+                            .ready;
+                        if ready {
                             self.sync_devices(&dir, None);
                         } else {
                             self.pending.insert(dir.clone());
                         }
                     }
-                    None => self.apply_container(&dir, entry),
+                    None => {
+                        self.managed.remove(&dir);
+                        self.apply_container(&dir, entry)
+                    }
                 }
             }
         }
         self.take_cgroup_events(watcher);
         *self.pass_wanted.get_mut() = None;
+        self.managed.retain(|d, _| seen.contains(d));
         // What the daemon gave earlier and nothing selects any more.
         let live: BTreeSet<u64> = self
             .managed
