@@ -1177,17 +1177,27 @@ impl Daemon {
 
     /// A cgroup the daemon managed was removed: detach its policy (in its
     /// lane, after its attach or device jobs still queued).
+    ///
+    /// Only what belongs to a cgroup that is really gone: the name may
+    /// already be a new cgroup (created again and found by a walk before
+    /// this removal was read), whose record, managed entry and queued
+    /// attach are matched by path too but carry the new id.
     fn container_gone(&mut self, dir: &Path) {
+        let gone = |d: &Path, id: u64| !d.starts_with(dir) || !lanes::is_cgroup(d, id);
         let ids: Vec<u64> = self
             .state
             .containers
             .iter()
-            .filter(|(_, o)| o.cgroup == dir || o.cgroup.starts_with(dir))
+            .filter(|(id, o)| o.cgroup.starts_with(dir) && gone(&o.cgroup, **id))
             .map(|(id, _)| *id)
             .collect();
-        self.managed.retain(|d, _| !d.starts_with(dir));
-        self.pending.retain(|d| !d.starts_with(dir));
-        self.attaching.retain(|d, _| !d.starts_with(dir));
+        self.managed
+            .retain(|d, m| !d.starts_with(dir) || !gone(d, m.policy_id));
+        let managed = &self.managed;
+        self.pending
+            .retain(|d| !d.starts_with(dir) || managed.contains_key(d));
+        self.attaching
+            .retain(|d, id| !d.starts_with(dir) || !gone(d, *id));
         self.coexist_forget(dir);
         for id in ids {
             self.forget(id, "cgroup removed");
