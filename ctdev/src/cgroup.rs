@@ -250,20 +250,26 @@ impl CgroupFs {
         self.cgroup(Path::new(&path))
     }
 
-    /// Maps cgroup ids to their cgroups by walking the hierarchy once.
-    /// Only the ids asked for are returned; missing ones are simply absent.
+    /// Maps cgroup ids to their cgroups. Only the ids asked for are
+    /// returned; missing ones are simply absent.
+    ///
+    /// A few ids are looked up by file handle (cgroup2 exports a cgroup's
+    /// id as its handle: one `open_by_handle_at`, and a cgroup that is gone
+    /// is known gone at once: the daemon's detach of a removed container
+    /// walked every cgroup of the host for an id never found); many ids, or
+    /// ids the kernel does not answer that way (no CAP_DAC_READ_SEARCH, a
+    /// cgroup outside this mount), by walking the hierarchy once.
     ///
     /// The walk opens and reads only directories that have subdirectories,
-    /// and stats each cgroup once relative to its open parent (no path
-    /// walk from the mount): its inode number is the cgroup id, and on
-    /// cgroup2 (kernfs) a directory's link count is 2 plus its
-    /// subdirectories, so a leaf (most containers' cgroups) is never
-    /// opened. At 10,000 cgroups that is about 10,000 system calls where a
-    /// stat, an open, an fstat, two `getdents64` and a close per cgroup
-    /// made 60,000.
+    /// and stats each cgroup once relative to its open parent: its inode
+    /// number is the cgroup id, and on cgroup2 (kernfs) a directory's link
+    /// count is 2 plus its subdirectories, so a leaf (most containers'
+    /// cgroups) is never opened. At 10,000 cgroups that is about 10,000
+    /// system calls where a stat, an open, an fstat, two `getdents64` and a
+    /// close per cgroup made 60,000.
     pub fn find_ids(&self, ids: &[u64]) -> HashMap<u64, Cgroup> {
-        let mut wanted: std::collections::HashSet<u64> = ids.iter().copied().collect();
         let mut found = HashMap::new();
+        let mut wanted: std::collections::HashSet<u64> = ids.iter().copied().collect();
         let at = |dir: &Path, id: u64| {
             let inside = dir.strip_prefix(&self.mount).unwrap_or(Path::new(""));
             Cgroup {
@@ -272,6 +278,23 @@ impl CgroupFs {
                 id,
             }
         };
+        if ids.len() <= BY_HANDLE_MAX {
+            let mount_fd = open(
+                &self.mount,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            );
+            if let Ok(mount_fd) = mount_fd {
+                wanted.retain(|&id| match self.by_handle(&mount_fd, id) {
+                    ById::Found(cgroup) => {
+                        found.insert(id, cgroup);
+                        false
+                    }
+                    ById::Gone => false,
+                    ById::Unknown => true,
+                });
+            }
+        }
         if let Ok(meta) = fs::metadata(&self.mount) {
             if wanted.remove(&meta.ino()) {
                 found.insert(meta.ino(), at(&self.mount, meta.ino()));
@@ -327,6 +350,78 @@ impl CgroupFs {
             }
         }
         found
+    }
+}
+
+/// Up to this many ids, [`CgroupFs::find_ids`] asks by file handle.
+const BY_HANDLE_MAX: usize = 16;
+
+/// `FILEID_KERNFS` (`include/linux/exportfs.h`): the handle type kernfs,
+/// and so cgroup2, exports; its 8 bytes are the node's id, which is the
+/// cgroup id and its inode number.
+const FILEID_KERNFS: libc::c_int = 0xfe;
+
+/// A `struct file_handle` holding a kernfs id.
+#[repr(C)]
+struct KernfsHandle {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    id: [u8; 8],
+}
+
+/// What a lookup by file handle found.
+enum ById {
+    Found(Cgroup),
+    /// No cgroup has the id (the kernel says the handle is stale).
+    Gone,
+    /// Not answered this way: ask the walk.
+    Unknown,
+}
+
+impl CgroupFs {
+    /// The cgroup whose id is `id`, by file handle under `mount_fd`.
+    fn by_handle(&self, mount_fd: &OwnedFd, id: u64) -> ById {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let mut handle = KernfsHandle {
+            handle_bytes: 8,
+            handle_type: FILEID_KERNFS,
+            id: id.to_ne_bytes(),
+        };
+        // SAFETY: `handle` is a `struct file_handle` header followed by
+        // its `handle_bytes` (8) bytes, valid and writable for the call;
+        // `mount_fd` is an open directory fd.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount_fd.as_raw_fd(),
+                (&raw mut handle).cast::<libc::file_handle>(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return match io::Error::last_os_error().raw_os_error() {
+                Some(libc::ESTALE) => ById::Gone,
+                _ => ById::Unknown,
+            };
+        }
+        // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Its path through this mount; checked to be the cgroup still
+        // (not removed meanwhile, and inside this mount).
+        let Ok(dir) = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
+            return ById::Unknown;
+        };
+        drop(fd);
+        let Ok(inside) = dir.strip_prefix(&self.mount) else {
+            return ById::Unknown;
+        };
+        if !fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            return ById::Unknown;
+        }
+        ById::Found(Cgroup {
+            path: Path::new("/").join(inside),
+            dir: dir.clone(),
+            id,
+        })
     }
 }
 

@@ -132,14 +132,17 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
     loop {
         tokio::select! {
             // Device work finished in a container's lane: its records and
-            // logs (every outcome waiting now, then one state write).
+            // logs (every outcome waiting now). The state file and
+            // status.json follow at the next tick (50 ms): an outcome only
+            // confirms, shrinks or reverts a record written ahead, so a
+            // crash before that write leaves at most a record of something
+            // not given (taken back as a no-op on restart), and a fan-out
+            // to N containers no longer writes the whole state N times.
             Some(done) = done_rx.recv() => {
                 daemon.on_done(done);
                 while let Ok(done) = done_rx.try_recv() {
                     daemon.on_done(done);
                 }
-                daemon.save_state();
-                daemon.write_status(watcher.get_ref());
             }
             r = uevents.readable_mut() => {
                 // Readiness cleared first, then read until empty: nothing
@@ -215,16 +218,14 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                     daemon.reconcile_all(watcher.get_mut());
                 }
                 let pending: Vec<PathBuf> = daemon.pending.iter().cloned().collect();
-                let mut changed = false;
                 for dir in pending {
                     if !dir.exists() {
                         daemon.pending.remove(&dir);
                     } else if daemon.is_ready(&dir) {
                         daemon.sync_devices(&dir, None);
-                        changed = true;
                     }
                 }
-                changed |= daemon.check_foreign();
+                daemon.check_foreign();
                 if cdi_watch.get_mut().ensure(&daemon.policy.cdi_dirs) {
                     daemon.sync_cdi_all();
                 }
@@ -239,9 +240,9 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                         daemon.switch_source(to, watcher.get_mut());
                     }
                 }
-                if changed {
-                    daemon.save_state();
-                }
+                // Changes of this tick and the outcomes of jobs since the
+                // last one (nothing is written when nothing changed).
+                daemon.save_state();
                 let resync = daemon.policy.resync_interval;
                 if resync > 0.0 && Instant::now() >= next_resync {
                     daemon.reconcile_all(watcher.get_mut());

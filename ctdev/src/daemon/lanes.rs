@@ -12,7 +12,13 @@
 //!   after that attach, so nothing of it is left.
 //! - An attach jumps the line of containers waiting for a worker: a new
 //!   container is never queued behind other containers' device work (a
-//!   resync's, a burst's).
+//!   resync's, a burst's). One more worker takes only attaches, so an
+//!   attach does not wait for a worker to finish a device job either.
+//! - A removal queued behind a still-queued `add` of the same device at
+//!   the same dest cancels that add, and is itself not run when nothing
+//!   was given there before ([`Lanes::submit`]): a device plugged and
+//!   pulled again costs nothing in the containers its fan-out had not
+//!   reached yet.
 //!
 //! - Jobs of ONE container run in the order they were submitted, one after
 //!   the other (a lane): a device's removal is never overtaken by an older
@@ -48,6 +54,11 @@ use super::reconcile::OwnedDevice;
 /// Worker threads: containers whose device work runs at the same time.
 pub(crate) const WORKERS: usize = 4;
 
+/// Of which taking only new containers' attaches (the rest take any job,
+/// attaches first): an attach never waits for a worker to finish another
+/// container's device job, only for the root lock.
+const ATTACH_WORKERS: usize = 1;
+
 /// One piece of device work for one container.
 #[derive(Debug, Clone)]
 pub(crate) struct Job {
@@ -72,6 +83,9 @@ pub(crate) enum Work {
         opts: AddOptions,
         /// The record at its dest before this add (put back if it fails).
         recorded_before: Option<OwnedDevice>,
+        /// The daemon's count of device removals when it was queued: a
+        /// removal of its device after that makes a failure a race.
+        removals: u64,
     },
     /// Take the device back (its udev links, then `del` as the daemon; an
     /// interface that left the host is only forgotten).
@@ -156,6 +170,11 @@ pub(crate) enum Outcome {
     /// Not run: the job's cgroup is gone, or its name is another cgroup
     /// now (a re-created container is not the one the job was for).
     Gone,
+    /// Not run: an `add` still queued when a removal of the same device
+    /// at the same dest was queued behind it (nothing of it was done), or
+    /// that removal itself when the add had nothing before it to take
+    /// back ([`Lanes::submit`]).
+    Canceled,
 }
 
 /// A finished job, back on the event loop.
@@ -188,9 +207,55 @@ struct Queue {
     closed: bool,
 }
 
+impl Queue {
+    /// Takes out of container `id`'s lane the `add` of `owned` when it is
+    /// the last job queued at its dest (not running yet; never an
+    /// interface's: moving one in is not undone by a removal).
+    fn cancel_add(&mut self, id: u64, owned: &OwnedDevice) -> Option<(Job, Instant)> {
+        if owned.interface {
+            return None;
+        }
+        let lane = self.lanes.get_mut(&id)?;
+        let at = lane
+            .iter()
+            .rposition(|(j, _)| j.work.owned().is_some_and(|o| o.dest == owned.dest))?;
+        if !matches!(&lane[at].0.work, Work::Add { owned: a, .. } if a == owned) {
+            return None;
+        }
+        let taken = lane.remove(at)?;
+        if lane.is_empty() {
+            // Nothing left for a worker: out of the line too (a container
+            // twice in `ready` could run two of its jobs at once).
+            self.lanes.remove(&id);
+            if let Some(i) = self.ready.iter().position(|x| *x == id) {
+                self.ready.remove(i);
+                if i < self.attaches_first {
+                    self.attaches_first -= 1;
+                }
+            }
+        }
+        Some(taken)
+    }
+}
+
+/// A job taken out of its lane before it ran.
+fn canceled(job: Job, submitted: Instant) -> Done {
+    let now = Instant::now();
+    Done {
+        job,
+        outcome: Outcome::Canceled,
+        took: Duration::ZERO,
+        waited: now.saturating_duration_since(submitted),
+        finished: now,
+    }
+}
+
 struct Shared {
     queue: Mutex<Queue>,
+    /// Wakes a worker that takes any job.
     wake: Condvar,
+    /// Wakes a worker that takes only attaches.
+    wake_attach: Condvar,
 }
 
 impl Shared {
@@ -218,15 +283,17 @@ impl Lanes {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            wake_attach: Condvar::new(),
         });
-        let workers = (0..WORKERS)
+        let workers = (0..WORKERS + ATTACH_WORKERS)
             .filter_map(|i| {
+                let attach_only = i >= WORKERS;
                 let shared = shared.clone();
                 let ct = ct.clone();
                 let tx = tx.clone();
                 std::thread::Builder::new()
                     .name(format!("ctdev-lane-{i}"))
-                    .spawn(move || worker(&shared, &ct, &tx))
+                    .spawn(move || worker(&shared, &ct, &tx, attach_only))
                     .map_err(|e| tracing::error!("cannot start lane worker {i}: {e}"))
                     .ok()
             })
@@ -246,13 +313,41 @@ impl Lanes {
 
     /// Queues `job` behind the container's earlier jobs. Without any
     /// worker thread it runs now and its outcome is returned at once.
-    pub(crate) fn submit(&mut self, ct: &Ctdev, job: Job) -> Option<Done> {
-        if let Some(o) = job.work.owned() {
-            *self.in_flight.entry((job.id, o.dest.clone())).or_default() += 1;
+    ///
+    /// A removal whose device's `add` is still queued (not running) as the
+    /// last job at that dest cancels that add: a device plugged and pulled
+    /// again before its add reached the container costs nothing there
+    /// (in a fan-out to many containers, those not reached yet). When that
+    /// add had no record before it (the daemon had given nothing at the
+    /// dest) and no other job of the dest is queued or running, nothing
+    /// was given there, so the removal is not run either. Canceled jobs
+    /// come back at once, add first ([`Outcome::Canceled`]).
+    pub(crate) fn submit(&mut self, ct: &Ctdev, job: Job) -> Vec<Done> {
+        let mut out = Vec::new();
+        if let (Work::Remove { owned }, false) = (&job.work, self.workers.is_empty()) {
+            let add = self.shared.queue().cancel_add(job.id, owned);
+            if let Some((add, submitted)) = add {
+                let nothing_before = matches!(
+                    &add.work,
+                    Work::Add {
+                        recorded_before: None,
+                        ..
+                    }
+                );
+                // The add was the dest's only job queued or running.
+                let alone = self.in_flight.get(&(job.id, owned.dest.clone())) == Some(&1);
+                out.push(canceled(add, submitted));
+                if nothing_before && alone {
+                    self.count(&job);
+                    out.push(canceled(job, Instant::now()));
+                    return out;
+                }
+            }
         }
-        *self.per_container.entry(job.id).or_default() += 1;
+        self.count(&job);
         if self.workers.is_empty() {
-            return Some(run(ct, job, Instant::now()));
+            out.push(run(ct, job, Instant::now()));
+            return out;
         }
         let mut q = self.shared.queue();
         let id = job.id;
@@ -271,8 +366,19 @@ impl Lanes {
             }
         }
         drop(q);
+        if first {
+            self.shared.wake_attach.notify_one();
+        }
         self.shared.wake.notify_one();
-        None
+        out
+    }
+
+    /// Counts `job` as submitted (until [`Lanes::finished`]).
+    fn count(&mut self, job: &Job) {
+        if let Some(o) = job.work.owned() {
+            *self.in_flight.entry((job.id, o.dest.clone())).or_default() += 1;
+        }
+        *self.per_container.entry(job.id).or_default() += 1;
     }
 
     /// Counts `done` as finished (call once per [`Done`] received).
@@ -314,6 +420,7 @@ impl Drop for Lanes {
     fn drop(&mut self) {
         self.shared.queue().closed = true;
         self.shared.wake.notify_all();
+        self.shared.wake_attach.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -322,13 +429,24 @@ impl Drop for Lanes {
 
 /// A worker: takes the next container with a job and no job running, runs
 /// its next job, hands the outcome back, and puts the container back in
-/// line if it has more.
-fn worker(shared: &Shared, ct: &Ctdev, tx: &UnboundedSender<Done>) {
+/// line if it has more. An `attach_only` worker takes only a container at
+/// the front of the line for its attach.
+fn worker(shared: &Shared, ct: &Ctdev, tx: &UnboundedSender<Done>, attach_only: bool) {
+    let wake = if attach_only {
+        &shared.wake_attach
+    } else {
+        &shared.wake
+    };
     loop {
         let (job, submitted) = {
             let mut q = shared.queue();
             loop {
-                if let Some(id) = q.ready.pop_front() {
+                let front = if attach_only && q.attaches_first == 0 {
+                    None
+                } else {
+                    q.ready.pop_front()
+                };
+                if let Some(id) = front {
                     q.attaches_first = q.attaches_first.saturating_sub(1);
                     let job = q.lanes.get_mut(&id).and_then(VecDeque::pop_front);
                     if let Some(job) = job {
@@ -341,7 +459,7 @@ fn worker(shared: &Shared, ct: &Ctdev, tx: &UnboundedSender<Done>) {
                 if q.closed {
                     return;
                 }
-                q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                q = wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
         };
         let id = job.id;
@@ -497,5 +615,78 @@ fn links(ct: &Ctdev, job: &Job, o: &OwnedDevice, make: bool) {
         Err(e) => {
             tracing::warn!(container = %name, cgroup = %dir.display(), dest = %o.dest, "udev links: {e}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(dest: &str, devpath: &str) -> OwnedDevice {
+        OwnedDevice {
+            host: format!("/dev/{dest}"),
+            dest: format!("/dev/{dest}"),
+            devpath: Some(devpath.into()),
+            interface: false,
+            links: Vec::new(),
+            udev_name: None,
+        }
+    }
+
+    fn job(id: u64, work: Work) -> (Job, Instant) {
+        let j = Job {
+            id,
+            dir: PathBuf::from(format!("/cg/{id}")),
+            name: "ct".into(),
+            work,
+        };
+        (j, Instant::now())
+    }
+
+    fn add(o: &OwnedDevice) -> Work {
+        Work::Add {
+            owned: o.clone(),
+            opts: AddOptions::default(),
+            recorded_before: None,
+            removals: 0,
+        }
+    }
+
+    #[test]
+    fn a_queued_add_is_taken_out_only_when_it_is_the_last_job_at_its_dest() {
+        let a = dev("loop1", "/devices/virtual/block/loop1");
+        let b = dev("loop2", "/devices/virtual/block/loop2");
+        let mut q = Queue::default();
+        // Lane 1: add a, add b. Lane 2: add a, then a removal of a queued.
+        q.lanes
+            .insert(1, VecDeque::from([job(1, add(&a)), job(1, add(&b))]));
+        q.lanes.insert(
+            2,
+            VecDeque::from([job(2, add(&a)), job(2, Work::Remove { owned: a.clone() })]),
+        );
+        q.ready = VecDeque::from([1, 2]);
+        // Lane 2's last job at a's dest is a removal: nothing taken.
+        assert!(q.cancel_add(2, &a).is_none());
+        // Another device at the same dest (a replug): not this add.
+        let other = OwnedDevice {
+            devpath: Some("/devices/other".into()),
+            ..a.clone()
+        };
+        assert!(q.cancel_add(1, &other).is_none());
+        // Lane 1: a's add goes, b's stays and lane 1 stays in line.
+        let (taken, _) = q.cancel_add(1, &a).expect("a's add");
+        assert!(matches!(taken.work, Work::Add { owned, .. } if owned == a));
+        assert_eq!(q.lanes[&1].len(), 1);
+        assert_eq!(q.ready, VecDeque::from([1, 2]));
+        // Lane 1's last job: the lane and its place in line go (a
+        // container twice in line could run two jobs at once).
+        assert!(q.cancel_add(1, &b).is_some());
+        assert!(!q.lanes.contains_key(&1));
+        assert_eq!(q.ready, VecDeque::from([2]));
+        // An interface is never taken out.
+        let mut eth = dev("eth1", "/devices/net/eth1");
+        eth.interface = true;
+        q.lanes.insert(3, VecDeque::from([job(3, add(&eth))]));
+        assert!(q.cancel_add(3, &eth).is_none());
     }
 }

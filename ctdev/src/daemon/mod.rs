@@ -232,6 +232,16 @@ pub struct Daemon {
     sys_listing: Option<BTreeSet<std::ffi::OsString>>,
     /// Device events being handled, for the timing lines ([`timing`]).
     timings: timing::Timings,
+    /// While a device `add` event is handled: its DEVPATH and what each
+    /// policy entry wants of it ([`Daemon::wanted_devices`]).
+    event_wanted: Option<(String, BTreeMap<usize, Vec<WantedDevice>>)>,
+    /// Device removals seen (`remove` events), and the last one of each
+    /// DEVPATH: an add that fails after its device left is a race.
+    removals: u64,
+    removed_at: BTreeMap<String, u64>,
+    /// While a pass runs: what each entry wants (all devices), worked out
+    /// once per entry; emptied when a device event changes the devices.
+    pass_wanted: std::cell::RefCell<Option<BTreeMap<usize, Vec<WantedDevice>>>>,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -271,6 +281,10 @@ impl Daemon {
             rescan: true,
             sys_listing: None,
             timings: timing::Timings::default(),
+            event_wanted: None,
+            removals: 0,
+            removed_at: BTreeMap::new(),
+            pass_wanted: std::cell::RefCell::new(None),
             kernel_events: None,
             lost_events: false,
             ct,
@@ -332,8 +346,33 @@ impl Daemon {
             .position(|c| c.select.matches(&inside))
     }
 
-    /// The devices the policy wants in the container selected by `entry`.
+    /// The devices the policy wants in the container selected by `entry`
+    /// (for a device event, what [`Daemon::event_wanted`] holds: worked out
+    /// once per entry and event, not once per container).
     fn wanted_devices(&self, entry: usize, only: Option<&str>) -> Vec<WantedDevice> {
+        if let (Some(only), Some((devpath, per_entry))) = (only, &self.event_wanted) {
+            if only == devpath {
+                if let Some(w) = per_entry.get(&entry) {
+                    return w.clone();
+                }
+            }
+        }
+        if only.is_none() {
+            // In a pass: once per entry (every host device matched against
+            // its selectors), not once per container.
+            if let Some(per_entry) = self.pass_wanted.borrow_mut().as_mut() {
+                return per_entry
+                    .entry(entry)
+                    .or_insert_with(|| self.find_wanted_devices(entry, None))
+                    .clone();
+            }
+        }
+        self.find_wanted_devices(entry, only)
+    }
+
+    /// [`Daemon::wanted_devices`], worked out now (the host node looked up,
+    /// or made, and checked present).
+    fn find_wanted_devices(&self, entry: usize, only: Option<&str>) -> Vec<WantedDevice> {
         let c = &self.policy.containers[entry];
         let mut out = Vec::new();
         if only.is_none() {
@@ -529,7 +568,7 @@ impl Daemon {
         take_back: &[GrantSubject],
         attach: Result<crate::ops::AttachReport, ControllerError>,
         rules: Option<Result<crate::ops::ChangeReport, ControllerError>>,
-        took: std::time::Duration,
+        (waited, took): (std::time::Duration, std::time::Duration),
     ) {
         let (dir, name) = (job.dir.as_path(), job.name.as_str());
         if self.attaching.get(dir) != Some(&job.id) {
@@ -566,7 +605,7 @@ impl Daemon {
             }
         };
         if !report.already_attached {
-            tracing::info!(container = %name, cgroup = %dir.display(), policy_id = report.policy_id, rules = report.changed.len(), took_us = took.as_micros() as u64, "attached");
+            tracing::info!(container = %name, cgroup = %dir.display(), policy_id = report.policy_id, rules = report.changed.len(), waited_us = waited.as_micros() as u64, took_us = took.as_micros() as u64, "attached");
         }
         match rules {
             Some(Ok(ch)) => {
@@ -669,28 +708,37 @@ impl Daemon {
         };
         // A device already given, whose node is still there, is left alone:
         // a resync that changes nothing does nothing.
-        let root = runtimes::oldest_process(dir)
-            .ok()
-            .flatten()
-            .map(|pid| PathBuf::from(format!("/proc/{pid}/root")));
+        // (The container's root is looked up only when a record says so: a
+        // device event's fan-out, recorded ahead, needs none.)
+        let mut root: Option<Option<PathBuf>> = None;
         // A device event with a job still queued at the dest (a removal of
         // the same numbers just before): the new add goes behind it.
         let event = only.is_some();
         let lanes = &self.lanes;
+        let prerecorded = &self.prerecorded;
         plan.add.retain(|w| {
             owned.get(&w.owned.dest) != Some(&w.owned)
                 || w.owned.interface
+                || prerecorded.contains(&(m.policy_id, w.owned.dest.clone()))
                 || (event && lanes.busy_at(m.policy_id, &w.owned.dest))
-                || !root.as_ref().is_some_and(|r| {
-                    let inside = r.join(w.owned.dest.trim_start_matches('/'));
-                    fs::symlink_metadata(inside).is_ok_and(|m| {
-                        let ft = m.file_type();
-                        ft.is_block_device() || ft.is_char_device()
-                    }) && w.owned.links.iter().all(|l| {
-                        fs::symlink_metadata(r.join(l.trim_start_matches('/')))
-                            .is_ok_and(|m| m.file_type().is_symlink())
+                || !root
+                    .get_or_insert_with(|| {
+                        runtimes::oldest_process(dir)
+                            .ok()
+                            .flatten()
+                            .map(|pid| PathBuf::from(format!("/proc/{pid}/root")))
                     })
-                })
+                    .as_ref()
+                    .is_some_and(|r| {
+                        let inside = r.join(w.owned.dest.trim_start_matches('/'));
+                        fs::symlink_metadata(inside).is_ok_and(|m| {
+                            let ft = m.file_type();
+                            ft.is_block_device() || ft.is_char_device()
+                        }) && w.owned.links.iter().all(|l| {
+                            fs::symlink_metadata(r.join(l.trim_start_matches('/')))
+                                .is_ok_and(|m| m.file_type().is_symlink())
+                        })
+                    })
         });
         // In a pass (not an event), a dest with a job queued or running is
         // left to that job (its record is written ahead; the next pass
@@ -789,6 +837,7 @@ impl Daemon {
                 owned: o.clone(),
                 opts,
                 recorded_before,
+                removals: self.removals,
             },
         };
         self.submit(job);
@@ -797,7 +846,7 @@ impl Daemon {
     /// Queues `job` in its container's lane (handled at once when there is
     /// no worker thread).
     fn submit(&mut self, job: lanes::Job) {
-        if let Some(done) = self.lanes.submit(&self.ct, job) {
+        for done in self.lanes.submit(&self.ct, job) {
             self.on_done(done);
         }
     }
@@ -819,6 +868,7 @@ impl Daemon {
                 lanes::Work::Add {
                     owned: o,
                     recorded_before,
+                    removals,
                     ..
                 },
                 lanes::Outcome::Device(outcome),
@@ -826,7 +876,17 @@ impl Daemon {
                 if let Some(devpath) = &o.devpath {
                     self.timings.added(devpath, name, waited, took, finished);
                 }
-                self.added(dir, id, name, o, recorded_before.clone(), outcome, took)
+                let left = self.left_since(o, *removals);
+                self.added(
+                    dir,
+                    id,
+                    name,
+                    o,
+                    recorded_before.clone(),
+                    outcome,
+                    took,
+                    left,
+                )
             }
             (lanes::Work::Remove { owned: o }, lanes::Outcome::Device(outcome)) => {
                 self.removed(dir, id, name, o, outcome)
@@ -852,9 +912,41 @@ impl Daemon {
                         tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup went while its runtime's program was being taken over: {e}");
                     }
                 }
-                self.attached(&job, *entry, *generation, take_back, attach, rules, took)
+                self.attached(
+                    &job,
+                    *entry,
+                    *generation,
+                    take_back,
+                    attach,
+                    rules,
+                    (waited, took),
+                )
             }
             (lanes::Work::Detach { why }, lanes::Outcome::Detach(r)) => self.detached(id, why, r),
+            (
+                lanes::Work::Add {
+                    owned: o,
+                    recorded_before,
+                    ..
+                },
+                lanes::Outcome::Canceled,
+            ) => {
+                tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "removed before its add ran: the add is not run");
+                // Nothing of it was done: its record goes back to what it
+                // was, unless a newer job at the dest wrote its own.
+                if !self.lanes.busy_at(id, &o.dest) {
+                    if let Some(s) = self.state.containers.get_mut(&id) {
+                        match recorded_before {
+                            Some(before) => s.devices.insert(o.dest.clone(), before.clone()),
+                            None => s.devices.remove(&o.dest),
+                        };
+                    }
+                }
+            }
+            (lanes::Work::Remove { owned: o }, lanes::Outcome::Canceled) => {
+                tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "its add never ran: nothing to take back");
+                self.removed(dir, id, name, o, Ok(None));
+            }
             (work, lanes::Outcome::Gone) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup gone before its job ran: skipped");
                 match work {
@@ -879,6 +971,7 @@ impl Daemon {
         recorded_before: Option<OwnedDevice>,
         outcome: Result<Option<passthrough::PassthroughReport>, PassthroughError>,
         took: std::time::Duration,
+        left: bool,
     ) {
         let newer = self.lanes.busy_at(id, &o.dest);
         match outcome {
@@ -911,8 +1004,19 @@ impl Daemon {
             }
             // A race with the device or the container already gone (or its
             // name re-created as another cgroup): not news.
+            // (`left`: it was pulled while the add was queued or running,
+            // even if it is back by now.)
+            // A hotplugged device's host node already gone: it is leaving
+            // (the kernel removes the node before its sysfs entry, and the
+            // `remove` event may not be read yet).
             Err(e)
-                if !self.still_present(o) || !lanes::is_cgroup(dir, id) || !self.is_ready(dir) =>
+                if left
+                    || (o.devpath.is_some()
+                        && !o.interface
+                        && fs::symlink_metadata(&o.host).is_err())
+                    || !self.still_present(o)
+                    || !lanes::is_cgroup(dir, id)
+                    || !self.is_ready(dir) =>
             {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "device or container went while passing it in: {e}");
                 if let Some(s) = self.state.containers.get_mut(&id).filter(|_| !newer) {
@@ -993,10 +1097,12 @@ impl Daemon {
             Ok(Some(report)) => {
                 tracing::info!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, rules = ?report.rules_changed, "device removed")
             }
-            Ok(None) => {
+            Ok(None) if o.interface => {
                 // Moving an interface in makes it leave the host: expected, not news.
                 tracing::debug!(container = %name, cgroup = %dir.display(), interface = %o.dest, "interface forgotten (gone from the host)");
             }
+            // Not run: its add never ran either (logged by the caller).
+            Ok(None) => {}
             Err(PassthroughError::NotAdded { .. }) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "no grant of the daemon for the device: its record is dropped");
             }
@@ -1029,22 +1135,69 @@ impl Daemon {
         {
             let _ = fs::remove_file(&o.host);
         }
+        self.readd_if_back(dir, id, o);
         self.finish_unselected(id);
+    }
+
+    /// The device whose removal just finished is present again (plugged
+    /// back while the removal was queued or running) and nothing is queued
+    /// at its dest: it goes in now. A resync pass that met the dest busy
+    /// left it to this job, and the device's `add` event, read during that
+    /// pass before the pass reached this container, went only to the
+    /// containers the pass had already seen (found by the churn bench: the
+    /// device then waited for the next resync, ~2 s).
+    fn readd_if_back(&mut self, dir: &Path, id: u64, o: &OwnedDevice) {
+        let Some(devpath) = &o.devpath else {
+            return;
+        };
+        // Nothing recorded at the dest now (another device there, recorded
+        // ahead, is that device's to keep: no back-and-forth between two).
+        let free = self
+            .state
+            .containers
+            .get(&id)
+            .is_some_and(|s| !s.devices.contains_key(&o.dest));
+        if o.interface
+            || !free
+            || !self.devices.contains_key(devpath)
+            || self.lanes.busy_at(id, &o.dest)
+        {
+            return;
+        }
+        if !self
+            .managed
+            .get(dir)
+            .is_some_and(|m| m.policy_id == id && m.ready)
+        {
+            return;
+        }
+        tracing::debug!(cgroup = %dir.display(), devpath = %devpath, dest = %o.dest, "device back while its removal was in flight: passing it in again");
+        self.sync_devices(dir, Some(devpath));
     }
 
     /// A cgroup the daemon managed was removed: detach its policy (in its
     /// lane, after its attach or device jobs still queued).
+    ///
+    /// Only what belongs to a cgroup that is really gone: the name may
+    /// already be a new cgroup (created again and found by a walk before
+    /// this removal was read), whose record, managed entry and queued
+    /// attach are matched by path too but carry the new id.
     fn container_gone(&mut self, dir: &Path) {
+        let gone = |d: &Path, id: u64| !d.starts_with(dir) || !lanes::is_cgroup(d, id);
         let ids: Vec<u64> = self
             .state
             .containers
             .iter()
-            .filter(|(_, o)| o.cgroup == dir || o.cgroup.starts_with(dir))
+            .filter(|(id, o)| o.cgroup.starts_with(dir) && gone(&o.cgroup, **id))
             .map(|(id, _)| *id)
             .collect();
-        self.managed.retain(|d, _| !d.starts_with(dir));
-        self.pending.retain(|d| !d.starts_with(dir));
-        self.attaching.retain(|d, _| !d.starts_with(dir));
+        self.managed
+            .retain(|d, m| !d.starts_with(dir) || !gone(d, m.policy_id));
+        let managed = &self.managed;
+        self.pending
+            .retain(|d| !d.starts_with(dir) || managed.contains_key(d));
+        self.attaching
+            .retain(|d, id| !d.starts_with(dir) || !gone(d, *id));
         self.coexist_forget(dir);
         for id in ids {
             self.forget(id, "cgroup removed");
@@ -1367,8 +1520,15 @@ impl Daemon {
         if pruned > 0 {
             tracing::debug!(pruned, "dropped watches of cgroups that are gone");
         }
-        let before = std::mem::take(&mut self.managed);
+        // `managed` stays whole while the pass runs: a device event read
+        // between its steps goes to every container, also those the pass
+        // has not reached yet (it used to go only to those already seen,
+        // and the rest got the device from the pass, one state write
+        // each). Those the walk no longer finds selected go at the end.
+        let before = self.managed.clone();
+        let mut seen: BTreeSet<PathBuf> = BTreeSet::new();
         self.pending.clear();
+        *self.pass_wanted.get_mut() = Some(BTreeMap::new());
         // Parents come before children in the walk order of watch_tree? Not
         // guaranteed: sort so a container is seen before its sub-cgroups.
         let mut dirs = dirs;
@@ -1384,12 +1544,10 @@ impl Daemon {
             }
             if let Some(entry) = self.entry_for(&dir) {
                 watcher.watch_events(&dir);
+                seen.insert(dir.clone());
                 if self.attaching.contains_key(&dir) {
                     // Its attach is in its lane: that job finishes it (and
                     // applies it again if the policy changed meanwhile).
-                    if let Some(m) = before.get(&dir) {
-                        self.managed.insert(dir.clone(), m.clone());
-                    }
                     continue;
                 }
                 match before.get(&dir).filter(|m| self.unchanged(&dir, entry, m)) {
@@ -1397,18 +1555,29 @@ impl Daemon {
                     // check, no rule swap, no log line; only the devices
                     // are compared (cheap when nothing differs).
                     Some(m) => {
-                        self.managed.insert(dir.clone(), m.clone());
-                        if m.ready {
+                        // As it is now (an event during the pass may have
+                        // made it ready).
+                        let ready = self
+                            .managed
+                            .entry(dir.clone())
+                            .or_insert_with(|| m.clone())
+                            .ready;
+                        if ready {
                             self.sync_devices(&dir, None);
                         } else {
                             self.pending.insert(dir.clone());
                         }
                     }
-                    None => self.apply_container(&dir, entry),
+                    None => {
+                        self.managed.remove(&dir);
+                        self.apply_container(&dir, entry)
+                    }
                 }
             }
         }
         self.take_cgroup_events(watcher);
+        *self.pass_wanted.get_mut() = None;
+        self.managed.retain(|d, _| seen.contains(d));
         // What the daemon gave earlier and nothing selects any more.
         let live: BTreeSet<u64> = self
             .managed
@@ -1575,17 +1744,27 @@ impl Daemon {
         if !has_node && !is_net {
             return;
         }
+        // The devices change: what a pass worked out goes.
+        if let Some(per_entry) = self.pass_wanted.get_mut() {
+            per_entry.clear();
+        }
         match action {
             "add" => {
                 self.timings.read(&devpath);
                 let info = DeviceInfo::new(ev.props, &self.opts.sys, &self.opts.udev_data);
                 self.devices.insert(devpath.clone(), info);
-                let dirs: Vec<PathBuf> = self
-                    .managed
+                let dirs = self.fan_out_order(|m| m.ready);
+                // What each entry wants of the device, once for the event
+                // (the host node, its presence, its owner, its dest).
+                let entries: BTreeSet<usize> = dirs
                     .iter()
-                    .filter(|(_, m)| m.ready)
-                    .map(|(d, _)| d.clone())
+                    .filter_map(|d| self.managed.get(d).map(|m| m.entry))
                     .collect();
+                let per_entry = entries
+                    .into_iter()
+                    .map(|e| (e, self.find_wanted_devices(e, Some(&devpath))))
+                    .collect();
+                self.event_wanted = Some((devpath.clone(), per_entry));
                 // Write-ahead for the whole event in one state write (not
                 // one per container): every container the device is about
                 // to go to records it first.
@@ -1593,6 +1772,7 @@ impl Daemon {
                 for dir in dirs {
                     self.sync_devices(&dir, Some(&devpath));
                 }
+                self.event_wanted = None;
                 // Records of adds that were not attempted go again.
                 for (id, dest) in std::mem::take(&mut self.prerecorded) {
                     if let Some(s) = self.state.containers.get_mut(&id) {
@@ -1604,6 +1784,8 @@ impl Daemon {
             }
             "remove" => {
                 self.timings.forget(&devpath);
+                self.removals += 1;
+                self.removed_at.insert(devpath.clone(), self.removals);
                 if let Some(dev) = self.devices.remove(&devpath) {
                     // Its private node goes whoever had it.
                     if let Some((t, major, minor)) = dev.numbers() {
@@ -1628,6 +1810,9 @@ impl Daemon {
                     })
                     .flatten()
                     .collect();
+                // Oldest cgroup first, as for an add ([`Daemon::fan_out_order`]).
+                let mut owners = owners;
+                owners.sort_by_key(|(_, id, _, _)| *id);
                 tracing::debug!(devpath = %devpath, containers = owners.len(), managed = self.managed.len(), "device left the host: taking it back");
                 for (dir, id, name, o) in owners {
                     self.remove_device(&dir, id, &name, &o);
@@ -1636,6 +1821,34 @@ impl Daemon {
             }
             _ => {}
         }
+    }
+
+    /// The managed containers `keep` accepts, in the order a device event
+    /// goes to them: oldest cgroup first (cgroup ids, the inode numbers
+    /// kernfs hands out, grow with each new cgroup). A fan-out to N
+    /// containers reaches its last one after N jobs whatever the order;
+    /// this one gives each container the same place in every fan-out
+    /// (by age, not by how its name sorts), and containers that came
+    /// meanwhile, which get every present device in their own first sync
+    /// anyway, come last.
+    fn fan_out_order(&self, keep: impl Fn(&Managed) -> bool) -> Vec<PathBuf> {
+        let mut dirs: Vec<(u64, PathBuf)> = self
+            .managed
+            .iter()
+            .filter(|(_, m)| keep(m))
+            .map(|(d, m)| (m.policy_id, d.clone()))
+            .collect();
+        dirs.sort();
+        dirs.into_iter().map(|(_, d)| d).collect()
+    }
+
+    /// Whether the device of `o` (a hotplugged one) was removed from the
+    /// host after the daemon's `removals`-th removal.
+    fn left_since(&self, o: &OwnedDevice, removals: u64) -> bool {
+        o.devpath
+            .as_ref()
+            .and_then(|d| self.removed_at.get(d))
+            .is_some_and(|&at| at > removals)
     }
 
     /// Re-reads the policy file: a file with an error is rejected whole and

@@ -105,20 +105,29 @@ fn sample_loop(
     s
 }
 
+/// Appends the daemon's whole log to `$CTDEV_CHURN_LOG` when set (before a
+/// restart and at the end), so a run's log can be read afterwards.
+fn keep_log(daemon: &DaemonProc, what: &str) {
+    let Some(f) = std::env::var_os("CTDEV_CHURN_LOG") else {
+        return;
+    };
+    use std::io::Write;
+    let kept = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&f)
+        .and_then(|mut out| write!(out, "=== {what} ===\n{}", daemon.log_text()));
+    if let Err(e) = kept {
+        eprintln!("churn-bench: cannot save the daemon log: {e}");
+    }
+}
+
 fn fail(msg: String, daemon: &DaemonProc) -> ! {
     eprintln!("churn-bench: {msg}\n--- daemon log (tail) ---");
     let log = daemon.log_text();
     // The whole log, when asked for (`CTDEV_CHURN_LOG=FILE`): the env and
     // its scratch directory are removed while unwinding.
-    if let Some(f) = std::env::var_os("CTDEV_CHURN_LOG") {
-        match fs::write(&f, &log) {
-            Ok(()) => eprintln!(
-                "churn-bench: daemon log saved to {}",
-                Path::new(&f).display()
-            ),
-            Err(e) => eprintln!("churn-bench: cannot save the daemon log: {e}"),
-        }
-    }
+    keep_log(daemon, &format!("failed: {msg}"));
     let tail: Vec<&str> = log.lines().rev().take(40).collect();
     for l in tail.into_iter().rev() {
         eprintln!("{l}");
@@ -321,12 +330,14 @@ fn main() {
                 daemon.signal(Signal::SIGCONT);
             }
             1 | 3 => {
+                keep_log(&daemon, &format!("daemon killed after wave {wave}"));
                 daemon.kill();
                 daemon = DaemonProc::start(&env, &cfg);
             }
             _ => {}
         }
     }
+    keep_log(&daemon, "end");
     let log = daemon.log_text();
     let error_lines: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
     // Named, not only counted: the log goes with the run's scratch dir.
