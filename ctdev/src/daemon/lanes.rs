@@ -285,17 +285,24 @@ impl Lanes {
             wake: Condvar::new(),
             wake_attach: Condvar::new(),
         });
+        let mut general = 0;
         let workers = (0..WORKERS + ATTACH_WORKERS)
             .filter_map(|i| {
-                let attach_only = i >= WORKERS;
+                // An attach-only worker only beside a general one: alone it
+                // would leave device and detach jobs queued for ever.
+                let attach_only = i >= WORKERS && general > 0;
                 let shared = shared.clone();
                 let ct = ct.clone();
                 let tx = tx.clone();
-                std::thread::Builder::new()
+                let started = std::thread::Builder::new()
                     .name(format!("ctdev-lane-{i}"))
                     .spawn(move || worker(&shared, &ct, &tx, attach_only))
                     .map_err(|e| tracing::error!("cannot start lane worker {i}: {e}"))
-                    .ok()
+                    .ok();
+                if started.is_some() && !attach_only {
+                    general += 1;
+                }
+                started
             })
             .collect::<Vec<_>>();
         let lanes = Lanes {

@@ -1577,7 +1577,10 @@ impl Daemon {
         }
         self.take_cgroup_events(watcher);
         *self.pass_wanted.get_mut() = None;
-        self.managed.retain(|d, _| seen.contains(d));
+        // What the walk did not see goes, except a container first managed
+        // during the pass (found by an event and attached meanwhile).
+        self.managed
+            .retain(|d, _| seen.contains(d) || !before.contains_key(d));
         // What the daemon gave earlier and nothing selects any more.
         let live: BTreeSet<u64> = self
             .managed
@@ -1785,6 +1788,13 @@ impl Daemon {
             "remove" => {
                 self.timings.forget(&devpath);
                 self.removals += 1;
+                // Only jobs queued or running compare against these (their
+                // snapshot of `removals` is older): with none, every entry
+                // is older than any later job's snapshot, so the map is
+                // bounded by the removals seen while jobs are in flight.
+                if self.lanes.pending() == 0 {
+                    self.removed_at.clear();
+                }
                 self.removed_at.insert(devpath.clone(), self.removals);
                 if let Some(dev) = self.devices.remove(&devpath) {
                     // Its private node goes whoever had it.
