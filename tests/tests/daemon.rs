@@ -683,14 +683,18 @@ fn an_attach_held_in_its_lane_comes_before_its_devices_and_a_container_removed_m
     fs::write(&again_hold, "").unwrap();
     let again = env.cgroup("h-again");
     let old_id = ino(&again);
-    wait_until(Duration::from_secs(10), "h-again's attach queued", || {
-        (jobs(&daemon) >= 1).then_some(())
+    // Its own record (written ahead when its attach is queued), not only a
+    // job count: status.json follows on the daemon's tick, so a count of 1
+    // can still be step 2's last job.
+    daemon.wait_until(Duration::from_secs(10), "h-again's attach queued", || {
+        let state = fs::read_to_string(&state_file).unwrap_or_default();
+        (jobs(&daemon) >= 1 && state.contains(&format!("\"{old_id}\""))).then_some(())
     });
     fs::remove_dir(&again).unwrap();
     let again = env.cgroup("h-again");
     let new_id = ino(&again);
     assert_ne!(old_id, new_id);
-    wait_until(Duration::from_secs(10), "both attaches queued", || {
+    daemon.wait_until(Duration::from_secs(10), "both attaches queued", || {
         (jobs(&daemon) >= 2).then_some(())
     });
     fs::remove_file(&again_hold).unwrap();
@@ -734,8 +738,10 @@ fn an_attach_held_in_its_lane_comes_before_its_devices_and_a_container_removed_m
     fs::write(&third_hold, "").unwrap();
     let third = env.cgroup("h-third");
     let old_id = ino(&third);
-    wait_until(Duration::from_secs(10), "h-third's attach queued", || {
-        (jobs(&daemon) >= 1).then_some(())
+    // As in 3: its own record, not a count step 3's detach may still make.
+    daemon.wait_until(Duration::from_secs(10), "h-third's attach queued", || {
+        let state = fs::read_to_string(&state_file).unwrap_or_default();
+        (jobs(&daemon) >= 1 && state.contains(&format!("\"{old_id}\""))).then_some(())
     });
     let events_hold = holds.join("@inotify");
     fs::write(&events_hold, "").unwrap();

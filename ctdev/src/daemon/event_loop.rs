@@ -243,6 +243,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                 // Changes of this tick and the outcomes of jobs since the
                 // last one (nothing is written when nothing changed).
                 daemon.save_state();
+                daemon.trim_if_drained();
                 let resync = daemon.policy.resync_interval;
                 if resync > 0.0 && Instant::now() >= next_resync {
                     daemon.reconcile_all(watcher.get_mut());

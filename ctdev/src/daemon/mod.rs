@@ -239,6 +239,8 @@ pub struct Daemon {
     /// DEVPATH: an add that fails after its device left is a race.
     removals: u64,
     removed_at: BTreeMap<String, u64>,
+    /// The lanes drained since the last [`release_free_memory`].
+    trim_due: bool,
     /// While a pass runs: what each entry wants (all devices), worked out
     /// once per entry; emptied when a device event changes the devices.
     pass_wanted: std::cell::RefCell<Option<BTreeMap<usize, Vec<WantedDevice>>>>,
@@ -284,6 +286,7 @@ impl Daemon {
             event_wanted: None,
             removals: 0,
             removed_at: BTreeMap::new(),
+            trim_due: false,
             pass_wanted: std::cell::RefCell::new(None),
             kernel_events: None,
             lost_events: false,
@@ -855,6 +858,9 @@ impl Daemon {
     /// loop's thread, in the lane's order.
     pub(crate) fn on_done(&mut self, done: lanes::Done) {
         self.lanes.finished(&done);
+        if self.lanes.pending() == 0 {
+            self.trim_due = true;
+        }
         let lanes::Done {
             job,
             outcome,
@@ -1440,6 +1446,15 @@ impl Daemon {
         }
     }
 
+    /// On the tick: once the lanes drained after a burst, the heap's free
+    /// pages go back to the system.
+    pub(crate) fn trim_if_drained(&mut self) {
+        if self.trim_due && self.lanes.pending() == 0 {
+            self.trim_due = false;
+            release_free_memory();
+        }
+    }
+
     fn save_state(&mut self) {
         // Nothing changed since the last write: nothing to write (a resync
         // that changes nothing does nothing).
@@ -1892,4 +1907,17 @@ impl Daemon {
 /// Loads and prints the resolved policy (`--check-config`).
 pub fn check_config(ct: &Ctdev, path: &Path) -> Result<String, DaemonError> {
     check::check_config(ct, path, false, None)
+}
+
+/// Gives the heap's free pages back to the system. glibc keeps what a
+/// burst of jobs freed in each lane thread's arena, so without this the
+/// daemon's RSS stays at its largest burst (a long-running daemon under
+/// churn must stay flat).
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointer; it only returns the allocator's
+    // own free pages (every arena) to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
