@@ -461,8 +461,7 @@ fn list_names_the_cdi_device_of_rules_and_nodes() {
         share,
         specs,
     } = Fixture::new(&env, false);
-    let class = format!("c{}", unique("").replace('-', ""));
-    let name = format!("example.com/{class}=x");
+    let (class, name) = unique_device();
     fs::write(
         specs.join("s.json"),
         format!(
@@ -538,8 +537,7 @@ fn cdi_mounts_are_refused_for_a_target_in_the_hosts_mount_namespace() {
     let share = env.scratch.join("share");
     fs::create_dir_all(&share).unwrap();
     let dest = format!("/ctdev-never-{}", unique("m"));
-    let class = format!("c{}", unique("").replace('-', ""));
-    let name = format!("example.com/{class}=x");
+    let (class, name) = unique_device();
     fs::write(
         specs.join("s.json"),
         format!(
@@ -567,4 +565,11 @@ fn cdi_mounts_are_refused_for_a_target_in_the_hosts_mount_namespace() {
         !state.exists() || fs::read_dir(&state).unwrap().next().is_none(),
         "a record was written"
     );
+}
+
+/// A CDI class no other test uses, and its device `x`'s qualified name.
+fn unique_device() -> (String, String) {
+    let class = format!("c{}", unique("").replace('-', ""));
+    let name = format!("example.com/{class}=x");
+    (class, name)
 }
