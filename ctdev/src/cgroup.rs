@@ -414,7 +414,7 @@ impl CgroupFs {
         let Ok(inside) = dir.strip_prefix(&self.mount) else {
             return ById::Unknown;
         };
-        if !fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+        if !is_cgroup(&dir, id) {
             return ById::Unknown;
         }
         ById::Found(Cgroup {
@@ -423,6 +423,12 @@ impl CgroupFs {
             id,
         })
     }
+}
+
+/// Whether the directory `dir` is still the cgroup whose id (inode) is
+/// `id`: not removed, not created again under its name.
+pub fn is_cgroup(dir: &Path, id: u64) -> bool {
+    fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.ino() == id)
 }
 
 /// Whether `path` is on a cgroup2 filesystem.

@@ -732,7 +732,7 @@ fn an_attach_held_in_its_lane_comes_before_its_devices_and_a_container_removed_m
     // 4. The same, with the old attach's outcome back on the event loop
     // before the daemon reads the removal and the re-creation (its cgroup
     // events held): the old attach finds its cgroup gone and does nothing
-    // (`lanes::is_cgroup`); it does not attach the new cgroup, which gets
+    // (`cgroup::is_cgroup`); it does not attach the new cgroup, which gets
     // its own attach once the events are read.
     let third_hold = holds.join("h-third");
     fs::write(&third_hold, "").unwrap();

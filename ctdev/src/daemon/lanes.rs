@@ -508,12 +508,6 @@ fn hold(dir: &Path) {
     }
 }
 
-/// Whether `dir` is still the cgroup whose id (inode) is `id`.
-pub(crate) fn is_cgroup(dir: &Path, id: u64) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(dir).is_ok_and(|m| m.ino() == id)
-}
-
 /// Runs one job (no state of the daemon is touched here), submitted at
 /// `submitted`.
 fn run(ct: &Ctdev, job: Job, submitted: Instant) -> Done {
@@ -528,7 +522,7 @@ fn run(ct: &Ctdev, job: Job, submitted: Instant) -> Done {
         // Jobs name their cgroup by path: one queued behind a removal must
         // not land on a container re-created under that name.
         Work::Detach { .. } => Outcome::Detach(ct.detach(&Target::PolicyId(job.id))),
-        _ if !is_cgroup(&job.dir, job.id) => Outcome::Gone,
+        _ if !crate::cgroup::is_cgroup(&job.dir, job.id) => Outcome::Gone,
         Work::Add { owned, opts, .. } => {
             let r = passthrough::add_as(
                 ct,
@@ -616,7 +610,7 @@ fn links(ct: &Ctdev, job: &Job, o: &OwnedDevice, make: bool) {
             }
         }
         Err(crate::udev::LinkError::HostMounts { .. }) => {}
-        Err(e) if !is_cgroup(dir, job.id) => {
+        Err(e) if !crate::cgroup::is_cgroup(dir, job.id) => {
             tracing::debug!(container = %name, cgroup = %dir.display(), "container gone: {e}")
         }
         Err(e) => {

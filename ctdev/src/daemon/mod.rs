@@ -589,7 +589,7 @@ impl Daemon {
             return;
         }
         // Gone, or its name re-created as another cgroup already.
-        let gone = !lanes::is_cgroup(dir, job.id);
+        let gone = !crate::cgroup::is_cgroup(dir, job.id);
         let report = match attach {
             Ok(r) if r.policy_id != job.id => {
                 // The name was re-created between the job's check and its
@@ -621,7 +621,7 @@ impl Daemon {
                     }
                 }
             }
-            Some(Err(e)) if gone || !lanes::is_cgroup(dir, job.id) => {
+            Some(Err(e)) if gone || !crate::cgroup::is_cgroup(dir, job.id) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), "cgroup gone before its rules could be applied: {e}");
                 return;
             }
@@ -1021,7 +1021,7 @@ impl Daemon {
                         && !o.interface
                         && fs::symlink_metadata(&o.host).is_err())
                     || !self.still_present(o)
-                    || !lanes::is_cgroup(dir, id)
+                    || !crate::cgroup::is_cgroup(dir, id)
                     || !self.is_ready(dir) =>
             {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "device or container went while passing it in: {e}");
@@ -1112,7 +1112,7 @@ impl Daemon {
             Err(PassthroughError::NotAdded { .. }) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "no grant of the daemon for the device: its record is dropped");
             }
-            Err(e) if !lanes::is_cgroup(dir, id) => {
+            Err(e) if !crate::cgroup::is_cgroup(dir, id) => {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, "container gone while taking its device back: {e}");
             }
             Err(e) if e.container_stopped() => {
@@ -1189,7 +1189,7 @@ impl Daemon {
     /// this removal was read), whose record, managed entry and queued
     /// attach are matched by path too but carry the new id.
     fn container_gone(&mut self, dir: &Path) {
-        let gone = |d: &Path, id: u64| !d.starts_with(dir) || !lanes::is_cgroup(d, id);
+        let gone = |d: &Path, id: u64| !d.starts_with(dir) || !crate::cgroup::is_cgroup(d, id);
         let ids: Vec<u64> = self
             .state
             .containers

@@ -62,10 +62,10 @@ impl Ctdev {
             .unwrap_or_else(|p| p.into_inner())
             .take_if(|(t, _)| t == target);
         if let Some((_, resolved)) = locked {
-            use std::os::unix::fs::MetadataExt;
-            let same = resolved.cgroup.as_ref().is_some_and(|c| {
-                std::fs::metadata(&c.dir).is_ok_and(|m| m.is_dir() && m.ino() == c.id)
-            });
+            let same = resolved
+                .cgroup
+                .as_ref()
+                .is_some_and(|c| crate::cgroup::is_cgroup(&c.dir, c.id));
             if same {
                 return Ok(resolved);
             }
