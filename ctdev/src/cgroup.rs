@@ -270,14 +270,13 @@ impl CgroupFs {
     pub fn find_ids(&self, ids: &[u64]) -> HashMap<u64, Cgroup> {
         let mut found = HashMap::new();
         let mut wanted: std::collections::HashSet<u64> = ids.iter().copied().collect();
-        let at = |dir: &Path, id: u64| {
-            let inside = dir.strip_prefix(&self.mount).unwrap_or(Path::new(""));
-            Cgroup {
-                path: Path::new("/").join(inside),
-                dir: dir.to_path_buf(),
-                id,
-            }
+        let at = |dir: &Path, id: u64| self.cgroup_at(dir, id);
+        // The cgroup2 file system's device: a node of another file system
+        // mounted somewhere under the tree never matches an id by chance.
+        let Ok(mount_meta) = fs::metadata(&self.mount) else {
+            return found;
         };
+        let mount_dev = mount_meta.dev();
         if ids.len() <= BY_HANDLE_MAX {
             let mount_fd = open(
                 &self.mount,
@@ -285,7 +284,7 @@ impl CgroupFs {
                 Mode::empty(),
             );
             if let Ok(mount_fd) = mount_fd {
-                wanted.retain(|&id| match self.by_handle(&mount_fd, id) {
+                wanted.retain(|&id| match self.by_handle(&mount_fd, mount_dev, id) {
                     ById::Found(cgroup) => {
                         found.insert(id, cgroup);
                         false
@@ -295,10 +294,8 @@ impl CgroupFs {
                 });
             }
         }
-        if let Ok(meta) = fs::metadata(&self.mount) {
-            if wanted.remove(&meta.ino()) {
-                found.insert(meta.ino(), at(&self.mount, meta.ino()));
-            }
+        if wanted.remove(&mount_meta.ino()) {
+            found.insert(mount_meta.ino(), at(&self.mount, mount_meta.ino()));
         }
         let mut stack = vec![self.mount.clone()];
         while let Some(dir) = stack.pop() {
@@ -337,7 +334,7 @@ impl CgroupFs {
                     st.st_mode & libc::S_IFMT == libc::S_IFDIR,
                     st.st_nlink == 2,
                 );
-                if !is_dir {
+                if !is_dir || st.st_dev != mount_dev {
                     continue;
                 }
                 let child = dir.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
@@ -353,7 +350,12 @@ impl CgroupFs {
     }
 }
 
-/// Up to this many ids, [`CgroupFs::find_ids`] asks by file handle.
+/// Up to this many ids, [`CgroupFs::find_ids`] asks by file handle. Each
+/// id costs four system calls (`open_by_handle_at`, `fstat`, `readlink`,
+/// `stat`) where the walk costs about one per cgroup of the host: the
+/// bound keeps the handle path cheaper than a walk of even a small host
+/// (a few hundred cgroups). Not tuned further: the callers ask for one id
+/// (a detach, a daemon job) or for every container (`list`).
 const BY_HANDLE_MAX: usize = 16;
 
 /// `FILEID_KERNFS` (`include/linux/exportfs.h`): the handle type kernfs,
@@ -379,8 +381,19 @@ enum ById {
 }
 
 impl CgroupFs {
-    /// The cgroup whose id is `id`, by file handle under `mount_fd`.
-    fn by_handle(&self, mount_fd: &OwnedFd, id: u64) -> ById {
+    /// The cgroup `id` at the directory `dir` of this mount.
+    fn cgroup_at(&self, dir: &Path, id: u64) -> Cgroup {
+        let inside = dir.strip_prefix(&self.mount).unwrap_or(Path::new(""));
+        Cgroup {
+            path: Path::new("/").join(inside),
+            dir: dir.to_path_buf(),
+            id,
+        }
+    }
+
+    /// The cgroup whose id is `id`, by file handle under `mount_fd` (the
+    /// cgroup2 file system on device `mount_dev`).
+    fn by_handle(&self, mount_fd: &OwnedFd, mount_dev: u64, id: u64) -> ById {
         use std::os::fd::{AsRawFd, FromRawFd};
         let mut handle = KernfsHandle {
             handle_bytes: 8,
@@ -405,23 +418,25 @@ impl CgroupFs {
         }
         // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Its path through this mount; checked to be the cgroup still
-        // (not removed meanwhile, and inside this mount).
+        // The node opened is the cgroup `id` of this file system.
+        let opened = nix::sys::stat::fstat(fd.as_fd());
+        if !opened.is_ok_and(|st| st.st_ino == id && st.st_dev == mount_dev) {
+            return ById::Unknown;
+        }
+        // Its path through this mount, checked to name that node still
+        // (not removed or renamed meanwhile, inside this mount).
         let Ok(dir) = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
             return ById::Unknown;
         };
-        drop(fd);
-        let Ok(inside) = dir.strip_prefix(&self.mount) else {
-            return ById::Unknown;
-        };
-        if !is_cgroup(&dir, id) {
+        if !dir.starts_with(&self.mount) {
             return ById::Unknown;
         }
-        ById::Found(Cgroup {
-            path: Path::new("/").join(inside),
-            dir: dir.clone(),
-            id,
-        })
+        let still =
+            fs::metadata(&dir).is_ok_and(|m| m.is_dir() && m.ino() == id && m.dev() == mount_dev);
+        if !still {
+            return ById::Unknown;
+        }
+        ById::Found(self.cgroup_at(&dir, id))
     }
 }
 
