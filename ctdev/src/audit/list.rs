@@ -179,6 +179,22 @@ impl Ctdev {
                 entries: by_id.remove(id).unwrap_or_default(),
             };
             let pod = crate::audit::names::pod_of(&pods, *id, cg.map(|c| c.path.as_path()));
+            // A failed query is a problem of the dump, never "no other
+            // programs": that would hide a runtime's program beside ctdev's.
+            let other_programs = match (cg, programs) {
+                (Some(g), Some(Ok(all))) => all
+                    .into_iter()
+                    .filter(|p| !p.is_own(link.prog_id, &g.path))
+                    .collect(),
+                (Some(g), Some(Err(e))) => {
+                    dump.problems.push(format!(
+                        "container {} (policy id {id}): cannot list the device programs on its cgroup: {e}",
+                        g.path.display()
+                    ));
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
             dump.containers.push(ContainerView {
                 pod,
                 former_cgroup: match cg {
@@ -201,16 +217,7 @@ impl Ctdev {
                 link_pin,
                 rules: rule_views(&state.entries),
                 stats: stats.get(id).copied().unwrap_or_default(),
-                other_programs: match (cg, programs) {
-                    (Some(g), Some(programs)) => programs
-                        .map(|all| {
-                            all.into_iter()
-                                .filter(|p| !p.is_own(link.prog_id, &g.path))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    _ => Vec::new(),
-                },
+                other_programs,
                 drift: None,
             });
         }
@@ -365,4 +372,19 @@ fn in_parallel<T: Send>(ids: &[u64], f: impl Fn(u64) -> T + Sync) -> Vec<T> {
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_parallel_keeps_the_order_of_ids() {
+        for n in [0, 1, PARALLEL_FROM - 1, PARALLEL_FROM, 1_000, 1_001] {
+            let ids: Vec<u64> = (0..n as u64).map(|i| i * 7 + 3).collect();
+            let out = in_parallel(&ids, |id| id * 2);
+            let want: Vec<u64> = ids.iter().map(|id| id * 2).collect();
+            assert_eq!(out, want, "{n} ids");
+        }
+    }
 }

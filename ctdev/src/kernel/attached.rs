@@ -180,8 +180,13 @@ impl AttachedAt {
         // threads; two may ask about the same ancestor once each).
         let fd = cgroup.open()?;
         let ids = sys::query_device_programs(fd.as_fd(), false, &cgroup.dir)?;
-        let out = (cgroup.path.clone(), ids);
-        lock().insert(cgroup.dir.clone(), out.clone());
+        // The first answer stored is the one every container sees (a
+        // second thread's later answer is dropped): one snapshot per
+        // ancestor in a dump.
+        let out = lock()
+            .entry(cgroup.dir.clone())
+            .or_insert((cgroup.path.clone(), ids))
+            .clone();
         Ok(out)
     }
 }
