@@ -14,7 +14,7 @@ use std::path::Path;
 use ctdev_tests::container::TestContainer;
 use ctdev_tests::daemon::{write_policy, DaemonProc, HotLoop};
 use ctdev_tests::engines::{self, Engine, Podman, PodmanOptions};
-use ctdev_tests::{field_strs, unique, Parked, TestEnv};
+use ctdev_tests::{field_strs, rules_of, unique, Parked, TestEnv};
 
 /// What a container shows of the CDI device (and of its /dev and mounts).
 #[derive(Debug, PartialEq, Eq)]
@@ -572,4 +572,64 @@ fn unique_device() -> (String, String) {
     let class = format!("c{}", unique("").replace('-', ""));
     let name = format!("example.com/{class}=x");
     (class, name)
+}
+
+/// `pid:N` stays `pid:N` through a CDI add and del: the node is made in
+/// N's mount namespace (the container's /dev, not the host's), the record
+/// names the target as given, and del takes the node and rule away again.
+#[test]
+fn cdi_add_and_del_by_pid_act_in_that_process_namespaces() {
+    let env = TestEnv::new("cdi-pid");
+    let Fixture { c, lo, specs, .. } = Fixture::new(&env, false);
+    let (class, name) = unique_device();
+    let inside = format!("/dev/cdi-{}", unique("p"));
+    fs::write(
+        specs.join("s.json"),
+        format!(
+            r#"{{"cdiVersion":"0.5.0","kind":"example.com/{class}","devices":[{{"name":"x","containerEdits":{{
+            "deviceNodes":[{{"path":"{inside}","hostPath":"{}"}}]}}}}]}}"#,
+            lo.path_str()
+        ),
+    )
+    .unwrap();
+    let state = env.scratch.join("cdi-state");
+    let (d, s) = (specs.to_str().unwrap(), state.to_str().unwrap());
+    let target = c.target();
+    env.ok(&["attach", &target, "--preset", "none"]);
+    assert!(
+        !c.host_path(&inside).exists(),
+        "{inside} there before the add"
+    );
+    env.ok(&["add", &target, &name, "--cdi-dir", d, "--cdi-state", s]);
+    assert!(
+        c.host_path(&inside).exists(),
+        "{inside} not made in the container"
+    );
+    assert!(
+        !Path::new(&inside).exists(),
+        "{inside} was made in the host's /dev"
+    );
+    c.open_rw(&inside)
+        .unwrap_or_else(|e| panic!("{inside} not usable inside after the add: {e}"));
+    // The record: STATE/POLICY_ID/FILE.
+    let records: Vec<_> = fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
+        .map(|f| f.path())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let rec: serde_json::Value = serde_json::from_slice(&fs::read(&records[0]).unwrap()).unwrap();
+    assert_eq!(rec["target"], target.as_str(), "{rec:#}");
+
+    env.ok(&["del", &target, &name, "--cdi-state", s]);
+    assert!(
+        !c.host_path(&inside).exists(),
+        "{inside} left in the container after del"
+    );
+    let rule = format!("b 7:{} rwm", lo.number);
+    assert!(
+        !rules_of(&env, &c.cgroup).contains(&rule),
+        "{rule} left after del"
+    );
 }

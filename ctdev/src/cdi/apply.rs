@@ -105,6 +105,16 @@ pub enum CdiError {
         /// What went wrong.
         reason: String,
     },
+    /// A step of an add failed (named by the device, the target as the
+    /// user gave it and the step); the steps before it were undone.
+    #[error("CDI device {name} on {target}: {step}: {source}")]
+    Step {
+        name: String,
+        target: String,
+        /// The step, e.g. "node /dev/foo" or "interface eth1".
+        step: String,
+        source: Box<CdiError>,
+    },
     /// Undoing after a failure failed too.
     #[error("{error}; undoing it failed too: {}", failures.join("; "))]
     Undo {
@@ -648,14 +658,24 @@ pub fn add(
                     rule_before: before.map(|a| a.to_string()),
                 });
             }
-            Err(e) => return Err(undo_all(&rec, e.into())),
+            Err(e) => {
+                return Err(undo_all(
+                    &rec,
+                    step_error(name, target, "node", &n.dest, e.into()),
+                ))
+            }
         }
     }
     // 2. Mounts.
     for m in &plan.mounts {
         match mounts::bind(&lv.init, &m.source, &m.dest, &m.options, owner) {
             Ok(done) => rec.mounts.push(done),
-            Err(e) => return Err(undo_all(&rec, e.into())),
+            Err(e) => {
+                return Err(undo_all(
+                    &rec,
+                    step_error(name, target, "mount", &m.dest, e.into()),
+                ))
+            }
         }
     }
     // 3. Interfaces.
@@ -669,7 +689,18 @@ pub fn add(
                 host_name: host.clone(),
                 container_name: inside.clone(),
             }),
-            Err(e) => return Err(undo_all(&rec, e.into())),
+            Err(e) => {
+                let step = format!("interface {host} (as {inside})");
+                return Err(undo_all(
+                    &rec,
+                    CdiError::Step {
+                        name: name.to_string(),
+                        target: target.to_string(),
+                        step,
+                        source: Box::new(e.into()),
+                    },
+                ));
+            }
         }
     }
     if let Err(e) = lv.init.check_alive() {
@@ -682,8 +713,50 @@ pub fn add(
     Ok(rec)
 }
 
+/// `e`, the failure of the step on `what` at `dest`, named for the user.
+fn step_error(
+    name: &QualifiedName,
+    target: &Target,
+    what: &str,
+    dest: &Path,
+    e: CdiError,
+) -> CdiError {
+    CdiError::Step {
+        name: name.to_string(),
+        target: target.to_string(),
+        step: format!("{what} {}", dest.display()),
+        source: Box::new(e),
+    }
+}
+
+/// Whether the container `target` pins is gone (its cgroup removed, or
+/// removed and created again): what was done inside it went with it.
+fn container_gone(target: &Target) -> bool {
+    match target {
+        Target::CgroupOf { dir, id } => !crate::cgroup::is_cgroup(dir, *id),
+        _ => false,
+    }
+}
+
 /// Undoes what `rec` says was done, newest first; returns what failed.
+/// Once the container is gone there is nothing left to undo in it: its
+/// nodes, mounts and namespaces went with it, and its policy with its
+/// cgroup. That is not reported as a failure.
 fn undo(ct: &Ctdev, target: &Target, init: &InitProcess, rec: &CdiRecord) -> Vec<String> {
+    let mut failed = undo_steps(ct, target, init, rec);
+    if !failed.is_empty() && container_gone(target) {
+        tracing::info!(
+            container = %target,
+            device = %rec.name,
+            "container gone while undoing a CDI add: nothing left to undo"
+        );
+        failed.clear();
+    }
+    failed
+}
+
+/// [`undo`]'s steps.
+fn undo_steps(ct: &Ctdev, target: &Target, init: &InitProcess, rec: &CdiRecord) -> Vec<String> {
     let mut failed = Vec::new();
     for n in rec.netdevs.iter().rev() {
         let req = passthrough::PassRequest::Interface {
