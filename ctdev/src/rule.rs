@@ -557,6 +557,23 @@ mod tests {
     }
 
     #[test]
+    fn access_letters_display_and_json() {
+        assert_eq!(Access(0).to_string(), "''");
+        assert_eq!(serde_json::to_string(&Access(0)).unwrap(), "\"\"");
+        let back: Access = serde_json::from_str("\"\"").unwrap();
+        assert_eq!(back, Access(0));
+        for text in ["r", "w", "m", "rw", "rm", "wm", "rwm"] {
+            let a = Access::parse(text).unwrap();
+            assert_eq!(a.to_string(), text);
+            assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{text}\""));
+            let back: Access = serde_json::from_str(&format!("\"{text}\"")).unwrap();
+            assert_eq!(back, a);
+        }
+        // Any order in, rwm order out.
+        assert_eq!(Access::parse("mwr").unwrap().to_string(), "rwm");
+    }
+
+    #[test]
     fn rules_serialize_typed_and_read_back() {
         for text in ["c 1:3 rw", "b 8:* r", "a *:* m", "c 10:200 ''", "a"] {
             let r = num(text);

@@ -602,3 +602,50 @@ fn list_of_many_containers_needs_few_file_descriptors() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");
     assert_eq!(v["containers"].as_array().map(Vec::len), Some(n), "{v:#}");
 }
+
+/// A nested tree: a container on a leaf, one on a cgroup that has child
+/// cgroups, and one under that one. `list` finds all three (the walk opens
+/// only directories with subdirectories, so the one with children and the
+/// one under it are on different paths of it), and `detach id:N` finds
+/// each by its id, the deepest first and the leaf last.
+#[test]
+fn list_and_detach_find_containers_at_every_level_of_a_nested_tree() {
+    let env = TestEnv::new("list-nested");
+    let leaf = env.cgroup("leaf");
+    let parent = env.cgroup("parent");
+    let child = env.cgroup("parent/child");
+    // A cgroup with children but no policy of its own, beside the others.
+    env.cgroup("plain/inner");
+    for cg in [&leaf, &parent, &child] {
+        env.attach_rules(cg, &["c 1:3 rw"]);
+    }
+    let id_of = |cg: &Path| std::fs::metadata(cg).expect("stat cgroup").ino();
+    let listed = |env: &TestEnv| -> Vec<u64> {
+        let v = env.list_json();
+        let mut ids: Vec<u64> = v["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .map(|c| {
+                assert_eq!(c["state"], "enforcing", "{c:#}");
+                c["policy_id"].as_u64().expect("policy_id")
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let mut want: Vec<u64> = [&leaf, &parent, &child].iter().map(|c| id_of(c)).collect();
+    want.sort_unstable();
+    assert_eq!(listed(&env), want);
+    for (cg, left) in [(&child, 2), (&parent, 1), (&leaf, 0)] {
+        let id = id_of(cg);
+        env.ok(&["detach", &format!("id:{id}")]);
+        let now = listed(&env);
+        assert_eq!(now.len(), left, "after detach of {}: {now:?}", cg.display());
+        assert!(
+            !now.contains(&id),
+            "{} still listed after detach id:{id}",
+            cg.display()
+        );
+    }
+}
