@@ -108,6 +108,60 @@ pub fn file_names(dir: &Path) -> HashSet<String> {
     }
 }
 
+/// Whether the directory `dir` has an entry besides `.` and `..`, read
+/// with a small buffer: the answer costs one or two `getdents64` calls of
+/// a few entries however large the directory is (a full listing of a
+/// directory of 10,000 pins is about 2 ms). `None` when it does not exist.
+pub(crate) fn dir_has_entries(dir: &Path) -> Result<Option<bool>, IoError> {
+    use std::os::fd::AsRawFd;
+    let f = match fs::File::open(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(IoError::at("open directory", dir)(e)),
+    };
+    // `struct linux_dirent64`: d_ino u64, d_off i64, d_reclen u16, d_type
+    // u8, then the NUL-terminated name; 8-byte aligned for the kernel.
+    #[repr(C, align(8))]
+    struct Buf([u8; 512]);
+    let mut buf = Buf([0; 512]);
+    loop {
+        // SAFETY: `buf` is writable for its whole length and outlives the
+        // call; `f` is an open directory fd.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                f.as_raw_fd(),
+                buf.0.as_mut_ptr().cast::<libc::c_void>(),
+                buf.0.len(),
+            )
+        };
+        if n < 0 {
+            return Err(IoError::at("read directory", dir)(
+                io::Error::last_os_error(),
+            ));
+        }
+        let filled = &buf.0[..(n as usize).min(buf.0.len())];
+        if filled.is_empty() {
+            return Ok(Some(false));
+        }
+        let mut rest = filled;
+        while rest.len() > 19 {
+            let reclen = usize::from(u16::from_ne_bytes([rest[16], rest[17]])).min(rest.len());
+            if reclen <= 19 {
+                break;
+            }
+            let name = rest[19..reclen]
+                .split(|b| *b == 0)
+                .next()
+                .unwrap_or_default();
+            if name != b"." && name != b".." {
+                return Ok(Some(true));
+            }
+            rest = &rest[reclen..];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +203,28 @@ mod tests {
         std::fs::create_dir_all(dir.join("x")).unwrap();
         let e = write_atomic(&dir, b"x").unwrap_err();
         assert_eq!(e.op, "rename", "{e}");
+    }
+
+    #[test]
+    fn tells_an_empty_directory_from_one_with_entries() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(dir_has_entries(&t.path().join("none")).unwrap(), None);
+        assert_eq!(dir_has_entries(t.path()).unwrap(), Some(false));
+        // Long names: more than one small read before the first real entry
+        // is not needed, but several entries per read are.
+        for i in 0..300 {
+            std::fs::write(t.path().join(format!("{i:0>40}")), b"").unwrap();
+        }
+        assert_eq!(dir_has_entries(t.path()).unwrap(), Some(true));
+        for i in 0..300 {
+            std::fs::remove_file(t.path().join(format!("{i:0>40}"))).unwrap();
+        }
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        assert_eq!(dir_has_entries(t.path()).unwrap(), Some(true));
+        std::fs::remove_dir(t.path().join("d")).unwrap();
+        assert_eq!(dir_has_entries(t.path()).unwrap(), Some(false));
+        let file = t.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        assert!(dir_has_entries(&file).is_err(), "a file is not a directory");
     }
 }
