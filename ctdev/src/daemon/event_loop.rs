@@ -143,6 +143,9 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                 while let Ok(done) = done_rx.try_recv() {
                     daemon.on_done(done);
                 }
+                // Devices back while their removal ran go in now (not
+                // from inside the outcome of that removal).
+                daemon.readd_waiting();
             }
             r = uevents.readable_mut() => {
                 // Readiness cleared first, then read until empty: nothing
@@ -226,6 +229,7 @@ async fn run_async(ct: Ctdev, opts: Options) -> Result<(), DaemonError> {
                     }
                 }
                 daemon.check_foreign();
+                daemon.readd_waiting();
                 if cdi_watch.get_mut().ensure(&daemon.policy.cdi_dirs) {
                     daemon.sync_cdi_all();
                 }

@@ -14,6 +14,13 @@
 //!   container is never queued behind other containers' device work (a
 //!   resync's, a burst's). One more worker takes only attaches, so an
 //!   attach does not wait for a worker to finish a device job either.
+//! - Then the line is ordered by each job's place in its own batch
+//!   ([`Job::rank`]: the container's place in a device event's fan-out or
+//!   in a resync pass), first come first served among equals: a new
+//!   event's first containers do not wait for an earlier event's last ones
+//!   (the events share the workers, as processor sharing would), and a
+//!   container's place is that of its best job queued (its earlier jobs
+//!   must run first anyway).
 //! - A removal queued behind a still-queued `add` of the same device at
 //!   the same dest cancels that add, and is itself not run when nothing
 //!   was given there before ([`Lanes::submit`]): a device plugged and
@@ -68,6 +75,10 @@ pub(crate) struct Job {
     pub(crate) dir: PathBuf,
     /// The policy entry's name (for logs).
     pub(crate) name: String,
+    /// The container's place in the batch that queued the job (0: first;
+    /// a device event's fan-out, a resync pass): lower goes first among
+    /// containers waiting for a worker.
+    pub(crate) rank: u32,
     /// What to do.
     pub(crate) work: Work,
 }
@@ -190,24 +201,133 @@ pub(crate) struct Done {
     pub(crate) waited: Duration,
     /// When it finished (its outcome then waits for the event loop).
     pub(crate) finished: Instant,
+    /// Containers waiting for a worker when it was taken (itself
+    /// included): how long the line was.
+    pub(crate) line: usize,
+}
+
+/// A container's place in the line of those waiting for a worker: lower
+/// goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    /// 0: a new container's attach; 1: anything else.
+    class: u8,
+    /// The job's place in its own batch ([`Job::rank`]).
+    rank: u32,
+    /// When it was submitted (first come, first served among equals).
+    seq: u64,
+}
+
+/// A job waiting in its lane.
+struct Waiting {
+    job: Job,
+    submitted: Instant,
+    place: Place,
 }
 
 #[derive(Default)]
 struct Queue {
-    /// Jobs waiting, per container, with when each was submitted.
-    lanes: HashMap<u64, VecDeque<(Job, Instant)>>,
-    /// Containers with waiting jobs and no job running.
-    ready: VecDeque<u64>,
+    /// Jobs waiting, per container.
+    lanes: HashMap<u64, VecDeque<Waiting>>,
+    /// Containers with waiting jobs and no job running, by place: a
+    /// container is in it once at most (twice, it could run two of its
+    /// jobs at once).
+    ready: BTreeSet<(Place, u64)>,
+    /// The place of each container in `ready`.
+    in_line: HashMap<u64, Place>,
     /// Containers with a job running now.
     running: HashSet<u64>,
-    /// How many containers at the front of `ready` are there for a new
-    /// container's attach: attaches go before device work, in the order
-    /// they came (first in, first out among themselves).
-    attaches_first: usize,
+    /// Jobs submitted so far.
+    seq: u64,
     closed: bool,
 }
 
 impl Queue {
+    /// Queues `job` at the end of its lane; `true` when its container
+    /// came into the line of those waiting for a worker (or moved up).
+    fn push(&mut self, job: Job) -> bool {
+        self.seq += 1;
+        let place = Place {
+            class: if matches!(job.work, Work::Attach { .. }) {
+                0
+            } else {
+                1
+            },
+            rank: job.rank,
+            seq: self.seq,
+        };
+        let id = job.id;
+        self.lanes.entry(id).or_default().push_back(Waiting {
+            job,
+            submitted: Instant::now(),
+            place,
+        });
+        self.line_up(id)
+    }
+
+    /// Puts container `id` in line, or moves it, at the place of its best
+    /// job waiting (nothing while one of its jobs runs: it comes back in
+    /// line when that is done). `true` when its place changed.
+    fn line_up(&mut self, id: u64) -> bool {
+        let best = self
+            .lanes
+            .get(&id)
+            .and_then(|l| l.iter().map(|w| w.place).min());
+        let Some(best) = best.filter(|_| !self.running.contains(&id)) else {
+            if let Some(old) = self.in_line.remove(&id) {
+                self.ready.remove(&(old, id));
+            }
+            return false;
+        };
+        match self.in_line.insert(id, best) {
+            Some(old) if old == best => false,
+            old => {
+                if let Some(old) = old {
+                    self.ready.remove(&(old, id));
+                }
+                self.ready.insert((best, id));
+                true
+            }
+        }
+    }
+
+    /// The next job for a worker: the first container in line (for an
+    /// `attach_only` worker, the first whose next job is an attach, among
+    /// those in line for one). Its container is running from now on.
+    fn take(&mut self, attach_only: bool) -> Option<(Waiting, usize)> {
+        let line = self.ready.len();
+        let (place, id) = if attach_only {
+            self.ready
+                .iter()
+                .take_while(|(p, _)| p.class == 0)
+                .find(|(_, id)| {
+                    self.lanes
+                        .get(id)
+                        .and_then(VecDeque::front)
+                        .is_some_and(|w| matches!(w.job.work, Work::Attach { .. }))
+                })
+                .copied()?
+        } else {
+            self.ready.first().copied()?
+        };
+        self.ready.remove(&(place, id));
+        self.in_line.remove(&id);
+        let lane = self.lanes.get_mut(&id)?;
+        let next = lane.pop_front();
+        if lane.is_empty() {
+            self.lanes.remove(&id);
+        }
+        let next = next?;
+        self.running.insert(id);
+        Some((next, line))
+    }
+
+    /// Container `id`'s job is done: back in line if it has more.
+    fn done(&mut self, id: u64) -> bool {
+        self.running.remove(&id);
+        self.line_up(id)
+    }
+
     /// Takes out of container `id`'s lane the `add` of `owned` when it is
     /// the last job queued at its dest (not running yet; never an
     /// interface's: moving one in is not undone by a removal).
@@ -218,23 +338,18 @@ impl Queue {
         let lane = self.lanes.get_mut(&id)?;
         let at = lane
             .iter()
-            .rposition(|(j, _)| j.work.owned().is_some_and(|o| o.dest == owned.dest))?;
-        if !matches!(&lane[at].0.work, Work::Add { owned: a, .. } if a == owned) {
+            .rposition(|w| w.job.work.owned().is_some_and(|o| o.dest == owned.dest))?;
+        if !matches!(&lane[at].job.work, Work::Add { owned: a, .. } if a == owned) {
             return None;
         }
         let taken = lane.remove(at)?;
         if lane.is_empty() {
-            // Nothing left for a worker: out of the line too (a container
-            // twice in `ready` could run two of its jobs at once).
             self.lanes.remove(&id);
-            if let Some(i) = self.ready.iter().position(|x| *x == id) {
-                self.ready.remove(i);
-                if i < self.attaches_first {
-                    self.attaches_first -= 1;
-                }
-            }
         }
-        Some(taken)
+        // Its place in line follows what is left (out of the line when
+        // nothing is).
+        self.line_up(id);
+        Some((taken.job, taken.submitted))
     }
 }
 
@@ -247,6 +362,7 @@ fn canceled(job: Job, submitted: Instant) -> Done {
         took: Duration::ZERO,
         waited: now.saturating_duration_since(submitted),
         finished: now,
+        line: 0,
     }
 }
 
@@ -353,30 +469,19 @@ impl Lanes {
         }
         self.count(&job);
         if self.workers.is_empty() {
-            out.push(run(ct, job, Instant::now()));
+            out.push(run(ct, job, Instant::now(), 0));
             return out;
         }
-        let mut q = self.shared.queue();
-        let id = job.id;
         let first = matches!(job.work, Work::Attach { .. });
-        let lane = q.lanes.entry(id).or_default();
-        lane.push_back((job, Instant::now()));
-        if lane.len() == 1 && !q.running.contains(&id) {
-            // A new container's attach goes before containers waiting with
-            // device work.
+        // A new container's attach goes before containers waiting with
+        // device work; device work by its place in its batch.
+        let moved = self.shared.queue().push(job);
+        if moved {
             if first {
-                let at = q.attaches_first.min(q.ready.len());
-                q.ready.insert(at, id);
-                q.attaches_first = at + 1;
-            } else {
-                q.ready.push_back(id);
+                self.shared.wake_attach.notify_one();
             }
+            self.shared.wake.notify_one();
         }
-        drop(q);
-        if first {
-            self.shared.wake_attach.notify_one();
-        }
-        self.shared.wake.notify_one();
         out
     }
 
@@ -445,23 +550,11 @@ fn worker(shared: &Shared, ct: &Ctdev, tx: &UnboundedSender<Done>, attach_only: 
         &shared.wake
     };
     loop {
-        let (job, submitted) = {
+        let (next, line) = {
             let mut q = shared.queue();
             loop {
-                let front = if attach_only && q.attaches_first == 0 {
-                    None
-                } else {
-                    q.ready.pop_front()
-                };
-                if let Some(id) = front {
-                    q.attaches_first = q.attaches_first.saturating_sub(1);
-                    let job = q.lanes.get_mut(&id).and_then(VecDeque::pop_front);
-                    if let Some(job) = job {
-                        q.running.insert(id);
-                        break job;
-                    }
-                    q.lanes.remove(&id);
-                    continue;
+                if let Some(taken) = q.take(attach_only) {
+                    break taken;
                 }
                 if q.closed {
                     return;
@@ -469,20 +562,17 @@ fn worker(shared: &Shared, ct: &Ctdev, tx: &UnboundedSender<Done>, attach_only: 
                 q = wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let id = job.id;
+        let id = next.job.id;
         #[cfg(feature = "failpoints")]
-        hold(&job.dir);
+        hold(&next.job.dir);
         // Sent before the lane is free again: a lane's outcomes arrive in
         // its order.
-        let _ = tx.send(run(ct, job, submitted));
-        let mut q = shared.queue();
-        q.running.remove(&id);
-        if q.lanes.get(&id).is_some_and(|l| !l.is_empty()) {
-            q.ready.push_back(id);
-            drop(q);
+        let _ = tx.send(run(ct, next.job, next.submitted, line));
+        let back = shared.queue().done(id);
+        if back {
             shared.wake.notify_one();
-        } else {
-            q.lanes.remove(&id);
+            // Its next job may be an attach (a container re-applied).
+            shared.wake_attach.notify_one();
         }
     }
 }
@@ -509,8 +599,8 @@ fn hold(dir: &Path) {
 }
 
 /// Runs one job (no state of the daemon is touched here), submitted at
-/// `submitted`.
-fn run(ct: &Ctdev, job: Job, submitted: Instant) -> Done {
+/// `submitted`, taken from a line of `line` containers.
+fn run(ct: &Ctdev, job: Job, submitted: Instant, line: usize) -> Done {
     let start = Instant::now();
     // Every operation re-checks, under its lock, that the path is still
     // this job's cgroup (the check below is only the cheap early exit).
@@ -594,6 +684,7 @@ fn run(ct: &Ctdev, job: Job, submitted: Instant) -> Done {
         took: finished - start,
         waited: start - submitted,
         finished,
+        line,
     }
 }
 
@@ -634,14 +725,14 @@ mod tests {
         }
     }
 
-    fn job(id: u64, work: Work) -> (Job, Instant) {
-        let j = Job {
+    fn job(id: u64, rank: u32, work: Work) -> Job {
+        Job {
             id,
             dir: PathBuf::from(format!("/cg/{id}")),
             name: "ct".into(),
+            rank,
             work,
-        };
-        (j, Instant::now())
+        }
     }
 
     fn add(o: &OwnedDevice) -> Work {
@@ -653,19 +744,33 @@ mod tests {
         }
     }
 
+    fn attach() -> Work {
+        Work::Attach {
+            takeover: None,
+            entry: 0,
+            generation: 0,
+            preset: Preset::None,
+            grant: Vec::new(),
+            take_back: Vec::new(),
+        }
+    }
+
+    /// Containers in line, first first.
+    fn line(q: &Queue) -> Vec<u64> {
+        q.ready.iter().map(|(_, id)| *id).collect()
+    }
+
     #[test]
     fn a_queued_add_is_taken_out_only_when_it_is_the_last_job_at_its_dest() {
         let a = dev("loop1", "/devices/virtual/block/loop1");
         let b = dev("loop2", "/devices/virtual/block/loop2");
         let mut q = Queue::default();
         // Lane 1: add a, add b. Lane 2: add a, then a removal of a queued.
-        q.lanes
-            .insert(1, VecDeque::from([job(1, add(&a)), job(1, add(&b))]));
-        q.lanes.insert(
-            2,
-            VecDeque::from([job(2, add(&a)), job(2, Work::Remove { owned: a.clone() })]),
-        );
-        q.ready = VecDeque::from([1, 2]);
+        q.push(job(1, 0, add(&a)));
+        q.push(job(1, 0, add(&b)));
+        q.push(job(2, 1, add(&a)));
+        q.push(job(2, 1, Work::Remove { owned: a.clone() }));
+        assert_eq!(line(&q), [1, 2]);
         // Lane 2's last job at a's dest is a removal: nothing taken.
         assert!(q.cancel_add(2, &a).is_none());
         // Another device at the same dest (a replug): not this add.
@@ -678,16 +783,65 @@ mod tests {
         let (taken, _) = q.cancel_add(1, &a).expect("a's add");
         assert!(matches!(taken.work, Work::Add { owned, .. } if owned == a));
         assert_eq!(q.lanes[&1].len(), 1);
-        assert_eq!(q.ready, VecDeque::from([1, 2]));
+        assert_eq!(line(&q), [1, 2]);
         // Lane 1's last job: the lane and its place in line go (a
         // container twice in line could run two jobs at once).
         assert!(q.cancel_add(1, &b).is_some());
         assert!(!q.lanes.contains_key(&1));
-        assert_eq!(q.ready, VecDeque::from([2]));
+        assert_eq!(line(&q), [2]);
+        assert_eq!(q.in_line.len(), 1);
         // An interface is never taken out.
         let mut eth = dev("eth1", "/devices/net/eth1");
         eth.interface = true;
-        q.lanes.insert(3, VecDeque::from([job(3, add(&eth))]));
+        q.push(job(3, 0, add(&eth)));
         assert!(q.cancel_add(3, &eth).is_none());
+    }
+
+    #[test]
+    fn the_line_goes_by_place_in_the_fan_out_and_keeps_each_lanes_order() {
+        let a = dev("loop1", "/devices/virtual/block/loop1");
+        let b = dev("loop2", "/devices/virtual/block/loop2");
+        let mut q = Queue::default();
+        // Event A fans out to containers 1..=4 (ranks 0..3).
+        for (rank, id) in (1..=4).enumerate() {
+            q.push(job(id, rank as u32, add(&a)));
+        }
+        // A worker takes container 1 (rank 0).
+        let (w, n) = q.take(false).expect("a job");
+        assert_eq!((w.job.id, n), (1, 4));
+        // Event B fans out to 1..=4 too: container 1 is running (not in
+        // line), 2 keeps its place (its A job is older at rank 1 than its
+        // B job at rank 1), and B's rank 0 in 1 comes when 1 is done.
+        for (rank, id) in (1..=4).enumerate() {
+            q.push(job(id, rank as u32, add(&b)));
+        }
+        assert_eq!(line(&q), [2, 3, 4]);
+        assert!(q.done(1));
+        // Container 1's B job (rank 0) before 3's and 4's A jobs (ranks 2, 3).
+        assert_eq!(line(&q), [1, 2, 3, 4]);
+        // A new container's attach goes before every device job.
+        q.push(job(9, 0, attach()));
+        assert_eq!(line(&q), [9, 1, 2, 3, 4]);
+        // An attach-only worker takes only the attach.
+        let (w, _) = q.take(true).expect("the attach");
+        assert_eq!(w.job.id, 9);
+        assert!(q.take(true).is_none());
+        // A lane runs its jobs one at a time, in order: while 1 runs it is
+        // not in line; its next job is its own next one.
+        let (w, _) = q.take(false).expect("a job");
+        assert!(w.job.id == 1 && matches!(&w.job.work, Work::Add { owned, .. } if *owned == b));
+        assert!(!line(&q).contains(&1));
+        // A lane waiting behind a pass's job (rank 50) moves up when an
+        // event's job (rank 0) is queued behind it: its pass job runs first.
+        let c = dev("loop3", "/devices/virtual/block/loop3");
+        q.push(job(7, 50, add(&c)));
+        assert_eq!(line(&q).last(), Some(&7));
+        q.push(job(7, 0, add(&a)));
+        assert_eq!(line(&q).first(), Some(&7));
+        let (w, _) = q.take(false).expect("a job");
+        assert!(w.job.id == 7 && matches!(&w.job.work, Work::Add { owned, .. } if *owned == c));
+        // Every container in line once, every lane's jobs in order.
+        let ids: BTreeSet<u64> = line(&q).into_iter().collect();
+        assert_eq!(ids.len(), q.ready.len());
     }
 }

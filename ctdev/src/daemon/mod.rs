@@ -49,6 +49,7 @@ use std::sync::Arc;
 
 use crate::grants::{Owner as GrantOwner, Subject as GrantSubject};
 use crate::kernel::loader::ProgramObject;
+use crate::kernel::pins::RootLock;
 use crate::kernel::scope::{self as kscope, DeferMarks, DEFER_NOT_SELECTED, DEFER_OWN_POLICY};
 use crate::ops::{Ctdev, Error as ControllerError};
 use crate::passthrough::{self, AddOptions, PassthroughError};
@@ -208,7 +209,9 @@ pub struct Daemon {
     source: Source,
     /// Devices (policy id, dest) recorded ahead for the event being handled.
     prerecorded: BTreeSet<(u64, String)>,
-    /// The state as last written.
+    /// The state changed since it was last written.
+    dirty: bool,
+    /// The state as last written (debug builds only: checks `dirty`).
     saved: Option<State>,
     /// Device work per container, on worker threads ([`lanes`]).
     lanes: lanes::Lanes,
@@ -244,6 +247,15 @@ pub struct Daemon {
     /// While a pass runs: what each entry wants (all devices), worked out
     /// once per entry; emptied when a device event changes the devices.
     pass_wanted: std::cell::RefCell<Option<BTreeMap<usize, Vec<WantedDevice>>>>,
+    /// The place of the container being handled in the batch that is
+    /// queuing its jobs now (a device event's fan-out, a resync pass; 0
+    /// otherwise): device jobs wait for a worker in that order across
+    /// batches ([`lanes::Job::rank`]).
+    rank: u32,
+    /// Devices whose removal finished while they were back on the host:
+    /// (container directory, dest) → the record taken back, passed in
+    /// again by [`Daemon::readd_waiting`].
+    readd: BTreeMap<(PathBuf, String), (u64, OwnedDevice)>,
 }
 
 fn target_of(dir: &Path) -> Target {
@@ -288,6 +300,8 @@ impl Daemon {
             removed_at: BTreeMap::new(),
             trim_due: false,
             pass_wanted: std::cell::RefCell::new(None),
+            rank: 0,
+            readd: BTreeMap::new(),
             kernel_events: None,
             lost_events: false,
             ct,
@@ -307,6 +321,7 @@ impl Daemon {
             coexist: takeover::Coexist::default(),
             failing: BTreeSet::new(),
             prerecorded: BTreeSet::new(),
+            dirty: true,
             saved: None,
             source: if uevent::udevd_running(&opts.udev_control) {
                 Source::Udev
@@ -525,6 +540,7 @@ impl Daemon {
             owned.cgroup = dir.to_path_buf();
             owned.entry = c.name.clone();
             owned.rules.extend(rule_texts.iter().cloned());
+            self.dirty = true;
             self.save_state();
         }
         // The policy's rules granted and the ones gone from it taken back
@@ -549,6 +565,7 @@ impl Daemon {
             id: g.id,
             dir: dir.to_path_buf(),
             name: c.name.clone(),
+            rank: 0,
             work: lanes::Work::Attach {
                 takeover,
                 entry,
@@ -643,9 +660,12 @@ impl Daemon {
             .filter_map(|spec| spec.resolve().ok())
             .collect();
         let owned = self.state.containers.entry(id).or_default();
-        owned.cgroup = dir.to_path_buf();
-        owned.entry = name.to_string();
-        owned.rules = rule_texts;
+        if owned.cgroup != dir || owned.entry != name || owned.rules != rule_texts {
+            owned.cgroup = dir.to_path_buf();
+            owned.entry = name.to_string();
+            owned.rules = rule_texts;
+            self.dirty = true;
+        }
         let was_ready = self
             .managed
             .get(dir)
@@ -751,10 +771,29 @@ impl Daemon {
                 self.remove_device(dir, m.policy_id, &name, &o);
             }
         }
-        for w in plan.add {
-            if event || !self.lanes.busy_at(m.policy_id, &w.owned.dest) {
-                self.add_device(dir, m.policy_id, &name, &w);
+        let adds: Vec<WantedDevice> = plan
+            .add
+            .into_iter()
+            .filter(|w| event || !self.lanes.busy_at(m.policy_id, &w.owned.dest))
+            .collect();
+        if !event && adds.len() > 1 {
+            // Write-ahead for the whole sync in one state write (a new
+            // container's devices used to cost one whole-state write each),
+            // as a device event does for its fan-out ([`Daemon::prerecord`]):
+            // only dests with nothing recorded yet.
+            if let Some(s) = self.state.containers.get_mut(&m.policy_id) {
+                for w in adds.iter().filter(|w| !w.owned.interface) {
+                    if !s.devices.contains_key(&w.owned.dest) {
+                        s.devices.insert(w.owned.dest.clone(), w.owned.clone());
+                        self.prerecorded.insert((m.policy_id, w.owned.dest.clone()));
+                        self.dirty = true;
+                    }
+                }
             }
+            self.save_state();
+        }
+        for w in adds {
+            self.add_device(dir, m.policy_id, &name, &w);
         }
         if only.is_none() {
             // CDI devices (`devices = [{ cdi = ... }]`), with their own records.
@@ -775,6 +814,7 @@ impl Daemon {
             id,
             dir: dir.to_path_buf(),
             name: c.name.clone(),
+            rank: self.rank,
             work: lanes::Work::Cdi {
                 wanted: c.cdi.clone(),
                 dirs: self.policy.cdi_dirs.clone(),
@@ -823,6 +863,7 @@ impl Daemon {
             match self.state.containers.get_mut(&id) {
                 Some(s) => {
                     s.devices.insert(o.dest.clone(), o.clone());
+                    self.dirty = true;
                     self.save_state();
                 }
                 None => {
@@ -836,6 +877,7 @@ impl Daemon {
             id,
             dir: dir.to_path_buf(),
             name: name.to_string(),
+            rank: self.rank,
             work: lanes::Work::Add {
                 owned: o.clone(),
                 opts,
@@ -861,12 +903,19 @@ impl Daemon {
         if self.lanes.pending() == 0 {
             self.trim_due = true;
         }
+        if let (lanes::Work::Add { owned, .. }, lanes::Outcome::Device(_)) =
+            (&done.job.work, &done.outcome)
+        {
+            if let Some(devpath) = &owned.devpath {
+                self.timings.added(devpath, &done);
+            }
+        }
         let lanes::Done {
             job,
             outcome,
             took,
             waited,
-            finished,
+            ..
         } = done;
         let (dir, id, name) = (job.dir.as_path(), job.id, job.name.as_str());
         match (&job.work, outcome) {
@@ -879,9 +928,6 @@ impl Daemon {
                 },
                 lanes::Outcome::Device(outcome),
             ) => {
-                if let Some(devpath) = &o.devpath {
-                    self.timings.added(devpath, name, waited, took, finished);
-                }
                 let left = self.left_since(o, *removals);
                 self.added(
                     dir,
@@ -942,10 +988,7 @@ impl Daemon {
                 // was, unless a newer job at the dest wrote its own.
                 if !self.lanes.busy_at(id, &o.dest) {
                     if let Some(s) = self.state.containers.get_mut(&id) {
-                        match recorded_before {
-                            Some(before) => s.devices.insert(o.dest.clone(), before.clone()),
-                            None => s.devices.remove(&o.dest),
-                        };
+                        self.dirty |= set_record(&mut s.devices, &o.dest, recorded_before.clone());
                     }
                 }
             }
@@ -998,7 +1041,7 @@ impl Daemon {
                 // its own record ahead: it is not this older job's to replace.
                 if !newer {
                     if let Some(s) = self.state.containers.get_mut(&id) {
-                        s.devices.insert(o.dest.clone(), o.clone());
+                        self.dirty |= set_record(&mut s.devices, &o.dest, Some(o.clone()));
                     }
                 }
                 // Left while it was being passed in: close it again now
@@ -1026,10 +1069,7 @@ impl Daemon {
             {
                 tracing::debug!(container = %name, cgroup = %dir.display(), device = %o.host, dest = %o.dest, "device or container went while passing it in: {e}");
                 if let Some(s) = self.state.containers.get_mut(&id).filter(|_| !newer) {
-                    match recorded_before {
-                        Some(before) => s.devices.insert(o.dest.clone(), before),
-                        None => s.devices.remove(&o.dest),
-                    };
+                    self.dirty |= set_record(&mut s.devices, &o.dest, recorded_before);
                 }
             }
             Err(e) => {
@@ -1042,10 +1082,7 @@ impl Daemon {
                 }
                 // `add` undid its own steps: the record goes back to what it was.
                 if let Some(s) = self.state.containers.get_mut(&id).filter(|_| !newer) {
-                    match recorded_before {
-                        Some(before) => s.devices.insert(o.dest.clone(), before),
-                        None => s.devices.remove(&o.dest),
-                    };
+                    self.dirty |= set_record(&mut s.devices, &o.dest, recorded_before);
                 }
             }
         }
@@ -1070,6 +1107,7 @@ impl Daemon {
                 };
                 if !s.devices.contains_key(&w.owned.dest) {
                     s.devices.insert(w.owned.dest.clone(), w.owned.clone());
+                    self.dirty = true;
                     self.prerecorded.insert((m.policy_id, w.owned.dest));
                 }
             }
@@ -1086,6 +1124,7 @@ impl Daemon {
             id,
             dir: dir.to_path_buf(),
             name: name.to_string(),
+            rank: self.rank,
             work: lanes::Work::Remove { owned: o.clone() },
         };
         self.submit(job);
@@ -1131,7 +1170,7 @@ impl Daemon {
             // A newer add at the dest (queued after this removal) keeps
             // its record, written ahead.
             if !self.lanes.busy_at(id, &o.dest) {
-                s.devices.remove(&o.dest);
+                self.dirty |= s.devices.remove(&o.dest).is_some();
             }
         }
         // A private node of a device that is gone goes too.
@@ -1152,7 +1191,28 @@ impl Daemon {
     /// pass before the pass reached this container, went only to the
     /// containers the pass had already seen (found by the churn bench: the
     /// device then waited for the next resync, ~2 s).
+    ///
+    /// Only noted here: this runs when a removal's outcome comes back,
+    /// which can be inside a fan-out or a sync of the same container (a
+    /// removal canceled at once by [`lanes::Lanes::submit`]); the device
+    /// goes in from [`Daemon::readd_waiting`], after that.
     fn readd_if_back(&mut self, dir: &Path, id: u64, o: &OwnedDevice) {
+        if o.devpath.is_some() && !o.interface {
+            self.readd
+                .insert((dir.to_path_buf(), o.dest.clone()), (id, o.clone()));
+        }
+    }
+
+    /// The devices [`Daemon::readd_if_back`] noted: each goes in now if it
+    /// is still back, free and wanted (called by the event loop after the
+    /// outcomes it read, after a device event, and on the tick).
+    pub(crate) fn readd_waiting(&mut self) {
+        for ((dir, _), (id, o)) in std::mem::take(&mut self.readd) {
+            self.readd_now(&dir, id, &o);
+        }
+    }
+
+    fn readd_now(&mut self, dir: &Path, id: u64, o: &OwnedDevice) {
         let Some(devpath) = &o.devpath else {
             return;
         };
@@ -1221,6 +1281,7 @@ impl Daemon {
             id,
             dir: o.cgroup.clone(),
             name: o.entry.clone(),
+            rank: 0,
             work: lanes::Work::Detach { why },
         };
         self.submit(job);
@@ -1254,7 +1315,7 @@ impl Daemon {
         if let Some(m) = &mut self.marks {
             let _ = m.unmark(id);
         }
-        self.state.containers.remove(&id);
+        self.dirty |= self.state.containers.remove(&id).is_some();
     }
 
     // ---- scopes (fail-closed before the daemon's attach) --------------------
@@ -1267,6 +1328,11 @@ impl Daemon {
         let wanted = scope::wanted_scopes(&self.policy);
         let mut now = BTreeMap::new();
         let mut object = None;
+        // The scope programs' pins, defaults and marks are global state:
+        // written under the root lock, as the library's global operations
+        // (attach and detach mark and unmark too), taken only when there
+        // is something to write (an idle resync takes no lock).
+        let mut lock: Option<RootLock> = None;
         let linked: BTreeSet<u64> = kscope::linked_scopes(self.ct.pins()).into_iter().collect();
         for (inside, preset) in &wanted {
             let Ok(g) = self.ct.cgroups().cgroup(inside) else {
@@ -1288,8 +1354,10 @@ impl Daemon {
                             && !self.attaching.contains_key(c)
                     })
                     .collect();
-                for child in children {
-                    self.mark_child(&child);
+                if !children.is_empty() && self.hold_root(&mut lock) {
+                    for child in children {
+                        self.mark_child(&child);
+                    }
                 }
                 now.insert(g.dir.clone(), g.id);
                 continue;
@@ -1306,6 +1374,10 @@ impl Daemon {
                     }
                 }
             };
+            if !self.hold_root(&mut lock) {
+                // Not covered now: tried again at the next resync.
+                continue;
+            }
             match self.cover_scope(object, &g, *preset) {
                 Ok(linked) => {
                     if linked {
@@ -1320,8 +1392,13 @@ impl Daemon {
         }
         let pins = self.ct.pins();
         let live: BTreeSet<u64> = now.values().copied().collect();
-        for id in kscope::linked_scopes(pins) {
-            if !live.contains(&id) {
+        let unlink: Vec<u64> = kscope::linked_scopes(pins)
+            .into_iter()
+            .filter(|id| !live.contains(id))
+            .collect();
+        if !unlink.is_empty() && self.hold_root(&mut lock) {
+            let pins = self.ct.pins();
+            for id in unlink {
                 match kscope::detach(pins, id) {
                     Ok(()) => tracing::info!(
                         scope_id = id,
@@ -1336,11 +1413,30 @@ impl Daemon {
         self.scopes = now;
         self.skipped
             .retain(|d, _| d.parent().is_some_and(|p| self.scopes.contains_key(p)));
-        self.prune_marks();
+        self.prune_marks(&mut lock);
+    }
+
+    /// Takes the root lock into `lock` unless it is held already; `false`
+    /// (logged) when it cannot be taken: the global write is not made.
+    fn hold_root(&self, lock: &mut Option<RootLock>) -> bool {
+        if lock.is_some() {
+            return true;
+        }
+        match self.ct.lock() {
+            Ok(l) => {
+                *lock = Some(l);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("scope programs not updated (retried at the next resync): cannot take the root lock: {e}");
+                false
+            }
+        }
     }
 
     /// One scope: program, default, marks of the children present, link.
-    /// `Ok(true)` when the link was made now.
+    /// `Ok(true)` when the link was made now. The caller holds the root
+    /// lock.
     fn cover_scope(
         &mut self,
         object: &ProgramObject,
@@ -1368,7 +1464,8 @@ impl Daemon {
 
     /// Marks a child of a scope that no entry selects, so the scope's
     /// default does not hold it; a selected child with its own link is
-    /// marked as such (its attach marks it too).
+    /// marked as such (its attach marks it too). The caller holds the root
+    /// lock.
     fn mark_child(&mut self, child: &Path) {
         let Ok(g) = self.ct.cgroups().cgroup(child) else {
             return;
@@ -1389,9 +1486,10 @@ impl Daemon {
     }
 
     /// Drops marks of cgroups that are gone (own-policy marks whose link pin
-    /// is gone, not-selected marks of children no longer seen).
-    fn prune_marks(&mut self) {
-        let Some(m) = &mut self.marks else {
+    /// is gone, not-selected marks of children no longer seen), under the
+    /// root lock (taken into `lock` when there is one to drop).
+    fn prune_marks(&mut self, lock: &mut Option<RootLock>) {
+        let Some(m) = &self.marks else {
             return;
         };
         let all = match m.all() {
@@ -1402,12 +1500,25 @@ impl Daemon {
             }
         };
         let skipped: BTreeSet<u64> = self.skipped.values().copied().collect();
-        for (id, kind) in all {
-            let keep = match kind {
-                DEFER_OWN_POLICY => self.ct.pins().link(id).exists(),
-                _ => skipped.contains(&id),
-            };
-            if !keep {
+        let stale = |pins: &crate::kernel::pins::PinRoot, id: u64, kind: u32| match kind {
+            DEFER_OWN_POLICY => !pins.link(id).exists(),
+            _ => !skipped.contains(&id),
+        };
+        let candidates: Vec<(u64, u32)> = all
+            .into_iter()
+            .filter(|(id, kind)| stale(self.ct.pins(), *id, *kind))
+            .collect();
+        if candidates.is_empty() || !self.hold_root(lock) {
+            return;
+        }
+        let pins = self.ct.pins().clone();
+        let Some(m) = &mut self.marks else {
+            return;
+        };
+        for (id, kind) in candidates {
+            // Looked at again under the lock: an attach may have linked it
+            // meanwhile.
+            if stale(&pins, id, kind) {
                 let _ = m.unmark(id);
             }
         }
@@ -1457,16 +1568,23 @@ impl Daemon {
 
     fn save_state(&mut self) {
         // Nothing changed since the last write: nothing to write (a resync
-        // that changes nothing does nothing).
-        if self.saved.as_ref() == Some(&self.state) {
+        // that changes nothing does nothing). Every change of `state` sets
+        // `dirty` (a debug build checks it against the state written).
+        if !self.dirty {
+            debug_assert!(
+                self.saved.as_ref().is_none_or(|s| *s == self.state),
+                "the daemon's state changed without being marked dirty"
+            );
             return;
         }
         match self.state.save(&self.state_path) {
-            Ok(()) => self.saved = Some(self.state.clone()),
-            Err(e) => {
-                self.saved = None;
-                tracing::error!("{e}");
+            Ok(()) => {
+                self.dirty = false;
+                if cfg!(debug_assertions) {
+                    self.saved = Some(self.state.clone());
+                }
             }
+            Err(e) => tracing::error!("{e}"),
         }
     }
 
@@ -1513,7 +1631,7 @@ impl Daemon {
         if failed {
             return;
         }
-        self.state.containers.remove(&id);
+        self.dirty |= self.state.containers.remove(&id).is_some();
         tracing::info!(container = %owned.entry, cgroup = %owned.cgroup.display(), "no longer selected by the policy; left attached with its other rules");
     }
 
@@ -1578,7 +1696,10 @@ impl Daemon {
                             .or_insert_with(|| m.clone())
                             .ready;
                         if ready {
-                            self.sync_devices(&dir, None);
+                            // Its jobs wait behind those of a device event
+                            // queued meanwhile at a better place.
+                            let rank = seen.len() as u32;
+                            self.with_rank(rank, |d| d.sync_devices(&dir, None));
                         } else {
                             self.pending.insert(dir.clone());
                         }
@@ -1678,7 +1799,10 @@ impl Daemon {
                 if dir.parent().is_some_and(|p| self.scopes.contains_key(p))
                     && self.entry_for(&dir).is_none()
                 {
-                    self.mark_child(&dir);
+                    let mut lock = None;
+                    if self.hold_root(&mut lock) {
+                        self.mark_child(&dir);
+                    }
                     return;
                 }
                 if scope::wanted_scopes(&self.policy).contains_key(&self.inside(&dir)) {
@@ -1697,15 +1821,21 @@ impl Daemon {
                     .filter(|(d, _)| d.starts_with(&dir))
                     .map(|(d, id)| (d.clone(), *id))
                     .collect();
+                let scope = self.scopes.remove(&dir);
+                // Marks and scope links are global: under the root lock
+                // (not taken: the next resync's prune drops the marks).
+                let mut lock = None;
+                let locked = (!gone.is_empty() || scope.is_some()) && self.hold_root(&mut lock);
                 for (d, id) in gone {
                     self.skipped.remove(&d);
-                    if let Some(m) = &mut self.marks {
+                    if let (Some(m), true) = (&mut self.marks, locked) {
                         let _ = m.unmark(id);
                     }
                 }
-                if let Some(id) = self.scopes.remove(&dir) {
+                if let (Some(id), true) = (scope, locked) {
                     let _ = kscope::detach(self.ct.pins(), id);
                 }
+                drop(lock);
                 self.container_gone(&dir);
                 self.save_state();
             }
@@ -1787,18 +1917,21 @@ impl Daemon {
                 // one per container): every container the device is about
                 // to go to records it first.
                 self.prerecord(&dirs, &devpath);
-                for dir in dirs {
-                    self.sync_devices(&dir, Some(&devpath));
+                // Each container's job waits for a worker at its place in
+                // this fan-out, not behind the rest of an earlier one.
+                for (rank, dir) in dirs.into_iter().enumerate() {
+                    self.with_rank(rank as u32, |d| d.sync_devices(&dir, Some(&devpath)));
                 }
                 self.event_wanted = None;
                 // Records of adds that were not attempted go again.
                 for (id, dest) in std::mem::take(&mut self.prerecorded) {
                     if let Some(s) = self.state.containers.get_mut(&id) {
-                        s.devices.remove(&dest);
+                        self.dirty |= s.devices.remove(&dest).is_some();
                     }
                 }
                 self.save_state();
                 self.timings.queued(&devpath);
+                self.readd_waiting();
             }
             "remove" => {
                 self.timings.forget(&devpath);
@@ -1839,8 +1972,8 @@ impl Daemon {
                 let mut owners = owners;
                 owners.sort_by_key(|(_, id, _, _)| *id);
                 tracing::debug!(devpath = %devpath, containers = owners.len(), managed = self.managed.len(), "device left the host: taking it back");
-                for (dir, id, name, o) in owners {
-                    self.remove_device(&dir, id, &name, &o);
+                for (rank, (dir, id, name, o)) in owners.into_iter().enumerate() {
+                    self.with_rank(rank as u32, |d| d.remove_device(&dir, id, &name, &o));
                 }
                 self.save_state();
             }
@@ -1865,6 +1998,16 @@ impl Daemon {
             .collect();
         dirs.sort();
         dirs.into_iter().map(|(_, d)| d).collect()
+    }
+
+    /// Runs `f` with the jobs it queues at place `rank` of their batch
+    /// ([`lanes::Job::rank`]); the place outside it is kept (a device event
+    /// handled between two steps of a pass).
+    fn with_rank<R>(&mut self, rank: u32, f: impl FnOnce(&mut Self) -> R) -> R {
+        let outer = std::mem::replace(&mut self.rank, rank);
+        let r = f(self);
+        self.rank = outer;
+        r
     }
 
     /// Whether the device of `o` (a hotplugged one) was removed from the
@@ -1901,6 +2044,23 @@ impl Daemon {
             }
             Err(e) => tracing::error!("policy rejected, keeping the running one: {e}"),
         }
+    }
+}
+
+/// Puts `record` at `dest` in a container's device records (`None`: takes
+/// the record there away); whether that changed them.
+fn set_record(
+    devices: &mut BTreeMap<String, OwnedDevice>,
+    dest: &str,
+    record: Option<OwnedDevice>,
+) -> bool {
+    match record {
+        Some(r) if devices.get(dest) == Some(&r) => false,
+        Some(r) => {
+            devices.insert(dest.to_string(), r);
+            true
+        }
+        None => devices.remove(dest).is_some(),
     }
 }
 

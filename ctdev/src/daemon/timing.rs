@@ -13,6 +13,10 @@
 //! - `back_us`: its outcome waiting for the event loop;
 //! - `total_us`: from reading the event to the outcome on the event loop.
 //!
+//! With `cgroup` (which container), `rank` (its place in the event's
+//! fan-out) and `line` (containers waiting for a worker when its job was
+//! taken, itself included).
+//!
 //! `read_mono_us` is when the event was read (CLOCK_MONOTONIC, µs), so a
 //! measuring process can tell the kernel's delivery apart.
 
@@ -89,22 +93,19 @@ impl Timings {
 
     /// A job that added `devpath` to `container` is back on the event loop:
     /// one line with its steps.
-    pub(crate) fn added(
-        &self,
-        devpath: &str,
-        container: &str,
-        waited: Duration,
-        took: Duration,
-        finished: Instant,
-    ) {
+    pub(crate) fn added(&self, devpath: &str, done: &super::lanes::Done) {
         let Some(s) = self.events.get(devpath) else {
             return;
         };
         let now = Instant::now();
+        let (waited, took, finished) = (done.waited, done.took, done.finished);
         tracing::debug!(
             target: TARGET,
             devpath,
-            container,
+            container = %done.job.name,
+            cgroup = %done.job.dir.display(),
+            rank = done.job.rank,
+            line = done.line,
             read_mono_us = s.read_mono_us,
             handle_us = s.handled.map_or(0, us),
             wait_us = us(waited),

@@ -59,22 +59,40 @@ fn attach_sample(parent: &Path, pins: &Path, name: &str) -> Option<f64> {
     r
 }
 
+/// CLOCK_MONOTONIC now, in µs (the clock of the daemon's `read_mono_us`).
+fn mono_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
 /// LOOP_CTL_ADD → the node is in the reference container; removed again.
-fn hotplug_sample(index: u32, reference: &Path) -> Option<f64> {
+/// With when it was plugged (CLOCK_MONOTONIC µs), to match the daemon's
+/// `hotplug timing` lines.
+fn hotplug_sample(index: u32, reference: &Path) -> (u64, Option<f64>) {
     let node = reference.join(format!("dev/loop{index}"));
+    let at = mono_us();
     let t = Instant::now();
     let mut l = HotLoop::add(index);
     let r = time_until(t, || node.exists());
     l.remove();
     // Wait until it left the container before the next sample.
     let _ = time_until(Instant::now(), || !node.exists());
-    r
+    (at, r)
 }
 
 #[derive(Default)]
 struct Samples {
     attach: Vec<f64>,
     hotplug: Vec<f64>,
+    /// When each hotplug sample's device was plugged (µs, CLOCK_MONOTONIC).
+    hotplug_at: Vec<u64>,
     missed: usize,
 }
 
@@ -96,8 +114,11 @@ fn sample_loop(
         }
         std::thread::sleep(Duration::from_millis(30));
         match hotplug_sample(index, &reference) {
-            Some(v) => s.hotplug.push(v),
-            None => s.missed += 1,
+            (at, Some(v)) => {
+                s.hotplug.push(v);
+                s.hotplug_at.push(at);
+            }
+            (_, None) => s.missed += 1,
         }
         std::thread::sleep(Duration::from_millis(30));
         n += 1;
@@ -253,6 +274,7 @@ fn main() {
         let s = sampler.join().expect("sampler thread");
         churn.attach.extend(s.attach);
         churn.hotplug.extend(s.hotplug);
+        churn.hotplug_at.extend(s.hotplug_at);
         churn.missed += s.missed;
         let churn_s = wave_start.elapsed().as_secs_f64();
 
@@ -359,6 +381,7 @@ fn main() {
             "hotplug_idle_ms": idle_samples.hotplug,
             "attach_churn_ms": churn.attach,
             "hotplug_churn_ms": churn.hotplug,
+            "hotplug_churn_at_us": churn.hotplug_at,
             "missed": idle_samples.missed + churn.missed,
             "waves": waves,
             "daemon_error_lines": errors,
