@@ -14,13 +14,15 @@
 //!   container is never queued behind other containers' device work (a
 //!   resync's, a burst's). One more worker takes only attaches, so an
 //!   attach does not wait for a worker to finish a device job either.
-//! - Then the line is ordered by each job's place in its own batch
-//!   ([`Job::rank`]: the container's place in a device event's fan-out or
-//!   in a resync pass), first come first served among equals: a new
-//!   event's first containers do not wait for an earlier event's last ones
-//!   (the events share the workers, as processor sharing would), and a
-//!   container's place is that of its best job queued (its earlier jobs
-//!   must run first anyway).
+//! - Then the line is ordered by each job's due time: when it was
+//!   submitted plus its place in its own batch ([`Job::rank`]: the
+//!   container's place in a device event's fan-out or in a resync pass)
+//!   times [`RANK_STEP`] (2 ms), first come first served among equals: a
+//!   new event's first containers do not wait for an earlier event's last
+//!   ones (the events share the workers, as processor sharing would), yet
+//!   a job is overtaken only by jobs submitted before it is due, so none
+//!   waits for ever under a stream of events. A container's place is that
+//!   of its best job queued (its earlier jobs must run first anyway).
 //! - A removal queued behind a still-queued `add` of the same device at
 //!   the same dest cancels that add, and is itself not run when nothing
 //!   was given there before ([`Lanes::submit`]): a device plugged and
@@ -206,14 +208,24 @@ pub(crate) struct Done {
     pub(crate) line: usize,
 }
 
+/// What a place further down a batch ([`Job::rank`]) adds to a job's due
+/// time: a job of rank `r` lets jobs submitted up to `r × RANK_STEP`
+/// after it go first, never more. A new event's first containers go
+/// before an earlier fan-out's last ones, and no job waits for ever
+/// under a steady stream of events (a strict order by rank would keep a
+/// young container's removal, which closes its rule, behind every later
+/// event's first containers).
+const RANK_STEP: Duration = Duration::from_millis(2);
+
 /// A container's place in the line of those waiting for a worker: lower
 /// goes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Place {
     /// 0: a new container's attach; 1: anything else.
     class: u8,
-    /// The job's place in its own batch ([`Job::rank`]).
-    rank: u32,
+    /// When it is due, in µs from the queue's start: submitted, plus its
+    /// rank times [`RANK_STEP`].
+    due_us: u64,
     /// When it was submitted (first come, first served among equals).
     seq: u64,
 }
@@ -239,6 +251,8 @@ struct Queue {
     running: HashSet<u64>,
     /// Jobs submitted so far.
     seq: u64,
+    /// When the first job was submitted (due times count from it).
+    epoch: Option<Instant>,
     closed: bool,
 }
 
@@ -246,20 +260,27 @@ impl Queue {
     /// Queues `job` at the end of its lane; `true` when its container
     /// came into the line of those waiting for a worker (or moved up).
     fn push(&mut self, job: Job) -> bool {
+        self.push_at(job, Instant::now())
+    }
+
+    /// [`Queue::push`] of a job submitted at `now`.
+    fn push_at(&mut self, job: Job, now: Instant) -> bool {
         self.seq += 1;
+        let epoch = *self.epoch.get_or_insert(now);
+        let due = now.saturating_duration_since(epoch) + RANK_STEP * job.rank;
         let place = Place {
             class: if matches!(job.work, Work::Attach { .. }) {
                 0
             } else {
                 1
             },
-            rank: job.rank,
+            due_us: u64::try_from(due.as_micros()).unwrap_or(u64::MAX),
             seq: self.seq,
         };
         let id = job.id;
         self.lanes.entry(id).or_default().push_back(Waiting {
             job,
-            submitted: Instant::now(),
+            submitted: now,
             place,
         });
         self.line_up(id)
@@ -843,5 +864,29 @@ mod tests {
         // Every container in line once, every lane's jobs in order.
         let ids: BTreeSet<u64> = line(&q).into_iter().collect();
         assert_eq!(ids.len(), q.ready.len());
+    }
+
+    #[test]
+    fn a_job_far_down_a_fan_out_is_overtaken_only_for_a_bounded_time() {
+        let a = dev("loop1", "/devices/virtual/block/loop1");
+        let mut q = Queue::default();
+        let t0 = Instant::now();
+        // A removal at rank 50 of an event's fan-out (due 100 ms later).
+        q.push_at(job(1, 50, Work::Remove { owned: a.clone() }), t0);
+        // Later events' first containers go before it while they come
+        // within its rank's allowance...
+        q.push_at(job(2, 0, add(&a)), t0 + Duration::from_millis(10));
+        q.push_at(job(3, 10, add(&a)), t0 + Duration::from_millis(50));
+        assert_eq!(line(&q), [2, 3, 1]);
+        // ...never after it: a steady stream of rank-0 jobs submitted
+        // later than that all wait behind it.
+        for (i, ms) in (101..120).enumerate() {
+            q.push_at(
+                job(10 + i as u64, 0, add(&a)),
+                t0 + Duration::from_millis(ms),
+            );
+        }
+        let first: Vec<u64> = line(&q).into_iter().take(3).collect();
+        assert_eq!(first, [2, 3, 1]);
     }
 }

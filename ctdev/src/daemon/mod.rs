@@ -1334,11 +1334,22 @@ impl Daemon {
         // is something to write (an idle resync takes no lock).
         let mut lock: Option<RootLock> = None;
         let linked: BTreeSet<u64> = kscope::linked_scopes(self.ct.pins()).into_iter().collect();
-        for (inside, preset) in &wanted {
-            let Ok(g) = self.ct.cgroups().cgroup(inside) else {
-                tracing::debug!(scope = %inside.display(), "scope cgroup not there yet");
-                continue;
-            };
+        let found: Vec<_> = wanted
+            .iter()
+            .filter_map(|(inside, preset)| match self.ct.cgroups().cgroup(inside) {
+                Ok(g) => Some((g, *preset)),
+                Err(_) => {
+                    tracing::debug!(scope = %inside.display(), "scope cgroup not there yet");
+                    None
+                }
+            })
+            .collect();
+        // Every wanted scope cgroup there is, covered now or not: a scope
+        // whose cover failed or was not tried this time keeps the program
+        // it has.
+        let wanted_ids: BTreeSet<u64> = found.iter().map(|(g, _)| g.id).collect();
+        let mut lock_failed = false;
+        for (g, preset) in &found {
             if self.scopes.get(&g.dir) == Some(&g.id) && linked.contains(&g.id) {
                 // Covered already (a reload starts over): only children
                 // that came without an event (an overflow) are marked.
@@ -1375,10 +1386,12 @@ impl Daemon {
                 }
             };
             if !self.hold_root(&mut lock) {
-                // Not covered now: tried again at the next resync.
-                continue;
+                // Not covered now: tried again at the next resync (the
+                // others too: each try waits for the lock's timeout).
+                lock_failed = true;
+                break;
             }
-            match self.cover_scope(object, &g, *preset) {
+            match self.cover_scope(object, g, *preset) {
                 Ok(linked) => {
                     if linked {
                         tracing::info!(scope = %g.dir.display(), preset = ?preset, "scope covered: new children get the default policy until their own is attached");
@@ -1391,12 +1404,11 @@ impl Daemon {
             }
         }
         let pins = self.ct.pins();
-        let live: BTreeSet<u64> = now.values().copied().collect();
         let unlink: Vec<u64> = kscope::linked_scopes(pins)
             .into_iter()
-            .filter(|id| !live.contains(id))
+            .filter(|id| !wanted_ids.contains(id))
             .collect();
-        if !unlink.is_empty() && self.hold_root(&mut lock) {
+        if !unlink.is_empty() && !lock_failed && self.hold_root(&mut lock) {
             let pins = self.ct.pins();
             for id in unlink {
                 match kscope::detach(pins, id) {
