@@ -127,9 +127,16 @@ impl CgroupFs {
         }
         let text =
             crate::fsio::read_small("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
-        let real = fs::canonicalize(mount).unwrap_or_else(|_| mount.to_path_buf());
-        let root_depth =
-            mount_root_depth(&text, &real).ok_or_else(|| CgroupError::NotMountRoot {
+        // mountinfo names mount points by their canonical paths: a path
+        // given as one of them is one (no symlink can be on the way to a
+        // mount point), so the path is canonicalized (a `readlink` per
+        // component) only when it is not found as given.
+        let root_depth = mount_root_depth(&text, mount)
+            .or_else(|| {
+                let real = fs::canonicalize(mount).ok()?;
+                mount_root_depth(&text, &real)
+            })
+            .ok_or_else(|| CgroupError::NotMountRoot {
                 path: mount.to_path_buf(),
                 hint: cgroup2_mount_from_mountinfo(&text)
                     .map(|m| m.display().to_string())
@@ -199,7 +206,8 @@ impl CgroupFs {
         (ours.ino() == meta.ino() && ours.dev() == meta.dev()).then_some(found)
     }
 
-    fn cgroup_in_mount(&self, given: &Path) -> Result<Cgroup, CgroupError> {
+    /// `given` as a path inside our mount (no `..`: never outside it).
+    fn inside_mount(&self, given: &Path) -> Result<PathBuf, CgroupError> {
         let inside = match given.strip_prefix(&self.mount) {
             Ok(rest) if given.is_absolute() => rest.to_path_buf(),
             _ => given.strip_prefix("/").unwrap_or(given).to_path_buf(),
@@ -213,6 +221,11 @@ impl CgroupFs {
                 mount: self.mount.clone(),
             });
         }
+        Ok(inside)
+    }
+
+    fn cgroup_in_mount(&self, given: &Path) -> Result<Cgroup, CgroupError> {
+        let inside = self.inside_mount(given)?;
         let dir = self.mount.join(&inside);
         let meta = fs::metadata(&dir).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => CgroupError::NotFound {
@@ -229,6 +242,21 @@ impl CgroupFs {
             dir,
             id: meta.ino(),
         })
+    }
+
+    /// Whether process `pid` is in the cgroup directory `dir` or below it,
+    /// from `/proc/PID/cgroup` alone (the path it names is not looked up:
+    /// a process is in an existing cgroup). `false` when it cannot be
+    /// read or names a cgroup outside this mount.
+    pub fn pid_is_under(&self, pid: i32, dir: &Path) -> bool {
+        let Ok(text) = crate::fsio::read_small(format!("/proc/{pid}/cgroup")) else {
+            return false;
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .filter(|p| !p.ends_with(" (deleted)"))
+            .and_then(|p| self.inside_mount(Path::new(p)).ok())
+            .is_some_and(|inside| self.mount.join(inside).starts_with(dir))
     }
 
     /// The cgroup a process is in, from `/proc/PID/cgroup`.
@@ -631,5 +659,16 @@ mod tests {
         assert_eq!(same.id, root.id);
         let err = fs.cgroup(Path::new("no-such-cgroup-ctdev")).unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn a_process_is_under_its_own_cgroup_and_its_ancestors_only() {
+        let fs = CgroupFs::discover().expect("cgroup2 mounted");
+        let me = std::process::id() as i32;
+        let own = fs.cgroup_of_pid(me).unwrap();
+        assert!(fs.pid_is_under(me, &own.dir));
+        assert!(fs.pid_is_under(me, fs.mount()));
+        assert!(!fs.pid_is_under(me, &own.dir.join("no-such-child-ctdev")));
+        assert!(!fs.pid_is_under(i32::MAX, fs.mount()), "no such process");
     }
 }

@@ -31,9 +31,9 @@ use crate::container::nodes::{
 use crate::container::process::{InitProcess, ProcessError};
 use crate::grants::{self, Grant, Ledger, NodeChange, NodeGrant, Owner, Subject};
 use crate::kernel::attached::{other_device_programs, DeviceProgram};
-use crate::kernel::pins::{ContainerLock, PinLock};
+use crate::kernel::pins::PinLock;
 use crate::kernel::policy_map::PolicyMap;
-use crate::ops::{ContainerState, Ctdev, Error as ControllerError, LinkState};
+use crate::ops::{ContainerLock, ContainerState, Ctdev, Error as ControllerError, LinkState};
 use crate::plan::Plan;
 use crate::rule::{Access, DevNumber, DeviceNode, DeviceType, Rule, RuleError};
 use crate::target::Target;
@@ -361,13 +361,15 @@ fn classify_for_add(req: &PassRequest) -> Result<Device, PassthroughError> {
         }
         PassRequest::Node { host, .. } => host.as_path(),
     };
-    match fs::metadata(path) {
-        Ok(m) if m.is_dir() => Ok(Device::Nodes(walk(path)?)),
-        _ => Ok(Device::Nodes(vec![(
-            DeviceNode::stat(path)?,
-            PathBuf::new(),
-        )])),
+    // One `lstat` (and a `stat` through a symlink) for both questions.
+    let (meta, via_symlink) = DeviceNode::metadata(path)?;
+    if meta.is_dir() {
+        return Ok(Device::Nodes(walk(path)?));
     }
+    Ok(Device::Nodes(vec![(
+        DeviceNode::of_metadata(path, &meta, via_symlink)?,
+        PathBuf::new(),
+    )]))
 }
 
 /// Where a node lands: DEST (or DEVICE) joined with its relative path.
@@ -410,14 +412,15 @@ impl PassthroughReport {
     }
 }
 
-/// The container's state (one typed query, its entries only), required
-/// live and enforcing.
+/// The container's state (one typed query, its entries only), resolved
+/// through the container's lock, required live and enforcing.
 fn attached(
     ct: &Ctdev,
+    lock: &ContainerLock,
     target: &Target,
     map: &mut Option<PolicyMap>,
 ) -> Result<Attached, PassthroughError> {
-    let state = ct.container_in(target, map)?;
+    let state = ct.container_locked(lock, target, map)?;
     let cgroup = match (&state.cgroup, state.link) {
         (Some(c), LinkState::Enforcing) => c.clone(),
         (_, link) => {
@@ -451,9 +454,8 @@ struct Begun {
 fn begin(ct: &Ctdev, owner: Owner, target: &Target) -> Result<Begun, PassthroughError> {
     let lock = ct.lock_container(target)?;
     let mut map = None;
-    let at = attached(ct, target, &mut map)?;
+    let at = attached(ct, &lock, target, &mut map)?;
     let id = at.state.policy_id;
-    ct.check_lock(&lock, target, id)?;
     let init = init_of(ct, target, &at.cgroup)?;
     let report = PassthroughReport::empty(ct, target, &at, &init, owner);
     let ledger = ct.grants().load(id).map_err(ControllerError::from)?;
@@ -668,12 +670,12 @@ pub fn add_as(
             .then(|| fs::canonicalize(&host.path).ok())
             .flatten();
         if !rules_only {
-            for d in nodes::missing_dirs(root, &dest)? {
+            let (missing, existing) = nodes::survey(root, &dest)?;
+            for d in missing {
                 if !new_dirs.contains(&d) {
                     new_dirs.push(d);
                 }
             }
-            let existing = nodes::inspect(root, &dest)?;
             if let Existing::Other(kind) = existing {
                 return Err(NodeError::Occupied {
                     dest,

@@ -514,15 +514,37 @@ pub struct DeviceNode {
 impl DeviceNode {
     /// Stats `path` (following symlinks) and requires a block or char device.
     pub fn stat(path: &Path) -> Result<DeviceNode, RuleError> {
+        let (meta, via_symlink) = Self::metadata(path)?;
+        Self::of_metadata(path, &meta, via_symlink)
+    }
+
+    /// The metadata of `path` following symlinks, and whether `path` itself
+    /// is a symlink: one `lstat`, and a `stat` only for a symlink.
+    pub fn metadata(path: &Path) -> Result<(std::fs::Metadata, bool), RuleError> {
+        let err = |e: std::io::Error| RuleError::DevicePath {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let meta = std::fs::symlink_metadata(path).map_err(err)?;
+        if meta.file_type().is_symlink() {
+            Ok((std::fs::metadata(path).map_err(err)?, true))
+        } else {
+            Ok((meta, false))
+        }
+    }
+
+    /// The device node `path` with metadata `meta` (symlinks followed; see
+    /// [`DeviceNode::metadata`]): a block or char device, else an error.
+    pub fn of_metadata(
+        path: &Path,
+        meta: &std::fs::Metadata,
+        via_symlink: bool,
+    ) -> Result<DeviceNode, RuleError> {
         use std::os::unix::fs::MetadataExt;
         let err = |reason: String| RuleError::DevicePath {
             path: path.to_path_buf(),
             reason,
         };
-        let via_symlink = std::fs::symlink_metadata(path)
-            .map(|m| m.file_type().is_symlink())
-            .map_err(|e| err(e.to_string()))?;
-        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
         let ft = meta.file_type();
         let dev_type = if ft.is_char_device() {
             DeviceType::Char

@@ -23,9 +23,8 @@ use serde::Serialize;
 use crate::grants::{self, Grant, Owner as GrantOwner, Subject};
 use crate::kernel::attachment;
 use crate::kernel::counters::Counters;
-use crate::kernel::pins::PinLock;
 use crate::kernel::policy_map::PolicyMap;
-use crate::ops::{ChangeReport, Ctdev, Error};
+use crate::ops::{ChangeReport, ContainerLock, Ctdev, Error};
 use crate::plan::Plan;
 use crate::rule::Rule;
 use crate::target::Target;
@@ -96,13 +95,12 @@ impl Ctdev {
     /// reload and `attach --takeover` hold it already).
     pub(crate) fn set_rules_locked(
         &self,
-        lock: &PinLock,
+        lock: &ContainerLock,
         target: &Target,
         rules: &[Rule],
     ) -> Result<SetReport, Error> {
-        let resolved = self.resolve(target)?;
+        let resolved = self.resolve_locked(lock, target)?;
         let id = resolved.policy_id;
-        self.check_lock(lock, target, id)?;
         let not_under = || self.not_under_policy(target);
         attachment::open(self.pins(), id)?.ok_or_else(not_under)?;
         let mut map = PolicyMap::open(&self.pins().policy_map())?;
@@ -167,15 +165,14 @@ impl Ctdev {
     /// [`Ctdev::regrant`] under a lock the caller holds.
     pub fn regrant_locked(
         &self,
-        lock: &PinLock,
+        lock: &ContainerLock,
         target: &Target,
         owner: GrantOwner,
         grant: &[(Subject, Vec<Rule>)],
         take_back: &[Subject],
     ) -> Result<ChangeReport, Error> {
-        let state = self.container(target)?;
+        let state = self.container_locked(lock, target, &mut None)?;
         let id = state.policy_id;
-        self.check_lock(lock, target, id)?;
         let mut ledger = self.grants().load(id)?;
         let mut entries = state.entries.clone();
         for (subject, rules) in grant {

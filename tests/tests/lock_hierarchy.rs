@@ -127,6 +127,84 @@ fn lock_two_containers_adds_and_dels_race_to_each_ones_serial_result() {
     }
 }
 
+/// `add` (or `del`) through one library handle shared by the caller's
+/// threads.
+fn through(ct: &Ctdev, cgroup: &Path, node: &Path, dest: &str, add: bool) {
+    let target = Target::Cgroup(cgroup.to_path_buf());
+    let req = PassRequest::Node {
+        host: node.to_path_buf(),
+        dest: dest.into(),
+    };
+    let r = if add {
+        passthrough::add(ct, &target, &req, &AddOptions::default()).map(|_| ())
+    } else {
+        passthrough::del(ct, &target, &req).map(|_| ())
+    };
+    r.unwrap_or_else(|e| panic!("shared {} {dest}: {e}", if add { "add" } else { "del" }));
+}
+
+/// One `Ctdev` shared by threads, as the daemon's lanes share theirs: adds
+/// and dels on two containers at once, each resolving its target through
+/// its own container lock (the resolution reused under a lock used to be
+/// one slot in the handle that every thread overwrote), end as each
+/// container's own commands leave it.
+#[test]
+fn lock_one_handle_shared_by_threads_changes_each_container_as_asked() {
+    let env = TestEnv::new("lock-shared");
+    let a = TestContainer::attached(&env, "a");
+    let b = TestContainer::attached(&env, "b");
+    let node = env.node("n", DeviceType::Char, 202, 7);
+    let dests = ["/dev/lk-1", "/dev/lk-2", "/dev/lk-3"];
+    let cs = [&a, &b];
+    let ids = [policy_id(&a.cgroup), policy_id(&b.cgroup)];
+    let ct = Ctdev::new(Config {
+        pin_root: env.pin_root.clone(),
+        ..Config::default()
+    })
+    .expect("open ctdev");
+    for round in 0..ROUNDS {
+        for c in cs {
+            through(&ct, &c.cgroup, &node, dests[1], true);
+        }
+        std::thread::scope(|scope| {
+            for c in cs {
+                let (ct, node) = (&ct, &node);
+                scope.spawn(move || through(ct, &c.cgroup, node, dests[0], true));
+                scope.spawn(move || through(ct, &c.cgroup, node, dests[1], false));
+                scope.spawn(move || through(ct, &c.cgroup, node, dests[2], true));
+            }
+        });
+        for (c, id) in cs.iter().zip(ids) {
+            assert_eq!(
+                state(&env, c, id, &node, &dests),
+                (
+                    vec![RULE.to_string()],
+                    vec![true, false, true],
+                    vec![true, false, true]
+                ),
+                "round {round}: {}",
+                c.cgroup.display()
+            );
+        }
+        std::thread::scope(|scope| {
+            for c in cs {
+                for dest in [dests[0], dests[2]] {
+                    let (ct, node) = (&ct, &node);
+                    scope.spawn(move || through(ct, &c.cgroup, node, dest, false));
+                }
+            }
+        });
+        for (c, id) in cs.iter().zip(ids) {
+            assert_eq!(
+                state(&env, c, id, &node, &dests),
+                (Vec::new(), vec![false; 3], vec![false; 3]),
+                "round {round}: left after the clean-up in {}",
+                c.cgroup.display()
+            );
+        }
+    }
+}
+
 /// One round of the (b) races: `a` attached, then `add` of `node` at
 /// `dest` and `detach` of `a` started together. The detach always
 /// succeeds; the add either succeeded or found nothing under policy.

@@ -472,12 +472,20 @@ pub(super) fn mkdir_p(
     journal: &mut Journal,
 ) -> Result<OwnedFd, NodeError> {
     let mut prefix = PathBuf::from("/");
-    let mut cur = resolve_dir(root, &prefix).map_err(|e| sys(root, "openat2", &prefix, e))?;
+    // The directory reached so far; the root itself is opened only when
+    // it is DEST's parent or a directory must be made in it.
+    let mut cur: Option<OwnedFd> = None;
     for comp in parents {
+        let parent_path = prefix.clone();
         prefix.push(comp);
         match resolve_dir(root, &prefix) {
-            Ok(fd) => cur = fd,
+            Ok(fd) => cur = Some(fd),
             Err(Errno::ENOENT) => {
+                let cur = match cur.take() {
+                    Some(fd) => fd,
+                    None => resolve_dir(root, &parent_path)
+                        .map_err(|e| sys(root, "openat2", &parent_path, e))?,
+                };
                 mkdirat(&cur, *comp, Mode::from_bits_truncate(0o755))
                     .map_err(|e| sys(root, "mkdirat", &prefix, e))?;
                 let chown = fchownat(
@@ -494,12 +502,17 @@ pub(super) fn mkdir_p(
                 });
                 chown.map_err(|e| sys(root, "fchownat", &prefix, e))?;
                 tracing::debug!(dir = %prefix.display(), "created directory in container");
-                cur = resolve_dir(root, &prefix).map_err(|e| sys(root, "openat2", &prefix, e))?;
             }
             Err(e) => return Err(sys(root, "openat2", &prefix, e)),
         }
+        if cur.is_none() {
+            cur = Some(resolve_dir(root, &prefix).map_err(|e| sys(root, "openat2", &prefix, e))?);
+        }
     }
-    Ok(cur)
+    match cur {
+        Some(fd) => Ok(fd),
+        None => resolve_dir(root, &prefix).map_err(|e| sys(root, "openat2", &prefix, e)),
+    }
 }
 
 /// Makes DEST in the container a device node as `spec` says: creates
@@ -553,26 +566,45 @@ pub fn ensure_node(
     Ok(NodeAction::Replaced)
 }
 
-/// The parent directories of DEST missing in the container, parents first
-/// (read-only: what [`ensure_node`] would create).
-pub fn missing_dirs(root: Root<'_>, dest: &Path) -> Result<Vec<PathBuf>, NodeError> {
+/// What `add` plans from, read-only (what [`ensure_node`] would create):
+/// the parent directories of DEST missing in the container (parents
+/// first) and what is at DEST ([`Existing::Absent`] when a parent is
+/// missing; the same as [`inspect`]). One walk: each directory is opened
+/// once, and DEST is looked up in the parent's fd.
+pub fn survey(root: Root<'_>, dest: &Path) -> Result<(Vec<PathBuf>, Existing), NodeError> {
     check_dest(dest)?;
-    let (parents, _) = split(dest);
+    let (parents, name) = split(dest);
     let mut prefix = PathBuf::from("/");
-    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    let mut parent = None;
     for comp in parents {
         prefix.push(comp);
-        if !out.is_empty() {
-            out.push(prefix.clone());
+        if !missing.is_empty() {
+            missing.push(prefix.clone());
             continue;
         }
         match resolve_dir(root, &prefix) {
-            Ok(_) => {}
-            Err(Errno::ENOENT) => out.push(prefix.clone()),
+            Ok(fd) => parent = Some(fd),
+            Err(Errno::ENOENT) => missing.push(prefix.clone()),
             Err(e) => return Err(sys(root, "openat2", &prefix, e)),
         }
     }
-    Ok(out)
+    if !missing.is_empty() {
+        return Ok((missing, Existing::Absent));
+    }
+    let parent = match parent {
+        Some(fd) => fd,
+        None => resolve_dir(root, &prefix).map_err(|e| sys(root, "openat2", &prefix, e))?,
+    };
+    let existing =
+        match lstat_at(parent.as_fd(), name).map_err(|e| sys(root, "fstatat", dest, e))? {
+            None => Existing::Absent,
+            Some(st) => match NodeSpec::from_stat(&st) {
+                Some(spec) => Existing::Device(spec),
+                None => Existing::Other(kind_name(&st)),
+            },
+        };
+    Ok((missing, existing))
 }
 
 /// What happened to a directory `del` wanted to remove.

@@ -108,10 +108,7 @@ impl InitProcess {
         };
         // /proc/<pid>/cgroup is read after the pidfd was opened: if the
         // process is alive afterwards, it is the process we pinned.
-        let inside = fs
-            .cgroup_of_pid(pid)
-            .map(|c| c.dir.starts_with(&cgroup.dir))
-            .unwrap_or(false);
+        let inside = fs.pid_is_under(pid, &cgroup.dir);
         init.check_alive()?;
         if !inside {
             return Err(ProcessError::LeftCgroup {

@@ -24,7 +24,7 @@ use crate::grants::{self, Grant, GrantError, Ledger, Owner as GrantOwner, Store,
 use crate::kernel::attachment::{self, AttachmentError};
 use crate::kernel::counters::Counters;
 use crate::kernel::loader::{ProgramError, ProgramObject};
-use crate::kernel::pins::{ContainerLock, PinError, PinLock, PinRoot, RootLock};
+use crate::kernel::pins::{PinError, PinLock, PinRoot, RootLock};
 use crate::kernel::policy_map::{Change, PolicyMap, PolicyMapError};
 use crate::plan::{
     attach_entries, entry_text, key_text, plan_attach, plan_revoke, AttachPlan, Plan, RevokeError,
@@ -34,9 +34,11 @@ use crate::rule::{Access, Rule};
 use crate::runtimes::RuntimeError;
 use crate::target::Target;
 
+mod lock;
 mod resolve;
 mod state;
 
+pub use lock::ContainerLock;
 pub use resolve::Resolved;
 pub use state::{ContainerState, LinkState};
 
@@ -266,10 +268,6 @@ pub struct Ctdev {
     pub(crate) pins: PinRoot,
     pub(crate) cgroups: CgroupFs,
     pub(crate) grants: Store,
-    /// The target [`Ctdev::lock_container`] resolved to name the lock it
-    /// took, for the operation's resolution under that lock (taken once,
-    /// checked again there: see [`Ctdev::resolve`]).
-    pub(crate) locked: std::sync::Mutex<Option<(Target, Resolved)>>,
 }
 
 impl Ctdev {
@@ -281,7 +279,6 @@ impl Ctdev {
             grants: Store::new(&config.pin_root, config.state_dir.as_deref()),
             cgroups,
             config,
-            locked: std::sync::Mutex::new(None),
         })
     }
 
@@ -323,41 +320,6 @@ impl Ctdev {
             return Err(self.not_under_policy(target));
         }
         self.gone_is_not_under_policy(target, self.pins.lock(self.config.lock_timeout))
-    }
-
-    /// Takes the lock of one container (the root shared, the container's
-    /// own lock exclusive) for a change of that container only (allow,
-    /// revoke, set, grant, take-back, add, del, its counters): changes of
-    /// other containers run meanwhile, global changes do not. The target is
-    /// resolved here to name the lock; the operation resolves it again
-    /// under the lock and checks with [`Ctdev::check_lock`] that it is
-    /// still this container (a name re-created meanwhile is refused). That
-    /// second resolution reuses this one when the cgroup found here is
-    /// still there (same directory, same id: one `statx`) instead of
-    /// walking the runtimes' cgroups again; see [`Ctdev::resolve`].
-    pub fn lock_container(&self, target: &Target) -> Result<ContainerLock, Error> {
-        if !self.pins.exists() {
-            return Err(self.not_under_policy(target));
-        }
-        // Resolved from scratch: a result an earlier lock of this target
-        // left unused (its operation failed before resolving) is dropped.
-        drop(
-            self.locked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take_if(|(t, _)| t == target),
-        );
-        let resolved = self.resolve(target)?;
-        let lock = self.gone_is_not_under_policy(
-            target,
-            self.pins
-                .lock_container(resolved.policy_id, self.config.lock_timeout),
-        )?;
-        if resolved.cgroup.is_some() {
-            *self.locked.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((target.clone(), resolved));
-        }
-        Ok(lock)
     }
 
     /// Checks that `lock` lets its holder change the container `policy_id`
@@ -577,12 +539,11 @@ impl Ctdev {
     /// rule leaves it).
     pub(crate) fn allow_locked(
         &self,
-        lock: &PinLock,
+        lock: &ContainerLock,
         target: &Target,
         rules: &[Rule],
     ) -> Result<ChangeReport, Error> {
-        let state = self.container(target)?;
-        self.check_lock(lock, target, state.policy_id)?;
+        let state = self.container_locked(lock, target, &mut None)?;
         let mut ledger = self.grants.load(state.policy_id)?;
         let mut entries = state.entries.clone();
         let mut total = Plan::default();
@@ -703,13 +664,12 @@ impl Ctdev {
     /// [`Ctdev::revoke`] under a lock the caller holds.
     pub(crate) fn revoke_locked(
         &self,
-        lock: &PinLock,
+        lock: &ContainerLock,
         target: &Target,
         rules: &[Rule],
         missing_ok: bool,
     ) -> Result<ChangeReport, Error> {
-        let state = self.container(target)?;
-        self.check_lock(lock, target, state.policy_id)?;
+        let state = self.container_locked(lock, target, &mut None)?;
         let plan = plan_revoke(&state.entries, state.policy_id, rules, missing_ok).map_err(
             |RevokeError::NotPresent(rule)| Error::RuleNotPresent {
                 rule,
@@ -730,13 +690,12 @@ impl Ctdev {
     /// the grant taken back; [`Error::NotGranted`] if there is none.
     pub(crate) fn take_back_locked(
         &self,
-        lock: &PinLock,
+        lock: &ContainerLock,
         target: &Target,
         owner: GrantOwner,
         subject: &Subject,
     ) -> Result<(ChangeReport, Grant), Error> {
-        let state = self.container(target)?;
-        self.check_lock(lock, target, state.policy_id)?;
+        let state = self.container_locked(lock, target, &mut None)?;
         let ledger = self.grants.load(state.policy_id)?;
         let index = ledger
             .find(owner, subject)
@@ -760,14 +719,13 @@ impl Ctdev {
     /// (write-ahead: the record is saved before the entries change).
     pub(crate) fn grant_locked(
         &self,
-        lock: &PinLock,
+        lock: &ContainerLock,
         target: &Target,
         owner: GrantOwner,
         subject: Subject,
         rules: &[Rule],
     ) -> Result<ChangeReport, Error> {
-        let state = self.container(target)?;
-        self.check_lock(lock, target, state.policy_id)?;
+        let state = self.container_locked(lock, target, &mut None)?;
         let mut ledger = self.grants.load(state.policy_id)?;
         let (plan, granted) = plan_grant(&state.entries, state.policy_id, rules);
         grants::record(&mut ledger, Grant::of_entries(owner, subject, granted));
@@ -1013,8 +971,8 @@ impl Ctdev {
         let ids = match target {
             Some(t) => {
                 one_lock = self.lock_container(t)?;
-                let (resolved, _link) = self.require_attached(t)?;
-                self.check_lock(&one_lock, t, resolved.policy_id)?;
+                let resolved = self.resolve_locked(&one_lock, t)?;
+                self.require_link(t, &resolved)?;
                 vec![resolved.policy_id]
             }
             None => {

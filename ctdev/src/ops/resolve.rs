@@ -47,29 +47,9 @@ impl Ctdev {
     }
 
     /// Resolves a target to its policy id (and cgroup, when it exists).
-    ///
-    /// The first resolution of the target [`Ctdev::lock_container`] just
-    /// resolved (the operation's, under the lock) takes that result when
-    /// its cgroup directory still has the same id (one `statx`; cgroup ids
-    /// are inode numbers, never reused): the name then still leads to the
-    /// container locked, as when the command started. If the cgroup is
-    /// gone or was re-created, the target is resolved from scratch as
-    /// before (and [`Ctdev::check_lock`] refuses a different container).
+    /// Under a container lock, [`Ctdev::resolve_locked`] resolves through
+    /// the lock instead.
     pub fn resolve(&self, target: &Target) -> Result<Resolved, Error> {
-        let locked = self
-            .locked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take_if(|(t, _)| t == target);
-        if let Some((_, resolved)) = locked {
-            let same = resolved
-                .cgroup
-                .as_ref()
-                .is_some_and(|c| crate::cgroup::is_cgroup(&c.dir, c.id));
-            if same {
-                return Ok(resolved);
-            }
-        }
         let cgroup = match target {
             Target::Cgroup(p) => self.cgroups.cgroup(p)?,
             Target::Pid(pid) => self.cgroups.cgroup_of_pid(*pid)?,
@@ -191,12 +171,23 @@ impl Ctdev {
         target: &Target,
     ) -> Result<(Resolved, PinnedLink), Error> {
         let resolved = self.resolve(target)?;
-        let not_under = || self.not_under_policy(target);
         if !self.pins.exists() {
-            return Err(not_under());
+            return Err(self.not_under_policy(target));
         }
-        let link = attachment::open(&self.pins, resolved.policy_id)?.ok_or_else(not_under)?;
+        let link = self.require_link(target, &resolved)?;
         Ok((resolved, link))
+    }
+
+    /// The link of a resolved target, or [`Error::NotUnderPolicy`]. The
+    /// pin root must exist (a container lock holds it; else the caller
+    /// checked).
+    pub(crate) fn require_link(
+        &self,
+        target: &Target,
+        resolved: &Resolved,
+    ) -> Result<PinnedLink, Error> {
+        attachment::open(&self.pins, resolved.policy_id)?
+            .ok_or_else(|| self.not_under_policy(target))
     }
 
     /// The directory of a live cgroup target (for probes and the demo).

@@ -4,8 +4,9 @@
 
 use serde::Serialize;
 
-use super::{Ctdev, Error};
+use super::{ContainerLock, Ctdev, Error, Resolved};
 use crate::cgroup::Cgroup;
+use crate::kernel::attachment::PinnedLink;
 use crate::kernel::policy_map::{PolicyMap, PolicyMapError};
 use crate::plan::Entries;
 use crate::target::Target;
@@ -94,6 +95,31 @@ impl Ctdev {
         map: &mut Option<PolicyMap>,
     ) -> Result<ContainerState, Error> {
         let (resolved, link) = self.require_attached(target)?;
+        self.container_of(resolved, link, map)
+    }
+
+    /// [`Ctdev::container_in`] under the container's lock: the target is
+    /// resolved through the lock ([`Ctdev::resolve_locked`]: the
+    /// resolution that named it when the cgroup is still there, and never
+    /// another container than the one locked).
+    pub(crate) fn container_locked(
+        &self,
+        lock: &ContainerLock,
+        target: &Target,
+        map: &mut Option<PolicyMap>,
+    ) -> Result<ContainerState, Error> {
+        let resolved = self.resolve_locked(lock, target)?;
+        // The pin root exists while its container lock is held.
+        let link = self.require_link(target, &resolved)?;
+        self.container_of(resolved, link, map)
+    }
+
+    fn container_of(
+        &self,
+        resolved: Resolved,
+        link: PinnedLink,
+        map: &mut Option<PolicyMap>,
+    ) -> Result<ContainerState, Error> {
         let link_state = LinkState::of(
             resolved.cgroup.is_some(),
             link.is_live_for(resolved.policy_id),

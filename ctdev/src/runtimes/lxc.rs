@@ -30,8 +30,9 @@ pub fn classify(rel: &Path, name: &str) -> Visit {
     if dir == name && matches!(parent_name(rel), Some("lxc" | "lxc.payload")) {
         return Visit::Match(name.to_string());
     }
-    if dir.starts_with("lxc.monitor.") {
-        // LXC's monitor process only.
+    if dir.starts_with("lxc.monitor.") || dir == "lxc.pivot" {
+        // LXC's monitor process only; `lxc.pivot` is where LXC moves its
+        // monitor out of the way, never a container's cgroup.
         return Visit::Prune;
     }
     Visit::Descend

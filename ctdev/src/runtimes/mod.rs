@@ -143,6 +143,13 @@ pub fn classify(kind: RuntimeKind, rel: &Path, name: &str) -> Visit<String> {
 /// `root`. Returns the matches with their directories (under `root`), in
 /// walk order. Only an unreadable `root` is an error; sub-directories that
 /// vanish or cannot be read are skipped.
+///
+/// A directory to descend into is read only when it has subdirectories:
+/// its link count (one `statx` relative to the open parent) is 2 plus its
+/// subdirectories on cgroup2 (kernfs), as on ext4 and tmpfs, so a count
+/// of exactly 2 means none (a file system that does not count, such as
+/// btrfs, says 1: such a directory is read). Reading one costs five
+/// system calls, and most cgroups of a host are leaves.
 pub fn walk<T, F>(root: &Path, mut classify: F) -> Result<Vec<(T, PathBuf)>, RuntimeError>
 where
     F: FnMut(&Path) -> Visit<T>,
@@ -168,7 +175,16 @@ where
             let child = rel.join(entry.file_name());
             match classify(&child) {
                 Visit::Match(m) => found.push((m, root.join(&child))),
-                Visit::Descend => stack.push(child),
+                Visit::Descend => {
+                    // `DirEntry::metadata` stats the name in the open
+                    // directory, without following a symlink.
+                    let leaf = entry
+                        .metadata()
+                        .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 2);
+                    if !leaf {
+                        stack.push(child);
+                    }
+                }
                 Visit::Prune => {}
             }
         }
@@ -253,9 +269,14 @@ pub(crate) fn scope_id<'a>(name: &'a str, kind: &str, prefix: &str) -> Option<&'
 /// The oldest process (earliest start time) in `cgroup_dir` and its
 /// sub-cgroups: a container's init. `None` if the cgroup has no process.
 pub fn oldest_process(cgroup_dir: &Path) -> Result<Option<i32>, RuntimeError> {
+    use std::os::unix::fs::MetadataExt;
     let mut best: Option<(u64, i32)> = None;
-    let mut stack = vec![cgroup_dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
+    // Each cgroup with whether it may have sub-cgroups: a link count of
+    // exactly 2 says it has none (see [`walk`]), and it is not listed.
+    let may_have_children = |m: std::io::Result<fs::Metadata>| !m.is_ok_and(|m| m.nlink() == 2);
+    let top = may_have_children(fs::symlink_metadata(cgroup_dir));
+    let mut stack = vec![(cgroup_dir.to_path_buf(), top)];
+    while let Some((dir, list)) = stack.pop() {
         let procs = dir.join("cgroup.procs");
         let text = match crate::fsio::read_small(&procs) {
             Ok(t) => t,
@@ -273,10 +294,14 @@ pub fn oldest_process(cgroup_dir: &Path) -> Result<Option<i32>, RuntimeError> {
                 }
             }
         }
+        if !list {
+            continue;
+        }
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    stack.push(e.path());
+                    let list = may_have_children(e.metadata());
+                    stack.push((e.path(), list));
                 }
             }
         }

@@ -176,13 +176,50 @@ pub struct AddResults {
     pub samples_lxc_ms: Vec<f64>,
     /// How ctdev was attached to the LXC container.
     pub attach: String,
+    /// `ctdev del` alone, ms.
+    pub ctdev_del_ms: Summary,
+    /// A second ctdev binary (`CTDEV_BENCH_BASE`, e.g. main's release
+    /// build) run in the same rounds, on the same container: A/B.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseResults>,
+}
+
+/// The same commands by the `CTDEV_BENCH_BASE` binary, interleaved with
+/// this build's in every round.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaseResults {
+    /// The binary.
+    pub binary: String,
+    pub add_ms: Summary,
+    pub del_ms: Summary,
+    pub add_del_ms: Summary,
+    pub version_ms: Summary,
+    /// bpf(2) calls and all system calls per command (strace -f -c).
+    pub calls: Vec<(String, u64, u64)>,
 }
 
 /// bpf(2) calls `cmd` makes, from `strace -f -c -e trace=bpf`.
+/// `program` with the environment `template` sets.
+fn same_env(program: &std::ffi::OsStr, template: &Command) -> Command {
+    let mut c = Command::new(program);
+    for (k, v) in template.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
 fn bpf_calls(cmd: &Command, what: &str) -> Result<u64> {
+    Ok(syscall_counts(cmd, what)?.0)
+}
+
+/// bpf(2) calls and all system calls of one run of `cmd` (`strace -f -c`).
+fn syscall_counts(cmd: &Command, what: &str) -> Result<(u64, u64)> {
     let log = std::env::temp_dir().join(format!("ctdev-bench-strace-{}", std::process::id()));
     let mut st = Command::new("strace");
-    st.args(["-f", "-c", "-e", "trace=bpf", "-o"]).arg(&log);
+    st.args(["-f", "-c", "-o"]).arg(&log);
     st.arg(cmd.get_program()).args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
@@ -193,15 +230,18 @@ fn bpf_calls(cmd: &Command, what: &str) -> Result<u64> {
     timed(&mut st, what)?;
     let text = std::fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?;
     let _ = std::fs::remove_file(&log);
-    // "% time  seconds  usecs/call  calls  errors syscall": the bpf row.
-    Ok(text
-        .lines()
-        .find(|l| l.split_whitespace().last() == Some("bpf"))
-        .and_then(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.get(3).and_then(|c| c.parse().ok())
-        })
-        .unwrap_or(0))
+    // "% time  seconds  usecs/call  calls  errors syscall": the calls of
+    // the bpf row and of the "total" row.
+    let calls = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().last() == Some(name))
+            .and_then(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(3).and_then(|c| c.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    Ok((calls("bpf"), calls("total")))
 }
 
 fn timed(cmd: &mut Command, what: &str) -> Result<f64> {
@@ -249,8 +289,20 @@ pub fn add_vs_lxc(env: &Env) -> Result<AddResults> {
             .args(["attach", &target, "--takeover", "--lxcpath", &lxcpath]),
         &attach,
     )?;
+    // A/B: a second ctdev binary (main's release build) in the same
+    // rounds, same container, same environment.
+    let base_bin = std::env::var_os("CTDEV_BENCH_BASE").map(PathBuf::from);
+    let base_cli = || match &base_bin {
+        Some(b) => same_env(b.as_os_str(), &env.ctdev_cli()),
+        None => env.ctdev_cli(),
+    };
     let result = (|| {
         let mut c_ms = Vec::new();
+        let mut c_del = Vec::new();
+        let mut b_add = Vec::new();
+        let mut b_del = Vec::new();
+        let mut b_pair = Vec::new();
+        let mut b_ver = Vec::new();
         let mut l_ms = Vec::new();
         let mut c_pair = Vec::new();
         let mut l_pair = Vec::new();
@@ -272,7 +324,25 @@ pub fn add_vs_lxc(env: &Env) -> Result<AddResults> {
                 "ctdev del",
             )?;
             c_ms.push(add);
+            c_del.push(del);
             c_pair.push(add + del);
+            if base_bin.is_some() {
+                let _ = std::fs::remove_file(&inside);
+                let add = timed(
+                    base_cli().arg("add").arg(&target).arg(device),
+                    "base ctdev add",
+                )?;
+                if !inside.exists() {
+                    bail!("base ctdev add did not create {}", inside.display());
+                }
+                let del = timed(
+                    base_cli().arg("del").arg(&target).arg(device),
+                    "base ctdev del",
+                )?;
+                b_add.push(add);
+                b_del.push(del);
+                b_pair.push(add + del);
+            }
             let _ = std::fs::remove_file(&inside);
             let add = timed(&mut lxc.device("add", device), "lxc-device add")?;
             if !inside.exists() {
@@ -283,6 +353,9 @@ pub fn add_vs_lxc(env: &Env) -> Result<AddResults> {
             l_pair.push(add + del);
             let _ = std::fs::remove_file(&inside);
             v_ms.push(timed(env.ctdev_cli().arg("--version"), "ctdev --version")?);
+            if base_bin.is_some() {
+                b_ver.push(timed(base_cli().arg("--version"), "base ctdev --version")?);
+            }
             t_ms.push(timed(&mut Command::new("/bin/true"), "/bin/true")?);
         }
         // In-process: the library calls `ctdev add` / `ctdev del` make.
@@ -315,6 +388,30 @@ pub fn add_vs_lxc(env: &Env) -> Result<AddResults> {
             calls.push((what.to_string(), bpf_calls(&cmd, what)?));
         }
         let _ = std::fs::remove_file(&inside);
+        let base = match &base_bin {
+            Some(b) => {
+                let mut counts = Vec::new();
+                for (name, cli) in [("new", env.ctdev_cli()), ("base", base_cli())] {
+                    for verb in ["add", "del"] {
+                        let mut cmd = same_env(cli.get_program(), &cli);
+                        cmd.arg(verb).arg(&target).arg(device);
+                        let what = format!("{name} ctdev {verb}");
+                        let (bpf, all) = syscall_counts(&cmd, &what)?;
+                        counts.push((what, bpf, all));
+                    }
+                }
+                let _ = std::fs::remove_file(&inside);
+                Some(BaseResults {
+                    binary: b.display().to_string(),
+                    add_ms: Summary::of(&b_add),
+                    del_ms: Summary::of(&b_del),
+                    add_del_ms: Summary::of(&b_pair),
+                    version_ms: Summary::of(&b_ver),
+                    calls: counts,
+                })
+            }
+            None => None,
+        };
         let r = AddResults {
             device: device.display().to_string(),
             runs: env.plan.add_runs,
@@ -334,6 +431,8 @@ pub fn add_vs_lxc(env: &Env) -> Result<AddResults> {
             samples_ctdev_ms: c_pair,
             samples_lxc_ms: l_pair,
             attach: attach.clone(),
+            ctdev_del_ms: Summary::of(&c_del),
+            base,
         };
         step(&format!(
             "bench:   add+del: ctdev {:.2} ms, lxc-device {:.2} ms; in-process add {:.0} µs, del {:.0} µs; \
@@ -346,6 +445,32 @@ pub fn add_vs_lxc(env: &Env) -> Result<AddResults> {
             r.true_ms.median,
             r.bpf_calls
         ));
+        if let Some(b) = &r.base {
+            let line = |what: &str, new: &Summary, base: &Summary| {
+                format!(
+                    "{what} new {:.2} [{:.2}, {:.2}] / base {:.2} [{:.2}, {:.2}] ms",
+                    new.median, new.min, new.max, base.median, base.min, base.max
+                )
+            };
+            step(&format!(
+                "bench:   A/B against {} (median [min, max]): {}; {}; {}; {}; lxc-device add+del {:.2} [{:.2}, {:.2}] ms; in-process add {:.0} [{:.0}, {:.0}] µs, del {:.0} [{:.0}, {:.0}] µs; calls (bpf, all) {:?}",
+                b.binary,
+                line("add", &r.ctdev_add_ms, &b.add_ms),
+                line("del", &r.ctdev_del_ms, &b.del_ms),
+                line("add+del", &r.ctdev_add_del_ms, &b.add_del_ms),
+                line("--version", &r.ctdev_version_ms, &b.version_ms),
+                r.lxc_add_del_ms.median,
+                r.lxc_add_del_ms.min,
+                r.lxc_add_del_ms.max,
+                r.inproc_add_us.median,
+                r.inproc_add_us.min,
+                r.inproc_add_us.max,
+                r.inproc_del_us.median,
+                r.inproc_del_us.min,
+                r.inproc_del_us.max,
+                b.calls
+            ));
+        }
         Ok(r)
     })();
     quiet(env.ctdev_cli().args(["detach", &target]));
