@@ -587,6 +587,128 @@ pub fn build_table(items: &mut [TableItem]) -> Option<Table> {
     None
 }
 
+/// The [`Table::absent`] mask of the entries `table` holds: the match kinds
+/// no entry has (as [`build_table`] computes it).
+fn absent_of(table: &Table) -> u32 {
+    let present = table
+        .entries
+        .iter()
+        .filter(|e| e.dev_type != 0)
+        .fold(0u32, |m, e| {
+            m | 1 << kind_of((e.key >> 32) as u32, e.key as u32) as u32
+        });
+    !present & 0xf
+}
+
+/// The slot holding `key` in `table` ([`table_find`]'s probe).
+fn slot_of(table: &Table, key: &PolicyKey) -> Option<usize> {
+    let want = pack(key.major, key.minor);
+    let first = bucket_of(table.seed, key.dev_type, want) * WAYS;
+    (first..first + WAYS)
+        .take_while(|i| table.entries[*i].dev_type != 0)
+        .find(|i| {
+            let e = &table.entries[*i];
+            e.key == want && e.dev_type as u32 == key.dev_type
+        })
+}
+
+/// Whether `table` is a table [`build_table`] could have made for its own
+/// entries under its seed (the order of entries within a bucket aside):
+/// every entry of a valid type in the bucket of its seed, each bucket
+/// filled from its first slot, no key twice, hit indices below
+/// [`TABLE_CAP`] and used once, `count` the number of entries and `absent`
+/// their missing kinds. Tables that are not are rebuilt, never edited in
+/// place ([`table_update`], [`table_remove`], [`table_insert`]).
+pub fn table_well_formed(table: &Table) -> bool {
+    let mut count = 0usize;
+    let mut hits = [false; TABLE_CAP];
+    for bucket in 0..BUCKETS {
+        let mut ended = false;
+        for way in 0..WAYS {
+            let e = &table.entries[bucket * WAYS + way];
+            if e.dev_type == 0 {
+                ended = true;
+                continue;
+            }
+            if ended
+                || !matches!(e.dev_type as u32, DEV_BLOCK | DEV_CHAR)
+                || bucket_of(table.seed, e.dev_type as u32, e.key) != bucket
+                || e.hit as usize >= TABLE_CAP
+                || hits[e.hit as usize]
+            {
+                return false;
+            }
+            hits[e.hit as usize] = true;
+            for other in &table.entries[bucket * WAYS..bucket * WAYS + way] {
+                if other.key == e.key && other.dev_type == e.dev_type {
+                    return false;
+                }
+            }
+            count += 1;
+        }
+    }
+    count == table.count as usize && table.absent == absent_of(table)
+}
+
+/// Sets the access bits of the entry stored under `key` (its hit index and
+/// base stay). `false`, with nothing changed, when there is no such entry
+/// or the bits do not fit.
+pub fn table_update(table: &mut Table, key: &PolicyKey, access: u32) -> bool {
+    match slot_of(table, key) {
+        Some(i) if access <= u16::MAX as u32 => {
+            table.entries[i].access = access as u16;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Removes the entry stored under `key`: the later entries of its bucket
+/// move up one slot (a bucket stays filled from its first slot). `false`,
+/// with nothing changed, when there is no such entry.
+pub fn table_remove(table: &mut Table, key: &PolicyKey) -> bool {
+    let Some(i) = slot_of(table, key) else {
+        return false;
+    };
+    let end = i - i % WAYS + WAYS;
+    table.entries.copy_within(i + 1..end, i);
+    table.entries[end - 1] = TableEntry::default();
+    table.count -= 1;
+    table.absent = absent_of(table);
+    true
+}
+
+/// Adds `item` (key, access bits, hit index, counter base) to the first
+/// free slot of its bucket under the table's seed. `false`, with nothing
+/// changed, when the bucket is full, the table holds [`TABLE_CAP`]
+/// entries, the key is there already, or the item is one
+/// [`build_table`] refuses (then the caller rebuilds with another seed).
+pub fn table_insert(table: &mut Table, item: &TableItem) -> bool {
+    let (key, access, hit, base) = *item;
+    if table.count as usize >= TABLE_CAP
+        || !matches!(key.dev_type, DEV_BLOCK | DEV_CHAR)
+        || access > u16::MAX as u32
+        || slot_of(table, &key).is_some()
+    {
+        return false;
+    }
+    let k = pack(key.major, key.minor);
+    let first = bucket_of(table.seed, key.dev_type, k) * WAYS;
+    let Some(i) = (first..first + WAYS).find(|i| table.entries[*i].dev_type == 0) else {
+        return false;
+    };
+    table.entries[i] = TableEntry {
+        key: k,
+        dev_type: key.dev_type as u16,
+        access: access as u16,
+        hit,
+        base,
+    };
+    table.count += 1;
+    table.absent &= !(1 << kind_of(key.major, key.minor) as u32);
+    true
+}
+
 /// The entries of a table, with their key fields restored.
 pub fn table_items(table: &Table, policy_id: u64) -> impl Iterator<Item = TableItem> + '_ {
     table
@@ -761,6 +883,131 @@ mod tests {
             for (i, k) in keys.iter().enumerate() {
                 assert_eq!(table_find(&t, k), Some(((i % 8) as u32, i as u32)));
             }
+        }
+    }
+
+    /// Tables edited in place (update, remove, insert under the same seed)
+    /// hold the same items as tables rebuilt from scratch, stay well
+    /// formed, and decide every request as the map does.
+    #[test]
+    fn edited_tables_decide_as_rebuilt_ones() {
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut next = |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as u32
+        };
+        let pick = |x: u32| if x == 0 { WILDCARD } else { x - 1 };
+        let mut inserted = 0;
+        let mut full = 0;
+        for _ in 0..200 {
+            // Items as the policy map keeps them: key → (access, hit, base).
+            let mut items: BTreeMap<PolicyKey, (u32, u32, u64)> = BTreeMap::new();
+            let mut table = build_table(&mut []).unwrap();
+            assert!(table_well_formed(&table));
+            for step in 0..300u64 {
+                let key = PolicyKey::new(7, 1 + next(2), pick(next(12)), pick(next(12)));
+                let access = next(8);
+                match next(3) {
+                    0 => {
+                        assert_eq!(table_remove(&mut table, &key), items.remove(&key).is_some());
+                    }
+                    1 if items.contains_key(&key) => {
+                        assert!(table_update(&mut table, &key, access));
+                        items.get_mut(&key).unwrap().0 = access;
+                    }
+                    _ if items.contains_key(&key) => {
+                        assert!(!table_insert(&mut table, &(key, access, 0, 0)));
+                    }
+                    _ => {
+                        let mut used = [false; TABLE_CAP];
+                        for (_, hit, _) in items.values() {
+                            used[*hit as usize] = true;
+                        }
+                        let Some(hit) = (0..TABLE_CAP).find(|i| !used[*i]) else {
+                            assert!(!table_insert(&mut table, &(key, access, 0, step)));
+                            continue;
+                        };
+                        let item = (key, access, hit as u32, step);
+                        if table_insert(&mut table, &item) {
+                            inserted += 1;
+                        } else {
+                            // Its bucket is full: rebuilt, as the policy map does.
+                            full += 1;
+                            let mut all: std::vec::Vec<TableItem> = items
+                                .iter()
+                                .map(|(k, (a, h, b))| (*k, *a, *h, *b))
+                                .chain([item])
+                                .collect();
+                            table = build_table(&mut all).unwrap();
+                        }
+                        items.insert(key, (access, hit as u32, step));
+                    }
+                }
+                assert!(table_well_formed(&table), "{table:?}");
+                let back: BTreeMap<PolicyKey, (u32, u32, u64)> = table_items(&table, 7)
+                    .map(|(k, a, h, b)| (k, (a, h, b)))
+                    .collect();
+                assert_eq!(back, items);
+            }
+            let mut all: std::vec::Vec<TableItem> = items
+                .iter()
+                .map(|(k, (a, h, b))| (*k, *a, *h, *b))
+                .collect();
+            let rebuilt = build_table(&mut all).unwrap();
+            assert_eq!(rebuilt.absent, table.absent);
+            assert_eq!(rebuilt.count, table.count);
+            let p: BTreeMap<PolicyKey, u32> = items.iter().map(|(k, v)| (*k, v.0)).collect();
+            let numbers = || (0..11).chain([WILDCARD]);
+            for t in [DEV_BLOCK, DEV_CHAR] {
+                for ma in numbers() {
+                    for mi in numbers() {
+                        let want = table_lookup(&rebuilt, t, ma, mi);
+                        assert_eq!(table_lookup(&table, t, ma, mi), want);
+                        for req in 0..8 {
+                            assert_eq!(allows(want.0, req), decide(&p, t, ma, mi, req).allowed);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            inserted > 1000 && full > 0,
+            "{inserted} inserted, {full} rebuilt"
+        );
+    }
+
+    #[test]
+    fn malformed_tables_are_not_edited() {
+        let key = |mi| PolicyKey::new(1, DEV_CHAR, 1, mi);
+        let mut items: std::vec::Vec<TableItem> =
+            (0..10).map(|i| (key(i), ACCESS_READ, i, 0)).collect();
+        let good = build_table(&mut items).unwrap();
+        assert!(table_well_formed(&good));
+        // Written before `absent` existed.
+        assert!(!table_well_formed(&Table { absent: 0, ..good }));
+        assert!(!table_well_formed(&Table::default()));
+        assert!(!table_well_formed(&Table { count: 9, ..good }));
+        // Another seed: entries outside their buckets.
+        assert!(!table_well_formed(&Table {
+            seed: good.seed ^ 1,
+            ..good
+        }));
+        // A hit index used twice.
+        let mut twice = good;
+        let slots: std::vec::Vec<usize> = (0..SLOTS)
+            .filter(|i| good.entries[*i].dev_type != 0)
+            .collect();
+        twice.entries[slots[1]].hit = good.entries[slots[0]].hit;
+        assert!(!table_well_formed(&twice));
+        // A hole in a bucket.
+        let mut holed = good;
+        let i = slots[0];
+        holed.entries.copy_within(i..i + 1, i - i % WAYS + WAYS - 1);
+        if i % WAYS != WAYS - 1 {
+            holed.entries[i] = TableEntry::default();
+            assert!(!table_well_formed(&holed));
         }
     }
 

@@ -115,8 +115,10 @@ impl Ctdev {
             .filter(|k| !after.contains_key(k))
             .copied()
             .collect();
-        if let Some(mut counters) = Counters::open(self.pins())? {
-            counters.forget_hits(&gone)?;
+        if !gone.is_empty() {
+            if let Some(mut counters) = Counters::open(self.pins())? {
+                counters.forget_hits(&gone)?;
+            }
         }
         // The set's rules are the operator's now: no grant owns a bit of them.
         let ledger = self.grants().load(id)?;

@@ -112,6 +112,28 @@ fn shared_zero_storage_denies_everything_until_written() {
     assert_allowed(&env, &cg, read("/dev/zero"));
 }
 
+/// A handle that opened the storage maps before the shared program was
+/// replaced (unpinned and loaded again, with new maps) refuses the new
+/// program pin: it would attach a program reading maps it never wrote.
+#[test]
+fn shared_program_replaced_after_open_is_refused() {
+    let env = TestEnv::new("shared-replaced");
+    let (pins, loaded) = open_shared(&env);
+    let dir = loaded.dir().to_path_buf();
+    drop(loaded);
+    let early = SharedProgram::open(&dir).expect("open the pinned maps");
+    ctdev::kernel::shared::remove_pins(&pins).expect("unpin");
+    let (_pins, again) = open_shared(&env);
+    let err = early.prog_id().expect_err("another program's maps");
+    assert!(
+        matches!(err, ctdev::kernel::shared::SharedError::Replaced { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("replaced"), "{err}");
+    let fresh = SharedProgram::open(&dir).expect("open the new pins");
+    assert_eq!(fresh.prog_id().unwrap(), again.prog_id().unwrap());
+}
+
 #[test]
 fn shared_two_containers_one_program_each_its_own_policy() {
     let env = TestEnv::new("shared-two");

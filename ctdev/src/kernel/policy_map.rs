@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::os::fd::{AsFd, OwnedFd};
 
 use aya::maps::{HashMap, IterableMap, Map, MapData, MapError, MapType};
-use ctdev_common::{build_table, table_items, PolicyKey, PolicyValue, TableItem, TABLE_CAP};
+use ctdev_common::{
+    build_table, table_find, table_insert, table_items, table_remove, table_update,
+    table_well_formed, PolicyKey, PolicyValue, TableItem, TABLE_CAP,
+};
 
 use super::container_maps::{ContainerMaps, ContainerMapsError, Snapshot};
 use super::pins::PinRoot;
@@ -195,6 +198,16 @@ impl AllPolicies {
 
 /// One planned change to an entry: the value to set, or removal.
 pub type Change = (PolicyKey, Option<u32>);
+
+/// What [`PolicyMap::edit`] made of a container's table.
+enum Edit {
+    /// The changes change nothing.
+    Unchanged,
+    /// The table with the changes made.
+    Table(Box<ctdev_common::Table>),
+    /// Not editable in place: built again from its entries.
+    Rebuild,
+}
 
 /// What a container's policy is now.
 struct Current {
@@ -447,8 +460,12 @@ impl PolicyMap {
         }
     }
 
-    /// Reads one container's policy as it is now.
-    fn current(&self, policy_id: u64) -> Result<Current, PolicyMapError> {
+    /// Opens one container's maps and copies its live table (the storage's
+    /// value comes from one lookup, made now: never an earlier read).
+    fn open_now(
+        &self,
+        policy_id: u64,
+    ) -> Result<(Option<ContainerMaps>, Option<Snapshot>), PolicyMapError> {
         let hint = self.found_in.borrow().get(&policy_id).cloned();
         let maps = ContainerMaps::open_hinted(&self.pins, policy_id, hint.as_ref())?;
         match maps.as_ref().and_then(ContainerMaps::shared) {
@@ -456,6 +473,22 @@ impl PolicyMap {
             None => self.found_in.borrow_mut().remove(&policy_id),
         };
         let snapshot = maps.as_ref().map(ContainerMaps::snapshot);
+        Ok((maps, snapshot))
+    }
+
+    /// Reads one container's policy as it is now.
+    fn current(&self, policy_id: u64) -> Result<Current, PolicyMapError> {
+        let (maps, snapshot) = self.open_now(policy_id)?;
+        self.decode(policy_id, maps, snapshot)
+    }
+
+    /// [`Self::current`] from what [`Self::open_now`] read.
+    fn decode(
+        &self,
+        policy_id: u64,
+        maps: Option<ContainerMaps>,
+        snapshot: Option<Snapshot>,
+    ) -> Result<Current, PolicyMapError> {
         let entries = match snapshot {
             Some(s) if !s.large() => table_items(&s.table, policy_id)
                 .map(|(k, a, _, _)| (k, a))
@@ -515,21 +548,53 @@ impl PolicyMap {
                 .push((canonical(key), value));
         }
         self.cache.borrow_mut().clear();
+        let several = order.len() > 1;
         let mut done: Vec<(u64, BTreeMap<PolicyKey, u32>)> = Vec::new();
         for id in order {
-            let current = self.current(id)?;
-            let mut next = current.entries.clone();
-            for (key, value) in &by_id[&id] {
-                match value {
-                    Some(v) => next.insert(*key, *v),
-                    None => next.remove(key),
-                };
-            }
-            if next == current.entries {
-                continue;
-            }
-            let before = current.entries.clone();
-            if let Err(e) = self.write(id, current, &next, false) {
+            let (maps, snapshot) = self.open_now(id)?;
+            // A table edited in place when it can be (the usual `allow` or
+            // `revoke` of a few entries): no decoding, no seed search.
+            let edited = match (&maps, &snapshot) {
+                (Some(m), Some(s)) if !s.large() => match self.edit(m, s, &by_id[&id])? {
+                    Edit::Unchanged => continue,
+                    Edit::Table(table) => Some(self.publish_table(id, m, &table)),
+                    Edit::Rebuild => None,
+                },
+                _ => None,
+            };
+            // What to put back if a later container's write fails (an
+            // apply to one container has nothing to roll back).
+            let before = |current: &BTreeMap<PolicyKey, u32>| match several {
+                true => current.clone(),
+                false => BTreeMap::new(),
+            };
+            let (written, prev) = match edited {
+                Some(written) => {
+                    let prev = match &snapshot {
+                        Some(s) if several => table_items(&s.table, id)
+                            .map(|(k, a, _, _)| (k, a))
+                            .collect(),
+                        _ => BTreeMap::new(),
+                    };
+                    (written, prev)
+                }
+                None => {
+                    let current = self.decode(id, maps, snapshot)?;
+                    let mut next = current.entries.clone();
+                    for (key, value) in &by_id[&id] {
+                        match value {
+                            Some(v) => next.insert(*key, *v),
+                            None => next.remove(key),
+                        };
+                    }
+                    if next == current.entries {
+                        continue;
+                    }
+                    let prev = before(&current.entries);
+                    (self.write(id, current, &next, false), prev)
+                }
+            };
+            if let Err(e) = written {
                 for (id, prev) in done.iter().rev() {
                     let restore = self
                         .current(*id)
@@ -540,10 +605,99 @@ impl PolicyMap {
                 }
                 return Err(e);
             }
-            done.push((id, before));
+            done.push((id, prev));
             if done.len() == 1 && changes.len() > 1 {
                 crate::failpoint!("map.apply.after_first_write");
             }
+        }
+        Ok(())
+    }
+
+    /// `snapshot`'s table with `changes` (in order: the last change of a
+    /// key wins) made in place, as [`Self::build`] would make them: a
+    /// remaining entry keeps its hit counter and base, a new one takes the
+    /// lowest hit index no remaining entry uses, based at that counter's
+    /// total. [`Edit::Rebuild`] when the table is not one `build_table`
+    /// could have made (`table_well_formed`), a new entry's bucket is full
+    /// under the table's seed, or the result would not fit a table; the
+    /// caller then builds it from scratch. Only the table read now (in the
+    /// same lookup) is edited, never a copy kept from an earlier call.
+    fn edit(
+        &self,
+        maps: &ContainerMaps,
+        snapshot: &Snapshot,
+        changes: &[Change],
+    ) -> Result<Edit, PolicyMapError> {
+        if !table_well_formed(&snapshot.table) {
+            return Ok(Edit::Rebuild);
+        }
+        let mut net: BTreeMap<PolicyKey, Option<u32>> = BTreeMap::new();
+        for (key, value) in changes {
+            net.insert(*key, *value);
+        }
+        let mut table = snapshot.table;
+        let mut changed = false;
+        // Removals first: their hit indices are free for the new entries.
+        for (key, value) in &net {
+            if value.is_none() && table_remove(&mut table, key) {
+                changed = true;
+            }
+        }
+        let mut added: Vec<(PolicyKey, u32)> = Vec::new();
+        for (key, value) in &net {
+            let Some(access) = *value else { continue };
+            match table_find(&table, key) {
+                Some((now, _)) if now == access => {}
+                Some(_) => {
+                    if !table_update(&mut table, key, access) {
+                        return Ok(Edit::Rebuild);
+                    }
+                    changed = true;
+                }
+                None => added.push((*key, access)),
+            }
+        }
+        if !added.is_empty() {
+            if table.count as usize + added.len() > TABLE_CAP {
+                return Ok(Edit::Rebuild);
+            }
+            let totals = maps.counters()?.hits;
+            let mut used = [false; TABLE_CAP];
+            for e in table.entries.iter().filter(|e| e.dev_type != 0) {
+                used[e.hit as usize % TABLE_CAP] = true;
+            }
+            let mut free = (0..TABLE_CAP).filter(|i| !used[*i]);
+            for (key, access) in added {
+                let Some(hit) = free.next() else {
+                    return Ok(Edit::Rebuild);
+                };
+                if !table_insert(&mut table, &(key, access, hit as u32, totals[hit])) {
+                    return Ok(Edit::Rebuild);
+                }
+            }
+            changed = true;
+        }
+        Ok(if changed {
+            Edit::Table(Box::new(table))
+        } else {
+            Edit::Unchanged
+        })
+    }
+
+    /// Publishes a table [`Self::edit`] made from `maps` (opened by the
+    /// same call), as [`Self::write`] publishes a rebuilt one.
+    fn publish_table(
+        &mut self,
+        policy_id: u64,
+        maps: &ContainerMaps,
+        table: &ctdev_common::Table,
+    ) -> Result<(), PolicyMapError> {
+        maps.write_next(table);
+        crate::failpoint!("set.after_write");
+        maps.publish(false)?;
+        crate::failpoint!("set.after_publish");
+        if table.count == 0 && !self.pins.link(policy_id).exists() {
+            self.forget(policy_id)?;
         }
         Ok(())
     }
@@ -567,7 +721,23 @@ impl PolicyMap {
                 (k, *v)
             })
             .collect();
-        let current = self.current(policy_id)?;
+        let (maps, snapshot) = self.open_now(policy_id)?;
+        if let (Some(m), Some(s)) = (&maps, &snapshot) {
+            if !s.large() && next.len() <= TABLE_CAP {
+                // The new set as changes to the live table, edited in
+                // place when it can be: still published in one store or
+                // one update, as a rebuilt table is.
+                let changes: Vec<Change> = table_items(&s.table, policy_id)
+                    .filter(|(k, _, _, _)| !next.contains_key(k))
+                    .map(|(k, _, _, _)| (k, None))
+                    .chain(next.iter().map(|(k, v)| (*k, Some(*v))))
+                    .collect();
+                if let Edit::Table(table) = self.edit(m, s, &changes)? {
+                    return self.publish_table(policy_id, m, &table);
+                }
+            }
+        }
+        let current = self.decode(policy_id, maps, snapshot)?;
         self.write(policy_id, current, &next, true)
     }
 

@@ -100,6 +100,17 @@ pub enum SharedError {
         /// [`TABLE_CAP`].
         cap: usize,
     },
+    /// The program pin no longer goes with the storage maps opened before
+    /// it (the shared program was unpinned and loaded again in between).
+    #[error("{path} does not use the storage maps opened beside it (map ids {want:?}; the program uses {found:?}): the shared program was replaced meanwhile; nothing was attached, run the command again")]
+    Replaced {
+        /// The program pin.
+        path: PathBuf,
+        /// The storage maps' ids.
+        want: Vec<u32>,
+        /// The ids of the maps the pinned program uses.
+        found: Vec<u32>,
+    },
     /// The kernel attached the link to another cgroup (should not happen).
     #[error("link for {cgroup} reports cgroup id {got}, expected {want}")]
     WrongCgroup {
@@ -194,6 +205,9 @@ pub struct SharedProgram {
     stub: std::sync::OnceLock<OwnedFd>,
     storage: OwnedFd,
     counters: OwnedFd,
+    /// Kernel ids of `storage` and `counters`: the program and the stub,
+    /// opened later from their pins, must use these very maps.
+    map_ids: (u32, u32),
     cpus: usize,
 }
 
@@ -252,7 +266,7 @@ impl SharedProgram {
     pub fn open(dir: &Path) -> Result<Self, SharedError> {
         // Each map pin is opened once; its type and sizes are checked on
         // that fd (one BPF_OBJ_GET and one BPF_OBJ_GET_INFO_BY_FD each).
-        let open_map = |name: &str, ty: u32, size: usize| -> Result<OwnedFd, SharedError> {
+        let open_map = |name: &str, ty: u32, size: usize| -> Result<(OwnedFd, u32), SharedError> {
             let pin = dir.join(name);
             let foreign = |found: String| SharedError::Foreign {
                 path: pin.clone(),
@@ -266,14 +280,14 @@ impl SharedProgram {
                     info.map_type, info.value_size
                 )));
             }
-            Ok(fd)
+            Ok((fd, info.id))
         };
-        let storage = open_map(
+        let (storage, storage_id) = open_map(
             "storage",
             BPF_MAP_TYPE_CGROUP_STORAGE,
             std::mem::size_of::<SharedTable>(),
         )?;
-        let counters = open_map(
+        let (counters, counters_id) = open_map(
             "counters",
             BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE,
             std::mem::size_of::<ContainerCounters>(),
@@ -285,32 +299,52 @@ impl SharedProgram {
             stub: std::sync::OnceLock::new(),
             storage,
             counters,
+            map_ids: (storage_id, counters_id),
             dir: dir.to_path_buf(),
             cpus: possible_cpus()?,
         })
     }
 
     /// The program pinned as `program` and its id, opened on first use and
-    /// refused when it is not ctdev's shared program.
+    /// refused when it is not ctdev's shared program using the storage
+    /// maps this handle opened (the pins were replaced since: a program
+    /// reading other maps than the ones written here would judge with
+    /// tables nobody wrote).
     fn program(&self) -> Result<(BorrowedFd<'_>, u32), SharedError> {
         if let Some((fd, id)) = self.prog.get() {
             return Ok((fd.as_fd(), *id));
         }
         let program = self.dir.join("program");
         let prog = sys::obj_get(&program)?;
-        let (prog_id, name) = sys::prog_id_and_name(prog.as_fd(), &program.display().to_string())
-            .map_err(|e| SharedError::Foreign {
-                path: program.clone(),
-                found: e.to_string(),
-            })?;
+        let (prog_id, name, maps) =
+            sys::prog_id_name_maps(prog.as_fd(), &program.display().to_string()).map_err(
+                |e| SharedError::Foreign {
+                    path: program.clone(),
+                    found: e.to_string(),
+                },
+            )?;
         if name != SHARED_PROGRAM_NAME {
             return Err(SharedError::Foreign {
                 path: program,
                 found: format!("program {name:?}"),
             });
         }
+        self.check_maps(&program, &maps, &[self.map_ids.0, self.map_ids.1])?;
         let (fd, id) = self.prog.get_or_init(|| (prog, prog_id));
         Ok((fd.as_fd(), *id))
+    }
+
+    /// Refuses a program pinned at `pin` whose maps (`maps`) lack one of
+    /// `want`, the storage maps this handle opened.
+    fn check_maps(&self, pin: &Path, maps: &[u32], want: &[u32]) -> Result<(), SharedError> {
+        if want.iter().all(|id| maps.contains(id)) {
+            return Ok(());
+        }
+        Err(SharedError::Replaced {
+            path: pin.to_path_buf(),
+            want: want.to_vec(),
+            found: maps.to_vec(),
+        })
     }
 
     /// Kernel id of the shared program (the same for every container).
@@ -318,12 +352,17 @@ impl SharedProgram {
         Ok(self.program()?.1)
     }
 
-    /// The stub program (see [`Self::attach`]), opened on first use.
+    /// The stub program (see [`Self::attach`]), opened on first use and
+    /// refused, as the program is, when it does not use this handle's
+    /// storage map (it would give the container another map's storage).
     fn stub(&self) -> Result<BorrowedFd<'_>, SharedError> {
         if let Some(fd) = self.stub.get() {
             return Ok(fd.as_fd());
         }
-        let fd = sys::obj_get(&self.dir.join("stub"))?;
+        let pin = self.dir.join("stub");
+        let fd = sys::obj_get(&pin)?;
+        let (_, _, maps) = sys::prog_id_name_maps(fd.as_fd(), &pin.display().to_string())?;
+        self.check_maps(&pin, &maps, &[self.map_ids.0])?;
         Ok(self.stub.get_or_init(|| fd).as_fd())
     }
 
@@ -387,6 +426,10 @@ impl SharedProgram {
             sys::obj_pin(fd, &pin)?;
         }
         let prog_id = sys::prog_id(prog.as_fd(), &dir.join("program"))?;
+        let map_ids = (
+            sys::map_info(storage.as_fd(), &dir.join("storage"))?.id,
+            sys::map_info(counters.as_fd(), &dir.join("counters"))?.id,
+        );
         tracing::info!(prog_id, dir = %dir.display(), "loaded and pinned the shared device program");
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -394,6 +437,7 @@ impl SharedProgram {
             stub: std::sync::OnceLock::from(stub),
             storage,
             counters,
+            map_ids,
             cpus: possible_cpus()?,
         })
     }

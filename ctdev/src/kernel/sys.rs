@@ -172,6 +172,46 @@ pub fn prog_id_and_name(prog: BorrowedFd<'_>, what: &str) -> Result<(u32, String
     ))
 }
 
+/// The kernel id, the name and the ids of the maps the program behind
+/// `prog` uses: one `BPF_OBJ_GET_INFO_BY_FD` (a second when it uses more
+/// maps than the first call had room for).
+pub fn prog_id_name_maps(
+    prog: BorrowedFd<'_>,
+    what: &str,
+) -> Result<(u32, String, Vec<u32>), SysError> {
+    let mut ids = vec![0u32; 16];
+    loop {
+        // SAFETY: `bpf_prog_info` is plain integers and arrays of them; all
+        // zeroes is a valid value (what the kernel expects in unused fields).
+        let mut info: uapi::bpf_prog_info = unsafe { std::mem::zeroed() };
+        info.nr_map_ids = ids.len() as u32;
+        info.map_ids = ids.as_mut_ptr() as u64;
+        let mut attr = InfoAttr {
+            bpf_fd: prog.as_raw_fd() as u32,
+            info_len: std::mem::size_of::<uapi::bpf_prog_info>() as u32,
+            info: std::ptr::addr_of_mut!(info) as u64,
+        };
+        // SAFETY: `attr` is the BPF_OBJ_GET_INFO_BY_FD prefix; `info` is a
+        // live, writable `bpf_prog_info` of `info_len` bytes whose `map_ids`
+        // points to a live buffer of `nr_map_ids` u32s; `prog` is open.
+        unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }
+            .map_err(|e| SysError::new("BPF_OBJ_GET_INFO_BY_FD", what, e))?;
+        let used = info.nr_map_ids as usize;
+        if used > ids.len() {
+            ids = vec![0u32; used];
+            continue;
+        }
+        ids.truncate(used);
+        let name: Vec<u8> = info
+            .name
+            .iter()
+            .map(|c| *c as u8)
+            .take_while(|b| *b != 0)
+            .collect();
+        return Ok((info.id, String::from_utf8_lossy(&name).into_owned(), ids));
+    }
+}
+
 /// The name of the program with kernel id `id` (empty when it has none):
 /// two bpf() calls (`BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD`),
 /// whatever the number of programs loaded on the system.

@@ -543,7 +543,10 @@ impl Ctdev {
         target: &Target,
         rules: &[Rule],
     ) -> Result<ChangeReport, Error> {
-        let state = self.container_locked(lock, target, &mut None)?;
+        // One policy map for the read and the write (the write's read then
+        // finds the container's storage in one lookup).
+        let mut map = None;
+        let state = self.container_locked(lock, target, &mut map)?;
         let mut ledger = self.grants.load(state.policy_id)?;
         let mut entries = state.entries.clone();
         let mut total = Plan::default();
@@ -572,7 +575,7 @@ impl Ctdev {
             ));
         }
         grants::record_all(&mut ledger, granted_all);
-        self.apply_plan(lock, &state, &total, Some(&ledger))?;
+        self.apply_plan_in(lock, map.as_mut(), &state, &total, Some(&ledger))?;
         crate::failpoint!("allow.after_write");
         Ok(self.change_report(&state, &total))
     }
@@ -669,7 +672,8 @@ impl Ctdev {
         rules: &[Rule],
         missing_ok: bool,
     ) -> Result<ChangeReport, Error> {
-        let state = self.container_locked(lock, target, &mut None)?;
+        let mut map = None;
+        let state = self.container_locked(lock, target, &mut map)?;
         let plan = plan_revoke(&state.entries, state.policy_id, rules, missing_ok).map_err(
             |RevokeError::NotPresent(rule)| Error::RuleNotPresent {
                 rule,
@@ -679,7 +683,7 @@ impl Ctdev {
         // Revoked bits are no grant's any more (written ahead).
         let mut ledger = self.grants.load(state.policy_id)?;
         grants::forget_revoked(&mut ledger, &plan);
-        self.apply_plan(lock, &state, &plan, Some(&ledger))?;
+        self.apply_plan_in(lock, map.as_mut(), &state, &plan, Some(&ledger))?;
         crate::failpoint!("revoke.after_write");
         crate::failpoint!("revoke.after_counters");
         Ok(self.change_report(&state, &plan))
