@@ -551,66 +551,75 @@ impl PolicyMap {
         let several = order.len() > 1;
         let mut done: Vec<(u64, BTreeMap<PolicyKey, u32>)> = Vec::new();
         for id in order {
-            let (maps, snapshot) = self.open_now(id)?;
-            // A table edited in place when it can be (the usual `allow` or
-            // `revoke` of a few entries): no decoding, no seed search.
-            let edited = match (&maps, &snapshot) {
-                (Some(m), Some(s)) if !s.large() => match self.edit(m, s, &by_id[&id])? {
-                    Edit::Unchanged => continue,
-                    Edit::Table(table) => Some(self.publish_table(id, m, &table)),
-                    Edit::Rebuild => None,
-                },
-                _ => None,
-            };
-            // What to put back if a later container's write fails (an
-            // apply to one container has nothing to roll back).
-            let before = |current: &BTreeMap<PolicyKey, u32>| match several {
-                true => current.clone(),
-                false => BTreeMap::new(),
-            };
-            let (written, prev) = match edited {
-                Some(written) => {
-                    let prev = match &snapshot {
-                        Some(s) if several => table_items(&s.table, id)
-                            .map(|(k, a, _, _)| (k, a))
-                            .collect(),
-                        _ => BTreeMap::new(),
-                    };
-                    (written, prev)
-                }
-                None => {
-                    let current = self.decode(id, maps, snapshot)?;
-                    let mut next = current.entries.clone();
-                    for (key, value) in &by_id[&id] {
-                        match value {
-                            Some(v) => next.insert(*key, *v),
-                            None => next.remove(key),
-                        };
+            // Any error of a container's part (opening, reading, editing,
+            // writing) puts back the containers already changed.
+            match self.apply_one(id, &by_id[&id], several) {
+                Ok(None) => continue,
+                Ok(Some(prev)) => done.push((id, prev)),
+                Err(e) => {
+                    for (id, prev) in done.iter().rev() {
+                        let restore = self
+                            .current(*id)
+                            .and_then(|cur| self.write(*id, cur, prev, false));
+                        if let Err(r) = restore {
+                            tracing::error!("rollback of policy {id} failed: {r}");
+                        }
                     }
-                    if next == current.entries {
-                        continue;
-                    }
-                    let prev = before(&current.entries);
-                    (self.write(id, current, &next, false), prev)
+                    return Err(e);
                 }
-            };
-            if let Err(e) = written {
-                for (id, prev) in done.iter().rev() {
-                    let restore = self
-                        .current(*id)
-                        .and_then(|cur| self.write(*id, cur, prev, false));
-                    if let Err(r) = restore {
-                        tracing::error!("rollback of policy {id} failed: {r}");
-                    }
-                }
-                return Err(e);
             }
-            done.push((id, prev));
             if done.len() == 1 && changes.len() > 1 {
                 crate::failpoint!("map.apply.after_first_write");
             }
         }
         Ok(())
+    }
+
+    /// [`Self::apply`]'s part for container `id`: `None` when nothing
+    /// changed, else what to put back if a later container's part fails
+    /// (empty unless `several`: an apply to one container has nothing to
+    /// roll back).
+    fn apply_one(
+        &mut self,
+        id: u64,
+        changes: &[Change],
+        several: bool,
+    ) -> Result<Option<BTreeMap<PolicyKey, u32>>, PolicyMapError> {
+        let (maps, snapshot) = self.open_now(id)?;
+        // A table edited in place when it can be (the usual `allow` or
+        // `revoke` of a few entries): no decoding, no seed search.
+        if let (Some(m), Some(s)) = (&maps, &snapshot) {
+            if !s.large() {
+                match self.edit(m, s, changes)? {
+                    Edit::Unchanged => return Ok(None),
+                    Edit::Table(table) => {
+                        self.publish_table(id, m, &table)?;
+                        return Ok(Some(match several {
+                            true => table_items(&s.table, id).map(|(k, a, _, _)| (k, a)).collect(),
+                            false => BTreeMap::new(),
+                        }));
+                    }
+                    Edit::Rebuild => {}
+                }
+            }
+        }
+        let current = self.decode(id, maps, snapshot)?;
+        let mut next = current.entries.clone();
+        for (key, value) in changes {
+            match value {
+                Some(v) => next.insert(*key, *v),
+                None => next.remove(key),
+            };
+        }
+        if next == current.entries {
+            return Ok(None);
+        }
+        let prev = match several {
+            true => current.entries.clone(),
+            false => BTreeMap::new(),
+        };
+        self.write(id, current, &next, false)?;
+        Ok(Some(prev))
     }
 
     /// `snapshot`'s table with `changes` (in order: the last change of a
