@@ -91,8 +91,8 @@ impl Ctdev {
         self.set_rules_locked(&lock, target, rules)
     }
 
-    /// [`Ctdev::set_rules`] under a lock the caller holds (the daemon's
-    /// reload and `attach --takeover` hold it already).
+    /// [`Ctdev::set_rules`] under the container lock the caller holds
+    /// (the daemon's reload holds it already).
     pub(crate) fn set_rules_locked(
         &self,
         lock: &ContainerLock,

@@ -107,8 +107,13 @@ impl InitProcess {
             cgroup_dir: cgroup.dir.clone(),
         };
         // /proc/<pid>/cgroup is read after the pidfd was opened: if the
-        // process is alive afterwards, it is the process we pinned.
-        let inside = fs.pid_is_under(pid, &cgroup.dir);
+        // process is alive afterwards, it is the process we pinned. The
+        // path is then checked to be the same cgroup still (its id): the
+        // process was at that path when read, the path has held that
+        // cgroup since (ids are never reused, cgroup2 has no rename), so
+        // it was in this cgroup, not one created again under its name.
+        let inside =
+            fs.pid_is_under(pid, &cgroup.dir) && crate::cgroup::is_cgroup(&cgroup.dir, cgroup.id);
         init.check_alive()?;
         if !inside {
             return Err(ProcessError::LeftCgroup {

@@ -207,6 +207,15 @@ pub enum Error {
         /// The policy id of the cgroup there now.
         found: u64,
     },
+    /// A lock of another pin root was passed to an operation on this one
+    /// (a library caller's mistake): nothing was changed.
+    #[error("the lock held is for pin root {lock_root}, not for {pin_root}: nothing was changed")]
+    ForeignLock {
+        /// The pin root the lock is for.
+        lock_root: PathBuf,
+        /// The pin root of the operation.
+        pin_root: PathBuf,
+    },
     /// `id:N` was given where a live cgroup is needed.
     #[error("target {target} names a policy id; this command needs a cgroup path or pid:N")]
     NeedsCgroup {
@@ -330,6 +339,12 @@ impl Ctdev {
         target: &Target,
         policy_id: u64,
     ) -> Result<(), Error> {
+        if lock.root() != self.pins.root() {
+            return Err(Error::ForeignLock {
+                lock_root: lock.root().to_path_buf(),
+                pin_root: self.pins.root().to_path_buf(),
+            });
+        }
         match lock.policy_id() {
             Some(locked) if locked != policy_id => Err(Error::Replaced {
                 target: target.to_string(),

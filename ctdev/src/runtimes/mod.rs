@@ -271,12 +271,15 @@ pub(crate) fn scope_id<'a>(name: &'a str, kind: &str, prefix: &str) -> Option<&'
 pub fn oldest_process(cgroup_dir: &Path) -> Result<Option<i32>, RuntimeError> {
     use std::os::unix::fs::MetadataExt;
     let mut best: Option<(u64, i32)> = None;
-    // Each cgroup with whether it may have sub-cgroups: a link count of
-    // exactly 2 says it has none (see [`walk`]), and it is not listed.
-    let may_have_children = |m: std::io::Result<fs::Metadata>| !m.is_ok_and(|m| m.nlink() == 2);
-    let top = may_have_children(fs::symlink_metadata(cgroup_dir));
-    let mut stack = vec![(cgroup_dir.to_path_buf(), top)];
-    while let Some((dir, list)) = stack.pop() {
+    // A cgroup is stat'ed AFTER its `cgroup.procs` is read: a link count
+    // of exactly 2 then says it has no sub-cgroups (see [`walk`]) and it
+    // is not listed. In that order a process that moved from it into a
+    // sub-cgroup (systemd's PID 1 into init.scope) is seen in one or the
+    // other: it can only move into a sub-cgroup that exists already, and
+    // cgroup2 directories are never renamed.
+    let may_have_children = |dir: &Path| !fs::symlink_metadata(dir).is_ok_and(|m| m.nlink() == 2);
+    let mut stack = vec![cgroup_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
         let procs = dir.join("cgroup.procs");
         let text = match crate::fsio::read_small(&procs) {
             Ok(t) => t,
@@ -294,14 +297,13 @@ pub fn oldest_process(cgroup_dir: &Path) -> Result<Option<i32>, RuntimeError> {
                 }
             }
         }
-        if !list {
+        if !may_have_children(&dir) {
             continue;
         }
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    let list = may_have_children(e.metadata());
-                    stack.push((e.path(), list));
+                    stack.push(e.path());
                 }
             }
         }
