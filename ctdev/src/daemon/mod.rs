@@ -648,12 +648,11 @@ impl Daemon {
             None => {}
         }
         let id = report.policy_id;
-        // Attached and verified: the scope program may defer to it.
-        if let Some(m) = &mut self.marks {
-            if let Err(e) = m.mark(id, DEFER_OWN_POLICY) {
-                tracing::warn!(container = %name, cgroup = %dir.display(), "scope default stays in force: {e}");
-            }
-        }
+        // The scope program's mark (it may defer to the container's own
+        // program) was set by the library under the root lock with the
+        // link verified (`ensure_attached`, or the attach itself): set here
+        // without the lock, it could mark a container an operator detached
+        // meanwhile.
         let rule_texts: BTreeSet<crate::rule::Rule> = self.policy.containers[entry]
             .rules
             .iter()

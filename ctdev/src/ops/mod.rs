@@ -403,6 +403,12 @@ impl Ctdev {
         let lock = self.lock()?;
         if let Some(link) = attachment::open(&self.pins, cgroup.id)? {
             if link.is_live_for(cgroup.id) {
+                // Attached and verified, under the root lock: a scope
+                // program above may leave the decision to it (a scope
+                // covered after the attach has no mark for it yet).
+                if let Err(e) = crate::kernel::scope::mark_own_policy(&self.pins, cgroup.id) {
+                    tracing::warn!(cgroup = %cgroup.dir.display(), "scope default stays in force: {e}");
+                }
                 return Ok(AttachReport {
                     cgroup_dir: cgroup.dir,
                     policy_id: cgroup.id,
