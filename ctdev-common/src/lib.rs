@@ -791,17 +791,21 @@ mod tests {
         build_table(&mut items).unwrap()
     }
 
-    /// The table lookup gives the verdicts of the map lookup, for every
-    /// device and request, over many pseudo-random policies.
-    #[test]
-    fn table_search_decides_as_the_map() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u32| {
+    /// A small deterministic generator: `next(n)` is in `0..n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u32) -> u32 {
+        move |n: u32| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             (seed % n as u64) as u32
-        };
+        }
+    }
+
+    /// The table lookup gives the verdicts of the map lookup, for every
+    /// device and request, over many pseudo-random policies.
+    #[test]
+    fn table_search_decides_as_the_map() {
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         let pick = |x: u32| if x == 0 { WILDCARD } else { x - 1 };
         for _ in 0..400 {
             let n = next(TABLE_CAP as u32 + 1) as usize;
@@ -891,13 +895,7 @@ mod tests {
     /// formed, and decide every request as the map does.
     #[test]
     fn edited_tables_decide_as_rebuilt_ones() {
-        let mut seed = 0x1234_5678_9abc_def1u64;
-        let mut next = |n: u32| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as u32
-        };
+        let mut next = xorshift(0x1234_5678_9abc_def1u64);
         let pick = |x: u32| if x == 0 { WILDCARD } else { x - 1 };
         let mut inserted = 0;
         let mut full = 0;

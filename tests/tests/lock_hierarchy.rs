@@ -51,6 +51,30 @@ fn in_process(env: &TestEnv, cgroup: &Path, node: &Path, dest: &str, add: bool) 
     r.unwrap_or_else(|e| panic!("in-process {} {dest}: {e}", if add { "add" } else { "del" }));
 }
 
+/// Each container holds the rule (kept by the grants at dests 1 and 3),
+/// nodes and grants at dests 1 and 3, nothing at 2.
+fn assert_one_and_three(
+    env: &TestEnv,
+    cs: &[&TestContainer],
+    ids: &[u64],
+    node: &Path,
+    dests: &[&str],
+    round: usize,
+) {
+    for (c, id) in cs.iter().zip(ids) {
+        assert_eq!(
+            state(env, c, *id, node, dests),
+            (
+                vec![RULE.to_string()],
+                vec![true, false, true],
+                vec![true, false, true]
+            ),
+            "round {round}: {}",
+            c.cgroup.display()
+        );
+    }
+}
+
 /// Whether a container lock directory of `id` is left under the pin root.
 fn lock_dir_left(env: &TestEnv, id: u64) -> bool {
     env.pin_root.join("locks").join(id.to_string()).exists()
@@ -89,20 +113,9 @@ fn lock_two_containers_adds_and_dels_race_to_each_ones_serial_result() {
             let (ok, err) = finish(child);
             assert!(ok, "round {round}: {err}");
         }
-        for (c, id) in cs.iter().zip(ids) {
-            // Whichever order: the rule (kept by the grants at 1 and 3),
-            // nodes and grants at 1 and 3, nothing at 2.
-            assert_eq!(
-                state(&env, c, id, &node, &dests),
-                (
-                    vec![RULE.to_string()],
-                    vec![true, false, true],
-                    vec![true, false, true]
-                ),
-                "round {round}: {}",
-                c.cgroup.display()
-            );
-        }
+        // Whichever order: the rule (kept by the grants at 1 and 3),
+        // nodes and grants at 1 and 3, nothing at 2.
+        assert_one_and_three(&env, &cs, &ids, &node, &dests, round);
         // Taking both grants back closes the rule in each: never wider.
         for c in cs {
             env.ok(&["del", c.cgroup_str(), s(&node), dests[0]]);
@@ -174,18 +187,7 @@ fn lock_one_handle_shared_by_threads_changes_each_container_as_asked() {
                 scope.spawn(move || through(ct, &c.cgroup, node, dests[2], true));
             }
         });
-        for (c, id) in cs.iter().zip(ids) {
-            assert_eq!(
-                state(&env, c, id, &node, &dests),
-                (
-                    vec![RULE.to_string()],
-                    vec![true, false, true],
-                    vec![true, false, true]
-                ),
-                "round {round}: {}",
-                c.cgroup.display()
-            );
-        }
+        assert_one_and_three(&env, &cs, &ids, &node, &dests, round);
         std::thread::scope(|scope| {
             for c in cs {
                 for dest in [dests[0], dests[2]] {

@@ -61,15 +61,9 @@ fn attach_sample(parent: &Path, pins: &Path, name: &str) -> Option<f64> {
 
 /// CLOCK_MONOTONIC now, in µs (the clock of the daemon's `read_mono_us`).
 fn mono_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|ts| (ts.tv_sec() as u64) * 1_000_000 + (ts.tv_nsec() as u64) / 1_000)
+        .unwrap_or(0)
 }
 
 /// LOOP_CTL_ADD → the node is in the reference container; removed again.
