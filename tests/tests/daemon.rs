@@ -921,3 +921,64 @@ fn a_rule_dropped_by_a_reload_is_taken_back_from_a_container_taken_over() {
     let _ = daemon.kill();
     fs::remove_dir(&a).unwrap();
 }
+
+/// A device is passed in only once its write-ahead record is on disk:
+/// while the daemon's state file cannot be written (a directory where its
+/// temporary file goes), a hotplugged device gets no node and no rule,
+/// and the daemon says why; once the state can be written again, the next
+/// resync passes it in.
+#[test]
+fn a_device_whose_record_cannot_be_written_ahead_is_not_passed_in() {
+    let env = TestEnv::new("dm-nowrite");
+    let a = TestContainer::start(&env, "a", false);
+    let index = HotLoop::pick();
+    let cfg = write_policy(
+        &env,
+        "policy.toml",
+        1.0,
+        &format!(
+            "[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\n\
+             [[container.hotplug]]\ndevname = \"loop{index}\"\n",
+            a.cgroup.display()
+        ),
+    );
+    let mut daemon = DaemonProc::start(&env, &cfg);
+    assert!(rules_of(&env, &a.cgroup).is_some(), "a attached at start");
+    let blocker = daemon.state_dir.join("state.json.tmp");
+    fs::create_dir(&blocker).expect("block the state file's writes");
+
+    let mut lo = HotLoop::add(index);
+    let dest = format!("/dev/{}", lo.name());
+    let rule = format!("b 7:{index} rwm");
+    daemon.wait_until(
+        Duration::from_secs(5),
+        "the daemon to refuse the device",
+        || {
+            daemon
+                .log_text()
+                .contains("could not be written ahead")
+                .then_some(())
+        },
+    );
+    // Over a resync or two: still nothing given.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!a.host_path(&dest).exists(), "{dest} made without a record");
+    assert!(
+        !rules_of(&env, &a.cgroup).unwrap().contains(&rule),
+        "{rule} granted without a record"
+    );
+
+    fs::remove_dir(&blocker).expect("unblock");
+    daemon.wait_until(
+        Duration::from_secs(10),
+        "the device passed in once the state can be written",
+        || {
+            (a.host_path(&dest).exists() && rules_of(&env, &a.cgroup).unwrap().contains(&rule))
+                .then_some(())
+        },
+    );
+    let state = fs::read_to_string(daemon.state_dir.join("state.json")).expect("state file");
+    assert!(state.contains(&dest), "{dest} not recorded: {state}");
+    lo.remove();
+    daemon.kill();
+}

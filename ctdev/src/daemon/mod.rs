@@ -541,7 +541,15 @@ impl Daemon {
             owned.entry = c.name.clone();
             owned.rules.extend(rule_texts.iter().cloned());
             self.dirty = true;
-            self.save_state();
+            if !self.save_state() {
+                // Not recorded: attached (that only narrows) without its
+                // rules; the next pass tries again.
+                if let Some(owned) = self.state.containers.get_mut(&g.id) {
+                    owned.rules = owned_rules.clone();
+                }
+                rules.clear();
+                tracing::error!(container = %c.name, cgroup = %dir.display(), "the policy's rules are not granted: the daemon's state could not be written ahead");
+            }
         }
         // The policy's rules granted and the ones gone from it taken back
         // in one atomic swap (`Ctdev::regrant`): a reload never shows the
@@ -789,7 +797,9 @@ impl Daemon {
                     }
                 }
             }
-            self.save_state();
+            if !self.save_state() {
+                self.unrecord_prerecorded();
+            }
         }
         for w in adds {
             self.add_device(dir, m.policy_id, &name, &w);
@@ -863,7 +873,14 @@ impl Daemon {
                 Some(s) => {
                     s.devices.insert(o.dest.clone(), o.clone());
                     self.dirty = true;
-                    self.save_state();
+                    if !self.save_state() {
+                        // Not recorded ahead: not passed in.
+                        if let Some(s) = self.state.containers.get_mut(&id) {
+                            set_record(&mut s.devices, &o.dest, recorded_before);
+                        }
+                        tracing::error!(container = %name, cgroup = %dir.display(), device = %o.host, "not passed in: the daemon's state could not be written ahead");
+                        return;
+                    }
                 }
                 None => {
                     tracing::warn!(container = %name, cgroup = %dir.display(), policy_id = id, device = %o.host, "no state record for the container: the device is not recorded")
@@ -1111,8 +1128,19 @@ impl Daemon {
                 }
             }
         }
-        if !self.prerecorded.is_empty() {
-            self.save_state();
+        if !self.prerecorded.is_empty() && !self.save_state() {
+            self.unrecord_prerecorded();
+        }
+    }
+
+    /// Takes back the records written ahead in memory that could not be
+    /// saved ([`Daemon::prerecord`]): each device's own `add_device` then
+    /// records it again, and passes it in only once that is on disk.
+    fn unrecord_prerecorded(&mut self) {
+        for (id, dest) in std::mem::take(&mut self.prerecorded) {
+            if let Some(s) = self.state.containers.get_mut(&id) {
+                s.devices.remove(&dest);
+            }
         }
     }
 
@@ -1577,7 +1605,12 @@ impl Daemon {
         }
     }
 
-    fn save_state(&mut self) {
+    /// Writes the state file if the state changed; `false` when it could
+    /// not be written. A write-ahead record that is not on disk must not be
+    /// acted on: the callers that record ahead of a grant then take the
+    /// record back and do not grant (a daemon killed afterwards would not
+    /// know to take the grant back).
+    fn save_state(&mut self) -> bool {
         // Nothing changed since the last write: nothing to write (a resync
         // that changes nothing does nothing). Every change of `state` sets
         // `dirty` (a debug build checks it against the state written).
@@ -1586,7 +1619,7 @@ impl Daemon {
                 self.saved.as_ref().is_none_or(|s| *s == self.state),
                 "the daemon's state changed without being marked dirty"
             );
-            return;
+            return true;
         }
         match self.state.save(&self.state_path) {
             Ok(()) => {
@@ -1594,8 +1627,12 @@ impl Daemon {
                 if cfg!(debug_assertions) {
                     self.saved = Some(self.state.clone());
                 }
+                true
             }
-            Err(e) => tracing::error!("{e}"),
+            Err(e) => {
+                tracing::error!("{e}");
+                false
+            }
         }
     }
 
