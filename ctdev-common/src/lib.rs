@@ -948,6 +948,23 @@ mod tests {
                     .map(|(k, a, h, b)| (k, (a, h, b)))
                     .collect();
                 assert_eq!(back, items);
+                // After every step (not only at the end of a round): the
+                // key touched and a few others decide as the map does.
+                let p: BTreeMap<PolicyKey, u32> = items.iter().map(|(k, v)| (*k, v.0)).collect();
+                let mut asks = std::vec![(key.dev_type, key.major, key.minor)];
+                for _ in 0..4 {
+                    asks.push((1 + next(2), pick(next(12)), pick(next(12))));
+                }
+                for (t, ma, mi) in asks {
+                    let got = table_lookup(&table, t, ma, mi);
+                    for req in 0..8 {
+                        assert_eq!(
+                            allows(got.0, req),
+                            decide(&p, t, ma, mi, req).allowed,
+                            "step {step}: {t} {ma}:{mi} req {req}"
+                        );
+                    }
+                }
             }
             let mut all: std::vec::Vec<TableItem> = items
                 .iter()
@@ -999,6 +1016,14 @@ mod tests {
             .collect();
         twice.entries[slots[1]].hit = good.entries[slots[0]].hit;
         assert!(!table_well_formed(&twice));
+        // A hit index past the counters.
+        let mut past = good;
+        past.entries[slots[0]].hit = TABLE_CAP as u32;
+        assert!(!table_well_formed(&past));
+        // Not a device type.
+        let mut odd = good;
+        odd.entries[slots[0]].dev_type = 3;
+        assert!(!table_well_formed(&odd));
         // A hole in a bucket.
         let mut holed = good;
         let i = slots[0];
