@@ -1870,20 +1870,24 @@ impl Daemon {
                     .map(|(d, id)| (d.clone(), *id))
                     .collect();
                 let scope = self.scopes.remove(&dir);
-                // Marks and scope links are global: under the root lock
-                // (not taken: the next resync's prune drops the marks).
-                let mut lock = None;
-                let locked = (!gone.is_empty() || scope.is_some()) && self.hold_root(&mut lock);
+                // The marks of cgroups that are gone go without the root
+                // lock: their ids are never used again, so no operation
+                // can be changing them (and the event loop does not wait
+                // behind the lanes' work for them). A scope's link is
+                // global: under the root lock (not taken: the next
+                // resync unlinks it).
                 for (d, id) in gone {
                     self.skipped.remove(&d);
-                    if let (Some(m), true) = (&mut self.marks, locked) {
+                    if let Some(m) = &mut self.marks {
                         let _ = m.unmark(id);
                     }
                 }
-                if let (Some(id), true) = (scope, locked) {
-                    let _ = kscope::detach(self.ct.pins(), id);
+                if let Some(id) = scope {
+                    let mut lock = None;
+                    if self.hold_root(&mut lock) {
+                        let _ = kscope::detach(self.ct.pins(), id);
+                    }
                 }
-                drop(lock);
                 self.container_gone(&dir);
                 self.save_state();
             }
