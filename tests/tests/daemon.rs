@@ -21,16 +21,16 @@ fn inside(dir: &Path) -> String {
     format!("/{}", dir.strip_prefix(cgroup_mount()).unwrap().display())
 }
 
-/// A running container "a" under `--preset none` and a policy file that
-/// passes it one loop device (index returned, not created yet) when it is
-/// plugged in.
-fn container_with_loop_hotplug(env: &TestEnv) -> (TestContainer, u32, PathBuf) {
+/// A running container "a" under `--preset none` and a policy file (resync
+/// every `resync` s, 0: none) that passes it one loop device (index
+/// returned, not created yet) when it is plugged in.
+fn container_with_loop_hotplug(env: &TestEnv, resync: f64) -> (TestContainer, u32, PathBuf) {
     let a = TestContainer::start(env, "a", false);
     let index = HotLoop::pick();
     let cfg = write_policy(
         env,
         "policy.toml",
-        0.0,
+        resync,
         &format!(
             "[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\n\
              [[container.hotplug]]\ndevname = \"loop{index}\"\n",
@@ -181,7 +181,7 @@ fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
 #[test]
 fn sigkill_keeps_enforcement_and_a_restart_converges() {
     let env = TestEnv::new("dm-restart");
-    let (a, index, cfg) = container_with_loop_hotplug(&env);
+    let (a, index, cfg) = container_with_loop_hotplug(&env, 0.0);
     let mut daemon = DaemonProc::start(&env, &cfg);
     let mut lo = HotLoop::add(index);
     let dest = format!("/dev/{}", lo.name());
@@ -244,7 +244,7 @@ fn killed_between_passing_a_device_in_and_saving_state_still_takes_it_back() {
     // ahead of the add, so once it is unplugged a restarted daemon revokes
     // its rule and removes its node.
     let env = TestEnv::new("dm-wal-dev");
-    let (a, index, cfg) = container_with_loop_hotplug(&env);
+    let (a, index, cfg) = container_with_loop_hotplug(&env, 0.0);
     let daemon = DaemonProc::start_with_failpoint(&env, &cfg, Some("daemon.add.after_device"));
     let mut lo = HotLoop::add(index);
     let dest = format!("/dev/{}", lo.name());
@@ -930,18 +930,7 @@ fn a_rule_dropped_by_a_reload_is_taken_back_from_a_container_taken_over() {
 #[test]
 fn a_device_whose_record_cannot_be_written_ahead_is_not_passed_in() {
     let env = TestEnv::new("dm-nowrite");
-    let a = TestContainer::start(&env, "a", false);
-    let index = HotLoop::pick();
-    let cfg = write_policy(
-        &env,
-        "policy.toml",
-        1.0,
-        &format!(
-            "[[container]]\nname = \"a\"\nselect = {{ target = \"{}\" }}\npreset = \"none\"\n\
-             [[container.hotplug]]\ndevname = \"loop{index}\"\n",
-            a.cgroup.display()
-        ),
-    );
+    let (a, index, cfg) = container_with_loop_hotplug(&env, 1.0);
     let mut daemon = DaemonProc::start(&env, &cfg);
     assert!(rules_of(&env, &a.cgroup).is_some(), "a attached at start");
     let blocker = daemon.state_dir.join("state.json.tmp");
