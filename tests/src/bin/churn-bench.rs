@@ -1,15 +1,19 @@
 //! Bench helper (`cargo xtask bench`, section "daemon churn"): `ctdev daemon`
 //! while namespace containers are created and removed in waves.
 //!
-//! `churn-bench CONTAINERS LIVE LOOPS IDLE_SAMPLES` (CTDEV_BIN names ctdev):
-//! an idle phase (attach and hotplug latency with nothing else going on),
-//! then CONTAINERS containers created in 5 waves while about LIVE of them
-//! live (15% of the names re-used), loop devices plugged in and pulled at
-//! random, the daemon SIGSTOPped for a second or SIGKILLed and restarted
-//! between waves. Every new container's cgroup is probed from the first
-//! instruction of a process in it (a device outside the policy must never
-//! open). After each wave: every live container under policy, nothing of a
-//! removed one in the pins or the state, the watch count, RSS and fds.
+//! `churn-bench CONTAINERS LIVE LOOPS IDLE_SAMPLES [PACED PACED_SECONDS]`
+//! (CTDEV_BIN names ctdev): an idle phase (attach and hotplug latency with
+//! nothing else going on); then, when asked, a paced phase at the rate of
+//! issue #18's load test (PACED containers created evenly over
+//! PACED_SECONDS in overlapping waves, loop devices plugged and pulled at
+//! random); then the stress: CONTAINERS containers created back to back in
+//! 5 waves while about LIVE of them live (15% of the names re-used), loop
+//! devices plugged in and pulled at random, the daemon SIGSTOPped for a
+//! second or SIGKILLed and restarted between waves. Every new container's
+//! cgroup is probed from the first instruction of a process in it (a device
+//! outside the policy must never open). After the paced phase and each
+//! wave: every live container under policy, nothing of a removed one in the
+//! pins or the state; after each wave also the watch count, RSS and fds.
 //! Prints one JSON line with every sample; fails (exit 1) when an invariant
 //! breaks.
 
@@ -160,15 +164,117 @@ fn fail(msg: String, daemon: &DaemonProc) -> ! {
     panic!("churn-bench: {msg}");
 }
 
+/// The churn itself: containers created (15% under a re-used name) and
+/// removed, loop devices plugged and pulled; shared by both phases.
+struct Churner {
+    rng: Rng,
+    live: BTreeMap<String, TestContainer>,
+    gone_names: Vec<String>,
+    removed_ids: Vec<u64>,
+    loops: BTreeMap<u32, HotLoop>,
+    next_id: usize,
+    reused: usize,
+    probes: u64,
+    outside_opens: u64,
+}
+
+impl Churner {
+    /// Creates one container (its cgroup probed from the first
+    /// instruction), then removes random ones until at most `live_bound` live.
+    fn create(&mut self, env: &TestEnv, never_node: &Path, live_bound: usize) {
+        // Name: 15% a re-used one (never a live one: a name goes back to
+        // `gone_names` only when its container is removed), else fresh.
+        let name = if !self.gone_names.is_empty() && self.rng.next(100) < 15 {
+            self.reused += 1;
+            let i = self.rng.next(self.gone_names.len() as u64) as usize;
+            self.gone_names.swap_remove(i)
+        } else {
+            self.next_id += 1;
+            format!("ct-{}", self.next_id)
+        };
+        let dir = env.cgroup(&name);
+        let c = FirstOpen::start(&dir, 15, &[Path::new("/dev/loop-control"), never_node]).finish();
+        self.probes += 1;
+        self.outside_opens += c[0].ok + c[1].ok;
+        let c = TestContainer::start(env, &name, false);
+        self.live.insert(name, c);
+        while self.live.len() > live_bound {
+            self.remove_random();
+        }
+    }
+
+    fn remove_random(&mut self) {
+        let keys: Vec<String> = self.live.keys().cloned().collect();
+        let k = keys[self.rng.next(keys.len() as u64) as usize].clone();
+        let c = self.live.remove(&k).expect("live container");
+        if let Ok(m) = fs::metadata(&c.cgroup) {
+            self.removed_ids.push(m.ino());
+        }
+        drop(c);
+        self.gone_names.push(k);
+    }
+
+    /// With probability 1/`one_in`, plugs or pulls one of `churn_loops`.
+    fn maybe_toggle_loop(&mut self, churn_loops: &[u32], one_in: u64) {
+        if self.rng.next(one_in) != 0 {
+            return;
+        }
+        let i = churn_loops[self.rng.next(churn_loops.len() as u64) as usize];
+        match self.loops.remove(&i) {
+            Some(mut l) => l.remove(),
+            None => {
+                self.loops.insert(i, HotLoop::add(i));
+            }
+        }
+    }
+
+    /// What a converged daemon must show now.
+    fn converged(&self, env: &TestEnv, daemon: &DaemonProc, churn_loops: &[u32]) -> Result<f64, String> {
+        let present: Vec<u32> = self.loops.keys().copied().collect();
+        let absent: Vec<u32> = churn_loops
+            .iter()
+            .copied()
+            .filter(|i| !self.loops.contains_key(i))
+            .collect();
+        let expect = Expect {
+            live: &self.live,
+            present: &present,
+            absent: &absent,
+            removed_ids: &self.removed_ids,
+            open_devices: false,
+        };
+        wait_converged(env, daemon, &expect, Duration::from_secs(30)).map(ms)
+    }
+}
+
+/// Starts the latency sampler thread (tag `tag`); `stop` ends it.
+fn start_sampler(
+    env: &TestEnv,
+    reference: &Path,
+    probe_index: u32,
+    tag: &'static str,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<Samples>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (p, pins, r, s) = (
+        env.cgroup_parent.clone(),
+        env.pin_root.clone(),
+        reference.to_path_buf(),
+        stop.clone(),
+    );
+    let handle = std::thread::spawn(move || sample_loop(p, pins, r, probe_index, s, tag, usize::MAX));
+    (stop, handle)
+}
+
 fn main() {
     let args: Vec<u64> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("numeric arguments"))
         .collect();
-    let (total, live_target, nloops, idle) = match args[..] {
-        [a, b, c, d] => (a as usize, b as usize, c as u32, d as usize),
+    let (total, live_target, nloops, idle, paced, paced_s) = match args[..] {
+        [a, b, c, d] => (a as usize, b as usize, c as u32, d as usize, 0, 0),
+        [a, b, c, d, e, f] => (a as usize, b as usize, c as u32, d as usize, e as usize, f),
         _ => {
-            eprintln!("usage: churn-bench CONTAINERS LIVE LOOPS IDLE_SAMPLES");
+            eprintln!("usage: churn-bench CONTAINERS LIVE LOOPS IDLE_SAMPLES [PACED PACED_SECONDS]");
             std::process::exit(2);
         }
     };
@@ -197,72 +303,64 @@ fn main() {
         idle,
     );
 
+    let mut ch = Churner {
+        rng: Rng(0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id())),
+        live: BTreeMap::new(),
+        gone_names: Vec::new(),
+        removed_ids: Vec::new(),
+        loops: BTreeMap::new(),
+        next_id: 0,
+        reused: 0,
+        probes: 0,
+        outside_opens: 0,
+    };
+
+    // Paced churn, at the rate of the issue's load test: PACED containers
+    // created evenly over PACED_SECONDS, in overlapping waves (at most 30%
+    // of them live at once), a loop device plugged or pulled at about every
+    // other creation; the latency samples of this phase are the targets'.
+    let mut paced_samples = Samples::default();
+    let mut paced_converge_ms = 0.0;
+    if paced > 0 {
+        let (stop, sampler) = start_sampler(&env, &ref_root, probe_index, "p");
+        let phase = Instant::now();
+        let step = Duration::from_secs(paced_s).div_f64(paced as f64);
+        let bound = (paced * 3 / 10).max(1);
+        for k in 0..paced {
+            if let Some(wait) = (step * k as u32).checked_sub(phase.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            ch.create(&env, &never_node, bound);
+            ch.maybe_toggle_loop(churn_loops, 2);
+        }
+        // Its containers stay: the stress starts from them.
+        stop.store(true, Ordering::SeqCst);
+        paced_samples = sampler.join().expect("sampler thread");
+        paced_converge_ms = match ch.converged(&env, &daemon, churn_loops) {
+            Ok(v) => v,
+            Err(last) => fail(format!("the paced phase did not converge: {last}"), &daemon),
+        };
+        eprintln!(
+            "churn-bench: paced: {paced} containers in {:.1} s, converged in {paced_converge_ms:.0} ms",
+            phase.elapsed().as_secs_f64()
+        );
+    }
+    let paced_probes = ch.probes;
+
     // Churn.
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id()));
-    let mut live: BTreeMap<String, TestContainer> = BTreeMap::new();
-    let mut gone_names: Vec<String> = Vec::new();
-    let mut removed_ids: Vec<u64> = Vec::new();
-    let mut loops: BTreeMap<u32, HotLoop> = BTreeMap::new();
     let mut created = 0usize;
-    let mut reused = 0usize;
-    let mut probes = 0u64;
-    let mut outside_opens = 0u64;
     let mut churn = Samples::default();
     let mut waves = Vec::new();
     let per_wave = total.div_ceil(5);
-    let mut next_id = 0usize;
     for wave in 0..5 {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let (p, pins, r, s) = (
-                env.cgroup_parent.clone(),
-                env.pin_root.clone(),
-                ref_root.clone(),
-                stop.clone(),
-            );
-            std::thread::spawn(move || sample_loop(p, pins, r, probe_index, s, "m", usize::MAX))
-        };
+        let (stop, sampler) = start_sampler(&env, &ref_root, probe_index, "m");
         let wave_start = Instant::now();
         let mut made = 0;
         while made < per_wave && created < total {
-            // Name: 15% a re-used one, else fresh.
-            let name = if !gone_names.is_empty() && rng.next(100) < 15 {
-                reused += 1;
-                gone_names.swap_remove(rng.next(gone_names.len() as u64) as usize)
-            } else {
-                next_id += 1;
-                format!("ct-{next_id}")
-            };
-            if live.contains_key(&name) {
-                continue;
-            }
-            let dir = env.cgroup(&name);
-            let c =
-                FirstOpen::start(&dir, 15, &[Path::new("/dev/loop-control"), &never_node]).finish();
-            probes += 1;
-            outside_opens += c[0].ok + c[1].ok;
-            live.insert(name.clone(), TestContainer::start(&env, &name, false));
+            ch.create(&env, &never_node, live_target);
             created += 1;
             made += 1;
-            while live.len() > live_target {
-                let keys: Vec<String> = live.keys().cloned().collect();
-                let k = keys[rng.next(keys.len() as u64) as usize].clone();
-                let c = live.remove(&k).expect("live container");
-                if let Ok(m) = fs::metadata(&c.cgroup) {
-                    removed_ids.push(m.ino());
-                }
-                drop(c);
-                gone_names.push(k);
-            }
-            if rng.next(10) == 0 {
-                let i = churn_loops[rng.next(churn_loops.len() as u64) as usize];
-                match loops.remove(&i) {
-                    Some(mut l) => l.remove(),
-                    None => {
-                        loops.insert(i, HotLoop::add(i));
-                    }
-                }
-            }
+            ch.maybe_toggle_loop(churn_loops, 10);
         }
         stop.store(true, Ordering::SeqCst);
         let s = sampler.join().expect("sampler thread");
@@ -272,22 +370,9 @@ fn main() {
         churn.missed += s.missed;
         let churn_s = wave_start.elapsed().as_secs_f64();
 
-        // Converged? (10 s at most)
-        let present: Vec<u32> = loops.keys().copied().collect();
-        let absent: Vec<u32> = churn_loops
-            .iter()
-            .copied()
-            .filter(|i| !loops.contains_key(i))
-            .collect();
-        let expect = Expect {
-            live: &live,
-            present: &present,
-            absent: &absent,
-            removed_ids: &removed_ids,
-            open_devices: false,
-        };
-        let converge_ms = match wait_converged(&env, &daemon, &expect, Duration::from_secs(30)) {
-            Ok(d) => ms(d),
+        // Converged? (30 s at most)
+        let converge_ms = match ch.converged(&env, &daemon, churn_loops) {
+            Ok(v) => v,
             Err(last) => fail(format!("wave {wave} did not converge: {last}"), &daemon),
         };
         // Watches: bounded by every cgroup under the scope plus one
@@ -298,7 +383,7 @@ fn main() {
         let w = settled_watches(
             &daemon,
             &env.cgroup_parent,
-            live.len() + 1,
+            ch.live.len() + 1,
             Duration::from_secs_f64(2.0 * RESYNC_S + 1.0),
         );
         if !w.bounded() {
@@ -326,13 +411,13 @@ fn main() {
         let (rss, fds) = daemon.rss_kb_and_fds();
         eprintln!(
             "churn-bench: wave {wave}: {created} created, {} live, {watches} watches ({cgroups} cgroups, bound {}; {} at convergence, settled in {:.0} ms; {in_kernel} in the kernel), rss {rss} kB, {fds} fds, converged in {converge_ms:.0} ms",
-            live.len(),
+            ch.live.len(),
             w.bound,
             w.at_converge,
             w.settle_ms
         );
         waves.push(serde_json::json!({
-            "wave": wave, "created": created, "live": live.len(), "churn_s": churn_s,
+            "wave": wave, "created": created, "live": ch.live.len(), "churn_s": churn_s,
             "converge_ms": converge_ms, "watches": watches, "cgroups": cgroups,
             "watch_bound": w.bound, "watches_at_converge": w.at_converge,
             "watch_settle_ms": w.settle_ms, "kernel_watches": in_kernel,
@@ -361,8 +446,8 @@ fn main() {
         eprintln!("churn-bench: daemon {line}");
     }
     let errors = error_lines.len();
-    drop(live);
-    drop(loops);
+    let (reused, probes, outside_opens) = (ch.reused, ch.probes, ch.outside_opens);
+    drop(ch);
     println!(
         "{}",
         serde_json::json!({
@@ -373,10 +458,16 @@ fn main() {
             "outside_opens": outside_opens,
             "attach_idle_ms": idle_samples.attach,
             "hotplug_idle_ms": idle_samples.hotplug,
+            "paced_containers": paced,
+            "paced_seconds": paced_s,
+            "paced_probes": paced_probes,
+            "paced_converge_ms": paced_converge_ms,
+            "attach_paced_ms": paced_samples.attach,
+            "hotplug_paced_ms": paced_samples.hotplug,
             "attach_churn_ms": churn.attach,
             "hotplug_churn_ms": churn.hotplug,
             "hotplug_churn_at_us": churn.hotplug_at,
-            "missed": idle_samples.missed + churn.missed,
+            "missed": idle_samples.missed + paced_samples.missed + churn.missed,
             "waves": waves,
             "daemon_error_lines": errors,
             "wall_s": started.elapsed().as_secs_f64(),

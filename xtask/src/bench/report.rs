@@ -800,50 +800,41 @@ fn write_churn_targets(d: &mut String, c: &ChurnResults) {
         "no samples" => "**no samples**",
         _ => "**no** (within noise)",
     };
-    let rows: [(&str, &str, &Pct, f64); 4] = [
-        (
-            "attach",
-            "attach_idle_ms",
-            &c.attach_idle,
-            churn::P99_IDLE_MS,
-        ),
-        (
-            "hotplug",
-            "hotplug_idle_ms",
-            &c.hotplug_idle,
-            churn::P99_IDLE_MS,
-        ),
-        (
-            "attach",
-            "attach_churn_ms",
-            &c.attach_churn,
-            churn::P99_CHURN_MS,
-        ),
-        (
-            "hotplug",
-            "hotplug_churn_ms",
-            &c.hotplug_churn,
-            churn::P99_CHURN_MS,
-        ),
+    let paced = format!("while {}", churn::paced_label(c));
+    let stress = format!(
+        "under stress: {} containers back to back, about {} live (no target; reported)",
+        c.containers, c.live_target
+    );
+    let rows: [(&str, &str, &Pct, f64, &str); 6] = [
+        ("attach", "attach_idle_ms", &c.attach_idle, churn::P99_IDLE_MS, "idle"),
+        ("hotplug", "hotplug_idle_ms", &c.hotplug_idle, churn::P99_IDLE_MS, "idle"),
+        ("attach", "attach_paced_ms", &c.attach_paced, churn::P99_CHURN_MS, &paced),
+        ("hotplug", "hotplug_paced_ms", &c.hotplug_paced, churn::P99_CHURN_MS, &paced),
+        ("attach", "attach_churn_ms", &c.attach_churn, churn::P99_CHURN_MS, &stress),
+        ("hotplug", "hotplug_churn_ms", &c.hotplug_churn, churn::P99_CHURN_MS, &stress),
     ];
-    for (what, key, x, target) in rows {
+    for (what, key, x, target, when) in rows {
         let samples = c.samples(key);
-        let when = if key.contains("idle") {
-            "idle".to_string()
-        } else {
-            format!("while {} containers churn", c.live_target)
-        };
         let interval = churn::p99_interval(&samples)
             .map(|(lo, hi)| format!(" (95% interval {lo:.1}…{hi:.1})"))
             .unwrap_or_default();
+        let met = if key.ends_with("churn_ms") {
+            // The stress is beyond the issue's load: its p99 is reported
+            // against the same figure, never counted as the target.
+            match churn::p99_verdict(&samples, target) {
+                "met" => "under it too",
+                _ => "above it (no target)",
+            }
+        } else {
+            verdict(churn::p99_verdict(&samples, target))
+        };
         let _ = writeln!(
             d,
-            "| daemon {what} p99 ≤ {target:.0} ms {when} (churn, n={}) | p50 {:.1} ms, p99 {:.1} ms{interval}, max {:.1} ms | {} |",
+            "| daemon {what} p99 ≤ {target:.0} ms {when} (churn, n={}) | p50 {:.1} ms, p99 {:.1} ms{interval}, max {:.1} ms | {met} |",
             x.n,
             x.p50,
             x.p99,
             x.max,
-            verdict(churn::p99_verdict(&samples, target))
         );
     }
     let settled: Vec<String> = c
@@ -882,12 +873,16 @@ fn write_churn(d: &mut String, cmd: &str, c: &ChurnResults) {
         d,
         "`ctdev daemon` (2 s resync) with one policy entry selecting `ct-*` under a test parent \
          cgroup (preset `oci`, hotplug rules for a block of loop devices), a reference \
-         container and {} namespace containers created in 5 waves while about {} live \
-         ({} names re-used), loop devices plugged and pulled at random, the daemon \
+         container; first, at the rate of the issue's load test, {} namespace containers \
+         created evenly over {} s in overlapping waves (at most 30% of them live at once, a \
+         loop device plugged or pulled at about every other creation): the latency targets \
+         under churn are judged on this phase; then, as a stress beyond it, {} namespace \
+         containers created back to back in 5 waves while about {} live \
+         ({} names re-used in all), loop devices plugged and pulled at random, the daemon \
          SIGSTOPped for a second after waves 1 and 3 and SIGKILLed and restarted after waves \
          2 and 4. Every new container's cgroup is probed from the first instruction of a \
          process in it (a device outside the policy must never open). Samples, from a \
-         thread of the bench alone (idle, before the waves) and during the waves: **attach** \
+         thread of the bench alone (idle, before the churn) and during both phases: **attach** \
          = `mkdir` of a selected cgroup → its link pin exists; **hotplug** = `LOOP_CTL_ADD` \
          → the node exists in the reference container's /dev (the oldest container, so \
          first in every fan-out), polled every 0.2 ms. After each wave the bench waits \
@@ -896,8 +891,8 @@ fn write_churn(d: &mut String, cmd: &str, c: &ChurnResults) {
          until within the bound: cgroups under the parent plus managed containers; and the \
          kernel's own count, the inotify fd's fdinfo), RSS and fds. Reproduce: `{cmd}` \
          (`--only churn --repeat 2` for two runs in a row; or `target/release/churn-bench \
-         CONTAINERS LIVE LOOPS IDLE` with `CTDEV_BIN` set). Wall time {:.0} s.\n",
-        c.containers, c.live_target, c.reused_names, c.wall_s
+         CONTAINERS LIVE LOOPS IDLE PACED PACED_SECONDS` with `CTDEV_BIN` set). Wall time {:.0} s.\n",
+        c.paced_containers, c.paced_seconds, c.containers, c.live_target, c.reused_names, c.wall_s
     );
     let _ = writeln!(
         d,
@@ -905,9 +900,11 @@ fn write_churn(d: &mut String, cmd: &str, c: &ChurnResults) {
     );
     for (name, x) in [
         ("attach, idle", &c.attach_idle),
-        ("attach, under churn", &c.attach_churn),
+        ("attach, paced churn", &c.attach_paced),
+        ("attach, stress", &c.attach_churn),
         ("hotplug, idle", &c.hotplug_idle),
-        ("hotplug, under churn", &c.hotplug_churn),
+        ("hotplug, paced churn", &c.hotplug_paced),
+        ("hotplug, stress", &c.hotplug_churn),
     ] {
         let _ = writeln!(
             d,
@@ -1207,7 +1204,7 @@ mod tests {
         println!("{d}");
         for want in [
             "## 6. Daemon under churn",
-            "| hotplug, under churn |",
+            "| hotplug, stress |",
             "daemon hotplug p99 ≤ 20 ms while",
             "daemon attach p99 ≤ 10 ms idle",
             "0 opens outside the policy",
