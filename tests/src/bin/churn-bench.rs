@@ -229,7 +229,12 @@ impl Churner {
     }
 
     /// What a converged daemon must show now.
-    fn converged(&self, env: &TestEnv, daemon: &DaemonProc, churn_loops: &[u32]) -> Result<f64, String> {
+    fn converged(
+        &self,
+        env: &TestEnv,
+        daemon: &DaemonProc,
+        churn_loops: &[u32],
+    ) -> Result<f64, String> {
         let present: Vec<u32> = self.loops.keys().copied().collect();
         let absent: Vec<u32> = churn_loops
             .iter()
@@ -261,7 +266,8 @@ fn start_sampler(
         reference.to_path_buf(),
         stop.clone(),
     );
-    let handle = std::thread::spawn(move || sample_loop(p, pins, r, probe_index, s, tag, usize::MAX));
+    let handle =
+        std::thread::spawn(move || sample_loop(p, pins, r, probe_index, s, tag, usize::MAX));
     (stop, handle)
 }
 
@@ -274,7 +280,9 @@ fn main() {
         [a, b, c, d] => (a as usize, b as usize, c as u32, d as usize, 0, 0),
         [a, b, c, d, e, f] => (a as usize, b as usize, c as u32, d as usize, e as usize, f),
         _ => {
-            eprintln!("usage: churn-bench CONTAINERS LIVE LOOPS IDLE_SAMPLES [PACED PACED_SECONDS]");
+            eprintln!(
+                "usage: churn-bench CONTAINERS LIVE LOOPS IDLE_SAMPLES [PACED PACED_SECONDS]"
+            );
             std::process::exit(2);
         }
     };

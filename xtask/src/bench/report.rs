@@ -806,12 +806,48 @@ fn write_churn_targets(d: &mut String, c: &ChurnResults) {
         c.containers, c.live_target
     );
     let rows: [(&str, &str, &Pct, f64, &str); 6] = [
-        ("attach", "attach_idle_ms", &c.attach_idle, churn::P99_IDLE_MS, "idle"),
-        ("hotplug", "hotplug_idle_ms", &c.hotplug_idle, churn::P99_IDLE_MS, "idle"),
-        ("attach", "attach_paced_ms", &c.attach_paced, churn::P99_CHURN_MS, &paced),
-        ("hotplug", "hotplug_paced_ms", &c.hotplug_paced, churn::P99_CHURN_MS, &paced),
-        ("attach", "attach_churn_ms", &c.attach_churn, churn::P99_CHURN_MS, &stress),
-        ("hotplug", "hotplug_churn_ms", &c.hotplug_churn, churn::P99_CHURN_MS, &stress),
+        (
+            "attach",
+            "attach_idle_ms",
+            &c.attach_idle,
+            churn::P99_IDLE_MS,
+            "idle",
+        ),
+        (
+            "hotplug",
+            "hotplug_idle_ms",
+            &c.hotplug_idle,
+            churn::P99_IDLE_MS,
+            "idle",
+        ),
+        (
+            "attach",
+            "attach_paced_ms",
+            &c.attach_paced,
+            churn::P99_CHURN_MS,
+            &paced,
+        ),
+        (
+            "hotplug",
+            "hotplug_paced_ms",
+            &c.hotplug_paced,
+            churn::P99_CHURN_MS,
+            &paced,
+        ),
+        (
+            "attach",
+            "attach_churn_ms",
+            &c.attach_churn,
+            churn::P99_CHURN_MS,
+            &stress,
+        ),
+        (
+            "hotplug",
+            "hotplug_churn_ms",
+            &c.hotplug_churn,
+            churn::P99_CHURN_MS,
+            &stress,
+        ),
     ];
     for (what, key, x, target, when) in rows {
         let samples = c.samples(key);
