@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn the_table_has_every_figure_per_run() {
         let raw = serde_json::json!({"containers": 500, "probes": 500, "outside_opens": 0,
-            "attach_idle_ms": [1.0, 2.0], "hotplug_churn_ms": [30.0],
+            "attach_idle_ms": [1.0, 2.0], "hotplug_churn_ms": [30.0], "attach_paced_ms": [4.0],
             "waves": [{"watches": 203, "watch_bound": 203, "watches_at_converge": 205, "rss_kb": 18000, "fds": 15}]});
         let r = ChurnResults {
             containers: 500,
@@ -359,6 +359,10 @@ mod tests {
             outside_opens: 0,
             attach_idle: Pct::of(&[1.0, 2.0]),
             hotplug_idle: Pct::default(),
+            paced_containers: 100,
+            paced_seconds: 60,
+            attach_paced: Pct::of(&[4.0]),
+            hotplug_paced: Pct::default(),
             attach_churn: Pct::of(&[5.0]),
             hotplug_churn: Pct::of(&[30.0]),
             watches: vec![203],
@@ -382,6 +386,8 @@ mod tests {
             "204",
             "18000",
             "15..15",
+            "attach, paced churn",
+            "4.0 / 4.0",
             "MISSED",
             "met",
             "no samples",
