@@ -148,6 +148,14 @@ pub struct AddOptions {
     pub uid: Option<u32>,
     /// Owner gid (default: the container's root group, mapped).
     pub gid: Option<u32>,
+    /// Warn when other device programs judge the container's accesses too
+    /// (default). The query asks the kernel for the cgroup's effective
+    /// programs, which waits for the kernel's `cgroup_mutex`, the lock
+    /// every cgroup `mkdir`/`rmdir` and program attach takes: the daemon,
+    /// which ignores the warning and watches other programs itself
+    /// (takeover, coexist), turns it off so that a device event's fan-out
+    /// does not queue on that lock once per container.
+    pub warn_foreign: bool,
 }
 
 impl Default for AddOptions {
@@ -157,6 +165,7 @@ impl Default for AddOptions {
             mode: None,
             uid: None,
             gid: None,
+            warn_foreign: true,
         }
     }
 }
@@ -704,7 +713,11 @@ pub fn add_as(
         }
         plan_nodes.push((host.path, resolved, dest, spec));
     }
-    if let Some(w) = foreign_warning(ct, &at, target) {
+    if let Some(w) = opts
+        .warn_foreign
+        .then(|| foreign_warning(ct, &at, target))
+        .flatten()
+    {
         report.warnings.push(w);
     }
     if rules_only {

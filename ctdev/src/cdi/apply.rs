@@ -620,6 +620,7 @@ pub fn add(
             mode: n.mode,
             uid,
             gid,
+            ..AddOptions::default()
         };
         let before = lv
             .exact

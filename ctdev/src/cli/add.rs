@@ -74,6 +74,7 @@ pub(super) fn run(cli: &Cli, mut config: Config, args: &Args) -> Result<ExitCode
         mode,
         uid: args.uid,
         gid: args.gid,
+        ..AddOptions::default()
     };
     let ct = open(config)?;
     // With --links the node lands at its own name (`/dev/ttyUSB0` for

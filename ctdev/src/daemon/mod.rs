@@ -852,6 +852,8 @@ impl Daemon {
             mode: if o.interface { None } else { w.mode },
             uid: w.owner.map(|(u, _)| u),
             gid: w.owner.map(|(_, g)| g),
+            // Other programs are the takeover's business here.
+            warn_foreign: false,
         };
         // Write-ahead, as for rules: recorded before it is passed in, so a
         // daemon killed mid-way takes it back on restart if it is no longer

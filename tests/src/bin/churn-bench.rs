@@ -472,6 +472,7 @@ fn main() {
             "paced_converge_ms": paced_converge_ms,
             "attach_paced_ms": paced_samples.attach,
             "hotplug_paced_ms": paced_samples.hotplug,
+            "hotplug_paced_at_us": paced_samples.hotplug_at,
             "attach_churn_ms": churn.attach,
             "hotplug_churn_ms": churn.hotplug,
             "hotplug_churn_at_us": churn.hotplug_at,
