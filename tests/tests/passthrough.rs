@@ -400,6 +400,38 @@ fn foreign_programs_are_named_by_list_check_and_add() {
     }
     env.ok(&["del", c.cgroup_str(), "/dev/net/tun"]);
     assert!(!c.host_path("/dev/net/tun").exists());
+
+    // The daemon's adds (`warn_foreign: false`) skip the query and the
+    // warning, and pass the device in all the same.
+    let ct = ctdev::ops::Ctdev::new(ctdev::ops::Config {
+        pin_root: env.pin_root.clone(),
+        ..ctdev::ops::Config::default()
+    })
+    .expect("open ctdev");
+    let target = ctdev::target::Target::Cgroup(c.cgroup.clone());
+    let req = ctdev::passthrough::PassRequest::node("/dev/net/tun");
+    let quiet = ctdev::passthrough::AddOptions {
+        warn_foreign: false,
+        ..Default::default()
+    };
+    let report = ctdev::passthrough::add(&ct, &target, &req, &quiet).expect("library add");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    c.open_rw("/dev/net/tun")
+        .expect("tun opens after the quiet add");
+    let report = ctdev::passthrough::add(
+        &ct,
+        &target,
+        &req,
+        &ctdev::passthrough::AddOptions::default(),
+    )
+    .expect("library add, warning");
+    assert!(
+        report.warnings.iter().any(|w| w.contains("foreign_dev")),
+        "{:?}",
+        report.warnings
+    );
+    ctdev::passthrough::del(&ct, &target, &req).expect("library del");
+    assert!(!c.host_path("/dev/net/tun").exists());
 }
 
 /// `add` and `del` with many device programs loaded on the system, none on
