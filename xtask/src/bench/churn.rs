@@ -229,15 +229,9 @@ pub fn table(runs: &[ChurnResults]) -> String {
     let mut row = |name: &str, f: &dyn Fn(&ChurnResults) -> String| {
         rows.push((name.to_string(), runs.iter().map(f).collect()));
     };
+    let fig = |x: &Pct| format!("{:.1} / {:.1} (max {:.1}, n={})", x.p50, x.p99, x.max, x.n);
     let lat = |r: &ChurnResults, key: &str, x: &Pct, target: f64| {
-        format!(
-            "{:.1} / {:.1} (max {:.1}, n={}) {}",
-            x.p50,
-            x.p99,
-            x.max,
-            x.n,
-            p99_verdict(&r.samples(key), target)
-        )
+        format!("{} {}", fig(x), p99_verdict(&r.samples(key), target))
     };
     let range = |v: &[u64]| match (v.iter().min(), v.iter().max()) {
         (Some(a), Some(b)) => format!("{a}..{b}"),
@@ -267,11 +261,12 @@ pub fn table(runs: &[ChurnResults]) -> String {
         &format!("hotplug, paced churn p50 / p99 ms (<= {P99_CHURN_MS})"),
         &|r| lat(r, "hotplug_paced_ms", &r.hotplug_paced, P99_CHURN_MS),
     );
+    // The stress is beyond the load: figures, no verdict.
     row("attach under stress p50 / p99 ms (no target)", &|r| {
-        lat(r, "attach_churn_ms", &r.attach_churn, P99_CHURN_MS)
+        fig(&r.attach_churn)
     });
     row("hotplug under stress p50 / p99 ms (no target)", &|r| {
-        lat(r, "hotplug_churn_ms", &r.hotplug_churn, P99_CHURN_MS)
+        fig(&r.hotplug_churn)
     });
     row("watches per wave, settled (bound)", &|r| {
         r.watches
@@ -349,7 +344,7 @@ mod tests {
     #[test]
     fn the_table_has_every_figure_per_run() {
         let raw = serde_json::json!({"containers": 500, "probes": 500, "outside_opens": 0,
-            "attach_idle_ms": [1.0, 2.0], "hotplug_churn_ms": [30.0], "attach_paced_ms": [4.0],
+            "attach_idle_ms": [1.0, 2.0], "hotplug_churn_ms": [30.0], "attach_paced_ms": [4.0], "hotplug_paced_ms": [30.0],
             "waves": [{"watches": 203, "watch_bound": 203, "watches_at_converge": 205, "rss_kb": 18000, "fds": 15}]});
         let r = ChurnResults {
             containers: 500,
@@ -362,7 +357,7 @@ mod tests {
             paced_containers: 100,
             paced_seconds: 60,
             attach_paced: Pct::of(&[4.0]),
-            hotplug_paced: Pct::default(),
+            hotplug_paced: Pct::of(&[30.0]),
             attach_churn: Pct::of(&[5.0]),
             hotplug_churn: Pct::of(&[30.0]),
             watches: vec![203],
