@@ -209,6 +209,113 @@ enum Edit {
     Rebuild,
 }
 
+/// Hit counter totals per table slot (`ContainerCounters::hits`).
+type Totals = [u64; TABLE_CAP];
+
+/// `table` with `changes` (in order: the last change of a key wins) made
+/// in place, as [`build_items`] would assign them: a remaining entry keeps
+/// its hit counter and base, a new one takes the lowest hit index no
+/// remaining entry uses, based at that counter's total (`totals`, read
+/// only when an entry is new). [`Edit::Rebuild`] when the table is not one
+/// `build_table` could have made (`table_well_formed`), a new entry's
+/// bucket is full under the table's seed, or the result would not fit a
+/// table. Pure but for `totals`.
+fn edit_table<E>(
+    table: &ctdev_common::Table,
+    changes: &[Change],
+    totals: impl FnOnce() -> Result<Totals, E>,
+) -> Result<Edit, E> {
+    if !table_well_formed(table) {
+        return Ok(Edit::Rebuild);
+    }
+    let mut net: BTreeMap<PolicyKey, Option<u32>> = BTreeMap::new();
+    for (key, value) in changes {
+        net.insert(*key, *value);
+    }
+    let mut table = *table;
+    let mut changed = false;
+    // Removals first: their hit indices are free for the new entries.
+    for (key, value) in &net {
+        if value.is_none() && table_remove(&mut table, key) {
+            changed = true;
+        }
+    }
+    let mut added: Vec<(PolicyKey, u32)> = Vec::new();
+    for (key, value) in &net {
+        let Some(access) = *value else { continue };
+        match table_find(&table, key) {
+            Some((now, _)) if now == access => {}
+            Some(_) => {
+                if !table_update(&mut table, key, access) {
+                    return Ok(Edit::Rebuild);
+                }
+                changed = true;
+            }
+            None => added.push((*key, access)),
+        }
+    }
+    if !added.is_empty() {
+        if table.count as usize + added.len() > TABLE_CAP {
+            return Ok(Edit::Rebuild);
+        }
+        let totals = totals()?;
+        let mut used = [false; TABLE_CAP];
+        for e in table.entries.iter().filter(|e| e.dev_type != 0) {
+            used[e.hit as usize % TABLE_CAP] = true;
+        }
+        let mut free = (0..TABLE_CAP).filter(|i| !used[*i]);
+        for (key, access) in added {
+            let Some(hit) = free.next() else {
+                return Ok(Edit::Rebuild);
+            };
+            if !table_insert(&mut table, &(key, access, hit as u32, totals[hit])) {
+                return Ok(Edit::Rebuild);
+            }
+        }
+        changed = true;
+    }
+    Ok(if changed {
+        Edit::Table(Box::new(table))
+    } else {
+        Edit::Unchanged
+    })
+}
+
+/// The items a table built from scratch holds for the entries `next`:
+/// an entry `kept` from the table before keeps its hit index and base; a
+/// new one takes the lowest hit index no kept entry of `next` uses, based
+/// at that counter's total (`totals`, read only when an entry is new).
+fn build_items<E>(
+    kept: &BTreeMap<PolicyKey, (u32, u64)>,
+    next: &BTreeMap<PolicyKey, u32>,
+    totals: impl FnOnce() -> Result<Totals, E>,
+) -> Result<Vec<TableItem>, E> {
+    let mut used = [false; TABLE_CAP];
+    for k in next.keys() {
+        if let Some((hit, _)) = kept.get(k) {
+            used[*hit as usize % TABLE_CAP] = true;
+        }
+    }
+    let totals = if next.keys().any(|k| !kept.contains_key(k)) {
+        Some(totals()?)
+    } else {
+        None
+    };
+    let mut free = (0..TABLE_CAP).filter(|i| !used[*i]);
+    let mut items: Vec<TableItem> = Vec::with_capacity(next.len());
+    for (k, v) in next {
+        let (hit, base) = match kept.get(k) {
+            Some(x) => *x,
+            None => {
+                let hit = free.next().unwrap_or(0);
+                (hit as u32, totals.map(|t| t[hit]).unwrap_or(0))
+            }
+        };
+        items.push((*k, *v, hit, base));
+    }
+    Ok(items)
+}
+
 /// What a container's policy is now.
 struct Current {
     maps: Option<ContainerMaps>,
@@ -637,60 +744,7 @@ impl PolicyMap {
         snapshot: &Snapshot,
         changes: &[Change],
     ) -> Result<Edit, PolicyMapError> {
-        if !table_well_formed(&snapshot.table) {
-            return Ok(Edit::Rebuild);
-        }
-        let mut net: BTreeMap<PolicyKey, Option<u32>> = BTreeMap::new();
-        for (key, value) in changes {
-            net.insert(*key, *value);
-        }
-        let mut table = snapshot.table;
-        let mut changed = false;
-        // Removals first: their hit indices are free for the new entries.
-        for (key, value) in &net {
-            if value.is_none() && table_remove(&mut table, key) {
-                changed = true;
-            }
-        }
-        let mut added: Vec<(PolicyKey, u32)> = Vec::new();
-        for (key, value) in &net {
-            let Some(access) = *value else { continue };
-            match table_find(&table, key) {
-                Some((now, _)) if now == access => {}
-                Some(_) => {
-                    if !table_update(&mut table, key, access) {
-                        return Ok(Edit::Rebuild);
-                    }
-                    changed = true;
-                }
-                None => added.push((*key, access)),
-            }
-        }
-        if !added.is_empty() {
-            if table.count as usize + added.len() > TABLE_CAP {
-                return Ok(Edit::Rebuild);
-            }
-            let totals = maps.counters()?.hits;
-            let mut used = [false; TABLE_CAP];
-            for e in table.entries.iter().filter(|e| e.dev_type != 0) {
-                used[e.hit as usize % TABLE_CAP] = true;
-            }
-            let mut free = (0..TABLE_CAP).filter(|i| !used[*i]);
-            for (key, access) in added {
-                let Some(hit) = free.next() else {
-                    return Ok(Edit::Rebuild);
-                };
-                if !table_insert(&mut table, &(key, access, hit as u32, totals[hit])) {
-                    return Ok(Edit::Rebuild);
-                }
-            }
-            changed = true;
-        }
-        Ok(if changed {
-            Edit::Table(Box::new(table))
-        } else {
-            Edit::Unchanged
-        })
+        edit_table(&snapshot.table, changes, || Ok(maps.counters()?.hits))
     }
 
     /// Publishes a table [`Self::edit`] made from `maps` (opened by the
@@ -843,29 +897,9 @@ impl PolicyMap {
                 .collect(),
             _ => BTreeMap::new(),
         };
-        let mut used = [false; TABLE_CAP];
-        for k in next.keys() {
-            if let Some((hit, _)) = kept.get(k) {
-                used[*hit as usize % TABLE_CAP] = true;
-            }
-        }
-        let totals = if next.keys().any(|k| !kept.contains_key(k)) {
-            Some(maps.counters()?.hits)
-        } else {
-            None
-        };
-        let mut free = (0..TABLE_CAP).filter(|i| !used[*i]);
-        let mut items: Vec<TableItem> = Vec::with_capacity(next.len());
-        for (k, v) in next {
-            let (hit, base) = match kept.get(k) {
-                Some(x) => *x,
-                None => {
-                    let hit = free.next().unwrap_or(0);
-                    (hit as u32, totals.map(|t| t[hit]).unwrap_or(0))
-                }
-            };
-            items.push((*k, *v, hit, base));
-        }
+        let mut items = build_items(&kept, next, || -> Result<Totals, PolicyMapError> {
+            Ok(maps.counters()?.hits)
+        })?;
         build_table(&mut items).ok_or_else(|| PolicyMapError::Foreign {
             path: self.pins.table(maps.policy_id),
             found: "an entry that is neither block nor char, or access bits above 16 bits".into(),
@@ -964,5 +998,109 @@ impl PolicyMap {
                 source: e,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctdev_common::{table_lookup, WILDCARD};
+
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
+    fn sorted(mut items: Vec<TableItem>) -> Vec<TableItem> {
+        items.sort_by_key(|i| i.0);
+        items
+    }
+
+    /// Review 10a: over whole batches (several keys, a key changed twice
+    /// with the last change winning, a removal and a re-add of one key in
+    /// one batch), a table edited in place holds exactly the items a table
+    /// built from scratch holds — keys, access, hit index and base — stays
+    /// well formed and decides every request it is asked as that table
+    /// does; a batch that changes nothing leaves the entries as they were.
+    #[test]
+    fn edited_batches_hold_what_a_rebuilt_table_holds() {
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let pick = |x: u64| if x == 0 { WILDCARD } else { (x - 1) as u32 };
+        let key = |next: &mut dyn FnMut(u64) -> u64| {
+            PolicyKey::new(7, 1 + next(2) as u32, pick(next(12)), pick(next(12)))
+        };
+        let (mut edited, mut unchanged, mut rebuilt) = (0, 0, 0);
+        for _ in 0..3000 {
+            let mut before: BTreeMap<PolicyKey, u32> = BTreeMap::new();
+            for _ in 0..next(70) {
+                before.insert(key(&mut next), next(8) as u32);
+            }
+            let t0: Totals = std::array::from_fn(|_| next(1 << 40));
+            let mut items = build_items(&BTreeMap::new(), &before, || Ok::<_, ()>(t0)).unwrap();
+            let table = build_table(&mut items).expect("a table");
+            let known: Vec<PolicyKey> = before.keys().copied().collect();
+            let mut changes: Vec<Change> = Vec::new();
+            for _ in 0..1 + next(10) {
+                let k = if !known.is_empty() && next(2) == 0 {
+                    known[next(known.len() as u64) as usize]
+                } else {
+                    key(&mut next)
+                };
+                match next(4) {
+                    0 => changes.push((k, None)),
+                    // Removed and added again in the same batch.
+                    1 => changes.extend([(k, None), (k, Some(next(8) as u32))]),
+                    _ => changes.push((k, Some(next(8) as u32))),
+                }
+            }
+            let mut after = before.clone();
+            for (k, v) in &changes {
+                match v {
+                    Some(a) => after.insert(*k, *a),
+                    None => after.remove(k),
+                };
+            }
+            let totals: Totals = std::array::from_fn(|_| next(1 << 40));
+            let kept: BTreeMap<PolicyKey, (u32, u64)> = table_items(&table, 7)
+                .map(|(k, _, hit, base)| (k, (hit, base)))
+                .collect();
+            let want = sorted(build_items(&kept, &after, || Ok::<_, ()>(totals)).unwrap());
+            match edit_table(&table, &changes, || Ok::<_, ()>(totals)).unwrap() {
+                Edit::Table(t) => {
+                    edited += 1;
+                    assert!(table_well_formed(&t));
+                    assert_eq!(sorted(table_items(&t, 7).collect()), want, "{changes:?}");
+                    let from_scratch = build_table(&mut want.clone()).expect("a table");
+                    let mut asks: Vec<(u32, u32, u32)> = changes
+                        .iter()
+                        .map(|(k, _)| (k.dev_type, k.major, k.minor))
+                        .collect();
+                    for _ in 0..8 {
+                        asks.push((1 + next(2) as u32, pick(next(12)), pick(next(12))));
+                    }
+                    for (ty, ma, mi) in asks {
+                        assert_eq!(
+                            table_lookup(&t, ty, ma, mi),
+                            table_lookup(&from_scratch, ty, ma, mi),
+                            "{ty} {ma}:{mi} after {changes:?}"
+                        );
+                    }
+                }
+                Edit::Unchanged => {
+                    unchanged += 1;
+                    assert_eq!(after, before, "{changes:?}");
+                }
+                Edit::Rebuild => rebuilt += 1,
+            }
+        }
+        // Each outcome was seen (a batch that fits is edited in place).
+        assert!(
+            edited > 2000 && unchanged > 10 && rebuilt > 0,
+            "edited {edited}, unchanged {unchanged}, rebuilt {rebuilt}"
+        );
     }
 }
