@@ -1004,16 +1004,8 @@ impl PolicyMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan_props::{Rng, Source};
     use ctdev_common::{table_lookup, WILDCARD};
-
-    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
-        move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        }
-    }
 
     fn sorted(mut items: Vec<TableItem>) -> Vec<TableItem> {
         items.sort_by_key(|i| i.0);
@@ -1028,7 +1020,8 @@ mod tests {
     /// does; a batch that changes nothing leaves the entries as they were.
     #[test]
     fn edited_batches_hold_what_a_rebuilt_table_holds() {
-        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut next = |n: u64| rng.below(n);
         let pick = |x: u64| if x == 0 { WILDCARD } else { (x - 1) as u32 };
         let key = |next: &mut dyn FnMut(u64) -> u64| {
             PolicyKey::new(7, 1 + next(2) as u32, pick(next(12)), pick(next(12)))
