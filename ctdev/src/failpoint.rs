@@ -23,6 +23,7 @@ pub(crate) const STEPS: &[&str] = &[
     "allow.after_write",
     "revoke.after_write",
     "revoke.after_counters",
+    "detach.after_unpin",
     "detach.after_link_detach",
     "detach.after_entries",
     "detach.after_counters",

@@ -21,6 +21,7 @@ use ctdev_common::{PolicyKey, WILDCARD};
 use serde::{Deserialize, Serialize};
 
 use crate::error::IoError;
+use crate::kernel::pins::RootLock;
 use crate::plan::{decide, fallbacks, inherited, merge_rules, Entries, Plan};
 use crate::rule::{DeviceType, Rule};
 
@@ -324,8 +325,7 @@ impl Store {
         if ledger.grants.is_empty() {
             // Only the file: the directory is shared by every container,
             // and this runs under one container's lock while others may be
-            // writing theirs; it goes with `remove` (attach, detach: root
-            // lock).
+            // writing theirs; it goes with `remove_at_detach` (root lock).
             return match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(IoError::new("remove", path, e).into())
@@ -340,17 +340,31 @@ impl Store {
         Ok(crate::fsio::write_atomic(&path, text.as_bytes())?)
     }
 
-    /// Forgets every grant of `policy_id` (detach, or a fresh attach).
+    /// Forgets every grant of `policy_id` (a fresh attach). Only the
+    /// file: an attach may run under its container's lock while other
+    /// containers write theirs ([`Store::save`]).
     pub fn remove(&self, policy_id: u64) -> Result<(), GrantError> {
         let path = self.path(policy_id);
         match fs::remove_file(&path) {
-            Ok(()) => {
-                let _ = fs::remove_dir(&self.dir);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(IoError::new("remove", path, source).into()),
         }
+    }
+
+    /// [`Store::remove`] at detach, under the root lock (no other
+    /// container writes its file meanwhile): the directory goes with its
+    /// last file.
+    pub fn remove_at_detach(&self, policy_id: u64, root: &RootLock) -> Result<(), GrantError> {
+        self.remove(policy_id)?;
+        self.remove_dir_if_empty(root);
+        Ok(())
+    }
+
+    /// Removes the directory if no container has a file in it, under the
+    /// root lock (no container writes its file meanwhile).
+    pub fn remove_dir_if_empty(&self, _root: &RootLock) {
+        let _ = fs::remove_dir(&self.dir);
     }
 }
 

@@ -33,7 +33,9 @@ use crate::grants::{self, Grant, Ledger, NodeChange, NodeGrant, Owner, Subject};
 use crate::kernel::attached::{other_device_programs, DeviceProgram};
 use crate::kernel::pins::PinLock;
 use crate::kernel::policy_map::PolicyMap;
-use crate::ops::{ContainerLock, ContainerState, Ctdev, Error as ControllerError, LinkState};
+use crate::ops::{
+    ContainerLock, ContainerState, Ctdev, Error as ControllerError, LinkCheck, LinkState,
+};
 use crate::plan::Plan;
 use crate::rule::{Access, DevNumber, DeviceNode, DeviceType, Rule, RuleError};
 use crate::target::Target;
@@ -148,14 +150,17 @@ pub struct AddOptions {
     pub uid: Option<u32>,
     /// Owner gid (default: the container's root group, mapped).
     pub gid: Option<u32>,
-    /// Warn when other device programs judge the container's accesses too
-    /// (default). The query asks the kernel for the cgroup's effective
-    /// programs, which waits for the kernel's `cgroup_mutex`, the lock
-    /// every cgroup `mkdir`/`rmdir` and program attach takes: the daemon,
-    /// which ignores the warning and watches other programs itself
-    /// (takeover, coexist), turns it off so that a device event's fan-out
-    /// does not queue on that lock once per container.
-    pub warn_foreign: bool,
+    /// What the kernel is asked about the container before the device
+    /// goes in. [`LinkCheck::Kernel`] (default): the link's state (an
+    /// add to a container whose program was detached by hand is refused)
+    /// and the other device programs that judge the container's accesses
+    /// too, named in a warning. Both queries wait for the kernel's
+    /// `cgroup_mutex`, the lock every cgroup `mkdir`/`rmdir` and program
+    /// attach takes: the daemon, which watches other programs itself
+    /// (takeover, coexist), uses [`LinkCheck::Pin`] (neither query; the
+    /// link's pin stands for it) so that a device event's fan-out does not
+    /// queue on that lock once per container.
+    pub link: LinkCheck,
 }
 
 impl Default for AddOptions {
@@ -165,7 +170,7 @@ impl Default for AddOptions {
             mode: None,
             uid: None,
             gid: None,
-            warn_foreign: true,
+            link: LinkCheck::Kernel,
         }
     }
 }
@@ -428,8 +433,9 @@ fn attached(
     lock: &ContainerLock,
     target: &Target,
     map: &mut Option<PolicyMap>,
+    check: LinkCheck,
 ) -> Result<Attached, PassthroughError> {
-    let state = ct.container_locked(lock, target, map)?;
+    let state = ct.container_locked(lock, target, map, check)?;
     let cgroup = match (&state.cgroup, state.link) {
         (Some(c), LinkState::Enforcing) => c.clone(),
         (_, link) => {
@@ -460,10 +466,15 @@ struct Begun {
     ledger: Ledger,
 }
 
-fn begin(ct: &Ctdev, owner: Owner, target: &Target) -> Result<Begun, PassthroughError> {
+fn begin(
+    ct: &Ctdev,
+    owner: Owner,
+    target: &Target,
+    check: LinkCheck,
+) -> Result<Begun, PassthroughError> {
     let lock = ct.lock_container(target)?;
     let mut map = None;
-    let at = attached(ct, &lock, target, &mut map)?;
+    let at = attached(ct, &lock, target, &mut map, check)?;
     let id = at.state.policy_id;
     let init = init_of(ct, target, &at.cgroup)?;
     let report = PassthroughReport::empty(ct, target, &at, &init, owner);
@@ -497,8 +508,10 @@ pub(crate) fn init_of(
 /// effective-list query of the cgroup, and the walk up the ancestors only
 /// when someone else's program is in it.
 fn foreign_warning(ct: &Ctdev, at: &Attached, target: &Target) -> Option<String> {
+    // Read with `LinkCheck::Pin`: the kernel is not asked.
+    let own = at.state.program_id?;
     let others: Vec<DeviceProgram> =
-        other_device_programs(ct.cgroups(), &at.cgroup, at.state.program_id).unwrap_or_default();
+        other_device_programs(ct.cgroups(), &at.cgroup, own).unwrap_or_default();
     if others.is_empty() {
         return None;
     }
@@ -596,7 +609,7 @@ pub fn add_as(
         mut report,
         id,
         ledger: before_ledger,
-    } = begin(ct, owner, target)?;
+    } = begin(ct, owner, target, opts.link)?;
     let node_seq = grants::next_node_seq(&before_ledger);
     let nodes = match kind {
         Device::Interface(name, new_name) => {
@@ -713,11 +726,7 @@ pub fn add_as(
         }
         plan_nodes.push((host.path, resolved, dest, spec));
     }
-    if let Some(w) = opts
-        .warn_foreign
-        .then(|| foreign_warning(ct, &at, target))
-        .flatten()
-    {
+    if let Some(w) = foreign_warning(ct, &at, target) {
         report.warnings.push(w);
     }
     if rules_only {
@@ -852,7 +861,7 @@ pub fn del(
     target: &Target,
     req: &PassRequest,
 ) -> Result<PassthroughReport, PassthroughError> {
-    del_as(ct, Owner::Cli, target, req)
+    del_as(ct, Owner::Cli, target, req, LinkCheck::Kernel)
 }
 
 /// Undoes `add` of DEVICE at DEST by `owner`, by its record: the bits that
@@ -863,12 +872,14 @@ pub fn del(
 /// other grant still lists them; an interface moves back to ctdev's netns
 /// under its name. The host directory is not read again: what was recorded
 /// is taken back even if the host changed since. Nothing recorded: an
-/// error, nothing changed.
+/// error, nothing changed. `check`: how the container's link state is
+/// learnt (see [`AddOptions::link`]).
 pub fn del_as(
     ct: &Ctdev,
     owner: Owner,
     target: &Target,
     req: &PassRequest,
+    check: LinkCheck,
 ) -> Result<PassthroughReport, PassthroughError> {
     let device = req.device();
     let device = device.as_str();
@@ -880,7 +891,7 @@ pub fn del_as(
         mut report,
         id,
         ledger,
-    } = begin(ct, owner, target)?;
+    } = begin(ct, owner, target, check)?;
     match req {
         PassRequest::Interface { host, name } => {
             netdev::check_name(host)?;

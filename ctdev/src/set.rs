@@ -102,7 +102,11 @@ impl Ctdev {
         let resolved = self.resolve_locked(lock, target)?;
         let id = resolved.policy_id;
         let not_under = || self.not_under_policy(target);
-        attachment::open(self.pins(), id)?.ok_or_else(not_under)?;
+        // The pin, not the kernel's word on the link: a rule change does
+        // not read the program, and needs no cgroup lock (see `LinkCheck`).
+        if !attachment::pinned(self.pins(), id)? {
+            return Err(not_under());
+        }
         let mut map = PolicyMap::open(&self.pins().policy_map())?;
         let before = map.entries_of(id)?;
         let after = entries_for(id, rules);
@@ -173,7 +177,7 @@ impl Ctdev {
         grant: &[(Subject, Vec<Rule>)],
         take_back: &[Subject],
     ) -> Result<ChangeReport, Error> {
-        let state = self.container_locked(lock, target, &mut None)?;
+        let state = self.container_locked(lock, target, &mut None, crate::ops::LinkCheck::Pin)?;
         let id = state.policy_id;
         let mut ledger = self.grants().load(id)?;
         let mut entries = state.entries.clone();

@@ -1,7 +1,9 @@
 //! The pin root's lock hierarchy (issue #18): changes of one container take
 //! the root shared and that container's lock exclusive, so changes of
 //! different containers run in parallel; global changes (attach, takeover,
-//! detach, which may remove the root) take the root exclusive. These tests
+//! detach, which may remove the root) take the root exclusive, except the
+//! daemon's attach of a new container once the shared program is pinned,
+//! which takes that container's lock. These tests
 //! race commands as separate processes and through the library in this
 //! process, and assert end states only (rules, nodes, grant records, pins):
 //! each container ends as one serial order of its own commands leaves it,
@@ -18,6 +20,7 @@ use std::time::Duration;
 use ctdev::kernel::pins::PinRoot;
 use ctdev::ops::{Config, Ctdev};
 use ctdev::passthrough::{self, AddOptions, PassRequest};
+use ctdev::presets::Preset;
 use ctdev::target::Target;
 use ctdev_tests::container::TestContainer;
 use ctdev_tests::foreign::ForeignProgram;
@@ -404,6 +407,127 @@ fn lock_held_for_one_container_holds_up_it_and_global_changes_only() {
     for cg in [&a.cgroup, &b.cgroup, &c] {
         env.ok(&["detach", s(cg)]);
     }
+    assert!(
+        !env.pin_root.exists(),
+        "pin root left after the last detach"
+    );
+}
+
+/// The daemon's attach of a new container (`ensure_attached`, once the
+/// shared program is pinned) takes that container's lock, not the root
+/// lock (its wait for the kernel's cgroup lock no longer holds up every
+/// other container's add): it finishes while another container's lock is
+/// held, and is busy, attaching nothing, while the root lock is held.
+/// Attaches of several new containers from threads of one handle, beside
+/// adds and dels in an attached container, all land: each new container
+/// is enforcing its preset alone, and the adds end as asked. The same for
+/// the daemon's detach; the last one's cleanup removes the pin root.
+#[test]
+fn lock_daemon_attach_of_a_new_container_takes_its_own_lock() {
+    let env = TestEnv::new("lock-own-attach");
+    // Its attach (CLI, root lock) pins the shared program.
+    let a = TestContainer::attached(&env, "a");
+    let ida = policy_id(&a.cgroup);
+    let node = env.node("n", DeviceType::Char, 202, 7);
+    let pins = PinRoot::new(&env.pin_root);
+    let ct = Ctdev::new(Config {
+        pin_root: env.pin_root.clone(),
+        lock_timeout: Duration::from_secs(1),
+        ..Config::default()
+    })
+    .expect("open ctdev");
+    let attach = |cg: &Path| {
+        ct.ensure_attached(&Target::Cgroup(cg.to_path_buf()), Preset::None)
+            .map_err(|e| e.to_string())
+    };
+
+    let b = env.cgroup("b");
+    {
+        let _held = pins
+            .lock_container(ida, Duration::from_secs(10))
+            .expect("lock A");
+        let report = attach(&b).expect("attach B while A is locked");
+        assert!(!report.already_attached, "{report:?}");
+    }
+    let c = env.cgroup("c");
+    {
+        let _root = pins.lock(Duration::from_secs(10)).expect("lock the root");
+        let err = attach(&c).expect_err("attach of C under the root lock");
+        assert!(err.contains("busy"), "{err}");
+    }
+    assert!(
+        listed_rules(&env, &c).is_none(),
+        "the busy attach attached C"
+    );
+
+    let news: Vec<_> = (0..6).map(|i| env.cgroup(&format!("n{i}"))).collect();
+    std::thread::scope(|scope| {
+        for cg in news.iter().chain([&c]) {
+            let attach = &attach;
+            scope.spawn(move || {
+                let r = attach(cg).unwrap_or_else(|e| panic!("attach {}: {e}", cg.display()));
+                assert!(!r.already_attached, "{r:?}");
+            });
+        }
+        let (ct, node, a) = (&ct, &node, &a);
+        scope.spawn(move || {
+            for _ in 0..3 {
+                through(ct, &a.cgroup, node, "/dev/lk-o", true);
+                through(ct, &a.cgroup, node, "/dev/lk-o", false);
+            }
+            through(ct, &a.cgroup, node, "/dev/lk-o", true);
+        });
+    });
+    for cg in news.iter().chain([&b, &c]) {
+        assert_eq!(
+            listed_rules(&env, cg),
+            Some(("enforcing".to_string(), Vec::new())),
+            "{}",
+            cg.display()
+        );
+        assert_denied(&env, cg, ProbeOp::read("/dev/null"));
+        // Attached once: the same call again finds it.
+        assert!(attach(cg).expect("attach again").already_attached);
+    }
+    assert_eq!(
+        state(&env, &a, ida, &node, &["/dev/lk-o"]),
+        (vec![RULE.to_string()], vec![true], vec![true]),
+        "A after its adds"
+    );
+
+    // The daemon's detach (`detach_under_own_lock`) takes the container's
+    // lock too: B's finishes while A is locked; the others race each
+    // other and A's dels; the last one's cleanup removes the pin root.
+    let detach = |cg: &Path| {
+        ct.detach_under_own_lock(&Target::Cgroup(cg.to_path_buf()))
+            .map_err(|e| e.to_string())
+    };
+    {
+        let _held = pins
+            .lock_container(ida, Duration::from_secs(10))
+            .expect("lock A");
+        detach(&b).expect("detach B while A is locked");
+    }
+    assert!(listed_rules(&env, &b).is_none(), "B after its detach");
+    std::thread::scope(|scope| {
+        for cg in news.iter().chain([&c]) {
+            let detach = &detach;
+            scope.spawn(move || {
+                detach(cg).unwrap_or_else(|e| panic!("detach {}: {e}", cg.display()))
+            });
+        }
+        let (ct, node, a) = (&ct, &node, &a);
+        scope.spawn(move || through(ct, &a.cgroup, node, "/dev/lk-o", false));
+    });
+    for cg in news.iter().chain([&c]) {
+        assert!(listed_rules(&env, cg).is_none(), "{}", cg.display());
+        assert_allowed(&env, cg, ProbeOp::read("/dev/null"));
+    }
+    assert!(
+        env.pin_root.exists(),
+        "pin root removed while A is attached"
+    );
+    detach(&a.cgroup).expect("detach A");
     assert!(
         !env.pin_root.exists(),
         "pin root left after the last detach"

@@ -401,7 +401,7 @@ fn foreign_programs_are_named_by_list_check_and_add() {
     env.ok(&["del", c.cgroup_str(), "/dev/net/tun"]);
     assert!(!c.host_path("/dev/net/tun").exists());
 
-    // The daemon's adds (`warn_foreign: false`) skip the query and the
+    // The daemon's adds (`LinkCheck::Pin`) skip the queries and the
     // warning, and pass the device in all the same.
     let ct = ctdev::ops::Ctdev::new(ctdev::ops::Config {
         pin_root: env.pin_root.clone(),
@@ -411,7 +411,7 @@ fn foreign_programs_are_named_by_list_check_and_add() {
     let target = ctdev::target::Target::Cgroup(c.cgroup.clone());
     let req = ctdev::passthrough::PassRequest::node("/dev/net/tun");
     let quiet = ctdev::passthrough::AddOptions {
-        warn_foreign: false,
+        link: ctdev::ops::LinkCheck::Pin,
         ..Default::default()
     };
     let report = ctdev::passthrough::add(&ct, &target, &req, &quiet).expect("library add");

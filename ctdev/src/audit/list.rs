@@ -175,7 +175,7 @@ impl Ctdev {
                 policy_id: *id,
                 // A removed cgroup lingers in the kernel while the link holds it.
                 link: LinkState::of(cg.is_some(), link.is_live_for(*id)),
-                program_id: link.prog_id,
+                program_id: Some(link.prog_id),
                 entries: by_id.remove(id).unwrap_or_default(),
             };
             let pod = crate::audit::names::pod_of(&pods, *id, cg.map(|c| c.path.as_path()));
@@ -206,7 +206,7 @@ impl Ctdev {
                 cgroup: state.cgroup.as_ref().map(|c| c.path.clone()),
                 cgroup_dir: state.cgroup.as_ref().map(|c| c.dir.clone()),
                 cgroup_id: link.cgroup_id,
-                program_id: state.program_id,
+                program_id: link.prog_id,
                 link_id: link.id,
                 state: state.link,
                 layout: if shared_ids.contains(&link.prog_id) {

@@ -36,11 +36,11 @@ pub(crate) fn recorded(dir: &Path, policy_id: u64) -> Option<PathBuf> {
     (!text.is_empty()).then(|| PathBuf::from(text))
 }
 
-/// Forgets the record of `policy_id` (detach).
+/// Forgets the record of `policy_id` (detach). Only the file: the
+/// directory is the grant records' and goes with them, under the root lock
+/// ([`crate::grants::Store::remove_dir_if_empty`]).
 pub(crate) fn forget(dir: &Path, policy_id: u64) {
     let _ = fs::remove_file(file(dir, policy_id));
-    // The directory goes with its last file (as the grant records' does).
-    let _ = fs::remove_dir(dir);
 }
 
 /// The pod container of policy `policy_id` (or of the container at

@@ -632,7 +632,9 @@ fn run(ct: &Ctdev, job: Job, submitted: Instant, line: usize) -> Done {
     let outcome = match &job.work {
         // Jobs name their cgroup by path: one queued behind a removal must
         // not land on a container re-created under that name.
-        Work::Detach { .. } => Outcome::Detach(ct.detach(&Target::PolicyId(job.id))),
+        // Under the container's own lock: other containers' device events
+        // do not wait for its cgroup-lock waits.
+        Work::Detach { .. } => Outcome::Detach(ct.detach_under_own_lock(&Target::PolicyId(job.id))),
         _ if !crate::cgroup::is_cgroup(&job.dir, job.id) => Outcome::Gone,
         Work::Add { owned, opts, .. } => {
             let r = passthrough::add_as(
@@ -659,6 +661,8 @@ fn run(ct: &Ctdev, job: Job, submitted: Instant, line: usize) -> Done {
                     GrantOwner::Daemon,
                     &target,
                     &PassRequest::from_record(&owned.host, &owned.dest, false),
+                    // As its adds: the pin stands for the link.
+                    crate::ops::LinkCheck::Pin,
                 )
                 .map(Some),
             )

@@ -852,8 +852,9 @@ impl Daemon {
             mode: if o.interface { None } else { w.mode },
             uid: w.owner.map(|(u, _)| u),
             gid: w.owner.map(|(_, g)| g),
-            // Other programs are the takeover's business here.
-            warn_foreign: false,
+            // Other programs are the takeover's business here, and the
+            // resync the judge of the link (see `AddOptions::link`).
+            link: crate::ops::LinkCheck::Pin,
         };
         // Write-ahead, as for rules: recorded before it is passed in, so a
         // daemon killed mid-way takes it back on restart if it is no longer

@@ -117,20 +117,29 @@ pub(crate) fn attach(
     })
 }
 
-/// Opens the link pinned for `policy_id`, if there is one.
-pub(crate) fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<PinnedLink>, AttachmentError> {
-    let pin = pins.link(policy_id);
+/// The object pinned at `pin`, if any (`Foreign` when the kernel says it
+/// is not a bpf object ctdev may open).
+fn get(pin: PathBuf) -> Result<Option<(OwnedFd, PathBuf)>, AttachmentError> {
     // No stat first: BPF_OBJ_GET says ENOENT when there is no pin (one
     // system call less per container in `list`).
-    let fd = match sys::obj_get(&pin) {
-        Ok(fd) => fd,
+    match sys::obj_get(&pin) {
+        Ok(fd) => Ok(Some((fd, pin))),
         Err(e) => match e.errno() {
-            Some(libc::ENOENT) => return Ok(None),
+            Some(libc::ENOENT) => Ok(None),
             Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::EACCES) => {
-                return Err(AttachmentError::Foreign { path: pin })
+                Err(AttachmentError::Foreign { path: pin })
             }
-            _ => return Err(AttachmentError::Sys(e)),
+            _ => Err(AttachmentError::Sys(e)),
         },
+    }
+}
+
+/// Opens the link pinned for `policy_id`, if there is one, and asks the
+/// kernel what it attaches (`BPF_OBJ_GET_INFO_BY_FD`, which on a cgroup
+/// link waits for the kernel's `cgroup_mutex`: see [`pinned`]).
+pub(crate) fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<PinnedLink>, AttachmentError> {
+    let Some((fd, pin)) = get(pins.link(policy_id))? else {
+        return Ok(None);
     };
     let info = sys::link_info(fd.as_fd(), &pin)
         .map_err(|_| AttachmentError::Foreign { path: pin.clone() })?;
@@ -140,8 +149,34 @@ pub(crate) fn open(pins: &PinRoot, policy_id: u64) -> Result<Option<PinnedLink>,
     Ok(Some(PinnedLink { fd, pin, info }))
 }
 
+/// Whether a link is pinned for `policy_id`, without asking the kernel
+/// what the link attaches: `BPF_OBJ_GET` and the fd's kind, neither of
+/// which waits for `cgroup_mutex` (every cgroup `mkdir`, `rmdir` and
+/// program attach on the host holds it, for tens of milliseconds under
+/// container churn). ctdev removes a link's pin before it detaches the
+/// link ([`detach`]), so a pin it left stands for an attached link. What
+/// this does not see: a link detached by another root process through
+/// ctdev's pin (`BPF_LINK_DETACH`), which [`open`] reports as detached.
+pub(crate) fn pinned(pins: &PinRoot, policy_id: u64) -> Result<bool, AttachmentError> {
+    let Some((fd, pin)) = get(pins.link(policy_id))? else {
+        return Ok(false);
+    };
+    match sys::fd_is_bpf_link(fd.as_fd()) {
+        Some(true) => Ok(true),
+        Some(false) => Err(AttachmentError::Foreign { path: pin }),
+        // No /proc to tell: the kernel's word, as `open` asks for it.
+        None => {
+            drop(fd);
+            Ok(open(pins, policy_id)?.is_some())
+        }
+    }
+}
+
 /// Detaches the program now (even if another process holds the link open)
-/// and removes the pin.
+/// and removes the pin: the pin first, so that a pin ctdev leaves always
+/// stands for an attached link ([`pinned`]). Killed between the two, the
+/// link is detached when this process's fd, then its last reference
+/// (the pin gone), is closed by the kernel.
 pub(crate) fn detach(link: PinnedLink) -> Result<(), AttachmentError> {
     // Before the container's program goes, a scope program above covers
     // the container again (fail-closed). The pin's name is the policy id.
@@ -155,6 +190,8 @@ pub(crate) fn detach(link: PinnedLink) -> Result<(), AttachmentError> {
             tracing::warn!(policy_id = id, "cannot remove the scope mark: {e}");
         }
     }
+    remove_pin(&link.pin)?;
+    crate::failpoint!("detach.after_unpin");
     if link.info.prog_id != 0 {
         if let Err(e) = sys::link_detach(link.fd.as_fd(), &link.pin) {
             // ENOLINK: already detached (its cgroup was removed).
@@ -163,7 +200,7 @@ pub(crate) fn detach(link: PinnedLink) -> Result<(), AttachmentError> {
             }
         }
     }
-    remove_pin(&link.pin)
+    Ok(())
 }
 
 /// Removes a pin; a pin that is already gone is fine.

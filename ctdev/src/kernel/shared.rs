@@ -733,16 +733,19 @@ impl SharedProgram {
         if let Err(e) = super::scope::unmark(pins, policy_id) {
             tracing::warn!(policy_id, "cannot remove the scope mark: {e}");
         }
-        if let Err(e) = sys::link_detach(link.as_fd(), &pin) {
-            if e.errno() != Some(libc::ENOLINK) {
-                return Err(e.into());
-            }
-        }
+        // The pin first: a pin ctdev leaves stands for an attached link
+        // (`attachment::pinned`); killed before the detach, closing this
+        // process's fd, the link's last reference, detaches it.
         std::fs::remove_file(&pin).map_err(|source| SharedError::Io {
             op: "removing",
             path: pin.clone(),
             source,
         })?;
+        if let Err(e) = sys::link_detach(link.as_fd(), &pin) {
+            if e.errno() != Some(libc::ENOLINK) {
+                return Err(e.into());
+            }
+        }
         // Storage outlives the detach (the kernel frees it with the cgroup).
         self.write(policy_id, &SharedTable::default())?;
         Ok(true)
@@ -800,6 +803,13 @@ fn forget_opened(gone: impl Fn(&Path) -> bool) {
 }
 
 impl SharedProgram {
+    /// Whether `object`'s shared program is pinned under `pins` (then
+    /// [`SharedProgram::cached`] opens it, loads nothing): one stat, and
+    /// the cached open checked or made.
+    pub fn pinned(object: &ProgramObject, pins: &PinRoot) -> Result<bool, SharedError> {
+        Ok(opened(&Self::dir_for(object, pins))?.is_some())
+    }
+
     /// [`SharedProgram::open_or_load`] through the per-process cache: a
     /// caller attaching many containers (the library, the daemon, the NRI
     /// plugin) opens the pinned program once. The caller holds the

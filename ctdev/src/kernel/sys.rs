@@ -311,6 +311,15 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<(), SysError> {
         .map_err(|e| SysError::new("BPF_OBJ_PIN", what(), e))
 }
 
+/// Whether `fd` is a bpf link, from the name of its anonymous inode
+/// (`/proc/self/fd/N` reads `anon_inode:bpf-link`): one `readlink`, which
+/// unlike `BPF_OBJ_GET_INFO_BY_FD` on a cgroup link takes no cgroup lock.
+/// `None` when `/proc` cannot tell.
+pub fn fd_is_bpf_link(fd: BorrowedFd<'_>) -> Option<bool> {
+    let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    Some(target.as_os_str() == "anon_inode:bpf-link")
+}
+
 /// Opens the bpf object pinned at `path`.
 pub fn obj_get(path: &Path) -> Result<OwnedFd, SysError> {
     let what = || path.display().to_string();

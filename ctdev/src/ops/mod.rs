@@ -40,7 +40,7 @@ mod state;
 
 pub use lock::ContainerLock;
 pub use resolve::Resolved;
-pub use state::{ContainerState, LinkState};
+pub use state::{ContainerState, LinkCheck, LinkState};
 
 /// Settings every operation needs (validated from CLI flags / environment).
 #[derive(Debug, Clone)]
@@ -400,6 +400,9 @@ impl Ctdev {
         })?;
         self.check_not_host(target, &cgroup)?;
         let object = ProgramObject::new(self.config.bpf_object.as_deref())?;
+        if let Some(report) = self.attach_new_under_own_lock(target, &object, preset)? {
+            return Ok(report);
+        }
         let lock = self.lock()?;
         if let Some(link) = attachment::open(&self.pins, cgroup.id)? {
             if link.is_live_for(cgroup.id) {
@@ -421,6 +424,54 @@ impl Ctdev {
             }
         }
         self.attach_locked(&lock, cgroup, &object, preset, &[])
+    }
+
+    /// [`Ctdev::ensure_attached`] of a container that has nothing pinned,
+    /// under the container's own lock instead of the root lock, when the
+    /// attach creates nothing shared with other containers: the layout is
+    /// shared, this object's shared program is pinned already, and the
+    /// preset fits the container's table. An attach waits for the
+    /// kernel's `cgroup_mutex` (its links' creation and the stub's
+    /// release), tens of milliseconds while other cgroups are made and
+    /// removed; under the root lock, every other container's add and del
+    /// waited with it. Here they run meanwhile, as do other such attaches.
+    /// `None`: not such a case, nothing done (the caller takes the root
+    /// lock).
+    fn attach_new_under_own_lock(
+        &self,
+        target: &Target,
+        object: &ProgramObject,
+        preset: Preset,
+    ) -> Result<Option<AttachReport>, Error> {
+        if self.config.layout != Layout::Shared || self.config.dry_run || !self.pins.exists() {
+            return Ok(None);
+        }
+        let lock = match self.lock_container(target) {
+            Ok(lock) => lock,
+            // The pin root went meanwhile: the root lock's path makes it.
+            Err(Error::NotUnderPolicy { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Under the lock, no root-exclusive change (a cleanup unpinning the
+        // shared program, another attach or detach of this container) runs.
+        let resolved = self.resolve_locked(&lock, target)?;
+        let cgroup = resolved.cgroup.ok_or_else(|| Error::NeedsCgroup {
+            target: target.to_string(),
+        })?;
+        let pinned_program = crate::kernel::shared::SharedProgram::pinned(object, &self.pins)
+            .map_err(|e| ProgramError::Load {
+                source: Box::new(e),
+            })?;
+        if !pinned_program || attachment::pinned(&self.pins, cgroup.id)? {
+            // A first attach, or a link to verify or replace: root lock.
+            return Ok(None);
+        }
+        self.check_map_pin()?;
+        let id = cgroup.id;
+        crate::kernel::shared::clear(&self.pins, id).map_err(|e| ProgramError::Load {
+            source: Box::new(e),
+        })?;
+        self.attach_shared(None, &cgroup, object, preset, &[])
     }
 
     /// [`Ctdev::attach`] of a resolved cgroup, under a lock the caller holds.
@@ -490,7 +541,7 @@ impl Ctdev {
             source: Box::new(e),
         })?;
         if self.config.layout == Layout::Shared {
-            if let Some(report) = self.attach_shared(lock, &cgroup, object, preset, rules)? {
+            if let Some(report) = self.attach_shared(Some(lock), &cgroup, object, preset, rules)? {
                 return Ok(report);
             }
         }
@@ -567,7 +618,7 @@ impl Ctdev {
         // One policy map for the read and the write (the write's read then
         // finds the container's storage in one lookup).
         let mut map = None;
-        let state = self.container_locked(lock, target, &mut map)?;
+        let state = self.container_locked(lock, target, &mut map, LinkCheck::Pin)?;
         let mut ledger = self.grants.load(state.policy_id)?;
         let mut entries = state.entries.clone();
         let mut total = Plan::default();
@@ -694,7 +745,7 @@ impl Ctdev {
         missing_ok: bool,
     ) -> Result<ChangeReport, Error> {
         let mut map = None;
-        let state = self.container_locked(lock, target, &mut map)?;
+        let state = self.container_locked(lock, target, &mut map, LinkCheck::Pin)?;
         let plan = plan_revoke(&state.entries, state.policy_id, rules, missing_ok).map_err(
             |RevokeError::NotPresent(rule)| Error::RuleNotPresent {
                 rule,
@@ -720,7 +771,7 @@ impl Ctdev {
         owner: GrantOwner,
         subject: &Subject,
     ) -> Result<(ChangeReport, Grant), Error> {
-        let state = self.container_locked(lock, target, &mut None)?;
+        let state = self.container_locked(lock, target, &mut None, LinkCheck::Pin)?;
         let ledger = self.grants.load(state.policy_id)?;
         let index = ledger
             .find(owner, subject)
@@ -750,7 +801,7 @@ impl Ctdev {
         subject: Subject,
         rules: &[Rule],
     ) -> Result<ChangeReport, Error> {
-        let state = self.container_locked(lock, target, &mut None)?;
+        let state = self.container_locked(lock, target, &mut None, LinkCheck::Pin)?;
         let mut ledger = self.grants.load(state.policy_id)?;
         let (plan, granted) = plan_grant(&state.entries, state.policy_id, rules);
         grants::record(&mut ledger, Grant::of_entries(owner, subject, granted));
@@ -782,13 +833,15 @@ impl Ctdev {
             .map(|(r, _)| r)
     }
 
-    /// What a fresh attach of `cgroup` would write (`--dry-run`).
     /// A fresh attach on the shared program (the default layout):
     /// the policy fits a table and no entries of an earlier container with
     /// this id are left, else `None` (the per-container program is used).
+    /// `lock`: the root lock (a failed attach then unpins what it loaded
+    /// for nobody), or `None` under the container's lock, where the program
+    /// was pinned before ([`Ctdev::attach_new_under_own_lock`]).
     fn attach_shared(
         &self,
-        lock: &RootLock,
+        lock: Option<&RootLock>,
         cgroup: &Cgroup,
         object: &ProgramObject,
         preset: Preset,
@@ -822,9 +875,14 @@ impl Ctdev {
             Err(e) => {
                 drop(shared);
                 // Program and maps this attach loaded for nobody are
-                // unpinned again, as on the per-container path.
-                if let Err(cleanup) = self.remove_pins_if_unused(lock) {
-                    tracing::warn!("cannot remove unused pins after a failed attach: {cleanup}");
+                // unpinned again, as on the per-container path (under a
+                // container lock, the attach loaded nothing).
+                if let Some(lock) = lock {
+                    if let Err(cleanup) = self.remove_pins_if_unused(lock) {
+                        tracing::warn!(
+                            "cannot remove unused pins after a failed attach: {cleanup}"
+                        );
+                    }
                 }
                 return Err(match e {
                     crate::kernel::shared::SharedError::TooManyPrograms { cgroup, max } => {
@@ -847,6 +905,7 @@ impl Ctdev {
         }))
     }
 
+    /// What a fresh attach of `cgroup` would write (`--dry-run`).
     fn fresh_attach_report(&self, cgroup: Cgroup, preset: Preset, rules: &[Rule]) -> AttachReport {
         let wanted = attach_entries(cgroup.id, &preset.rules(), rules);
         AttachReport {
@@ -864,8 +923,42 @@ impl Ctdev {
     /// link pin and its entries. Works with `id:N` after the cgroup is gone.
     pub fn detach(&self, target: &Target) -> Result<DetachReport, Error> {
         let resolved = self.resolve(target)?;
-        let id = resolved.policy_id;
         let lock = self.lock_existing(target)?;
+        self.detach_locked(Held::Root(&lock), target, &resolved)
+    }
+
+    /// [`Ctdev::detach`] under the container's own lock instead of the
+    /// root lock: the daemon's detach of a removed container, whose waits
+    /// for the kernel's `cgroup_mutex` (the link's info and its detach)
+    /// then hold up no other container's add or del. The root lock is
+    /// taken after it only when no link is left pinned, for the cleanup
+    /// that may remove the pin root.
+    pub fn detach_under_own_lock(&self, target: &Target) -> Result<DetachReport, Error> {
+        let lock = self.lock_container(target)?;
+        let resolved = self.resolve_locked(&lock, target)?;
+        let detached = self.detach_locked(Held::Own(&lock), target, &resolved);
+        drop(lock);
+        // The container is detached either way: a cleanup that cannot run
+        // now is done by the next detach (or attach that fails).
+        if let Err(e) = self.clean_up_if_last() {
+            tracing::warn!(pin_root = %self.pins.root().display(), "cannot remove the unused pins after the last detach: {e}");
+        }
+        detached
+    }
+
+    /// The detach itself, under `held`.
+    fn detach_locked(
+        &self,
+        held: Held<'_>,
+        target: &Target,
+        resolved: &Resolved,
+    ) -> Result<DetachReport, Error> {
+        let id = resolved.policy_id;
+        let witness: &PinLock = match held {
+            Held::Root(lock) => lock,
+            Held::Own(lock) => lock,
+        };
+        self.check_lock(witness, target, id)?;
         let link = attachment::open(&self.pins, id)?;
         let map_pin = self.pins.policy_map();
         let mut map = if map_pin.exists() {
@@ -881,7 +974,9 @@ impl Ctdev {
             // A detach killed after deleting the entries left the map pins
             // of an otherwise empty root: finish that cleanup, then say so.
             drop(map);
-            self.remove_pins_if_unused(&lock)?;
+            if let Held::Root(lock) = held {
+                self.remove_pins_if_unused(lock)?;
+            }
             return Err(self.not_under_policy(target));
         }
         if self.config.dry_run {
@@ -900,16 +995,17 @@ impl Ctdev {
             attachment::detach(link)?;
         }
         crate::failpoint!("detach.after_link_detach");
-        // (Restoring a runtime program a takeover replaced goes here: one
-        // call into takeover.rs, before the entries are removed.)
         if let Some(map) = map.as_mut() {
             let changes: Vec<Change> = entries.keys().map(|k| (*k, None)).collect();
             map.apply(&changes)?;
         }
         crate::failpoint!("detach.after_entries");
         // Every grant of this container is void with its entries.
-        self.grants.remove(id)?;
         crate::audit::names::forget(self.grants.dir(), id);
+        match held {
+            Held::Root(lock) => self.grants.remove_at_detach(id, lock)?,
+            Held::Own(_) => self.grants.remove(id)?,
+        }
         if let Some(mut counters) = Counters::open(&self.pins)? {
             counters.reset(id)?;
         }
@@ -918,12 +1014,37 @@ impl Ctdev {
         }
         crate::failpoint!("detach.after_counters");
         drop(map);
-        self.remove_pins_if_unused(&lock)?;
+        if let Held::Root(lock) = held {
+            self.remove_pins_if_unused(lock)?;
+        }
         Ok(DetachReport {
             policy_id: id,
             link_pin,
             entries_removed: entries.len(),
         })
+    }
+
+    /// After a detach under a container lock: when no link is pinned any
+    /// more, the root lock's cleanup ([`Ctdev::remove_pins_if_unused`],
+    /// which looks again under that lock). Of two last detaches at once,
+    /// each removed its own pin before it looks here, so the later one
+    /// finds none and cleans up.
+    fn clean_up_if_last(&self) -> Result<(), Error> {
+        let links = self.pins.links_dir();
+        if crate::fsio::dir_has_entries(&links)
+            .map_err(PinError::from)?
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let lock = match self.pins.lock(self.config.lock_timeout) {
+            Ok(lock) => lock,
+            // Cleaned up already (the pin root is gone).
+            Err(PinError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        self.grants.remove_dir_if_empty(&lock);
+        self.remove_pins_if_unused(&lock)
     }
 
     /// Fails when links are pinned but the policy map pin is gone (removed
@@ -1012,6 +1133,15 @@ impl Ctdev {
         }
         Ok(ids)
     }
+}
+
+/// The lock a detach holds: the root lock (its cleanup, which may remove
+/// the pin root, runs in the same turn), or the container's own
+/// ([`Ctdev::detach_under_own_lock`]: the cleanup comes after it).
+#[derive(Clone, Copy)]
+enum Held<'a> {
+    Root(&'a RootLock),
+    Own(&'a ContainerLock),
 }
 
 fn describe(entries: &BTreeMap<PolicyKey, u32>) -> Vec<String> {

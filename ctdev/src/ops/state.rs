@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{ContainerLock, Ctdev, Error, Resolved};
 use crate::cgroup::Cgroup;
-use crate::kernel::attachment::PinnedLink;
+use crate::kernel::attachment::{self, PinnedLink};
 use crate::kernel::policy_map::{PolicyMap, PolicyMapError};
 use crate::plan::Entries;
 use crate::target::Target;
@@ -51,6 +51,25 @@ impl std::fmt::Display for LinkState {
     }
 }
 
+/// How an operation learns that a container's link still attaches its
+/// program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinkCheck {
+    /// Ask the kernel what the link attaches (`BPF_OBJ_GET_INFO_BY_FD`):
+    /// a link detached by hand shows as [`LinkState::Detached`]. The call
+    /// waits for the kernel's `cgroup_mutex`, which every cgroup `mkdir`,
+    /// `rmdir` and program attach on the host holds.
+    #[default]
+    Kernel,
+    /// The pin stands for the attachment (ctdev removes a link's pin before
+    /// it detaches the link), read without any cgroup lock: for the
+    /// operations that never read the link's program (rule changes), and
+    /// the daemon's device events, whose latency under container churn is
+    /// otherwise the wait for that lock. A pinned link is taken as
+    /// [`LinkState::Enforcing`] while its cgroup lives.
+    Pin,
+}
+
 /// One container's policy state, read for that container only.
 #[derive(Debug, Clone)]
 pub struct ContainerState {
@@ -59,8 +78,8 @@ pub struct ContainerState {
     pub policy_id: u64,
     /// Link state.
     pub link: LinkState,
-    /// Program id (0 once detached).
-    pub program_id: u32,
+    /// Program id (0 once detached; `None` when read with [`LinkCheck::Pin`]).
+    pub program_id: Option<u32>,
     /// The container's entries.
     pub entries: Entries,
 }
@@ -95,35 +114,49 @@ impl Ctdev {
         map: &mut Option<PolicyMap>,
     ) -> Result<ContainerState, Error> {
         let (resolved, link) = self.require_attached(target)?;
-        self.container_of(resolved, link, map)
+        self.container_of(resolved, Some(link), map)
     }
 
     /// [`Ctdev::container_in`] under the container's lock: the target is
     /// resolved through the lock ([`Ctdev::resolve_locked`]: the
     /// resolution that named it when the cgroup is still there, and never
-    /// another container than the one locked).
+    /// another container than the one locked), learning the link's state
+    /// as `check` says.
     pub(crate) fn container_locked(
         &self,
         lock: &ContainerLock,
         target: &Target,
         map: &mut Option<PolicyMap>,
+        check: LinkCheck,
     ) -> Result<ContainerState, Error> {
         let resolved = self.resolve_locked(lock, target)?;
         // The pin root exists while its container lock is held.
-        let link = self.require_link(target, &resolved)?;
-        self.container_of(resolved, link, map)
+        match check {
+            LinkCheck::Kernel => {
+                let link = self.require_link(target, &resolved)?;
+                self.container_of(resolved, Some(link), map)
+            }
+            LinkCheck::Pin => {
+                if !attachment::pinned(&self.pins, resolved.policy_id)? {
+                    return Err(self.not_under_policy(target));
+                }
+                self.container_of(resolved, None, map)
+            }
+        }
     }
 
+    /// The state of `resolved`, whose link is `link` as the kernel
+    /// describes it (`None`: pinned, not asked).
     fn container_of(
         &self,
         resolved: Resolved,
-        link: PinnedLink,
+        link: Option<PinnedLink>,
         map: &mut Option<PolicyMap>,
     ) -> Result<ContainerState, Error> {
-        let link_state = LinkState::of(
-            resolved.cgroup.is_some(),
-            link.is_live_for(resolved.policy_id),
-        );
+        let link_live = link
+            .as_ref()
+            .is_none_or(|l| l.is_live_for(resolved.policy_id));
+        let link_state = LinkState::of(resolved.cgroup.is_some(), link_live);
         if map.is_none() {
             *map = self.open_policy_map()?;
         }
@@ -135,7 +168,7 @@ impl Ctdev {
             cgroup: resolved.cgroup,
             policy_id: resolved.policy_id,
             link: link_state,
-            program_id: link.info.prog_id,
+            program_id: link.map(|l| l.info.prog_id),
             entries,
         })
     }
