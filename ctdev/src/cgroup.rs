@@ -102,6 +102,18 @@ impl Cgroup {
         )
         .map_err(|e| IoError::new("open", &self.dir, e.into()).into())
     }
+
+    /// [`Cgroup::open`], with the id of the cgroup opened (the directory's
+    /// inode number): when it is not [`Cgroup::id`], the path names another
+    /// cgroup now (removed and created again since it was resolved). One
+    /// `fstat`, which unlike a link's info after attaching takes no cgroup
+    /// lock.
+    pub fn open_with_id(&self) -> Result<(OwnedFd, u64), CgroupError> {
+        let fd = self.open()?;
+        let st = nix::sys::stat::fstat(&fd)
+            .map_err(|e| CgroupError::from(IoError::new("stat", &self.dir, e.into())))?;
+        Ok((fd, st.st_ino))
+    }
 }
 
 impl CgroupFs {

@@ -657,10 +657,10 @@ impl Daemon {
         }
         let id = report.policy_id;
         // The scope program's mark (it may defer to the container's own
-        // program) was set by the library under the root lock with the
-        // link verified (`ensure_attached`, or the attach itself): set here
-        // without the lock, it could mark a container an operator detached
-        // meanwhile.
+        // program) was set by the library under a lock (the container's
+        // for a new container, else the root lock) with the link verified
+        // (`ensure_attached`, or the attach itself): set here without a
+        // lock, it could mark a container an operator detached meanwhile.
         let rule_texts: BTreeSet<crate::rule::Rule> = self.policy.containers[entry]
             .rules
             .iter()

@@ -111,12 +111,12 @@ pub enum SharedError {
         /// The ids of the maps the pinned program uses.
         found: Vec<u32>,
     },
-    /// The kernel attached the link to another cgroup (should not happen).
-    #[error("link for {cgroup} reports cgroup id {got}, expected {want}")]
+    /// The cgroup directory is another cgroup than the one resolved.
+    #[error("{cgroup} is cgroup id {got} now, not {want}: it was removed and created again; nothing was attached")]
     WrongCgroup {
         /// The cgroup directory.
         cgroup: PathBuf,
-        /// The id the kernel reported.
+        /// The id of the cgroup opened.
         got: u64,
         /// The id computed.
         want: u64,
@@ -654,11 +654,21 @@ impl SharedProgram {
             let _ = sys::link_detach(link.as_fd(), &pin);
             let _ = std::fs::remove_file(&pin);
         }
-        let cgroup_fd = cgroup.open().map_err(|e| SysError {
+        let (cgroup_fd, opened_id) = cgroup.open_with_id().map_err(|e| SysError {
             call: "BPF_LINK_CREATE",
             what: cgroup.dir.display().to_string(),
             source: std::io::Error::other(e.to_string()),
         })?;
+        // The links go on the cgroup this fd is: checked here, before
+        // anything is attached (reading the link's info afterwards waits
+        // for the kernel's cgroup_mutex).
+        if opened_id != id {
+            return Err(SharedError::WrongCgroup {
+                cgroup: cgroup.dir.clone(),
+                got: opened_id,
+                want: id,
+            });
+        }
         // (1) The stub makes the kernel allocate the container's storage.
         let stub = sys::link_create_cgroup(
             self.stub()?,
@@ -694,14 +704,6 @@ impl SharedProgram {
                     });
                 }
             };
-        let info = sys::link_info(link.as_fd(), &cgroup.dir)?;
-        if info.cgroup_id != id {
-            return Err(SharedError::WrongCgroup {
-                cgroup: cgroup.dir.clone(),
-                got: info.cgroup_id,
-                want: id,
-            });
-        }
         crate::failpoint!("shared.after_link");
         crate::failpoint!("attach.after_link_create");
         // (4) Pinned: it outlives this process.
