@@ -68,7 +68,10 @@ mod tests {
         assert_eq!(recorded(&dir, 7), Some(PathBuf::from("/other")));
         forget(&dir, 7);
         assert_eq!(recorded(&dir, 7), None);
-        assert!(!dir.exists());
+        // Only the file: the directory is the grant records' (removed
+        // under the root lock).
+        assert!(!file(&dir, 7).exists());
+        assert!(dir.exists());
         let _ = fs::remove_dir_all(&base);
     }
 }
