@@ -650,9 +650,10 @@ impl SharedProgram {
                     already_attached: true,
                 });
             }
-            // A defunct link (its cgroup was removed and the id reused).
-            let _ = sys::link_detach(link.as_fd(), &pin);
+            // A defunct link (its cgroup was removed and the id reused), or
+            // another program's: unpinned first, as `detach` does.
             let _ = std::fs::remove_file(&pin);
+            let _ = sys::link_detach(link.as_fd(), &pin);
         }
         let (cgroup_fd, opened_id) = cgroup.open_with_id().map_err(|e| SysError {
             call: "BPF_LINK_CREATE",
