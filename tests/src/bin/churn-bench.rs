@@ -72,13 +72,22 @@ fn mono_us() -> u64 {
 
 /// LOOP_CTL_ADD → the node is in the reference container; removed again.
 /// With when it was plugged (CLOCK_MONOTONIC µs), to match the daemon's
-/// `hotplug timing` lines.
+/// `hotplug timing` lines. The node is watched from another thread while
+/// the plug's ioctl runs: the kernel sends the device's uevent from inside
+/// that ioctl, which can go on for milliseconds after it (setting up the
+/// disk), and a watch started only once the ioctl returned counted that
+/// remainder as the daemon's (the daemon's own timing lines showed the
+/// node made ~10 ms before some samples ended). The clock still starts
+/// before the ioctl, so the kernel's time until the uevent is counted.
 fn hotplug_sample(index: u32, reference: &Path) -> (u64, Option<f64>) {
     let node = reference.join(format!("dev/loop{index}"));
     let at = mono_us();
     let t = Instant::now();
-    let mut l = HotLoop::add(index);
-    let r = time_until(t, || node.exists());
+    let (mut l, r) = std::thread::scope(|s| {
+        let watch = s.spawn(|| time_until(t, || node.exists()));
+        let l = HotLoop::add(index);
+        (l, watch.join().ok().flatten())
+    });
     l.remove();
     // Wait until it left the container before the next sample.
     let _ = time_until(Instant::now(), || !node.exists());
