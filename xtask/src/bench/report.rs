@@ -921,7 +921,10 @@ fn write_churn(d: &mut String, cmd: &str, c: &ChurnResults) {
          thread of the bench alone (idle, before the churn) and during both phases: **attach** \
          = `mkdir` of a selected cgroup → its link pin exists; **hotplug** = `LOOP_CTL_ADD` \
          → the node exists in the reference container's /dev (the oldest container, so \
-         first in every fan-out), polled every 0.2 ms. After each wave the bench waits \
+         first in every fan-out), polled every 0.2 ms, from another thread while the \
+         ioctl runs (it returns after the uevent, sometimes milliseconds later); the \
+         attach clock includes `mkdir` itself (the kernel's cgroup creation, which waits \
+         for its `cgroup_mutex` too). After each wave the bench waits \
          until it converged (every live container under policy with every present device, \
          nothing left of a removed one) and reads the daemon's watches (its `status.json`, \
          until within the bound: cgroups under the parent plus managed containers; and the \
