@@ -21,7 +21,6 @@ use ctdev_common::PolicyKey;
 use serde::Serialize;
 
 use crate::grants::{self, Grant, Owner as GrantOwner, Subject};
-use crate::kernel::attachment;
 use crate::kernel::counters::Counters;
 use crate::kernel::policy_map::PolicyMap;
 use crate::ops::{ChangeReport, ContainerLock, Ctdev, Error};
@@ -101,12 +100,9 @@ impl Ctdev {
     ) -> Result<SetReport, Error> {
         let resolved = self.resolve_locked(lock, target)?;
         let id = resolved.policy_id;
-        let not_under = || self.not_under_policy(target);
         // The pin, not the kernel's word on the link: a rule change does
         // not read the program, and needs no cgroup lock (see `LinkCheck`).
-        if !attachment::pinned(self.pins(), id)? {
-            return Err(not_under());
-        }
+        self.require_pin(target, &resolved)?;
         let mut map = PolicyMap::open(&self.pins().policy_map())?;
         let before = map.entries_of(id)?;
         let after = entries_for(id, rules);

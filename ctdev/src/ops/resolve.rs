@@ -190,6 +190,17 @@ impl Ctdev {
             .ok_or_else(|| self.not_under_policy(target))
     }
 
+    /// [`Ctdev::require_link`] by the pin alone (`attachment::pinned`: no
+    /// cgroup lock; see [`super::LinkCheck::Pin`]), or
+    /// [`Error::NotUnderPolicy`].
+    pub(crate) fn require_pin(&self, target: &Target, resolved: &Resolved) -> Result<(), Error> {
+        if attachment::pinned(&self.pins, resolved.policy_id)? {
+            Ok(())
+        } else {
+            Err(self.not_under_policy(target))
+        }
+    }
+
     /// The directory of a live cgroup target (for probes and the demo).
     pub fn cgroup_dir(&self, target: &Target) -> Result<PathBuf, Error> {
         self.resolve(target)?

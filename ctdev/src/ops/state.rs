@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{ContainerLock, Ctdev, Error, Resolved};
 use crate::cgroup::Cgroup;
-use crate::kernel::attachment::{self, PinnedLink};
+use crate::kernel::attachment::PinnedLink;
 use crate::kernel::policy_map::{PolicyMap, PolicyMapError};
 use crate::plan::Entries;
 use crate::target::Target;
@@ -137,9 +137,7 @@ impl Ctdev {
                 self.container_of(resolved, Some(link), map)
             }
             LinkCheck::Pin => {
-                if !attachment::pinned(&self.pins, resolved.policy_id)? {
-                    return Err(self.not_under_policy(target));
-                }
+                self.require_pin(target, &resolved)?;
                 self.container_of(resolved, None, map)
             }
         }
