@@ -334,15 +334,18 @@ fn main() {
 
     // Paced churn, at the rate of the load test: PACED containers
     // created evenly over PACED_SECONDS, in overlapping waves (at most 30%
-    // of them live at once), a loop device plugged or pulled at about every
-    // other creation; the latency samples of this phase are the targets'.
+    // of a minute's creations live at once: 30 at the 100 a
+    // minute, however long the phase), a loop device plugged or pulled at
+    // about every other creation; the latency samples of this phase are
+    // the targets'.
     let mut paced_samples = Samples::default();
     let mut paced_converge_ms = 0.0;
     if paced > 0 {
         let (stop, sampler) = start_sampler(&env, &ref_root, probe_index, "p");
         let phase = Instant::now();
         let step = Duration::from_secs(paced_s).div_f64(paced as f64);
-        let bound = (paced * 3 / 10).max(1);
+        let per_minute = paced as u64 * 60 / paced_s.max(1);
+        let bound = ((per_minute * 3 / 10) as usize).clamp(1, paced);
         for k in 0..paced {
             if let Some(wait) = (step * k as u32).checked_sub(phase.elapsed()) {
                 std::thread::sleep(wait);

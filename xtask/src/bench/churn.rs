@@ -86,12 +86,14 @@ pub fn binary() -> std::path::PathBuf {
 
 /// What `churn-bench` is run with: containers, live at once, loop
 /// devices plugged and pulled, idle samples; then the paced phase's
-/// containers and seconds (issue #18's load test: 100 over 60 s).
+/// containers and seconds: issue #18's load test is 100 over 60 s, and its
+/// "done when" asks for runs of at least 500 containers, so 500 at that
+/// rate (300 s, at most 30 live at once, as in the test).
 pub fn args(quick: bool, containers: usize) -> [usize; 6] {
     if quick {
         [20, 8, 2, 5, 6, 3]
     } else {
-        [containers, 100, 6, 50, 100, 60]
+        [containers, 100, 6, 50, 500, 300]
     }
 }
 
@@ -211,7 +213,7 @@ pub fn summary(r: &ChurnResults) -> String {
     .join("\n")
 }
 
-/// The paced phase in words: "100 containers churning over 60 s".
+/// The paced phase in words: "500 containers churning over 300 s".
 pub fn paced_label(r: &ChurnResults) -> String {
     format!(
         "{} containers churning over {} s",

@@ -910,8 +910,9 @@ fn write_churn(d: &mut String, cmd: &str, c: &ChurnResults) {
         "`ctdev daemon` (2 s resync) with one policy entry selecting `ct-*` under a test parent \
          cgroup (preset `oci`, hotplug rules for a block of loop devices), a reference \
          container; first, at the rate of the issue's load test, {} namespace containers \
-         created evenly over {} s in overlapping waves (at most 30% of them live at once, a \
-         loop device plugged or pulled at about every other creation): the latency targets \
+         created evenly over {} s in overlapping waves (the issue's 100 a minute; at most 30% \
+         of a minute's creations live at once, a loop device plugged or pulled at about \
+         every other creation): the latency targets \
          under churn are judged on this phase; then, as a stress beyond it, {} namespace \
          containers created back to back in 5 waves while about {} live \
          ({} names re-used in all), loop devices plugged and pulled at random, the daemon \
