@@ -178,6 +178,61 @@ fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
     assert!(log.contains("detached (cgroup removed)"), "{log}");
 }
 
+/// A `kB` field of a /proc status-like file.
+fn kb_field(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+}
+
+#[test]
+fn the_daemon_locks_the_pages_it_uses_and_reads_in_nothing_ahead() {
+    let env = TestEnv::new("dm-mlock");
+    let cfg = write_policy(
+        &env,
+        "policy.toml",
+        0.0,
+        &format!(
+            "[[container]]\nname = \"web\"\nselect = {{ cgroup = \"{}/web-*\" }}\n\
+             rules = [\"c 42:7 rw\"]\n",
+            inside(&env.cgroup_parent)
+        ),
+    );
+    let daemon = DaemonProc::start(&env, &cfg);
+    let web = TestContainer::start(&env, "web-1", false);
+    let rules = wait_until(Duration::from_secs(10), "web-1 under policy", || {
+        rules_of(&env, &web.cgroup)
+    });
+    assert!(rules.contains(&"c 42:7 rwm".to_string()), "{rules:?}");
+    let pid = daemon.pid();
+    // VmLck: the size of the locked mappings; Locked: their resident
+    // pages. Every mapping is locked (the binary's included), but only
+    // what the daemon touched is in memory: on-fault locking.
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("smaps_rollup");
+    let (locked_size, locked_resident, rss) = (
+        kb_field(&status, "VmLck:"),
+        kb_field(&rollup, "Locked:"),
+        kb_field(&rollup, "Rss:"),
+    );
+    eprintln!("daemon VmLck {locked_size} kB, Locked {locked_resident} kB, Rss {rss} kB");
+    assert!(locked_resident > 0, "nothing locked:\n{status}\n{rollup}");
+    assert!(
+        locked_resident * 10 >= rss * 9,
+        "most of the resident set should be locked:\n{rollup}"
+    );
+    assert!(
+        locked_resident < locked_size,
+        "the locked mappings were read in whole, not on fault:\n{status}\n{rollup}"
+    );
+    assert!(
+        !daemon.log_text().contains("cannot lock"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
 #[test]
 fn sigkill_keeps_enforcement_and_a_restart_converges() {
     let env = TestEnv::new("dm-restart");

@@ -233,6 +233,9 @@ pub fn main() -> ExitCode {
     } else {
         cli.verbose
     });
+    if daemon {
+        lock_memory();
+    }
     match run(&cli) {
         Ok(code) => code,
         Err(err) => {
@@ -245,6 +248,28 @@ pub fn main() -> ExitCode {
             }
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+/// Keeps the daemon's and the NRI plugin's memory resident:
+/// `mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`. A page they have
+/// touched is never paged out again, so an event handled after a quiet
+/// minute does not wait for its code to be read back from disk (hosts
+/// that reclaim cold memory: memory pressure, DAMON pageout). `MCL_ONFAULT`
+/// locks pages as they are used: nothing is read in ahead, and the
+/// resident set stays what the process touches. Not inherited by the
+/// processes they start. A failure (no `CAP_IPC_LOCK`, `RLIMIT_MEMLOCK`)
+/// is a warning: the lock is about latency, never about enforcement.
+fn lock_memory() {
+    use nix::sys::mman::{mlockall, MlockAllFlags};
+    let flags = MlockAllFlags::MCL_CURRENT
+        | MlockAllFlags::MCL_FUTURE
+        | MlockAllFlags::from_bits_retain(libc::MCL_ONFAULT);
+    if let Err(err) = mlockall(flags) {
+        tracing::warn!(
+            "cannot lock this process's memory (mlockall): {err}; pages it has not used \
+             for a while may have to be read back from disk when an event needs them"
+        );
     }
 }
 
