@@ -13,6 +13,17 @@ use std::time::{Duration, Instant};
 
 use crate::{ctdev_bin, TestEnv};
 
+/// A `kB` field (`key` with its colon, e.g. `VmRSS:`) of a /proc file
+/// such as `/proc/PID/status` or `smaps_rollup`.
+pub fn proc_kb(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Polls `f` every 10 ms until it returns `Some`, failing the test after `timeout`.
 #[track_caller]
 pub fn wait_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
@@ -173,11 +184,7 @@ impl DaemonProc {
     /// Resident set size (kB) and open fds of the daemon now.
     pub fn rss_kb_and_fds(&self) -> (u64, usize) {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let rss = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0);
+        let rss = proc_kb(&status, "VmRSS:").unwrap_or(0);
         let fds = fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
             .unwrap_or(0);

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ctdev_tests::container::TestContainer;
-use ctdev_tests::daemon::{wait_until, write_policy, DaemonProc, HotLoop};
+use ctdev_tests::daemon::{proc_kb, wait_until, write_policy, DaemonProc, HotLoop};
 use ctdev_tests::*;
 
 /// The cgroup path inside the hierarchy of a directory under the mount.
@@ -185,12 +185,9 @@ fn a_new_container_gets_its_policy_and_is_detached_when_it_stops() {
     assert!(log.contains("detached (cgroup removed)"), "{log}");
 }
 
-/// A `kB` field of a /proc status-like file.
+/// A `kB` field of a /proc file, which must be there.
 fn kb_field(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {text}"))
+    proc_kb(text, key).unwrap_or_else(|| panic!("no {key} in {text}"))
 }
 
 #[test]
