@@ -7,7 +7,6 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
 use crate::error::IoError;
 
@@ -80,7 +79,7 @@ pub(crate) fn read_small(path: impl AsRef<Path>) -> io::Result<String> {
 fn replace(tmp: &Path, path: &Path) -> Result<(), IoError> {
     let regular = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
     if regular {
-        match renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RenameFlags::RENAME_EXCHANGE) {
+        match exchange(tmp, path) {
             Ok(()) => return fs::remove_file(tmp).map_err(IoError::at("remove", tmp)),
             // Gone meanwhile, or no exchange on this filesystem: rename.
             Err(Errno::ENOENT | Errno::EINVAL | Errno::ENOSYS) => {}
@@ -88,6 +87,28 @@ fn replace(tmp: &Path, path: &Path) -> Result<(), IoError> {
         }
     }
     fs::rename(tmp, path).map_err(IoError::at("rename", path))
+}
+
+/// `renameat2(tmp, path, RENAME_EXCHANGE)` by its system call: nix and
+/// the C library wrap it for glibc only, and the shipped binary is linked
+/// with musl (see DESIGN, "Process start").
+fn exchange(tmp: &Path, path: &Path) -> Result<(), Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL);
+    let (from, to) = (c(tmp)?, c(path)?);
+    // SAFETY: renameat2 reads two NUL-terminated paths that live across
+    // the call; AT_FDCWD and the flag are plain integers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    Errno::result(r).map(drop)
 }
 
 /// The names of the files in `dir`, read once (a command that asks about

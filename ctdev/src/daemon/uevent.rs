@@ -268,7 +268,8 @@ impl UeventSocket {
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
+        // `size_t` in glibc, `socklen_t` in musl; 64 bytes fit either.
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
         // SAFETY: recvmsg on a socket fd we own; every pointer in `msg`
         // points to a live buffer of the length given, for the whole call.
         let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
