@@ -24,6 +24,11 @@ fn main() {
             println!("cargo::rerun-if-changed={}", path.display());
             println!("cargo::rustc-cfg=ctdev_embedded_ebpf");
             println!("cargo::rustc-env=CTDEV_EMBEDDED_EBPF={}", path.display());
+            // Its hash names the shared program's pin directory: computed
+            // here, so no process hashes the object to find its pins.
+            let bytes = std::fs::read(path).expect("reading CTDEV_EBPF_OBJECT");
+            let hash = ctdev_common::object_hash(&bytes);
+            println!("cargo::rustc-env=CTDEV_EMBEDDED_EBPF_HASH={hash:016x}");
         } else {
             println!(
                 "cargo::warning=CTDEV_EBPF_OBJECT={} is not a file; building without an embedded eBPF object",

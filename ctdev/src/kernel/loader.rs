@@ -30,6 +30,19 @@ static EMBEDDED: &[u8] = aya::include_bytes_aligned!(env!("CTDEV_EMBEDDED_EBPF")
 #[cfg(not(ctdev_embedded_ebpf))]
 static EMBEDDED: &[u8] = &[];
 
+/// [`ctdev_common::object_hash`] of the embedded object, computed by the
+/// build script (`None` without one).
+pub(crate) fn embedded_hash() -> Option<u64> {
+    #[cfg(ctdev_embedded_ebpf)]
+    {
+        u64::from_str_radix(env!("CTDEV_EMBEDDED_EBPF_HASH"), 16).ok()
+    }
+    #[cfg(not(ctdev_embedded_ebpf))]
+    {
+        None
+    }
+}
+
 /// Why the program could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {

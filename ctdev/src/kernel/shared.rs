@@ -179,13 +179,6 @@ fn elem(
     }
 }
 
-/// A stable 64-bit FNV-1a hash of the object: names the pin directory.
-fn object_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 fn possible_cpus() -> Result<usize, SharedError> {
     aya::util::nr_cpus().map_err(|(what, source)| SharedError::Io {
         op: "reading",
@@ -225,28 +218,28 @@ pub struct SharedLink {
 impl SharedProgram {
     /// The pin directory of `object`'s shared program under `pins`.
     pub fn dir_for(object: &ProgramObject, pins: &PinRoot) -> PathBuf {
-        // The embedded object is hashed once per process: hashing its
+        // The embedded object's hash is computed at build time: hashing its
         // ~170 KB took ~0.3 ms of every attach (the NRI plugin's starts).
-        static EMBEDDED_HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
         // An object read from a file (`--bpf-object`) is read again by
         // every attach; the hash of the last one is kept with its bytes
         // (comparing them is ~20 times faster than hashing them again).
         static FILE_HASH: std::sync::Mutex<Option<(Vec<u8>, u64)>> =
             std::sync::Mutex::new(None);
-        let hash = if object.is_embedded() {
-            *EMBEDDED_HASH.get_or_init(|| object_hash(object.bytes()))
+        let embedded = object.is_embedded().then(super::loader::embedded_hash).flatten();
+        let hash = if let Some(hash) = embedded {
+            hash
         } else {
             let mut last = FILE_HASH.lock().unwrap_or_else(|p| p.into_inner());
             match &*last {
                 Some((bytes, hash)) if bytes.as_slice() == object.bytes() => *hash,
                 _ => {
-                    let hash = object_hash(object.bytes());
+                    let hash = ctdev_common::object_hash(object.bytes());
                     *last = Some((object.bytes().to_vec(), hash));
                     hash
                 }
             }
         };
-        pins.root().join(format!("shared-{hash:016x}"))
+        dir_named(pins, hash)
     }
 
     /// Opens the pinned shared program, or loads, verifies and pins it
@@ -872,6 +865,11 @@ pub fn all(pins: &PinRoot) -> Result<Vec<std::sync::Arc<SharedProgram>>, SharedE
     Ok(out)
 }
 
+/// The pin directory of the shared program of the object with this hash.
+fn dir_named(pins: &PinRoot, hash: u64) -> PathBuf {
+    pins.root().join(format!("shared-{hash:016x}"))
+}
+
 /// The shared program whose storage holds `policy_id`'s written policy.
 pub fn find_for(
     pins: &PinRoot,
@@ -886,6 +884,18 @@ pub fn find_written(
     pins: &PinRoot,
     policy_id: u64,
 ) -> Result<Option<(std::sync::Arc<SharedProgram>, SharedTable)>, SharedError> {
+    // This build's own program first (its directory name is known without
+    // reading the object): where every container attached by this build
+    // is, found without listing the pin root. Then every shared program.
+    if let Some(hash) = super::loader::embedded_hash() {
+        if let Some(p) = opened(&dir_named(pins, hash))? {
+            if let Some(t) = p.read(policy_id)? {
+                if t.state & STATE_WRITTEN != 0 {
+                    return Ok(Some((p, t)));
+                }
+            }
+        }
+    }
     for p in all(pins)? {
         if let Some(t) = p.read(policy_id)? {
             if t.state & STATE_WRITTEN != 0 {
@@ -988,8 +998,15 @@ mod tests {
 
     #[test]
     fn object_hash_is_stable_and_distinguishes() {
+        use ctdev_common::object_hash;
         assert_eq!(object_hash(b""), 0xcbf2_9ce4_8422_2325);
         assert_ne!(object_hash(b"a"), object_hash(b"b"));
+        // The build script's hash of the embedded object is the one the
+        // object's bytes give at run time (so both name the same pins).
+        if let Some(built) = super::super::loader::embedded_hash() {
+            let object = ProgramObject::new(None).expect("embedded object");
+            assert_eq!(built, object_hash(object.bytes()));
+        }
     }
 
     #[test]
