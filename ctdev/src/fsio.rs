@@ -89,9 +89,9 @@ fn replace(tmp: &Path, path: &Path) -> Result<(), IoError> {
     fs::rename(tmp, path).map_err(IoError::at("rename", path))
 }
 
-/// `renameat2(tmp, path, RENAME_EXCHANGE)` by its system call: nix and
-/// the C library wrap it for glibc only, and the shipped binary is linked
-/// with musl (see DESIGN, "Process start").
+/// `renameat2(tmp, path, RENAME_EXCHANGE)` by its system call: nix wraps
+/// it for glibc only, and the shipped binary is linked with musl (see
+/// DESIGN, "Process start: musl").
 fn exchange(tmp: &Path, path: &Path) -> Result<(), Errno> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL);

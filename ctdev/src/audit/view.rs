@@ -311,10 +311,10 @@ fn orphans<S: serde::Serializer>(all: &&[OrphanView], s: S) -> Result<S::Ok, S::
 /// absent when none). The bytes are those of the document built through a
 /// `serde_json::Value` tree ([`dump_json_via_value`], object keys sorted),
 /// which cost most of `list` at 10,000 containers.
-pub fn write_dump_json<W: std::io::Write, P: Serialize>(
+pub fn write_dump_json<P: Serialize>(
     dump: &Dump,
     passed: &BTreeMap<u64, Vec<P>>,
-    out: W,
+    out: &mut Vec<u8>,
 ) -> serde_json::Result<()> {
     let doc = SortedDump {
         containers: (&dump.containers, passed),
@@ -330,7 +330,38 @@ pub fn write_dump_json<W: std::io::Write, P: Serialize>(
         problems: &dump.problems,
         version: dump.version,
     };
-    serde_json::to_writer_pretty(out, &doc)
+    serde_json::to_writer_pretty(ShortWrites(out), &doc)
+}
+
+/// Appends to a `Vec<u8>`, copying short slices byte by byte.
+/// serde_json writes its punctuation and indentation a few bytes at a
+/// time (about 600 writes per container); `Vec`'s own `write_all` calls
+/// the C library's `memcpy` for each, and the shipped binary's (musl)
+/// starts a `rep movs` even for 2 bytes: 1.2 million such calls were a
+/// quarter of `list --json` at 2,000 containers.
+struct ShortWrites<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for ShortWrites<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if buf.len() <= 16 {
+            self.0.reserve(buf.len());
+            for &b in buf {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(buf);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The same document built through a `serde_json::Value` tree (how `list

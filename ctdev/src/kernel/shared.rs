@@ -498,15 +498,20 @@ impl SharedProgram {
     /// The stored value of `policy_id`, if the cgroup has storage.
     pub fn read(&self, policy_id: u64) -> Result<Option<SharedTable>, SharedError> {
         let mut value = SharedTable::default();
-        let found = elem(
+        Ok(self.read_into(policy_id, &mut value)?.then_some(value))
+    }
+
+    /// [`SharedProgram::read`] into `value` (a caller reading many
+    /// containers reuses one buffer); `false`: no storage for `policy_id`.
+    pub fn read_into(&self, policy_id: u64, value: &mut SharedTable) -> Result<bool, SharedError> {
+        Ok(elem(
             BPF_MAP_LOOKUP_ELEM,
             "BPF_MAP_LOOKUP_ELEM",
             self.storage.as_fd(),
             Some(&policy_id),
-            std::ptr::addr_of_mut!(value).cast(),
+            std::ptr::from_mut(value).cast(),
             &self.dir.join("storage"),
-        )?;
-        Ok(found.then_some(value))
+        )?)
     }
 
     /// The policy of `policy_id` as entries (`None`: no written storage).
