@@ -333,11 +333,11 @@ impl Store {
                 _ => Ok(()),
             };
         }
-        let text = serde_json::to_string_pretty(ledger).map_err(|e| GrantError::Corrupt {
+        let text = crate::fsio::json_pretty(ledger).map_err(|e| GrantError::Corrupt {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        Ok(crate::fsio::write_atomic(&path, text.as_bytes())?)
+        Ok(crate::fsio::write_atomic(&path, &text)?)
     }
 
     /// Forgets every grant of `policy_id` (a fresh attach). Only the

@@ -330,38 +330,7 @@ pub fn write_dump_json<P: Serialize>(
         problems: &dump.problems,
         version: dump.version,
     };
-    serde_json::to_writer_pretty(ShortWrites(out), &doc)
-}
-
-/// Appends to a `Vec<u8>`, copying short slices byte by byte.
-/// serde_json writes its punctuation and indentation a few bytes at a
-/// time (about 600 writes per container); `Vec`'s own `write_all` calls
-/// the C library's `memcpy` for each, and the shipped binary's (musl)
-/// starts a `rep movs` even for 2 bytes: 1.2 million such calls were a
-/// quarter of `list --json` at 2,000 containers.
-struct ShortWrites<'a>(&'a mut Vec<u8>);
-
-impl std::io::Write for ShortWrites<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if buf.len() <= 16 {
-            self.0.reserve(buf.len());
-            for &b in buf {
-                self.0.push(b);
-            }
-        } else {
-            self.0.extend_from_slice(buf);
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    serde_json::to_writer_pretty(crate::fsio::ShortWrites(out), &doc)
 }
 
 /// The same document built through a `serde_json::Value` tree (how `list

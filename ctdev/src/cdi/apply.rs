@@ -462,7 +462,7 @@ fn write_record(path: &Path, record: &CdiRecord) -> Result<(), CdiError> {
         fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     }
     let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(record).map_err(|e| err(e.to_string()))?;
+    let bytes = crate::fsio::json_pretty(record).map_err(|e| err(e.to_string()))?;
     fs::write(&tmp, bytes).map_err(|e| err(e.to_string()))?;
     fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
 }

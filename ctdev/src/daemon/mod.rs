@@ -1591,7 +1591,7 @@ impl Daemon {
         }
         let path = self.state_path.with_file_name("status.json");
         let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(&now).unwrap_or_default();
+        let text = crate::fsio::json_pretty(&now).unwrap_or_default();
         let written = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &path));
         match written {
             Ok(()) => self.last_status = Some(now),

@@ -189,11 +189,11 @@ impl State {
             version: STATE_VERSION,
             containers: &self.containers,
         };
-        let text = serde_json::to_string_pretty(&current).map_err(|e| StateError::Corrupt {
+        let text = crate::fsio::json_pretty(&current).map_err(|e| StateError::Corrupt {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        Ok(crate::fsio::write_atomic(path, text.as_bytes())?)
+        Ok(crate::fsio::write_atomic(path, &text)?)
     }
 }
 

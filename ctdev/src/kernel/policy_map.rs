@@ -168,8 +168,7 @@ impl AllPolicies {
     /// counter totals and counter baselines; a large policy's generation
     /// goes to `large` (its entries are in the shared hash map). Borrowed,
     /// never moved: a table is 6 KB, and `list` of 10,000 containers copied
-    /// each several times (musl's `memcpy`, which the shipped binary uses,
-    /// was a quarter of its samples).
+    /// each several times.
     fn add(
         &mut self,
         id: u64,
