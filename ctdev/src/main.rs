@@ -12,12 +12,6 @@ use ctdev::{
 
 mod cli;
 
-/// See ctdev/Cargo.toml: musl's allocator returns memory to the kernel
-/// on most frees; a short command paid ~100 mmap/munmap calls for it.
-#[cfg(target_env = "musl")]
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     cli::main()
 }

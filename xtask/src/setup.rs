@@ -47,10 +47,6 @@ const TEST_PACKAGES: &[&str] = &[
 /// CRI client (k8s-cri's build script).
 const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
 
-/// The target the shipped `ctdev` binary is built for (see
-/// `link_static` in main.rs): static, musl.
-pub const SHIPPED_TARGET: &str = "x86_64-unknown-linux-musl";
-
 fn home_cargo_bin(name: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
@@ -148,23 +144,6 @@ pub fn bpf_toolchain() -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// What the shipped binary's musl build needs: Rust's standard library
-/// for the target, and musl-gcc, which compiles mimalloc (ctdev's
-/// allocator on musl) for it.
-pub fn musl_toolchain() -> Result<()> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()?;
-    if !String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l.trim() == SHIPPED_TARGET)
-    {
-        step(&format!("rustup target add {SHIPPED_TARGET}"));
-        run_checked(Command::new("rustup").args(["target", "add", SHIPPED_TARGET]))?;
-    }
-    apt_install(&["musl-tools"])
 }
 
 /// What building the workspace needs besides the BPF toolchain: protoc and
