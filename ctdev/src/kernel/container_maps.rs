@@ -517,9 +517,8 @@ impl ContainerMaps {
         }
         let hinted = match hint {
             Some(p) => p
-                .read(policy_id)
+                .read_written(policy_id)
                 .map_err(storage_err)?
-                .filter(|t| t.state & STATE_WRITTEN != 0)
                 .map(|t| (p.clone(), t)),
             None => None,
         };

@@ -514,15 +514,21 @@ impl SharedProgram {
         )?)
     }
 
+    /// The stored value of `policy_id` if userspace has written a policy
+    /// into it (`STATE_WRITTEN`): a storage the kernel allocated and
+    /// nobody wrote, or one cleared at detach, is `None`.
+    pub fn read_written(&self, policy_id: u64) -> Result<Option<SharedTable>, SharedError> {
+        Ok(self
+            .read(policy_id)?
+            .filter(|t| t.state & STATE_WRITTEN != 0))
+    }
+
     /// The policy of `policy_id` as entries (`None`: no written storage).
     pub fn entries_of(
         &self,
         policy_id: u64,
     ) -> Result<Option<BTreeMap<PolicyKey, u32>>, SharedError> {
-        Ok(self
-            .read(policy_id)?
-            .filter(|t| t.state & STATE_WRITTEN != 0)
-            .map(|t| {
+        Ok(self.read_written(policy_id)?.map(|t| {
                 table_items(&t.table, policy_id)
                     .map(|(k, a, _, _)| (k, a))
                     .collect()
@@ -611,7 +617,7 @@ impl SharedProgram {
     pub fn written_ids(&self) -> Result<Vec<u64>, SharedError> {
         let mut out = Vec::new();
         for id in self.storage_ids()? {
-            if self.read(id)?.is_some_and(|t| t.state & STATE_WRITTEN != 0) {
+            if self.read_written(id)?.is_some() {
                 out.push(id);
             }
         }
@@ -894,18 +900,14 @@ pub fn find_written(
     // is, found without listing the pin root. Then every shared program.
     if let Some(hash) = super::loader::embedded_hash() {
         if let Some(p) = opened(&dir_named(pins, hash))? {
-            if let Some(t) = p.read(policy_id)? {
-                if t.state & STATE_WRITTEN != 0 {
-                    return Ok(Some((p, t)));
-                }
+            if let Some(t) = p.read_written(policy_id)? {
+                return Ok(Some((p, t)));
             }
         }
     }
     for p in all(pins)? {
-        if let Some(t) = p.read(policy_id)? {
-            if t.state & STATE_WRITTEN != 0 {
-                return Ok(Some((p, t)));
-            }
+        if let Some(t) = p.read_written(policy_id)? {
+            return Ok(Some((p, t)));
         }
     }
     Ok(None)
