@@ -12,6 +12,18 @@ use ctdev::{
 
 mod cli;
 
+/// See ctdev/Cargo.toml: on musl the binary allocates through dlmalloc.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 fn main() -> std::process::ExitCode {
+    #[cfg(target_env = "musl")]
+    // SAFETY: called first, while this process has one thread: registers
+    // fork handlers that take and release the allocator's lock, so a child
+    // forked while another thread allocates finds it unlocked.
+    unsafe {
+        dlmalloc::enable_alloc_after_fork();
+    }
     cli::main()
 }

@@ -266,38 +266,43 @@ impl Features {
     }
 }
 
-/// Links the release `ctdev` binary statically (glibc static-pie: still
-/// position independent, so ASLR stays), with whole-program optimisation
-/// (the `release-lto` profile), and puts it where the release build's
-/// binary was (`target/release/ctdev`). Process start-up is most of a
-/// short command's time (`ctdev add`, `ctdev --version`): a dynamic binary
-/// first has ld.so map and relocate libc, libm and libgcc_s (about 0.5 ms
-/// here). `crt-static` goes to the final link of this one binary only
+/// Links the release `ctdev` binary statically for musl
+/// (`x86_64-unknown-linux-musl`, static-pie: position independent, so ASLR
+/// stays), with whole-program optimisation (the `release-lto` profile),
+/// and puts it where the release build's binary was
+/// (`target/release/ctdev`). Process start-up is most of a short command's
+/// time (`ctdev add`, `ctdev --version`). A dynamic binary first has ld.so
+/// map and relocate its libraries; a static glibc one still identifies the
+/// CPU and its caches at every start (dozens of CPUID instructions, each a
+/// trap to the hypervisor on a VM: 61 % of a static glibc `ctdev`'s own
+/// CPU samples on an Intel VM, a quarter on an AMD one) and reads
+/// /proc/self/maps for the main thread's stack guard. musl does neither:
+/// `--version` 0.85 → 0.20 ms of CPU. musl's allocator maps and unmaps
+/// memory on most frees, so the binary allocates through dlmalloc on musl
+/// (ctdev/Cargo.toml). Measured in docs/DESIGN.md ("Process start: musl",
+/// #12). `crt-static` goes to the final link of this one binary only
 /// (`cargo rustc -- …`): as a workspace-wide flag it would also reach the
 /// proc-macro crates, which cannot be static. Debug and test builds stay
-/// dynamic.
+/// dynamic glibc builds.
 ///
-/// Relative relocations are packed (`-z pack-relative-relocs`, DT_RELR:
-/// binutils ≥ 2.38, glibc ≥ 2.36, static-pie included): the start-up code
-/// applies the relocations of `.data.rel.ro` and the GOT from a bitmap
-/// instead of walking `Elf64_Rela` entries. `ctdev --version` (`perf stat
-/// -r 100`, three interleaved rounds): task-clock 0.74–1.03 → 0.66–0.99 ms,
-/// page faults 180 → 167. Fat LTO then shrank what is relocated (284 →
-/// 169 KB of `.data.rel.ro`, a 24 → 1.4 KB GOT; page faults of `--version`
-/// 126 → 84) and the code: `ctdev add`+`del` 4.83 → 3.42 ms, `--version`
-/// 1.00 → 0.75 ms (medians of 60 interleaved rounds, docs/DESIGN.md). A
-/// non-PIE link would save another 0.2 ms on the pair and is not done: it
-/// gives up ASLR for the image of a tool that runs as root. Linking with
-/// musl instead was measured and not adopted (docs/DESIGN.md, "Process
-/// start: musl"): it starts faster, but the daemon's memory tripled.
+/// Relative relocations are packed (`-z pack-relative-relocs`, DT_RELR,
+/// which musl ≥ 1.2.4 applies): the start-up code relocates `.data.rel.ro`
+/// and the GOT from a bitmap instead of walking `Elf64_Rela` entries. Fat
+/// LTO shrinks what is relocated (284 → 169 KB of `.data.rel.ro`) and the
+/// code. A non-PIE link would save another 0.2 ms on an `add`+`del` pair
+/// and is not done: it gives up ASLR for the image of a tool that runs as
+/// root.
 fn link_static(features: Features) -> Result<()> {
-    step("linking the release ctdev binary statically (static-pie, LTO)");
+    setup::musl_target()?;
+    step("linking the release ctdev binary statically (musl, static-pie, LTO)");
     let mut cmd = Command::new("cargo");
     userspace_env(&mut cmd)
         .args([
             "rustc",
             "--profile",
             "release-lto",
+            "--target",
+            setup::SHIPPED_TARGET,
             "-p",
             "ctdev",
             "--bin",
@@ -314,7 +319,10 @@ fn link_static(features: Features) -> Result<()> {
     run_checked(&mut cmd)?;
     // Replaced by rename, never rewritten in place: a running ctdev (a
     // daemon from an earlier build) keeps its own file.
-    let built = root().join("target/release-lto/ctdev");
+    let built = root()
+        .join("target")
+        .join(setup::SHIPPED_TARGET)
+        .join("release-lto/ctdev");
     let release = root().join("target/release/ctdev");
     let tmp = root().join("target/release/.ctdev.static");
     std::fs::copy(&built, &tmp)

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::{run_checked, step};
 
@@ -46,6 +46,10 @@ const TEST_PACKAGES: &[&str] = &[
 /// Debian packages building the workspace needs: protoc for the tests'
 /// CRI client (k8s-cri's build script).
 const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
+
+/// The target the shipped `ctdev` binary is built for (see
+/// `link_static` in main.rs): static, musl.
+pub const SHIPPED_TARGET: &str = "x86_64-unknown-linux-musl";
 
 fn home_cargo_bin(name: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
@@ -142,6 +146,24 @@ pub fn bpf_toolchain() -> Result<()> {
                 .env("LLVM_PREFIX", LLVM_PREFIX)
                 .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX),
         )?;
+    }
+    Ok(())
+}
+
+/// Rust's standard library for the shipped binary's target (musl's C
+/// library comes with it: nothing to install from Debian, no C code is
+/// compiled for it).
+pub fn musl_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("cannot run rustup target list")?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == SHIPPED_TARGET)
+    {
+        step(&format!("rustup target add {SHIPPED_TARGET}"));
+        run_checked(Command::new("rustup").args(["target", "add", SHIPPED_TARGET]))?;
     }
     Ok(())
 }
