@@ -11,7 +11,7 @@ use plotters::prelude::*;
 
 use super::churn::{self, ChurnResults, Pct};
 use super::cost::{CostResults, Point};
-use super::stats::Summary;
+use super::stats::{Summary, ROUNDS_PER_BLOCK};
 use super::{Plan, Results};
 
 /// Facts about the machine, read at run time.
@@ -354,11 +354,19 @@ pub fn write(
         };
         let _ = writeln!(
             d,
-            "| `ctdev add`+`del` ≥ 2× faster than `lxc-device add`+`del` (medians, interleaved) | {:.2} ms vs {:.2} ms: {:.1}× | {} |",
+            "| `ctdev add`+`del` ≥ 2× faster than `lxc-device add`+`del` (medians, interleaved; spread: medians of blocks of {} rounds) | {:.2} ms ({:.2}…{:.2}) vs {:.2} ms ({:.2}…{:.2}): {:.1}× | {} |",
+            ROUNDS_PER_BLOCK,
             a.ctdev_add_del_ms.median,
+            a.ctdev_add_del_blocks.min,
+            a.ctdev_add_del_blocks.max,
             a.lxc_add_del_ms.median,
+            a.lxc_add_del_blocks.min,
+            a.lxc_add_del_blocks.max,
             a.lxc_add_del_ms.median / a.ctdev_add_del_ms.median,
-            judge(&scale(&a.ctdev_add_del_ms, 2.0), &a.lxc_add_del_ms)
+            judge(
+                &scale(&a.ctdev_add_del_blocks, 2.0),
+                &a.lxc_add_del_blocks
+            )
         );
         let _ = writeln!(
             d,
@@ -369,11 +377,15 @@ pub fn write(
         );
         let _ = writeln!(
             d,
-            "| process start: `ctdev --version` ≤ 1.5× `/bin/true` (interleaved) | {:.2} ms vs {:.2} ms: {:.2}× | {} |",
+            "| process start: `ctdev --version` ≤ 1.5× `/bin/true` (interleaved; spread as above) | {:.2} ms ({:.2}…{:.2}) vs {:.2} ms ({:.2}…{:.2}): {:.2}× | {} |",
             a.ctdev_version_ms.median,
+            a.ctdev_version_blocks.min,
+            a.ctdev_version_blocks.max,
             a.true_ms.median,
+            a.true_blocks.min,
+            a.true_blocks.max,
             a.ctdev_version_ms.median / a.true_ms.median,
-            judge(&a.ctdev_version_ms, &scale(&a.true_ms, 1.5))
+            judge(&a.ctdev_version_blocks, &scale(&a.true_blocks, 1.5))
         );
     }
     if let Some(h) = &r.hotplug {
@@ -504,8 +516,11 @@ pub fn write(
              `ctdev --version`, `/bin/true`), each add really adding. Wall time of the \
              whole command, process start included; then the same add and del as library \
              calls inside the bench process (`ctdev::passthrough::add` / `del`: the in-process \
-             work alone). Device: `{}`.\n",
-            a.attach, a.runs, a.device
+             work alone). Device: `{}`. The targets are judged on the medians of all rounds \
+             with, as their spread, the min and max of the medians of blocks of {} consecutive \
+             rounds (the min and max below are single commands: one preemption of a few ms \
+             in the run sets them).\n",
+            a.attach, a.runs, a.device, ROUNDS_PER_BLOCK
         );
         let _ = writeln!(d, "Reproduce: `{cmd}` (figure: `bench/add_latency.svg`).\n");
         let _ = writeln!(d, "![add latency](bench/add_latency.svg)\n");

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::lxc::Lxc;
 use super::probe::{clock_ns, Watcher};
-use super::stats::Summary;
+use super::stats::{Summary, ROUNDS_PER_BLOCK};
 use super::Env;
 use crate::step;
 
@@ -164,6 +164,12 @@ pub struct AddResults {
     pub ctdev_version_ms: Summary,
     /// `/bin/true`, interleaved with `ctdev --version`.
     pub true_ms: Summary,
+    /// The same four figures with the spread of the medians of blocks of
+    /// `stats::ROUNDS_PER_BLOCK` rounds: what the targets are judged on.
+    pub ctdev_add_del_blocks: Summary,
+    pub lxc_add_del_blocks: Summary,
+    pub ctdev_version_blocks: Summary,
+    pub true_blocks: Summary,
     /// `ctdev::passthrough::add` called in this process (no process start), µs.
     pub inproc_add_us: Summary,
     /// `ctdev::passthrough::del` called in this process, µs.
@@ -422,6 +428,10 @@ pub fn add_vs_lxc(env: &Env) -> Result<AddResults> {
             lxc_add_del_ms: Summary::of(&l_pair),
             ctdev_version_ms: Summary::of(&v_ms),
             true_ms: Summary::of(&t_ms),
+            ctdev_add_del_blocks: Summary::of_blocks(&c_pair, ROUNDS_PER_BLOCK),
+            lxc_add_del_blocks: Summary::of_blocks(&l_pair, ROUNDS_PER_BLOCK),
+            ctdev_version_blocks: Summary::of_blocks(&v_ms, ROUNDS_PER_BLOCK),
+            true_blocks: Summary::of_blocks(&t_ms, ROUNDS_PER_BLOCK),
             inproc_add_us: Summary::of(&a_us),
             inproc_del_us: Summary::of(&d_us),
             bpf_calls: calls,
