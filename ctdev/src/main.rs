@@ -10,12 +10,15 @@ use ctdev::{
     rule, runtimes, takeover, target, udev,
 };
 
+#[cfg_attr(not(target_env = "musl"), allow(dead_code))]
+mod alloc;
 mod cli;
 
-/// See ctdev/Cargo.toml: on musl the binary allocates through dlmalloc.
+/// See alloc.rs: on musl the binary allocates through dlmalloc, large
+/// blocks through mappings of their own.
 #[cfg(target_env = "musl")]
 #[global_allocator]
-static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOC: alloc::Allocator = alloc::Allocator;
 
 fn main() -> std::process::ExitCode {
     #[cfg(target_env = "musl")]
