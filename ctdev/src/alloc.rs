@@ -9,7 +9,7 @@
 //! transient buffer (the daemon reads and parses the kernel's BTF, about
 //! 25 MB, when it loads the eBPF program) would then stay in the process
 //! for good, and the daemon locks its memory (`mlockall`), so those pages
-//! would stay resident: 35 MB of RSS instead of 10 in one of two churn
+//! would stay resident: 35 MB of RSS instead of 10 in two of three churn
 //! benches. Sent to their own mappings, such buffers go back at free.
 //!
 //! Which side owns a block is a pure function of its [`Layout`], which
