@@ -330,6 +330,88 @@ fn no_cgroup2_and_no_bpffs_are_clear_errors() {
     assert_allowed(&env, &cg, ProbeOp::read("/dev/null"));
 }
 
+/// ctdev's own eBPF object (the one `cargo xtask` embeds) with every
+/// `exit` of its device programs made an invalid opcode: it parses, and
+/// the kernel refuses each program at load.
+fn object_the_kernel_refuses() -> Vec<u8> {
+    let path = std::env::var_os("CTDEV_EBPF_OBJECT")
+        .expect("CTDEV_EBPF_OBJECT is not set: run the tests with `cargo xtask test`");
+    let mut elf = std::fs::read(&path).expect("read the eBPF object");
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as usize;
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap()) as usize;
+    // ELF64 section headers: name at 0, offset at 0x18, size at 0x20.
+    let (shoff, shentsize, shnum, shstrndx) = (
+        u64_at(&elf, 0x28),
+        u16_at(&elf, 0x3a),
+        u16_at(&elf, 0x3c),
+        u16_at(&elf, 0x3e),
+    );
+    let header = |i: usize| shoff + i * shentsize;
+    let names = u64_at(&elf, header(shstrndx) + 0x18);
+    let mut exits = 0;
+    for i in 0..shnum {
+        let name = names + u32_at(&elf, header(i));
+        if !elf[name..].starts_with(b"cgroup/dev\0") {
+            continue;
+        }
+        let (off, size) = (
+            u64_at(&elf, header(i) + 0x18),
+            u64_at(&elf, header(i) + 0x20),
+        );
+        for insn in (off..off + size).step_by(8) {
+            // BPF_JMP | BPF_EXIT; opcode 0 is no instruction.
+            if elf[insn] == 0x95 {
+                elf[insn] = 0;
+                exits += 1;
+            }
+        }
+    }
+    assert!(exits > 0, "no cgroup/dev program found in {path:?}");
+    elf
+}
+
+#[test]
+fn an_object_ctdev_cannot_load_is_refused_and_leaves_no_pins() {
+    let env = TestEnv::new("hd-obj");
+    let cg = env.cgroup("c");
+    // Not an eBPF object at all: refused before anything is made.
+    let junk = env.scratch.join("junk.o");
+    std::fs::write(&junk, b"not an ELF object").unwrap();
+    let err = env.fails(&["--bpf-object", s(&junk), "attach", s(&cg)]);
+    assert!(
+        err.contains(s(&junk)) && err.contains("is not an eBPF object"),
+        "{err}"
+    );
+    assert!(!env.pin_root.exists(), "a pin root was made for {err}");
+    // An object that parses, whose programs the kernel refuses after the
+    // pin root and its maps were made: they are removed again.
+    let refused_obj = env.scratch.join("refused.o");
+    std::fs::write(&refused_obj, object_the_kernel_refuses()).unwrap();
+    for layout in ["1", "0"] {
+        let r = env.ctdev_env(
+            &["--bpf-object", s(&refused_obj), "attach", s(&cg)],
+            &[("CTDEV_SHARED_PROGRAM", layout)],
+        );
+        assert_ne!(r.code, 0, "layout {layout}: attach succeeded: {}", r.stdout);
+        assert!(
+            r.stderr.contains("loading the ctdev program"),
+            "layout {layout}: {}",
+            r.stderr
+        );
+        assert!(
+            !env.pin_root.exists(),
+            "layout {layout}: left behind: {:?}",
+            std::fs::read_dir(&env.pin_root)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        );
+    }
+    assert_allowed(&env, &cg, ProbeOp::read("/dev/null"));
+    // The sequence goes on: the embedded object attaches as on a new host.
+    env.ok(&["attach", s(&cg), "--preset", "none"]);
+    assert_denied(&env, &cg, ProbeOp::read("/dev/null"));
+}
+
 #[test]
 fn map_pin_removed_by_hand_is_reported_and_refused() {
     let (env, cg) = TestEnv::with_attached("hd-mappin", "c", &["c 1:5 r"]);

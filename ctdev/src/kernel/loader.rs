@@ -52,6 +52,15 @@ pub enum ProgramError {
     /// The object file could not be read.
     #[error("eBPF object: {0}")]
     Read(#[from] crate::error::IoError),
+    /// The file given as the object is not an eBPF object (checked before
+    /// anything is touched).
+    #[error("{path} is not an eBPF object ctdev can load: {message}")]
+    NotAnObject {
+        /// The file given (`--bpf-object`, `CTDEV_BPF_OBJECT`).
+        path: PathBuf,
+        /// What the ELF/BPF parser said.
+        message: String,
+    },
     /// aya refused the object or the kernel refused the program or a map.
     #[error("loading the ctdev program: {source}")]
     Load {
@@ -123,11 +132,19 @@ impl ProgramObject {
     /// The object from `path`, or the embedded one.
     pub fn new(path: Option<&Path>) -> Result<Self, ProgramError> {
         match path {
-            Some(p) => std::fs::read(p)
-                .map(|b| Self {
-                    bytes: Cow::Owned(b),
+            Some(p) => {
+                let bytes = std::fs::read(p)
+                    .map_err(|source| crate::error::IoError::new("read", p, source))?;
+                // Parsed once here, so a file that is no eBPF object is
+                // refused before a pin root or lock is made.
+                aya_obj::Object::parse(&bytes).map_err(|e| ProgramError::NotAnObject {
+                    path: p.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+                Ok(Self {
+                    bytes: Cow::Owned(bytes),
                 })
-                .map_err(|source| crate::error::IoError::new("read", p, source).into()),
+            }
             None if EMBEDDED.is_empty() => Err(ProgramError::NoObject),
             None => Ok(Self {
                 bytes: Cow::Borrowed(EMBEDDED),
@@ -162,20 +179,36 @@ impl ProgramObject {
         pins: &PinRoot,
     ) -> Result<ContainerProgram, ProgramError> {
         let template = self.template(pins)?;
-        let maps = match ContainerMaps::open(pins, policy_id)? {
-            Some(m) => m,
-            None => ContainerMaps::create(pins, policy_id)?,
+        let (maps, created) = match ContainerMaps::open(pins, policy_id)? {
+            Some(m) => (m, false),
+            None => (ContainerMaps::create(pins, policy_id)?, true),
         };
         let Some((table, counters)) = maps.fds() else {
             return Err(ProgramError::Missing(
                 "per-container maps (this container is on the shared program)",
             ));
         };
-        let fd = template.instance(table, counters)?;
-        let id =
-            sys::prog_id(fd.as_fd(), &pins.table(policy_id)).map_err(|e| ProgramError::Load {
-                source: Box::new(e),
+        let loaded = template.instance(table, counters).and_then(|fd| {
+            let id = sys::prog_id(fd.as_fd(), &pins.table(policy_id)).map_err(|e| {
+                ProgramError::Load {
+                    source: Box::new(e),
+                }
             })?;
+            Ok((fd, id))
+        });
+        let (fd, id) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // The kernel refused the program: maps made for it alone
+                // are not left pinned for nobody.
+                if created {
+                    if let Err(unpin) = ContainerMaps::unpin(pins, policy_id) {
+                        tracing::warn!(policy_id, "cannot unpin the maps of a failed load: {unpin}");
+                    }
+                }
+                return Err(e);
+            }
+        };
         Ok(ContainerProgram {
             fd,
             id,

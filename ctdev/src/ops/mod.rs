@@ -471,13 +471,33 @@ impl Ctdev {
         crate::kernel::shared::clear(&self.pins, id).map_err(|e| ProgramError::Load {
             source: Box::new(e),
         })?;
-        self.attach_shared(None, &cgroup, object, preset, &[])
+        self.attach_shared(&cgroup, object, preset, &[])
     }
 
     /// [`Ctdev::attach`] of a resolved cgroup, under a lock the caller holds.
+    /// A failed attach leaves no pins made for nobody: when no container is
+    /// left under policy, what it made (the pin root's maps, directories,
+    /// a program the kernel refused to take) is removed again.
     pub(crate) fn attach_locked(
         &self,
         lock: &RootLock,
+        cgroup: Cgroup,
+        object: &ProgramObject,
+        preset: Preset,
+        rules: &[Rule],
+    ) -> Result<AttachReport, Error> {
+        let attached = self.attach_locked_once(cgroup, object, preset, rules);
+        if attached.is_err() && !self.config.dry_run {
+            if let Err(cleanup) = self.remove_pins_if_unused(lock) {
+                tracing::warn!("cannot remove unused pins after a failed attach: {cleanup}");
+            }
+        }
+        attached
+    }
+
+    /// [`Ctdev::attach_locked`] without the cleanup after a failure.
+    fn attach_locked_once(
+        &self,
         cgroup: Cgroup,
         object: &ProgramObject,
         preset: Preset,
@@ -541,7 +561,7 @@ impl Ctdev {
             source: Box::new(e),
         })?;
         if self.config.layout == Layout::Shared {
-            if let Some(report) = self.attach_shared(Some(lock), &cgroup, object, preset, rules)? {
+            if let Some(report) = self.attach_shared(&cgroup, object, preset, rules)? {
                 return Ok(report);
             }
         }
@@ -589,12 +609,10 @@ impl Ctdev {
                     .chain(before.iter().map(|(k, v)| (*k, Some(*v))))
                     .collect();
                 map.apply(&restore)?;
+                // Maps this attach created for nobody are unpinned again
+                // by `attach_locked`, once these are closed.
                 drop(map);
                 drop(program);
-                // Maps this attach created for nobody are unpinned again.
-                if let Err(cleanup) = self.remove_pins_if_unused(lock) {
-                    tracing::warn!("cannot remove unused pins after a failed attach: {cleanup}");
-                }
                 Err(e.into())
             }
         }
@@ -836,12 +854,12 @@ impl Ctdev {
     /// A fresh attach on the shared program (the default layout):
     /// the policy fits a table and no entries of an earlier container with
     /// this id are left, else `None` (the per-container program is used).
-    /// `lock`: the root lock (a failed attach then unpins what it loaded
-    /// for nobody), or `None` under the container's lock, where the program
-    /// was pinned before ([`Ctdev::attach_new_under_own_lock`]).
+    /// Called under the root lock ([`Ctdev::attach_locked`], which unpins
+    /// what a failed attach loaded for nobody) or under the container's
+    /// lock, where the program was pinned before
+    /// ([`Ctdev::attach_new_under_own_lock`]).
     fn attach_shared(
         &self,
-        lock: Option<&RootLock>,
         cgroup: &Cgroup,
         object: &ProgramObject,
         preset: Preset,
@@ -873,17 +891,10 @@ impl Ctdev {
         let link = match shared.attach(cgroup, &self.pins, &table) {
             Ok(link) => link,
             Err(e) => {
-                drop(shared);
                 // Program and maps this attach loaded for nobody are
-                // unpinned again, as on the per-container path (under a
-                // container lock, the attach loaded nothing).
-                if let Some(lock) = lock {
-                    if let Err(cleanup) = self.remove_pins_if_unused(lock) {
-                        tracing::warn!(
-                            "cannot remove unused pins after a failed attach: {cleanup}"
-                        );
-                    }
-                }
+                // unpinned again by `attach_locked` (under a container
+                // lock, the attach loaded nothing).
+                drop(shared);
                 return Err(match e {
                     crate::kernel::shared::SharedError::TooManyPrograms { cgroup, max } => {
                         Error::from(AttachmentError::TooManyPrograms { cgroup, max })
