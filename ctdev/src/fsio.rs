@@ -133,8 +133,8 @@ fn replace(tmp: &Path, path: &Path) -> Result<(), IoError> {
 }
 
 /// `renameat2(tmp, path, RENAME_EXCHANGE)` by its system call: nix wraps
-/// it for glibc only, and ctdev also builds for musl (DESIGN, "Process
-/// start: musl").
+/// it for glibc only, and the shipped binary is linked with musl (DESIGN,
+/// "Process start: musl with dlmalloc").
 fn exchange(tmp: &Path, path: &Path) -> Result<(), Errno> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL);

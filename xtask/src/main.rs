@@ -278,9 +278,9 @@ impl Features {
 /// CPU samples on an Intel VM, a quarter on an AMD one) and reads
 /// /proc/self/maps for the main thread's stack guard. musl does neither:
 /// `--version` 0.85 → 0.20 ms of CPU. musl's allocator maps and unmaps
-/// memory on most frees, so the binary allocates through dlmalloc on musl
-/// (ctdev/Cargo.toml). Measured in docs/DESIGN.md ("Process start: musl",
-/// #12). `crt-static` goes to the final link of this one binary only
+/// memory on most frees, so the binary allocates through dlmalloc on musl,
+/// large blocks through mappings of their own (ctdev/src/alloc.rs).
+/// Measured in docs/DESIGN.md ("Process start: musl with dlmalloc", #12). `crt-static` goes to the final link of this one binary only
 /// (`cargo rustc -- …`): as a workspace-wide flag it would also reach the
 /// proc-macro crates, which cannot be static. Debug and test builds stay
 /// dynamic glibc builds.
