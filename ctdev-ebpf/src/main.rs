@@ -40,6 +40,49 @@ use ctdev_common::{
     STATE_WRITTEN, TABLE_CAP,
 };
 
+/// Bench only (`cargo xtask bench`, "What the fast path costs"): the
+/// object built with `CTDEV_EBPF_STEP=N` returns 1 after step N of the
+/// shared program's allowed path, so that the kernel's run time of each
+/// step can be measured ([`step`]). Unset (every build users run): 0, and
+/// every `step(..)` test is a constant `false` the compiler removes.
+const STEP: u32 = match option_env!("CTDEV_EBPF_STEP") {
+    Some(s) => parse_step(s.as_bytes()),
+    None => 0,
+};
+
+/// The fast-path steps [`STEP`] can stop after (the xtask names them).
+mod steps {
+    /// Nothing read but the access: the program is allow-all.
+    pub const RETURN: u32 = 1;
+    /// + the storage helper (`bpf_get_local_storage` of the table).
+    pub const STORAGE: u32 = 2;
+    /// + the table's state word.
+    pub const STATE: u32 = 3;
+    /// + the exact entry's probe (an allowing entry returns 1, uncounted).
+    pub const PROBE: u32 = 4;
+    /// + the counters' helper, nothing incremented.
+    pub const COUNTER_PTR: u32 = 5;
+    /// Only a per-CPU hit counter (the helper and the increment), no table:
+    /// the shared program.
+    pub const COUNTER_ONLY: u32 = 6;
+    /// Only a per-CPU hit counter, no table: the per-container program
+    /// (an inlined per-CPU array lookup, no helper call).
+    pub const PC_COUNTER_ONLY: u32 = 7;
+}
+
+/// Whether the bench build stops at `at` (always false for users' builds).
+#[inline(always)]
+const fn step(at: u32) -> bool {
+    STEP == at
+}
+
+const fn parse_step(s: &[u8]) -> u32 {
+    match s {
+        [d @ b'0'..=b'9'] => (*d - b'0') as u32,
+        _ => panic!("CTDEV_EBPF_STEP must be one digit"),
+    }
+}
+
 /// BPF_F_NO_PREALLOC: memory grows with the rules actually stored.
 const NO_PREALLOC: usize = 1;
 /// BPF_F_MMAPABLE: userspace writes the table through a shared mapping.
@@ -91,6 +134,13 @@ pub fn ctdev_device(ctx: DeviceContext) -> i32 {
     let dev = unsafe { &*ctx.device };
     let dev_type = dev.access_type & 0xffff;
     let requested = dev.access_type >> 16;
+    if step(steps::PC_COUNTER_ONLY) {
+        if let Some(counters) = CTDEV_COUNTERS.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot of a per-CPU array; migration is disabled.
+            unsafe { (*counters).hits[0] += 1 };
+        }
+        return 1;
+    }
     let Some(table) = CTDEV_TABLE.get(0) else {
         return 0;
     };
@@ -166,10 +216,25 @@ pub fn ctdev_shared(ctx: DeviceContext) -> i32 {
     let dev = unsafe { &*ctx.device };
     let dev_type = dev.access_type & 0xffff;
     let requested = dev.access_type >> 16;
+    if step(steps::RETURN) {
+        return 1;
+    }
+    if step(steps::COUNTER_ONLY) {
+        #[allow(deprecated)]
+        let counters = CTDEV_STORAGE_CNT.get_ptr_mut();
+        if !counters.is_null() {
+            // SAFETY: this CPU's slot of the per-CPU storage; migration is disabled.
+            unsafe { (*counters).hits[0] += 1 };
+        }
+        return 1;
+    }
     #[allow(deprecated)]
     let table = CTDEV_STORAGE.get_ptr_mut();
     if table.is_null() {
         return 0;
+    }
+    if step(steps::STORAGE) {
+        return 1;
     }
     // SAFETY: the helper returns the attached cgroup's storage, valid for
     // this run (a concurrent update swaps in a new buffer; this one is
@@ -184,14 +249,23 @@ pub fn ctdev_shared(ctx: DeviceContext) -> i32 {
     // unwritten storage, large policies) decides in `shared_slow`, from
     // the same buffer, exactly as before.
     let state = table.state;
+    if step(steps::STATE) && state & STATE_WRITTEN != 0 {
+        return 1;
+    }
     if state & (STATE_WRITTEN | STATE_LARGE) == STATE_WRITTEN {
         let exact = MatchKind::Exact.key(0, dev_type, dev.major, dev.minor);
         if let Some((bits, hit)) = table_find(&table.table, &exact) {
             if allows(FOUND | bits, requested) {
+                if step(steps::PROBE) {
+                    return 1;
+                }
                 #[allow(deprecated)]
                 let counters = CTDEV_STORAGE_CNT.get_ptr_mut();
                 if counters.is_null() {
                     return 0;
+                }
+                if step(steps::COUNTER_PTR) {
+                    return 1;
                 }
                 // SAFETY: this CPU's slot of the per-CPU storage; migration is disabled.
                 let counters = unsafe { &mut *counters };

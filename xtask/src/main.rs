@@ -218,25 +218,54 @@ pub fn ebpf_object() -> PathBuf {
 fn build_ebpf() -> Result<PathBuf> {
     setup::bpf_toolchain()?;
     step("building the eBPF object (nightly, bpfel-unknown-none, bpf-linker)");
-    run_checked(
-        Command::new("cargo")
-            .current_dir(root().join("ctdev-ebpf"))
-            .args(["+nightly", "build", "--release", "-Z", "build-std=core"])
-            .args(["--target", "bpfel-unknown-none"])
-            // The host's flags must not leak into the BPF build; BTF needs debug info.
-            .env_remove("RUSTFLAGS")
-            .env_remove("RUSTC")
-            .env_remove("RUSTC_WRAPPER")
-            .env_remove("CARGO_TARGET_DIR")
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                "-Cdebuginfo=2\u{1f}-Clink-arg=--btf",
-            ),
-    )?;
+    run_checked(&mut ebpf_cargo())?;
     let obj = ebpf_object();
     if !obj.is_file() {
         bail!("eBPF build succeeded but {} is missing", obj.display());
     }
+    Ok(obj)
+}
+
+/// The cargo command that builds the eBPF object.
+fn ebpf_cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root().join("ctdev-ebpf"))
+        .args(["+nightly", "build", "--release", "-Z", "build-std=core"])
+        .args(["--target", "bpfel-unknown-none"])
+        // The host's flags must not leak into the BPF build; BTF needs debug info.
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\u{1f}-Clink-arg=--btf",
+        );
+    cmd
+}
+
+/// Where [`build_ebpf_step`] puts its objects.
+pub fn ebpf_steps_dir() -> PathBuf {
+    root().join("target/ebpf-steps")
+}
+
+/// Builds the bench-only object that returns 1 after fast-path step
+/// `number` (`CTDEV_EBPF_STEP`, see ctdev-ebpf's `STEP`) into
+/// [`ebpf_steps_dir`]`/NAME.o`, in a target directory of its own so that
+/// the real object is never rebuilt with it.
+pub fn build_ebpf_step(name: &str, number: u32) -> Result<PathBuf> {
+    let dir = ebpf_steps_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let target = dir.join("target");
+    run_checked(
+        ebpf_cargo()
+            .env("CARGO_TARGET_DIR", &target)
+            .env("CTDEV_EBPF_STEP", number.to_string()),
+    )?;
+    let built = target.join("bpfel-unknown-none/release/ctdev-ebpf");
+    let obj = dir.join(format!("{name}.o"));
+    std::fs::copy(&built, &obj)
+        .with_context(|| format!("copy {} to {}", built.display(), obj.display()))?;
     Ok(obj)
 }
 

@@ -19,6 +19,9 @@ use super::stats::Summary;
 use super::{probe, Env};
 use crate::step;
 
+/// Scenario names of the [`STEPS`] objects while they run.
+const STEP_PREFIX: &str = "step:";
+
 /// Major of the N-1 rules that do not match (sorts before the device's).
 pub const FILLER_MAJOR: u32 = 200;
 
@@ -51,6 +54,37 @@ pub struct Point {
     pub programs: Vec<Program>,
 }
 
+/// One bench-only object of [`STEPS`], measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepPoint {
+    /// The step's name (`CTDEV_EBPF_STEP` is its number).
+    pub step: String,
+    /// What the object does before it returns 1.
+    pub what: String,
+    pub point: Point,
+}
+
+/// The bench-only objects (ctdev-ebpf built with `CTDEV_EBPF_STEP`): name,
+/// step number, per-container layout, what runs before `return 1`. The
+/// first five cut the shared program's allowed path after each step; the
+/// shipped program (the `ctdev` point at 1 rule) is the last step. The
+/// last two do nothing but count a hit, per CPU, as every counting
+/// program must: what a counter alone costs, against runc's whole program.
+pub const STEPS: [(&str, u32, bool, &str); 7] = [
+    ("return", 1, false, "reads the access, returns 1 (ctdev's loader, no map read)"),
+    ("storage", 2, false, "+ `bpf_get_local_storage` of the table (the helper call only)"),
+    ("state", 3, false, "+ the table's state word"),
+    ("probe", 4, false, "+ the exact entry's bucket probe (allows, counts nothing)"),
+    ("counter-ptr", 5, false, "+ `bpf_get_local_storage` of the per-CPU counters (no increment)"),
+    ("counter-only", 6, false, "only a per-CPU hit counter: the helper and the increment, no table"),
+    (
+        "counter-only, per-container",
+        7,
+        true,
+        "only a per-CPU hit counter in a per-container program: an inlined per-CPU array lookup and the increment",
+    ),
+];
+
 /// A denial sanity check: a device outside the rules must get EPERM.
 #[derive(Debug, Clone, Serialize)]
 pub struct DenialCheck {
@@ -66,6 +100,9 @@ pub struct CostResults {
     pub denials: Vec<DenialCheck>,
     /// Scenarios that could not run (crun without a C compiler, ...).
     pub skipped: Vec<String>,
+    /// The fast path step by step: objects that return 1 after each step
+    /// ([`STEPS`]), 1 rule, measured in the same interleaved rounds.
+    pub steps: Vec<StepPoint>,
     pub runc_version: String,
     pub crun_version: String,
     pub probe_command: String,
@@ -205,6 +242,7 @@ pub fn run(env: &Env) -> Result<CostResults> {
         points: Vec::new(),
         denials: Vec::new(),
         skipped: Vec::new(),
+        steps: Vec::new(),
         runc_version: oci::version("runc"),
         crun_version: oci::version("crun"),
         probe_command: format!(
@@ -299,6 +337,43 @@ pub fn run(env: &Env) -> Result<CostResults> {
         keep_cgroups.push(cg);
     }
 
+    // The fast path step by step, each object on a pin root of its own.
+    let mut step_cts = Vec::new();
+    for (i, &(name, number, per_container, _)) in STEPS.iter().enumerate() {
+        let obj = crate::build_ebpf_step(&format!("step-{number}"), number)
+            .with_context(|| format!("build the bench-only object of step {name}"))?;
+        let pins = TempDir {
+            path: env.pin_root.with_file_name(format!(
+                "{}-step-{number}",
+                env.pin_root
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+            )),
+        };
+        let ct = ctdev::Ctdev::new(ctdev::Config {
+            pin_root: pins.path.clone(),
+            bpf_object: Some(obj),
+            layout: if per_container {
+                ctdev::ops::Layout::PerContainer
+            } else {
+                ctdev::ops::Layout::Shared
+            },
+            ..env.ct.config().clone()
+        })?;
+        let cg = env.parent.child(&format!("step-{i}"))?;
+        let target = Target::Cgroup(cg.dir.clone());
+        let rs: Vec<Rule> = rules(&env.device, 1)
+            .into_iter()
+            .map(|(ma, mi)| Rule::device(DeviceType::Char, ma, mi, Access::ALL))
+            .collect();
+        ct.attach(&target, Preset::None, &rs)
+            .with_context(|| format!("attach the bench-only object of step {name}"))?;
+        add(&format!("{STEP_PREFIX}{name}"), Some(1), cg.dir.clone());
+        // Detached before its pins and cgroup go (reverse drop order).
+        step_cts.push((cg, pins, ct, target));
+    }
+
     let oci_dir = TempDir::new(env.tmp.path.join("oci"))?;
     let oci = Oci::prepare(&oci_dir.path)?;
     let mut containers = Vec::new();
@@ -347,8 +422,25 @@ pub fn run(env: &Env) -> Result<CostResults> {
             }
         }
     }
-    res.points = live.into_iter().map(finish).collect();
+    for point in live.into_iter().map(finish) {
+        match point.scenario.strip_prefix(STEP_PREFIX) {
+            Some(name) => res.steps.push(StepPoint {
+                step: name.into(),
+                what: STEPS
+                    .iter()
+                    .find(|s| s.0 == name)
+                    .map(|s| s.3.to_string())
+                    .unwrap_or_default(),
+                point,
+            }),
+            None => res.points.push(point),
+        }
+    }
     drop(containers);
+    for (_, _, ct, target) in &step_cts {
+        ct.detach(target)?;
+    }
+    drop(step_cts);
     for t in &keep_ctdev {
         env.ct.detach(t)?;
     }

@@ -1076,6 +1076,95 @@ fn write_cost_targets(d: &mut String, c: &CostResults) {
     }
 }
 
+/// The fast path step by step (bench-only objects, 1 rule): what each
+/// step adds to the kernel's run time, and what a hit counter alone costs
+/// against runc's and crun's whole programs.
+fn write_cost_steps(d: &mut String, c: &CostResults) {
+    if c.steps.is_empty() {
+        return;
+    }
+    let find = |scenario: &str| {
+        c.points
+            .iter()
+            .find(|p| p.scenario == scenario && p.rules.is_none_or(|n| n == 1))
+    };
+    let Some(floor) = find("allow-all").and_then(|p| p.kernel) else {
+        return;
+    };
+    let _ = writeln!(
+        d,
+        "\n### What the fast path costs, step by step (1 rule)\n\n\
+         The same interleaved rounds also ran ctdev's program built for the bench only \
+         (`CTDEV_EBPF_STEP=N`: it returns 1 after step N of the shared program's allowed \
+         path; users' builds have no such exit), each attached by ctdev with the same 1 rule. \
+         \"vs above\" is what the step adds to the row above it. The last rows are programs \
+         that do nothing but count the access per CPU, as any program that keeps hit counters \
+         must, beside runc's and crun's whole programs (which count nothing).\n"
+    );
+    let _ = writeln!(
+        d,
+        "| program | what runs before `return 1` | kernel ns/run median (min…max) | vs allow-all | vs above | ns/op median |\n|---|---|---|---|---|---|"
+    );
+    let mut above = floor.median;
+    let mut line = |d: &mut String, name: &str, what: &str, p: &Point, chain: bool| {
+        let Some(k) = &p.kernel else { return };
+        let step = if chain {
+            format!("{:+.1}", k.median - above)
+        } else {
+            "–".into()
+        };
+        let _ = writeln!(
+            d,
+            "| {name} | {what} | {} ({}…{}) | {:+.1} | {step} | {} |",
+            f1(k.median),
+            f1(k.min),
+            f1(k.max),
+            k.median - floor.median,
+            f1(p.ns_per_op.median)
+        );
+        if chain {
+            above = k.median;
+        }
+    };
+    if let Some(p) = find("allow-all") {
+        line(d, "allow-all", "`r0 = 1; exit` (raw bpf(2))", p, true);
+    }
+    let chained = c
+        .steps
+        .iter()
+        .filter(|s| !s.step.starts_with("counter-only"));
+    for s in chained {
+        line(d, &format!("step {}", s.step), &s.what, &s.point, true);
+    }
+    if let Some(p) = find("ctdev") {
+        line(
+            d,
+            "ctdev (shipped)",
+            "+ the increment: the whole allowed path",
+            p,
+            true,
+        );
+    }
+    for s in c
+        .steps
+        .iter()
+        .filter(|s| s.step.starts_with("counter-only"))
+    {
+        line(d, &s.step, &s.what, &s.point, false);
+    }
+    for rt in ["runc", "crun"] {
+        if let Some(p) = find(rt) {
+            line(
+                d,
+                rt,
+                "its generated program for 1 rule + its default devices",
+                p,
+                false,
+            );
+        }
+    }
+}
+
 fn write_cost(
     d: &mut String,
     fig_dir: &Path,
@@ -1197,6 +1286,7 @@ fn write_cost(
             );
         }
     }
+    write_cost_steps(d, c);
     if !c.denials.is_empty() {
         let checks: Vec<String> = c
             .denials
