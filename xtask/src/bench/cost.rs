@@ -64,25 +64,76 @@ pub struct StepPoint {
     pub point: Point,
 }
 
-/// The bench-only objects (ctdev-ebpf built with `CTDEV_EBPF_STEP`): name,
-/// step number, per-container layout, what runs before `return 1`. The
-/// first five cut the shared program's allowed path after each step; the
-/// shipped program (the `ctdev` point at 1 rule) is the last step. The
-/// last two do nothing but count a hit, per CPU, as every counting
-/// program must: what a counter alone costs, against runc's whole program.
-pub const STEPS: [(&str, u32, bool, &str); 7] = [
-    ("return", 1, false, "reads the access, returns 1 (ctdev's loader, no map read)"),
-    ("storage", 2, false, "+ `bpf_get_local_storage` of the table (the helper call only)"),
-    ("state", 3, false, "+ the table's state word"),
-    ("probe", 4, false, "+ the exact entry's bucket probe (allows, counts nothing)"),
-    ("counter-ptr", 5, false, "+ `bpf_get_local_storage` of the per-CPU counters (no increment)"),
-    ("counter-only", 6, false, "only a per-CPU hit counter: the helper and the increment, no table"),
-    (
-        "counter-only, per-container",
-        7,
-        true,
-        "only a per-CPU hit counter in a per-container program: an inlined per-CPU array lookup and the increment",
-    ),
+/// A bench-only object: ctdev-ebpf built with `CTDEV_EBPF_STEP=number`.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// Its name in the report.
+    pub name: &'static str,
+    /// The constant of ctdev-ebpf's `steps` module that is `number`.
+    pub ebpf_const: &'static str,
+    pub number: u32,
+    /// Attached on the per-container layout (else the shared program).
+    pub per_container: bool,
+    /// What runs before it returns 1.
+    pub what: &'static str,
+}
+
+/// The bench-only objects. The first five cut the shared program's
+/// allowed path after each step; the shipped program (the `ctdev` point
+/// at 1 rule) is the last step. The last two do nothing but count a hit,
+/// per CPU, as every counting program must: what a counter alone costs,
+/// against runc's whole program.
+pub const STEPS: [Step; 7] = [
+    Step {
+        name: "return",
+        ebpf_const: "RETURN",
+        number: 1,
+        per_container: false,
+        what: "reads the access, returns 1 (ctdev's loader, no map read)",
+    },
+    Step {
+        name: "storage",
+        ebpf_const: "STORAGE",
+        number: 2,
+        per_container: false,
+        what: "+ `bpf_get_local_storage` of the table (the helper call only)",
+    },
+    Step {
+        name: "state",
+        ebpf_const: "STATE",
+        number: 3,
+        per_container: false,
+        what: "+ the table's state word",
+    },
+    Step {
+        name: "probe",
+        ebpf_const: "PROBE",
+        number: 4,
+        per_container: false,
+        what: "+ the exact entry's bucket probe (allows, counts nothing)",
+    },
+    Step {
+        name: "counter-ptr",
+        ebpf_const: "COUNTER_PTR",
+        number: 5,
+        per_container: false,
+        what: "+ `bpf_get_local_storage` of the per-CPU counters (no increment)",
+    },
+    Step {
+        name: "counter-only",
+        ebpf_const: "COUNTER_ONLY",
+        number: 6,
+        per_container: false,
+        what: "only a per-CPU hit counter: the helper and the increment, no table",
+    },
+    Step {
+        name: "counter-only, per-container",
+        ebpf_const: "PC_COUNTER_ONLY",
+        number: 7,
+        per_container: true,
+        what: "only a per-CPU hit counter in a per-container program: an inlined per-CPU array \
+               lookup and the increment",
+    },
 ];
 
 /// A denial sanity check: a device outside the rules must get EPERM.
@@ -339,9 +390,17 @@ pub fn run(env: &Env) -> Result<CostResults> {
 
     // The fast path step by step, each object on a pin root of its own.
     let mut step_cts = Vec::new();
-    for (i, &(name, number, per_container, _)) in STEPS.iter().enumerate() {
-        let obj = crate::build_ebpf_step(&format!("step-{number}"), number)
-            .with_context(|| format!("build the bench-only object of step {name}"))?;
+    for (i, each) in STEPS.iter().enumerate() {
+        let Step {
+            name,
+            ebpf_const,
+            number,
+            per_container,
+            ..
+        } = *each;
+        let obj = crate::build_ebpf_step(&format!("step-{number}"), number).with_context(|| {
+            format!("build the bench-only object of step {name} (steps::{ebpf_const})")
+        })?;
         let pins = TempDir {
             path: env.pin_root.with_file_name(format!(
                 "{}-step-{number}",
@@ -428,8 +487,8 @@ pub fn run(env: &Env) -> Result<CostResults> {
                 step: name.into(),
                 what: STEPS
                     .iter()
-                    .find(|s| s.0 == name)
-                    .map(|s| s.3.to_string())
+                    .find(|s| s.name == name)
+                    .map(|s| s.what.to_string())
                     .unwrap_or_default(),
                 point,
             }),
@@ -447,4 +506,30 @@ pub fn run(env: &Env) -> Result<CostResults> {
     drop(keep_progs);
     drop(keep_cgroups);
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::STEPS;
+
+    /// The bench's step numbers are the ones ctdev-ebpf stops at, and the
+    /// shipped build (no `CTDEV_EBPF_STEP`) is none of them.
+    #[test]
+    fn steps_match_the_ebpf_source() {
+        let src = std::fs::read_to_string(crate::root().join("ctdev-ebpf/src/main.rs"))
+            .expect("read ctdev-ebpf/src/main.rs");
+        for step in STEPS {
+            let decl = format!("pub const {}: u32 = {};", step.ebpf_const, step.number);
+            assert!(
+                src.contains(&decl),
+                "ctdev-ebpf has no `{decl}` ({})",
+                step.name
+            );
+            assert_ne!(step.number, 0, "{}: 0 is the shipped program", step.name);
+        }
+        let mut numbers: Vec<u32> = STEPS.iter().map(|s| s.number).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(numbers.len(), STEPS.len(), "two steps share a number");
+    }
 }
